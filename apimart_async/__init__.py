@@ -1,0 +1,75 @@
+"""apimart_async: the asyncio-native SDK for the APIMart video generation API.
+
+    import asyncio
+    from apimart_async import Session, VideoRequest
+
+    async def main():
+        async with Session() as session:            # key from APIMART_API_KEY
+            sub = await session.submit(VideoRequest("a red fox in the snow", duration=5))
+            task = await session.wait(sub)
+            print(task.video_urls)
+
+    asyncio.run(main())
+
+Everything public is re-exported here; the modules behind it are private.
+"""
+
+from ._clock import Clock
+from ._config import Timeout
+from ._errors import (
+    APIConnectionError,
+    APIMartError,
+    APIStatusError,
+    APITimeoutError,
+    AuthenticationError,
+    BadRequestError,
+    DecodeError,
+    DownloadError,
+    InsufficientBalanceError,
+    NotFoundError,
+    PermissionDeniedError,
+    RateLimitError,
+    ResultExpiredError,
+    ServerError,
+    TaskFailedError,
+    TaskTimeoutError,
+    ValidationError,
+)
+from ._models import Submission, Task, TaskError, TaskStatus, VideoRequest
+from ._polling import PollPolicy
+from ._retry import RetryPolicy
+from ._session import Session
+from ._transport import SessionStats
+from ._version import __version__
+
+__all__ = [
+    "APIConnectionError",
+    "APIMartError",
+    "APIStatusError",
+    "APITimeoutError",
+    "AuthenticationError",
+    "BadRequestError",
+    "Clock",
+    "DecodeError",
+    "DownloadError",
+    "InsufficientBalanceError",
+    "NotFoundError",
+    "PermissionDeniedError",
+    "PollPolicy",
+    "RateLimitError",
+    "ResultExpiredError",
+    "RetryPolicy",
+    "ServerError",
+    "Session",
+    "SessionStats",
+    "Submission",
+    "Task",
+    "TaskError",
+    "TaskFailedError",
+    "TaskStatus",
+    "TaskTimeoutError",
+    "Timeout",
+    "ValidationError",
+    "VideoRequest",
+    "__version__",
+]

@@ -1,0 +1,191 @@
+"""The error tree: one base class, split by what the caller can do about it.
+
+- Fix the input: `ValidationError`, `BadRequestError`.
+- Fix the account: `AuthenticationError`, `InsufficientBalanceError`, `PermissionDeniedError`.
+- Wait and try again: `RateLimitError`, `ServerError`, `APIConnectionError`, `APITimeoutError`.
+- Look at the task: `TaskFailedError`, `TaskTimeoutError`, `ResultExpiredError`.
+
+No message built here ever contains the API key: the transport scrubs server text
+before it reaches these constructors, and nothing here is given the key at all.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ._models import Task
+
+__all__ = [
+    "APIConnectionError",
+    "APIMartError",
+    "APIStatusError",
+    "APITimeoutError",
+    "AuthenticationError",
+    "BadRequestError",
+    "DecodeError",
+    "DownloadError",
+    "InsufficientBalanceError",
+    "NotFoundError",
+    "PermissionDeniedError",
+    "RateLimitError",
+    "ResultExpiredError",
+    "ServerError",
+    "TaskFailedError",
+    "TaskTimeoutError",
+    "ValidationError",
+]
+
+
+class APIMartError(Exception):
+    """Base class of every error this SDK raises."""
+
+    #: Set on a submission's error when the server may have created (and billed) the
+    #: task anyway: a timeout or reset after sending, a 500/502/504, an unreadable answer.
+    submission_ambiguous: bool = False
+
+    @property
+    def fatal(self) -> bool:
+        """True when retrying, or sending more requests, cannot help (bad key, no balance)."""
+        return False
+
+
+class ValidationError(APIMartError, ValueError):
+    """Bad input, found before anything was sent.
+
+    `field` names the offending field (``"duration"``, ``"image_urls[1]"``) and
+    `problem` says what is wrong with its value.
+    """
+
+    def __init__(self, field: str, problem: str) -> None:
+        self.field = field
+        self.problem = problem
+        super().__init__(f"{field}: {problem}")
+
+
+class APIStatusError(APIMartError):
+    """The API answered with an error status (HTTP, or the body's ``code``)."""
+
+    def __init__(self, message: str, *, status: int, code: int | str | None = None) -> None:
+        self.status = status
+        self.code = code
+        self.message = message
+        super().__init__(f"HTTP {status}: {message}")
+
+
+class BadRequestError(APIStatusError):
+    """400 or 422: the API rejected the parameters (e.g. a duration the model does not offer)."""
+
+
+class AuthenticationError(APIStatusError):
+    """401: the API key is missing or invalid."""
+
+    @property
+    def fatal(self) -> bool:
+        return True
+
+
+class InsufficientBalanceError(APIStatusError):
+    """402: the account has no balance left for this generation."""
+
+    @property
+    def fatal(self) -> bool:
+        return True
+
+
+class PermissionDeniedError(APIStatusError):
+    """403: the key is not allowed to do this."""
+
+    @property
+    def fatal(self) -> bool:
+        return True
+
+
+class NotFoundError(APIStatusError):
+    """404: no such task (or endpoint)."""
+
+
+class RateLimitError(APIStatusError):
+    """429: too many requests. `retry_after` is the server's hint in seconds, if it gave one."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int = 429,
+        code: int | str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message, status=status, code=code)
+        self.retry_after = retry_after
+
+
+class ServerError(APIStatusError):
+    """5xx: trouble on the server or a gateway in front of it."""
+
+
+class APIConnectionError(APIMartError):
+    """The request did not get an answer: DNS, refused or reset connection, broken stream.
+
+    `request_sent` tells whether the request may have reached the server; when it
+    may have, a submission is ambiguous (it may have been created and billed).
+    """
+
+    def __init__(self, message: str, *, request_sent: bool = True) -> None:
+        self.request_sent = request_sent
+        super().__init__(message)
+
+
+class APITimeoutError(APIConnectionError, TimeoutError):
+    """The request timed out (connecting, or waiting for the answer)."""
+
+
+class DecodeError(APIMartError):
+    """The answer was not the documented shape (not JSON, or missing fields).
+
+    `status` is the HTTP status and `snippet` the first characters of the body.
+    """
+
+    def __init__(self, message: str, *, status: int, snippet: str) -> None:
+        self.status = status
+        self.snippet = snippet
+        super().__init__(f"{message} (HTTP {status}, body starts {snippet!r})")
+
+
+class TaskFailedError(APIMartError):
+    """The task ended as failed or cancelled; `task` is its last state."""
+
+    def __init__(self, task: Task) -> None:
+        self.task = task
+        self.task_id = task.id
+        self.code = task.error.code if task.error else None
+        self.message = task.error.message if task.error else None
+        detail = f": {self.message}" if self.message else ""
+        super().__init__(f"task {task.id} ended {task.status.value}{detail}")
+
+
+class TaskTimeoutError(APIMartError, TimeoutError):
+    """Waiting for a task ran past its deadline. The task itself may still finish."""
+
+    def __init__(self, task_id: str, *, timeout: float, task: Task | None = None) -> None:
+        self.task_id = task_id
+        self.timeout = timeout
+        self.task = task
+        state = f", last seen {task.status.value} at {task.progress}%" if task else ""
+        super().__init__(f"task {task_id} not finished after {timeout:g}s{state}")
+
+
+class ResultExpiredError(APIMartError):
+    """The task's video link expired and a fresh query gave no usable link."""
+
+    def __init__(self, task_id: str, message: str = "result link expired") -> None:
+        self.task_id = task_id
+        super().__init__(f"task {task_id}: {message}")
+
+
+class DownloadError(APIMartError):
+    """The video could not be downloaded whole (after resuming where possible)."""
+
+    def __init__(self, task_id: str, message: str) -> None:
+        self.task_id = task_id
+        super().__init__(f"task {task_id}: {message}")

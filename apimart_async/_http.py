@@ -1,0 +1,165 @@
+"""The thin I/O shell around aiohttp; the only SDK module that imports it.
+
+Foreign exceptions are translated here, in one place, into the SDK's error tree,
+recording whether the request may have reached the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from typing import Any
+
+import aiohttp
+import attrs
+
+from ._config import Timeout
+from ._errors import APIConnectionError, APIMartError, APITimeoutError
+from ._version import __version__
+
+__all__ = ["USER_AGENT", "Http", "RawResponse", "StreamedResponse", "translate"]
+
+USER_AGENT = f"apimart-async/{__version__}"
+
+
+@attrs.frozen
+class RawResponse:
+    """A whole answer: status, headers (lower-cased names) and body."""
+
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+
+
+@attrs.frozen
+class StreamedResponse:
+    """An answer whose body is read in chunks."""
+
+    status: int
+    headers: Mapping[str, str]
+    _response: aiohttp.ClientResponse = attrs.field(repr=False)
+
+    async def chunks(self, size: int = 1 << 16) -> AsyncIterator[bytes]:
+        """The body, chunk by chunk; a cut stream raises `APIConnectionError`."""
+        try:
+            async for chunk in self._response.content.iter_chunked(size):
+                yield chunk
+        except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
+            raise translate(exc) from None
+
+
+def translate(exc: BaseException, secret: str | None = None) -> APIMartError:
+    """The SDK error for an aiohttp or socket exception."""
+    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    if secret:
+        text = text.replace(secret, "[redacted]")
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return APITimeoutError(f"timed out connecting ({text})", request_sent=False)
+    if isinstance(exc, (aiohttp.SocketTimeoutError, asyncio.TimeoutError, TimeoutError)):
+        return APITimeoutError(f"timed out waiting for the answer ({text})", request_sent=True)
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return APIConnectionError(f"could not connect ({text})", request_sent=False)
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return APIConnectionError(f"server closed the connection ({text})", request_sent=True)
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return APIConnectionError(f"answer cut short ({text})", request_sent=True)
+    return APIConnectionError(f"connection failed ({text})", request_sent=True)
+
+
+def _client_timeout(timeout: Timeout) -> aiohttp.ClientTimeout:
+    return aiohttp.ClientTimeout(
+        total=timeout.total, connect=timeout.connect, sock_read=timeout.read
+    )
+
+
+class Http:
+    """Owns (or borrows) an `aiohttp.ClientSession` and sends single requests on it."""
+
+    def __init__(
+        self,
+        *,
+        timeout: Timeout,
+        session: aiohttp.ClientSession | None = None,
+        connections: int = 100,
+    ) -> None:
+        self._timeout = _client_timeout(timeout)
+        self._borrowed = session
+        self._session: aiohttp.ClientSession | None = session
+        self._connections = connections
+
+    async def open(self) -> None:
+        """Create the owned session (a borrowed one is used as given)."""
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=self._connections),
+                timeout=self._timeout,
+                # Never pick up proxy credentials or .netrc from the environment.
+                trust_env=False,
+                raise_for_status=False,
+            )
+
+    async def close(self) -> None:
+        """Close the owned session; a borrowed one stays open for its owner."""
+        session, self._session = self._session, None
+        if session is not None and session is not self._borrowed:
+            await session.close()
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            raise RuntimeError("the session is not open: use 'async with Session(...)'")
+        return self._session
+
+    async def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        headers: Mapping[str, str],
+        json: Any = None,
+        params: Mapping[str, str] | None = None,
+        secret: str | None = None,
+    ) -> RawResponse:
+        """Send one request and read the whole answer. Redirects are not followed."""
+        try:
+            async with self.session.request(
+                method,
+                url,
+                headers=dict(headers),
+                json=json,
+                params=dict(params) if params else None,
+                # A redirect could carry the Authorization header elsewhere.
+                allow_redirects=False,
+                timeout=self._timeout,
+            ) as resp:
+                body = await resp.read()
+                return RawResponse(resp.status, _lower(resp.headers), body)
+        except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
+            raise translate(exc, secret) from None
+
+    @asynccontextmanager
+    async def stream(
+        self, url: str, *, headers: Mapping[str, str]
+    ) -> AsyncIterator[StreamedResponse]:
+        """GET `url` and yield the answer for chunked reading.
+
+        Only the headers given are sent: callers pass no API credentials, so following
+        a CDN's redirect is safe here, unlike on the API host.
+        """
+        try:
+            async with self.session.get(
+                url,
+                headers=dict(headers),
+                allow_redirects=True,
+                timeout=aiohttp.ClientTimeout(
+                    total=None, connect=self._timeout.connect, sock_read=self._timeout.sock_read
+                ),
+            ) as resp:
+                yield StreamedResponse(resp.status, _lower(resp.headers), resp)
+        except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
+            raise translate(exc) from None
+
+
+def _lower(headers: Mapping[str, str]) -> dict[str, str]:
+    return {k.lower(): v for k, v in headers.items()}

@@ -1,0 +1,213 @@
+"""Typed, immutable models: what a user builds (`VideoRequest`) and what the API tells (`Task`)."""
+
+from __future__ import annotations
+
+import enum
+import json
+import math
+import types
+from collections.abc import Iterable, Mapping
+from typing import Any
+from urllib.parse import urlsplit
+
+import attrs
+
+from ._errors import ValidationError
+
+__all__ = ["Submission", "Task", "TaskError", "TaskStatus", "VideoRequest"]
+
+ASPECT_RATIOS = ("16:9", "9:16")
+# Fields the SDK sends itself; `extra` may not shadow them.
+_NAMED_FIELDS = frozenset({"model", "prompt", "duration", "aspect_ratio", "image_urls"})
+
+
+class TaskStatus(str, enum.Enum):
+    """A task's state; values are the wire strings.
+
+    `UNKNOWN` stands for any status this SDK does not know yet; it is treated as
+    still running, so a new server state never crashes a watch.
+    """
+
+    PENDING = "pending"
+    PROCESSING = "processing"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    UNKNOWN = "unknown"
+
+    @classmethod
+    def parse(cls, raw: str) -> TaskStatus:
+        """The member for a wire string; `UNKNOWN` for one not known."""
+        try:
+            return cls(raw.lower())
+        except ValueError:
+            return cls.UNKNOWN
+
+    @property
+    def is_terminal(self) -> bool:
+        """True for completed, failed and cancelled."""
+        return self in _TERMINAL
+
+
+_TERMINAL = frozenset({TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED})
+
+
+def _check_prompt(_: object, __: object, value: Any) -> None:
+    if not isinstance(value, str):
+        raise ValidationError("prompt", f"must be a string, got {type(value).__name__}")
+    if not value.strip():
+        raise ValidationError("prompt", "must not be empty")
+
+
+def _check_model(_: object, __: object, value: Any) -> None:
+    if not isinstance(value, str) or not value.strip():
+        raise ValidationError("model", f"must be a non-empty string, got {value!r}")
+
+
+def _check_duration(_: object, __: object, value: Any) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValidationError("duration", f"must be a whole number of seconds, got {value!r}")
+    if value <= 0:
+        raise ValidationError("duration", f"must be positive, got {value}")
+
+
+def _check_aspect_ratio(_: object, __: object, value: Any) -> None:
+    if value is not None and value not in ASPECT_RATIOS:
+        raise ValidationError("aspect_ratio", f"must be '16:9' or '9:16', got {value!r}")
+
+
+def check_http_url(field: str, value: object) -> str:
+    """Return `value` if it is an absolute http(s) URL with a host, else raise `ValidationError`."""
+    if not isinstance(value, str):
+        raise ValidationError(field, f"must be a URL string, got {type(value).__name__}")
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValidationError(field, f"must be an absolute http(s) URL, got {value!r}")
+    return value
+
+
+def _image_urls(value: object) -> tuple[str, ...]:
+    if isinstance(value, str) or not isinstance(value, Iterable):
+        raise ValidationError("image_urls", "must be a list of URLs, not a single value")
+    return tuple(check_http_url(f"image_urls[{i}]", url) for i, url in enumerate(value))
+
+
+def _extra(value: object) -> Mapping[str, Any] | None:
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        raise ValidationError("extra", f"must be a mapping, got {type(value).__name__}")
+    for key in value:
+        if not isinstance(key, str):
+            raise ValidationError("extra", f"keys must be strings, got {key!r}")
+        if key in _NAMED_FIELDS:
+            raise ValidationError(f"extra[{key!r}]", "duplicates a named field; pass it directly")
+    try:
+        json.dumps(dict(value), allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ValidationError("extra", f"must be JSON-serialisable ({exc})") from None
+    # A read-only copy, so a frozen request cannot change under the caller's feet.
+    return types.MappingProxyType(dict(value))
+
+
+@attrs.frozen
+class VideoRequest:
+    """One video generation, validated on construction.
+
+    `extra` carries model-specific fields (e.g. ``{"resolution": "1080p"}``) into the
+    JSON body unchanged. Any problem raises `ValidationError` naming the field.
+    """
+
+    prompt: str = attrs.field(validator=_check_prompt)
+    model: str = attrs.field(default="sora-2", validator=_check_model, kw_only=True)
+    duration: int | None = attrs.field(default=None, validator=_check_duration, kw_only=True)
+    aspect_ratio: str | None = attrs.field(
+        default=None, validator=_check_aspect_ratio, kw_only=True
+    )
+    image_urls: tuple[str, ...] = attrs.field(default=(), converter=_image_urls, kw_only=True)
+    extra: Mapping[str, Any] | None = attrs.field(
+        default=None, converter=_extra, hash=False, kw_only=True
+    )
+
+    def to_body(self) -> dict[str, Any]:
+        """The JSON body for ``POST /v1/videos/generations``."""
+        body: dict[str, Any] = dict(self.extra or {})
+        body["model"] = self.model
+        body["prompt"] = self.prompt
+        if self.duration is not None:
+            body["duration"] = self.duration
+        if self.aspect_ratio is not None:
+            body["aspect_ratio"] = self.aspect_ratio
+        if self.image_urls:
+            body["image_urls"] = list(self.image_urls)
+        return body
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any]) -> VideoRequest:
+        """Build from a JSON-like mapping; unknown keys are refused, except under ``extra``."""
+        known = {"prompt", "model", "duration", "aspect_ratio", "image_urls", "extra"}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValidationError(unknown[0], "unknown field (model-specific fields go in 'extra')")
+        if "prompt" not in data:
+            raise ValidationError("prompt", "is required")
+        return cls(**dict(data))
+
+
+@attrs.frozen(kw_only=True)
+class TaskError:
+    """Why a task failed: the server's code and message."""
+
+    code: int | str | None = None
+    message: str = ""
+
+
+@attrs.frozen(kw_only=True)
+class Task:
+    """A task's state as last reported by ``GET /v1/tasks/{id}``.
+
+    Times are Unix seconds as the server gave them; `raw_status` keeps the wire
+    string, which matters when `status` is `TaskStatus.UNKNOWN`.
+    """
+
+    id: str
+    status: TaskStatus
+    raw_status: str = ""
+    progress: int = 0
+    created: int | None = None
+    estimated_time: float | None = None
+    completed_at: int | None = None
+    actual_time: float | None = None
+    video_urls: tuple[str, ...] = ()
+    expires_at: int | None = None
+    error: TaskError | None = None
+
+    @property
+    def is_terminal(self) -> bool:
+        """True once the task is completed, failed or cancelled."""
+        return self.status.is_terminal
+
+    def is_expired(self, now: float) -> bool:
+        """True when the result links have expired at Unix time `now`."""
+        return self.expires_at is not None and now >= self.expires_at
+
+
+@attrs.frozen(kw_only=True)
+class Submission:
+    """An accepted submission: its task id, its request and the idempotency key it was sent with."""
+
+    task_id: str
+    request: VideoRequest
+    idempotency_key: str = ""
+
+
+def finite_positive(field: str, value: float | None, *, allow_zero: bool = False) -> None:
+    """Validate an optional number used in a config object."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+        raise ValidationError(field, f"must be a number, got {value!r}")
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ValidationError(field, f"must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")

@@ -1,0 +1,124 @@
+"""Requests to the API host: credentials, shared limits, and the retry loop.
+
+The retry *decisions* are pure (`_retry`); this module only carries them out.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import TypeVar
+
+import anyio
+import attrs
+
+from ._config import ApiKey
+from ._errors import APIMartError, RateLimitError
+from ._http import USER_AGENT, Http
+from ._limits import Limits
+from ._retry import RetryPolicy, decide, is_ambiguous, is_testing, parse_retry_after
+from ._wire import HttpRequest
+
+__all__ = ["SessionStats", "Transport"]
+
+log = logging.getLogger("apimart_async")
+T = TypeVar("T")
+
+# parse(status, body, retry_after=..., secret=...) -> T
+Parser = Callable[..., T]
+
+
+@attrs.define
+class SessionStats:
+    """Counters for one session: what it sent and what it met."""
+
+    requests: int = 0
+    submissions: int = 0
+    polls: int = 0
+    retries: int = 0
+    rate_limited: int = 0
+    downloads: int = 0
+    bytes_downloaded: int = 0
+
+
+class Transport:
+    """Sends `HttpRequest`s to the API host with the key, the limits and the retry policy."""
+
+    def __init__(
+        self,
+        *,
+        base_url: str,
+        key: ApiKey,
+        http: Http,
+        limits: Limits,
+        retry: RetryPolicy,
+        stats: SessionStats,
+    ) -> None:
+        self.base_url = base_url
+        self._key = key
+        self.http = http
+        self.limits = limits
+        self.retry = retry
+        self.stats = stats
+
+    def __repr__(self) -> str:
+        return f"Transport(base_url={self.base_url!r})"
+
+    def _headers(self, request: HttpRequest) -> dict[str, str]:
+        headers = dict(request.headers)
+        headers["Authorization"] = f"Bearer {self._key.reveal()}"
+        headers["User-Agent"] = USER_AGENT
+        headers["Accept"] = "application/json"
+        return headers
+
+    async def _attempt(self, request: HttpRequest, parse: Parser[T]) -> T:
+        secret = self._key.reveal()
+        async with self.limits.slot() as started:
+            self.stats.requests += 1
+            try:
+                raw = await self.http.request(
+                    request.method,
+                    self.base_url + request.path,
+                    headers=self._headers(request),
+                    json=request.json,
+                    params=request.params,
+                    secret=secret,
+                )
+                hint = parse_retry_after(raw.headers)
+                result: T = parse(raw.status, raw.body, retry_after=hint, secret=secret)
+            except RateLimitError as exc:
+                self.stats.rate_limited += 1
+                self.limits.throttled(started, 0.0 if is_testing() else exc.retry_after)
+                raise
+            self.limits.succeeded()
+            return result
+
+    async def call(self, request: HttpRequest, parse: Parser[T]) -> T:
+        """Send `request` until it succeeds or the policy gives up; parse the answer.
+
+        A submission given up after an ambiguous failure has `submission_ambiguous`
+        set on the error: it may have been created (and billed) on the server.
+        """
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return await self._attempt(request, parse)
+            except APIMartError as exc:
+                decision = decide(
+                    self.retry, exc, attempt=attempt, idempotent=request.idempotent
+                )
+                if not decision.retry:
+                    if not request.idempotent and is_ambiguous(exc):
+                        exc.submission_ambiguous = True
+                    log.debug(
+                        "%s %s failed for good after %d attempt(s): %s",
+                        request.method, request.path, attempt, type(exc).__name__,
+                    )
+                    raise
+                self.stats.retries += 1
+                log.info(
+                    "%s %s attempt %d failed (%s); retrying in %.2fs",
+                    request.method, request.path, attempt, type(exc).__name__, decision.delay,
+                )
+            await anyio.sleep(decision.delay)

@@ -1,0 +1,338 @@
+"""The wire format, sans I/O: building requests and deciphering answers.
+
+Everything here is a pure function of bytes, status codes and headers, so it is
+unit-tested without a socket. The one cattrs converter for the wire lives here.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any, NewType
+from urllib.parse import quote
+
+import attrs
+import cattrs
+
+from ._errors import (
+    APIStatusError,
+    AuthenticationError,
+    BadRequestError,
+    DecodeError,
+    InsufficientBalanceError,
+    NotFoundError,
+    PermissionDeniedError,
+    RateLimitError,
+    ServerError,
+    ValidationError,
+)
+from ._models import Task, TaskError, TaskStatus, VideoRequest
+
+__all__ = [
+    "SUBMIT_PATH",
+    "HttpRequest",
+    "build_get_task",
+    "build_submit",
+    "converter",
+    "parse_submit",
+    "parse_task",
+    "snippet",
+]
+
+SUBMIT_PATH = "/v1/videos/generations"
+SNIPPET_CHARS = 200
+
+
+@attrs.frozen(kw_only=True)
+class HttpRequest:
+    """What to send, minus credentials (the I/O shell adds those for the API host only)."""
+
+    method: str
+    path: str
+    json: Mapping[str, Any] | None = None
+    params: Mapping[str, str] = attrs.field(factory=dict)
+    headers: Mapping[str, str] = attrs.field(factory=dict)
+    # A GET can be repeated freely; a submission bills, so it cannot.
+    idempotent: bool = True
+
+
+def build_submit(request: VideoRequest, *, idempotency_key: str) -> HttpRequest:
+    """``POST /v1/videos/generations`` for `request`.
+
+    The `Idempotency-Key` header is stable across the retries of one submission, so
+    a server or gateway that honours it can drop the duplicates.
+    """
+    return HttpRequest(
+        method="POST",
+        path=SUBMIT_PATH,
+        json=request.to_body(),
+        headers={"Idempotency-Key": idempotency_key},
+        idempotent=False,
+    )
+
+
+def check_task_id(task_id: object) -> str:
+    """Return a usable task id or raise `ValidationError`."""
+    if not isinstance(task_id, str) or not task_id.strip():
+        raise ValidationError("task_id", f"must be a non-empty string, got {task_id!r}")
+    if any(ch.isspace() for ch in task_id) or "/" in task_id:
+        raise ValidationError("task_id", f"must not contain spaces or '/', got {task_id!r}")
+    return task_id
+
+
+def build_get_task(task_id: str, *, language: str | None = None) -> HttpRequest:
+    """``GET /v1/tasks/{task_id}``."""
+    path = "/v1/tasks/" + quote(check_task_id(task_id), safe="")
+    return HttpRequest(method="GET", path=path, params={"language": language} if language else {})
+
+
+# --- answers -------------------------------------------------------------------------
+
+Urls = NewType("Urls", tuple[str, ...])
+
+
+@attrs.frozen
+class _WireVideo:
+    url: Urls = Urls(())
+    expires_at: int | None = None
+
+
+@attrs.frozen
+class _WireResult:
+    videos: tuple[_WireVideo, ...] = ()
+    images: tuple[_WireVideo, ...] = ()
+
+
+@attrs.frozen
+class _WireError:
+    code: int | str | None = None
+    message: str = ""
+
+
+@attrs.frozen
+class _WireTask:
+    id: str
+    status: str
+    progress: float = 0
+    created: int | None = None
+    estimated_time: float | None = None
+    completed: int | None = None
+    actual_time: float | None = None
+    result: _WireResult | None = None
+    error: _WireError | None = None
+
+
+@attrs.frozen
+class _WireSubmitted:
+    task_id: str
+    status: str = "submitted"
+
+
+def _urls(value: object, _: object) -> Urls:
+    # Documented as a list; some answers give a plain string.
+    if isinstance(value, str):
+        return Urls((value,))
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return Urls(tuple(value))
+    raise TypeError(f"url must be a string or a list of strings, not {type(value).__name__}")
+
+
+def _wire_error(value: object, _: object) -> _WireError:
+    # A failed task's `error` is an object; tolerate a bare message string too.
+    if isinstance(value, str):
+        return _WireError(message=value)
+    if isinstance(value, Mapping):
+        msg = value.get("message", value.get("msg", ""))
+        code = value.get("code")
+        return _WireError(
+            code=code if isinstance(code, (int, str)) else None,
+            message=str(msg) if msg is not None else "",
+        )
+    raise TypeError("error must be an object")
+
+
+def _strict_str(value: object, _: object) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"expected a string, got {type(value).__name__}")
+    return value
+
+
+converter = cattrs.Converter()
+"""The one converter for the wire format. Unknown fields are ignored."""
+converter.register_structure_hook(Urls, _urls)
+converter.register_structure_hook(_WireError, _wire_error)
+converter.register_structure_hook(str, _strict_str)
+
+
+def snippet(body: bytes, secret: str | None = None) -> str:
+    """The first characters of a body, for error messages, with `secret` scrubbed."""
+    text = body[: SNIPPET_CHARS * 4].decode("utf-8", "replace")
+    text = " ".join(text.split())[:SNIPPET_CHARS]
+    return scrub(text, secret)
+
+
+def scrub(text: str, secret: str | None) -> str:
+    """Remove every occurrence of `secret` from server-supplied text."""
+    if secret and secret in text:
+        return text.replace(secret, "[redacted]")
+    return text
+
+
+_BY_STATUS: dict[int, type[APIStatusError]] = {
+    400: BadRequestError,
+    401: AuthenticationError,
+    402: InsufficientBalanceError,
+    403: PermissionDeniedError,
+    404: NotFoundError,
+    422: BadRequestError,
+    429: RateLimitError,
+}
+
+
+def status_error(
+    status: int,
+    message: str,
+    *,
+    code: int | str | None = None,
+    retry_after: float | None = None,
+) -> APIStatusError:
+    """The `APIStatusError` subclass for `status`."""
+    if status == 429:
+        return RateLimitError(message, status=status, code=code, retry_after=retry_after)
+    if status >= 500:
+        return ServerError(message, status=status, code=code)
+    return _BY_STATUS.get(status, APIStatusError)(message, status=status, code=code)
+
+
+def _error_message(payload: Any) -> tuple[str | None, int | str | None]:
+    """(message, code) from an OpenAI-style ``{"error": {...}}`` or a ``{"code", "msg"}`` body."""
+    if not isinstance(payload, Mapping):
+        return None, None
+    err = payload.get("error")
+    if isinstance(err, Mapping):
+        msg = err.get("message") or err.get("msg") or err.get("type")
+        code = err.get("code")
+        return (str(msg) if msg else None), code if isinstance(code, (int, str)) else None
+    if isinstance(err, str):
+        return err, None
+    msg = payload.get("message") or payload.get("msg")
+    code = payload.get("code")
+    return (str(msg) if msg else None), code if isinstance(code, (int, str)) else None
+
+
+def _body_code(payload: Any) -> int | None:
+    if isinstance(payload, Mapping):
+        code = payload.get("code")
+        if isinstance(code, int) and not isinstance(code, bool):
+            return code
+        if isinstance(code, str) and code.isdigit():
+            return int(code)
+    return None
+
+
+def decode(
+    status: int,
+    body: bytes,
+    *,
+    retry_after: float | None = None,
+    secret: str | None = None,
+) -> Any:
+    """The ``data`` of a successful answer, or raise the matching error.
+
+    The HTTP status and the body's ``code`` both count: a 200 carrying
+    ``{"code": 402}`` is an `InsufficientBalanceError`. A body that is not JSON
+    raises `ServerError` under a 5xx status (a gateway page) and `DecodeError`
+    otherwise. Server text is scrubbed of `secret` before it goes into an error.
+    """
+    try:
+        payload = json.loads(body) if body else None
+    except ValueError:
+        payload = None
+        parsed = False
+    else:
+        parsed = True
+
+    message, code = _error_message(payload)
+    message = scrub(message, secret) if message else None
+    body_code = _body_code(payload)
+
+    if 300 <= status < 400:
+        raise APIStatusError(
+            "unexpected redirect; not followed, as it could carry the API key to another host",
+            status=status,
+        )
+    if status >= 400:
+        effective = status
+    elif body_code is not None and body_code != 200 and body_code >= 400:
+        effective = body_code
+    elif isinstance(payload, Mapping) and isinstance(payload.get("error"), Mapping):
+        effective = body_code if body_code and body_code >= 400 else 400
+    else:
+        effective = status
+
+    if effective >= 400:
+        if message is None:
+            message = snippet(body, secret) if body else "no body"
+            if not parsed and status >= 500:
+                message = f"non-JSON error page: {message}"
+        return _raise(status_error(effective, message, code=code, retry_after=retry_after))
+    if not parsed:
+        raise DecodeError("answer is not JSON", status=status, snippet=snippet(body, secret))
+    if not isinstance(payload, Mapping) or "data" not in payload:
+        raise DecodeError("answer has no 'data'", status=status, snippet=snippet(body, secret))
+    return payload["data"]
+
+
+def _raise(exc: Exception) -> Any:
+    raise exc
+
+
+def parse_submit(
+    status: int, body: bytes, *, retry_after: float | None = None, secret: str | None = None
+) -> str:
+    """The task id from a submission answer (``data`` is a one-item list)."""
+    data = decode(status, body, retry_after=retry_after, secret=secret)
+    item = data[0] if isinstance(data, list) and data else data
+    try:
+        wire = converter.structure(item, _WireSubmitted)
+    except Exception:
+        raise DecodeError(
+            "submission answer has no task_id", status=status, snippet=snippet(body, secret)
+        ) from None
+    if not wire.task_id:
+        raise DecodeError("submission answer has an empty task_id", status=status, snippet="")
+    return wire.task_id
+
+
+def task_from_data(data: Any) -> Task:
+    """A `Task` from a task answer's ``data`` object; raises on a wrong shape."""
+    wire = converter.structure(data, _WireTask)
+    videos = wire.result.videos or wire.result.images if wire.result else ()
+    urls = tuple(url for video in videos for url in video.url)
+    expiries = [v.expires_at for v in videos if v.expires_at is not None]
+    return Task(
+        id=wire.id,
+        status=TaskStatus.parse(wire.status),
+        raw_status=wire.status,
+        progress=max(0, min(100, int(wire.progress))),
+        created=wire.created,
+        estimated_time=wire.estimated_time,
+        completed_at=wire.completed,
+        actual_time=wire.actual_time,
+        video_urls=urls,
+        expires_at=min(expiries) if expiries else None,
+        error=TaskError(code=wire.error.code, message=wire.error.message) if wire.error else None,
+    )
+
+
+def parse_task(
+    status: int, body: bytes, *, retry_after: float | None = None, secret: str | None = None
+) -> Task:
+    """A `Task` from a ``GET /v1/tasks/{id}`` answer."""
+    data = decode(status, body, retry_after=retry_after, secret=secret)
+    try:
+        return task_from_data(data)
+    except Exception:
+        raise DecodeError(
+            "task answer is not the documented shape", status=status, snippet=snippet(body, secret)
+        ) from None

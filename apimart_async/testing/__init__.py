@@ -1,0 +1,37 @@
+"""Test your APIMart code offline: the emulator, a compressed clock and the retry switch.
+
+    from apimart_async import Session, VideoRequest
+    from apimart_async.testing import EmulatorServer, set_testing
+
+    async with EmulatorServer() as server:
+        async with Session("any-key", base_url=server.base_url) as session:
+            sub = await session.submit(VideoRequest("a red fox"))
+            task = await session.wait(sub)
+
+`apimart-async emulator --port 8089` runs the same emulator standalone.
+"""
+
+from .._clock import Clock
+from .._retry import is_testing, set_testing
+from ._emulator import (
+    Emulator,
+    EmulatorConfig,
+    EmulatorStats,
+    Fault,
+    TaskPlan,
+    video_bytes,
+)
+from ._server import EmulatorServer
+
+__all__ = [
+    "Clock",
+    "Emulator",
+    "EmulatorConfig",
+    "EmulatorServer",
+    "EmulatorStats",
+    "Fault",
+    "TaskPlan",
+    "is_testing",
+    "set_testing",
+    "video_bytes",
+]

@@ -1,0 +1,75 @@
+"""The public contract: names importable from the facade."""
+
+import apimart_async
+import apimart_async.testing
+
+EXPECTED = [
+    "APIConnectionError",
+    "APIMartError",
+    "APIStatusError",
+    "APITimeoutError",
+    "AuthenticationError",
+    "BadRequestError",
+    "Clock",
+    "DecodeError",
+    "DownloadError",
+    "InsufficientBalanceError",
+    "NotFoundError",
+    "PermissionDeniedError",
+    "PollPolicy",
+    "RateLimitError",
+    "ResultExpiredError",
+    "RetryPolicy",
+    "ServerError",
+    "Session",
+    "SessionStats",
+    "Submission",
+    "Task",
+    "TaskError",
+    "TaskFailedError",
+    "TaskStatus",
+    "TaskTimeoutError",
+    "Timeout",
+    "ValidationError",
+    "VideoRequest",
+    "__version__",
+]
+
+
+def test_exported_names_are_pinned_and_sorted() -> None:
+    assert apimart_async.__all__ == EXPECTED
+    assert sorted(apimart_async.__all__) == apimart_async.__all__
+    for name in apimart_async.__all__:
+        assert getattr(apimart_async, name) is not None
+
+
+def test_testing_names_are_sorted_and_importable() -> None:
+    names = apimart_async.testing.__all__
+    assert sorted(names) == names
+    for name in names:
+        assert getattr(apimart_async.testing, name) is not None
+
+
+def test_every_public_object_has_a_docstring() -> None:
+    for name in apimart_async.__all__:
+        obj = getattr(apimart_async, name)
+        if name != "__version__":
+            assert obj.__doc__, name
+
+
+def test_error_tree() -> None:
+    e = apimart_async
+    for cls in (
+        e.ValidationError, e.APIStatusError, e.APIConnectionError, e.DecodeError,
+        e.TaskFailedError, e.TaskTimeoutError, e.ResultExpiredError, e.DownloadError,
+    ):
+        assert issubclass(cls, e.APIMartError)
+    assert issubclass(e.ValidationError, ValueError)
+    assert issubclass(e.APITimeoutError, TimeoutError)
+    assert issubclass(e.APITimeoutError, e.APIConnectionError)
+    assert issubclass(e.TaskTimeoutError, TimeoutError)
+    for cls in (
+        e.BadRequestError, e.AuthenticationError, e.InsufficientBalanceError,
+        e.PermissionDeniedError, e.NotFoundError, e.RateLimitError, e.ServerError,
+    ):
+        assert issubclass(cls, e.APIStatusError)
