@@ -14,6 +14,7 @@
 Everything public is re-exported here; the modules behind it are private.
 """
 
+from ._batch import BatchEvent, EventKind
 from ._clock import Clock
 from ._config import Timeout
 from ._errors import (
@@ -27,6 +28,7 @@ from ._errors import (
     DownloadError,
     InsufficientBalanceError,
     NotFoundError,
+    NotSubmittedError,
     PermissionDeniedError,
     RateLimitError,
     ResultExpiredError,
@@ -35,10 +37,11 @@ from ._errors import (
     TaskTimeoutError,
     ValidationError,
 )
-from ._models import Submission, Task, TaskError, TaskStatus, VideoRequest
+from ._models import Submission, Task, TaskError, TaskStatus, TaskUpdate, VideoRequest
 from ._polling import PollPolicy
 from ._retry import RetryPolicy
 from ._session import Session
+from ._streams import BatchStream, Watch
 from ._transport import SessionStats
 from ._version import __version__
 
@@ -49,11 +52,15 @@ __all__ = [
     "APITimeoutError",
     "AuthenticationError",
     "BadRequestError",
+    "BatchEvent",
+    "BatchStream",
     "Clock",
     "DecodeError",
     "DownloadError",
+    "EventKind",
     "InsufficientBalanceError",
     "NotFoundError",
+    "NotSubmittedError",
     "PermissionDeniedError",
     "PollPolicy",
     "RateLimitError",
@@ -68,8 +75,10 @@ __all__ = [
     "TaskFailedError",
     "TaskStatus",
     "TaskTimeoutError",
+    "TaskUpdate",
     "Timeout",
     "ValidationError",
     "VideoRequest",
+    "Watch",
     "__version__",
 ]

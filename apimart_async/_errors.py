@@ -27,6 +27,7 @@ __all__ = [
     "DownloadError",
     "InsufficientBalanceError",
     "NotFoundError",
+    "NotSubmittedError",
     "PermissionDeniedError",
     "RateLimitError",
     "ResultExpiredError",
@@ -173,6 +174,18 @@ class TaskTimeoutError(APIMartError, TimeoutError):
         self.task = task
         state = f", last seen {task.status.value} at {task.progress}%" if task else ""
         super().__init__(f"task {task_id} not finished after {timeout:g}s{state}")
+
+
+class NotSubmittedError(APIMartError):
+    """The item was never sent: an earlier fatal answer (bad key, no balance) stopped the batch.
+
+    `reason` is that fatal error. Nothing was billed for this item.
+    """
+
+    def __init__(self, reason: APIMartError) -> None:
+        self.reason = reason
+        name = type(reason).__name__
+        super().__init__(f"not submitted: the batch stopped after {name}: {reason}")
 
 
 class ResultExpiredError(APIMartError):

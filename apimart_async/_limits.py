@@ -7,7 +7,6 @@ coroutine retrying on its own.
 
 from __future__ import annotations
 
-import math
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
@@ -22,7 +21,10 @@ class AIMDRate:
     """Additive-increase / multiplicative-decrease request rate, as TCP does for windows.
 
     Pure state driven by the caller's clock readings. `rate` is None while no limit is
-    known (no `ceiling` and no 429 met yet): requests then go as fast as concurrency allows.
+    known (no `ceiling` and no 429 met yet): requests then go as fast as concurrency
+    allows. A 429 multiplies the rate by `decrease`; successes then raise it quickly
+    (`fast`, a fraction of the rate per second) back toward 85 % of where the last 429
+    was met, and slowly (`slow`) beyond, so probing for headroom costs few 429s.
     """
 
     def __init__(
@@ -30,21 +32,23 @@ class AIMDRate:
         *,
         ceiling: float | None = None,
         floor: float = 0.5,
-        decrease: float = 0.5,
-        increase_per_second: float = 0.25,
+        decrease: float = 0.7,
+        fast: float = 0.3,
+        slow: float = 0.03,
         window: float = 1.0,
     ) -> None:
         self.ceiling = ceiling
         self.floor = floor
         self.decrease = decrease
-        # Recovery per second, as a fraction of the rate reached at the last decrease.
-        self.increase_per_second = increase_per_second
+        self.fast = fast
+        self.slow = slow
         self.window = window
         self.rate: float | None = ceiling
-        self._last_decrease = -math.inf
-        self._recent: deque[float] = deque()
-        self._rate_at_decrease = ceiling or 0.0
+        # Bumped at each decrease; a request remembers the epoch it was paced under.
+        self.epoch = 0
         self.throttles = 0
+        self._recent: deque[float] = deque()
+        self._throttled_at_rate = ceiling or 0.0
 
     def observe_start(self, now: float) -> None:
         """Note that a request started, to measure the rate actually achieved."""
@@ -53,30 +57,37 @@ class AIMDRate:
         while self._recent and self._recent[0] < horizon:
             self._recent.popleft()
 
-    def measured(self) -> float:
-        """Requests started during the last window, per second."""
-        return len(self._recent) / self.window
+    def measured(self, now: float) -> float:
+        """Requests started during the last window, per second.
 
-    def on_throttled(self, started_at: float, now: float) -> None:
-        """A request started at `started_at` met a 429.
+        Right after start-up the window is not full; dividing by the time covered (a
+        quarter second at least) keeps a burst from reading as thousands per second.
+        """
+        if not self._recent:
+            return 0.0
+        span = min(self.window, max(now - self._recent[0], self.window / 4))
+        return len(self._recent) / span
 
-        Requests that started before the last decrease were sent at the old rate, so
-        their 429s do not shrink the rate again: one burst costs one halving.
+    def on_throttled(self, epoch: int, now: float) -> None:
+        """A request paced under `epoch` met a 429.
+
+        Requests paced before the last decrease went out at the old rate, so their
+        429s do not shrink the rate again: one burst costs one decrease.
         """
         self.throttles += 1
-        if started_at < self._last_decrease:
+        if epoch != self.epoch:
             return
-        current = self.rate if self.rate is not None else max(self.measured(), self.floor)
+        current = self.rate if self.rate is not None else max(self.measured(now), self.floor)
+        self._throttled_at_rate = current
         self.rate = max(self.floor, current * self.decrease)
-        self._rate_at_decrease = self.rate
-        self._last_decrease = now
+        self.epoch += 1
 
     def on_success(self, elapsed: float) -> None:
-        """A request succeeded `elapsed` seconds after the previous success: recover a little."""
+        """A request succeeded `elapsed` seconds after the previous success: recover."""
         if self.rate is None:
             return
-        step = max(self._rate_at_decrease, 1.0) * self.increase_per_second * elapsed
-        self.rate += step
+        share = self.fast if self.rate < 0.85 * self._throttled_at_rate else self.slow
+        self.rate += max(0.1, share * self.rate) * elapsed
         if self.ceiling is not None:
             self.rate = min(self.rate, self.ceiling)
 
@@ -100,35 +111,45 @@ class Limits:
         self.in_flight = 0
         self.peak_in_flight = 0
 
-    async def _pace(self) -> None:
-        # Claim the next free slot synchronously, then sleep until it: O(1), fair, no lock.
-        now = self._clock()
-        start = max(now, self._paused_until)
-        rate = self.rate.rate
-        if rate is not None:
-            start = max(start, self._next_slot)
-            self._next_slot = start + 1.0 / rate
-        if start > now:
-            await anyio.sleep(start - now)
+    async def _pace(self) -> int:
+        """Wait for a send slot at the current rate; return the epoch it was paced under."""
+        while True:
+            # Claim the next free slot synchronously, then sleep until it: O(1), no lock.
+            epoch = self.rate.epoch
+            now = self._clock()
+            start = max(now, self._paused_until)
+            rate = self.rate.rate
+            if rate is not None:
+                start = max(start, self._next_slot)
+                self._next_slot = start + 1.0 / rate
+            if start > now:
+                await anyio.sleep(start - now)
+            if self.rate.epoch == epoch:
+                return epoch
+            # The rate fell while we waited: that slot was spaced for the old rate.
 
     @asynccontextmanager
-    async def slot(self) -> AsyncIterator[float]:
-        """Hold one request slot; yields the clock reading when the request was let go."""
+    async def slot(self) -> AsyncIterator[int]:
+        """Hold one request slot; yields the rate epoch the request was paced under."""
         async with self.concurrency:
-            await self._pace()
-            started = self._clock()
-            self.rate.observe_start(started)
+            epoch = await self._pace()
+            self.rate.observe_start(self._clock())
             self.in_flight += 1
             self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
             try:
-                yield started
+                yield epoch
             finally:
                 self.in_flight -= 1
 
-    def throttled(self, started_at: float, retry_after: float | None) -> None:
-        """Record a 429 for a request let go at `started_at`; honour a hint for everyone."""
+    def throttled(self, epoch: int, retry_after: float | None) -> None:
+        """Record a 429 for a request paced under `epoch`; honour a hint for everyone."""
         now = self._clock()
-        self.rate.on_throttled(started_at, now)
+        before = self.rate.epoch
+        self.rate.on_throttled(epoch, now)
+        if self.rate.epoch != before and self.rate.rate is not None:
+            # Slots claimed at the old rate are re-claimed at the new one, starting one
+            # interval from now: the server has just said its budget is spent.
+            self._next_slot = now + 1.0 / self.rate.rate
         if retry_after:
             self._paused_until = max(self._paused_until, now + retry_after)
 

@@ -12,9 +12,9 @@ from urllib.parse import urlsplit
 
 import attrs
 
-from ._errors import ValidationError
+from ._errors import APIMartError, ValidationError
 
-__all__ = ["Submission", "Task", "TaskError", "TaskStatus", "VideoRequest"]
+__all__ = ["Submission", "Task", "TaskError", "TaskStatus", "TaskUpdate", "VideoRequest"]
 
 ASPECT_RATIOS = ("16:9", "9:16")
 # Fields the SDK sends itself; `extra` may not shadow them.
@@ -201,6 +201,33 @@ class Submission:
     task_id: str
     request: VideoRequest
     idempotency_key: str = ""
+
+
+@attrs.frozen(kw_only=True)
+class TaskUpdate:
+    """A change seen by `Session.watch`: a new status or progress, or the task's end.
+
+    Each task gets exactly one final update (`final` is True): its terminal state, or
+    `timed_out`, or an `error` that stopped watching it (e.g. `NotFoundError`).
+    `task` is the latest state (None if the task was never read).
+    """
+
+    task_id: str
+    status: TaskStatus
+    progress: int = 0
+    task: Task | None = None
+    error: APIMartError | None = None
+    timed_out: bool = False
+
+    @property
+    def final(self) -> bool:
+        """True for the last update of this task."""
+        return self.status.is_terminal or self.timed_out or self.error is not None
+
+    @property
+    def completed(self) -> bool:
+        """True when the task completed (its videos are ready)."""
+        return self.status is TaskStatus.COMPLETED
 
 
 def finite_positive(field: str, value: float | None, *, allow_zero: bool = False) -> None:

@@ -3,18 +3,27 @@
 from __future__ import annotations
 
 import logging
+import sys
 import uuid
+from collections.abc import Callable, Coroutine, Iterable, Sequence
+from contextlib import AsyncExitStack
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+import anyio
+from anyio.abc import TaskGroup
+
+from ._batch import submit_each
 from ._clock import Clock
 from ._config import DEFAULT_BASE_URL, ApiKey, Timeout, check_base_url
-from ._errors import TaskFailedError, TaskTimeoutError, ValidationError
+from ._errors import APIMartError, TaskFailedError, TaskTimeoutError, ValidationError
 from ._http import Http
 from ._limits import Limits
 from ._models import Submission, Task, VideoRequest, finite_positive
-from ._polling import PollPolicy, PollState, next_delay, observe
+from ._poller import Poller
+from ._polling import PollPolicy
 from ._retry import RetryPolicy
+from ._streams import BatchStream, Watch
 from ._transport import SessionStats, Transport
 from ._wire import build_get_task, build_submit, check_task_id, parse_submit, parse_task
 
@@ -82,6 +91,11 @@ class Session:
             stats=self.stats,
         )
         self._open = False
+        self._stack: AsyncExitStack | None = None
+        self._tg: TaskGroup | None = None
+        self._poller: Poller | None = None
+        # When this session submitted each task (clock time), for the poller's first poll.
+        self._submitted_at: dict[str, float] = {}
 
     def __repr__(self) -> str:
         return (
@@ -90,7 +104,18 @@ class Session:
         )
 
     async def __aenter__(self) -> Session:
-        await self._http.open()
+        stack = AsyncExitStack()
+        await stack.__aenter__()
+        try:
+            await self._http.open()
+            stack.push_async_callback(self._http.close)
+            self._tg = await stack.enter_async_context(anyio.create_task_group())
+            # Background work (the poller, stream submissions) ends before the socket closes.
+            stack.callback(self._tg.cancel_scope.cancel)
+        except BaseException:
+            await stack.__aexit__(*sys.exc_info())
+            raise
+        self._stack = stack
         self._open = True
         return self
 
@@ -100,12 +125,38 @@ class Session:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self._open = False
-        await self._http.close()
+        stack, self._stack = self._stack, None
+        try:
+            if stack is not None:
+                await stack.__aexit__(exc_type, exc, tb)
+        finally:
+            self._open = False
+            self._poller = None
+            self._tg = None
 
     def _require_open(self) -> None:
         if not self._open:
             raise RuntimeError("the session is not open: use 'async with Session(...) as s'")
+
+    def _spawn(self, func: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        """Run `func` in the session's task group (it ends when the session closes)."""
+        self._require_open()
+        assert self._tg is not None
+        self._tg.start_soon(func)
+
+    def _get_poller(self) -> Poller:
+        self._require_open()
+        if self._poller is None:
+            self._poller = Poller(
+                fetch=self.get_task, policy=self.poll, clock=self.clock,
+                workers=self.max_concurrency,
+            )
+            assert self._tg is not None
+            self._poller.bind(self._tg)
+        return self._poller
+
+    def _started_at(self, task_id: str) -> float | None:
+        return self._submitted_at.pop(task_id, None)
 
     # -- single requests --------------------------------------------------------------
 
@@ -118,18 +169,58 @@ class Session:
         ambiguous failure the error has ``submission_ambiguous`` set: the task may
         exist and be billed, so look before submitting again.
         """
-        if not isinstance(request, VideoRequest):
-            raise ValidationError(
-                "request", f"must be a VideoRequest, got {type(request).__name__}"
-            )
+        return await self._submit(_check_request("request", request), key=idempotency_key)
+
+    async def _submit(
+        self,
+        request: VideoRequest,
+        *,
+        key: str | None = None,
+        gate: Callable[[], None] | None = None,
+    ) -> Submission:
         self._require_open()
-        key = idempotency_key or uuid.uuid4().hex
+        key = key or uuid.uuid4().hex
         task_id: str = await self._transport.call(
-            build_submit(request, idempotency_key=key), parse_submit
+            build_submit(request, idempotency_key=key), parse_submit, gate=gate
         )
         self.stats.submissions += 1
+        self._submitted_at[task_id] = self.clock.now()
         log.info("submitted task %s", task_id)
         return Submission(task_id=task_id, request=request, idempotency_key=key)
+
+    async def submit_many(
+        self,
+        requests: Iterable[VideoRequest],
+        *,
+        idempotency_keys: Sequence[str] | None = None,
+    ) -> list[Submission | APIMartError]:
+        """Submit every request; one outcome per request, in input order.
+
+        Each outcome is the `Submission` or the error that stopped that item; one
+        item's failure never cancels the others. Requests in flight stay within the
+        session's `max_concurrency` (and `rps`); a 429 slows the whole session down.
+        A fatal answer (401, 402, 403) stops the items not yet sent, each marked with
+        `NotSubmittedError` naming the reason. Everything is validated first.
+        """
+        items = [_check_request(f"requests[{i}]", r) for i, r in enumerate(requests)]
+        if idempotency_keys is not None and len(idempotency_keys) != len(items):
+            raise ValidationError(
+                "idempotency_keys", f"has {len(idempotency_keys)} keys for {len(items)} requests"
+            )
+        self._require_open()
+        outcomes: list[Submission | APIMartError | None] = [None] * len(items)
+
+        async def submit_one(
+            index: int, request: VideoRequest, gate: Callable[[], None]
+        ) -> Submission:
+            key = idempotency_keys[index] if idempotency_keys is not None else None
+            return await self._submit(request, key=key, gate=gate)
+
+        def done(index: int, outcome: Submission | APIMartError | None) -> None:
+            outcomes[index] = outcome
+
+        await submit_each(items, submit_one, done, workers=self.max_concurrency)
+        return [o for o in outcomes if o is not None]
 
     async def get_task(self, task_id: str | Submission) -> Task:
         """The task's current state (``GET /v1/tasks/{id}``), retried on transient errors."""
@@ -139,28 +230,80 @@ class Session:
         self.stats.polls += 1
         return task
 
-    async def wait(self, task_id: str | Submission, *, timeout: float | None = None) -> Task:
+    def watch(
+        self,
+        tasks: Iterable[str | Submission],
+        *,
+        timeout: float | None = None,
+        task_timeout: float | None = None,
+    ) -> Watch:
+        """Follow tasks to their end: an async iterator of `TaskUpdate`.
+
+        One update per change of status or progress, exactly one final update per task
+        (`update.final`), and the iteration ends when every task has had its final
+        update. `task_timeout` bounds each task, `timeout` the whole watch (API
+        seconds); a task past either gets a final update with `timed_out` set. Use it as
+        ``async with session.watch(ids) as updates: async for u in updates: ...``; plain
+        ``async for`` works too, and leaving the loop stops the polling at once.
+        """
+        finite_positive("timeout", timeout)
+        finite_positive("task_timeout", task_timeout)
+        ids = list(dict.fromkeys(_task_id(t) for t in tasks))
+        poller = self._get_poller()
+        return Watch(
+            poller, self.clock, [(tid, self._started_at(tid)) for tid in ids],
+            timeout=timeout, task_timeout=task_timeout,
+        )
+
+    def stream(
+        self,
+        requests: Iterable[VideoRequest],
+        *,
+        timeout: float | None = None,
+        task_timeout: float | None = None,
+    ) -> BatchStream:
+        """Submit `requests` and follow each to its end, as one stream of `BatchEvent`.
+
+        ``async with session.stream(requests) as events: async for e in events: ...``
+        Each item gets SUBMITTED, PROGRESS events, then exactly one final event:
+        COMPLETED, FAILED, SUBMIT_FAILED or TIMED_OUT (`e.index` is its input position).
+        """
+        items = [_check_request(f"requests[{i}]", r) for i, r in enumerate(requests)]
+        finite_positive("timeout", timeout)
+        finite_positive("task_timeout", task_timeout)
+        return BatchStream(self, items, timeout=timeout, task_timeout=task_timeout)
+
+    # `timeout` is in API seconds on the session's clock, so anyio.fail_after would not do.
+    async def wait(
+        self, task_id: str | Submission, *, timeout: float | None = None  # noqa: ASYNC109
+    ) -> Task:
         """Poll until the task ends; return it when completed.
 
-        Raises `TaskFailedError` when it fails or is cancelled and `TaskTimeoutError`
-        after `timeout` API seconds (the task itself goes on).
+        Raises `TaskFailedError` when it fails or is cancelled, `TaskTimeoutError`
+        after `timeout` API seconds (the task itself goes on), or the error that made
+        watching impossible (e.g. `NotFoundError`).
         """
-        tid = task_id.task_id if isinstance(task_id, Submission) else check_task_id(task_id)
-        finite_positive("timeout", timeout)
-        self._require_open()
-        state = PollState(started_at=self.clock.now())
-        deadline = None if timeout is None else state.started_at + timeout
-        last: Task | None = None
-        while True:
-            delay = next_delay(self.poll, state, self.clock.now())
-            if deadline is not None and self.clock.now() + delay > deadline:
-                await self.clock.sleep(deadline - self.clock.now())
-                raise TaskTimeoutError(tid, timeout=timeout or 0.0, task=last)
-            await self.clock.sleep(delay)
-            last = await self.get_task(tid)
-            observe(state, self.clock.now(), last)
-            if last.is_terminal:
-                if last.status.value == "completed":
-                    return last
-                raise TaskFailedError(last)
+        tid = _task_id(task_id)
+        async with self.watch([tid], task_timeout=timeout) as updates:
+            async for update in updates:
+                if not update.final:
+                    continue
+                if update.timed_out:
+                    raise TaskTimeoutError(tid, timeout=timeout or 0.0, task=update.task)
+                if update.error is not None:
+                    raise update.error
+                assert update.task is not None
+                if update.completed:
+                    return update.task
+                raise TaskFailedError(update.task)
+        raise RuntimeError(f"watch of {tid} ended without a final update")  # pragma: no cover
 
+
+def _task_id(task: object) -> str:
+    return task.task_id if isinstance(task, Submission) else check_task_id(task)
+
+
+def _check_request(field: str, request: object) -> VideoRequest:
+    if not isinstance(request, VideoRequest):
+        raise ValidationError(field, f"must be a VideoRequest, got {type(request).__name__}")
+    return request

@@ -71,9 +71,13 @@ class Transport:
         headers["Accept"] = "application/json"
         return headers
 
-    async def _attempt(self, request: HttpRequest, parse: Parser[T]) -> T:
+    async def _attempt(
+        self, request: HttpRequest, parse: Parser[T], gate: Callable[[], None] | None
+    ) -> T:
         secret = self._key.reveal()
-        async with self.limits.slot() as started:
+        async with self.limits.slot() as epoch:
+            if gate is not None:
+                gate()  # the last moment to decide not to send
             self.stats.requests += 1
             try:
                 raw = await self.http.request(
@@ -88,13 +92,18 @@ class Transport:
                 result: T = parse(raw.status, raw.body, retry_after=hint, secret=secret)
             except RateLimitError as exc:
                 self.stats.rate_limited += 1
-                self.limits.throttled(started, 0.0 if is_testing() else exc.retry_after)
+                self.limits.throttled(epoch, 0.0 if is_testing() else exc.retry_after)
                 raise
             self.limits.succeeded()
             return result
 
-    async def call(self, request: HttpRequest, parse: Parser[T]) -> T:
+    async def call(
+        self, request: HttpRequest, parse: Parser[T], *, gate: Callable[[], None] | None = None
+    ) -> T:
         """Send `request` until it succeeds or the policy gives up; parse the answer.
+
+        `gate`, if given, is called right before each attempt goes out and may raise
+        to stop it (a batch that met a fatal error stops its unsent items this way).
 
         A submission given up after an ambiguous failure has `submission_ambiguous`
         set on the error: it may have been created (and billed) on the server.
@@ -103,7 +112,7 @@ class Transport:
         while True:
             attempt += 1
             try:
-                return await self._attempt(request, parse)
+                return await self._attempt(request, parse, gate)
             except APIMartError as exc:
                 decision = decide(
                     self.retry, exc, attempt=attempt, idempotent=request.idempotent

@@ -10,11 +10,15 @@ EXPECTED = [
     "APITimeoutError",
     "AuthenticationError",
     "BadRequestError",
+    "BatchEvent",
+    "BatchStream",
     "Clock",
     "DecodeError",
     "DownloadError",
+    "EventKind",
     "InsufficientBalanceError",
     "NotFoundError",
+    "NotSubmittedError",
     "PermissionDeniedError",
     "PollPolicy",
     "RateLimitError",
@@ -29,9 +33,11 @@ EXPECTED = [
     "TaskFailedError",
     "TaskStatus",
     "TaskTimeoutError",
+    "TaskUpdate",
     "Timeout",
     "ValidationError",
     "VideoRequest",
+    "Watch",
     "__version__",
 ]
 
@@ -62,6 +68,7 @@ def test_error_tree() -> None:
     for cls in (
         e.ValidationError, e.APIStatusError, e.APIConnectionError, e.DecodeError,
         e.TaskFailedError, e.TaskTimeoutError, e.ResultExpiredError, e.DownloadError,
+        e.NotSubmittedError,
     ):
         assert issubclass(cls, e.APIMartError)
     assert issubclass(e.ValidationError, ValueError)

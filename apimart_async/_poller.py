@@ -1,0 +1,213 @@
+"""One poller per session: a heap of next-poll times and a fixed pool of workers.
+
+Watching 10,000 tasks costs one heap entry and one small state object each, not a
+sleeping coroutine each. Polls go through the session's transport, so they share
+its concurrency and rate limits with submissions.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import math
+from collections.abc import Awaitable, Callable
+
+import anyio
+from anyio.abc import TaskGroup
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from ._clock import Clock
+from ._errors import APIMartError, APIStatusError, ValidationError
+from ._models import Task, TaskStatus, TaskUpdate
+from ._polling import PollPolicy, PollState, next_delay, observe
+
+__all__ = ["Poller", "Subscriber"]
+
+log = logging.getLogger("apimart_async")
+
+Subscriber = Callable[[TaskUpdate], None]
+"""Receives updates; called on the poller's task, so it must not block."""
+
+
+class _Entry:
+    __slots__ = ("generation", "last", "scope", "state", "subscribers", "task_id")
+
+    def __init__(self, task_id: str, state: PollState) -> None:
+        self.task_id = task_id
+        self.state = state
+        self.subscribers: set[Subscriber] = set()
+        self.generation = 0
+        self.last: Task | None = None
+        self.scope: anyio.CancelScope | None = None
+
+
+def _stops_watching(error: APIMartError) -> bool:
+    # A 4xx (bad id, bad key) will not get better by asking again; transient
+    # failures left over after the transport's retries are tried again later.
+    if error.fatal or isinstance(error, ValidationError):
+        return True
+    return isinstance(error, APIStatusError) and error.status < 500 and error.status != 429
+
+
+class Poller:
+    """Schedules polls for every watched task of a session and fans updates out."""
+
+    def __init__(
+        self,
+        *,
+        fetch: Callable[[str], Awaitable[Task]],
+        policy: PollPolicy,
+        clock: Clock,
+        workers: int,
+    ) -> None:
+        self._fetch = fetch
+        self._policy = policy
+        self._clock = clock
+        self._workers = workers
+        self._entries: dict[str, _Entry] = {}
+        self._heap: list[tuple[float, int, str, int]] = []
+        self._seq = itertools.count()
+        self._wakeup = anyio.Event()
+        self._started = False
+        self._tg: TaskGroup | None = None
+
+    @property
+    def watched(self) -> int:
+        """How many tasks are being polled."""
+        return len(self._entries)
+
+    def bind(self, tg: TaskGroup) -> None:
+        """Run in `tg` (the session's task group) once there is something to poll."""
+        self._tg = tg
+
+    def subscribe(self, subscriber: Subscriber, task_id: str, *, started_at: float | None) -> None:
+        """Deliver `task_id`'s updates to `subscriber`.
+
+        `started_at` is when the task was submitted (clock time), if known: the first
+        poll then waits for the policy's first delay; an unknown task is polled at once.
+        """
+        entry = self._entries.get(task_id)
+        if entry is None:
+            now = self._clock.now()
+            entry = _Entry(task_id, PollState(started_at=started_at if started_at else now))
+            self._entries[task_id] = entry
+            due = entry.state.started_at + self._policy.first_delay if started_at else now
+            self._push(entry, due)
+        elif entry.last is not None:
+            subscriber(_update(entry.last))
+        entry.subscribers.add(subscriber)
+        self._start()
+
+    def unsubscribe(self, subscriber: Subscriber, task_ids: list[str] | None = None) -> None:
+        """Stop delivering to `subscriber`; tasks nobody watches any more stop being polled."""
+        for task_id in task_ids if task_ids is not None else list(self._entries):
+            entry = self._entries.get(task_id)
+            if entry is None or subscriber not in entry.subscribers:
+                continue
+            entry.subscribers.discard(subscriber)
+            if not entry.subscribers:
+                self._drop(entry)
+
+    def _drop(self, entry: _Entry) -> None:
+        del self._entries[entry.task_id]
+        entry.generation += 1  # its heap item is now stale
+        if entry.scope is not None:
+            entry.scope.cancel()
+
+    def _push(self, entry: _Entry, due: float) -> None:
+        entry.generation += 1
+        heapq.heappush(self._heap, (due, next(self._seq), entry.task_id, entry.generation))
+        if self._heap[0][2] == entry.task_id:
+            self._wakeup.set()
+
+    def _start(self) -> None:
+        if self._started:
+            return
+        if self._tg is None:
+            raise RuntimeError("the session is not open: use 'async with Session(...) as s'")
+        self._started = True
+        self._tg.start_soon(self._run, name="apimart_async poller")
+
+    async def _run(self) -> None:
+        send, receive = anyio.create_memory_object_stream[str](0)
+        async with anyio.create_task_group() as tg, send, receive:
+            for _ in range(self._workers):
+                tg.start_soon(self._worker, receive.clone())
+            await self._schedule(send)
+
+    async def _schedule(self, send: MemoryObjectSendStream[str]) -> None:
+        heap = self._heap
+        while True:
+            now = self._clock.now()
+            while heap and heap[0][0] <= now:
+                _, _, task_id, generation = heapq.heappop(heap)
+                entry = self._entries.get(task_id)
+                if entry is not None and entry.generation == generation:
+                    # Blocks while every worker is busy: the heap is the only queue.
+                    await send.send(task_id)
+            wait = self._clock.real(heap[0][0] - self._clock.now()) if heap else math.inf
+            if wait > 0:
+                with anyio.move_on_after(wait):
+                    await self._wakeup.wait()
+                self._wakeup = anyio.Event()
+
+    async def _worker(self, receive: MemoryObjectReceiveStream[str]) -> None:
+        async with receive:
+            async for task_id in receive:
+                entry = self._entries.get(task_id)
+                if entry is not None:
+                    await self._poll(entry)
+
+    async def _poll(self, entry: _Entry) -> None:
+        result: Task | APIMartError | None = None
+        with anyio.CancelScope() as scope:
+            entry.scope = scope
+            try:
+                result = await self._fetch(entry.task_id)
+            except APIMartError as exc:
+                result = exc
+        entry.scope = None
+        if result is None or self._entries.get(entry.task_id) is not entry:
+            return  # nobody watches it any more
+        now = self._clock.now()
+        if isinstance(result, APIMartError):
+            if _stops_watching(result):
+                status = entry.last.status if entry.last else TaskStatus.UNKNOWN
+                self._finish(entry, TaskUpdate(
+                    task_id=entry.task_id, status=status,
+                    progress=entry.last.progress if entry.last else 0,
+                    task=entry.last, error=result,
+                ))
+                return
+            log.info("poll of %s failed (%s); trying again later", entry.task_id,
+                     type(result).__name__)
+            entry.state.misses += 1
+            delay = min(self._policy.max_interval,
+                        self._policy.min_interval * 2.0**entry.state.misses)
+            self._push(entry, now + delay)
+            return
+        previous, entry.last = entry.last, result
+        observe(entry.state, now, result)
+        if result.is_terminal:
+            self._finish(entry, _update(result))
+            return
+        if previous is None or (previous.status, previous.progress) != (
+            result.status, result.progress
+        ):
+            self._deliver(entry, _update(result))
+        self._push(entry, now + next_delay(self._policy, entry.state, now))
+
+    def _deliver(self, entry: _Entry, update: TaskUpdate) -> None:
+        for subscriber in list(entry.subscribers):
+            subscriber(update)
+
+    def _finish(self, entry: _Entry, update: TaskUpdate) -> None:
+        self._deliver(entry, update)
+        if self._entries.get(entry.task_id) is entry:
+            self._drop(entry)
+
+
+def _update(task: Task) -> TaskUpdate:
+    return TaskUpdate(task_id=task.id, status=task.status, progress=task.progress, task=task)
+

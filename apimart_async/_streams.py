@@ -1,0 +1,325 @@
+"""`Watch` and `BatchStream`: async iterators over a session's poller.
+
+Both are async context managers too. Leaving the loop (``break``), an exception or
+cancelling the consumer unsubscribes at once, so the poller stops polling tasks
+nobody watches; deadlines are kept here, on the consumer's side, so they cost no
+background task.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import weakref
+from collections import deque
+from collections.abc import Callable, Sequence
+from types import TracebackType
+from typing import TYPE_CHECKING, Generic, TypeVar
+
+import anyio
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from ._batch import BatchEvent, EventKind, Gate, SubmitOutcome, event_for_update, submit_each
+from ._clock import Clock
+from ._errors import APIMartError
+from ._models import Submission, TaskStatus, TaskUpdate, VideoRequest
+from ._poller import Poller
+
+if TYPE_CHECKING:
+    from ._session import Session
+
+__all__ = ["BatchStream", "Watch"]
+
+log = logging.getLogger("apimart_async")
+E = TypeVar("E", TaskUpdate, BatchEvent)
+
+
+class _EventStream(Generic[E]):
+    """Shared machinery: an unbounded channel from the poller, per-task deadlines."""
+
+    def __init__(
+        self, poller: Poller, clock: Clock, *, timeout: float | None, task_timeout: float | None
+    ) -> None:
+        self._poller = poller
+        self._clock = clock
+        self._task_timeout = task_timeout
+        self._end = clock.now() + timeout if timeout is not None else math.inf
+        self._ended = False
+        # Unbounded: the poller must never wait for a slow consumer.
+        self._send: MemoryObjectSendStream[E]
+        self._receive: MemoryObjectReceiveStream[E]
+        self._send, self._receive = anyio.create_memory_object_stream[E](math.inf)
+        self._deadlines: dict[str, float] = {}
+        self._ready: deque[E] = deque()
+        self._open_items = 0
+        self._closed = False
+        # The poller holds only this weak callback, so dropping the iterator (``break``
+        # out of a plain ``async for``) lets it be collected and unsubscribe itself.
+        ref = weakref.ref(self)
+
+        def deliver(update: TaskUpdate) -> None:
+            stream = ref()
+            if stream is not None:
+                stream._on_update(update)
+
+        self._deliver = deliver
+
+    # -- subclass hooks ------------------------------------------------------------------
+
+    def _on_update(self, update: TaskUpdate) -> None:
+        raise NotImplementedError
+
+    def _timed_out(self, task_id: str | None) -> list[E]:
+        raise NotImplementedError
+
+    def _start(self) -> None:
+        """Begin background work on first use (BatchStream submits)."""
+
+    def _is_final(self, event: E) -> bool:
+        return event.final
+
+    # -- plumbing -----------------------------------------------------------------------
+
+    def _watch(self, task_id: str, *, started_at: float | None) -> None:
+        now = self._clock.now()
+        deadline = now + self._task_timeout if self._task_timeout is not None else math.inf
+        # After the whole deadline, a late arrival times out at once.
+        self._deadlines[task_id] = -math.inf if self._ended else min(deadline, self._end)
+        self._poller.subscribe(self._deliver, task_id, started_at=started_at)
+
+    def _emit(self, event: E) -> None:
+        if not self._closed:
+            self._send.send_nowait(event)
+
+    def _expire(self) -> None:
+        now = self._clock.now()
+        for task_id, deadline in list(self._deadlines.items()):
+            if deadline <= now:
+                del self._deadlines[task_id]
+                self._poller.unsubscribe(self._deliver, [task_id])
+                self._ready.extend(self._timed_out(task_id))
+        if now >= self._end:
+            self._end, self._ended = math.inf, True
+            self._ready.extend(self._timed_out(None))
+
+    def __aiter__(self) -> _EventStream[E]:
+        return self
+
+    async def __anext__(self) -> E:
+        if self._closed:
+            raise StopAsyncIteration
+        self._start()
+        while True:
+            if self._ready:
+                event = self._ready.popleft()
+                self._count(event)
+                return event
+            if self._open_items <= 0:
+                self.close()
+                raise StopAsyncIteration
+            deadline = min(self._deadlines.values(), default=self._end)
+            event_or_none: E | None = None
+            try:
+                with anyio.move_on_after(self._clock.real(deadline - self._clock.now())):
+                    event_or_none = await self._receive.receive()
+            except BaseException:
+                # Cancelled, or the consumer's task is going away: stop polling now.
+                self.close()
+                raise
+            if event_or_none is None:
+                self._expire()
+                continue
+            if self._accept(event_or_none):
+                self._count(event_or_none)
+                return event_or_none
+
+    def _accept(self, event: E) -> bool:
+        return True
+
+    def _count(self, event: E) -> None:
+        if self._is_final(event):
+            self._open_items -= 1
+
+    def close(self) -> None:
+        """Stop at once: unsubscribe from the poller and close the channel (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._poller.unsubscribe(self._deliver)
+        self._deadlines.clear()
+        self._send.close()
+        self._receive.close()
+
+    async def aclose(self) -> None:
+        """Same as `close`, for ``contextlib.aclosing`` and the like."""
+        self.close()
+
+    async def __aenter__(self) -> _EventStream[E]:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        # ``async for u in session.watch(...)`` then ``break``: the iterator is dropped at
+        # once, and this stops its polling without an ``async with``.
+        if not getattr(self, "_closed", True):
+            self.close()
+
+
+class Watch(_EventStream[TaskUpdate]):
+    """The updates of a fixed set of tasks, as `Session.watch` returns them.
+
+    Iterating yields one `TaskUpdate` per change of status or progress, then exactly
+    one final update per task, and stops when every task has had its final update.
+    """
+
+    def __init__(
+        self,
+        poller: Poller,
+        clock: Clock,
+        tasks: Sequence[tuple[str, float | None]],
+        *,
+        timeout: float | None,
+        task_timeout: float | None,
+    ) -> None:
+        super().__init__(poller, clock, timeout=timeout, task_timeout=task_timeout)
+        self._open_items = len(tasks)
+        self._last: dict[str, TaskUpdate] = {}
+        for task_id, started_at in tasks:
+            self._watch(task_id, started_at=started_at)
+
+    def _on_update(self, update: TaskUpdate) -> None:
+        self._emit(update)
+
+    def _accept(self, event: TaskUpdate) -> bool:
+        if event.task_id not in self._deadlines:
+            return False  # already ended here (timed out)
+        self._last[event.task_id] = event
+        if event.final:
+            del self._deadlines[event.task_id]
+        return True
+
+    def _timed_out(self, task_id: str | None) -> list[TaskUpdate]:
+        ids = [task_id] if task_id is not None else list(self._deadlines)
+        out = []
+        for tid in ids:
+            self._deadlines.pop(tid, None)
+            self._poller.unsubscribe(self._deliver, [tid])
+            last = self._last.get(tid)
+            out.append(TaskUpdate(
+                task_id=tid,
+                status=last.status if last else TaskStatus.UNKNOWN,
+                progress=last.progress if last else 0,
+                task=last.task if last else None,
+                timed_out=True,
+            ))
+        return out
+
+
+class BatchStream(_EventStream[BatchEvent]):
+    """Submit a list of requests and follow every one to its end, as one event stream.
+
+    Yields `BatchEvent`s: SUBMITTED, PROGRESS, then one final event per item
+    (COMPLETED, FAILED, SUBMIT_FAILED or TIMED_OUT). Submission starts on first
+    iteration (or on ``async with``). Leaving early stops sending further items;
+    a submission already on the wire is allowed to finish and its task id is logged.
+    """
+
+    def __init__(
+        self,
+        session: Session,
+        requests: Sequence[VideoRequest],
+        *,
+        timeout: float | None,
+        task_timeout: float | None,
+    ) -> None:
+        super().__init__(session._get_poller(), session.clock, timeout=timeout,
+                         task_timeout=task_timeout)
+        self._session = session
+        self._requests = list(requests)
+        self._open_items = len(self._requests)
+        self._gate = Gate()
+        self._started = False
+        self._by_task: dict[str, tuple[int, Submission]] = {}
+
+    async def __aenter__(self) -> BatchStream:
+        self._start()
+        return self
+
+    def _start(self) -> None:
+        if not self._started:
+            self._started = True
+            self._session._spawn(self._submit_all)
+
+    async def _submit_all(self) -> None:
+        session = self._session
+
+        async def submit_one(
+            index: int, request: VideoRequest, gate: Callable[[], None]
+        ) -> Submission:
+            return await session._submit(request, gate=gate)
+
+        await submit_each(
+            self._requests, submit_one, self._submitted,
+            workers=session.max_concurrency, gate=self._gate,
+        )
+
+    def _submitted(self, index: int, outcome: SubmitOutcome | None) -> None:
+        request = self._requests[index]
+        if outcome is None:
+            # Not sent: the whole deadline passed (or the consumer left: then unseen).
+            self._emit(BatchEvent(kind=EventKind.TIMED_OUT, index=index, request=request))
+            return
+        if isinstance(outcome, APIMartError):
+            self._emit(BatchEvent(kind=EventKind.SUBMIT_FAILED, index=index, request=request,
+                                  error=outcome))
+            return
+        if self._closed:
+            log.warning("task %s was submitted after its stream was closed; it is not watched",
+                        outcome.task_id)
+            return
+        self._by_task[outcome.task_id] = (index, outcome)
+        self._emit(BatchEvent(kind=EventKind.SUBMITTED, index=index, request=request,
+                              submission=outcome))
+        self._watch(outcome.task_id, started_at=self._session._started_at(outcome.task_id))
+
+    def _on_update(self, update: TaskUpdate) -> None:
+        found = self._by_task.get(update.task_id)
+        if found is not None:
+            index, submission = found
+            self._emit(event_for_update(update, index, self._requests[index], submission))
+
+    def _accept(self, event: BatchEvent) -> bool:
+        task_id = event.task_id
+        if task_id is None or event.kind is EventKind.SUBMITTED:
+            return True
+        if task_id not in self._deadlines:
+            return False
+        if event.final:
+            del self._deadlines[task_id]
+        return True
+
+    def _timed_out(self, task_id: str | None) -> list[BatchEvent]:
+        events = []
+        ids = [task_id] if task_id is not None else list(self._deadlines)
+        for tid in ids:
+            self._deadlines.pop(tid, None)
+            self._poller.unsubscribe(self._deliver, [tid])
+            index, submission = self._by_task[tid]
+            events.append(BatchEvent(kind=EventKind.TIMED_OUT, index=index,
+                                     request=self._requests[index], submission=submission))
+        if task_id is None:
+            # The whole deadline: items not sent yet will not be; each still gets its
+            # TIMED_OUT event, from the submitting side, and one on the wire its task id.
+            self._gate.closed = True
+        return events
+
+    def close(self) -> None:
+        self._gate.closed = True
+        super().close()
