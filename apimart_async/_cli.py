@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -34,7 +33,7 @@ def _range(text: str) -> tuple[float, float]:
 def _add_client_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--base-url",
-        default=os.environ.get(ENV_BASE_URL, DEFAULT_BASE_URL),
+        default=None,
         help=f"API base URL (default: ${ENV_BASE_URL} or {DEFAULT_BASE_URL})",
     )
     p.add_argument("--api-key", default=None, help="API key (default: $APIMART_API_KEY)")

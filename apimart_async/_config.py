@@ -27,9 +27,10 @@ def _opt_positive(_: object, attribute: attrs.Attribute[Any], value: float | Non
 class Timeout:
     """Per-request time limits in seconds; None means no limit.
 
+    - `total`: one whole API request, answer included. Retries each get a fresh budget.
     - `connect`: getting a connection (pool wait, DNS and TCP/TLS set-up).
-    - `read`: the longest silence while waiting for or reading the answer.
-    - `total`: one whole request, answer included. Retries each get a fresh budget.
+    - `read`: the longest silence while a video download streams (downloads have no
+      total limit; API answers are small and bounded by `total`).
     """
 
     total: float | None = attrs.field(default=60.0, validator=_opt_positive)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, NamedTuple
 
 import aiohttp
 import attrs
@@ -23,9 +23,8 @@ __all__ = ["USER_AGENT", "Http", "RawResponse", "StreamedResponse", "translate"]
 USER_AGENT = f"apimart-async/{__version__}"
 
 
-@attrs.frozen
-class RawResponse:
-    """A whole answer: status, headers (lower-cased names) and body."""
+class RawResponse(NamedTuple):
+    """A whole answer: status, headers (names case-insensitive) and body."""
 
     status: int
     headers: Mapping[str, str]
@@ -67,10 +66,14 @@ def translate(exc: BaseException, secret: str | None = None) -> APIMartError:
     return APIConnectionError(f"connection failed ({text})", request_sent=True)
 
 
-def _client_timeout(timeout: Timeout) -> aiohttp.ClientTimeout:
-    return aiohttp.ClientTimeout(
-        total=timeout.total, connect=timeout.connect, sock_read=timeout.read
-    )
+def _api_timeout(timeout: Timeout) -> aiohttp.ClientTimeout:
+    # No sock_read here: its timer is re-armed on every chunk, and `total` already
+    # bounds a small API answer.
+    return aiohttp.ClientTimeout(total=timeout.total, connect=timeout.connect)
+
+
+def _stream_timeout(timeout: Timeout) -> aiohttp.ClientTimeout:
+    return aiohttp.ClientTimeout(total=None, connect=timeout.connect, sock_read=timeout.read)
 
 
 class Http:
@@ -83,7 +86,8 @@ class Http:
         session: aiohttp.ClientSession | None = None,
         connections: int = 100,
     ) -> None:
-        self._timeout = _client_timeout(timeout)
+        self._timeout = _api_timeout(timeout)
+        self._stream_timeout = _stream_timeout(timeout)
         self._borrowed = session
         self._session: aiohttp.ClientSession | None = session
         self._connections = connections
@@ -122,19 +126,22 @@ class Http:
         secret: str | None = None,
     ) -> RawResponse:
         """Send one request and read the whole answer. Redirects are not followed."""
+        # An owned session already has these timeouts; a borrowed one gets them per call.
+        timeout = self._timeout if self._borrowed is not None else aiohttp.helpers.sentinel
         try:
             async with self.session.request(
                 method,
                 url,
-                headers=dict(headers),
+                headers=headers,
                 json=json,
-                params=dict(params) if params else None,
+                params=params or None,
                 # A redirect could carry the Authorization header elsewhere.
                 allow_redirects=False,
-                timeout=self._timeout,
+                timeout=timeout,
             ) as resp:
                 body = await resp.read()
-                return RawResponse(resp.status, _lower(resp.headers), body)
+                # aiohttp's headers already look names up case-insensitively.
+                return RawResponse(resp.status, resp.headers, body)
         except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
             raise translate(exc, secret) from None
 
@@ -152,14 +159,9 @@ class Http:
                 url,
                 headers=dict(headers),
                 allow_redirects=True,
-                timeout=aiohttp.ClientTimeout(
-                    total=None, connect=self._timeout.connect, sock_read=self._timeout.sock_read
-                ),
+                timeout=self._stream_timeout,
             ) as resp:
-                yield StreamedResponse(resp.status, _lower(resp.headers), resp)
+                yield StreamedResponse(resp.status, resp.headers, resp)
         except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
             raise translate(exc) from None
 
-
-def _lower(headers: Mapping[str, str]) -> dict[str, str]:
-    return {k.lower(): v for k, v in headers.items()}

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 
 import anyio
 
@@ -102,7 +101,8 @@ class Limits:
         rps: float | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.concurrency = anyio.CapacityLimiter(max_concurrency)
+        # fast_acquire: no checkpoint when a slot is free; this sits on every request.
+        self.concurrency = anyio.Semaphore(max_concurrency, fast_acquire=True)
         self.rate = AIMDRate(ceiling=rps)
         self._clock = clock
         self._next_slot = 0.0
@@ -128,18 +128,40 @@ class Limits:
                 return epoch
             # The rate fell while we waited: that slot was spaced for the old rate.
 
-    @asynccontextmanager
-    async def slot(self) -> AsyncIterator[int]:
-        """Hold one request slot; yields the rate epoch the request was paced under."""
-        async with self.concurrency:
+    def try_acquire(self) -> int | None:
+        """Take a slot without waiting, if one is free and nothing needs pacing."""
+        if self.rate.rate is not None or self._paused_until > 0.0:
+            return None
+        try:
+            self.concurrency.acquire_nowait()
+        except anyio.WouldBlock:
+            return None
+        return self._started(self.rate.epoch)
+
+    async def acquire(self) -> int:
+        """Take one request slot (call `release` after); returns the pacing epoch."""
+        epoch = self.try_acquire()
+        if epoch is not None:
+            return epoch
+        await self.concurrency.acquire()
+        try:
             epoch = await self._pace()
-            self.rate.observe_start(self._clock())
-            self.in_flight += 1
-            self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
-            try:
-                yield epoch
-            finally:
-                self.in_flight -= 1
+        except BaseException:
+            self.concurrency.release()
+            raise
+        return self._started(epoch)
+
+    def _started(self, epoch: int) -> int:
+        self.rate.observe_start(self._clock())
+        self.in_flight += 1
+        if self.in_flight > self.peak_in_flight:
+            self.peak_in_flight = self.in_flight
+        return epoch
+
+    def release(self) -> None:
+        """Give back a slot taken by `acquire`."""
+        self.in_flight -= 1
+        self.concurrency.release()
 
     def throttled(self, epoch: int, retry_after: float | None) -> None:
         """Record a 429 for a request paced under `epoch`; honour a hint for everyone."""

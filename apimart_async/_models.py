@@ -38,10 +38,10 @@ class TaskStatus(str, enum.Enum):
     @classmethod
     def parse(cls, raw: str) -> TaskStatus:
         """The member for a wire string; `UNKNOWN` for one not known."""
-        try:
-            return cls(raw.lower())
-        except ValueError:
-            return cls.UNKNOWN
+        found = _BY_WIRE.get(raw)
+        if found is None:
+            found = _BY_WIRE.get(raw.lower(), cls.UNKNOWN)
+        return found
 
     @property
     def is_terminal(self) -> bool:
@@ -49,6 +49,7 @@ class TaskStatus(str, enum.Enum):
         return self in _TERMINAL
 
 
+_BY_WIRE = {status.value: status for status in TaskStatus}
 _TERMINAL = frozenset({TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED})
 
 

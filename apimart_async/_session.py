@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import uuid
 from collections.abc import Callable, Coroutine, Iterable, Sequence
@@ -15,7 +16,7 @@ from anyio.abc import TaskGroup
 
 from ._batch import submit_each
 from ._clock import Clock
-from ._config import DEFAULT_BASE_URL, ApiKey, Timeout, check_base_url
+from ._config import DEFAULT_BASE_URL, ENV_BASE_URL, ApiKey, Timeout, check_base_url
 from ._errors import APIMartError, TaskFailedError, TaskTimeoutError, ValidationError
 from ._http import Http
 from ._limits import Limits
@@ -45,7 +46,8 @@ class Session:
     """A connection to the APIMart API; use it as ``async with Session() as s:``.
 
     - `api_key`: defaults to the ``APIMART_API_KEY`` environment variable.
-    - `base_url`: https, or plain http to a loopback host (the emulator).
+    - `base_url`: defaults to ``APIMART_BASE_URL``, else ``https://api.apimart.ai``;
+      https, or plain http to a loopback host (the emulator).
     - `max_concurrency`: requests in flight to the API host at any moment, all
       coroutines of this session together.
     - `rps`: an optional ceiling on requests per second to the API host; the session
@@ -60,7 +62,7 @@ class Session:
         self,
         api_key: str | None = None,
         *,
-        base_url: str = DEFAULT_BASE_URL,
+        base_url: str | None = None,
         max_concurrency: int = 16,
         rps: float | None = None,
         timeout: Timeout | None = None,
@@ -70,7 +72,9 @@ class Session:
         clock: Clock | None = None,
     ) -> None:
         self._key = ApiKey.resolve(api_key)
-        self.base_url = check_base_url(base_url)
+        self.base_url = check_base_url(
+            base_url if base_url is not None else os.environ.get(ENV_BASE_URL) or DEFAULT_BASE_URL
+        )
         self.max_concurrency = _check_concurrency(max_concurrency)
         finite_positive("rps", rps)
         self.timeout = timeout or Timeout()
@@ -224,9 +228,10 @@ class Session:
 
     async def get_task(self, task_id: str | Submission) -> Task:
         """The task's current state (``GET /v1/tasks/{id}``), retried on transient errors."""
-        tid = task_id.task_id if isinstance(task_id, Submission) else check_task_id(task_id)
+        tid = task_id.task_id if isinstance(task_id, Submission) else task_id
+        request = build_get_task(tid)  # validates the id before anything is sent
         self._require_open()
-        task: Task = await self._transport.call(build_get_task(tid), parse_task)
+        task: Task = await self._transport.call(request, parse_task)
         self.stats.polls += 1
         return task
 

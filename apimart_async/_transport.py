@@ -71,32 +71,6 @@ class Transport:
         headers["Accept"] = "application/json"
         return headers
 
-    async def _attempt(
-        self, request: HttpRequest, parse: Parser[T], gate: Callable[[], None] | None
-    ) -> T:
-        secret = self._key.reveal()
-        async with self.limits.slot() as epoch:
-            if gate is not None:
-                gate()  # the last moment to decide not to send
-            self.stats.requests += 1
-            try:
-                raw = await self.http.request(
-                    request.method,
-                    self.base_url + request.path,
-                    headers=self._headers(request),
-                    json=request.json,
-                    params=request.params,
-                    secret=secret,
-                )
-                hint = parse_retry_after(raw.headers)
-                result: T = parse(raw.status, raw.body, retry_after=hint, secret=secret)
-            except RateLimitError as exc:
-                self.stats.rate_limited += 1
-                self.limits.throttled(epoch, 0.0 if is_testing() else exc.retry_after)
-                raise
-            self.limits.succeeded()
-            return result
-
     async def call(
         self, request: HttpRequest, parse: Parser[T], *, gate: Callable[[], None] | None = None
     ) -> T:
@@ -108,12 +82,32 @@ class Transport:
         A submission given up after an ambiguous failure has `submission_ambiguous`
         set on the error: it may have been created (and billed) on the server.
         """
+        secret = self._key.reveal()
+        url = self.base_url + request.path
+        headers = self._headers(request)
+        limits = self.limits
         attempt = 0
         while True:
             attempt += 1
+            # One attempt, inline: this loop runs for every poll.
+            epoch = limits.try_acquire()
+            if epoch is None:
+                epoch = await limits.acquire()
             try:
-                return await self._attempt(request, parse, gate)
+                if gate is not None:
+                    gate()  # the last moment to decide not to send
+                self.stats.requests += 1
+                raw = await self.http.request(
+                    request.method, url, headers=headers, json=request.json,
+                    params=request.params, secret=secret,
+                )
+                hint = parse_retry_after(raw.headers) if raw.status != 200 else None
+                result: T = parse(raw.status, raw.body, retry_after=hint, secret=secret)
             except APIMartError as exc:
+                limits.release()
+                if isinstance(exc, RateLimitError):
+                    self.stats.rate_limited += 1
+                    limits.throttled(epoch, 0.0 if is_testing() else exc.retry_after)
                 decision = decide(
                     self.retry, exc, attempt=attempt, idempotent=request.idempotent
                 )
@@ -130,4 +124,11 @@ class Transport:
                     "%s %s attempt %d failed (%s); retrying in %.2fs",
                     request.method, request.path, attempt, type(exc).__name__, decision.delay,
                 )
+            except BaseException:
+                limits.release()
+                raise
+            else:
+                limits.release()
+                limits.succeeded()
+                return result
             await anyio.sleep(decision.delay)

@@ -7,6 +7,7 @@ unit-tested without a socket. The one cattrs converter for the wire lives here.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from typing import Any, NewType
 from urllib.parse import quote
@@ -71,17 +72,20 @@ def build_submit(request: VideoRequest, *, idempotency_key: str) -> HttpRequest:
     )
 
 
+_BAD_ID = re.compile(r"[\s/]")
+
+
 def check_task_id(task_id: object) -> str:
     """Return a usable task id or raise `ValidationError`."""
     if not isinstance(task_id, str) or not task_id.strip():
         raise ValidationError("task_id", f"must be a non-empty string, got {task_id!r}")
-    if any(ch.isspace() for ch in task_id) or "/" in task_id:
+    if _BAD_ID.search(task_id):
         raise ValidationError("task_id", f"must not contain spaces or '/', got {task_id!r}")
     return task_id
 
 
 def build_get_task(task_id: str, *, language: str | None = None) -> HttpRequest:
-    """``GET /v1/tasks/{task_id}``."""
+    """``GET /v1/tasks/{task_id}``; a bad id raises `ValidationError`."""
     path = "/v1/tasks/" + quote(check_task_id(task_id), safe="")
     return HttpRequest(method="GET", path=path, params={"language": language} if language else {})
 
@@ -251,6 +255,15 @@ def decode(
         parsed = False
     else:
         parsed = True
+        # The common case first: this runs for every poll.
+        if (
+            status == 200
+            and type(payload) is dict
+            and payload.get("code", 200) == 200
+            and "data" in payload
+            and "error" not in payload
+        ):
+            return payload["data"]
 
     message, code = _error_message(payload)
     message = scrub(message, secret) if message else None

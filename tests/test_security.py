@@ -72,7 +72,7 @@ async def test_key_absent_from_errors_and_logs_on_every_failure_path(
         await collect(s.submit(REQ))
     emu = server.emulator
     async with session_for(server, retry=RetryPolicy(max_attempts=2),
-                           timeout=Timeout(total=None, read=0.2)) as s:
+                           timeout=Timeout(total=0.2)) as s:
         for fault in (Fault.http(400), Fault.http(402), Fault.lost_answer(), Fault.html(200),
                       Fault.http(502), Fault.http(429, retry_after="9999"), Fault.slow(1)):
             emu.inject("submit", fault)

@@ -233,7 +233,7 @@ async def test_huge_retry_after_raises_instead_of_sleeping(server: EmulatorServe
 
 
 async def test_read_timeout_get_is_retried_post_is_not(server: EmulatorServer) -> None:
-    timeout = Timeout(total=None, connect=5, read=0.2)
+    timeout = Timeout(total=0.2)
     async with session_for(server, timeout=timeout) as s:
         sub = await s.submit(REQ)
         server.emulator.inject("task", Fault.slow(1.0))
@@ -269,6 +269,17 @@ async def test_unopened_session_says_how_to_use_it(server: EmulatorServer) -> No
     s = session_for(server)
     with pytest.raises(RuntimeError, match="async with"):
         await s.submit(REQ)
+
+
+def test_base_url_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("APIMART_BASE_URL", "http://127.0.0.1:8089/")
+    assert Session(KEY).base_url == "http://127.0.0.1:8089"
+    assert Session(KEY, base_url="https://other.example").base_url == "https://other.example"
+    monkeypatch.delenv("APIMART_BASE_URL")
+    assert Session(KEY).base_url == "https://api.apimart.ai"
+    monkeypatch.setenv("APIMART_BASE_URL", "http://evil.example")
+    with pytest.raises(ValidationError, match="plain http"):
+        Session(KEY)
 
 
 def test_key_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -380,7 +380,23 @@ class Emulator:
         app = web.Application(middlewares=[self._api_middleware])
         app.router.add_post("/v1/videos/generations", self._submit)
         app.router.add_get("/v1/tasks/{task_id}", self._get_task)
+        app.router.add_get(STATS_PATH, self._stats)
+        app.router.add_post(STATS_PATH + "/reset", self._reset_stats)
         return app
+
+    async def _stats(self, request: web.Request) -> web.Response:
+        return web.json_response(self.stats_dict())
+
+    async def _reset_stats(self, request: web.Request) -> web.Response:
+        self.stats = EmulatorStats()
+        return web.json_response({"reset": True})
+
+    def stats_dict(self) -> dict[str, Any]:
+        """`stats` as JSON-ready data (also served at ``GET /_emulator/stats``)."""
+        data = attrs.asdict(self.stats)
+        data["authorization_headers"] = len(self.stats.authorization_headers)
+        data["idempotency_keys"] = len(self.stats.idempotency_keys)
+        return data
 
     def file_app(self) -> web.Application:
         """The file host serving result videos, with Range, ETag and expiry."""
@@ -390,6 +406,10 @@ class Emulator:
 
     @web.middleware
     async def _api_middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        if request.path.startswith(STATS_PATH):
+            # The control endpoints are for test harnesses: no auth, latency or limits.
+            control: web.StreamResponse = await handler(request)
+            return control
         stats = self.stats
         stats.in_flight += 1
         stats.peak_in_flight = max(stats.peak_in_flight, stats.in_flight)
@@ -575,6 +595,8 @@ class Emulator:
         await response.write_eof()
         return response
 
+
+STATS_PATH = "/_emulator/stats"
 
 _REASONS = {
     400: "Bad request",

@@ -1,0 +1,68 @@
+"""Helpers for the benchmarks: an emulator in its own process, stats, tables."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import platform
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import aiohttp
+import anyio
+
+
+@contextlib.asynccontextmanager
+async def emulator_process(*flags: str) -> AsyncIterator[str]:
+    """Run ``apimart-async emulator`` in a child process; yield its base URL."""
+    cmd = [sys.executable, "-m", "apimart_async", "emulator", "--port", "0", *flags]
+    async with await anyio.open_process(cmd, stderr=subprocess.DEVNULL) as proc:
+        assert proc.stdout is not None
+        line = b""
+        async for chunk in proc.stdout:
+            line += chunk
+            if b"\n" in line:
+                break
+        base_url = line.decode().split()[3]
+        try:
+            yield base_url
+        finally:
+            proc.terminate()
+            await proc.wait()
+
+
+async def emulator_stats(base_url: str) -> dict[str, Any]:
+    async with aiohttp.ClientSession() as http, http.get(base_url + "/_emulator/stats") as r:
+        data: dict[str, Any] = await r.json()
+        return data
+
+
+async def reset_emulator_stats(base_url: str) -> None:
+    async with aiohttp.ClientSession() as http, http.post(base_url + "/_emulator/stats/reset"):
+        pass
+
+
+def percentile(values: Sequence[float], p: float) -> float:
+    """The p-th percentile (nearest rank) of `values`."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    rank = max(1, math.ceil(p / 100 * len(ordered)))
+    return ordered[rank - 1]
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """A Markdown table."""
+    def cell(v: object) -> str:
+        return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def machine() -> str:
+    return f"{platform.python_implementation()} {platform.python_version()}, {os.cpu_count()} cores"

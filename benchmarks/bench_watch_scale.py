@@ -1,0 +1,54 @@
+"""Benchmark (d): watching 10,000 tasks at once: peak RSS and client CPU per task.
+
+Submits N requests, then watches all of them until every one has ended, against an
+emulator in its own process (tasks of 20 to 40 s). RSS is this process's peak
+(``ru_maxrss``); the baseline is the peak before the first request.
+
+    python benchmarks/bench_watch_scale.py [--tasks 10000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import sys
+import time
+
+import anyio
+from _common import emulator_process, emulator_stats, machine, table
+
+from apimart_async import Session, Submission, VideoRequest
+
+
+def peak_rss_mb() -> float:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+
+
+async def main(n: int) -> None:
+    async with emulator_process("--task-duration", "20:40", "--video-size", "1024") as url:
+        baseline = peak_rss_mb()
+        async with Session("bench", base_url=url, max_concurrency=64) as session:
+            cpu0 = time.process_time()
+            outcomes = await session.submit_many([VideoRequest(f"clip {i}") for i in range(n)])
+            subs = [o for o in outcomes if isinstance(o, Submission)]
+            cpu1, wall1 = time.process_time(), time.perf_counter()
+            finals = 0
+            async for update in session.watch(subs):
+                finals += update.final
+            cpu2, wall2 = time.process_time(), time.perf_counter()
+        stats = await emulator_stats(url)
+    polls = sum(stats["polls"].values())
+    print(f"Watching {n} tasks of 20-40 s, concurrency 64 ({machine()})")
+    print(table(
+        ["tasks", "final updates", "polls/task", "peak RSS (MB)", "RSS before (MB)",
+         "watch CPU/task (ms)", "submit CPU/task (ms)", "watch wall (s)"],
+        [[len(subs), finals, polls / max(1, len(subs)), peak_rss_mb(), baseline,
+          (cpu2 - cpu1) / n * 1e3, (cpu1 - cpu0) / n * 1e3, wall2 - wall1]],
+    ))
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser()
+    p.add_argument("--tasks", type=int, default=10000)
+    anyio.run(main, p.parse_args().tasks)
