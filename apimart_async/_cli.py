@@ -6,12 +6,15 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import anyio
 
 from ._config import DEFAULT_BASE_URL, ENV_BASE_URL
 from ._errors import APIMartError, ValidationError
+from ._inputs import InputError
+from ._runner import BatchItem, BatchReport
 from ._version import __version__
 
 __all__ = ["main"]
@@ -76,7 +79,57 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("task_id")
     st.add_argument("--json", action="store_true", help="print the task as JSON")
     _add_client_options(st)
+
+    bt = sub.add_parser(
+        "batch", help="generate and download every request of a .jsonl or .txt file",
+        description="Re-running the same command resumes: the journal in DIR remembers "
+        "every item, so nothing already submitted is submitted (or paid for) again.",
+    )
+    bt.add_argument("file", type=Path, help=".jsonl (one request object a line) or .txt")
+    _add_batch_options(bt)
+    bt.add_argument("--journal", type=Path, default=None,
+                    help="journal file (default: DIR/.apimart-journal.sqlite3)")
+    bt.add_argument("--resubmit-ambiguous", action="store_true",
+                    help="resubmit items a crash left mid-submission (they may be billed twice)")
+
+    gen = sub.add_parser("generate", help="generate one video and download it")
+    gen.add_argument("prompt")
+    _add_batch_options(gen)
+
+    dl = sub.add_parser("download", help="download a completed task's video")
+    dl.add_argument("task_id")
+    dl.add_argument("--out", type=Path, required=True, metavar="DIR")
+    _add_client_options(dl)
+
+    demo = sub.add_parser("demo", help="run a batch against the built-in emulator (no key)")
+    demo.add_argument("--out", type=Path, default=Path("apimart-demo"), metavar="DIR")
+    demo.add_argument("--count", type=_positive_int, default=12,
+                      help="videos to generate (default 12)")
+    demo.add_argument("--speed", type=float, default=1.0,
+                      help="run the emulator's task time this many times faster (default 1)")
     return parser
+
+
+def _add_batch_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="output directory")
+    p.add_argument("--concurrency", type=_positive_int, default=16,
+                   help="requests in flight at once (default 16)")
+    p.add_argument("--rps", type=float, default=None, help="at most this many requests/second")
+    p.add_argument("--model", default=None, help="default model (default sora-2)")
+    p.add_argument("--duration", type=int, default=None, help="default duration in seconds")
+    p.add_argument("--aspect-ratio", default=None, choices=("16:9", "9:16"))
+    p.add_argument("--json", action="store_true", help="print a machine-readable summary")
+    _add_client_options(p)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return value
 
 
 async def _run_emulator(args: argparse.Namespace) -> int:
@@ -144,7 +197,138 @@ async def _run_status(args: argparse.Namespace) -> int:
     return EXIT_FAILED if task.status.value in ("failed", "cancelled") else EXIT_OK
 
 
-_COMMANDS = {"emulator": _run_emulator, "status": _run_status}
+def report_json(report: BatchReport) -> dict[str, Any]:
+    """A `BatchReport` as JSON-ready data."""
+    return {
+        "ok": report.ok,
+        "items": len(report.items),
+        "completed": report.completed,
+        "failed": report.failed,
+        "ambiguous": report.ambiguous,
+        "bytes_downloaded": report.bytes_downloaded,
+        "retries": report.retries,
+        "rate_limited": report.rate_limited,
+        "journal": str(report.journal),
+        "results": [
+            {
+                "index": r.index, "name": r.name, "state": r.state.value, "task_id": r.task_id,
+                "path": str(r.path) if r.path else None, "size": r.size, "sha256": r.sha256,
+                "error": r.error,
+            }
+            for r in report.items
+        ],
+    }
+
+
+async def _batch(
+    args: argparse.Namespace, items: list[BatchItem], *, base_url: str | None,
+    api_key: str | None, journal: Path | None = None, resubmit_ambiguous: bool = False,
+    clock: Any = None,
+) -> int:
+    from ._progress import BatchDisplay, summary_lines
+    from ._session import Session
+
+    async with Session(
+        api_key, base_url=base_url, max_concurrency=args.concurrency, rps=args.rps, clock=clock,
+    ) as session:
+        with BatchDisplay(len(items), stream=sys.stderr) as display:
+            report = await session.run_batch(
+                items, out_dir=args.out, journal=journal,
+                resubmit_ambiguous=resubmit_ambiguous, on_change=display,
+            )
+    if args.json:
+        print(json.dumps(report_json(report), indent=2))
+    else:
+        print("\n".join(summary_lines(report)))
+    return EXIT_OK if report.ok else EXIT_FAILED
+
+
+def _defaults(args: argparse.Namespace) -> dict[str, Any]:
+    return {"model": args.model, "duration": args.duration, "aspect_ratio": args.aspect_ratio}
+
+
+async def _run_batch(args: argparse.Namespace) -> int:
+    from ._inputs import read_batch_file
+
+    items = read_batch_file(args.file, _defaults(args))
+    return await _batch(args, items, base_url=args.base_url, api_key=args.api_key,
+                        journal=args.journal, resubmit_ambiguous=args.resubmit_ambiguous)
+
+
+async def _run_generate(args: argparse.Namespace) -> int:
+    from ._models import VideoRequest
+
+    fields = {k: v for k, v in _defaults(args).items() if v is not None}
+    item = BatchItem(request=VideoRequest(args.prompt, **fields))
+    return await _batch(args, [item], base_url=args.base_url, api_key=args.api_key)
+
+
+async def _run_download(args: argparse.Namespace) -> int:
+    from ._session import Session
+
+    await anyio.Path(args.out).mkdir(parents=True, exist_ok=True)
+    async with Session(args.api_key, base_url=args.base_url) as session:
+        result = await session.download(args.task_id, args.out)
+    print(f"{result.path} ({result.size:,} bytes, sha256 {result.sha256})")
+    return EXIT_OK
+
+
+DEMO_PROMPTS = (
+    "a paper boat drifting down a rain-soaked street",
+    "a lighthouse at dusk, waves breaking on the rocks",
+    "a red fox trotting through fresh snow",
+    "timelapse of clouds over a mountain lake",
+    "a hummingbird hovering at a purple flower, slow motion",
+    "neon city street at night, light rain, reflections",
+    "a steaming cup of coffee on a wooden table, morning light",
+    "an astronaut floating above the earth, calm",
+    "autumn leaves falling in a quiet park",
+    "a sailboat on a calm sea at sunrise",
+    "fireflies in a meadow at twilight",
+    "a train crossing a stone bridge in the highlands",
+)
+
+
+async def _run_demo(args: argparse.Namespace) -> int:
+    from ._models import VideoRequest
+    from .testing import Clock, EmulatorConfig, EmulatorServer, Fault
+
+    config = EmulatorConfig(duration=(3.0, 6.0), fail_rate=0.0, latency=0.02, video_size=256 * 1024)
+    clock = Clock(speed=args.speed)
+    print(f"Starting the built-in APIMart emulator (no key, no network); "
+          f"{args.count} videos into {args.out}/", file=sys.stderr)
+    async with EmulatorServer(config, clock=clock) as server:
+        # A little real-world weather: one rate-limit answer and two cut downloads.
+        server.emulator.inject("submit", Fault.http(429, retry_after="1"))
+        server.emulator.inject("download", Fault.cut(0.4), Fault.cut(0.7))
+        prompts = [DEMO_PROMPTS[i % len(DEMO_PROMPTS)] for i in range(args.count)]
+        items = [
+            BatchItem(request=VideoRequest(p, duration=5), name=f"demo-{i + 1:02d}")
+            for i, p in enumerate(prompts)
+        ]
+        args.concurrency, args.rps, args.json = 8, None, False
+        # The emulator lives only as long as this command: start a fresh journal.
+        journal = args.out / ".apimart-demo-journal.sqlite3"
+        for stale in (journal, *(journal.with_name(journal.name + s) for s in ("-wal", "-shm"))):
+            await anyio.Path(stale).unlink(missing_ok=True)
+        code = await _batch(args, items, base_url=server.base_url, api_key="demo-key",
+                            clock=clock, journal=journal)
+        stats = server.stats
+        print(f"emulator saw {stats.submissions} submissions ({stats.duplicate_submissions} "
+              f"duplicates), {sum(stats.polls.values())} polls, "
+              f"{stats.range_requests} resumed downloads, "
+              f"{stats.credential_leaks} credentials sent to the file host", file=sys.stderr)
+    return code
+
+
+_COMMANDS = {
+    "emulator": _run_emulator,
+    "status": _run_status,
+    "batch": _run_batch,
+    "generate": _run_generate,
+    "download": _run_download,
+    "demo": _run_demo,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -152,6 +336,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return anyio.run(_COMMANDS[args.command], args)
+    except InputError as exc:
+        print(f"apimart-async: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except ValidationError as exc:
         print(f"apimart-async: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -8,6 +8,8 @@ import sys
 import uuid
 from collections.abc import Callable, Coroutine, Iterable, Sequence
 from contextlib import AsyncExitStack
+from os import PathLike
+from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +19,7 @@ from anyio.abc import TaskGroup
 from ._batch import submit_each
 from ._clock import Clock
 from ._config import DEFAULT_BASE_URL, ENV_BASE_URL, ApiKey, Timeout, check_base_url
+from ._download import Downloader, DownloadResult
 from ._errors import APIMartError, TaskFailedError, TaskTimeoutError, ValidationError
 from ._http import Http
 from ._limits import Limits
@@ -24,6 +27,7 @@ from ._models import Submission, Task, VideoRequest, finite_positive
 from ._poller import Poller
 from ._polling import PollPolicy
 from ._retry import RetryPolicy
+from ._runner import BatchItem, BatchReport, ItemResult, run_batch
 from ._streams import BatchStream, Watch
 from ._transport import SessionStats, Transport
 from ._wire import build_get_task, build_submit, check_task_id, parse_submit, parse_task
@@ -55,6 +59,7 @@ class Session:
     - `timeout`, `retry`, `poll`: see `Timeout`, `RetryPolicy` and `PollPolicy`.
     - `http_session`: an `aiohttp.ClientSession` of yours to send on; it is not
       closed. Without one the session owns and closes its own.
+    - `download_concurrency`: video downloads at once (separate from API requests).
     - `clock`: API time; only tests with a compressed emulator clock change it.
     """
 
@@ -69,6 +74,7 @@ class Session:
         retry: RetryPolicy | None = None,
         poll: PollPolicy | None = None,
         http_session: aiohttp.ClientSession | None = None,
+        download_concurrency: int = 4,
         clock: Clock | None = None,
     ) -> None:
         self._key = ApiKey.resolve(api_key)
@@ -93,6 +99,15 @@ class Session:
             limits=self.limits,
             retry=self.retry,
             stats=self.stats,
+        )
+        if isinstance(download_concurrency, bool) or not isinstance(download_concurrency, int) \
+                or download_concurrency < 1:
+            raise ValidationError(
+                "download_concurrency", f"must be a whole number >= 1, got {download_concurrency!r}"
+            )
+        self._downloader = Downloader(
+            http=self._http, concurrency=download_concurrency, retry=self.retry,
+            clock=self.clock, refresh=self.get_task, stats=self.stats,
         )
         self._open = False
         self._stack: AsyncExitStack | None = None
@@ -302,6 +317,52 @@ class Session:
                     return update.task
                 raise TaskFailedError(update.task)
         raise RuntimeError(f"watch of {tid} ended without a final update")  # pragma: no cover
+
+
+    async def download(
+        self, task: Task | str | Submission, dest: str | PathLike[str]
+    ) -> DownloadResult:
+        """Download a completed task's video to `dest` (a file path, or a directory).
+
+        The bytes stream into a hidden ``.NAME.part`` file beside `dest`; a cut
+        connection resumes with a Range request (and starts over if the host ignores
+        Range); the length is checked and the file renamed into place atomically, so
+        `dest` is either absent or whole. Nothing of the API's (key, headers) is sent
+        to the file host. An expired link triggers one fresh `get_task`, else
+        `ResultExpiredError`. A task id is looked up first.
+        """
+        self._require_open()
+        if not isinstance(task, Task):
+            task = await self.get_task(task)
+        path = Path(dest)
+        if await anyio.Path(path).is_dir():
+            path = path / f"{task.id}.mp4"
+        return await self._downloader.download(task, path)
+
+    async def run_batch(
+        self,
+        requests: Sequence[VideoRequest | BatchItem],
+        *,
+        out_dir: str | PathLike[str],
+        journal: str | PathLike[str] | None = None,
+        resubmit_ambiguous: bool = False,
+        on_change: Callable[[ItemResult], None] | None = None,
+    ) -> BatchReport:
+        """Generate and download a whole batch, durably; returns a `BatchReport`.
+
+        Every step of every item is recorded in an SQLite journal (default: a file in
+        `out_dir`). Re-running the same batch with the same journal never submits again
+        an item that has a task id: it resumes polling and downloading. Items a crash
+        left mid-submission are reported as ambiguous, and resubmitted (with the same
+        Idempotency-Key) only when `resubmit_ambiguous` is True. `on_change` is called
+        with each item's new `ItemResult` as it moves.
+        """
+        self._require_open()
+        return await run_batch(
+            self, requests, out_dir=Path(out_dir),
+            journal=None if journal is None else Path(journal),
+            resubmit_ambiguous=resubmit_ambiguous, on_change=on_change,
+        )
 
 
 def _task_id(task: object) -> str:

@@ -12,11 +12,12 @@ import logging
 import math
 import weakref
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Generic, TypeVar
 
 import anyio
+from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from ._batch import BatchEvent, EventKind, Gate, SubmitOutcome, event_for_update, submit_each
@@ -238,10 +239,20 @@ class BatchStream(_EventStream[BatchEvent]):
         *,
         timeout: float | None,
         task_timeout: float | None,
+        keys: Sequence[str] | None = None,
+        before_submit: Callable[[int], Awaitable[None]] | None = None,
+        after_submit: Callable[[int, Submission], Awaitable[None]] | None = None,
+        task_group: TaskGroup | None = None,
     ) -> None:
         super().__init__(session._get_poller(), session.clock, timeout=timeout,
                          task_timeout=task_timeout)
         self._session = session
+        self._keys = keys
+        self._before_submit = before_submit
+        self._after_submit = after_submit
+        # Where the submitter runs: the session's task group, unless the caller owns one
+        # (run_batch does, so a failing hook reaches it rather than the session).
+        self._task_group = task_group
         self._requests = list(requests)
         self._open_items = len(self._requests)
         self._gate = Gate()
@@ -255,7 +266,10 @@ class BatchStream(_EventStream[BatchEvent]):
     def _start(self) -> None:
         if not self._started:
             self._started = True
-            self._session._spawn(self._submit_all)
+            if self._task_group is not None:
+                self._task_group.start_soon(self._submit_all)
+            else:
+                self._session._spawn(self._submit_all)
 
     async def _submit_all(self) -> None:
         session = self._session
@@ -263,7 +277,13 @@ class BatchStream(_EventStream[BatchEvent]):
         async def submit_one(
             index: int, request: VideoRequest, gate: Callable[[], None]
         ) -> Submission:
-            return await session._submit(request, gate=gate)
+            if self._before_submit is not None:
+                await self._before_submit(index)  # e.g. journal "submitting" first
+            key = self._keys[index] if self._keys is not None else None
+            submission = await session._submit(request, key=key, gate=gate)
+            if self._after_submit is not None:
+                await self._after_submit(index, submission)  # record the task id at once
+            return submission
 
         await submit_each(
             self._requests, submit_one, self._submitted,

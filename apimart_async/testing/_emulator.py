@@ -166,6 +166,8 @@ class EmulatorStats:
     peak_in_flight: int = 0
     credential_leaks: int = 0
     downloads: int = 0
+    downloads_in_flight: int = 0
+    peak_downloads_in_flight: int = 0
     range_requests: int = 0
     detection_lags: dict[str, float] = attrs.field(factory=dict)
     authorization_headers: list[str] = attrs.field(factory=list)
@@ -223,6 +225,8 @@ class Emulator:
         }
         self._keys: dict[str, str] = {}
         self._balance = self.config.balance
+        #: Answer a repeated Idempotency-Key with the first task (settable at run time).
+        self.honour_idempotency_key = self.config.honour_idempotency_key
         self._bucket = float(self._burst)
         self._bucket_at = time.monotonic()
         self._videos: dict[str, bytes] = {}
@@ -478,7 +482,7 @@ class Emulator:
             self.stats.rejected_submissions += 1
             return _error(402, "Insufficient balance", "insufficient_balance")
         key = request.headers.get("Idempotency-Key")
-        if key and key in self._keys and self.config.honour_idempotency_key:
+        if key and key in self._keys and self.honour_idempotency_key:
             return _submitted(self._keys[key])
         if key and key in self._keys:
             self.stats.duplicate_submissions += 1
@@ -539,6 +543,17 @@ class Emulator:
 
     async def _download(self, request: web.Request) -> web.StreamResponse:
         stats = self.stats
+        stats.downloads_in_flight += 1
+        stats.peak_downloads_in_flight = max(
+            stats.peak_downloads_in_flight, stats.downloads_in_flight
+        )
+        try:
+            return await self._serve_file(request)
+        finally:
+            stats.downloads_in_flight -= 1
+
+    async def _serve_file(self, request: web.Request) -> web.StreamResponse:
+        stats = self.stats
         stats.requests["download"] += 1
         auth = request.headers.get("Authorization")
         if auth is not None:
@@ -557,6 +572,8 @@ class Emulator:
         data = self.video(task)
         etag = '"' + hashlib.sha256(data).hexdigest()[:16] + '"'
         fault = self._next_fault("download", (Fault.cut(0.5),), self.config.download_faults)
+        if fault is not None and fault.kind == "slow":
+            await asyncio.sleep(fault.seconds)
         start, end = 0, len(data) - 1
         range_header = request.headers.get("Range")
         if range_header is not None:
@@ -589,7 +606,9 @@ class Emulator:
         body = data[start : end + 1]
         if fault is not None and fault.kind == "cut":
             await response.write(body[: int(len(body) * fault.fraction)])
-            _drop(request)
+            # close(), not abort(): the bytes already written reach the client first.
+            if request.transport is not None:
+                request.transport.close()
             return response
         await response.write(body)
         await response.write_eof()

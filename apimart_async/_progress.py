@@ -1,0 +1,106 @@
+"""Showing a batch as it runs: a live rich display on a terminal, plain lines otherwise."""
+
+from __future__ import annotations
+
+from collections import Counter
+from types import TracebackType
+from typing import TextIO
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
+
+from ._journal import ItemState
+from ._runner import BatchReport, ItemResult
+
+__all__ = ["BatchDisplay", "summary_lines"]
+
+# The states worth a line of their own when not on a terminal.
+_LOGGED = {ItemState.SUBMITTED, ItemState.DOWNLOADED, ItemState.FAILED, ItemState.AMBIGUOUS}
+
+
+def _label(result: ItemResult) -> str:
+    return result.name or f"#{result.index + 1}"
+
+
+class BatchDisplay:
+    """Feed it each `ItemResult` as it changes (it is `run_batch`'s `on_change`)."""
+
+    def __init__(self, total: int, *, stream: TextIO, live: bool | None = None) -> None:
+        self.total = total
+        self._console = Console(file=stream, highlight=False)
+        self.live = self._console.is_terminal if live is None else live
+        self._stream = stream
+        self._states: dict[int, ItemState] = {}
+        self._progress: Progress | None = None
+        self._bar: TaskID | None = None
+
+    def __enter__(self) -> BatchDisplay:
+        if self.live:
+            self._progress = Progress(
+                TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                TextColumn("{task.fields[counts]}"), TimeElapsedColumn(),
+                console=self._console, transient=False,
+            )
+            self._progress.__enter__()
+            self._bar = self._progress.add_task("videos", total=self.total, counts="")
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._progress is not None:
+            self._progress.__exit__(exc_type, exc, tb)
+
+    def __call__(self, result: ItemResult) -> None:
+        before = self._states.get(result.index)
+        self._states[result.index] = result.state
+        if self._progress is not None and self._bar is not None:
+            counts = Counter(self._states.values())
+            done = counts[ItemState.DOWNLOADED] + counts[ItemState.FAILED] + counts[
+                ItemState.AMBIGUOUS]
+            text = "  ".join(
+                f"{state.value} {counts[state]}" for state in ItemState if counts[state]
+            )
+            self._progress.update(self._bar, completed=done, counts=text)
+            return
+        if result.state is before or result.state not in _LOGGED:
+            return
+        finished = sum(
+            s in (ItemState.DOWNLOADED, ItemState.FAILED, ItemState.AMBIGUOUS)
+            for s in self._states.values()
+        )
+        detail = ""
+        if result.state is ItemState.SUBMITTED:
+            detail = f"task {result.task_id}"
+        elif result.state is ItemState.DOWNLOADED:
+            detail = f"{result.path} ({result.size:,} bytes)"
+        elif result.error:
+            detail = result.error
+        print(f"[{finished:>{len(str(self.total))}}/{self.total}] {result.state.value:<10} "
+              f"{_label(result)}  {detail}", file=self._stream, flush=True)
+
+
+def summary_lines(report: BatchReport) -> list[str]:
+    """A human summary: totals, then every item that did not end on disk, and why."""
+    mb = report.bytes_downloaded / 1e6
+    lines = [
+        f"{len(report.items)} items: {report.completed} downloaded, {report.failed} failed, "
+        f"{report.ambiguous} ambiguous; {mb:.1f} MB downloaded; "
+        f"{report.retries} retries; {report.rate_limited} rate-limit answers (429) met",
+        f"journal: {report.journal}",
+    ]
+    for item in report.items:
+        if not item.ok:
+            task = f" (task {item.task_id})" if item.task_id else ""
+            lines.append(f"  {item.state.value:<10} {_label(item)}{task}: {item.error or ''}")
+    return lines

@@ -1,0 +1,337 @@
+"""`run_batch`: a whole batch, durable across crashes, from requests to files on disk.
+
+Every step is journaled before and after it happens. A re-run with the same journal
+never submits again an item that has a task id: it resumes polling and downloading.
+An item a crash left "submitting" is ambiguous (it may exist, and be billed): it is
+reported as such and resubmitted only on request, with the same Idempotency-Key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import uuid
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import anyio
+import attrs
+from anyio.abc import TaskGroup
+
+from ._batch import BatchEvent, EventKind
+from ._errors import APIMartError, BadRequestError, PermissionDeniedError, ValidationError
+from ._journal import ItemState, Journal, JournalRow, request_json
+from ._models import Submission, Task, TaskStatus, VideoRequest
+from ._streams import BatchStream
+
+if TYPE_CHECKING:
+    from ._session import Session
+
+__all__ = ["JOURNAL_NAME", "BatchItem", "BatchReport", "ItemResult", "ItemState", "run_batch"]
+
+log = logging.getLogger("apimart_async")
+JOURNAL_NAME = ".apimart-journal.sqlite3"
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
+
+def _check_name(_: object, __: object, value: str | None) -> None:
+    if value is not None and (not isinstance(value, str) or not _NAME.fullmatch(value)):
+        raise ValidationError(
+            "name", f"must be 1-100 letters, digits, '.', '_' or '-' (a file name), got {value!r}"
+        )
+
+
+@attrs.frozen(kw_only=True)
+class BatchItem:
+    """A request with an optional `name`, used as its output file name and journal key."""
+
+    request: VideoRequest
+    name: str | None = attrs.field(default=None, validator=_check_name)
+
+
+@attrs.frozen(kw_only=True)
+class ItemResult:
+    """Where one item ended up. `ok` means its video is on disk at `path`."""
+
+    index: int
+    key: str
+    name: str | None
+    request: VideoRequest
+    state: ItemState
+    task_id: str | None = None
+    progress: int = 0
+    path: Path | None = None
+    size: int | None = None
+    sha256: str | None = None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        """True when the video is downloaded."""
+        return self.state is ItemState.DOWNLOADED
+
+
+@attrs.frozen(kw_only=True)
+class BatchReport:
+    """The outcome of `run_batch`: one `ItemResult` per item, in input order, and totals."""
+
+    items: tuple[ItemResult, ...]
+    journal: Path
+    bytes_downloaded: int
+    retries: int
+    rate_limited: int
+
+    def _count(self, *states: ItemState) -> int:
+        return sum(item.state in states for item in self.items)
+
+    @property
+    def completed(self) -> int:
+        """Items whose video is on disk."""
+        return self._count(ItemState.DOWNLOADED)
+
+    @property
+    def ambiguous(self) -> int:
+        """Items that may or may not exist on the server (see `ItemState.AMBIGUOUS`)."""
+        return self._count(ItemState.AMBIGUOUS)
+
+    @property
+    def failed(self) -> int:
+        """Items that did not end on disk and are not ambiguous."""
+        return len(self.items) - self.completed - self.ambiguous
+
+    @property
+    def ok(self) -> bool:
+        """True when every item's video is on disk."""
+        return self.completed == len(self.items)
+
+
+async def _file_size(path: str | None) -> int | None:
+    if not path:
+        return None
+    try:
+        info = await anyio.Path(path).stat()
+    except OSError:
+        return None
+    return info.st_size
+
+
+def _slug(text: str) -> str:
+    words = re.findall(r"[a-z0-9]+", text.lower())
+    return "-".join(words)[:40].strip("-") or "video"
+
+
+class _Item:
+    __slots__ = ("filename", "idem", "index", "key", "name", "request", "result")
+
+    def __init__(self, index: int, item: VideoRequest | BatchItem) -> None:
+        if isinstance(item, VideoRequest):
+            item = BatchItem(request=item)
+        if not isinstance(item, BatchItem) or not isinstance(item.request, VideoRequest):
+            raise ValidationError(
+                f"requests[{index}]", f"must be a VideoRequest or BatchItem, got {item!r}"
+            )
+        self.index = index
+        self.request = item.request
+        self.name = item.name
+        body = request_json(item.request.to_body())
+        digest = hashlib.sha256(body.encode()).hexdigest()[:16]
+        self.key = f"name:{item.name}" if item.name else f"#{index}:{digest}"
+        self.filename = f"{item.name or f'{index + 1:04d}-{_slug(item.request.prompt)}'}.mp4"
+        self.idem = ""
+        self.result = ItemResult(
+            index=index, key=self.key, name=item.name, request=item.request,
+            state=ItemState.PENDING,
+        )
+
+    def set(self, **changes: object) -> ItemResult:
+        self.result = attrs.evolve(self.result, **changes)  # type: ignore[arg-type]
+        return self.result
+
+
+OnChange = Callable[[ItemResult], None]
+
+
+class _Run:
+    def __init__(
+        self, session: Session, items: list[_Item], out_dir: Path, journal: Journal,
+        on_change: OnChange | None,
+    ) -> None:
+        self.session = session
+        self.items = items
+        self.out_dir = out_dir
+        self.journal = journal
+        self.on_change = on_change
+        self._tg: TaskGroup | None = None
+
+    async def _move(self, item: _Item, state: ItemState, **fields: object) -> None:
+        """Journal first, then tell the caller."""
+        columns = {k: (str(v) if isinstance(v, Path) else v) for k, v in fields.items()
+                   if k in ("task_id", "error", "path", "size", "sha256")}
+        await self.journal.update(item.key, state, **columns)
+        self._notify(item.set(state=state, **fields))
+
+    def _notify(self, result: ItemResult) -> None:
+        if self.on_change is not None:
+            self.on_change(result)
+
+    # -- reconciling with what the journal remembers --------------------------------------
+
+    async def reconcile(self, resubmit_ambiguous: bool) -> None:
+        rows = await self.journal.load()
+        fresh: list[JournalRow] = []
+        for item in self.items:
+            body = request_json(item.request.to_body())
+            row = rows.get(item.key)
+            if row is None:
+                item.idem = uuid.uuid4().hex
+                fresh.append(JournalRow(
+                    key=item.key, position=item.index, name=item.name, request=body,
+                    idempotency_key=item.idem, state=ItemState.PENDING,
+                ))
+                continue
+            if row.request != body:
+                raise ValidationError(
+                    f"requests[{item.index}]",
+                    f"item {item.name or item.key!r} differs from the one the journal "
+                    f"{self.journal.path} recorded; give it a new name or use a new journal",
+                )
+            item.idem = row.idempotency_key
+            state = row.state
+            if state is ItemState.DOWNLOADED:
+                if await _file_size(row.path) != row.size:
+                    state = ItemState.COMPLETED  # the file went missing: fetch it again
+            elif state is ItemState.SUBMITTING:
+                state = ItemState.AMBIGUOUS  # a crash left it on the wire
+            if state is ItemState.AMBIGUOUS and resubmit_ambiguous:
+                state = ItemState.PENDING
+            if state is not row.state:
+                await self.journal.update(item.key, state)
+            item.set(
+                state=state, task_id=row.task_id, error=row.error,
+                path=Path(row.path) if row.path else None, size=row.size, sha256=row.sha256,
+            )
+            if state is ItemState.AMBIGUOUS:
+                item.set(error=row.error or "a previous run stopped while submitting it: it "
+                         "may exist and be billed; re-run with resubmission allowed to retry")
+        await self.journal.add(fresh)
+
+    # -- running --------------------------------------------------------------------------
+
+    async def execute(self) -> None:
+        by_state: dict[ItemState, list[_Item]] = {}
+        for item in self.items:
+            by_state.setdefault(item.result.state, []).append(item)
+            self._notify(item.result)
+        async with anyio.create_task_group() as tg:
+            self._tg = tg
+            for item in by_state.get(ItemState.COMPLETED, []):
+                tg.start_soon(self._download, item, None)
+            if ItemState.SUBMITTED in by_state:
+                tg.start_soon(self._watch, by_state[ItemState.SUBMITTED])
+            if ItemState.PENDING in by_state:
+                tg.start_soon(self._submit, by_state[ItemState.PENDING])
+
+    async def _watch(self, items: list[_Item]) -> None:
+        by_id = {item.result.task_id: item for item in items if item.result.task_id}
+        async with self.session.watch(list(by_id)) as updates:
+            async for update in updates:
+                item = by_id[update.task_id]
+                if not update.final:
+                    self._notify(item.set(progress=update.progress))
+                elif update.error is not None:
+                    await self._move(item, ItemState.FAILED, error=str(update.error))
+                elif update.task is not None:
+                    await self._ended(item, update.task)
+
+    async def _submit(self, items: list[_Item]) -> None:
+        async def before(j: int) -> None:
+            await self._move(items[j], ItemState.SUBMITTING)
+
+        async def after(j: int, submission: Submission) -> None:
+            await self._move(items[j], ItemState.SUBMITTED, task_id=submission.task_id)
+
+        stream = BatchStream(
+            self.session, [item.request for item in items], timeout=None, task_timeout=None,
+            keys=[item.idem for item in items], before_submit=before, after_submit=after,
+            task_group=self._tg,
+        )
+        async with stream as events:
+            async for event in events:
+                await self._on_event(items[event.index], event)
+
+    async def _on_event(self, item: _Item, event: BatchEvent) -> None:
+        if event.kind is EventKind.PROGRESS and event.task is not None:
+            self._notify(item.set(progress=event.task.progress))
+        elif event.kind in (EventKind.COMPLETED, EventKind.FAILED) and event.task is not None:
+            await self._ended(item, event.task)
+        elif event.kind is EventKind.FAILED:
+            await self._move(item, ItemState.FAILED, error=str(event.error))
+        elif event.kind is EventKind.SUBMIT_FAILED and event.error is not None:
+            await self._submit_failed(item, event.error)
+
+    async def _submit_failed(self, item: _Item, error: APIMartError) -> None:
+        if error.submission_ambiguous:
+            await self._move(item, ItemState.AMBIGUOUS, error=f"may exist and be billed: {error}")
+        elif isinstance(error, (BadRequestError, ValidationError, PermissionDeniedError)):
+            await self._move(item, ItemState.FAILED, error=f"rejected: {error}")
+        else:
+            # Refused before processing (no balance, bad key, 429s, no connection):
+            # nothing was created, so a re-run submits it again.
+            await self._move(item, ItemState.PENDING, error=f"not submitted: {error}")
+
+    async def _ended(self, item: _Item, task: Task) -> None:
+        if task.status is TaskStatus.COMPLETED:
+            await self._move(item, ItemState.COMPLETED, progress=100)
+            assert self._tg is not None
+            self._tg.start_soon(self._download, item, task)
+        else:
+            message = task.error.message if task.error else task.status.value
+            await self._move(item, ItemState.FAILED, error=f"task {task.status.value}: {message}")
+
+    async def _download(self, item: _Item, task: Task | None) -> None:
+        try:
+            if task is None:
+                assert item.result.task_id is not None
+                task = await self.session.get_task(item.result.task_id)
+            result = await self.session.download(task, self.out_dir / item.filename)
+        except APIMartError as exc:
+            # Stays "completed" in the journal: a re-run tries the download again.
+            await self.journal.update(item.key, ItemState.COMPLETED, error=str(exc))
+            self._notify(item.set(error=f"download failed: {exc}"))
+            return
+        await self._move(item, ItemState.DOWNLOADED, path=result.path, size=result.size,
+                         sha256=result.sha256, error=None)
+
+
+async def run_batch(
+    session: Session,
+    requests: Sequence[VideoRequest | BatchItem],
+    *,
+    out_dir: Path | str,
+    journal: Path | str | None = None,
+    resubmit_ambiguous: bool = False,
+    on_change: OnChange | None = None,
+) -> BatchReport:
+    """See `Session.run_batch`."""
+    items = [_Item(index, item) for index, item in enumerate(requests)]
+    names = [item.name for item in items if item.name]
+    if len(names) != len(set(names)):
+        dup = next(n for n in names if names.count(n) > 1)
+        raise ValidationError("name", f"{dup!r} is used by more than one item")
+    out = Path(out_dir)
+    path = Path(journal) if journal is not None else out / JOURNAL_NAME
+    before = attrs.evolve(session.stats)
+    async with Journal(path) as jr:
+        run = _Run(session, items, out, jr, on_change)
+        await run.reconcile(resubmit_ambiguous)
+        await run.execute()
+    stats = session.stats
+    return BatchReport(
+        items=tuple(item.result for item in items),
+        journal=path,
+        bytes_downloaded=stats.bytes_downloaded - before.bytes_downloaded,
+        retries=stats.retries - before.retries,
+        rate_limited=stats.rate_limited - before.rate_limited,
+    )
