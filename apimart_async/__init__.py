@@ -17,6 +17,7 @@ Everything public is re-exported here; the modules behind it are private.
 from ._batch import BatchEvent, EventKind
 from ._clock import Clock
 from ._config import Timeout
+from ._download import DownloadResult
 from ._errors import (
     APIConnectionError,
     APIMartError,
@@ -37,9 +38,11 @@ from ._errors import (
     TaskTimeoutError,
     ValidationError,
 )
+from ._journal import ItemState
 from ._models import Submission, Task, TaskError, TaskStatus, TaskUpdate, VideoRequest
 from ._polling import PollPolicy
 from ._retry import RetryPolicy
+from ._runner import BatchItem, BatchReport, ItemResult
 from ._session import Session
 from ._streams import BatchStream, Watch
 from ._transport import SessionStats
@@ -53,12 +56,17 @@ __all__ = [
     "AuthenticationError",
     "BadRequestError",
     "BatchEvent",
+    "BatchItem",
+    "BatchReport",
     "BatchStream",
     "Clock",
     "DecodeError",
     "DownloadError",
+    "DownloadResult",
     "EventKind",
     "InsufficientBalanceError",
+    "ItemResult",
+    "ItemState",
     "NotFoundError",
     "NotSubmittedError",
     "PermissionDeniedError",
