@@ -100,6 +100,9 @@ class Http:
                 timeout=self._timeout,
                 # Never pick up proxy credentials or .netrc from the environment.
                 trust_env=False,
+                # The API needs no cookies, and cookie scope ignores ports: keep none, so
+                # nothing the API host sets can travel to the file host.
+                cookie_jar=aiohttp.DummyCookieJar(),
                 raise_for_status=False,
             )
 

@@ -8,6 +8,7 @@ background task.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import weakref
@@ -170,7 +171,8 @@ class _EventStream(Generic[E]):
         # ``async for u in session.watch(...)`` then ``break``: the iterator is dropped at
         # once, and this stops its polling without an ``async with``.
         if not getattr(self, "_closed", True):
-            self.close()
+            with contextlib.suppress(Exception):  # a finaliser must not raise
+                self.close()
 
 
 class Watch(_EventStream[TaskUpdate]):
