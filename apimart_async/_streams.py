@@ -9,6 +9,7 @@ background task.
 from __future__ import annotations
 
 import contextlib
+import heapq
 import logging
 import math
 import weakref
@@ -51,7 +52,10 @@ class _EventStream(Generic[E]):
         self._send: MemoryObjectSendStream[E]
         self._receive: MemoryObjectReceiveStream[E]
         self._send, self._receive = anyio.create_memory_object_stream[E](math.inf)
+        # Tasks still open here -> their deadline; the heap finds the earliest in
+        # O(log n) (stale items, for tasks already ended, are skipped when met).
         self._deadlines: dict[str, float] = {}
+        self._deadline_heap: list[tuple[float, str]] = []
         self._ready: deque[E] = deque()
         self._open_items = 0
         self._closed = False
@@ -86,20 +90,32 @@ class _EventStream(Generic[E]):
         now = self._clock.now()
         deadline = now + self._task_timeout if self._task_timeout is not None else math.inf
         # After the whole deadline, a late arrival times out at once.
-        self._deadlines[task_id] = -math.inf if self._ended else min(deadline, self._end)
+        deadline = -math.inf if self._ended else min(deadline, self._end)
+        self._deadlines[task_id] = deadline
+        if deadline != math.inf:
+            heapq.heappush(self._deadline_heap, (deadline, task_id))
         self._poller.subscribe(self._deliver, task_id, started_at=started_at)
 
     def _emit(self, event: E) -> None:
         if not self._closed:
             self._send.send_nowait(event)
 
+    def _first_task_deadline(self) -> float:
+        heap = self._deadline_heap
+        while heap and self._deadlines.get(heap[0][1]) != heap[0][0]:
+            heapq.heappop(heap)  # that task ended already
+        return heap[0][0] if heap else math.inf
+
+    def _earliest_deadline(self) -> float:
+        return min(self._first_task_deadline(), self._end)
+
     def _expire(self) -> None:
         now = self._clock.now()
-        for task_id, deadline in list(self._deadlines.items()):
-            if deadline <= now:
-                del self._deadlines[task_id]
-                self._poller.unsubscribe(self._deliver, [task_id])
-                self._ready.extend(self._timed_out(task_id))
+        while self._first_task_deadline() <= now:
+            _, task_id = heapq.heappop(self._deadline_heap)
+            del self._deadlines[task_id]
+            self._poller.unsubscribe(self._deliver, [task_id])
+            self._ready.extend(self._timed_out(task_id))
         if now >= self._end:
             self._end, self._ended = math.inf, True
             self._ready.extend(self._timed_out(None))
@@ -119,7 +135,7 @@ class _EventStream(Generic[E]):
             if self._open_items <= 0:
                 self.close()
                 raise StopAsyncIteration
-            deadline = min(self._deadlines.values(), default=self._end)
+            deadline = self._earliest_deadline()
             event_or_none: E | None = None
             try:
                 with anyio.move_on_after(self._clock.real(deadline - self._clock.now())):
@@ -149,6 +165,7 @@ class _EventStream(Generic[E]):
         self._closed = True
         self._poller.unsubscribe(self._deliver)
         self._deadlines.clear()
+        self._deadline_heap.clear()
         self._send.close()
         self._receive.close()
 

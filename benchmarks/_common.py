@@ -2,36 +2,17 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import platform
-import subprocess
-import sys
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import aiohttp
-import anyio
 
+from apimart_async.testing import emulator_process
 
-@contextlib.asynccontextmanager
-async def emulator_process(*flags: str) -> AsyncIterator[str]:
-    """Run ``apimart-async emulator`` in a child process; yield its base URL."""
-    cmd = [sys.executable, "-m", "apimart_async", "emulator", "--port", "0", *flags]
-    async with await anyio.open_process(cmd, stderr=subprocess.DEVNULL) as proc:
-        assert proc.stdout is not None
-        line = b""
-        async for chunk in proc.stdout:
-            line += chunk
-            if b"\n" in line:
-                break
-        base_url = line.decode().split()[3]
-        try:
-            yield base_url
-        finally:
-            proc.terminate()
-            await proc.wait()
+__all__ = ["emulator_process", "emulator_stats", "machine", "percentile", "table"]
 
 
 async def emulator_stats(base_url: str) -> dict[str, Any]:

@@ -11,7 +11,7 @@ import anyio
 import pytest
 
 from apimart_async import Clock, Session, TaskStatus, VideoRequest
-from apimart_async.testing import EmulatorServer
+from apimart_async.testing import EmulatorServer, emulator_process
 
 from .conftest import KEY, session_for
 
@@ -31,23 +31,12 @@ async def run_cli(*args: str, **env_extra: str) -> subprocess.CompletedProcess[b
 
 
 async def test_standalone_emulator_serves_submit_and_wait() -> None:
-    cmd = [sys.executable, "-m", "apimart_async", "emulator", "--port", "0", "--speed", "50"]
-    async with await anyio.open_process(cmd, env=env()) as proc:
-        assert proc.stdout is not None
-        line = b""
-        async for chunk in proc.stdout:
-            line += chunk
-            if b"\n" in line:
-                break
-        base_url = line.decode().split()[3]
+    async with emulator_process("--speed", "50") as base_url:
         assert base_url.startswith("http://127.0.0.1:")
-        try:
-            async with Session("any-key", base_url=base_url, clock=Clock(speed=50)) as s:
-                sub = await s.submit(VideoRequest("a lighthouse at dusk"))
-                task = await s.wait(sub, timeout=60)
-            assert task.status is TaskStatus.COMPLETED
-        finally:
-            proc.terminate()
+        async with Session("any-key", base_url=base_url, clock=Clock(speed=50)) as s:
+            sub = await s.submit(VideoRequest("a lighthouse at dusk"))
+            task = await s.wait(sub, timeout=60)
+    assert task.status is TaskStatus.COMPLETED
 
 
 async def test_status_command(server: EmulatorServer) -> None:

@@ -21,6 +21,7 @@ from ._emulator import (
     TaskPlan,
     video_bytes,
 )
+from ._process import emulator_process
 from ._server import EmulatorServer
 
 __all__ = [
@@ -31,6 +32,7 @@ __all__ = [
     "EmulatorStats",
     "Fault",
     "TaskPlan",
+    "emulator_process",
     "is_testing",
     "set_testing",
     "video_bytes",
