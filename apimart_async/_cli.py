@@ -11,6 +11,7 @@ from typing import Any
 
 import anyio
 
+from ._clock import Clock
 from ._config import DEFAULT_BASE_URL, ENV_BASE_URL
 from ._errors import APIMartError, ValidationError
 from ._inputs import InputError
@@ -133,7 +134,7 @@ def _positive_int(text: str) -> int:
 
 
 async def _run_emulator(args: argparse.Namespace) -> int:
-    from .testing import Clock, EmulatorConfig, EmulatorServer
+    from .testing import EmulatorConfig, EmulatorServer
 
     config = EmulatorConfig(
         api_key=args.api_key,
@@ -223,7 +224,7 @@ def report_json(report: BatchReport) -> dict[str, Any]:
 async def _batch(
     args: argparse.Namespace, items: list[BatchItem], *, base_url: str | None,
     api_key: str | None, journal: Path | None = None, resubmit_ambiguous: bool = False,
-    clock: Any = None,
+    clock: Clock | None = None,
 ) -> int:
     from ._progress import BatchDisplay, summary_lines
     from ._session import Session
@@ -291,7 +292,7 @@ DEMO_PROMPTS = (
 
 async def _run_demo(args: argparse.Namespace) -> int:
     from ._models import VideoRequest
-    from .testing import Clock, EmulatorConfig, EmulatorServer, Fault
+    from .testing import EmulatorConfig, EmulatorServer, Fault
 
     config = EmulatorConfig(duration=(3.0, 6.0), fail_rate=0.0, latency=0.02, video_size=256 * 1024)
     clock = Clock(speed=args.speed)

@@ -30,7 +30,7 @@ from ._models import Task, TaskStatus
 from ._retry import RetryPolicy, backoff, is_testing
 from ._transport import SessionStats
 
-__all__ = ["DownloadResult", "Downloader", "file_sha256", "part_path"]
+__all__ = ["DownloadResult", "Downloader", "part_path"]
 
 log = logging.getLogger("apimart_async")
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
@@ -207,13 +207,3 @@ def _finish(part: Path, dest: Path) -> str:
         os.fsync(handle.fileno())
     os.replace(part, dest)
     return digest.hexdigest()
-
-
-def file_sha256(path: Path) -> str:
-    """The sha256 hex digest of a file (for checking a finished download)."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-

@@ -45,10 +45,8 @@ class APIMartError(Exception):
     #: task anyway: a timeout or reset after sending, a 500/502/504, an unreadable answer.
     submission_ambiguous: bool = False
 
-    @property
-    def fatal(self) -> bool:
-        """True when retrying, or sending more requests, cannot help (bad key, no balance)."""
-        return False
+    #: True when retrying, or sending more requests, cannot help (bad key, no balance).
+    fatal: bool = False
 
 
 class ValidationError(APIMartError, ValueError):
@@ -81,25 +79,19 @@ class BadRequestError(APIStatusError):
 class AuthenticationError(APIStatusError):
     """401: the API key is missing or invalid."""
 
-    @property
-    def fatal(self) -> bool:
-        return True
+    fatal = True
 
 
 class InsufficientBalanceError(APIStatusError):
     """402: the account has no balance left for this generation."""
 
-    @property
-    def fatal(self) -> bool:
-        return True
+    fatal = True
 
 
 class PermissionDeniedError(APIStatusError):
     """403: the key is not allowed to do this."""
 
-    @property
-    def fatal(self) -> bool:
-        return True
+    fatal = True
 
 
 class NotFoundError(APIStatusError):

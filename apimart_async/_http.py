@@ -130,7 +130,7 @@ class Http:
     ) -> RawResponse:
         """Send one request and read the whole answer. Redirects are not followed."""
         # An owned session already has these timeouts; a borrowed one gets them per call.
-        timeout = self._timeout if self._borrowed is not None else aiohttp.helpers.sentinel
+        extra: dict[str, Any] = {"timeout": self._timeout} if self._borrowed is not None else {}
         try:
             async with self.session.request(
                 method,
@@ -140,7 +140,7 @@ class Http:
                 params=params or None,
                 # A redirect could carry the Authorization header elsewhere.
                 allow_redirects=False,
-                timeout=timeout,
+                **extra,
             ) as resp:
                 body = await resp.read()
                 # aiohttp's headers already look names up case-insensitively.

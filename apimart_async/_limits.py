@@ -45,7 +45,6 @@ class AIMDRate:
         self.rate: float | None = ceiling
         # Bumped at each decrease; a request remembers the epoch it was paced under.
         self.epoch = 0
-        self.throttles = 0
         self._recent: deque[float] = deque()
         self._throttled_at_rate = ceiling or 0.0
 
@@ -73,7 +72,6 @@ class AIMDRate:
         Requests paced before the last decrease went out at the old rate, so their
         429s do not shrink the rate again: one burst costs one decrease.
         """
-        self.throttles += 1
         if epoch != self.epoch:
             return
         current = self.rate if self.rate is not None else max(self.measured(now), self.floor)

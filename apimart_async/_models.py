@@ -231,6 +231,13 @@ class TaskUpdate:
         return self.status is TaskStatus.COMPLETED
 
 
+def whole_number(field: str, value: object, *, minimum: int = 1) -> int:
+    """Return `value` if it is an int (not a bool) >= `minimum`, else raise `ValidationError`."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValidationError(field, f"must be a whole number >= {minimum}, got {value!r}")
+    return value
+
+
 def finite_positive(field: str, value: float | None, *, allow_zero: bool = False) -> None:
     """Validate an optional number used in a config object."""
     if value is None:

@@ -90,9 +90,12 @@ class Poller:
         entry = self._entries.get(task_id)
         if entry is None:
             now = self._clock.now()
-            entry = _Entry(task_id, PollState(started_at=started_at if started_at else now))
+            if started_at is None:
+                entry, due = _Entry(task_id, PollState(started_at=now)), now  # poll at once
+            else:
+                entry = _Entry(task_id, PollState(started_at=started_at))
+                due = started_at + self._policy.first_delay
             self._entries[task_id] = entry
-            due = entry.state.started_at + self._policy.first_delay if started_at else now
             self._push(entry, due)
         elif entry.last is not None:
             subscriber(_update(entry.last))

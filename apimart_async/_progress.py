@@ -23,6 +23,7 @@ __all__ = ["BatchDisplay", "summary_lines"]
 
 # The states worth a line of their own when not on a terminal.
 _LOGGED = {ItemState.SUBMITTED, ItemState.DOWNLOADED, ItemState.FAILED, ItemState.AMBIGUOUS}
+_FINISHED = (ItemState.DOWNLOADED, ItemState.FAILED, ItemState.AMBIGUOUS)
 
 
 def _label(result: ItemResult) -> str:
@@ -38,6 +39,8 @@ class BatchDisplay:
         self.live = self._console.is_terminal if live is None else live
         self._stream = stream
         self._states: dict[int, ItemState] = {}
+        # Kept up to date on each change, not recounted: a batch may have thousands.
+        self._counts: Counter[ItemState] = Counter()
         self._progress: Progress | None = None
         self._bar: TaskID | None = None
 
@@ -64,21 +67,19 @@ class BatchDisplay:
     def __call__(self, result: ItemResult) -> None:
         before = self._states.get(result.index)
         self._states[result.index] = result.state
+        counts = self._counts
+        if before is not None:
+            counts[before] -= 1
+        counts[result.state] += 1
+        finished = sum(counts[state] for state in _FINISHED)
         if self._progress is not None and self._bar is not None:
-            counts = Counter(self._states.values())
-            done = counts[ItemState.DOWNLOADED] + counts[ItemState.FAILED] + counts[
-                ItemState.AMBIGUOUS]
             text = "  ".join(
                 f"{state.value} {counts[state]}" for state in ItemState if counts[state]
             )
-            self._progress.update(self._bar, completed=done, counts=text)
+            self._progress.update(self._bar, completed=finished, counts=text)
             return
         if result.state is before or result.state not in _LOGGED:
             return
-        finished = sum(
-            s in (ItemState.DOWNLOADED, ItemState.FAILED, ItemState.AMBIGUOUS)
-            for s in self._states.values()
-        )
         detail = ""
         if result.state is ItemState.SUBMITTED:
             detail = f"task {result.task_id}"

@@ -21,7 +21,7 @@ from ._errors import (
     RateLimitError,
     ServerError,
 )
-from ._models import finite_positive
+from ._models import finite_positive, whole_number
 
 __all__ = [
     "Decision",
@@ -56,10 +56,7 @@ def _check_positive(_: object, attribute: attrs.Attribute[float], value: float) 
 
 
 def _check_attempts(_: object, attribute: attrs.Attribute[int], value: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        from ._errors import ValidationError
-
-        raise ValidationError(attribute.name, f"must be a whole number >= 1, got {value!r}")
+    whole_number(attribute.name, value)
 
 
 @attrs.frozen(kw_only=True)

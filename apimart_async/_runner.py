@@ -298,8 +298,7 @@ class _Run:
             result = await self.session.download(task, self.out_dir / item.filename)
         except APIMartError as exc:
             # Stays "completed" in the journal: a re-run tries the download again.
-            await self.journal.update(item.key, ItemState.COMPLETED, error=str(exc))
-            self._notify(item.set(error=f"download failed: {exc}"))
+            await self._move(item, ItemState.COMPLETED, error=f"download failed: {exc}")
             return
         await self._move(item, ItemState.DOWNLOADED, path=result.path, size=result.size,
                          sha256=result.sha256, error=None)

@@ -23,7 +23,7 @@ from ._download import Downloader, DownloadResult
 from ._errors import APIMartError, TaskFailedError, TaskTimeoutError, ValidationError
 from ._http import Http
 from ._limits import Limits
-from ._models import Submission, Task, VideoRequest, finite_positive
+from ._models import Submission, Task, VideoRequest, finite_positive, whole_number
 from ._poller import Poller
 from ._polling import PollPolicy
 from ._retry import RetryPolicy
@@ -38,12 +38,7 @@ if TYPE_CHECKING:
 __all__ = ["Session"]
 
 log = logging.getLogger("apimart_async")
-
-
-def _check_concurrency(value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValidationError("max_concurrency", f"must be a whole number >= 1, got {value!r}")
-    return value
+_SUBMITTED_AT_LIMIT = 100_000
 
 
 class Session:
@@ -81,7 +76,7 @@ class Session:
         self.base_url = check_base_url(
             base_url if base_url is not None else os.environ.get(ENV_BASE_URL) or DEFAULT_BASE_URL
         )
-        self.max_concurrency = _check_concurrency(max_concurrency)
+        self.max_concurrency = whole_number("max_concurrency", max_concurrency)
         finite_positive("rps", rps)
         self.timeout = timeout or Timeout()
         self.retry = retry or RetryPolicy()
@@ -100,11 +95,7 @@ class Session:
             retry=self.retry,
             stats=self.stats,
         )
-        if isinstance(download_concurrency, bool) or not isinstance(download_concurrency, int) \
-                or download_concurrency < 1:
-            raise ValidationError(
-                "download_concurrency", f"must be a whole number >= 1, got {download_concurrency!r}"
-            )
+        whole_number("download_concurrency", download_concurrency)
         self._downloader = Downloader(
             http=self._http, concurrency=download_concurrency, retry=self.retry,
             clock=self.clock, refresh=self.get_task, stats=self.stats,
@@ -113,7 +104,8 @@ class Session:
         self._stack: AsyncExitStack | None = None
         self._tg: TaskGroup | None = None
         self._poller: Poller | None = None
-        # When this session submitted each task (clock time), for the poller's first poll.
+        # When this session submitted each task (clock time), for the poller's first poll;
+        # bounded, since tasks submitted but never watched would otherwise pile up here.
         self._submitted_at: dict[str, float] = {}
 
     def __repr__(self) -> str:
@@ -204,6 +196,8 @@ class Session:
         )
         self.stats.submissions += 1
         self._submitted_at[task_id] = self.clock.now()
+        if len(self._submitted_at) > _SUBMITTED_AT_LIMIT:
+            del self._submitted_at[next(iter(self._submitted_at))]  # the oldest
         log.info("submitted task %s", task_id)
         return Submission(task_id=task_id, request=request, idempotency_key=key)
 
@@ -227,7 +221,7 @@ class Session:
                 "idempotency_keys", f"has {len(idempotency_keys)} keys for {len(items)} requests"
             )
         self._require_open()
-        outcomes: list[Submission | APIMartError | None] = [None] * len(items)
+        outcomes: dict[int, Submission | APIMartError] = {}
 
         async def submit_one(
             index: int, request: VideoRequest, gate: Callable[[], None]
@@ -236,10 +230,12 @@ class Session:
             return await self._submit(request, key=key, gate=gate)
 
         def done(index: int, outcome: Submission | APIMartError | None) -> None:
+            # None only comes from a closed gate, and this batch never closes its gate.
+            assert outcome is not None
             outcomes[index] = outcome
 
         await submit_each(items, submit_one, done, workers=self.max_concurrency)
-        return [o for o in outcomes if o is not None]
+        return [outcomes[i] for i in range(len(items))]
 
     async def get_task(self, task_id: str | Submission) -> Task:
         """The task's current state (``GET /v1/tasks/{id}``), retried on transient errors."""

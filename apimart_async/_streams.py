@@ -75,14 +75,15 @@ class _EventStream(Generic[E]):
     def _on_update(self, update: TaskUpdate) -> None:
         raise NotImplementedError
 
-    def _timed_out(self, task_id: str | None) -> list[E]:
+    def _timeout_event(self, task_id: str) -> E:
+        """The final event of a task whose deadline passed."""
         raise NotImplementedError
+
+    def _on_whole_deadline(self) -> None:
+        """The whole stream's deadline passed (BatchStream stops sending)."""
 
     def _start(self) -> None:
         """Begin background work on first use (BatchStream submits)."""
-
-    def _is_final(self, event: E) -> bool:
-        return event.final
 
     # -- plumbing -----------------------------------------------------------------------
 
@@ -109,16 +110,23 @@ class _EventStream(Generic[E]):
     def _earliest_deadline(self) -> float:
         return min(self._first_task_deadline(), self._end)
 
+    def _forget(self, task_id: str) -> None:
+        """The task has had its final event here: stop tracking and polling it."""
+        del self._deadlines[task_id]
+        self._poller.unsubscribe(self._deliver, [task_id])
+
     def _expire(self) -> None:
         now = self._clock.now()
+        due: list[str] = []
         while self._first_task_deadline() <= now:
-            _, task_id = heapq.heappop(self._deadline_heap)
-            del self._deadlines[task_id]
-            self._poller.unsubscribe(self._deliver, [task_id])
-            self._ready.extend(self._timed_out(task_id))
+            due.append(heapq.heappop(self._deadline_heap)[1])
         if now >= self._end:
             self._end, self._ended = math.inf, True
-            self._ready.extend(self._timed_out(None))
+            due.extend(self._deadlines)
+            self._on_whole_deadline()
+        for task_id in dict.fromkeys(due):
+            self._ready.append(self._timeout_event(task_id))
+            self._forget(task_id)
 
     def __aiter__(self) -> _EventStream[E]:
         return self
@@ -152,10 +160,18 @@ class _EventStream(Generic[E]):
                 return event_or_none
 
     def _accept(self, event: E) -> bool:
+        """Whether to hand `event` on: nothing follows a task's final event."""
+        task_id = event.task_id
+        if task_id is None:
+            return True  # an item that never became a task (BatchStream)
+        if task_id not in self._deadlines:
+            return False  # that task already ended here (it timed out)
+        if event.final:
+            self._forget(task_id)
         return True
 
     def _count(self, event: E) -> None:
-        if self._is_final(event):
+        if event.final:
             self._open_items -= 1
 
     def close(self) -> None:
@@ -218,28 +234,20 @@ class Watch(_EventStream[TaskUpdate]):
         self._emit(update)
 
     def _accept(self, event: TaskUpdate) -> bool:
-        if event.task_id not in self._deadlines:
-            return False  # already ended here (timed out)
+        if not super()._accept(event):
+            return False
         self._last[event.task_id] = event
-        if event.final:
-            del self._deadlines[event.task_id]
         return True
 
-    def _timed_out(self, task_id: str | None) -> list[TaskUpdate]:
-        ids = [task_id] if task_id is not None else list(self._deadlines)
-        out = []
-        for tid in ids:
-            self._deadlines.pop(tid, None)
-            self._poller.unsubscribe(self._deliver, [tid])
-            last = self._last.get(tid)
-            out.append(TaskUpdate(
-                task_id=tid,
-                status=last.status if last else TaskStatus.UNKNOWN,
-                progress=last.progress if last else 0,
-                task=last.task if last else None,
-                timed_out=True,
-            ))
-        return out
+    def _timeout_event(self, task_id: str) -> TaskUpdate:
+        last = self._last.get(task_id)
+        return TaskUpdate(
+            task_id=task_id,
+            status=last.status if last else TaskStatus.UNKNOWN,
+            progress=last.progress if last else 0,
+            task=last.task if last else None,
+            timed_out=True,
+        )
 
 
 class BatchStream(_EventStream[BatchEvent]):
@@ -334,30 +342,15 @@ class BatchStream(_EventStream[BatchEvent]):
             index, submission = found
             self._emit(event_for_update(update, index, self._requests[index], submission))
 
-    def _accept(self, event: BatchEvent) -> bool:
-        task_id = event.task_id
-        if task_id is None or event.kind is EventKind.SUBMITTED:
-            return True
-        if task_id not in self._deadlines:
-            return False
-        if event.final:
-            del self._deadlines[task_id]
-        return True
+    def _timeout_event(self, task_id: str) -> BatchEvent:
+        index, submission = self._by_task[task_id]
+        return BatchEvent(kind=EventKind.TIMED_OUT, index=index,
+                          request=self._requests[index], submission=submission)
 
-    def _timed_out(self, task_id: str | None) -> list[BatchEvent]:
-        events = []
-        ids = [task_id] if task_id is not None else list(self._deadlines)
-        for tid in ids:
-            self._deadlines.pop(tid, None)
-            self._poller.unsubscribe(self._deliver, [tid])
-            index, submission = self._by_task[tid]
-            events.append(BatchEvent(kind=EventKind.TIMED_OUT, index=index,
-                                     request=self._requests[index], submission=submission))
-        if task_id is None:
-            # The whole deadline: items not sent yet will not be; each still gets its
-            # TIMED_OUT event, from the submitting side, and one on the wire its task id.
-            self._gate.closed = True
-        return events
+    def _on_whole_deadline(self) -> None:
+        # Items not sent yet will not be; each still gets its TIMED_OUT event from the
+        # submitting side, and one already on the wire gets it with its task id.
+        self._gate.closed = True
 
     def close(self) -> None:
         self._gate.closed = True

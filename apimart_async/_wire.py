@@ -288,16 +288,12 @@ def decode(
             message = snippet(body, secret) if body else "no body"
             if not parsed and status >= 500:
                 message = f"non-JSON error page: {message}"
-        return _raise(status_error(effective, message, code=code, retry_after=retry_after))
+        raise status_error(effective, message, code=code, retry_after=retry_after)
     if not parsed:
         raise DecodeError("answer is not JSON", status=status, snippet=snippet(body, secret))
     if not isinstance(payload, Mapping) or "data" not in payload:
         raise DecodeError("answer has no 'data'", status=status, snippet=snippet(body, secret))
     return payload["data"]
-
-
-def _raise(exc: Exception) -> Any:
-    raise exc
 
 
 def parse_submit(

@@ -21,11 +21,6 @@ async def emulator_stats(base_url: str) -> dict[str, Any]:
         return data
 
 
-async def reset_emulator_stats(base_url: str) -> None:
-    async with aiohttp.ClientSession() as http, http.post(base_url + "/_emulator/stats/reset"):
-        pass
-
-
 def percentile(values: Sequence[float], p: float) -> float:
     """The p-th percentile (nearest rank) of `values`."""
     if not values:

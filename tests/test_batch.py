@@ -272,6 +272,8 @@ async def test_stream_whole_deadline_times_out_sent_and_unsent_items(
         events = [e async for e in s.stream(requests(30), timeout=3)]
     finals = [e for e in events if e.final]
     assert sorted(e.index for e in finals) == list(range(30))
+    last_event = {e.index: e for e in events}
+    assert all(last_event[e.index] is e for e in finals)  # nothing after an item's end
     assert all(e.kind is EventKind.TIMED_OUT for e in finals)
     sent = [e for e in finals if e.task_id is not None]
     # Every task that was created is reported with its id: nothing paid for is lost.

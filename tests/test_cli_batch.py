@@ -62,9 +62,12 @@ def states(journal: Path) -> list[str]:
 async def wait_for(condition: Callable[[], bool], what: str) -> None:
     """Wait on another process's progress, observed through its journal."""
     # Another process makes the progress, so there is no event to wait on: poll it.
-    with anyio.fail_after(30):
-        while not condition():  # noqa: ASYNC110
-            await anyio.sleep(0.01)
+    try:
+        with anyio.fail_after(30):
+            while not condition():  # noqa: ASYNC110
+                await anyio.sleep(0.01)
+    except TimeoutError:
+        raise AssertionError(f"timed out waiting for {what}") from None
 
 
 def assert_all_downloaded(out: Path, n: int) -> None:
@@ -79,18 +82,31 @@ def assert_all_downloaded(out: Path, n: int) -> None:
     assert not list(out.glob(".*.part"))
 
 
-async def test_killed_after_submitting_then_rerun_costs_nothing_twice(
-    make_server: MakeServer, tmp_path: Path
-) -> None:
-    server = await make_server(EmulatorConfig(latency=0.02, duration=(40, 60)), speed=20)
-    n, out = 30, tmp_path / "out"
+async def run_and_kill(
+    server: EmulatorServer, tmp_path: Path, n: int,
+    killed_when: Callable[[list[str]], bool], what: str,
+) -> tuple[list[str], Path]:
+    """Start a batch of `n` items, SIGKILL it once its journal's states satisfy
+    `killed_when`; return the command's arguments (to re-run it) and its output dir."""
+    out = tmp_path / "out"
     batch = write_jsonl(tmp_path / "batch.jsonl", n)
     args = ["batch", str(batch), "--out", str(out), "--base-url", server.base_url,
             "--concurrency", "4"]
     async with await anyio.open_process(cli(*args), env=env()) as proc:
-        await wait_for(lambda: states(out / JOURNAL).count("submitted") == n, "all submitted")
+        await wait_for(lambda: killed_when(states(out / JOURNAL)), what)
         proc.send_signal(signal.SIGKILL)
     assert proc.returncode == -signal.SIGKILL
+    return args, out
+
+
+async def test_killed_after_submitting_then_rerun_costs_nothing_twice(
+    make_server: MakeServer, tmp_path: Path
+) -> None:
+    server = await make_server(EmulatorConfig(latency=0.02, duration=(40, 60)), speed=20)
+    n = 30
+    args, out = await run_and_kill(
+        server, tmp_path, n, lambda s: s.count("submitted") == n, "every item submitted"
+    )
     assert server.stats.submissions == n
     result = await run(*args)
     assert result.returncode == 0, result.stderr.decode()
@@ -102,13 +118,10 @@ async def test_killed_while_submitting_then_rerun_names_the_ambiguous(
     make_server: MakeServer, tmp_path: Path
 ) -> None:
     server = await make_server(EmulatorConfig(latency=0.1, duration=(2, 4)), speed=20)
-    n, out = 40, tmp_path / "out"
-    batch = write_jsonl(tmp_path / "batch.jsonl", n)
-    args = ["batch", str(batch), "--out", str(out), "--base-url", server.base_url,
-            "--concurrency", "4"]
-    async with await anyio.open_process(cli(*args), env=env()) as proc:
-        await wait_for(lambda: states(out / JOURNAL).count("submitted") >= 8, "some submitted")
-        proc.send_signal(signal.SIGKILL)
+    n = 40
+    args, out = await run_and_kill(
+        server, tmp_path, n, lambda s: s.count("submitted") >= 8, "some items submitted"
+    )
     created = server.stats.submissions
     assert created < n
 
