@@ -22,6 +22,7 @@ from anyio.abc import TaskGroup
 
 from ._batch import BatchEvent, EventKind
 from ._errors import APIMartError, BadRequestError, PermissionDeniedError, ValidationError
+from ._groups import ungrouped
 from ._journal import ItemState, Journal, JournalRow, request_json
 from ._models import Submission, Task, TaskStatus, VideoRequest
 from ._streams import BatchStream
@@ -325,7 +326,8 @@ async def run_batch(
     async with Journal(path) as jr:
         run = _Run(session, items, out, jr, on_change)
         await run.reconcile(resubmit_ambiguous)
-        await run.execute()
+        with ungrouped():  # a failing on_change (or journal) comes out as itself
+            await run.execute()
     stats = session.stats
     return BatchReport(
         items=tuple(item.result for item in items),

@@ -21,6 +21,7 @@ from ._clock import Clock
 from ._config import DEFAULT_BASE_URL, ENV_BASE_URL, ApiKey, Timeout, check_base_url
 from ._download import Downloader, DownloadResult
 from ._errors import APIMartError, TaskFailedError, TaskTimeoutError, ValidationError
+from ._groups import ungrouped
 from ._http import Http
 from ._limits import Limits
 from ._models import Submission, Task, VideoRequest, finite_positive, whole_number
@@ -139,7 +140,9 @@ class Session:
         stack, self._stack = self._stack, None
         try:
             if stack is not None:
-                await stack.__aexit__(exc_type, exc, tb)
+                # An error in the block (or one background failure) leaves as itself.
+                with ungrouped():
+                    await stack.__aexit__(exc_type, exc, tb)
         finally:
             self._open = False
             self._poller = None
