@@ -134,3 +134,26 @@ async def test_session_usable_after_a_caught_error(make_server: MakeServer) -> N
             async with session as s:
                 await s.wait(await s.submit(VideoRequest("doomed")), timeout=600)
     assert isinstance(session, Session) and stray_tasks() == []
+
+
+def test_readme_error_table_names_every_error_class_and_true_bases() -> None:
+    import builtins
+
+    import apimart_async
+
+    text = README.read_text()
+    section = text[text.index("## Errors"):]
+    rows = [line for line in section.splitlines() if line.startswith("| `")]
+    named: set[str] = set()
+    for row in rows:
+        first = row.split(" | ")[0]
+        named.update(re.findall(r"`(\w+Error)`", first))
+        # "`X` (a `ValueError`...)": X really is one.
+        for name, base in re.findall(r"`(\w+)` \(a `(\w+)`", first):
+            assert issubclass(getattr(apimart_async, name), getattr(builtins, base)), name
+    named -= {"ValueError", "TimeoutError"}
+    errors = {name for name in apimart_async.__all__
+              if isinstance(getattr(apimart_async, name), type)
+              and issubclass(getattr(apimart_async, name), apimart_async.APIMartError)
+              and name != "APIMartError"}
+    assert named == errors
