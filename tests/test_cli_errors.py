@@ -130,3 +130,42 @@ def test_help_documents_every_exit_status() -> None:
         assert f"\n  {code} " in section or f"; {code}:" in section, code
     for words in ("API key rejected", "balance exhausted", "permission denied", "SIGTERM"):
         assert words in section
+
+
+async def test_every_bad_input_line_is_reported_at_once_up_to_a_limit(
+    server: EmulatorServer, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    good = '{"prompt": "fine"}'
+    bad = ['{"prompt": "x", "duration": -1}', '{"prompt": ""}', "{not json",
+           '{"prompt": "x", "resolution": "1080p"}', '["prompt"]',
+           '{"prompt": "x", "aspect_ratio": "4:3"}']
+    lines = [good]
+    for i in range(25):
+        lines += [bad[i % len(bad)], good]
+    path = tmp_path / "in.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    status, out, err = await cli(capsys, "batch", str(path), "--out", str(tmp_path / "out"),
+                                 "--base-url", server.base_url)
+    assert status == 2 and out == ""
+    assert "Traceback" not in err
+    reported = [line for line in err.splitlines() if line.startswith(f"{path}:")]
+    # Bad lines are 2, 4, 6, ...: the first 20 are each named, then a count of the rest.
+    assert [int(line.split(":")[1]) for line in reported] == list(range(2, 42, 2))
+    assert reported[0] == f"{path}:2: duration: must be positive, got -1"
+    assert reported[1].startswith(f"{path}:4: prompt: ")
+    assert reported[3].startswith(f"{path}:8: resolution: unknown field")
+    assert "25 bad lines" in err and "and 5 more" in err
+    assert sum(server.stats.requests.values()) == 0
+    assert not (tmp_path / "out").exists()
+
+
+async def test_a_single_bad_line_reads_as_before(
+    server: EmulatorServer, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    jsonl = tmp_path / "in.jsonl"
+    jsonl.write_text('{"prompt": "a", "name": "n"}\n{"prompt": "b", "name": "n"}\n')
+    status, _, err = await cli(capsys, "batch", str(jsonl), "--out", str(tmp_path / "o"),
+                               "--base-url", server.base_url)
+    assert status == 2
+    assert one_line(err) == (f"apimart-async: error: {jsonl}:2: name: 'n' already used "
+                             "on line 1")
