@@ -414,4 +414,5 @@ def explain(exc: Exception) -> tuple[int, str]:
         return EXIT_FAILED, f"journal: {exc} (use another --journal, or move the file away)"
     assert isinstance(exc, OSError)
     where = f"{exc.filename}: " if exc.filename else ""
-    return EXIT_FAILED, f"{where}{exc.strerror or exc}"
+    return EXIT_FAILED, (f"{where}{exc.strerror or exc}: check the path (e.g. --out), its "
+                         "permissions and the free space")

@@ -169,3 +169,21 @@ async def test_a_single_bad_line_reads_as_before(
     assert status == 2
     assert one_line(err) == (f"apimart-async: error: {jsonl}:2: name: 'n' already used "
                              "on line 1")
+
+
+async def test_file_and_journal_errors_are_one_line(
+    server: EmulatorServer, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    (tmp_path / "p.txt").write_text("a fox\n")
+    (tmp_path / "a-file").write_text("not a directory")
+    status, _, err = await cli(capsys, "batch", str(tmp_path / "p.txt"), "--out",
+                               str(tmp_path / "a-file"), "--base-url", server.base_url)
+    assert status == 1
+    assert str(tmp_path / "a-file") in one_line(err) and "check the path" in err
+
+    (tmp_path / "j.sqlite3").write_bytes(b"not a database at all, " * 20)
+    status, _, err = await cli(capsys, "batch", str(tmp_path / "p.txt"), "--out",
+                               str(tmp_path / "o"), "--journal", str(tmp_path / "j.sqlite3"),
+                               "--base-url", server.base_url)
+    assert status == 1 and one_line(err).startswith("apimart-async: journal: ")
+    assert server.stats.submissions == 0
