@@ -354,7 +354,9 @@ class Session:
         an item that has a task id: it resumes polling and downloading. Items a crash
         left mid-submission are reported as ambiguous, and resubmitted (with the same
         Idempotency-Key) only when `resubmit_ambiguous` is True. `on_change` is called
-        with each item's new `ItemResult` as it moves.
+        with each item's new `ItemResult` as it moves. A 401/402/403 stops sending and is
+        kept in `BatchReport.account_error`; the items it stopped stay in the journal, so
+        a re-run after fixing the account resumes them.
         """
         self._require_open()
         return await run_batch(

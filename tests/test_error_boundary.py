@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import anyio
 import pytest
 
 from apimart_async import EventKind, Session, TaskFailedError, VideoRequest
@@ -77,6 +78,20 @@ async def test_users_own_error_cancels_background_work_and_leaves_as_itself(
     assert https[0].closed
     assert server.stats.submissions < len(requests)
     gc.collect()  # an unclosed aiohttp session would warn here (warnings are errors)
+
+
+async def test_cancelling_the_block_from_outside_is_clean(make_server: MakeServer) -> None:
+    server = await make_server(EmulatorConfig(duration=(40, 60), latency=0.01))
+    https = []
+    with anyio.CancelScope() as scope:
+        async with session_for(server, max_concurrency=2) as s:
+            https.append(s._http.session)
+            async with s.stream([VideoRequest(f"clip {i}") for i in range(20)]) as events:
+                async for event in events:
+                    if event.kind is EventKind.SUBMITTED:
+                        scope.cancel()  # e.g. an enclosing timeout firing
+    assert scope.cancelled_caught
+    assert stray_tasks() == [] and https[0].closed
 
 
 async def test_run_batch_callback_error_comes_out_as_itself(
