@@ -13,6 +13,7 @@ import anyio
 import attrs
 
 from ._errors import APIMartError, NotSubmittedError, TaskFailedError
+from ._groups import ungrouped
 from ._models import Submission, Task, TaskStatus, TaskUpdate, VideoRequest
 
 __all__ = ["BatchEvent", "EventKind", "Gate", "SubmitOutcome", "submit_each"]
@@ -71,9 +72,10 @@ async def submit_each(
                 outcome = exc
             on_done(index, outcome)
 
-    async with anyio.create_task_group() as tg:
-        for _ in range(min(workers, len(requests))):
-            tg.start_soon(worker)
+    with ungrouped():
+        async with anyio.create_task_group() as tg:
+            for _ in range(min(workers, len(requests))):
+                tg.start_soon(worker)
 
 
 class EventKind(str, enum.Enum):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sqlite3
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -13,14 +14,39 @@ import anyio
 
 from ._clock import Clock
 from ._config import DEFAULT_BASE_URL, ENV_BASE_URL
-from ._errors import APIMartError, ValidationError
+from ._errors import (
+    APIConnectionError,
+    APIMartError,
+    BadRequestError,
+    DecodeError,
+    DownloadError,
+    NotFoundError,
+    RateLimitError,
+    ResultExpiredError,
+    ServerError,
+    ValidationError,
+    account_problem,
+)
 from ._inputs import InputError
 from ._runner import BatchItem, BatchReport
 from ._version import __version__
 
 __all__ = ["main"]
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_ACCOUNT = 0, 1, 2, 3
+EXIT_INTERRUPTED, EXIT_TERMINATED = 130, 143  # 128 + SIGINT, 128 + SIGTERM
+
+EXIT_STATUS_HELP = """\
+exit status:
+  0    done: every video is on disk (status: the task did not fail)
+  1    some items failed or are ambiguous, or the command could not finish
+       (unknown task, API unreachable or failing, disk error): see the message
+  2    usage or input error (bad arguments, bad lines in the input file):
+       nothing was sent
+  3    account problem: API key rejected (401), balance exhausted (402) or
+       permission denied (403); fix the account, re-run the same command to resume
+  130  interrupted (Ctrl-C, SIGINT); 143: terminated (SIGTERM); re-run to resume
+"""
 
 
 def _range(text: str) -> tuple[float, float]:
@@ -46,7 +72,8 @@ def _add_client_options(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for every subcommand."""
     parser = argparse.ArgumentParser(
-        prog="apimart-async", description="APIMart video generation from the command line."
+        prog="apimart-async", description="APIMart video generation from the command line.",
+        epilog=EXIT_STATUS_HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"apimart-async {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -210,6 +237,11 @@ def report_json(report: BatchReport) -> dict[str, Any]:
         "retries": report.retries,
         "rate_limited": report.rate_limited,
         "journal": str(report.journal),
+        "account_error": None if report.account_error is None else {
+            "type": type(report.account_error).__name__,
+            "status": getattr(report.account_error, "status", None),
+            "message": str(report.account_error),
+        },
         "results": [
             {
                 "index": r.index, "name": r.name, "state": r.state.value, "task_id": r.task_id,
@@ -241,6 +273,13 @@ async def _batch(
         print(json.dumps(report_json(report), indent=2))
     else:
         print("\n".join(summary_lines(report)))
+    return report_exit_status(report)
+
+
+def report_exit_status(report: BatchReport) -> int:
+    """0 when every video is on disk, 3 after an account failure, else 1."""
+    if report.account_error is not None:
+        return EXIT_ACCOUNT
     return EXIT_OK if report.ok else EXIT_FAILED
 
 
@@ -337,14 +376,43 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return anyio.run(_COMMANDS[args.command], args)
-    except InputError as exc:
-        print(f"apimart-async: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except ValidationError as exc:
-        print(f"apimart-async: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except APIMartError as exc:
-        print(f"apimart-async: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+    except (APIMartError, InputError, OSError, sqlite3.Error) as exc:
+        status, message = explain(exc)
+        print(f"apimart-async: {message}", file=sys.stderr)
+        return status
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
+
+
+def explain(exc: Exception) -> tuple[int, str]:
+    """The exit status for an error that stopped a command, and one line saying what to do."""
+    if isinstance(exc, InputError):
+        return EXIT_USAGE, f"error: {exc}"
+    if isinstance(exc, ValidationError):
+        return EXIT_USAGE, f"error: {exc}"
+    if isinstance(exc, APIMartError):
+        problem = account_problem(exc)
+        if problem is not None:
+            return EXIT_ACCOUNT, problem
+    if isinstance(exc, BadRequestError):
+        return EXIT_USAGE, f"the API rejected the request ({exc}): fix the parameters"
+    if isinstance(exc, NotFoundError):
+        return EXIT_FAILED, f"no such task ({exc}): check the task id"
+    if isinstance(exc, APIConnectionError):  # and APITimeoutError
+        return EXIT_FAILED, (f"cannot reach the API ({exc}): check --base-url (or "
+                             f"${ENV_BASE_URL}) and the network, then try again")
+    if isinstance(exc, (RateLimitError, ServerError)):
+        return EXIT_FAILED, f"the API is busy or failing ({exc}): try again later"
+    if isinstance(exc, DecodeError):
+        return EXIT_FAILED, (f"unexpected answer ({exc}): is --base-url (or ${ENV_BASE_URL}) "
+                             "the APIMart API?")
+    if isinstance(exc, (DownloadError, ResultExpiredError)):
+        return EXIT_FAILED, f"{exc}; run the command again to resume"
+    if isinstance(exc, APIMartError):
+        return EXIT_FAILED, f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, sqlite3.Error):
+        return EXIT_FAILED, f"journal: {exc} (use another --journal, or move the file away)"
+    assert isinstance(exc, OSError)
+    where = f"{exc.filename}: " if exc.filename else ""
+    return EXIT_FAILED, (f"{where}{exc.strerror or exc}: check the path (e.g. --out), its "
+                         "permissions and the free space")

@@ -194,3 +194,16 @@ class DownloadError(APIMartError):
     def __init__(self, task_id: str, message: str) -> None:
         self.task_id = task_id
         super().__init__(f"task {task_id}: {message}")
+
+
+def account_problem(error: APIMartError) -> str | None:
+    """A 401/402/403 in a few words and what to do about it; None for any other error."""
+    if isinstance(error, NotSubmittedError):
+        error = error.reason
+    if isinstance(error, AuthenticationError):
+        return f"API key rejected ({error}): check APIMART_API_KEY or --api-key"
+    if isinstance(error, InsufficientBalanceError):
+        return f"balance exhausted ({error}): top up the account"
+    if isinstance(error, PermissionDeniedError):
+        return f"permission denied ({error}): this key may not use that model or endpoint"
+    return None

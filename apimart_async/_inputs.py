@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +11,10 @@ from ._errors import ValidationError
 from ._models import VideoRequest
 from ._runner import BatchItem
 
-__all__ = ["InputError", "read_batch_file"]
+__all__ = ["MAX_REPORTED", "BadLines", "InputError", "read_batch_file"]
+
+#: Bad lines named one by one; beyond this many, only their count is given.
+MAX_REPORTED = 20
 
 _FIELDS = frozenset({"prompt", "model", "duration", "aspect_ratio", "image_urls", "extra", "name"})
 
@@ -24,6 +27,26 @@ class InputError(ValueError):
         self.line = line
         where = f"{path}:{line}" if line is not None else str(path)
         super().__init__(f"{where}: {message}")
+
+
+class BadLines(InputError):
+    """Several bad lines in one input file, all found before anything was sent.
+
+    `errors` holds one `InputError` per bad line, up to `MAX_REPORTED`; `total` counts
+    them all. The message has a headline, then one ``FILE:LINE: field: problem`` a line.
+    """
+
+    def __init__(self, errors: Sequence[InputError], total: int) -> None:
+        first = errors[0]
+        self.errors = tuple(errors)
+        self.total = total
+        lines = [f"{total} bad lines in {first.path}, nothing was sent:"]
+        lines += [str(error) for error in errors]
+        if total > len(errors):
+            lines.append(f"... and {total - len(errors)} more")
+        ValueError.__init__(self, "\n".join(lines))
+        self.path = first.path
+        self.line = first.line
 
 
 def _item(data: Any, defaults: Mapping[str, Any], path: Path, line: int) -> BatchItem:
@@ -49,7 +72,10 @@ def _item(data: Any, defaults: Mapping[str, Any], path: Path, line: int) -> Batc
 
 
 def read_batch_file(path: Path, defaults: Mapping[str, Any] | None = None) -> list[BatchItem]:
-    """Every item of a batch file, all validated; the first problem raises `InputError`.
+    """Every item of a batch file, all validated.
+
+    A bad line raises `InputError`; several raise `BadLines`, naming every one (up to
+    `MAX_REPORTED`), so one run shows the user everything to fix.
 
     `defaults` (model, duration, aspect_ratio) fill fields a line leaves out.
     """
@@ -65,25 +91,42 @@ def read_batch_file(path: Path, defaults: Mapping[str, Any] | None = None) -> li
         raise InputError(path, None, "is not UTF-8 text") from None
     items: list[BatchItem] = []
     names: dict[str, int] = {}
+    errors: list[InputError] = []
+    bad = 0
     for number, raw in enumerate(text.splitlines(), start=1):
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
-        if suffix == ".txt":
-            item = _item({"prompt": line}, defaults, path, number)
-        else:
-            try:
-                data = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise InputError(path, number, f"not valid JSON ({exc.msg})") from None
-            item = _item(data, defaults, path, number)
-        if item.name is not None:
-            if item.name in names:
-                raise InputError(
-                    path, number, f"name: {item.name!r} already used on line {names[item.name]}"
-                )
-            names[item.name] = number
-        items.append(item)
+        try:
+            items.append(_line_item(line, suffix, defaults, path, number, names))
+        except InputError as exc:
+            bad += 1
+            if len(errors) < MAX_REPORTED:
+                errors.append(exc)
+    if bad == 1:
+        raise errors[0]
+    if bad:
+        raise BadLines(errors, bad)
     if not items:
         raise InputError(path, None, "has no requests")
     return items
+
+
+def _line_item(
+    line: str, suffix: str, defaults: Mapping[str, Any], path: Path, number: int,
+    names: dict[str, int],
+) -> BatchItem:
+    if suffix == ".txt":
+        return _item({"prompt": line}, defaults, path, number)
+    try:
+        data = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise InputError(path, number, f"not valid JSON ({exc.msg})") from None
+    item = _item(data, defaults, path, number)
+    if item.name is not None:
+        if item.name in names:
+            raise InputError(
+                path, number, f"name: {item.name!r} already used on line {names[item.name]}"
+            )
+        names[item.name] = number
+    return item

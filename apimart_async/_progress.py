@@ -16,6 +16,7 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
+from ._errors import account_problem
 from ._journal import ItemState
 from ._runner import BatchReport, ItemResult
 
@@ -100,6 +101,12 @@ def summary_lines(report: BatchReport) -> list[str]:
         f"{report.retries} retries; {report.rate_limited} rate-limit answers (429) met",
         f"journal: {report.journal}",
     ]
+    if report.account_error is not None:
+        # The headline: no item can get further until the account is fixed.
+        problem = account_problem(report.account_error) or str(report.account_error)
+        unfinished = len(report.items) - report.completed
+        lines.insert(0, f"{problem}; then re-run the same command to resume the {unfinished} "
+                        "unfinished items (nothing already submitted is submitted again)")
     for item in report.items:
         if not item.ok:
             task = f" (task {item.task_id})" if item.task_id else ""

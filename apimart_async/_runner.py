@@ -21,7 +21,8 @@ import attrs
 from anyio.abc import TaskGroup
 
 from ._batch import BatchEvent, EventKind
-from ._errors import APIMartError, BadRequestError, PermissionDeniedError, ValidationError
+from ._errors import APIMartError, BadRequestError, NotSubmittedError, ValidationError
+from ._groups import ungrouped
 from ._journal import ItemState, Journal, JournalRow, request_json
 from ._models import Submission, Task, TaskStatus, VideoRequest
 from ._streams import BatchStream
@@ -82,6 +83,10 @@ class BatchReport:
     bytes_downloaded: int
     retries: int
     rate_limited: int
+    #: The 401/402/403 that stopped the batch (`AuthenticationError`,
+    #: `InsufficientBalanceError` or `PermissionDeniedError`), else None. The items it
+    #: stopped keep their place in the journal: a re-run after fixing the account resumes them.
+    account_error: APIMartError | None = None
 
     def _count(self, *states: ItemState) -> int:
         return sum(item.state in states for item in self.items)
@@ -164,6 +169,7 @@ class _Run:
         self.journal = journal
         self.on_change = on_change
         self._tg: TaskGroup | None = None
+        self.account_error: APIMartError | None = None
 
     async def _move(self, item: _Item, state: ItemState, **fields: object) -> None:
         """Journal first, then tell the caller."""
@@ -241,7 +247,7 @@ class _Run:
                 if not update.final:
                     self._notify(item.set(progress=update.progress))
                 elif update.error is not None:
-                    await self._move(item, ItemState.FAILED, error=str(update.error))
+                    await self._watch_failed(item, update.error)
                 elif update.task is not None:
                     await self._ended(item, update.task)
 
@@ -266,20 +272,40 @@ class _Run:
             self._notify(item.set(progress=event.task.progress))
         elif event.kind in (EventKind.COMPLETED, EventKind.FAILED) and event.task is not None:
             await self._ended(item, event.task)
-        elif event.kind is EventKind.FAILED:
-            await self._move(item, ItemState.FAILED, error=str(event.error))
+        elif event.kind is EventKind.FAILED and event.error is not None:
+            await self._watch_failed(item, event.error)
         elif event.kind is EventKind.SUBMIT_FAILED and event.error is not None:
             await self._submit_failed(item, event.error)
 
     async def _submit_failed(self, item: _Item, error: APIMartError) -> None:
         if error.submission_ambiguous:
             await self._move(item, ItemState.AMBIGUOUS, error=f"may exist and be billed: {error}")
-        elif isinstance(error, (BadRequestError, ValidationError, PermissionDeniedError)):
+        elif self._account_failure(error):
+            await self._move(item, ItemState.PENDING, error=f"not submitted: {error}")
+        elif isinstance(error, (BadRequestError, ValidationError)):
             await self._move(item, ItemState.FAILED, error=f"rejected: {error}")
         else:
             # Refused before processing (no balance, bad key, 429s, no connection):
             # nothing was created, so a re-run submits it again.
             await self._move(item, ItemState.PENDING, error=f"not submitted: {error}")
+
+    def _account_failure(self, error: APIMartError) -> bool:
+        """Whether `error` is (or follows) a 401/402/403; the first one heads the report."""
+        if isinstance(error, NotSubmittedError):
+            error = error.reason
+        if not error.fatal:
+            return False
+        if self.account_error is None:
+            self.account_error = error
+        return True
+
+    async def _watch_failed(self, item: _Item, error: APIMartError) -> None:
+        if self._account_failure(error):
+            # The task exists (and may be billed): keep it SUBMITTED so a re-run, after the
+            # account is fixed, polls and downloads it instead of losing it.
+            await self._move(item, ItemState.SUBMITTED, error=f"not followed: {error}")
+        else:
+            await self._move(item, ItemState.FAILED, error=str(error))
 
     async def _ended(self, item: _Item, task: Task) -> None:
         if task.status is TaskStatus.COMPLETED:
@@ -297,6 +323,7 @@ class _Run:
                 task = await self.session.get_task(item.result.task_id)
             result = await self.session.download(task, self.out_dir / item.filename)
         except APIMartError as exc:
+            self._account_failure(exc)
             # Stays "completed" in the journal: a re-run tries the download again.
             await self._move(item, ItemState.COMPLETED, error=f"download failed: {exc}")
             return
@@ -325,7 +352,8 @@ async def run_batch(
     async with Journal(path) as jr:
         run = _Run(session, items, out, jr, on_change)
         await run.reconcile(resubmit_ambiguous)
-        await run.execute()
+        with ungrouped():  # a failing on_change (or journal) comes out as itself
+            await run.execute()
     stats = session.stats
     return BatchReport(
         items=tuple(item.result for item in items),
@@ -333,4 +361,5 @@ async def run_batch(
         bytes_downloaded=stats.bytes_downloaded - before.bytes_downloaded,
         retries=stats.retries - before.retries,
         rate_limited=stats.rate_limited - before.rate_limited,
+        account_error=run.account_error,
     )

@@ -21,6 +21,7 @@ from ._clock import Clock
 from ._config import DEFAULT_BASE_URL, ENV_BASE_URL, ApiKey, Timeout, check_base_url
 from ._download import Downloader, DownloadResult
 from ._errors import APIMartError, TaskFailedError, TaskTimeoutError, ValidationError
+from ._groups import ungrouped
 from ._http import Http
 from ._limits import Limits
 from ._models import Submission, Task, VideoRequest, finite_positive, whole_number
@@ -139,7 +140,9 @@ class Session:
         stack, self._stack = self._stack, None
         try:
             if stack is not None:
-                await stack.__aexit__(exc_type, exc, tb)
+                # An error in the block (or one background failure) leaves as itself.
+                with ungrouped():
+                    await stack.__aexit__(exc_type, exc, tb)
         finally:
             self._open = False
             self._poller = None
@@ -351,7 +354,9 @@ class Session:
         an item that has a task id: it resumes polling and downloading. Items a crash
         left mid-submission are reported as ambiguous, and resubmitted (with the same
         Idempotency-Key) only when `resubmit_ambiguous` is True. `on_change` is called
-        with each item's new `ItemResult` as it moves.
+        with each item's new `ItemResult` as it moves. A 401/402/403 stops sending and is
+        kept in `BatchReport.account_error`; the items it stopped stay in the journal, so
+        a re-run after fixing the account resumes them.
         """
         self._require_open()
         return await run_batch(

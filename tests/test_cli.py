@@ -58,7 +58,7 @@ async def test_status_errors_are_clear_and_keyless(server: EmulatorServer) -> No
     result = await run_cli("status", "task_nope", "--base-url", server.base_url,
                            APIMART_API_KEY=KEY)
     assert result.returncode == 1
-    assert b"NotFoundError" in result.stderr and KEY.encode() not in result.stderr
+    assert b"no such task" in result.stderr and KEY.encode() not in result.stderr
     nokey = await run_cli("status", "task_nope", "--base-url", server.base_url)
     assert nokey.returncode == 2 and b"APIMART_API_KEY" in nokey.stderr
     insecure = await run_cli("status", "t", "--base-url", "http://example.com", APIMART_API_KEY=KEY)
