@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
+from anyio.abc import TaskStatus
 
 from ._clock import Clock
 from ._config import DEFAULT_BASE_URL, ENV_BASE_URL
@@ -21,6 +23,9 @@ from ._version import __version__
 __all__ = ["main"]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+# An interrupted batch exits 128 + the signal's number, as shells do: 130 for SIGINT
+# (Ctrl-C), 143 for SIGTERM.
+T = TypeVar("T")
 
 
 def _range(text: str) -> tuple[float, float]:
@@ -210,6 +215,7 @@ def report_json(report: BatchReport) -> dict[str, Any]:
         "retries": report.retries,
         "rate_limited": report.rate_limited,
         "journal": str(report.journal),
+        "interrupted": report.interrupted,
         "results": [
             {
                 "index": r.index, "name": r.name, "state": r.state.value, "task_id": r.task_id,
@@ -229,19 +235,78 @@ async def _batch(
     from ._progress import BatchDisplay, summary_lines
     from ._session import Session
 
-    async with Session(
-        api_key, base_url=base_url, max_concurrency=args.concurrency, rps=args.rps, clock=clock,
-    ) as session:
-        with BatchDisplay(len(items), stream=sys.stderr) as display:
-            report = await session.run_batch(
-                items, out_dir=args.out, journal=journal,
-                resubmit_ambiguous=resubmit_ambiguous, on_change=display,
-            )
+    async def go(stop: anyio.Event) -> BatchReport:
+        async with Session(
+            api_key, base_url=base_url, max_concurrency=args.concurrency, rps=args.rps,
+            clock=clock,
+        ) as session:
+            with BatchDisplay(len(items), stream=sys.stderr) as display:
+                return await session.run_batch(
+                    items, out_dir=args.out, journal=journal,
+                    resubmit_ambiguous=resubmit_ambiguous, on_change=display, stop=stop,
+                )
+
+    report, signum = await _interruptible(go)
+    if report is None:
+        print("apimart-async: interrupted twice: stopped at once; re-run the same command "
+              "to resume (an item that was on the wire is then reported ambiguous)",
+              file=sys.stderr)
+        return 128 + (signum or signal.SIGINT)
     if args.json:
         print(json.dumps(report_json(report), indent=2))
     else:
         print("\n".join(summary_lines(report)))
+    if report.interrupted and signum is not None:
+        return 128 + signum
     return EXIT_OK if report.ok else EXIT_FAILED
+
+
+async def _interruptible(
+    run: Callable[[anyio.Event], Awaitable[T]],
+) -> tuple[T | None, int | None]:
+    """Run `run(stop)`; the first SIGINT or SIGTERM sets `stop` (finish what is on the
+    wire, then return), a second one cancels at once (result None). Also returns the
+    first signal's number, if any came."""
+    stop = anyio.Event()
+    received: list[int] = []
+    at_once = anyio.CancelScope()
+
+    async def listen(*, task_status: TaskStatus[None]) -> None:
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            task_status.started()
+            async for signum in signals:
+                received.append(int(signum))
+                if len(received) == 1:
+                    print("apimart-async: interrupted: sending nothing more; letting requests "
+                          "on the wire land (interrupt again to stop at once)",
+                          file=sys.stderr, flush=True)
+                    stop.set()
+                else:
+                    at_once.cancel()
+
+    result: list[T] = []
+    failure: list[BaseException] = []
+    async with anyio.create_task_group() as tg:
+        await tg.start(listen)
+        with at_once:
+            try:
+                result.append(await run(stop))
+            except Exception as exc:  # raised below, outside this task group
+                failure.append(_single(exc))
+        tg.cancel_scope.cancel()
+    if failure:
+        raise failure[0]
+    return (result[0] if result else None), (received[0] if received else None)
+
+
+def _single(exc: BaseException) -> BaseException:
+    """The one error inside nested one-member exception groups, else `exc` itself."""
+    # Duck-typed: BaseExceptionGroup is not a builtin on Python 3.10.
+    inner = getattr(exc, "exceptions", None)
+    while isinstance(inner, tuple) and len(inner) == 1 and isinstance(inner[0], BaseException):
+        exc = inner[0]
+        inner = getattr(exc, "exceptions", None)
+    return exc
 
 
 def _defaults(args: argparse.Namespace) -> dict[str, Any]:

@@ -100,6 +100,8 @@ def summary_lines(report: BatchReport) -> list[str]:
         f"{report.retries} retries; {report.rate_limited} rate-limit answers (429) met",
         f"journal: {report.journal}",
     ]
+    if report.interrupted:
+        lines.insert(0, "interrupted: nothing more was sent; re-run the same command to resume")
     for item in report.items:
         if not item.ok:
             task = f" (task {item.task_id})" if item.task_id else ""

@@ -22,7 +22,15 @@ import anyio
 from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from ._batch import BatchEvent, EventKind, Gate, SubmitOutcome, event_for_update, submit_each
+from ._batch import (
+    BatchEvent,
+    EventKind,
+    Gate,
+    StreamClosed,
+    SubmitOutcome,
+    event_for_update,
+    submit_each,
+)
 from ._clock import Clock
 from ._errors import APIMartError
 from ._models import Submission, TaskStatus, TaskUpdate, VideoRequest
@@ -268,7 +276,7 @@ class BatchStream(_EventStream[BatchEvent]):
         task_timeout: float | None,
         keys: Sequence[str] | None = None,
         before_submit: Callable[[int], Awaitable[None]] | None = None,
-        after_submit: Callable[[int, Submission], Awaitable[None]] | None = None,
+        after_submit: Callable[[int, SubmitOutcome | None], Awaitable[None]] | None = None,
         task_group: TaskGroup | None = None,
     ) -> None:
         super().__init__(session._get_poller(), session.clock, timeout=timeout,
@@ -284,6 +292,10 @@ class BatchStream(_EventStream[BatchEvent]):
         self._open_items = len(self._requests)
         self._gate = Gate()
         self._started = False
+        self._sent_all = anyio.Event()
+        # Items waiting for a request slot or rate token, by index: `_stop_sending`
+        # cancels these waits; an item leaves this map at the gate, as it goes out.
+        self._waiting: dict[int, anyio.CancelScope] = {}
         self._by_task: dict[str, tuple[int, Submission]] = {}
 
     async def __aenter__(self) -> BatchStream:
@@ -299,23 +311,54 @@ class BatchStream(_EventStream[BatchEvent]):
                 self._session._spawn(self._submit_all)
 
     async def _submit_all(self) -> None:
-        session = self._session
+        try:
+            await submit_each(
+                self._requests, self._submit_one, self._submitted,
+                workers=self._session.max_concurrency, gate=self._gate,
+            )
+        finally:
+            self._sent_all.set()
 
-        async def submit_one(
-            index: int, request: VideoRequest, gate: Callable[[], None]
-        ) -> Submission:
+    async def _submit_one(
+        self, index: int, request: VideoRequest, gate: Callable[[], None]
+    ) -> Submission:
+        key = self._keys[index] if self._keys is not None else None
+
+        async def at_the_gate() -> None:
+            # Past the gate, holding a slot and a rate token: from here on the item is
+            # on the wire and an interrupt lets it land.
+            self._waiting.pop(index, None)
             if self._before_submit is not None:
-                await self._before_submit(index)  # e.g. journal "submitting" first
-            key = self._keys[index] if self._keys is not None else None
-            submission = await session._submit(request, key=key, gate=gate)
-            if self._after_submit is not None:
-                await self._after_submit(index, submission)  # record the task id at once
-            return submission
+                await self._before_submit(index)  # e.g. journal "submitting", then send
 
-        await submit_each(
-            self._requests, submit_one, self._submitted,
-            workers=session.max_concurrency, gate=self._gate,
-        )
+        submission: Submission | None = None
+        try:
+            with anyio.CancelScope() as waiting:
+                self._waiting[index] = waiting
+                submission = await self._session._submit(
+                    request, key=key, gate=gate, before_send=at_the_gate
+                )
+            self._waiting.pop(index, None)
+            if submission is None:
+                raise StreamClosed  # `_stop_sending` ended its wait: never sent
+        except (APIMartError, StreamClosed) as exc:
+            # Not on a cancellation from outside: an item on the wire then stays as
+            # journaled ("submitting"), which is the truth.
+            if self._after_submit is not None:
+                await self._after_submit(index, exc if isinstance(exc, APIMartError) else None)
+            raise
+        if self._after_submit is not None:
+            await self._after_submit(index, submission)  # record the task id at once
+        return submission
+
+    async def _stop_sending(self) -> None:
+        """Send nothing more; return once submissions on the wire have ended (and
+        `after_submit` has recorded each)."""
+        self._gate.closed = True
+        for scope in list(self._waiting.values()):
+            scope.cancel()  # waiting for a slot or a rate token: never sent
+        if self._started:
+            await self._sent_all.wait()
 
     def _submitted(self, index: int, outcome: SubmitOutcome | None) -> None:
         request = self._requests[index]
@@ -354,4 +397,6 @@ class BatchStream(_EventStream[BatchEvent]):
 
     def close(self) -> None:
         self._gate.closed = True
+        for scope in list(self._waiting.values()):
+            scope.cancel()  # items still waiting for a slot are not sent
         super().close()
