@@ -7,7 +7,9 @@ items are still waiting for a rate token: they must stay pending, not "ambiguous
 
 from __future__ import annotations
 
+import json
 import signal
+import sqlite3
 from collections import Counter
 from pathlib import Path
 
@@ -57,7 +59,9 @@ def batch_args(server: EmulatorServer, tmp_path: Path, n: int, *extra: str) -> t
 async def test_sigint_while_submitting_leaves_unsent_items_pending(
     make_server: MakeServer, tmp_path: Path
 ) -> None:
-    server = await make_server(EmulatorConfig(duration=(40, 60)), speed=20)
+    # Answers take 0.2 s and requests go out every 0.1 s: a couple are always on the
+    # wire when the signal lands, and must land and be journaled.
+    server = await make_server(EmulatorConfig(duration=(40, 60), latency=0.2), speed=20)
     n = 40
     args, out = batch_args(server, tmp_path, n, "--rps", "10")
     code, text = await interrupt(args, out, tmp_path, "submitting", signal.SIGINT,
@@ -143,3 +147,25 @@ async def test_200_items_interrupted_twice_then_rerun_end_whole(
     assert server.stats.submissions == n and server.stats.duplicate_submissions == 0
     assert_all_downloaded(out, n)
     assert len(list(out.glob("*.mp4"))) == n
+
+
+async def test_killed_while_paced_leaves_only_what_was_on_the_wire_submitting(
+    make_server: MakeServer, tmp_path: Path
+) -> None:
+    """Items waiting for a slot or a rate token are journaled pending: a crash leaves
+    "submitting" (ambiguous on the re-run) only what may have reached the server."""
+    server = await make_server(EmulatorConfig(duration=(40, 60)), speed=20)
+    n = 40
+    args, out = batch_args(server, tmp_path, n, "--rps", "10")
+    async with await anyio.open_process(cli(*args), env=env()) as proc:
+        await wait_for(lambda: states(out / JOURNAL).count("submitted") >= 5, "5 submitted")
+        proc.send_signal(signal.SIGKILL)
+    seen = [dict(t.body) for t in server.emulator.tasks.values()]
+    with sqlite3.connect(out / JOURNAL) as conn:
+        on_wire = [json.loads(r) for (r,) in conn.execute(
+            "SELECT request FROM items WHERE state = 'submitting'")]
+    # Eight workers wait for tokens 0.1 s apart; at most the one just sent may not
+    # have arrived yet.
+    assert len([body for body in on_wire if body not in seen]) <= 1, on_wire
+    again = await run(*args, "--json")
+    assert json.loads(again.stdout)["ambiguous"] == len(on_wire) <= 1
