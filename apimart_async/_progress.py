@@ -101,7 +101,11 @@ def summary_lines(report: BatchReport) -> list[str]:
         f"journal: {report.journal}",
     ]
     if report.interrupted:
-        lines.insert(0, "interrupted: nothing more was sent; re-run the same command to resume")
+        unsent = sum(item.state is ItemState.PENDING for item in report.items)
+        going = sum(item.state in (ItemState.SUBMITTED, ItemState.COMPLETED)
+                    for item in report.items)
+        lines.insert(0, f"interrupted: {unsent} items not sent, {going} tasks not finished or "
+                        "not downloaded; re-run the same command to resume")
     for item in report.items:
         if not item.ok:
             task = f" (task {item.task_id})" if item.task_id else ""

@@ -17,12 +17,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 
 from apimart_async import JournalBusyError, ValidationError, VideoRequest
-from apimart_async._journal import Journal, request_json
-from apimart_async._runner import BatchItem
-from apimart_async.testing import EmulatorConfig, EmulatorServer, TaskPlan, video_bytes
+from apimart_async._journal import ItemState, Journal, request_json
+from apimart_async._runner import BatchItem, ItemResult
+from apimart_async.testing import EmulatorConfig, EmulatorServer, Fault, TaskPlan, video_bytes
 
 from .conftest import MakeServer, session_for
 
@@ -219,3 +220,60 @@ async def test_a_second_run_on_the_same_journal_is_refused_naming_the_first(
     # Once the first is done, the journal is free again.
     async with session_for(server) as s:
         assert (await s.run_batch(prompts("a"), out_dir=tmp_path)).ok
+
+
+async def test_stop_lets_the_request_on_the_wire_land_and_sends_nothing_more(
+    server: EmulatorServer, tmp_path: Path
+) -> None:
+    stop = anyio.Event()
+
+    def stop_once_on_the_wire(result: ItemResult) -> None:
+        if result.state is ItemState.SUBMITTING:
+            stop.set()
+
+    async with session_for(server, max_concurrency=2) as s:
+        report = await s.run_batch(prompts(*"abcdef"), out_dir=tmp_path,
+                                   on_change=stop_once_on_the_wire, stop=stop)
+    assert report.interrupted and not report.ok
+    states = [i.state for i in report.items]
+    # What went out landed and is journaled with its task id; nothing else was sent.
+    assert server.stats.submissions == states.count(ItemState.SUBMITTED) >= 1
+    assert states.count(ItemState.PENDING) == 6 - server.stats.submissions
+    with sqlite3.connect(tmp_path / JOURNAL) as conn:
+        journaled = sorted(state for (state,) in conn.execute("SELECT state FROM items"))
+    assert journaled == sorted(state.value for state in states)
+
+
+async def test_stop_between_retries_of_a_refused_submission_leaves_it_pending(
+    server: EmulatorServer, tmp_path: Path
+) -> None:
+    # The first attempt gets a 503 (surely not created); the stop lands before the retry.
+    server.emulator.inject("submit", Fault.http(503))
+    stop = anyio.Event()
+
+    def stop_once_on_the_wire(result: ItemResult) -> None:
+        if result.state is ItemState.SUBMITTING:
+            stop.set()
+
+    async with session_for(server, max_concurrency=1) as s:
+        report = await s.run_batch(prompts("a", "b"), out_dir=tmp_path,
+                                   on_change=stop_once_on_the_wire, stop=stop)
+    assert report.interrupted and server.stats.requests["submit"] == 1
+    assert server.stats.submissions == 0
+    with sqlite3.connect(tmp_path / JOURNAL) as conn:
+        assert [s for (s,) in conn.execute("SELECT state FROM items")] == ["pending"] * 2
+
+
+async def test_stop_does_not_wait_for_rate_tokens(server: EmulatorServer, tmp_path: Path) -> None:
+    # At 0.5 requests/s the second item waits 2 s for its token: a stop ends that wait.
+    stop = anyio.Event()
+
+    def stop_once_on_the_wire(result: ItemResult) -> None:
+        if result.state is ItemState.SUBMITTING:
+            stop.set()
+
+    async with session_for(server, max_concurrency=2, rps=0.5) as s:
+        with anyio.fail_after(1.5):
+            report = await s.run_batch(prompts("a", "b", "c"), out_dir=tmp_path,
+                                       on_change=stop_once_on_the_wire, stop=stop)
+    assert report.interrupted and server.stats.submissions == 1

@@ -37,7 +37,8 @@ async def interrupt(
     args: list[str], out: Path, tmp_path: Path, when: str, sig: signal.Signals,
     condition: object,
 ) -> tuple[int, str]:
-    """Run the batch, send `sig` once `condition(states)` holds; its exit code and stdout."""
+    """Run the batch, send `sig` once `condition(states)` holds; its exit code and its
+    summary (stdout), followed by its stderr after a marker line."""
     stdout_path, stderr_path = tmp_path / f"{when}.out", tmp_path / f"{when}.err"
     with stdout_path.open("wb") as stdout, stderr_path.open("wb") as stderr:
         async with await anyio.open_process(cli(*args), env=env(), stdout=stdout,
@@ -46,7 +47,7 @@ async def interrupt(
             proc.send_signal(sig)
             with anyio.fail_after(30):
                 code = await proc.wait()
-    return code, stdout_path.read_text() + stderr_path.read_text()
+    return code, stdout_path.read_text() + "\n--- stderr ---\n" + stderr_path.read_text()
 
 
 def batch_args(server: EmulatorServer, tmp_path: Path, n: int, *extra: str) -> tuple[list[str], Path]:
@@ -67,7 +68,7 @@ async def test_sigint_while_submitting_leaves_unsent_items_pending(
     code, text = await interrupt(args, out, tmp_path, "submitting", signal.SIGINT,
                                  lambda s: s.count("submitted") >= 5)
     assert code == 130, text
-    assert "interrupted" in text
+    assert text.startswith("interrupted: ") and " items not sent" in text, text
     counts = Counter(states(out / JOURNAL))
     # Every task the server made is recorded; nothing is left "on the wire".
     assert counts["submitted"] == server.stats.submissions < n
@@ -89,7 +90,7 @@ async def test_sigterm_while_downloading_exits_143_and_resumes(
     code, text = await interrupt(args, out, tmp_path, "downloading", signal.SIGTERM,
                                  lambda s: 0 < s.count("downloaded") < n)
     assert code == 143, text
-    assert "interrupted" in text
+    assert text.startswith("interrupted: "), text
     counts = Counter(states(out / JOURNAL))
     assert counts["submitting"] == counts["ambiguous"] == 0 and counts["downloaded"] < n
 
@@ -131,13 +132,13 @@ async def test_200_items_interrupted_twice_then_rerun_end_whole(
     args, out = batch_args(server, tmp_path, n, "--rps", "60")
     code, text = await interrupt(args, out, tmp_path, "submitting", signal.SIGINT,
                                  lambda s: s.count("submitted") >= 40)
-    assert code == 130 and "interrupted" in text, text
+    assert code == 130 and text.startswith("interrupted: "), text
     first = Counter(states(out / JOURNAL))
     assert first["submitting"] == first["ambiguous"] == 0 and first["pending"] > 0
 
     code, text = await interrupt(args, out, tmp_path, "downloading", signal.SIGINT,
                                  lambda s: 10 <= s.count("downloaded") < n)
-    assert code == 130 and "interrupted" in text, text
+    assert code == 130 and text.startswith("interrupted: "), text
     second = Counter(states(out / JOURNAL))
     assert second["submitting"] == second["ambiguous"] == 0 and second["downloaded"] < n
 
