@@ -223,7 +223,8 @@ class _Run:
     async def reconcile(self, resubmit_ambiguous: bool) -> None:
         rows = await self.journal.load()
         _refuse_changed_names(self.items, rows, self.journal.path)
-        self._claimed = {row.path for row in rows.values() if row.path}
+        # Case-folded: two names differing only in case are one file on macOS and Windows.
+        self._claimed = {row.path.casefold() for row in rows.values() if row.path}
         fresh: list[JournalRow] = []
         for item in self.items:
             body = request_json(item.request.to_body())
@@ -373,12 +374,12 @@ class _Run:
         stem, n = Path(item.filename).stem, 1
         while True:
             path = self.out_dir / (item.filename if n == 1 else f"{stem}-{n}.mp4")
-            if (str(path) not in self._claimed
+            if (str(path).casefold() not in self._claimed
                     and not await anyio.Path(path).exists()
                     and not await anyio.Path(part_path(path)).exists()):
                 break
             n += 1
-        self._claimed.add(str(path))
+        self._claimed.add(str(path).casefold())
         await self._move(item, item.result.state, path=path)
         return path
 

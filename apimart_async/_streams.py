@@ -335,10 +335,12 @@ class BatchStream(_EventStream[BatchEvent]):
         try:
             with anyio.CancelScope() as waiting:
                 self._waiting[index] = waiting
-                submission = await self._session._submit(
-                    request, key=key, gate=gate, before_send=at_the_gate
-                )
-            self._waiting.pop(index, None)
+                try:
+                    submission = await self._session._submit(
+                        request, key=key, gate=gate, before_send=at_the_gate
+                    )
+                finally:
+                    self._waiting.pop(index, None)
             if submission is None:
                 raise StreamClosed  # `_stop_sending` ended its wait: never sent
         except (APIMartError, StreamClosed) as exc:
