@@ -105,7 +105,13 @@ class Journal:
         return f"Journal({str(self.path)!r})"
 
     async def __aenter__(self) -> Journal:
-        await anyio.to_thread.run_sync(self._open)
+        try:
+            await anyio.to_thread.run_sync(self._open)
+        except BaseException:
+            # Cancelled while opening: the thread finished, so close what it opened (and
+            # the lock it took) here; quick enough to do on the loop.
+            self._close()
+            raise
         return self
 
     async def __aexit__(
@@ -114,7 +120,9 @@ class Journal:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        await anyio.to_thread.run_sync(self._close)
+        # Shielded: a cancelled run must still close, or its lock would outlive it.
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(self._close)
 
     def _open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -277,3 +277,18 @@ async def test_stop_does_not_wait_for_rate_tokens(server: EmulatorServer, tmp_pa
             report = await s.run_batch(prompts("a", "b", "c"), out_dir=tmp_path,
                                        on_change=stop_once_on_the_wire, stop=stop)
     assert report.interrupted and server.stats.submissions == 1
+
+
+async def test_a_cancelled_run_frees_the_journal(server: EmulatorServer, tmp_path: Path) -> None:
+    async with session_for(server) as s:
+        with anyio.CancelScope() as scope:
+
+            def cancel_on_the_wire(result: ItemResult) -> None:
+                if result.state is ItemState.SUBMITTING:
+                    scope.cancel()
+
+            await s.run_batch(prompts("a"), out_dir=tmp_path, on_change=cancel_on_the_wire)
+        assert scope.cancelled_caught
+        # Cancelled with its request on the wire: the next run says so (and is allowed).
+        again = await s.run_batch(prompts("a"), out_dir=tmp_path)
+    assert again.ambiguous == 1
