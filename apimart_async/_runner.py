@@ -274,6 +274,12 @@ class _Run:
         self.interrupted = True
         if self._stream is not None:
             await self._stream._stop_sending()
+        for item in self.items:
+            if item.result.state is ItemState.SUBMITTING:
+                # Stopped between an ambiguous attempt and its retry (a policy that
+                # retries those): it may exist.
+                await self._move(item, ItemState.AMBIGUOUS, error="may exist and be billed: "
+                                 "interrupted between an unanswered attempt and its retry")
         if self._tg is not None:
             self._tg.cancel_scope.cancel()
         outer.cancel_scope.cancel()
@@ -321,8 +327,8 @@ class _Run:
             elif outcome is not None:
                 await self._submit_failed(item, outcome)
             elif item.result.state is ItemState.SUBMITTING:
-                # Stopped before a retry went out; every earlier attempt surely failed.
-                await self._move(item, ItemState.PENDING, error="not submitted: interrupted")
+                # Not sent, or refused without creating anything: back in line.
+                await self._move(item, ItemState.PENDING)
 
         if self.interrupted:
             return

@@ -189,12 +189,13 @@ class Session:
         key: str | None = None,
         gate: Callable[[], None] | None = None,
         before_send: Callable[[], Awaitable[None]] | None = None,
+        on_safe_retry: Callable[[], Awaitable[None]] | None = None,
     ) -> Submission:
         self._require_open()
         key = key or uuid.uuid4().hex
         task_id: str = await self._transport.call(
             build_submit(request, idempotency_key=key), parse_submit, gate=gate,
-            before_send=before_send,
+            before_send=before_send, on_safe_retry=on_safe_retry,
         )
         self.stats.submissions += 1
         self._submitted_at[task_id] = self.clock.now()

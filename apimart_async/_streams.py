@@ -32,7 +32,7 @@ from ._batch import (
     submit_each,
 )
 from ._clock import Clock
-from ._errors import APIMartError
+from ._errors import APIMartError, NotSubmittedError
 from ._models import Submission, TaskStatus, TaskUpdate, VideoRequest
 from ._poller import Poller
 
@@ -324,31 +324,54 @@ class BatchStream(_EventStream[BatchEvent]):
     ) -> Submission:
         key = self._keys[index] if self._keys is not None else None
 
+        maybe_sent = False
+        waiting = anyio.CancelScope()
+
         async def at_the_gate() -> None:
             # Past the gate, holding a slot and a rate token: from here on the item is
             # on the wire and an interrupt lets it land.
+            nonlocal maybe_sent
             self._waiting.pop(index, None)
+            maybe_sent = True
             if self._before_submit is not None:
                 await self._before_submit(index)  # e.g. journal "submitting", then send
 
+        async def back_in_line() -> None:
+            # The attempt was refused without creating anything; the retry waits again.
+            nonlocal maybe_sent
+            maybe_sent = False
+            self._waiting[index] = waiting
+            if self._after_submit is not None:
+                await self._after_submit(index, None)  # e.g. journal "pending" again
+
         submission: Submission | None = None
         try:
-            with anyio.CancelScope() as waiting:
+            with waiting:
                 self._waiting[index] = waiting
                 try:
                     submission = await self._session._submit(
-                        request, key=key, gate=gate, before_send=at_the_gate
+                        request, key=key, gate=gate, before_send=at_the_gate,
+                        on_safe_retry=back_in_line,
                     )
                 finally:
                     self._waiting.pop(index, None)
             if submission is None:
                 raise StreamClosed  # `_stop_sending` ended its wait: never sent
-        except (APIMartError, StreamClosed) as exc:
-            # Not on a cancellation from outside: an item on the wire then stays as
-            # journaled ("submitting"), which is the truth.
+        except APIMartError as exc:
+            if isinstance(exc, NotSubmittedError) and maybe_sent:
+                # Stopped before a retry of an attempt that may have created it.
+                exc.submission_ambiguous = True
             if self._after_submit is not None:
-                await self._after_submit(index, exc if isinstance(exc, APIMartError) else None)
+                await self._after_submit(index, exc)
             raise
+        except StreamClosed:
+            # Stopped before (re)sending. If an ambiguous attempt went before (retried
+            # by policy), it stays as journaled: "submitting", i.e. it may exist.
+            if self._after_submit is not None and not maybe_sent:
+                await self._after_submit(index, None)
+            raise
+        # On a cancellation from outside nothing is recorded here: an item on the wire
+        # stays as journaled ("submitting"), which is the truth.
         if self._after_submit is not None:
             await self._after_submit(index, submission)  # record the task id at once
         return submission

@@ -78,6 +78,7 @@ class Transport:
         *,
         gate: Callable[[], None] | None = None,
         before_send: Callable[[], Awaitable[None]] | None = None,
+        on_safe_retry: Callable[[], Awaitable[None]] | None = None,
     ) -> T:
         """Send `request` until it succeeds or the policy gives up; parse the answer.
 
@@ -86,6 +87,8 @@ class Transport:
         `before_send`, if given, is awaited just after the gate passes, holding the
         request slot and rate token, and the attempt goes out only once it returns (a
         batch journals "submitting" there: as late as possible, and surely before).
+        `on_safe_retry`, if given, is awaited when an attempt failed without creating
+        anything (not ambiguous) and another will follow: the item is back in line.
 
         A submission given up after an ambiguous failure has `submission_ambiguous`
         set on the error: it may have been created (and billed) on the server.
@@ -134,6 +137,8 @@ class Transport:
                     "%s %s attempt %d failed (%s); retrying in %.2fs",
                     request.method, request.path, attempt, type(exc).__name__, decision.delay,
                 )
+                if on_safe_retry is not None and not is_ambiguous(exc):
+                    await on_safe_retry()
             except BaseException:
                 limits.release()
                 raise

@@ -20,7 +20,7 @@ from typing import Any
 import anyio
 import pytest
 
-from apimart_async import JournalBusyError, ValidationError, VideoRequest
+from apimart_async import JournalBusyError, RetryPolicy, ValidationError, VideoRequest
 from apimart_async._journal import ItemState, Journal, request_json
 from apimart_async._runner import BatchItem, ItemResult
 from apimart_async.testing import EmulatorConfig, EmulatorServer, Fault, TaskPlan, video_bytes
@@ -292,3 +292,38 @@ async def test_a_cancelled_run_frees_the_journal(server: EmulatorServer, tmp_pat
         # Cancelled with its request on the wire: the next run says so (and is allowed).
         again = await s.run_batch(prompts("a"), out_dir=tmp_path)
     assert again.ambiguous == 1
+
+
+async def test_a_refused_attempt_puts_the_item_back_in_line(
+    server: EmulatorServer, tmp_path: Path
+) -> None:
+    # Between a 503 (nothing created) and its retry the item is pending again: a crash
+    # there must not make it "ambiguous".
+    server.emulator.inject("submit", Fault.http(503))
+    seen: list[str] = []
+    async with session_for(server) as s:
+        report = await s.run_batch(prompts("a"), out_dir=tmp_path,
+                                   on_change=lambda r: seen.append(r.state.value))
+    assert report.ok and server.stats.submissions == 1
+    assert seen[:5] == ["pending", "submitting", "pending", "submitting", "submitted"]
+
+
+async def test_stop_after_an_unanswered_attempt_reports_it_ambiguous(
+    server: EmulatorServer, tmp_path: Path
+) -> None:
+    # A policy that retries unanswered submissions: stopped before the retry, the item
+    # may exist (the lost answer did create it), so it is ambiguous, not pending.
+    server.emulator.inject("submit", Fault.lost_answer())
+    stop = anyio.Event()
+
+    def stop_once_on_the_wire(result: ItemResult) -> None:
+        if result.state is ItemState.SUBMITTING:
+            stop.set()
+
+    async with session_for(server, retry=RetryPolicy(retry_ambiguous_submissions=True)) as s:
+        report = await s.run_batch(prompts("a"), out_dir=tmp_path,
+                                   on_change=stop_once_on_the_wire, stop=stop)
+    assert report.interrupted and server.stats.submissions == 1
+    assert [i.state for i in report.items] == [ItemState.AMBIGUOUS]
+    with sqlite3.connect(tmp_path / JOURNAL) as conn:
+        assert [s for (s,) in conn.execute("SELECT state FROM items")] == ["ambiguous"]
