@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sqlite3
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
+from anyio.abc import TaskStatus
 
 from ._clock import Clock
 from ._config import DEFAULT_BASE_URL, ENV_BASE_URL
@@ -27,6 +30,7 @@ from ._errors import (
     ValidationError,
     account_problem,
 )
+from ._groups import lone_exception
 from ._inputs import InputError
 from ._runner import BatchItem, BatchReport
 from ._version import __version__
@@ -34,7 +38,9 @@ from ._version import __version__
 __all__ = ["main"]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_ACCOUNT = 0, 1, 2, 3
-EXIT_INTERRUPTED, EXIT_TERMINATED = 130, 143  # 128 + SIGINT, 128 + SIGTERM
+# An interrupted batch exits 128 + the signal's number, as shells do: 130 for SIGINT
+# (Ctrl-C), 143 for SIGTERM.
+T = TypeVar("T")
 
 EXIT_STATUS_HELP = """\
 exit status:
@@ -45,7 +51,8 @@ exit status:
        nothing was sent
   3    account problem: API key rejected (401), balance exhausted (402) or
        permission denied (403); fix the account, re-run the same command to resume
-  130  interrupted (Ctrl-C, SIGINT); 143: terminated (SIGTERM); re-run to resume
+  130  interrupted (Ctrl-C, SIGINT); 143: terminated (SIGTERM); the summary
+       says what was left; re-run the same command to resume
 """
 
 
@@ -242,6 +249,7 @@ def report_json(report: BatchReport) -> dict[str, Any]:
             "status": getattr(report.account_error, "status", None),
             "message": str(report.account_error),
         },
+        "interrupted": report.interrupted,
         "results": [
             {
                 "index": r.index, "name": r.name, "state": r.state.value, "task_id": r.task_id,
@@ -261,26 +269,80 @@ async def _batch(
     from ._progress import BatchDisplay, summary_lines
     from ._session import Session
 
-    async with Session(
-        api_key, base_url=base_url, max_concurrency=args.concurrency, rps=args.rps, clock=clock,
-    ) as session:
-        with BatchDisplay(len(items), stream=sys.stderr) as display:
-            report = await session.run_batch(
-                items, out_dir=args.out, journal=journal,
-                resubmit_ambiguous=resubmit_ambiguous, on_change=display,
-            )
+    async def go(stop: anyio.Event) -> BatchReport:
+        async with Session(
+            api_key, base_url=base_url, max_concurrency=args.concurrency, rps=args.rps,
+            clock=clock,
+        ) as session:
+            with BatchDisplay(len(items), stream=sys.stderr) as display:
+                return await session.run_batch(
+                    items, out_dir=args.out, journal=journal,
+                    resubmit_ambiguous=resubmit_ambiguous, on_change=display, stop=stop,
+                )
+
+    report, signum = await _interruptible(go)
+    if report is None:
+        print("apimart-async: interrupted twice: stopped at once; re-run the same command "
+              "to resume (an item that was on the wire is then reported ambiguous)",
+              file=sys.stderr)
+        return 128 + (signum or signal.SIGINT)
     if args.json:
         print(json.dumps(report_json(report), indent=2))
     else:
         print("\n".join(summary_lines(report)))
-    return report_exit_status(report)
+    return report_exit_status(report, signum)
 
 
-def report_exit_status(report: BatchReport) -> int:
-    """0 when every video is on disk, 3 after an account failure, else 1."""
+def report_exit_status(report: BatchReport, signum: int | None = None) -> int:
+    """128 + the signal after an interrupt, 3 after an account failure, 0 when every
+    video is on disk, else 1."""
+    if report.interrupted and signum is not None:
+        return 128 + signum
     if report.account_error is not None:
         return EXIT_ACCOUNT
     return EXIT_OK if report.ok else EXIT_FAILED
+
+
+async def _interruptible(
+    run: Callable[[anyio.Event], Awaitable[T]],
+) -> tuple[T | None, int | None]:
+    """Run `run(stop)`; the first SIGINT or SIGTERM sets `stop` (finish what is on the
+    wire, then return), a second one cancels at once (result None). Also returns the
+    first signal's number, if any came."""
+    stop = anyio.Event()
+    received: list[int] = []
+    at_once = anyio.CancelScope()
+
+    async def listen(*, task_status: TaskStatus[None]) -> None:
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            task_status.started()
+            async for signum in signals:
+                received.append(int(signum))
+                if len(received) == 1:
+                    print("apimart-async: interrupted: sending nothing more; letting requests "
+                          "on the wire land (interrupt again to stop at once)",
+                          file=sys.stderr, flush=True)
+                    stop.set()
+                else:
+                    at_once.cancel()
+
+    if threading.current_thread() is not threading.main_thread():
+        # Signal handlers can only be installed on the main thread (main() called from
+        # a worker thread, as a test harness may): run without them.
+        return await run(stop), None
+    result: list[T] = []
+    failure: list[BaseException] = []
+    async with anyio.create_task_group() as tg:
+        await tg.start(listen)
+        with at_once:
+            try:
+                result.append(await run(stop))
+            except Exception as exc:  # raised below, outside this task group
+                failure.append(lone_exception(exc) or exc)
+        tg.cancel_scope.cancel()
+    if failure:
+        raise failure[0]
+    return (result[0] if result else None), (received[0] if received else None)
 
 
 def _defaults(args: argparse.Namespace) -> dict[str, Any]:
@@ -381,7 +443,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"apimart-async: {message}", file=sys.stderr)
         return status
     except KeyboardInterrupt:
-        return EXIT_INTERRUPTED
+        return 128 + signal.SIGINT
 
 
 def explain(exc: Exception) -> tuple[int, str]:

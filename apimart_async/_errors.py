@@ -26,6 +26,7 @@ __all__ = [
     "DecodeError",
     "DownloadError",
     "InsufficientBalanceError",
+    "JournalBusyError",
     "NotFoundError",
     "NotSubmittedError",
     "PermissionDeniedError",
@@ -60,6 +61,24 @@ class ValidationError(APIMartError, ValueError):
         self.field = field
         self.problem = problem
         super().__init__(f"{field}: {problem}")
+
+
+class JournalBusyError(ValidationError):
+    """Another run holds the batch journal: one run per journal, so no item is sent twice.
+
+    `pid` and `host` name the process holding it (None when it could not be read).
+    """
+
+    def __init__(self, path: str, *, pid: int | None, host: str | None) -> None:
+        self.path = path
+        self.pid = pid
+        self.host = host
+        holder = f"pid {pid} on {host}" if pid is not None else "another process"
+        super().__init__(
+            "journal",
+            f"{path} is in use by {holder} (another run of this batch); wait for it to "
+            "end or stop it, then re-run",
+        )
 
 
 class APIStatusError(APIMartError):

@@ -3,13 +3,23 @@
 WAL mode, one connection used from worker threads under a lock, so the event loop
 never waits on the disk. It holds request bodies, task ids and outcomes; never an
 API key or any header.
+
+An item is keyed by what it asks for, not where it sits in the input: a named item
+by its name, an unnamed one by its request's digest and its occurrence among
+identical requests (`item_key`). Version 1 journals (keyed by input position) are
+migrated on open; a journal from a newer version is refused. One run at a time: an
+exclusive OS lock on ``JOURNAL.lock`` is held while the journal is open.
 """
 
 from __future__ import annotations
 
 import enum
+import hashlib
 import json
+import os
+import socket
 import sqlite3
+import sys
 import threading
 import time
 from collections.abc import Iterable, Mapping
@@ -20,9 +30,32 @@ from typing import Any
 import anyio
 import attrs
 
-__all__ = ["ItemState", "Journal", "JournalRow"]
+from ._errors import JournalBusyError, ValidationError
 
-SCHEMA_VERSION = 1
+__all__ = ["ItemState", "Journal", "JournalRow", "item_key", "request_digest"]
+
+#: 1: unnamed items keyed by input position. 2: keyed by content (`item_key`).
+SCHEMA_VERSION = 2
+
+if sys.platform == "win32":  # pragma: no cover - no Windows CI here
+    import msvcrt
+
+    def _try_lock(fd: int) -> bool:
+        try:
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+        except OSError:
+            return False
+        return True
+
+else:
+    import fcntl
+
+    def _try_lock(fd: int) -> bool:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        return True
 
 
 class ItemState(str, enum.Enum):
@@ -66,12 +99,19 @@ class Journal:
         self.path = Path(path)
         self._conn: sqlite3.Connection | None = None
         self._lock = threading.Lock()
+        self._lock_fd: int | None = None
 
     def __repr__(self) -> str:
         return f"Journal({str(self.path)!r})"
 
     async def __aenter__(self) -> Journal:
-        await anyio.to_thread.run_sync(self._open)
+        try:
+            await anyio.to_thread.run_sync(self._open)
+        except BaseException:
+            # Cancelled while opening: the thread finished, so close what it opened (and
+            # the lock it took) here; quick enough to do on the loop.
+            self._close()
+            raise
         return self
 
     async def __aexit__(
@@ -80,10 +120,47 @@ class Journal:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        await anyio.to_thread.run_sync(self._close)
+        # Shielded: a cancelled run must still close, or its lock would outlive it.
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(self._close)
 
     def _open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._take_lock()
+        try:
+            self._connect()
+        except BaseException:
+            self._release_lock()
+            raise
+
+    def _take_lock(self) -> None:
+        """Hold ``JOURNAL.lock`` exclusively, or say who does.
+
+        A separate file, because SQLite's own POSIX locks on the database would be
+        dropped by any other descriptor on it closing; the OS frees this lock when the
+        process dies, so a crash never leaves the journal locked. The file itself stays
+        (removing it would let two runs lock two different files).
+        """
+        lock_path = self.path.with_name(self.path.name + ".lock")
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        if not _try_lock(fd):
+            try:
+                holder = os.read(fd, 200).decode("utf-8", "replace").split()
+            finally:
+                os.close(fd)
+            pid = int(holder[0]) if holder and holder[0].isdigit() else None
+            host = holder[1] if len(holder) > 1 else None
+            raise JournalBusyError(str(self.path), pid=pid, host=host)
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()} {socket.gethostname()}\n".encode())
+        self._lock_fd = fd
+
+    def _release_lock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing the descriptor releases the lock
+            self._lock_fd = None
+
+    def _connect(self) -> None:
         conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         try:
             conn.execute("PRAGMA journal_mode=WAL")
@@ -102,16 +179,40 @@ class Journal:
             conn.execute(
                 "INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
             )
+            self._upgrade(conn)
         except BaseException:
             conn.close()
             raise
         self._conn = conn
+
+    def _upgrade(self, conn: sqlite3.Connection) -> None:
+        (text,) = conn.execute("SELECT value FROM meta WHERE name = 'schema_version'").fetchone()
+        version = int(text) if str(text).isdigit() else SCHEMA_VERSION + 1
+        if version > SCHEMA_VERSION:
+            raise ValidationError(
+                "journal",
+                f"{self.path} was written by a newer apimart-async (journal version {text}, "
+                f"this one reads up to {SCHEMA_VERSION}); upgrade it, or use a new journal",
+            )
+        if version == 1:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                _migrate_v1(conn)
+                conn.execute(
+                    "UPDATE meta SET value = ? WHERE name = 'schema_version'",
+                    (str(SCHEMA_VERSION),),
+                )
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
 
     def _close(self) -> None:
         with self._lock:
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
+            self._release_lock()
 
     def _run(self, sql: str, params: Iterable[Any] = ()) -> list[tuple[Any, ...]]:
         with self._lock:
@@ -167,3 +268,37 @@ class Journal:
 def request_json(body: Mapping[str, Any]) -> str:
     """The canonical JSON of a request body, as stored and compared."""
     return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def request_digest(body_json: str) -> str:
+    """The sha256 (hex) of a request's canonical JSON: its identity."""
+    return hashlib.sha256(body_json.encode()).hexdigest()
+
+
+def item_key(name: str | None, body_json: str, occurrence: int) -> str:
+    """The journal key of an item: its name, else its request and its occurrence (from 1)
+    among identical requests, so moving lines about never changes it."""
+    if name:
+        return f"name:{name}"
+    return f"req:{request_digest(body_json)[:32]}:{occurrence}"
+
+
+# States in which the server has (or may have) the task: such rows take the first
+# occurrence numbers, so a re-run maps its items onto what was paid for first.
+_PAID = ("submitting", "submitted", "completed", "failed", "downloaded", "ambiguous")
+
+
+def _migrate_v1(conn: sqlite3.Connection) -> None:
+    """Re-key version 1's positional rows ("#POSITION:DIGEST") by content."""
+    rows = conn.execute(
+        "SELECT key, request, state, position FROM items WHERE key LIKE '#%'"
+    ).fetchall()
+    rows.sort(key=lambda r: (r[1], r[2] not in _PAID, r[3]))
+    seen: dict[str, int] = {}
+    renames = []
+    for key, request, _, _ in rows:
+        seen[request] = seen.get(request, 0) + 1
+        renames.append((item_key(None, request, seen[request]), key))
+    # Via temporary keys: a new key never equals an old one, but stay safe regardless.
+    conn.executemany("UPDATE items SET key = '~' || key WHERE key = ?", [(k,) for _, k in renames])
+    conn.executemany("UPDATE items SET key = ? WHERE key = '~' || ?", renames)

@@ -101,6 +101,12 @@ def summary_lines(report: BatchReport) -> list[str]:
         f"{report.retries} retries; {report.rate_limited} rate-limit answers (429) met",
         f"journal: {report.journal}",
     ]
+    if report.interrupted:
+        unsent = sum(item.state is ItemState.PENDING for item in report.items)
+        going = sum(item.state in (ItemState.SUBMITTED, ItemState.COMPLETED)
+                    for item in report.items)
+        lines.insert(0, f"interrupted: {unsent} items not sent, {going} tasks not finished or "
+                        "not downloaded; re-run the same command to resume")
     if report.account_error is not None:
         # The headline: no item can get further until the account is fixed.
         problem = account_problem(report.account_error) or str(report.account_error)

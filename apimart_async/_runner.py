@@ -2,13 +2,21 @@
 
 Every step is journaled before and after it happens. A re-run with the same journal
 never submits again an item that has a task id: it resumes polling and downloading.
-An item a crash left "submitting" is ambiguous (it may exist, and be billed): it is
-reported as such and resubmitted only on request, with the same Idempotency-Key.
+Items are known by content (see `_journal.item_key`), so editing the input file
+never rebills what is unchanged. An item is journaled "submitting" only once it holds
+its request slot and rate token, right before its bytes go out; one a crash left
+there is ambiguous (it may exist, and be billed): it is reported as such and
+resubmitted only on request, with the same Idempotency-Key.
+
+Files: a named item goes to NAME.mp4, an unnamed one to SLUG-DIGEST.mp4 (a readable
+prefix of the prompt, and a digest of the whole request). A path is claimed in the
+journal before its download starts; a path that exists on disk, or that the journal
+has given to another item, is never written: the item takes NAME-2.mp4, -3, ...
 """
 
 from __future__ import annotations
 
-import hashlib
+import json
 import logging
 import re
 import uuid
@@ -21,9 +29,15 @@ import attrs
 from anyio.abc import TaskGroup
 
 from ._batch import BatchEvent, EventKind
-from ._errors import APIMartError, BadRequestError, NotSubmittedError, ValidationError
+from ._download import part_path
+from ._errors import (
+    APIMartError,
+    BadRequestError,
+    NotSubmittedError,
+    ValidationError,
+)
 from ._groups import ungrouped
-from ._journal import ItemState, Journal, JournalRow, request_json
+from ._journal import ItemState, Journal, JournalRow, item_key, request_digest, request_json
 from ._models import Submission, Task, TaskStatus, VideoRequest
 from ._streams import BatchStream
 
@@ -80,6 +94,8 @@ class BatchReport:
 
     items: tuple[ItemResult, ...]
     journal: Path
+    #: True when `run_batch`'s `stop` was set: unsent items are left pending.
+    interrupted: bool = False
     bytes_downloaded: int
     retries: int
     rate_limited: int
@@ -127,10 +143,22 @@ def _slug(text: str) -> str:
     return "-".join(words)[:40].strip("-") or "video"
 
 
+def _file_stem(name: str | None, body: str, occurrence: int) -> str:
+    """NAME, or a readable slug plus a digest of the whole request: two different
+    requests never share a stem however alike their prompts."""
+    if name:
+        return name
+    prompt = json.loads(body).get("prompt", "")
+    stem = f"{_slug(str(prompt))}-{request_digest(body)[:10]}"
+    return stem if occurrence == 1 else f"{stem}-{occurrence}"
+
+
 class _Item:
     __slots__ = ("filename", "idem", "index", "key", "name", "request", "result")
 
-    def __init__(self, index: int, item: VideoRequest | BatchItem) -> None:
+    def __init__(
+        self, index: int, item: VideoRequest | BatchItem, occurrences: dict[str, int]
+    ) -> None:
         if isinstance(item, VideoRequest):
             item = BatchItem(request=item)
         if not isinstance(item, BatchItem) or not isinstance(item.request, VideoRequest):
@@ -141,9 +169,11 @@ class _Item:
         self.request = item.request
         self.name = item.name
         body = request_json(item.request.to_body())
-        digest = hashlib.sha256(body.encode()).hexdigest()[:16]
-        self.key = f"name:{item.name}" if item.name else f"#{index}:{digest}"
-        self.filename = f"{item.name or f'{index + 1:04d}-{_slug(item.request.prompt)}'}.mp4"
+        occurrence = 1
+        if not item.name:
+            occurrence = occurrences[body] = occurrences.get(body, 0) + 1
+        self.key = item_key(item.name, body, occurrence)
+        self.filename = f"{_file_stem(item.name, body, occurrence)}.mp4"
         self.idem = ""
         self.result = ItemResult(
             index=index, key=self.key, name=item.name, request=item.request,
@@ -158,6 +188,19 @@ class _Item:
 OnChange = Callable[[ItemResult], None]
 
 
+def _refuse_changed_names(items: list[_Item], rows: dict[str, JournalRow], journal: Path) -> None:
+    """A named item whose request changed is refused, before anything is sent: its
+    name is its file, and that file holds the video paid for under the old request."""
+    for item in items:
+        row = rows.get(item.key)
+        if row is not None and row.request != request_json(item.request.to_body()):
+            raise ValidationError(
+                f"requests[{item.index}]",
+                f"item {item.name or item.key!r} differs from the one the journal {journal} "
+                "recorded (its video is kept); give the changed request a new name",
+            )
+
+
 class _Run:
     def __init__(
         self, session: Session, items: list[_Item], out_dir: Path, journal: Journal,
@@ -170,6 +213,10 @@ class _Run:
         self.on_change = on_change
         self._tg: TaskGroup | None = None
         self.account_error: APIMartError | None = None
+        # Paths the journal has given to an item (this run's or an earlier one's).
+        self._claimed: set[str] = set()
+        self._stream: BatchStream | None = None
+        self.interrupted = False
 
     async def _move(self, item: _Item, state: ItemState, **fields: object) -> None:
         """Journal first, then tell the caller."""
@@ -186,6 +233,9 @@ class _Run:
 
     async def reconcile(self, resubmit_ambiguous: bool) -> None:
         rows = await self.journal.load()
+        _refuse_changed_names(self.items, rows, self.journal.path)
+        # Case-folded: two names differing only in case are one file on macOS and Windows.
+        self._claimed = {row.path.casefold() for row in rows.values() if row.path}
         fresh: list[JournalRow] = []
         for item in self.items:
             body = request_json(item.request.to_body())
@@ -197,12 +247,6 @@ class _Run:
                     idempotency_key=item.idem, state=ItemState.PENDING,
                 ))
                 continue
-            if row.request != body:
-                raise ValidationError(
-                    f"requests[{item.index}]",
-                    f"item {item.name or item.key!r} differs from the one the journal "
-                    f"{self.journal.path} recorded; give it a new name or use a new journal",
-                )
             item.idem = row.idempotency_key
             state = row.state
             if state is ItemState.DOWNLOADED:
@@ -225,11 +269,39 @@ class _Run:
 
     # -- running --------------------------------------------------------------------------
 
-    async def execute(self) -> None:
+    async def execute(self, stop: anyio.Event | None) -> None:
+        if stop is None:
+            await self._work()
+            return
+        async with anyio.create_task_group() as outer:
+            outer.start_soon(self._stop_on, stop, outer)
+            await self._work()
+            outer.cancel_scope.cancel()  # all done: stop listening
+
+    async def _stop_on(self, stop: anyio.Event, outer: TaskGroup) -> None:
+        """On `stop`: send nothing more, let what is on the wire land and be journaled,
+        then end polling and downloads (a re-run resumes them)."""
+        await stop.wait()
+        self.interrupted = True
+        if self._stream is not None:
+            await self._stream._stop_sending()
+        for item in self.items:
+            if item.result.state is ItemState.SUBMITTING:
+                # Stopped between an ambiguous attempt and its retry (a policy that
+                # retries those): it may exist.
+                await self._move(item, ItemState.AMBIGUOUS, error="may exist and be billed: "
+                                 "interrupted between an unanswered attempt and its retry")
+        if self._tg is not None:
+            self._tg.cancel_scope.cancel()
+        outer.cancel_scope.cancel()
+
+    async def _work(self) -> None:
         by_state: dict[ItemState, list[_Item]] = {}
         for item in self.items:
             by_state.setdefault(item.result.state, []).append(item)
             self._notify(item.result)
+        if self.interrupted:
+            return
         async with anyio.create_task_group() as tg:
             self._tg = tg
             for item in by_state.get(ItemState.COMPLETED, []):
@@ -252,17 +324,31 @@ class _Run:
                     await self._ended(item, update.task)
 
     async def _submit(self, items: list[_Item]) -> None:
+        # Called at the gate, holding a request slot and a rate token: the row says
+        # "submitting" before the bytes go out, and only then.
         async def before(j: int) -> None:
             await self._move(items[j], ItemState.SUBMITTING)
 
-        async def after(j: int, submission: Submission) -> None:
-            await self._move(items[j], ItemState.SUBMITTED, task_id=submission.task_id)
+        # Called as each submission ends, before anything else happens to it, so an
+        # interrupt that waits for the submitter finds every outcome journaled.
+        async def after(j: int, outcome: Submission | APIMartError | None) -> None:
+            item = items[j]
+            if isinstance(outcome, Submission):
+                await self._move(item, ItemState.SUBMITTED, task_id=outcome.task_id)
+            elif outcome is not None:
+                await self._submit_failed(item, outcome)
+            elif item.result.state is ItemState.SUBMITTING:
+                # Not sent, or refused without creating anything: back in line.
+                await self._move(item, ItemState.PENDING)
 
+        if self.interrupted:
+            return
         stream = BatchStream(
             self.session, [item.request for item in items], timeout=None, task_timeout=None,
             keys=[item.idem for item in items], before_submit=before, after_submit=after,
             task_group=self._tg,
         )
+        self._stream = stream
         async with stream as events:
             async for event in events:
                 await self._on_event(items[event.index], event)
@@ -316,12 +402,31 @@ class _Run:
             message = task.error.message if task.error else task.status.value
             await self._move(item, ItemState.FAILED, error=f"task {task.status.value}: {message}")
 
+    async def _claim_path(self, item: _Item) -> Path:
+        """Where the item's video goes: the path the journal gave it, else the first of
+        NAME.mp4, NAME-2.mp4, ... that no file (whole or partial) and no other journaled
+        item has; claimed in the journal before any byte is written."""
+        if item.result.path is not None:
+            return item.result.path
+        stem, n = Path(item.filename).stem, 1
+        while True:
+            path = self.out_dir / (item.filename if n == 1 else f"{stem}-{n}.mp4")
+            if (str(path).casefold() not in self._claimed
+                    and not await anyio.Path(path).exists()
+                    and not await anyio.Path(part_path(path)).exists()):
+                break
+            n += 1
+        self._claimed.add(str(path).casefold())
+        await self._move(item, item.result.state, path=path)
+        return path
+
     async def _download(self, item: _Item, task: Task | None) -> None:
         try:
+            path = await self._claim_path(item)
             if task is None:
                 assert item.result.task_id is not None
                 task = await self.session.get_task(item.result.task_id)
-            result = await self.session.download(task, self.out_dir / item.filename)
+            result = await self.session.download(task, path)
         except APIMartError as exc:
             self._account_failure(exc)
             # Stays "completed" in the journal: a re-run tries the download again.
@@ -339,9 +444,11 @@ async def run_batch(
     journal: Path | str | None = None,
     resubmit_ambiguous: bool = False,
     on_change: OnChange | None = None,
+    stop: anyio.Event | None = None,
 ) -> BatchReport:
     """See `Session.run_batch`."""
-    items = [_Item(index, item) for index, item in enumerate(requests)]
+    occurrences: dict[str, int] = {}
+    items = [_Item(index, item, occurrences) for index, item in enumerate(requests)]
     names = [item.name for item in items if item.name]
     if len(names) != len(set(names)):
         dup = next(n for n in names if names.count(n) > 1)
@@ -353,11 +460,12 @@ async def run_batch(
         run = _Run(session, items, out, jr, on_change)
         await run.reconcile(resubmit_ambiguous)
         with ungrouped():  # a failing on_change (or journal) comes out as itself
-            await run.execute()
+            await run.execute(stop)
     stats = session.stats
     return BatchReport(
         items=tuple(item.result for item in items),
         journal=path,
+        interrupted=run.interrupted,
         bytes_downloaded=stats.bytes_downloaded - before.bytes_downloaded,
         retries=stats.retries - before.retries,
         rate_limited=stats.rate_limited - before.rate_limited,

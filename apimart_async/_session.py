@@ -6,7 +6,7 @@ import logging
 import os
 import sys
 import uuid
-from collections.abc import Callable, Coroutine, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from contextlib import AsyncExitStack
 from os import PathLike
 from pathlib import Path
@@ -191,11 +191,14 @@ class Session:
         *,
         key: str | None = None,
         gate: Callable[[], None] | None = None,
+        before_send: Callable[[], Awaitable[None]] | None = None,
+        on_safe_retry: Callable[[], Awaitable[None]] | None = None,
     ) -> Submission:
         self._require_open()
         key = key or uuid.uuid4().hex
         task_id: str = await self._transport.call(
-            build_submit(request, idempotency_key=key), parse_submit, gate=gate
+            build_submit(request, idempotency_key=key), parse_submit, gate=gate,
+            before_send=before_send, on_safe_retry=on_safe_retry,
         )
         self.stats.submissions += 1
         self._submitted_at[task_id] = self.clock.now()
@@ -346,6 +349,7 @@ class Session:
         journal: str | PathLike[str] | None = None,
         resubmit_ambiguous: bool = False,
         on_change: Callable[[ItemResult], None] | None = None,
+        stop: anyio.Event | None = None,
     ) -> BatchReport:
         """Generate and download a whole batch, durably; returns a `BatchReport`.
 
@@ -357,12 +361,18 @@ class Session:
         with each item's new `ItemResult` as it moves. A 401/402/403 stops sending and is
         kept in `BatchReport.account_error`; the items it stopped stay in the journal, so
         a re-run after fixing the account resumes them.
+
+        Setting `stop` (e.g. from a signal handler) stops sending at once: submissions
+        already on the wire land and are journaled, polling and downloads end, and the
+        report comes back with `interrupted` set; a re-run resumes. Items are known by
+        content, so a re-run with lines added, removed or reordered sends only the new
+        requests. One run per journal: a second gets `JournalBusyError`.
         """
         self._require_open()
         return await run_batch(
             self, requests, out_dir=Path(out_dir),
             journal=None if journal is None else Path(journal),
-            resubmit_ambiguous=resubmit_ambiguous, on_change=on_change,
+            resubmit_ambiguous=resubmit_ambiguous, on_change=on_change, stop=stop,
         )
 
 

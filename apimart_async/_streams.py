@@ -22,9 +22,17 @@ import anyio
 from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from ._batch import BatchEvent, EventKind, Gate, SubmitOutcome, event_for_update, submit_each
+from ._batch import (
+    BatchEvent,
+    EventKind,
+    Gate,
+    StreamClosed,
+    SubmitOutcome,
+    event_for_update,
+    submit_each,
+)
 from ._clock import Clock
-from ._errors import APIMartError
+from ._errors import APIMartError, NotSubmittedError
 from ._models import Submission, TaskStatus, TaskUpdate, VideoRequest
 from ._poller import Poller
 
@@ -268,7 +276,7 @@ class BatchStream(_EventStream[BatchEvent]):
         task_timeout: float | None,
         keys: Sequence[str] | None = None,
         before_submit: Callable[[int], Awaitable[None]] | None = None,
-        after_submit: Callable[[int, Submission], Awaitable[None]] | None = None,
+        after_submit: Callable[[int, SubmitOutcome | None], Awaitable[None]] | None = None,
         task_group: TaskGroup | None = None,
     ) -> None:
         super().__init__(session._get_poller(), session.clock, timeout=timeout,
@@ -284,6 +292,10 @@ class BatchStream(_EventStream[BatchEvent]):
         self._open_items = len(self._requests)
         self._gate = Gate()
         self._started = False
+        self._sent_all = anyio.Event()
+        # Items waiting for a request slot or rate token, by index: `_stop_sending`
+        # cancels these waits; an item leaves this map at the gate, as it goes out.
+        self._waiting: dict[int, anyio.CancelScope] = {}
         self._by_task: dict[str, tuple[int, Submission]] = {}
 
     async def __aenter__(self) -> BatchStream:
@@ -299,23 +311,79 @@ class BatchStream(_EventStream[BatchEvent]):
                 self._session._spawn(self._submit_all)
 
     async def _submit_all(self) -> None:
-        session = self._session
+        try:
+            await submit_each(
+                self._requests, self._submit_one, self._submitted,
+                workers=self._session.max_concurrency, gate=self._gate,
+            )
+        finally:
+            self._sent_all.set()
 
-        async def submit_one(
-            index: int, request: VideoRequest, gate: Callable[[], None]
-        ) -> Submission:
+    async def _submit_one(
+        self, index: int, request: VideoRequest, gate: Callable[[], None]
+    ) -> Submission:
+        key = self._keys[index] if self._keys is not None else None
+
+        maybe_sent = False
+        waiting = anyio.CancelScope()
+
+        async def at_the_gate() -> None:
+            # Past the gate, holding a slot and a rate token: from here on the item is
+            # on the wire and an interrupt lets it land.
+            nonlocal maybe_sent
+            self._waiting.pop(index, None)
+            maybe_sent = True
             if self._before_submit is not None:
-                await self._before_submit(index)  # e.g. journal "submitting" first
-            key = self._keys[index] if self._keys is not None else None
-            submission = await session._submit(request, key=key, gate=gate)
-            if self._after_submit is not None:
-                await self._after_submit(index, submission)  # record the task id at once
-            return submission
+                await self._before_submit(index)  # e.g. journal "submitting", then send
 
-        await submit_each(
-            self._requests, submit_one, self._submitted,
-            workers=session.max_concurrency, gate=self._gate,
-        )
+        async def back_in_line() -> None:
+            # The attempt was refused without creating anything; the retry waits again.
+            nonlocal maybe_sent
+            maybe_sent = False
+            self._waiting[index] = waiting
+            if self._after_submit is not None:
+                await self._after_submit(index, None)  # e.g. journal "pending" again
+
+        submission: Submission | None = None
+        try:
+            with waiting:
+                self._waiting[index] = waiting
+                try:
+                    submission = await self._session._submit(
+                        request, key=key, gate=gate, before_send=at_the_gate,
+                        on_safe_retry=back_in_line,
+                    )
+                finally:
+                    self._waiting.pop(index, None)
+            if submission is None:
+                raise StreamClosed  # `_stop_sending` ended its wait: never sent
+        except APIMartError as exc:
+            if isinstance(exc, NotSubmittedError) and maybe_sent:
+                # Stopped before a retry of an attempt that may have created it.
+                exc.submission_ambiguous = True
+            if self._after_submit is not None:
+                await self._after_submit(index, exc)
+            raise
+        except StreamClosed:
+            # Stopped before (re)sending. If an ambiguous attempt went before (retried
+            # by policy), it stays as journaled: "submitting", i.e. it may exist.
+            if self._after_submit is not None and not maybe_sent:
+                await self._after_submit(index, None)
+            raise
+        # On a cancellation from outside nothing is recorded here: an item on the wire
+        # stays as journaled ("submitting"), which is the truth.
+        if self._after_submit is not None:
+            await self._after_submit(index, submission)  # record the task id at once
+        return submission
+
+    async def _stop_sending(self) -> None:
+        """Send nothing more; return once submissions on the wire have ended (and
+        `after_submit` has recorded each)."""
+        self._gate.closed = True
+        for scope in list(self._waiting.values()):
+            scope.cancel()  # waiting for a slot or a rate token: never sent
+        if self._started:
+            await self._sent_all.wait()
 
     def _submitted(self, index: int, outcome: SubmitOutcome | None) -> None:
         request = self._requests[index]
@@ -354,4 +422,6 @@ class BatchStream(_EventStream[BatchEvent]):
 
     def close(self) -> None:
         self._gate.closed = True
+        for scope in list(self._waiting.values()):
+            scope.cancel()  # items still waiting for a slot are not sent
         super().close()

@@ -6,7 +6,7 @@ The retry *decisions* are pure (`_retry`); this module only carries them out.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import anyio
@@ -72,12 +72,23 @@ class Transport:
         return headers
 
     async def call(
-        self, request: HttpRequest, parse: Parser[T], *, gate: Callable[[], None] | None = None
+        self,
+        request: HttpRequest,
+        parse: Parser[T],
+        *,
+        gate: Callable[[], None] | None = None,
+        before_send: Callable[[], Awaitable[None]] | None = None,
+        on_safe_retry: Callable[[], Awaitable[None]] | None = None,
     ) -> T:
         """Send `request` until it succeeds or the policy gives up; parse the answer.
 
         `gate`, if given, is called right before each attempt goes out and may raise
         to stop it (a batch that met a fatal error stops its unsent items this way).
+        `before_send`, if given, is awaited just after the gate passes, holding the
+        request slot and rate token, and the attempt goes out only once it returns (a
+        batch journals "submitting" there: as late as possible, and surely before).
+        `on_safe_retry`, if given, is awaited when an attempt failed without creating
+        anything (not ambiguous) and another will follow: the item is back in line.
 
         A submission given up after an ambiguous failure has `submission_ambiguous`
         set on the error: it may have been created (and billed) on the server.
@@ -96,6 +107,8 @@ class Transport:
             try:
                 if gate is not None:
                     gate()  # the last moment to decide not to send
+                if before_send is not None:
+                    await before_send()
                 self.stats.requests += 1
                 raw = await self.http.request(
                     request.method, url, headers=headers, json=request.json,
@@ -124,6 +137,8 @@ class Transport:
                     "%s %s attempt %d failed (%s); retrying in %.2fs",
                     request.method, request.path, attempt, type(exc).__name__, decision.delay,
                 )
+                if on_safe_retry is not None and not is_ambiguous(exc):
+                    await on_safe_retry()
             except BaseException:
                 limits.release()
                 raise

@@ -22,6 +22,7 @@ EXPECTED = [
     "InsufficientBalanceError",
     "ItemResult",
     "ItemState",
+    "JournalBusyError",
     "NotFoundError",
     "NotSubmittedError",
     "PermissionDeniedError",
@@ -73,9 +74,10 @@ def test_error_tree() -> None:
     for cls in (
         e.ValidationError, e.APIStatusError, e.APIConnectionError, e.DecodeError,
         e.TaskFailedError, e.TaskTimeoutError, e.ResultExpiredError, e.DownloadError,
-        e.NotSubmittedError,
+        e.NotSubmittedError, e.JournalBusyError,
     ):
         assert issubclass(cls, e.APIMartError)
+    assert issubclass(e.JournalBusyError, e.ValidationError)
     assert issubclass(e.ValidationError, ValueError)
     assert issubclass(e.APITimeoutError, TimeoutError)
     assert issubclass(e.APITimeoutError, e.APIConnectionError)

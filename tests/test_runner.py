@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import sqlite3
 from collections.abc import Mapping
 from pathlib import Path
@@ -57,9 +58,11 @@ async def test_batch_through_faults_ends_with_every_file(
     assert server.stats.credential_leaks == 0
     assert set(journal_states(report.journal).values()) == {"downloaded"}
     # Nothing but the videos and the journal in the output directory.
-    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == sorted(
-        f"{i + 1:04d}-scene-{i}.mp4" for i in range(20)
-    )
+    names = sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("."))
+    assert names == sorted(i.path.name for i in report.items if i.path)
+    # The prompt's slug, then a digest of the request.
+    assert [re.fullmatch(r"scene-(\d+)-[0-9a-f]{10}\.mp4", i.path.name) is not None
+            for i in report.items if i.path] == [True] * 20
 
 
 async def test_rerun_submits_nothing_again(server: EmulatorServer, tmp_path: Path) -> None:
