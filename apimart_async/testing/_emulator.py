@@ -114,8 +114,8 @@ class Fault:
 
     @classmethod
     def wrong_range(cls) -> Fault:
-        """Download only: answer a Range request with a 206 from offset 0, not the
-        offset asked for (a broken cache); the Content-Range says so."""
+        """Download only: answer a Range request with a 206 of the length asked for but
+        from offset 0, not the offset asked for (a broken cache); Content-Range says so."""
         return cls(kind="wrong_range")
 
     @classmethod
@@ -623,7 +623,9 @@ class Emulator:
             if fault is not None and fault.kind == "short_range":
                 end = start + max(1, int((end - start + 1) * fault.fraction)) - 1
             elif fault is not None and fault.kind == "wrong_range":
-                start = 0
+                # As many bytes as asked for, from the wrong place: appended, they would
+                # make a file of the right size and the wrong content.
+                start, end = 0, end - start
         headers = {
             "Content-Type": "video/mp4",
             "Content-Length": str(end - start + 1),
