@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
@@ -74,6 +75,9 @@ class ApiKey:
         raise TypeError("ApiKey cannot be pickled")
 
 
+_BAD_BRACKET = re.compile(r"\](?!(:\d*)?$)")
+
+
 def is_loopback(host: str) -> bool:
     """True for localhost and loopback addresses (127.0.0.0/8, ::1)."""
     if host.lower() in ("localhost", "localhost.") or host.lower().endswith(".localhost"):
@@ -89,7 +93,10 @@ def check_base_url(url: str) -> str:
     if not isinstance(url, str):
         raise ValidationError("base_url", f"must be a string, got {type(url).__name__}")
     parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    # "http://[::1].evil.example" splits to host "::1": refuse text after a bracket.
+    if parts.scheme not in ("http", "https") or not parts.hostname or _BAD_BRACKET.search(
+        parts.netloc
+    ):
         raise ValidationError("base_url", f"must be an absolute http(s) URL, got {url!r}")
     if parts.username or parts.password:
         raise ValidationError("base_url", "must not carry credentials")

@@ -120,8 +120,11 @@ class Downloader:
                         continue
                     if offset and resp.status == 206:
                         resumed += 1  # the host continues where the last attempt stopped
+                    if resp.status in (200, 206):
+                        # Taken before the body: a resume after a cut must name (If-Range)
+                        # the version its bytes came from, or a changed file gets spliced.
+                        etag = resp.headers.get("etag") or etag
                     total = await self._receive(task.id, resp, handle, offset)
-                    etag = resp.headers.get("etag") or etag
             except _Restart:
                 restarted += 1
                 await anyio.Path(part).unlink(missing_ok=True)
@@ -142,7 +145,9 @@ class Downloader:
                 handle.close()
             size = await _size(part)
             if total is not None and size != total:
-                failures += 1
+                # A short answer that brought bytes is progress (a host may serve a
+                # range in pieces); only answers that bring nothing count as failures.
+                failures = 0 if size > offset else failures + 1
                 if failures >= self._retry.max_attempts:
                     raise DownloadError(task.id, f"got {size} of {total} bytes")
                 continue

@@ -109,19 +109,27 @@ class Limits:
         self.in_flight = 0
         self.peak_in_flight = 0
 
+    def claim(self) -> tuple[float, int]:
+        """Claim the next send slot: (clock time it may go at, the epoch it is paced under).
+
+        Pure bookkeeping, O(1) and without a lock: a `Retry-After` pause and the
+        current rate's spacing both push the slot later.
+        """
+        epoch = self.rate.epoch
+        start = max(self._clock(), self._paused_until)
+        rate = self.rate.rate
+        if rate is not None:
+            start = max(start, self._next_slot)
+            self._next_slot = start + 1.0 / rate
+        return start, epoch
+
     async def _pace(self) -> int:
         """Wait for a send slot at the current rate; return the epoch it was paced under."""
         while True:
-            # Claim the next free slot synchronously, then sleep until it: O(1), no lock.
-            epoch = self.rate.epoch
-            now = self._clock()
-            start = max(now, self._paused_until)
-            rate = self.rate.rate
-            if rate is not None:
-                start = max(start, self._next_slot)
-                self._next_slot = start + 1.0 / rate
-            if start > now:
-                await anyio.sleep(start - now)
+            start, epoch = self.claim()
+            wait = start - self._clock()
+            if wait > 0:
+                await anyio.sleep(wait)
             if self.rate.epoch == epoch:
                 return epoch
             # The rate fell while we waited: that slot was spaced for the old rate.

@@ -14,6 +14,8 @@ import math
 import random
 import re
 import secrets
+import socket
+import struct
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping
@@ -53,7 +55,8 @@ class Fault:
     """One injected fault, used once. Build with the class methods."""
 
     kind: Literal[
-        "status", "reset", "html", "lost_answer", "cut", "ignore_range", "slow", "redirect"
+        "status", "reset", "html", "lost_answer", "cut", "ignore_range", "slow", "redirect",
+        "short_range", "wrong_range",
     ]
     status: int = 500
     location: str = ""
@@ -61,6 +64,7 @@ class Fault:
     body_code: int | None = None
     fraction: float = 0.5
     seconds: float = 0.0
+    hard: bool = False
 
     @classmethod
     def http(cls, status: int, *, retry_after: str | None = None) -> Fault:
@@ -73,9 +77,13 @@ class Fault:
         return cls(kind="status", status=200, body_code=code)
 
     @classmethod
-    def reset(cls) -> Fault:
-        """Drop the connection after reading the request, before acting on it."""
-        return cls(kind="reset")
+    def reset(cls, *, hard: bool = False) -> Fault:
+        """Drop the connection after reading the request, before acting on it.
+
+        `hard` sends a TCP RST (as a crashed proxy does) instead of closing in order:
+        the client then meets ECONNRESET, which aiohttp raises as a bare `ClientOSError`.
+        """
+        return cls(kind="reset", hard=hard)
 
     @classmethod
     def html(cls, status: int = 200) -> Fault:
@@ -83,9 +91,10 @@ class Fault:
         return cls(kind="html", status=status)
 
     @classmethod
-    def lost_answer(cls) -> Fault:
-        """Submission only: create (and bill) the task, then drop the connection."""
-        return cls(kind="lost_answer")
+    def lost_answer(cls, *, hard: bool = False) -> Fault:
+        """Submission only: create (and bill) the task, then drop the connection
+        (with a TCP RST if `hard`, see `reset`)."""
+        return cls(kind="lost_answer", hard=hard)
 
     @classmethod
     def cut(cls, fraction: float = 0.5) -> Fault:
@@ -96,6 +105,18 @@ class Fault:
     def ignore_range(cls) -> Fault:
         """Download only: answer a Range request with the whole file (200)."""
         return cls(kind="ignore_range")
+
+    @classmethod
+    def short_range(cls, fraction: float = 0.5) -> Fault:
+        """Download only: answer a Range request with a valid 206 for only the first
+        `fraction` of the bytes asked for (a host may serve less than asked)."""
+        return cls(kind="short_range", fraction=fraction)
+
+    @classmethod
+    def wrong_range(cls) -> Fault:
+        """Download only: answer a Range request with a 206 of the length asked for but
+        from offset 0, not the offset asked for (a broken cache); Content-Range says so."""
+        return cls(kind="wrong_range")
 
     @classmethod
     def redirect(cls, location: str, status: int = 307) -> Fault:
@@ -169,6 +190,7 @@ class EmulatorStats:
     downloads_in_flight: int = 0
     peak_downloads_in_flight: int = 0
     range_requests: int = 0
+    if_range_headers: list[str | None] = attrs.field(factory=list)
     detection_lags: dict[str, float] = attrs.field(factory=dict)
     authorization_headers: list[str] = attrs.field(factory=list)
     idempotency_keys: list[str | None] = attrs.field(factory=list)
@@ -400,6 +422,7 @@ class Emulator:
         data = attrs.asdict(self.stats)
         data["authorization_headers"] = len(self.stats.authorization_headers)
         data["idempotency_keys"] = len(self.stats.idempotency_keys)
+        data["if_range_headers"] = len(self.stats.if_range_headers)
         return data
 
     def file_app(self) -> web.Application:
@@ -445,7 +468,7 @@ class Emulator:
             await asyncio.sleep(fault.seconds)
             return None
         if fault.kind == "reset":
-            _drop(request)
+            _drop(request, hard=fault.hard)
             return web.Response()
         if fault.kind == "redirect":
             location = fault.location.replace("{files}", self.file_base_url)
@@ -488,7 +511,7 @@ class Emulator:
             self.stats.duplicate_submissions += 1
         task = self._create(body, key)
         if fault is not None and fault.kind == "lost_answer":
-            _drop(request)
+            _drop(request, hard=fault.hard)
             return web.Response()
         return _submitted(task.id)
 
@@ -572,12 +595,16 @@ class Emulator:
         data = self.video(task)
         etag = '"' + hashlib.sha256(data).hexdigest()[:16] + '"'
         fault = self._next_fault("download", (Fault.cut(0.5),), self.config.download_faults)
-        if fault is not None and fault.kind == "slow":
-            await asyncio.sleep(fault.seconds)
-        start, end = 0, len(data) - 1
         range_header = request.headers.get("Range")
         if range_header is not None:
             stats.range_requests += 1
+            # What a resume presented (None: a Range without If-Range).
+            stats.if_range_headers.append(request.headers.get("If-Range"))
+        if fault is not None and fault.kind in ("status", "html", "reset", "redirect", "slow"):
+            answer = await self._apply(request, fault)
+            if answer is not None:
+                return answer
+        start, end = 0, len(data) - 1
         if_range = request.headers.get("If-Range")
         status = 200
         if (
@@ -593,6 +620,12 @@ class Emulator:
             if start > end:
                 return web.Response(status=416, headers={"Content-Range": f"bytes */{len(data)}"})
             status = 206
+            if fault is not None and fault.kind == "short_range":
+                end = start + max(1, int((end - start + 1) * fault.fraction)) - 1
+            elif fault is not None and fault.kind == "wrong_range":
+                # As many bytes as asked for, from the wrong place: appended, they would
+                # make a file of the right size and the wrong content.
+                start, end = 0, end - start
         headers = {
             "Content-Type": "video/mp4",
             "Content-Length": str(end - start + 1),
@@ -645,10 +678,15 @@ def _submitted(task_id: str) -> web.Response:
     return web.json_response({"code": 200, "data": [{"status": "submitted", "task_id": task_id}]})
 
 
-def _drop(request: web.Request) -> None:
+def _drop(request: web.Request, *, hard: bool = False) -> None:
     transport = request.transport
-    if transport is not None:
-        transport.abort()
+    if transport is None:
+        return
+    sock = transport.get_extra_info("socket")
+    if hard and sock is not None:
+        # Linger on, timeout 0: closing sends RST instead of FIN.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.abort()
 
 
 def _validate(body: Any) -> str | None:
