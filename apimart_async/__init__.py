@@ -14,11 +14,10 @@
 Everything public is re-exported here; the modules behind it are private.
 """
 
-from ._batch import BatchEvent, EventKind
-from ._clock import Clock
-from ._config import Timeout
-from ._download import DownloadResult
-from ._errors import (
+from ._batch.journal import ItemState
+from ._batch.runner import BatchItem, BatchReport, ItemResult
+from ._core.config import Timeout
+from ._core.errors import (
     APIConnectionError,
     APIMartError,
     APIStatusError,
@@ -39,14 +38,15 @@ from ._errors import (
     TaskTimeoutError,
     ValidationError,
 )
-from ._journal import ItemState
-from ._models import Submission, Task, TaskError, TaskStatus, TaskUpdate, VideoRequest
-from ._polling import PollPolicy
-from ._retry import RetryPolicy
-from ._runner import BatchItem, BatchReport, ItemResult
+from ._core.models import Submission, Task, TaskError, TaskStatus, TaskUpdate, VideoRequest
+from ._core.polling import PollPolicy
+from ._core.retry import RetryPolicy
+from ._engine.streams import BatchStream, Watch
+from ._engine.submit import BatchEvent, EventKind
+from ._io.clock import Clock
+from ._io.download import DownloadResult
+from ._io.transport import SessionStats
 from ._session import Session
-from ._streams import BatchStream, Watch
-from ._transport import SessionStats
 from ._version import __version__
 
 __all__ = [

@@ -16,22 +16,22 @@ from typing import TYPE_CHECKING, Any
 import anyio
 from anyio.abc import TaskGroup
 
-from ._batch import submit_each
-from ._clock import Clock
-from ._config import DEFAULT_BASE_URL, ENV_BASE_URL, ApiKey, Timeout, check_base_url
-from ._download import Downloader, DownloadResult
-from ._errors import APIMartError, TaskFailedError, TaskTimeoutError, ValidationError
-from ._groups import ungrouped
-from ._http import Http
-from ._limits import Limits
-from ._models import Submission, Task, VideoRequest, finite_positive, whole_number
-from ._poller import Poller
-from ._polling import PollPolicy
-from ._retry import RetryPolicy
-from ._runner import BatchItem, BatchReport, ItemResult, run_batch
-from ._streams import BatchStream, Watch
-from ._transport import SessionStats, Transport
-from ._wire import build_get_task, build_submit, check_task_id, parse_submit, parse_task
+from ._batch.runner import BatchItem, BatchReport, ItemResult, run_batch
+from ._core.config import DEFAULT_BASE_URL, ENV_BASE_URL, ApiKey, Timeout, check_base_url
+from ._core.errors import APIMartError, TaskFailedError, TaskTimeoutError, ValidationError
+from ._core.groups import ungrouped
+from ._core.models import Submission, Task, VideoRequest, finite_positive, whole_number
+from ._core.polling import PollPolicy
+from ._core.retry import RetryPolicy
+from ._core.wire import build_get_task, build_submit, check_task_id, parse_submit, parse_task
+from ._engine.poller import Poller
+from ._engine.streams import BatchStream, Watch
+from ._engine.submit import submit_each
+from ._io.clock import Clock
+from ._io.download import Downloader, DownloadResult
+from ._io.http import Http
+from ._io.limits import Limits
+from ._io.transport import SessionStats, Transport
 
 if TYPE_CHECKING:
     import aiohttp

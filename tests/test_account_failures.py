@@ -13,7 +13,7 @@ from apimart_async import (
     PermissionDeniedError,
     VideoRequest,
 )
-from apimart_async._journal import ItemState
+from apimart_async._batch.journal import ItemState
 from apimart_async.testing import EmulatorConfig, EmulatorServer, Fault
 
 from .conftest import MakeServer, session_for

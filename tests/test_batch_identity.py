@@ -21,8 +21,8 @@ import anyio
 import pytest
 
 from apimart_async import JournalBusyError, RetryPolicy, ValidationError, VideoRequest
-from apimart_async._journal import ItemState, Journal, request_json
-from apimart_async._runner import BatchItem, ItemResult
+from apimart_async._batch.journal import ItemState, Journal, request_json
+from apimart_async._batch.runner import BatchItem, ItemResult
 from apimart_async.testing import EmulatorConfig, EmulatorServer, Fault, TaskPlan, video_bytes
 
 from .conftest import MakeServer, session_for

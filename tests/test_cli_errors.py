@@ -15,7 +15,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from apimart_async._cli import main
+from apimart_async._cli.main import main
 from apimart_async.testing import EmulatorConfig, EmulatorServer
 
 from .conftest import KEY, MakeServer

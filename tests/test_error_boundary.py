@@ -17,7 +17,7 @@ import anyio
 import pytest
 
 from apimart_async import EventKind, Session, TaskFailedError, VideoRequest
-from apimart_async._groups import ungrouped
+from apimart_async._core.groups import ungrouped
 from apimart_async.testing import EmulatorConfig, EmulatorServer
 
 from .conftest import MakeServer, session_for

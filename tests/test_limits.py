@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from apimart_async._limits import AIMDRate, Limits
+from apimart_async._io.limits import AIMDRate, Limits
 
 
 class FakeClock:

@@ -7,7 +7,7 @@ import itertools
 import pytest
 
 from apimart_async import PollPolicy, Task, TaskStatus, ValidationError
-from apimart_async._polling import PollState, next_delay, observe, predict_completion
+from apimart_async._core.polling import PollState, next_delay, observe, predict_completion
 
 POLICY = PollPolicy(first_delay=2.0, min_interval=0.25, max_interval=30.0, margin=0.0)
 

@@ -27,7 +27,7 @@ from apimart_async import (
     ValidationError,
     VideoRequest,
 )
-from apimart_async._http import translate
+from apimart_async._io.http import translate
 from apimart_async.testing import EmulatorConfig, EmulatorServer, Fault, TaskPlan
 
 from .conftest import KEY, MakeServer, session_for

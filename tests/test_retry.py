@@ -18,7 +18,7 @@ from apimart_async import (
     ServerError,
     ValidationError,
 )
-from apimart_async._retry import backoff, decide, parse_retry_after, set_testing
+from apimart_async._core.retry import backoff, decide, parse_retry_after, set_testing
 
 NOW = datetime(2026, 11, 24, 12, 0, 0, tzinfo=timezone.utc)
 

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 from apimart_async import Session, ValidationError, VideoRequest
-from apimart_async._journal import ItemState
-from apimart_async._runner import BatchItem, ItemResult
+from apimart_async._batch.journal import ItemState
+from apimart_async._batch.runner import BatchItem, ItemResult
 from apimart_async.testing import EmulatorConfig, EmulatorServer, Fault, TaskPlan, video_bytes
 
 from .conftest import KEY, MakeServer, session_for

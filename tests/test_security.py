@@ -16,7 +16,7 @@ from apimart_async import (
     ValidationError,
     VideoRequest,
 )
-from apimart_async._config import ApiKey
+from apimart_async._core.config import ApiKey
 from apimart_async.testing import EmulatorConfig, EmulatorServer, Fault
 
 from .conftest import KEY, MakeServer, session_for

@@ -21,7 +21,7 @@ from apimart_async import (
     ValidationError,
     VideoRequest,
 )
-from apimart_async._wire import build_get_task, build_submit, parse_submit, parse_task
+from apimart_async._core.wire import build_get_task, build_submit, parse_submit, parse_task
 
 SECRET = "sk-secret-123"
 

@@ -11,8 +11,8 @@
 `apimart-async emulator --port 8089` runs the same emulator standalone.
 """
 
-from .._clock import Clock
-from .._retry import is_testing, set_testing
+from .._core.retry import is_testing, set_testing
+from .._io.clock import Clock
 from ._emulator import (
     Emulator,
     EmulatorConfig,

@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 import attrs
 from aiohttp import web
 
-from .._clock import Clock
+from .._io.clock import Clock
 
 __all__ = ["Emulator", "EmulatorConfig", "EmulatorStats", "Fault", "Route", "TaskPlan"]
 

@@ -6,7 +6,7 @@ from types import TracebackType
 
 from aiohttp import web
 
-from .._clock import Clock
+from .._io.clock import Clock
 from ._emulator import Emulator, EmulatorConfig, EmulatorStats
 
 __all__ = ["EmulatorServer"]

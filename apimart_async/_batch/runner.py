@@ -28,21 +28,21 @@ import anyio
 import attrs
 from anyio.abc import TaskGroup
 
-from ._batch import BatchEvent, EventKind
-from ._download import part_path
-from ._errors import (
+from .._core.errors import (
     APIMartError,
     BadRequestError,
     NotSubmittedError,
     ValidationError,
 )
-from ._groups import ungrouped
-from ._journal import ItemState, Journal, JournalRow, item_key, request_digest, request_json
-from ._models import Submission, Task, TaskStatus, VideoRequest
-from ._streams import BatchStream
+from .._core.groups import ungrouped
+from .._core.models import Submission, Task, TaskStatus, VideoRequest
+from .._engine.streams import BatchStream
+from .._engine.submit import BatchEvent, EventKind
+from .._io.download import part_path
+from .journal import ItemState, Journal, JournalRow, item_key, request_digest, request_json
 
 if TYPE_CHECKING:
-    from ._session import Session
+    from .._session import Session
 
 __all__ = ["JOURNAL_NAME", "BatchItem", "BatchReport", "ItemResult", "ItemState", "run_batch"]
 

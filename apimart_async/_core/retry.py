@@ -14,14 +14,14 @@ from datetime import datetime, timezone
 
 import attrs
 
-from ._errors import (
+from .errors import (
     APIConnectionError,
     APIMartError,
     DecodeError,
     RateLimitError,
     ServerError,
 )
-from ._models import finite_positive, whole_number
+from .models import finite_positive, whole_number
 
 __all__ = [
     "Decision",

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import attrs
 
-from ._models import Task, TaskStatus, finite_positive
+from .models import Task, TaskStatus, finite_positive
 
 __all__ = ["PollPolicy", "PollState", "next_delay", "observe", "predict_completion"]
 
@@ -41,7 +41,7 @@ class PollPolicy:
 
     def __attrs_post_init__(self) -> None:
         if self.min_interval > self.max_interval:
-            from ._errors import ValidationError
+            from .errors import ValidationError
 
             raise ValidationError(
                 "min_interval", f"must not exceed max_interval ({self.max_interval})"

@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 
 import attrs
 
-from ._errors import APIMartError, ValidationError
+from .errors import APIMartError, ValidationError
 
 __all__ = ["Submission", "Task", "TaskError", "TaskStatus", "TaskUpdate", "VideoRequest"]
 

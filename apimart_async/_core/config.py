@@ -10,8 +10,8 @@ from urllib.parse import urlsplit
 
 import attrs
 
-from ._errors import ValidationError
-from ._models import finite_positive
+from .errors import ValidationError
+from .models import finite_positive
 
 __all__ = ["DEFAULT_BASE_URL", "ENV_API_KEY", "ApiKey", "Timeout", "check_base_url"]
 

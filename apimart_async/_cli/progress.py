@@ -16,9 +16,9 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from ._errors import account_problem
-from ._journal import ItemState
-from ._runner import BatchReport, ItemResult
+from .._batch.journal import ItemState
+from .._batch.runner import BatchReport, ItemResult
+from .._core.errors import account_problem
 
 __all__ = ["BatchDisplay", "summary_lines"]
 

@@ -16,7 +16,7 @@ __all__ = ["Clock"]
 
 
 def _check_speed(_: object, __: object, value: float) -> None:
-    from ._errors import ValidationError
+    from .._core.errors import ValidationError
 
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
         raise ValidationError("speed", f"must be a number > 0, got {value!r}")

@@ -12,9 +12,9 @@ from collections.abc import Awaitable, Callable, Sequence
 import anyio
 import attrs
 
-from ._errors import APIMartError, NotSubmittedError, TaskFailedError
-from ._groups import ungrouped
-from ._models import Submission, Task, TaskStatus, TaskUpdate, VideoRequest
+from .._core.errors import APIMartError, NotSubmittedError, TaskFailedError
+from .._core.groups import ungrouped
+from .._core.models import Submission, Task, TaskStatus, TaskUpdate, VideoRequest
 
 __all__ = ["BatchEvent", "EventKind", "Gate", "SubmitOutcome", "submit_each"]
 

@@ -22,7 +22,11 @@ import anyio
 from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from ._batch import (
+from .._core.errors import APIMartError, NotSubmittedError
+from .._core.models import Submission, TaskStatus, TaskUpdate, VideoRequest
+from .._io.clock import Clock
+from .poller import Poller
+from .submit import (
     BatchEvent,
     EventKind,
     Gate,
@@ -31,13 +35,9 @@ from ._batch import (
     event_for_update,
     submit_each,
 )
-from ._clock import Clock
-from ._errors import APIMartError, NotSubmittedError
-from ._models import Submission, TaskStatus, TaskUpdate, VideoRequest
-from ._poller import Poller
 
 if TYPE_CHECKING:
-    from ._session import Session
+    from .._session import Session
 
 __all__ = ["BatchStream", "Watch"]
 

@@ -30,7 +30,7 @@ from typing import Any
 import anyio
 import attrs
 
-from ._errors import JournalBusyError, ValidationError
+from .._core.errors import JournalBusyError, ValidationError
 
 __all__ = ["ItemState", "Journal", "JournalRow", "item_key", "request_digest"]
 

@@ -12,12 +12,12 @@ from typing import TypeVar
 import anyio
 import attrs
 
-from ._config import ApiKey
-from ._errors import APIMartError, RateLimitError
-from ._http import USER_AGENT, Http
-from ._limits import Limits
-from ._retry import RetryPolicy, decide, is_ambiguous, is_testing, parse_retry_after
-from ._wire import HttpRequest
+from .._core.config import ApiKey
+from .._core.errors import APIMartError, RateLimitError
+from .._core.retry import RetryPolicy, decide, is_ambiguous, is_testing, parse_retry_after
+from .._core.wire import HttpRequest
+from .http import USER_AGENT, Http
+from .limits import Limits
 
 __all__ = ["SessionStats", "Transport"]
 

@@ -7,9 +7,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ._errors import ValidationError
-from ._models import VideoRequest
-from ._runner import BatchItem
+from .._core.errors import ValidationError
+from .._core.models import VideoRequest
+from .runner import BatchItem
 
 __all__ = ["MAX_REPORTED", "BadLines", "InputError", "read_batch_file"]
 

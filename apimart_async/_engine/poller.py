@@ -17,10 +17,10 @@ import anyio
 from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from ._clock import Clock
-from ._errors import APIMartError, APIStatusError, ValidationError
-from ._models import Task, TaskStatus, TaskUpdate
-from ._polling import PollPolicy, PollState, next_delay, observe
+from .._core.errors import APIMartError, APIStatusError, ValidationError
+from .._core.models import Task, TaskStatus, TaskUpdate
+from .._core.polling import PollPolicy, PollState, next_delay, observe
+from .._io.clock import Clock
 
 __all__ = ["Poller", "Subscriber"]
 

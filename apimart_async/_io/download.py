@@ -18,17 +18,17 @@ from typing import BinaryIO
 import anyio
 import attrs
 
-from ._clock import Clock
-from ._errors import (
+from .._core.errors import (
     APIConnectionError,
     DownloadError,
     ResultExpiredError,
     ServerError,
 )
-from ._http import USER_AGENT, Http, StreamedResponse
-from ._models import Task, TaskStatus
-from ._retry import RetryPolicy, backoff, is_testing
-from ._transport import SessionStats
+from .._core.models import Task, TaskStatus
+from .._core.retry import RetryPolicy, backoff, is_testing
+from .clock import Clock
+from .http import USER_AGENT, Http, StreamedResponse
+from .transport import SessionStats
 
 __all__ = ["DownloadResult", "Downloader", "part_path"]
 

@@ -15,7 +15,7 @@ from urllib.parse import quote
 import attrs
 import cattrs
 
-from ._errors import (
+from .errors import (
     APIStatusError,
     AuthenticationError,
     BadRequestError,
@@ -27,7 +27,7 @@ from ._errors import (
     ServerError,
     ValidationError,
 )
-from ._models import Task, TaskError, TaskStatus, VideoRequest
+from .models import Task, TaskError, TaskStatus, VideoRequest
 
 __all__ = [
     "SUBMIT_PATH",

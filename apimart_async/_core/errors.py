@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from ._models import Task
+    from .models import Task
 
 __all__ = [
     "APIConnectionError",

@@ -14,9 +14,9 @@ from typing import Any, NamedTuple
 import aiohttp
 import attrs
 
-from ._config import Timeout
-from ._errors import APIConnectionError, APIMartError, APITimeoutError
-from ._version import __version__
+from .._core.config import Timeout
+from .._core.errors import APIConnectionError, APIMartError, APITimeoutError
+from .._version import __version__
 
 __all__ = ["USER_AGENT", "Http", "RawResponse", "StreamedResponse", "translate"]
 

@@ -15,9 +15,10 @@ from typing import Any, TypeVar
 import anyio
 from anyio.abc import TaskStatus
 
-from ._clock import Clock
-from ._config import DEFAULT_BASE_URL, ENV_BASE_URL
-from ._errors import (
+from .._batch.inputs import InputError
+from .._batch.runner import BatchItem, BatchReport
+from .._core.config import DEFAULT_BASE_URL, ENV_BASE_URL
+from .._core.errors import (
     APIConnectionError,
     APIMartError,
     BadRequestError,
@@ -30,10 +31,9 @@ from ._errors import (
     ValidationError,
     account_problem,
 )
-from ._groups import lone_exception
-from ._inputs import InputError
-from ._runner import BatchItem, BatchReport
-from ._version import __version__
+from .._core.groups import lone_exception
+from .._io.clock import Clock
+from .._version import __version__
 
 __all__ = ["main"]
 
@@ -168,7 +168,7 @@ def _positive_int(text: str) -> int:
 
 
 async def _run_emulator(args: argparse.Namespace) -> int:
-    from .testing import EmulatorConfig, EmulatorServer
+    from ..testing import EmulatorConfig, EmulatorServer
 
     config = EmulatorConfig(
         api_key=args.api_key,
@@ -217,7 +217,7 @@ def task_json(task: Any) -> dict[str, Any]:
 
 
 async def _run_status(args: argparse.Namespace) -> int:
-    from ._session import Session
+    from .._session import Session
 
     async with Session(args.api_key, base_url=args.base_url) as session:
         task = await session.get_task(args.task_id)
@@ -266,8 +266,8 @@ async def _batch(
     api_key: str | None, journal: Path | None = None, resubmit_ambiguous: bool = False,
     clock: Clock | None = None,
 ) -> int:
-    from ._progress import BatchDisplay, summary_lines
-    from ._session import Session
+    from .._session import Session
+    from .progress import BatchDisplay, summary_lines
 
     async def go(stop: anyio.Event) -> BatchReport:
         async with Session(
@@ -350,7 +350,7 @@ def _defaults(args: argparse.Namespace) -> dict[str, Any]:
 
 
 async def _run_batch(args: argparse.Namespace) -> int:
-    from ._inputs import read_batch_file
+    from .._batch.inputs import read_batch_file
 
     items = read_batch_file(args.file, _defaults(args))
     return await _batch(args, items, base_url=args.base_url, api_key=args.api_key,
@@ -358,7 +358,7 @@ async def _run_batch(args: argparse.Namespace) -> int:
 
 
 async def _run_generate(args: argparse.Namespace) -> int:
-    from ._models import VideoRequest
+    from .._core.models import VideoRequest
 
     fields = {k: v for k, v in _defaults(args).items() if v is not None}
     item = BatchItem(request=VideoRequest(args.prompt, **fields))
@@ -366,7 +366,7 @@ async def _run_generate(args: argparse.Namespace) -> int:
 
 
 async def _run_download(args: argparse.Namespace) -> int:
-    from ._session import Session
+    from .._session import Session
 
     await anyio.Path(args.out).mkdir(parents=True, exist_ok=True)
     async with Session(args.api_key, base_url=args.base_url) as session:
@@ -392,8 +392,8 @@ DEMO_PROMPTS = (
 
 
 async def _run_demo(args: argparse.Namespace) -> int:
-    from ._models import VideoRequest
-    from .testing import EmulatorConfig, EmulatorServer, Fault
+    from .._core.models import VideoRequest
+    from ..testing import EmulatorConfig, EmulatorServer, Fault
 
     config = EmulatorConfig(duration=(3.0, 6.0), fail_rate=0.0, latency=0.02, video_size=256 * 1024)
     clock = Clock(speed=args.speed)
