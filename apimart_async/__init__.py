@@ -38,14 +38,14 @@ from ._core.errors import (
     TaskTimeoutError,
     ValidationError,
 )
-from ._core.models import Submission, Task, TaskError, TaskStatus, TaskUpdate, VideoRequest
+from ._core.events import BatchEvent, EventKind, TaskUpdate
+from ._core.models import Submission, Task, TaskError, TaskStatus, VideoRequest
 from ._core.polling import PollPolicy
 from ._core.retry import RetryPolicy
 from ._engine.streams import BatchStream, Watch
-from ._engine.submit import BatchEvent, EventKind
 from ._io.clock import Clock
 from ._io.download import DownloadResult
-from ._io.transport import SessionStats
+from ._io.stats import SessionStats
 from ._session import Session
 from ._version import __version__
 

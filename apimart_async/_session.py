@@ -2,44 +2,35 @@
 
 from __future__ import annotations
 
-import logging
 import os
-import sys
-import uuid
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
-from contextlib import AsyncExitStack
+from collections.abc import Callable, Iterable, Sequence
 from os import PathLike
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import anyio
-from anyio.abc import TaskGroup
 
 from ._batch.runner import BatchItem, BatchReport, ItemResult, run_batch
 from ._core.config import DEFAULT_BASE_URL, ENV_BASE_URL, ApiKey, Timeout, check_base_url
 from ._core.errors import APIMartError, TaskFailedError, TaskTimeoutError, ValidationError
-from ._core.groups import ungrouped
-from ._core.models import Submission, Task, VideoRequest, finite_positive, whole_number
+from ._core.models import Submission, Task, VideoRequest
 from ._core.polling import PollPolicy
 from ._core.retry import RetryPolicy
-from ._core.wire import build_get_task, build_submit, check_task_id, parse_submit, parse_task
-from ._engine.poller import Poller
+from ._core.validation import require_positive_or_none, require_whole_number
+from ._core.wire import check_task_id
+from ._engine.engine import Engine
 from ._engine.streams import BatchStream, Watch
 from ._engine.submit import submit_each
 from ._io.clock import Clock
-from ._io.download import Downloader, DownloadResult
-from ._io.http import Http
+from ._io.download import DownloadResult
 from ._io.limits import Limits
-from ._io.transport import SessionStats, Transport
+from ._io.stats import SessionStats
 
 if TYPE_CHECKING:
     import aiohttp
 
 __all__ = ["Session"]
-
-log = logging.getLogger("apimart_async")
-_SUBMITTED_AT_LIMIT = 100_000
 
 
 class Session:
@@ -73,62 +64,74 @@ class Session:
         download_concurrency: int = 4,
         clock: Clock | None = None,
     ) -> None:
-        self._key = ApiKey.resolve(api_key)
-        self.base_url = check_base_url(
+        key = ApiKey.resolve(api_key)
+        self._base_url = check_base_url(
             base_url if base_url is not None else os.environ.get(ENV_BASE_URL) or DEFAULT_BASE_URL
         )
-        self.max_concurrency = whole_number("max_concurrency", max_concurrency)
-        finite_positive("rps", rps)
-        self.timeout = timeout or Timeout()
-        self.retry = retry or RetryPolicy()
-        self.poll = poll or PollPolicy()
-        self.clock = clock or Clock()
-        self.stats = SessionStats()
-        self._http = Http(
-            timeout=self.timeout, session=http_session, connections=max(100, max_concurrency)
+        self._max_concurrency = require_whole_number("max_concurrency", max_concurrency)
+        require_positive_or_none("rps", rps)
+        require_whole_number("download_concurrency", download_concurrency)
+        self._timeout = timeout or Timeout()
+        self._retry = retry or RetryPolicy()
+        self._poll = poll or PollPolicy()
+        self._clock = clock or Clock()
+        self._engine = Engine(
+            base_url=self._base_url, key=key, timeout=self._timeout, retry=self._retry,
+            poll=self._poll, clock=self._clock, max_concurrency=self._max_concurrency, rps=rps,
+            download_concurrency=download_concurrency, http_session=http_session,
         )
-        self.limits = Limits(max_concurrency=self.max_concurrency, rps=rps)
-        self._transport = Transport(
-            base_url=self.base_url,
-            key=self._key,
-            http=self._http,
-            limits=self.limits,
-            retry=self.retry,
-            stats=self.stats,
-        )
-        whole_number("download_concurrency", download_concurrency)
-        self._downloader = Downloader(
-            http=self._http, concurrency=download_concurrency, retry=self.retry,
-            clock=self.clock, refresh=self.get_task, stats=self.stats,
-        )
-        self._open = False
-        self._stack: AsyncExitStack | None = None
-        self._tg: TaskGroup | None = None
-        self._poller: Poller | None = None
-        # When this session submitted each task (clock time), for the poller's first poll;
-        # bounded, since tasks submitted but never watched would otherwise pile up here.
-        self._submitted_at: dict[str, float] = {}
+
+    # Configuration is read-only: the parts below were built from it at construction.
+
+    @property
+    def base_url(self) -> str:
+        """The API base URL."""
+        return self._base_url
+
+    @property
+    def max_concurrency(self) -> int:
+        """Requests in flight to the API host at once, at most."""
+        return self._max_concurrency
+
+    @property
+    def timeout(self) -> Timeout:
+        """The per-request time limits."""
+        return self._timeout
+
+    @property
+    def retry(self) -> RetryPolicy:
+        """How requests are retried."""
+        return self._retry
+
+    @property
+    def poll(self) -> PollPolicy:
+        """How often watched tasks are polled."""
+        return self._poll
+
+    @property
+    def clock(self) -> Clock:
+        """The session's time (API seconds)."""
+        return self._clock
+
+    @property
+    def stats(self) -> SessionStats:
+        """Counters of what this session sent and met."""
+        return self._engine.stats
+
+    @property
+    def limits(self) -> Limits:
+        """The shared concurrency and rate limits (read them; the session drives them)."""
+        return self._engine.limits
 
     def __repr__(self) -> str:
         return (
-            f"Session(base_url={self.base_url!r}, max_concurrency={self.max_concurrency}, "
-            f"open={self._open})"
+            f"Session(base_url={self._base_url!r}, max_concurrency={self._max_concurrency}, "
+            f"state={self._engine.state.value})"
         )
 
     async def __aenter__(self) -> Session:
-        stack = AsyncExitStack()
-        await stack.__aenter__()
-        try:
-            await self._http.open()
-            stack.push_async_callback(self._http.close)
-            self._tg = await stack.enter_async_context(anyio.create_task_group())
-            # Background work (the poller, stream submissions) ends before the socket closes.
-            stack.callback(self._tg.cancel_scope.cancel)
-        except BaseException:
-            await stack.__aexit__(*sys.exc_info())
-            raise
-        self._stack = stack
-        self._open = True
+        """Open the session: once. Entering it again, open or closed, is a `RuntimeError`."""
+        await self._engine.__aenter__()
         return self
 
     async def __aexit__(
@@ -137,40 +140,7 @@ class Session:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        stack, self._stack = self._stack, None
-        try:
-            if stack is not None:
-                # An error in the block (or one background failure) leaves as itself.
-                with ungrouped():
-                    await stack.__aexit__(exc_type, exc, tb)
-        finally:
-            self._open = False
-            self._poller = None
-            self._tg = None
-
-    def _require_open(self) -> None:
-        if not self._open:
-            raise RuntimeError("the session is not open: use 'async with Session(...) as s'")
-
-    def _spawn(self, func: Callable[[], Coroutine[Any, Any, None]]) -> None:
-        """Run `func` in the session's task group (it ends when the session closes)."""
-        self._require_open()
-        assert self._tg is not None
-        self._tg.start_soon(func)
-
-    def _get_poller(self) -> Poller:
-        self._require_open()
-        if self._poller is None:
-            self._poller = Poller(
-                fetch=self.get_task, policy=self.poll, clock=self.clock,
-                workers=self.max_concurrency,
-            )
-            assert self._tg is not None
-            self._poller.bind(self._tg)
-        return self._poller
-
-    def _started_at(self, task_id: str) -> float | None:
-        return self._submitted_at.pop(task_id, None)
+        await self._engine.__aexit__(exc_type, exc, tb)
 
     # -- single requests --------------------------------------------------------------
 
@@ -183,29 +153,8 @@ class Session:
         ambiguous failure the error has ``submission_ambiguous`` set: the task may
         exist and be billed, so look before submitting again.
         """
-        return await self._submit(_check_request("request", request), key=idempotency_key)
-
-    async def _submit(
-        self,
-        request: VideoRequest,
-        *,
-        key: str | None = None,
-        gate: Callable[[], None] | None = None,
-        before_send: Callable[[], Awaitable[None]] | None = None,
-        on_safe_retry: Callable[[], Awaitable[None]] | None = None,
-    ) -> Submission:
-        self._require_open()
-        key = key or uuid.uuid4().hex
-        task_id: str = await self._transport.call(
-            build_submit(request, idempotency_key=key), parse_submit, gate=gate,
-            before_send=before_send, on_safe_retry=on_safe_retry,
-        )
-        self.stats.submissions += 1
-        self._submitted_at[task_id] = self.clock.now()
-        if len(self._submitted_at) > _SUBMITTED_AT_LIMIT:
-            del self._submitted_at[next(iter(self._submitted_at))]  # the oldest
-        log.info("submitted task %s", task_id)
-        return Submission(task_id=task_id, request=request, idempotency_key=key)
+        request = _check_request("request", request)
+        return await self._engine.submit(request, key=idempotency_key)
 
     async def submit_many(
         self,
@@ -226,14 +175,14 @@ class Session:
             raise ValidationError(
                 "idempotency_keys", f"has {len(idempotency_keys)} keys for {len(items)} requests"
             )
-        self._require_open()
+        self._engine.require_open()
         outcomes: dict[int, Submission | APIMartError] = {}
 
         async def submit_one(
             index: int, request: VideoRequest, gate: Callable[[], None]
         ) -> Submission:
             key = idempotency_keys[index] if idempotency_keys is not None else None
-            return await self._submit(request, key=key, gate=gate)
+            return await self._engine.submit(request, key=key, gate=gate)
 
         def done(index: int, outcome: Submission | APIMartError | None) -> None:
             # None only comes from a closed gate, and this batch never closes its gate.
@@ -246,11 +195,7 @@ class Session:
     async def get_task(self, task_id: str | Submission) -> Task:
         """The task's current state (``GET /v1/tasks/{id}``), retried on transient errors."""
         tid = task_id.task_id if isinstance(task_id, Submission) else task_id
-        request = build_get_task(tid)  # validates the id before anything is sent
-        self._require_open()
-        task: Task = await self._transport.call(request, parse_task)
-        self.stats.polls += 1
-        return task
+        return await self._engine.get_task(tid)
 
     def watch(
         self,
@@ -268,14 +213,11 @@ class Session:
         ``async with session.watch(ids) as updates: async for u in updates: ...``; plain
         ``async for`` works too, and leaving the loop stops the polling at once.
         """
-        finite_positive("timeout", timeout)
-        finite_positive("task_timeout", task_timeout)
+        require_positive_or_none("timeout", timeout)
+        require_positive_or_none("task_timeout", task_timeout)
         ids = list(dict.fromkeys(_task_id(t) for t in tasks))
-        poller = self._get_poller()
-        return Watch(
-            poller, self.clock, [(tid, self._started_at(tid)) for tid in ids],
-            timeout=timeout, task_timeout=task_timeout,
-        )
+        self._engine.require_open()
+        return Watch(self._engine, ids, timeout=timeout, task_timeout=task_timeout)
 
     def stream(
         self,
@@ -291,9 +233,10 @@ class Session:
         COMPLETED, FAILED, SUBMIT_FAILED or TIMED_OUT (`e.index` is its input position).
         """
         items = [_check_request(f"requests[{i}]", r) for i, r in enumerate(requests)]
-        finite_positive("timeout", timeout)
-        finite_positive("task_timeout", task_timeout)
-        return BatchStream(self, items, timeout=timeout, task_timeout=task_timeout)
+        require_positive_or_none("timeout", timeout)
+        require_positive_or_none("task_timeout", task_timeout)
+        self._engine.require_open()
+        return BatchStream(self._engine, items, timeout=timeout, task_timeout=task_timeout)
 
     # `timeout` is in API seconds on the session's clock, so anyio.fail_after would not do.
     async def wait(
@@ -320,7 +263,6 @@ class Session:
                 raise TaskFailedError(update.task)
         raise RuntimeError(f"watch of {tid} ended without a final update")  # pragma: no cover
 
-
     async def download(
         self, task: Task | str | Submission, dest: str | PathLike[str]
     ) -> DownloadResult:
@@ -333,13 +275,13 @@ class Session:
         to the file host. An expired link triggers one fresh `get_task`, else
         `ResultExpiredError`. A task id is looked up first.
         """
-        self._require_open()
+        self._engine.require_open()
         if not isinstance(task, Task):
             task = await self.get_task(task)
         path = Path(dest)
         if await anyio.Path(path).is_dir():
             path = path / f"{task.id}.mp4"
-        return await self._downloader.download(task, path)
+        return await self._engine.download(task, path)
 
     async def run_batch(
         self,
@@ -368,9 +310,9 @@ class Session:
         content, so a re-run with lines added, removed or reordered sends only the new
         requests. One run per journal: a second gets `JournalBusyError`.
         """
-        self._require_open()
+        self._engine.require_open()
         return await run_batch(
-            self, requests, out_dir=Path(out_dir),
+            self._engine, requests, out_dir=Path(out_dir),
             journal=None if journal is None else Path(journal),
             resubmit_ambiguous=resubmit_ambiguous, on_change=on_change, stop=stop,
         )

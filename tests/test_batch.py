@@ -17,6 +17,7 @@ from apimart_async import (
     InsufficientBalanceError,
     NotFoundError,
     NotSubmittedError,
+    PollPolicy,
     Submission,
     TaskStatus,
     TaskUpdate,
@@ -169,16 +170,19 @@ async def test_breaking_out_stops_polling_at_once_and_leaves_nothing(
 ) -> None:
     server = await make_server(EmulatorConfig(duration=(500, 600)))
     before = _other_tasks()
-    async with session_for(server) as s:
+    # Short intervals: within 3 API seconds every task comes up for its next poll.
+    policy = PollPolicy(first_delay=0.5, min_interval=0.25, max_interval=2.0)
+    async with session_for(server, poll=policy) as s:
         subs = await s.submit_many(requests(20))
         async for update in s.watch(subs):  # type: ignore[arg-type]  # plain async for
             assert not update.final
             break
-        poller = s._poller
-        assert poller is not None and poller.watched == 0
-        # Every heap item is stale: nothing more will be polled.
-        assert all(poller._entries.get(tid) is None for _, _, tid, _ in poller._heap)
+        # The dropped iterator is gone at once (no __del__ involved: the poller holds it
+        # weakly), so no poll for it is sent from here on.
         polls = sum(server.stats.polls.values())
+        await server.emulator.clock.sleep(3)
+        poller = s._engine.poller_started
+        assert poller is not None and poller.watched == 0
     # At most the polls already on the wire at the break still reach the server.
     assert sum(server.stats.polls.values()) <= polls + s.max_concurrency
     assert _other_tasks() - before == set()
@@ -198,7 +202,8 @@ async def test_cancelling_the_consumer_stops_polling(make_server: MakeServer) ->
             tg.start_soon(consume)
             await got.wait()
             tg.cancel_scope.cancel()
-        assert s._poller is not None and s._poller.watched == 0
+        poller = s._engine.poller_started
+        assert poller is not None and poller.watched == 0
 
 
 async def test_unknown_task_ends_with_an_error_update(server: EmulatorServer) -> None:

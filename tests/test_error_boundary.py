@@ -63,7 +63,7 @@ async def test_users_own_error_cancels_background_work_and_leaves_as_itself(
 
     async def raise_mid_stream() -> None:
         async with session_for(server, max_concurrency=2) as s:
-            https.append(s._http.session)
+            https.append(s._engine.http.session)
             async with s.stream(requests) as events:
                 async for event in events:
                     if event.kind is EventKind.SUBMITTED:
@@ -85,7 +85,7 @@ async def test_cancelling_the_block_from_outside_is_clean(make_server: MakeServe
     https = []
     with anyio.CancelScope() as scope:
         async with session_for(server, max_concurrency=2) as s:
-            https.append(s._http.session)
+            https.append(s._engine.http.session)
             async with s.stream([VideoRequest(f"clip {i}") for i in range(20)]) as events:
                 async for event in events:
                     if event.kind is EventKind.SUBMITTED:
@@ -141,14 +141,21 @@ def test_readme_snippet_catching_task_failed_error_runs() -> None:
     assert re.match(r"task_\w+ failed: \S+", result.stdout.decode()), result.stdout
 
 
-async def test_session_usable_after_a_caught_error(make_server: MakeServer) -> None:
+async def test_a_caught_error_closes_the_session_for_good(make_server: MakeServer) -> None:
+    # The error leaves as itself and the session is closed cleanly; like httpx's client,
+    # a closed session is not opened again: a second ``async with`` says so clearly.
     server = await make_server(EmulatorConfig(fail_rate=1.0))
     session = session_for(server)
-    for _ in range(2):  # the same Session object opens again after the error left it
-        with pytest.raises(TaskFailedError):
-            async with session as s:
-                await s.wait(await s.submit(VideoRequest("doomed")), timeout=600)
+    with pytest.raises(TaskFailedError):
+        async with session as s:
+            await s.wait(await s.submit(VideoRequest("doomed")), timeout=600)
     assert isinstance(session, Session) and stray_tasks() == []
+    with pytest.raises(RuntimeError, match=r"closed.*create a new Session"):
+        async with session:
+            pass
+    async with session_for(server) as fresh:  # a new one works
+        with pytest.raises(TaskFailedError):
+            await fresh.wait(await fresh.submit(VideoRequest("doomed")), timeout=600)
 
 
 def test_readme_error_table_names_every_error_class_and_true_bases() -> None:

@@ -8,15 +8,26 @@ from __future__ import annotations
 
 import pytest
 
-from apimart_async._io.limits import AIMDRate, Limits
+from apimart_async._core.aimd import AIMDRate
+from apimart_async._io.limits import Limits
 
 
 class FakeClock:
+    """A stepped clock: time moves only when the test moves it; sleeping steps it."""
+
     def __init__(self, t: float = 100.0) -> None:
         self.t = t
+        self.slept: list[float] = []
 
-    def __call__(self) -> float:
+    def now(self) -> float:
         return self.t
+
+    async def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.t += seconds
+
+    def delay_length(self, seconds: float) -> float:
+        return seconds
 
 
 # -- AIMDRate ------------------------------------------------------------------------------

@@ -182,7 +182,7 @@ async def _follow(s: Session, task_id: str) -> list[TaskUpdate]:
         if update.final:
             done.set()
 
-    s._get_poller().subscribe(on_update, task_id, started_at=None)
+    s._engine.poller.subscribe(on_update, task_id, started_at=None)
     with anyio.fail_after(20):
         await done.wait()
     return got
@@ -217,7 +217,7 @@ async def test_poller_backs_off_from_a_failing_host(make_server: MakeServer) -> 
         sub = await s.submit(VideoRequest("x"))
         server.emulator.inject("task", *[Fault.http(500)] * 50)
         seen: list[Any] = []
-        s._get_poller().subscribe(seen.append, sub.task_id, started_at=None)
+        s._engine.poller.subscribe(seen.append, sub.task_id, started_at=None)
         await server.emulator.clock.sleep(30)
         failed = 50 - server.emulator.pending_faults("task")
     # Every 0.5 s would be 60 polls in 30 s; doubling from 0.5 s is about 6.

@@ -18,7 +18,8 @@ from apimart_async import (
     ServerError,
     ValidationError,
 )
-from apimart_async._core.retry import backoff, decide, parse_retry_after, set_testing
+from apimart_async._core.retry import backoff, decide, parse_retry_after
+from apimart_async._io.clock import Clock, is_testing, set_testing
 
 NOW = datetime(2026, 11, 24, 12, 0, 0, tzinfo=timezone.utc)
 
@@ -94,19 +95,30 @@ def test_attempts_are_bounded() -> None:
 
 
 def test_retry_after_is_honoured_and_capped() -> None:
-    set_testing(False)
+    # The decision is pure: the test switch does not reach it (the clock applies it).
+    d = decide(POLICY, RateLimitError("x", retry_after=7.0), attempt=1, idempotent=False)
+    assert (d.retry, d.delay) == (True, 7.0)
+    # A hint beyond the maximum wait raises instead of sleeping for an hour.
+    assert not decide(POLICY, RateLimitError("x", retry_after=3600), attempt=1,
+                      idempotent=True).retry
+    d = decide(POLICY, SENT, attempt=3, idempotent=True, rand=lambda: 1.0)
+    assert d.delay == POLICY.initial_delay * 4
+
+
+def test_the_test_switch_zeroes_delays_on_the_clock_and_restores() -> None:
+    clock = Clock()
+    assert is_testing() and clock.delay_length(7.0) == 0.0  # conftest turned it on
+    with set_testing(False):
+        assert not is_testing() and clock.delay_length(7.0) == 7.0
+        with set_testing(True):
+            assert clock.delay_length(7.0) == 0.0
+        assert clock.delay_length(7.0) == 7.0
+    assert is_testing()  # restored on exit
+    set_testing(False)  # a plain call still works, and sticks
     try:
-        d = decide(POLICY, RateLimitError("x", retry_after=7.0), attempt=1, idempotent=False)
-        assert (d.retry, d.delay) == (True, 7.0)
-        # A hint beyond the maximum wait raises instead of sleeping for an hour.
-        assert not decide(POLICY, RateLimitError("x", retry_after=3600), attempt=1,
-                          idempotent=True).retry
-        d = decide(POLICY, SENT, attempt=3, idempotent=True, rand=lambda: 1.0)
-        assert d.delay == POLICY.initial_delay * 4
+        assert clock.delay_length(2.0) == 2.0
     finally:
         set_testing(True)
-    assert decide(POLICY, RateLimitError("x", retry_after=7.0), attempt=1,
-                  idempotent=True).delay == 0.0
 
 
 @pytest.mark.parametrize(("field", "value"), [("max_attempts", 0), ("max_attempts", 1.5),

@@ -27,7 +27,7 @@ REQ = VideoRequest("x")
 
 def test_key_never_in_repr_or_str() -> None:
     s = Session(KEY, base_url="http://127.0.0.1:1")
-    for text in (repr(s), str(s), repr(s.__dict__), repr(vars(s._transport)), str(ApiKey(KEY))):
+    for text in (repr(s), str(s), repr(s.__dict__), repr(vars(s._engine)), repr(vars(s._engine.transport)), str(ApiKey(KEY))):
         assert KEY not in text
     with pytest.raises(TypeError):
         pickle.dumps(ApiKey(KEY))

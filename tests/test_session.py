@@ -284,7 +284,7 @@ def test_base_url_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_key_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("APIMART_API_KEY", "from-env")
-    assert Session()._key.reveal() == "from-env"
+    assert Session()._engine.transport._key.reveal() == "from-env"
     monkeypatch.delenv("APIMART_API_KEY")
     with pytest.raises(ValidationError, match="APIMART_API_KEY") as info:
         Session()

@@ -22,7 +22,6 @@ import re
 import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import anyio
 import attrs
@@ -34,15 +33,13 @@ from .._core.errors import (
     NotSubmittedError,
     ValidationError,
 )
+from .._core.events import BatchEvent, EventKind
 from .._core.groups import ungrouped
 from .._core.models import Submission, Task, TaskStatus, VideoRequest
-from .._engine.streams import BatchStream
-from .._engine.submit import BatchEvent, EventKind
+from .._engine.engine import Engine
+from .._engine.streams import BatchHooks, BatchStream, Watch
 from .._io.download import part_path
 from .journal import ItemState, Journal, JournalRow, item_key, request_digest, request_json
-
-if TYPE_CHECKING:
-    from .._session import Session
 
 __all__ = ["JOURNAL_NAME", "BatchItem", "BatchReport", "ItemResult", "ItemState", "run_batch"]
 
@@ -203,10 +200,10 @@ def _refuse_changed_names(items: list[_Item], rows: dict[str, JournalRow], journ
 
 class _Run:
     def __init__(
-        self, session: Session, items: list[_Item], out_dir: Path, journal: Journal,
+        self, engine: Engine, items: list[_Item], out_dir: Path, journal: Journal,
         on_change: OnChange | None,
     ) -> None:
-        self.session = session
+        self.engine = engine
         self.items = items
         self.out_dir = out_dir
         self.journal = journal
@@ -284,7 +281,7 @@ class _Run:
         await stop.wait()
         self.interrupted = True
         if self._stream is not None:
-            await self._stream._stop_sending()
+            await self._stream.stop_sending()
         for item in self.items:
             if item.result.state is ItemState.SUBMITTING:
                 # Stopped between an ambiguous attempt and its retry (a policy that
@@ -313,7 +310,7 @@ class _Run:
 
     async def _watch(self, items: list[_Item]) -> None:
         by_id = {item.result.task_id: item for item in items if item.result.task_id}
-        async with self.session.watch(list(by_id)) as updates:
+        async with Watch(self.engine, list(by_id), timeout=None, task_timeout=None) as updates:
             async for update in updates:
                 item = by_id[update.task_id]
                 if not update.final:
@@ -343,11 +340,10 @@ class _Run:
 
         if self.interrupted:
             return
-        stream = BatchStream(
-            self.session, [item.request for item in items], timeout=None, task_timeout=None,
-            keys=[item.idem for item in items], before_submit=before, after_submit=after,
-            task_group=self._tg,
-        )
+        hooks = BatchHooks(keys=[item.idem for item in items], before_submit=before,
+                           after_submit=after, task_group=self._tg)
+        stream = BatchStream(self.engine, [item.request for item in items], timeout=None,
+                             task_timeout=None, hooks=hooks)
         self._stream = stream
         async with stream as events:
             async for event in events:
@@ -425,8 +421,8 @@ class _Run:
             path = await self._claim_path(item)
             if task is None:
                 assert item.result.task_id is not None
-                task = await self.session.get_task(item.result.task_id)
-            result = await self.session.download(task, path)
+                task = await self.engine.get_task(item.result.task_id)
+            result = await self.engine.download(task, path)
         except APIMartError as exc:
             self._account_failure(exc)
             # Stays "completed" in the journal: a re-run tries the download again.
@@ -437,7 +433,7 @@ class _Run:
 
 
 async def run_batch(
-    session: Session,
+    engine: Engine,
     requests: Sequence[VideoRequest | BatchItem],
     *,
     out_dir: Path | str,
@@ -455,13 +451,13 @@ async def run_batch(
         raise ValidationError("name", f"{dup!r} is used by more than one item")
     out = Path(out_dir)
     path = Path(journal) if journal is not None else out / JOURNAL_NAME
-    before = attrs.evolve(session.stats)
+    before = attrs.evolve(engine.stats)
     async with Journal(path) as jr:
-        run = _Run(session, items, out, jr, on_change)
+        run = _Run(engine, items, out, jr, on_change)
         await run.reconcile(resubmit_ambiguous)
         with ungrouped():  # a failing on_change (or journal) comes out as itself
             await run.execute(stop)
-    stats = session.stats
+    stats = engine.stats
     return BatchReport(
         items=tuple(item.result for item in items),
         journal=path,

@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 import attrs
 
 from .errors import ValidationError
-from .models import finite_positive
+from .validation import require_positive_or_none
 
 __all__ = ["DEFAULT_BASE_URL", "ENV_API_KEY", "ApiKey", "Timeout", "check_base_url"]
 
@@ -21,7 +21,7 @@ ENV_BASE_URL = "APIMART_BASE_URL"
 
 
 def _opt_positive(_: object, attribute: attrs.Attribute[Any], value: float | None) -> None:
-    finite_positive(attribute.name, value)
+    require_positive_or_none(attribute.name, value)
 
 
 @attrs.frozen(kw_only=True)

@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import enum
 import json
-import math
 import types
 from collections.abc import Iterable, Mapping
 from typing import Any
-from urllib.parse import urlsplit
 
 import attrs
 
-from .errors import APIMartError, ValidationError
+from .errors import ValidationError
+from .validation import check_http_url
 
-__all__ = ["Submission", "Task", "TaskError", "TaskStatus", "TaskUpdate", "VideoRequest"]
+__all__ = ["Submission", "Task", "TaskError", "TaskStatus", "VideoRequest"]
 
 ASPECT_RATIOS = ("16:9", "9:16")
 # Fields the SDK sends itself; `extra` may not shadow them.
@@ -77,16 +76,6 @@ def _check_duration(_: object, __: object, value: Any) -> None:
 def _check_aspect_ratio(_: object, __: object, value: Any) -> None:
     if value is not None and value not in ASPECT_RATIOS:
         raise ValidationError("aspect_ratio", f"must be '16:9' or '9:16', got {value!r}")
-
-
-def check_http_url(field: str, value: object) -> str:
-    """Return `value` if it is an absolute http(s) URL with a host, else raise `ValidationError`."""
-    if not isinstance(value, str):
-        raise ValidationError(field, f"must be a URL string, got {type(value).__name__}")
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValidationError(field, f"must be an absolute http(s) URL, got {value!r}")
-    return value
 
 
 def _image_urls(value: object) -> tuple[str, ...]:
@@ -202,47 +191,3 @@ class Submission:
     task_id: str
     request: VideoRequest
     idempotency_key: str = ""
-
-
-@attrs.frozen(kw_only=True)
-class TaskUpdate:
-    """A change seen by `Session.watch`: a new status or progress, or the task's end.
-
-    Each task gets exactly one final update (`final` is True): its terminal state, or
-    `timed_out`, or an `error` that stopped watching it (e.g. `NotFoundError`).
-    `task` is the latest state (None if the task was never read).
-    """
-
-    task_id: str
-    status: TaskStatus
-    progress: int = 0
-    task: Task | None = None
-    error: APIMartError | None = None
-    timed_out: bool = False
-
-    @property
-    def final(self) -> bool:
-        """True for the last update of this task."""
-        return self.status.is_terminal or self.timed_out or self.error is not None
-
-    @property
-    def completed(self) -> bool:
-        """True when the task completed (its videos are ready)."""
-        return self.status is TaskStatus.COMPLETED
-
-
-def whole_number(field: str, value: object, *, minimum: int = 1) -> int:
-    """Return `value` if it is an int (not a bool) >= `minimum`, else raise `ValidationError`."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValidationError(field, f"must be a whole number >= {minimum}, got {value!r}")
-    return value
-
-
-def finite_positive(field: str, value: float | None, *, allow_zero: bool = False) -> None:
-    """Validate an optional number used in a config object."""
-    if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
-        raise ValidationError(field, f"must be a number, got {value!r}")
-    if value < 0 or (value == 0 and not allow_zero):
-        raise ValidationError(field, f"must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")

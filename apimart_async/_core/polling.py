@@ -11,17 +11,18 @@ from __future__ import annotations
 
 import attrs
 
-from .models import Task, TaskStatus, finite_positive
+from .models import Task, TaskStatus
+from .validation import require_positive_or_none
 
 __all__ = ["PollPolicy", "PollState", "next_delay", "observe", "predict_completion"]
 
 
 def _check(_: object, attribute: attrs.Attribute[float], value: float) -> None:
-    finite_positive(attribute.name, value)
+    require_positive_or_none(attribute.name, value)
 
 
 def _check_margin(_: object, attribute: attrs.Attribute[float], value: float) -> None:
-    finite_positive(attribute.name, value, allow_zero=True)
+    require_positive_or_none(attribute.name, value, allow_zero=True)
 
 
 @attrs.frozen(kw_only=True)

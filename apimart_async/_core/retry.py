@@ -21,7 +21,7 @@ from .errors import (
     RateLimitError,
     ServerError,
 )
-from .models import finite_positive, whole_number
+from .validation import require_positive_or_none, require_whole_number
 
 __all__ = [
     "Decision",
@@ -29,34 +29,16 @@ __all__ = [
     "backoff",
     "decide",
     "is_ambiguous",
-    "is_testing",
     "parse_retry_after",
-    "set_testing",
 ]
-
-_testing = False
-
-
-def set_testing(on: bool) -> None:
-    """Make every retry delay zero (for test suites), or restore real delays.
-
-    The decisions (what is retried, how often) stay exactly the same.
-    """
-    global _testing
-    _testing = bool(on)
-
-
-def is_testing() -> bool:
-    """Whether `set_testing(True)` is in force."""
-    return _testing
 
 
 def _check_positive(_: object, attribute: attrs.Attribute[float], value: float) -> None:
-    finite_positive(attribute.name, value, allow_zero=True)
+    require_positive_or_none(attribute.name, value, allow_zero=True)
 
 
 def _check_attempts(_: object, attribute: attrs.Attribute[int], value: int) -> None:
-    whole_number(attribute.name, value)
+    require_whole_number(attribute.name, value)
 
 
 @attrs.frozen(kw_only=True)
@@ -181,4 +163,4 @@ def decide(
         delay = hint
     else:
         delay = backoff(policy, attempt, rand)
-    return Decision(True, 0.0 if _testing else delay)
+    return Decision(True, delay)

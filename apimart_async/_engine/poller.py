@@ -18,7 +18,8 @@ from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from .._core.errors import APIMartError, APIStatusError, ValidationError
-from .._core.models import Task, TaskStatus, TaskUpdate
+from .._core.events import TaskUpdate
+from .._core.models import Task, TaskStatus
 from .._core.polling import PollPolicy, PollState, next_delay, observe
 from .._io.clock import Clock
 
@@ -27,7 +28,8 @@ __all__ = ["Poller", "Subscriber"]
 log = logging.getLogger("apimart_async")
 
 Subscriber = Callable[[TaskUpdate], None]
-"""Receives updates; called on the poller's task, so it must not block."""
+"""Receives updates; called on the poller's task, so it must not block. One with an
+``alive`` attribute that reads False is dropped before the task's next poll."""
 
 
 class _Entry:
@@ -112,6 +114,16 @@ class Poller:
             if not entry.subscribers:
                 self._drop(entry)
 
+    def _still_watched(self, entry: _Entry) -> bool:
+        """Forget subscribers that are gone (a dropped iterator); False if none is left."""
+        gone = [s for s in entry.subscribers if not getattr(s, "alive", True)]
+        if gone:
+            entry.subscribers.difference_update(gone)
+            if not entry.subscribers:
+                self._drop(entry)
+                return False
+        return True
+
     def _drop(self, entry: _Entry) -> None:
         del self._entries[entry.task_id]
         entry.generation += 1  # its heap item is now stale
@@ -159,7 +171,7 @@ class Poller:
         async with receive:
             async for task_id in receive:
                 entry = self._entries.get(task_id)
-                if entry is not None:
+                if entry is not None and self._still_watched(entry):
                     await self._poll(entry)
 
     async def _poll(self, entry: _Entry) -> None:

@@ -1,14 +1,16 @@
-"""`Watch` and `BatchStream`: async iterators over a session's poller.
+"""`Watch` and `BatchStream`: async iterators over an engine's poller.
 
-Both are async context managers too. Leaving the loop (``break``), an exception or
-cancelling the consumer unsubscribes at once, so the poller stops polling tasks
-nobody watches; deadlines are kept here, on the consumer's side, so they cost no
-background task.
+Both are async context managers too. They subscribe on first use (``async with`` or
+the first ``__anext__``), never in their constructor. Cleanup is deterministic:
+leaving ``async with``, `aclose`, an exception or cancelling the consumer unsubscribes
+at once, so the poller stops polling tasks nobody watches. A plain ``async for`` left
+with ``break`` drops the iterator; the poller holds only a weak reference to it, and
+skips (and forgets) a task whose watchers are all gone before sending its next poll.
+Deadlines are kept here, on the consumer's side, so they cost no background task.
 """
 
 from __future__ import annotations
 
-import contextlib
 import heapq
 import logging
 import math
@@ -16,30 +18,20 @@ import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, Generic, TypeVar
+from typing import Generic, TypeVar
 
 import anyio
+import anyio.lowlevel
+import attrs
 from anyio.abc import TaskGroup
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from .._core.errors import APIMartError, NotSubmittedError
-from .._core.models import Submission, TaskStatus, TaskUpdate, VideoRequest
-from .._io.clock import Clock
-from .poller import Poller
-from .submit import (
-    BatchEvent,
-    EventKind,
-    Gate,
-    StreamClosed,
-    SubmitOutcome,
-    event_for_update,
-    submit_each,
-)
+from .._core.events import BatchEvent, EventKind, TaskUpdate, event_for_update
+from .._core.models import Submission, TaskStatus, VideoRequest
+from .engine import Engine
+from .submit import Gate, StreamClosed, SubmitOutcome, submit_each
 
-if TYPE_CHECKING:
-    from .._session import Session
-
-__all__ = ["BatchStream", "Watch"]
+__all__ = ["BatchHooks", "BatchStream", "Watch"]
 
 log = logging.getLogger("apimart_async")
 E = TypeVar("E", TaskUpdate, BatchEvent)
@@ -49,17 +41,17 @@ class _EventStream(Generic[E]):
     """Shared machinery: an unbounded channel from the poller, per-task deadlines."""
 
     def __init__(
-        self, poller: Poller, clock: Clock, *, timeout: float | None, task_timeout: float | None
+        self, engine: Engine, *, timeout: float | None, task_timeout: float | None
     ) -> None:
-        self._poller = poller
-        self._clock = clock
+        self._engine = engine
+        self._clock = clock = engine.clock
         self._task_timeout = task_timeout
         self._end = clock.now() + timeout if timeout is not None else math.inf
         self._ended = False
-        # Unbounded: the poller must never wait for a slow consumer.
-        self._send: MemoryObjectSendStream[E]
-        self._receive: MemoryObjectReceiveStream[E]
-        self._send, self._receive = anyio.create_memory_object_stream[E](math.inf)
+        # Unbounded: the poller must never wait for a slow consumer. A plain deque and
+        # an event, not a memory stream: a dropped iterator has nothing left to close.
+        self._queue: deque[E] = deque()
+        self._arrived = anyio.Event()
         # Tasks still open here -> their deadline; the heap finds the earliest in
         # O(log n) (stale items, for tasks already ended, are skipped when met).
         self._deadlines: dict[str, float] = {}
@@ -67,16 +59,7 @@ class _EventStream(Generic[E]):
         self._ready: deque[E] = deque()
         self._open_items = 0
         self._closed = False
-        # The poller holds only this weak callback, so dropping the iterator (``break``
-        # out of a plain ``async for``) lets it be collected and unsubscribe itself.
-        ref = weakref.ref(self)
-
-        def deliver(update: TaskUpdate) -> None:
-            stream = ref()
-            if stream is not None:
-                stream._on_update(update)
-
-        self._deliver = deliver
+        self._deliver = _WeakSubscriber(self)
 
     # -- subclass hooks ------------------------------------------------------------------
 
@@ -91,7 +74,7 @@ class _EventStream(Generic[E]):
         """The whole stream's deadline passed (BatchStream stops sending)."""
 
     def _start(self) -> None:
-        """Begin background work on first use (BatchStream submits)."""
+        """Subscribe, and begin background work (BatchStream submits), on first use."""
 
     # -- plumbing -----------------------------------------------------------------------
 
@@ -103,11 +86,12 @@ class _EventStream(Generic[E]):
         self._deadlines[task_id] = deadline
         if deadline != math.inf:
             heapq.heappush(self._deadline_heap, (deadline, task_id))
-        self._poller.subscribe(self._deliver, task_id, started_at=started_at)
+        self._engine.poller.subscribe(self._deliver, task_id, started_at=started_at)
 
     def _emit(self, event: E) -> None:
         if not self._closed:
-            self._send.send_nowait(event)
+            self._queue.append(event)
+            self._arrived.set()
 
     def _first_task_deadline(self) -> float:
         heap = self._deadline_heap
@@ -121,7 +105,7 @@ class _EventStream(Generic[E]):
     def _forget(self, task_id: str) -> None:
         """The task has had its final event here: stop tracking and polling it."""
         del self._deadlines[task_id]
-        self._poller.unsubscribe(self._deliver, [task_id])
+        self._engine.poller.unsubscribe(self._deliver, [task_id])
 
     def _expire(self) -> None:
         now = self._clock.now()
@@ -152,20 +136,24 @@ class _EventStream(Generic[E]):
                 self.close()
                 raise StopAsyncIteration
             deadline = self._earliest_deadline()
-            event_or_none: E | None = None
             try:
-                with anyio.move_on_after(self._clock.real(deadline - self._clock.now())):
-                    event_or_none = await self._receive.receive()
+                if self._queue:
+                    await anyio.lowlevel.checkpoint()
+                else:
+                    with anyio.move_on_after(self._clock.real(deadline - self._clock.now())):
+                        await self._arrived.wait()
+                    self._arrived = anyio.Event()
             except BaseException:
                 # Cancelled, or the consumer's task is going away: stop polling now.
                 self.close()
                 raise
-            if event_or_none is None:
-                self._expire()
+            if not self._queue:
+                self._expire()  # a deadline passed (or nothing yet: then this is a no-op)
                 continue
-            if self._accept(event_or_none):
-                self._count(event_or_none)
-                return event_or_none
+            event = self._queue.popleft()
+            if self._accept(event):
+                self._count(event)
+                return event
 
     def _accept(self, event: E) -> bool:
         """Whether to hand `event` on: nothing follows a task's final event."""
@@ -187,17 +175,20 @@ class _EventStream(Generic[E]):
         if self._closed:
             return
         self._closed = True
-        self._poller.unsubscribe(self._deliver)
+        poller = self._engine.poller_started
+        if poller is not None:
+            poller.unsubscribe(self._deliver)
         self._deadlines.clear()
         self._deadline_heap.clear()
-        self._send.close()
-        self._receive.close()
+        self._queue.clear()
 
     async def aclose(self) -> None:
         """Same as `close`, for ``contextlib.aclosing`` and the like."""
         self.close()
 
     async def __aenter__(self) -> _EventStream[E]:
+        if not self._closed:
+            self._start()
         return self
 
     async def __aexit__(
@@ -208,12 +199,26 @@ class _EventStream(Generic[E]):
     ) -> None:
         self.close()
 
-    def __del__(self) -> None:
-        # ``async for u in session.watch(...)`` then ``break``: the iterator is dropped at
-        # once, and this stops its polling without an ``async with``.
-        if not getattr(self, "_closed", True):
-            with contextlib.suppress(Exception):  # a finaliser must not raise
-                self.close()
+
+class _WeakSubscriber:
+    """What the poller holds for a stream: a weak reference, so a dropped stream (a
+    plain ``async for`` left with ``break``) is collected; `alive` then turns False and
+    the poller stops polling for it before the next request."""
+
+    __slots__ = ("_ref",)
+
+    def __init__(self, stream: _EventStream[TaskUpdate] | _EventStream[BatchEvent]) -> None:
+        self._ref = weakref.ref(stream)
+
+    @property
+    def alive(self) -> bool:
+        stream = self._ref()
+        return stream is not None and not stream._closed
+
+    def __call__(self, update: TaskUpdate) -> None:
+        stream = self._ref()
+        if stream is not None:
+            stream._on_update(update)
 
 
 class Watch(_EventStream[TaskUpdate]):
@@ -225,18 +230,23 @@ class Watch(_EventStream[TaskUpdate]):
 
     def __init__(
         self,
-        poller: Poller,
-        clock: Clock,
-        tasks: Sequence[tuple[str, float | None]],
+        engine: Engine,
+        task_ids: Sequence[str],
         *,
         timeout: float | None,
         task_timeout: float | None,
     ) -> None:
-        super().__init__(poller, clock, timeout=timeout, task_timeout=task_timeout)
-        self._open_items = len(tasks)
+        super().__init__(engine, timeout=timeout, task_timeout=task_timeout)
+        self._task_ids = list(task_ids)
+        self._open_items = len(self._task_ids)
         self._last: dict[str, TaskUpdate] = {}
-        for task_id, started_at in tasks:
-            self._watch(task_id, started_at=started_at)
+        self._started = False
+
+    def _start(self) -> None:
+        if not self._started:
+            self._started = True
+            for task_id in self._task_ids:
+                self._watch(task_id, started_at=self._engine.take_submitted_at(task_id))
 
     def _on_update(self, update: TaskUpdate) -> None:
         self._emit(update)
@@ -258,6 +268,27 @@ class Watch(_EventStream[TaskUpdate]):
         )
 
 
+@attrs.frozen(kw_only=True)
+class BatchHooks:
+    """How the batch runner drives a `BatchStream` (internal API; `Session.stream`
+    passes none).
+
+    - `keys`: the Idempotency-Key of each request, by index (else fresh ones).
+    - `before_submit(index)`: awaited at the gate, holding the request slot and rate
+      token, right before the bytes go out (the runner journals "submitting").
+    - `after_submit(index, outcome)`: awaited as each submission ends, before anything
+      else happens to it: the `Submission`, the error, or None when the item was not
+      sent or was refused without creating anything (back in line).
+    - `task_group`: where the submitter runs, instead of the engine's, so that a
+      failing hook reaches its owner.
+    """
+
+    keys: Sequence[str] | None = None
+    before_submit: Callable[[int], Awaitable[None]] | None = None
+    after_submit: Callable[[int, SubmitOutcome | None], Awaitable[None]] | None = None
+    task_group: TaskGroup | None = None
+
+
 class BatchStream(_EventStream[BatchEvent]):
     """Submit a list of requests and follow every one to its end, as one event stream.
 
@@ -269,37 +300,34 @@ class BatchStream(_EventStream[BatchEvent]):
 
     def __init__(
         self,
-        session: Session,
+        engine: Engine,
         requests: Sequence[VideoRequest],
         *,
         timeout: float | None,
         task_timeout: float | None,
-        keys: Sequence[str] | None = None,
-        before_submit: Callable[[int], Awaitable[None]] | None = None,
-        after_submit: Callable[[int, SubmitOutcome | None], Awaitable[None]] | None = None,
-        task_group: TaskGroup | None = None,
+        hooks: BatchHooks | None = None,
     ) -> None:
-        super().__init__(session._get_poller(), session.clock, timeout=timeout,
-                         task_timeout=task_timeout)
-        self._session = session
-        self._keys = keys
-        self._before_submit = before_submit
-        self._after_submit = after_submit
-        # Where the submitter runs: the session's task group, unless the caller owns one
+        super().__init__(engine, timeout=timeout, task_timeout=task_timeout)
+        hooks = hooks or BatchHooks()
+        self._keys = hooks.keys
+        self._before_submit = hooks.before_submit
+        self._after_submit = hooks.after_submit
+        # Where the submitter runs: the engine's task group, unless the caller owns one
         # (run_batch does, so a failing hook reaches it rather than the session).
-        self._task_group = task_group
+        self._task_group = hooks.task_group
         self._requests = list(requests)
         self._open_items = len(self._requests)
         self._gate = Gate()
         self._started = False
         self._sent_all = anyio.Event()
-        # Items waiting for a request slot or rate token, by index: `_stop_sending`
+        # Items waiting for a request slot or rate token, by index: `stop_sending`
         # cancels these waits; an item leaves this map at the gate, as it goes out.
         self._waiting: dict[int, anyio.CancelScope] = {}
         self._by_task: dict[str, tuple[int, Submission]] = {}
 
     async def __aenter__(self) -> BatchStream:
-        self._start()
+        if not self._closed:
+            self._start()
         return self
 
     def _start(self) -> None:
@@ -308,13 +336,13 @@ class BatchStream(_EventStream[BatchEvent]):
             if self._task_group is not None:
                 self._task_group.start_soon(self._submit_all)
             else:
-                self._session._spawn(self._submit_all)
+                self._engine.spawn(self._submit_all)
 
     async def _submit_all(self) -> None:
         try:
             await submit_each(
                 self._requests, self._submit_one, self._submitted,
-                workers=self._session.max_concurrency, gate=self._gate,
+                workers=self._engine.max_concurrency, gate=self._gate,
             )
         finally:
             self._sent_all.set()
@@ -349,14 +377,14 @@ class BatchStream(_EventStream[BatchEvent]):
             with waiting:
                 self._waiting[index] = waiting
                 try:
-                    submission = await self._session._submit(
+                    submission = await self._engine.submit(
                         request, key=key, gate=gate, before_send=at_the_gate,
                         on_safe_retry=back_in_line,
                     )
                 finally:
                     self._waiting.pop(index, None)
             if submission is None:
-                raise StreamClosed  # `_stop_sending` ended its wait: never sent
+                raise StreamClosed  # `stop_sending` ended its wait: never sent
         except APIMartError as exc:
             if isinstance(exc, NotSubmittedError) and maybe_sent:
                 # Stopped before a retry of an attempt that may have created it.
@@ -376,7 +404,7 @@ class BatchStream(_EventStream[BatchEvent]):
             await self._after_submit(index, submission)  # record the task id at once
         return submission
 
-    async def _stop_sending(self) -> None:
+    async def stop_sending(self) -> None:
         """Send nothing more; return once submissions on the wire have ended (and
         `after_submit` has recorded each)."""
         self._gate.closed = True
@@ -402,7 +430,7 @@ class BatchStream(_EventStream[BatchEvent]):
         self._by_task[outcome.task_id] = (index, outcome)
         self._emit(BatchEvent(kind=EventKind.SUBMITTED, index=index, request=request,
                               submission=outcome))
-        self._watch(outcome.task_id, started_at=self._session._started_at(outcome.task_id))
+        self._watch(outcome.task_id, started_at=self._engine.take_submitted_at(outcome.task_id))
 
     def _on_update(self, update: TaskUpdate) -> None:
         found = self._by_task.get(update.task_id)

@@ -6,17 +6,15 @@ stops the items not yet sent, each marked with `NotSubmittedError`.
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Awaitable, Callable, Sequence
 
 import anyio
-import attrs
 
-from .._core.errors import APIMartError, NotSubmittedError, TaskFailedError
+from .._core.errors import APIMartError, NotSubmittedError
 from .._core.groups import ungrouped
-from .._core.models import Submission, Task, TaskStatus, TaskUpdate, VideoRequest
+from .._core.models import Submission, VideoRequest
 
-__all__ = ["BatchEvent", "EventKind", "Gate", "SubmitOutcome", "submit_each"]
+__all__ = ["Gate", "StreamClosed", "SubmitOutcome", "submit_each"]
 
 SubmitOutcome = Submission | APIMartError
 # submit_one(index, request, gate) -> Submission
@@ -76,70 +74,3 @@ async def submit_each(
         async with anyio.create_task_group() as tg:
             for _ in range(min(workers, len(requests))):
                 tg.start_soon(worker)
-
-
-class EventKind(str, enum.Enum):
-    """What a `BatchEvent` reports. The last four end an item; each item gets one of them."""
-
-    SUBMITTED = "submitted"
-    PROGRESS = "progress"
-    COMPLETED = "completed"
-    FAILED = "failed"
-    SUBMIT_FAILED = "submit_failed"
-    TIMED_OUT = "timed_out"
-
-
-_FINAL = frozenset(
-    {EventKind.COMPLETED, EventKind.FAILED, EventKind.SUBMIT_FAILED, EventKind.TIMED_OUT}
-)
-
-
-@attrs.frozen(kw_only=True)
-class BatchEvent:
-    """One event of `Session.stream`: item `index` (its position in the input) moved on.
-
-    - SUBMITTED: `submission` is set. PROGRESS: `task` has the new status or progress.
-    - COMPLETED: `task` has the video URLs.
-    - FAILED: the task failed or was cancelled (`error` is a `TaskFailedError`), or
-      watching it hit an error that will not pass (e.g. `NotFoundError`).
-    - SUBMIT_FAILED: the submission was refused or never sent (`error` says why;
-      ``error.submission_ambiguous`` means it may exist anyway).
-    - TIMED_OUT: a deadline passed; `task_id` is set if the task exists and goes on.
-    """
-
-    kind: EventKind
-    index: int
-    request: VideoRequest
-    submission: Submission | None = None
-    task: Task | None = None
-    error: APIMartError | None = None
-
-    @property
-    def task_id(self) -> str | None:
-        """The task's id, once submitted."""
-        return self.submission.task_id if self.submission else None
-
-    @property
-    def final(self) -> bool:
-        """True for the item's last event."""
-        return self.kind in _FINAL
-
-
-def event_for_update(
-    update: TaskUpdate, index: int, request: VideoRequest, submission: Submission
-) -> BatchEvent:
-    """The `BatchEvent` for a poller update of a submitted item."""
-    if update.timed_out:
-        kind, error = EventKind.TIMED_OUT, update.error
-    elif update.error is not None:
-        kind, error = EventKind.FAILED, update.error
-    elif update.status is TaskStatus.COMPLETED:
-        kind, error = EventKind.COMPLETED, None
-    elif update.status.is_terminal and update.task is not None:
-        kind, error = EventKind.FAILED, TaskFailedError(update.task)
-    else:
-        kind, error = EventKind.PROGRESS, None
-    return BatchEvent(
-        kind=kind, index=index, request=request, submission=submission,
-        task=update.task, error=error,
-    )

@@ -25,10 +25,10 @@ from .._core.errors import (
     ServerError,
 )
 from .._core.models import Task, TaskStatus
-from .._core.retry import RetryPolicy, backoff, is_testing
+from .._core.retry import RetryPolicy, backoff
 from .clock import Clock
 from .http import USER_AGENT, Http, StreamedResponse
-from .transport import SessionStats
+from .stats import SessionStats
 
 __all__ = ["DownloadResult", "Downloader", "part_path"]
 
@@ -139,7 +139,7 @@ class Downloader:
                     ) from exc
                 log.info("task %s: download interrupted at %d bytes (%s); resuming",
                          task.id, await _size(part), type(exc).__name__)
-                await anyio.sleep(0.0 if is_testing() else backoff(self._retry, failures or 1))
+                await self._clock.delay(backoff(self._retry, failures or 1))
                 continue
             finally:
                 handle.close()

@@ -9,36 +9,22 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-import anyio
-import attrs
-
 from .._core.config import ApiKey
 from .._core.errors import APIMartError, RateLimitError
-from .._core.retry import RetryPolicy, decide, is_ambiguous, is_testing, parse_retry_after
+from .._core.retry import RetryPolicy, decide, is_ambiguous, parse_retry_after
 from .._core.wire import HttpRequest
+from .clock import Clock
 from .http import USER_AGENT, Http
 from .limits import Limits
+from .stats import SessionStats
 
-__all__ = ["SessionStats", "Transport"]
+__all__ = ["Transport"]
 
 log = logging.getLogger("apimart_async")
 T = TypeVar("T")
 
 # parse(status, body, retry_after=..., secret=...) -> T
 Parser = Callable[..., T]
-
-
-@attrs.define
-class SessionStats:
-    """Counters for one session: what it sent and what it met."""
-
-    requests: int = 0
-    submissions: int = 0
-    polls: int = 0
-    retries: int = 0
-    rate_limited: int = 0
-    downloads: int = 0
-    bytes_downloaded: int = 0
 
 
 class Transport:
@@ -53,6 +39,7 @@ class Transport:
         limits: Limits,
         retry: RetryPolicy,
         stats: SessionStats,
+        clock: Clock,
     ) -> None:
         self.base_url = base_url
         self._key = key
@@ -60,6 +47,7 @@ class Transport:
         self.limits = limits
         self.retry = retry
         self.stats = stats
+        self._clock = clock
 
     def __repr__(self) -> str:
         return f"Transport(base_url={self.base_url!r})"
@@ -120,7 +108,7 @@ class Transport:
                 limits.release()
                 if isinstance(exc, RateLimitError):
                     self.stats.rate_limited += 1
-                    limits.throttled(epoch, 0.0 if is_testing() else exc.retry_after)
+                    limits.throttled(epoch, exc.retry_after)
                 decision = decide(
                     self.retry, exc, attempt=attempt, idempotent=request.idempotent
                 )
@@ -146,4 +134,4 @@ class Transport:
                 limits.release()
                 limits.succeeded()
                 return result
-            await anyio.sleep(decision.delay)
+            await self._clock.delay(decision.delay)

@@ -11,8 +11,7 @@
 `apimart-async emulator --port 8089` runs the same emulator standalone.
 """
 
-from .._core.retry import is_testing, set_testing
-from .._io.clock import Clock
+from .._io.clock import Clock, is_testing, set_testing
 from ._emulator import (
     Emulator,
     EmulatorConfig,

@@ -1,0 +1,217 @@
+"""`Engine`: the machinery behind one `Session`, and the only API the features use.
+
+The engine owns the task group, the HTTP client, the transport, the shared limits,
+the downloader and the (lazily started) poller. `Watch`, `BatchStream` and the batch
+runner are built on the methods below, never on the `Session`, so each of them can be
+read and tested with an engine alone, and the facade stays a thin layer of checks.
+
+Its lifecycle is single-use, like the `Session` over it: created (unopened), open
+inside ``async with``, then closed for good.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import sys
+import uuid
+from collections.abc import Awaitable, Callable, Coroutine
+from contextlib import AsyncExitStack
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+import anyio
+from anyio.abc import TaskGroup
+
+from .._core.config import ApiKey, Timeout
+from .._core.groups import ungrouped
+from .._core.models import Submission, Task, VideoRequest
+from .._core.polling import PollPolicy
+from .._core.retry import RetryPolicy
+from .._core.wire import build_get_task, build_submit, parse_submit, parse_task
+from .._io.clock import Clock
+from .._io.download import Downloader, DownloadResult
+from .._io.http import Http
+from .._io.limits import Limits
+from .._io.stats import SessionStats
+from .._io.transport import Transport
+from .poller import Poller
+
+if TYPE_CHECKING:
+    import aiohttp
+
+__all__ = ["Engine", "State"]
+
+log = logging.getLogger("apimart_async")
+# Submission times kept for the poller's first poll; bounded, since tasks submitted
+# but never watched would otherwise pile up.
+_SUBMITTED_AT_LIMIT = 100_000
+
+
+class State(enum.Enum):
+    """Where an engine (and its session) is in its one life."""
+
+    UNOPENED = "unopened"
+    OPEN = "open"
+    CLOSED = "closed"
+
+
+class Engine:
+    """Submits, polls and downloads for one open session (see the module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        base_url: str,
+        key: ApiKey,
+        timeout: Timeout,
+        retry: RetryPolicy,
+        poll: PollPolicy,
+        clock: Clock,
+        max_concurrency: int,
+        rps: float | None,
+        download_concurrency: int,
+        http_session: aiohttp.ClientSession | None,
+    ) -> None:
+        self.clock = clock
+        self.poll_policy = poll
+        self.max_concurrency = max_concurrency
+        self.stats = SessionStats()
+        self.http = Http(
+            timeout=timeout, session=http_session, connections=max(100, max_concurrency)
+        )
+        self.limits = Limits(max_concurrency=max_concurrency, rps=rps, clock=clock)
+        self.transport = Transport(
+            base_url=base_url, key=key, http=self.http, limits=self.limits, retry=retry,
+            stats=self.stats, clock=clock,
+        )
+        self.downloader = Downloader(
+            http=self.http, concurrency=download_concurrency, retry=retry,
+            clock=clock, refresh=self.get_task, stats=self.stats,
+        )
+        self.state = State.UNOPENED
+        self._stack: AsyncExitStack | None = None
+        self._tg: TaskGroup | None = None
+        self._poller: Poller | None = None
+        self._submitted_at: dict[str, float] = {}
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    async def __aenter__(self) -> Engine:
+        if self.state is State.OPEN:
+            raise RuntimeError("the session is already open: enter it once ('async with')")
+        if self.state is State.CLOSED:
+            raise RuntimeError(
+                "the session is closed: a Session is opened once; create a new Session"
+            )
+        stack = AsyncExitStack()
+        await stack.__aenter__()
+        try:
+            await self.http.open()
+            stack.push_async_callback(self.http.close)
+            self._tg = await stack.enter_async_context(anyio.create_task_group())
+            # Background work (the poller, stream submissions) ends before the socket closes.
+            stack.callback(self._tg.cancel_scope.cancel)
+        except BaseException:
+            self.state = State.CLOSED
+            await stack.__aexit__(*sys.exc_info())
+            raise
+        self._stack = stack
+        self.state = State.OPEN
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        stack, self._stack = self._stack, None
+        try:
+            if stack is not None:
+                # An error in the block (or one background failure) leaves as itself.
+                with ungrouped():
+                    await stack.__aexit__(exc_type, exc, tb)
+        finally:
+            self.state = State.CLOSED
+            self._poller = None
+            self._tg = None
+
+    def require_open(self) -> None:
+        """Raise a clear `RuntimeError` unless the engine is open."""
+        if self.state is State.UNOPENED:
+            raise RuntimeError("the session is not open: use 'async with Session(...) as s'")
+        if self.state is State.CLOSED:
+            raise RuntimeError("the session is closed: create a new Session")
+
+    # -- what the features run on --------------------------------------------------------
+
+    def spawn(self, func: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        """Run `func` in the engine's task group (it ends when the session closes)."""
+        self.require_open()
+        assert self._tg is not None
+        self._tg.start_soon(func)
+
+    @property
+    def poller(self) -> Poller:
+        """The session's one poller, created on first use."""
+        self.require_open()
+        if self._poller is None:
+            assert self._tg is not None
+            self._poller = Poller(
+                fetch=self.get_task, policy=self.poll_policy, clock=self.clock,
+                workers=self.max_concurrency,
+            )
+            self._poller.bind(self._tg)
+        return self._poller
+
+    @property
+    def poller_started(self) -> Poller | None:
+        """The poller if one was created, without creating it."""
+        return self._poller
+
+    def take_submitted_at(self, task_id: str) -> float | None:
+        """When this engine submitted `task_id` (clock time), once; None if unknown."""
+        return self._submitted_at.pop(task_id, None)
+
+    async def submit(
+        self,
+        request: VideoRequest,
+        *,
+        key: str | None = None,
+        gate: Callable[[], None] | None = None,
+        before_send: Callable[[], Awaitable[None]] | None = None,
+        on_safe_retry: Callable[[], Awaitable[None]] | None = None,
+    ) -> Submission:
+        """Submit `request` (already validated) with Idempotency-Key `key` (new if None).
+
+        `gate`, `before_send` and `on_safe_retry` are the transport's hooks (see
+        `Transport.call`): a batch stops unsent items, journals "submitting" and puts a
+        refused item back in line through them.
+        """
+        self.require_open()
+        key = key or uuid.uuid4().hex
+        task_id: str = await self.transport.call(
+            build_submit(request, idempotency_key=key), parse_submit, gate=gate,
+            before_send=before_send, on_safe_retry=on_safe_retry,
+        )
+        self.stats.submissions += 1
+        self._submitted_at[task_id] = self.clock.now()
+        if len(self._submitted_at) > _SUBMITTED_AT_LIMIT:
+            del self._submitted_at[next(iter(self._submitted_at))]  # the oldest
+        log.info("submitted task %s", task_id)
+        return Submission(task_id=task_id, request=request, idempotency_key=key)
+
+    async def get_task(self, task_id: str) -> Task:
+        """``GET /v1/tasks/{id}``, retried on transient errors (the id is checked first)."""
+        request = build_get_task(task_id)
+        self.require_open()
+        task: Task = await self.transport.call(request, parse_task)
+        self.stats.get_task_calls += 1
+        return task
+
+    async def download(self, task: Task, path: Path) -> DownloadResult:
+        """Download completed `task`'s video to the file `path`."""
+        self.require_open()
+        return await self.downloader.download(task, path)
