@@ -56,7 +56,8 @@ async def server(make_server: MakeServer) -> EmulatorServer:
 def session_for(server: EmulatorServer, **kwargs: Any) -> Session:
     """A session on `server`'s clock with the canary key."""
     kwargs.setdefault("api_key", KEY)
-    return Session(base_url=server.base_url, clock=server.emulator.clock, **kwargs)
+    kwargs.setdefault("clock", server.emulator.clock)
+    return Session(base_url=server.base_url, **kwargs)
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ from apimart_async import (
     TaskUpdate,
     VideoRequest,
 )
-from apimart_async.testing import EmulatorConfig, EmulatorServer, TaskPlan
+from apimart_async.testing import Clock, EmulatorConfig, EmulatorServer, TaskPlan
 
 from .conftest import MakeServer, session_for
 
@@ -73,7 +73,9 @@ async def test_a_429_storm_is_survived_with_every_item_submitted_once(
     # delays are zero in tests, so without the shared AIMD rate every 429 would be
     # retried at once and items would run out of attempts.
     server = await make_server(EmulatorConfig(rate_limit=200, burst=10))
-    async with session_for(server, max_concurrency=32) as s:
+    # The emulator's token bucket refills in real time, so this session paces on a
+    # real-time clock too (a compressed one would pace 50 times too fast for it).
+    async with session_for(server, max_concurrency=32, clock=Clock()) as s:
         outcomes = await s.submit_many(requests(200))
     assert all(isinstance(o, Submission) for o in outcomes), Counter(
         type(o).__name__ for o in outcomes

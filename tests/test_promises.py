@@ -162,8 +162,9 @@ async def test_a_fatal_answer_stops_items_already_waiting_for_their_slot(
 ) -> None:
     server = await make_server(EmulatorConfig(balance=0))
     # Four workers pass the first check at once, then wait for their paced slots
-    # (0.1 s apart); the 402 to the first arrives while the others wait.
-    async with session_for(server, max_concurrency=4, rps=10) as s:
+    # (1 API second apart: 20 ms at the test clock's speed); the 402 to the first
+    # arrives while the others wait. Pacing runs on the session's clock.
+    async with session_for(server, max_concurrency=4, rps=1) as s:
         outcomes = await s.submit_many(requests(12))
     assert server.stats.requests["submit"] == 1
     assert isinstance(outcomes[0], InsufficientBalanceError)

@@ -110,7 +110,7 @@ async def test_ambiguous_submission_is_reported_and_resubmitted_only_on_request(
         report = await s.run_batch(reqs(4), out_dir=tmp_path)
         assert report.ambiguous == 1 and report.completed == 3 and not report.ok
         (lost,) = [i for i in report.items if i.state is ItemState.AMBIGUOUS]
-        assert lost.error and "billed" in lost.error
+        assert lost.reason and "billed" in lost.reason
         assert server.stats.submissions == 4  # the lost answer did create a task
 
         again = await s.run_batch(reqs(4), out_dir=tmp_path)
@@ -135,7 +135,7 @@ async def test_balance_running_out_leaves_the_rest_for_a_rerun(
         assert report.completed == 3 and report.failed == 3
         left = [i for i in report.items if not i.ok]
         assert all(i.state is ItemState.PENDING for i in left)
-        assert all("InsufficientBalanceError" in (i.error or "") or "402" in (i.error or "")
+        assert all("InsufficientBalanceError" in (i.reason or "") or "402" in (i.reason or "")
                    for i in left)
         server.emulator.set_balance(None)
         again = await s.run_batch(reqs(6), out_dir=tmp_path)
@@ -154,8 +154,8 @@ async def test_failed_tasks_and_rejected_requests_are_reported(
         report = await s.run_batch(items, out_dir=tmp_path)
     states = [i.state for i in report.items]
     assert states == [ItemState.DOWNLOADED, ItemState.FAILED, ItemState.FAILED]
-    assert "content moderation" in (report.items[1].error or "")
-    assert "rejected" in (report.items[2].error or "")
+    assert "content moderation" in (report.items[1].reason or "")
+    assert "rejected" in (report.items[2].reason or "")
     assert report.failed == 2 and not report.ok
 
 

@@ -6,8 +6,9 @@ API key or any header.
 
 An item is keyed by what it asks for, not where it sits in the input: a named item
 by its name, an unnamed one by its request's digest and its occurrence among
-identical requests (`item_key`). Version 1 journals (keyed by input position) are
-migrated on open; a journal from a newer version is refused. One run at a time: an
+identical requests (`item_key`). Older journals are upgraded on open (version 1,
+keyed by input position, is re-keyed; version 2 gains the `error_record` column); a
+journal from a newer version is refused. One run at a time: an
 exclusive OS lock on ``JOURNAL.lock`` is held while the journal is open.
 """
 
@@ -35,7 +36,8 @@ from .._core.errors import JournalBusyError, ValidationError
 __all__ = ["ItemState", "Journal", "JournalRow", "item_key", "request_digest"]
 
 #: 1: unnamed items keyed by input position. 2: keyed by content (`item_key`).
-SCHEMA_VERSION = 2
+#: 3: the typed error of each item (`error_record`, JSON), beside its text (`error`).
+SCHEMA_VERSION = 3
 
 if sys.platform == "win32":  # pragma: no cover - no Windows CI here
     import msvcrt
@@ -70,26 +72,30 @@ class ItemState(str, enum.Enum):
     AMBIGUOUS = "ambiguous"  # may or may not have been created (and billed)
 
 
-_COLUMNS = ("key", "position", "name", "request", "idempotency_key", "state", "task_id",
-            "error", "path", "size", "sha256", "updated")
+# What a row is read as; the table also has `position` (the input position an item
+# had when first recorded; version 1's migration sorts by it) and `updated` (a
+# timestamp), written for people inspecting the file and never read back.
+_COLUMNS = ("key", "name", "request", "idempotency_key", "state", "task_id",
+            "error", "error_record", "path", "size", "sha256")
+_WRITABLE = frozenset(_COLUMNS) - {"key"}
 
 
 @attrs.frozen(kw_only=True)
 class JournalRow:
-    """One item as recorded."""
+    """One item as recorded. `error` is the text shown to people; `error_record` the
+    typed error as JSON (`error_record` / `error_from_record` in `_core.errors`)."""
 
     key: str
-    position: int
     name: str | None
     request: str
     idempotency_key: str
     state: ItemState
     task_id: str | None = None
     error: str | None = None
+    error_record: str | None = None
     path: str | None = None
     size: int | None = None
     sha256: str | None = None
-    updated: float = 0.0
 
 
 class Journal:
@@ -173,7 +179,7 @@ class Journal:
                 " key TEXT PRIMARY KEY, position INTEGER NOT NULL, name TEXT,"
                 " request TEXT NOT NULL, idempotency_key TEXT NOT NULL, state TEXT NOT NULL,"
                 " task_id TEXT, error TEXT, path TEXT, size INTEGER, sha256 TEXT,"
-                " updated REAL NOT NULL)"
+                " updated REAL NOT NULL, error_record TEXT)"
             )
             conn.execute("CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT)")
             conn.execute(
@@ -194,10 +200,14 @@ class Journal:
                 f"{self.path} was written by a newer apimart-async (journal version {text}, "
                 f"this one reads up to {SCHEMA_VERSION}); upgrade it, or use a new journal",
             )
-        if version == 1:
+        if version < SCHEMA_VERSION:
             conn.execute("BEGIN IMMEDIATE")
             try:
-                _migrate_v1(conn)
+                if version == 1:
+                    _migrate_v1(conn)
+                columns = {row[1] for row in conn.execute("PRAGMA table_info(items)")}
+                if "error_record" not in columns:
+                    conn.execute("ALTER TABLE items ADD COLUMN error_record TEXT")
                 conn.execute(
                     "UPDATE meta SET value = ? WHERE name = 'schema_version'",
                     (str(SCHEMA_VERSION),),
@@ -232,21 +242,24 @@ class Journal:
             out[data["key"]] = JournalRow(**data)
         return out
 
-    async def add(self, rows: Iterable[JournalRow]) -> None:
-        """Record new items (in one transaction)."""
+    async def add(self, rows: Iterable[tuple[int, JournalRow]]) -> None:
+        """Record new items, each with its input position (in one transaction)."""
+        now = time.time()
         values = [
-            (r.key, r.position, r.name, r.request, r.idempotency_key, r.state.value, r.task_id,
-             r.error, r.path, r.size, r.sha256, time.time())
-            for r in rows
+            (r.key, position, r.name, r.request, r.idempotency_key, r.state.value, r.task_id,
+             r.error, r.error_record, r.path, r.size, r.sha256, now)
+            for position, r in rows
         ]
+        columns = ("key", "position", "name", "request", "idempotency_key", "state", "task_id",
+                   "error", "error_record", "path", "size", "sha256", "updated")
 
         def insert() -> None:
             with self._lock:
                 assert self._conn is not None
                 self._conn.execute("BEGIN")
                 self._conn.executemany(
-                    f"INSERT INTO items ({', '.join(_COLUMNS)}) VALUES "  # noqa: S608
-                    f"({', '.join('?' * len(_COLUMNS))})",
+                    f"INSERT INTO items ({', '.join(columns)}) VALUES "  # noqa: S608
+                    f"({', '.join('?' * len(columns))})",
                     values,
                 )
                 self._conn.execute("COMMIT")
@@ -256,7 +269,7 @@ class Journal:
 
     async def update(self, key: str, state: ItemState, **fields: Any) -> None:
         """Move item `key` to `state`, setting the given columns too."""
-        unknown = set(fields) - set(_COLUMNS)
+        unknown = set(fields) - _WRITABLE
         if unknown:
             raise ValueError(f"unknown journal columns: {sorted(unknown)}")
         assignments = ["state = ?", "updated = ?", *(f"{name} = ?" for name in fields)]

@@ -31,7 +31,10 @@ from .._core.errors import (
     APIMartError,
     BadRequestError,
     NotSubmittedError,
+    TaskFailedError,
     ValidationError,
+    error_from_record,
+    error_record,
 )
 from .._core.events import BatchEvent, EventKind
 from .._core.groups import ungrouped
@@ -77,7 +80,12 @@ class ItemResult:
     path: Path | None = None
     size: int | None = None
     sha256: str | None = None
-    error: str | None = None
+    #: The typed error that put the item where it is (`TaskFailedError`, a
+    #: `RateLimitError` with its status, code and request id...), else None. Rebuilt from
+    #: the journal on a re-run, as its own type.
+    error: APIMartError | None = None
+    #: Why the item is where it is, in words (what the CLI prints), else None.
+    reason: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -185,6 +193,23 @@ class _Item:
 OnChange = Callable[[ItemResult], None]
 
 
+class _Keep:
+    """`_Run._move`'s default: leave the item's error and reason as they are."""
+
+
+_KEEP = _Keep()
+
+
+def _error_of(row: JournalRow) -> APIMartError | None:
+    if row.error_record:
+        try:
+            return error_from_record(json.loads(row.error_record))
+        except ValueError:
+            pass
+    # Journals before version 3 kept only the text: an error of no particular type.
+    return APIMartError(row.error) if row.error else None
+
+
 def _refuse_changed_names(items: list[_Item], rows: dict[str, JournalRow], journal: Path) -> None:
     """A named item whose request changed is refused, before anything is sent: its
     name is its file, and that file holds the video paid for under the old request."""
@@ -215,10 +240,22 @@ class _Run:
         self._stream: BatchStream | None = None
         self.interrupted = False
 
-    async def _move(self, item: _Item, state: ItemState, **fields: object) -> None:
-        """Journal first, then tell the caller."""
+    async def _move(
+        self, item: _Item, state: ItemState, *, error: APIMartError | _Keep | None = _KEEP,
+        reason: str | _Keep | None = _KEEP, **fields: object,
+    ) -> None:
+        """Journal first, then tell the caller. `error` and `reason` are set together:
+        giving either replaces both (a reason without an error clears the error)."""
         columns = {k: (str(v) if isinstance(v, Path) else v) for k, v in fields.items()
-                   if k in ("task_id", "error", "path", "size", "sha256")}
+                   if k in ("task_id", "path", "size", "sha256")}
+        if not isinstance(error, _Keep) or not isinstance(reason, _Keep):
+            error = None if isinstance(error, _Keep) else error
+            reason = None if isinstance(reason, _Keep) else reason
+            columns["error"] = reason
+            columns["error_record"] = (
+                None if error is None else json.dumps(error_record(error), sort_keys=True)
+            )
+            fields.update(error=error, reason=reason)
         await self.journal.update(item.key, state, **columns)
         self._notify(item.set(state=state, **fields))
 
@@ -233,16 +270,16 @@ class _Run:
         _refuse_changed_names(self.items, rows, self.journal.path)
         # Case-folded: two names differing only in case are one file on macOS and Windows.
         self._claimed = {row.path.casefold() for row in rows.values() if row.path}
-        fresh: list[JournalRow] = []
+        fresh: list[tuple[int, JournalRow]] = []
         for item in self.items:
             body = request_json(item.request.to_body())
             row = rows.get(item.key)
             if row is None:
                 item.idem = uuid.uuid4().hex
-                fresh.append(JournalRow(
-                    key=item.key, position=item.index, name=item.name, request=body,
+                fresh.append((item.index, JournalRow(
+                    key=item.key, name=item.name, request=body,
                     idempotency_key=item.idem, state=ItemState.PENDING,
-                ))
+                )))
                 continue
             item.idem = row.idempotency_key
             state = row.state
@@ -256,11 +293,11 @@ class _Run:
             if state is not row.state:
                 await self.journal.update(item.key, state)
             item.set(
-                state=state, task_id=row.task_id, error=row.error,
+                state=state, task_id=row.task_id, error=_error_of(row), reason=row.error,
                 path=Path(row.path) if row.path else None, size=row.size, sha256=row.sha256,
             )
             if state is ItemState.AMBIGUOUS:
-                item.set(error=row.error or "a previous run stopped while submitting it: it "
+                item.set(reason=row.error or "a previous run stopped while submitting it: it "
                          "may exist and be billed; re-run with resubmission allowed to retry")
         await self.journal.add(fresh)
 
@@ -286,7 +323,7 @@ class _Run:
             if item.result.state is ItemState.SUBMITTING:
                 # Stopped between an ambiguous attempt and its retry (a policy that
                 # retries those): it may exist.
-                await self._move(item, ItemState.AMBIGUOUS, error="may exist and be billed: "
+                await self._move(item, ItemState.AMBIGUOUS, reason="may exist and be billed: "
                                  "interrupted between an unanswered attempt and its retry")
         if self._tg is not None:
             self._tg.cancel_scope.cancel()
@@ -361,15 +398,18 @@ class _Run:
 
     async def _submit_failed(self, item: _Item, error: APIMartError) -> None:
         if error.submission_ambiguous:
-            await self._move(item, ItemState.AMBIGUOUS, error=f"may exist and be billed: {error}")
+            await self._move(item, ItemState.AMBIGUOUS, error=error,
+                             reason=f"may exist and be billed: {error}")
         elif self._account_failure(error):
-            await self._move(item, ItemState.PENDING, error=f"not submitted: {error}")
+            await self._move(item, ItemState.PENDING, error=error,
+                             reason=f"not submitted: {error}")
         elif isinstance(error, (BadRequestError, ValidationError)):
-            await self._move(item, ItemState.FAILED, error=f"rejected: {error}")
+            await self._move(item, ItemState.FAILED, error=error, reason=f"rejected: {error}")
         else:
             # Refused before processing (no balance, bad key, 429s, no connection):
             # nothing was created, so a re-run submits it again.
-            await self._move(item, ItemState.PENDING, error=f"not submitted: {error}")
+            await self._move(item, ItemState.PENDING, error=error,
+                             reason=f"not submitted: {error}")
 
     def _account_failure(self, error: APIMartError) -> bool:
         """Whether `error` is (or follows) a 401/402/403; the first one heads the report."""
@@ -385,9 +425,10 @@ class _Run:
         if self._account_failure(error):
             # The task exists (and may be billed): keep it SUBMITTED so a re-run, after the
             # account is fixed, polls and downloads it instead of losing it.
-            await self._move(item, ItemState.SUBMITTED, error=f"not followed: {error}")
+            await self._move(item, ItemState.SUBMITTED, error=error,
+                             reason=f"not followed: {error}")
         else:
-            await self._move(item, ItemState.FAILED, error=str(error))
+            await self._move(item, ItemState.FAILED, error=error, reason=str(error))
 
     async def _ended(self, item: _Item, task: Task) -> None:
         if task.status is TaskStatus.COMPLETED:
@@ -396,7 +437,8 @@ class _Run:
             self._tg.start_soon(self._download, item, task)
         else:
             message = task.error.message if task.error else task.status.value
-            await self._move(item, ItemState.FAILED, error=f"task {task.status.value}: {message}")
+            await self._move(item, ItemState.FAILED, error=TaskFailedError(task),
+                             reason=f"task {task.status.value}: {message}")
 
     async def _claim_path(self, item: _Item) -> Path:
         """Where the item's video goes: the path the journal gave it, else the first of
@@ -426,10 +468,11 @@ class _Run:
         except APIMartError as exc:
             self._account_failure(exc)
             # Stays "completed" in the journal: a re-run tries the download again.
-            await self._move(item, ItemState.COMPLETED, error=f"download failed: {exc}")
+            await self._move(item, ItemState.COMPLETED, error=exc,
+                             reason=f"download failed: {exc}")
             return
         await self._move(item, ItemState.DOWNLOADED, path=result.path, size=result.size,
-                         sha256=result.sha256, error=None)
+                         sha256=result.sha256, error=None, reason=None)
 
 
 async def run_batch(

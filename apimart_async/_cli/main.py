@@ -254,7 +254,9 @@ def report_json(report: BatchReport) -> dict[str, Any]:
             {
                 "index": r.index, "name": r.name, "state": r.state.value, "task_id": r.task_id,
                 "path": str(r.path) if r.path else None, "size": r.size, "sha256": r.sha256,
-                "error": r.error,
+                "error": r.reason,
+                "error_type": None if r.error is None else type(r.error).__name__,
+                "request_id": None if r.error is None else r.error.request_id,
             }
             for r in report.items
         ],

@@ -86,8 +86,8 @@ class BatchDisplay:
             detail = f"task {result.task_id}"
         elif result.state is ItemState.DOWNLOADED:
             detail = f"{result.path} ({result.size:,} bytes)"
-        elif result.error:
-            detail = result.error
+        elif result.reason:
+            detail = result.reason
         print(f"[{finished:>{len(str(self.total))}}/{self.total}] {result.state.value:<10} "
               f"{_label(result)}  {detail}", file=self._stream, flush=True)
 
@@ -116,5 +116,5 @@ def summary_lines(report: BatchReport) -> list[str]:
     for item in report.items:
         if not item.ok:
             task = f" (task {item.task_id})" if item.task_id else ""
-            lines.append(f"  {item.state.value:<10} {_label(item)}{task}: {item.error or ''}")
+            lines.append(f"  {item.state.value:<10} {_label(item)}{task}: {item.reason or ''}")
     return lines

@@ -11,7 +11,10 @@ before it reaches these constructors, and nothing here is given the key at all.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import sys
+import types
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .models import Task
@@ -48,6 +51,13 @@ class APIMartError(Exception):
 
     #: True when retrying, or sending more requests, cannot help (bad key, no balance).
     fatal: bool = False
+
+    #: The server's request id (``x-request-id`` or ``request-id``), when the answer
+    #: that caused this error carried one: quote it to APIMart support.
+    request_id: str | None = None
+
+    #: The headers of the answer that caused this error (read-only), else None.
+    headers: Mapping[str, str] | None = None
 
 
 class ValidationError(APIMartError, ValueError):
@@ -226,3 +236,54 @@ def account_problem(error: APIMartError) -> str | None:
     if isinstance(error, PermissionDeniedError):
         return f"permission denied ({error}): this key may not use that model or endpoint"
     return None
+
+
+# -- errors as records, for the batch journal ------------------------------------------
+
+# The attributes an error keeps across a journal round trip (each only if set).
+_RECORDED = ("status", "code", "message", "request_id", "task_id", "retry_after",
+             "field", "problem", "snippet", "request_sent")
+
+
+def error_record(error: APIMartError) -> dict[str, Any]:
+    """`error` as JSON-ready data: its type, text and the attributes in `_RECORDED`.
+
+    Response headers are not kept (only the request id among them): the journal holds
+    outcomes, not transport details.
+    """
+    record: dict[str, Any] = {"type": type(error).__name__, "text": str(error)}
+    for name in _RECORDED:
+        value = getattr(error, name, None)
+        if isinstance(value, (str, int, float, bool)):
+            record[name] = value
+    if error.submission_ambiguous:
+        record["submission_ambiguous"] = True
+    return record
+
+
+def error_from_record(record: Mapping[str, Any]) -> APIMartError:
+    """The error `error_record` described, as its own type (`APIMartError` if unknown).
+
+    Rebuilt without calling the class's constructor (its arguments, e.g. a whole `Task`,
+    are not recorded): the same message and recorded attributes, no `task` or `reason`.
+    """
+    found = getattr(sys.modules[__name__], str(record.get("type")), None)
+    cls = found if isinstance(found, type) and issubclass(found, APIMartError) else APIMartError
+    error = cls.__new__(cls)
+    Exception.__init__(error, str(record.get("text", "")))
+    for name in _RECORDED:
+        if name in record:
+            setattr(error, name, record[name])
+    for name in ("task", "reason", "timeout", "path", "pid", "host"):
+        if name not in record and not hasattr(error, name):
+            setattr(error, name, None)
+    if record.get("submission_ambiguous"):
+        error.submission_ambiguous = True
+    return error
+
+
+def with_response(error: APIMartError, headers: Mapping[str, str]) -> APIMartError:
+    """Attach the answer's headers (a read-only copy) and request id to `error`."""
+    error.headers = types.MappingProxyType({k.lower(): v for k, v in headers.items()})
+    error.request_id = error.headers.get("x-request-id") or error.headers.get("request-id")
+    return error

@@ -134,17 +134,6 @@ class VideoRequest:
             body["image_urls"] = list(self.image_urls)
         return body
 
-    @classmethod
-    def from_mapping(cls, data: Mapping[str, Any]) -> VideoRequest:
-        """Build from a JSON-like mapping; unknown keys are refused, except under ``extra``."""
-        known = {"prompt", "model", "duration", "aspect_ratio", "image_urls", "extra"}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValidationError(unknown[0], "unknown field (model-specific fields go in 'extra')")
-        if "prompt" not in data:
-            raise ValidationError("prompt", "is required")
-        return cls(**dict(data))
-
 
 @attrs.frozen(kw_only=True)
 class TaskError:

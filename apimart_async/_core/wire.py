@@ -84,10 +84,10 @@ def check_task_id(task_id: object) -> str:
     return task_id
 
 
-def build_get_task(task_id: str, *, language: str | None = None) -> HttpRequest:
+def build_get_task(task_id: str) -> HttpRequest:
     """``GET /v1/tasks/{task_id}``; a bad id raises `ValidationError`."""
     path = "/v1/tasks/" + quote(check_task_id(task_id), safe="")
-    return HttpRequest(method="GET", path=path, params={"language": language} if language else {})
+    return HttpRequest(method="GET", path=path)
 
 
 # --- answers -------------------------------------------------------------------------

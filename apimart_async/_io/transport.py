@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from .._core.config import ApiKey
-from .._core.errors import APIMartError, RateLimitError
+from .._core.errors import APIMartError, RateLimitError, with_response
 from .._core.retry import RetryPolicy, decide, is_ambiguous, parse_retry_after
 from .._core.wire import HttpRequest
 from .clock import Clock
@@ -92,6 +92,7 @@ class Transport:
             epoch = limits.try_acquire()
             if epoch is None:
                 epoch = await limits.acquire()
+            raw = None
             try:
                 if gate is not None:
                     gate()  # the last moment to decide not to send
@@ -106,6 +107,8 @@ class Transport:
                 result: T = parse(raw.status, raw.body, retry_after=hint, secret=secret)
             except APIMartError as exc:
                 limits.release()
+                if raw is not None:
+                    with_response(exc, raw.headers)
                 if isinstance(exc, RateLimitError):
                     self.stats.rate_limited += 1
                     limits.throttled(epoch, exc.retry_after)
