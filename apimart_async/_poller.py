@@ -32,13 +32,17 @@ Subscriber = Callable[[TaskUpdate], None]
 
 # What is learned is kept for this many models per session (the oldest is forgotten).
 _MODELS = 64
+# Models of submitted tasks not watched yet, kept for at most this many tasks.
+_EXPECTED = 100_000
 
 
 class _Entry:
-    __slots__ = ("due", "generation", "last", "scope", "state", "subscribers", "task_id")
+    __slots__ = ("due", "generation", "last", "model", "scope", "state", "subscribers",
+                 "task_id")
 
-    def __init__(self, task_id: str, state: PollState) -> None:
+    def __init__(self, task_id: str, state: PollState, model: str | None = None) -> None:
         self.task_id = task_id
+        self.model = model
         self.state = state
         self.subscribers: set[Subscriber] = set()
         self.generation = 0
@@ -74,6 +78,7 @@ class Poller:
         # Learned per model across this session's tasks; "" pools every model, for
         # tasks whose model is not known yet (before their first answer).
         self._stats: dict[str, ModelStats] = {}
+        self._expected: dict[str, str] = {}
         self._heap: list[tuple[float, int, str, int]] = []
         self._seq = itertools.count()
         self._wakeup = anyio.Event()
@@ -89,6 +94,18 @@ class Poller:
         """Run in `tg` (the session's task group) once there is something to poll."""
         self._tg = tg
 
+    def expect(self, task_id: str, model: str) -> None:
+        """This session submitted `task_id` for `model`: its first poll can use what the
+        session learned about that model."""
+        self._expected[task_id] = model
+        if len(self._expected) > _EXPECTED:
+            del self._expected[next(iter(self._expected))]  # the oldest
+
+    def _stats_for(self, model: str | None) -> ModelStats | None:
+        if model is None:
+            return self._first_stats()
+        return self._stats.get(model)
+
     def subscribe(self, subscriber: Subscriber, task_id: str, *, started_at: float | None) -> None:
         """Deliver `task_id`'s updates to `subscriber`.
 
@@ -98,12 +115,13 @@ class Poller:
         entry = self._entries.get(task_id)
         if entry is None:
             now = self._clock.now()
+            model = self._expected.pop(task_id, None)
             if started_at is None:
-                entry, due = _Entry(task_id, PollState(started_at=now)), now  # poll at once
+                entry, due = _Entry(task_id, PollState(started_at=now), model), now  # at once
             else:
-                entry = _Entry(task_id, PollState(started_at=started_at))
+                entry = _Entry(task_id, PollState(started_at=started_at), model)
                 due = started_at + next_delay(self._policy, entry.state, started_at,
-                                              self._first_stats())
+                                              self._stats_for(model))
             self._entries[task_id] = entry
             self._push(entry, due)
         elif entry.last is not None:
@@ -210,7 +228,9 @@ class Poller:
             result.status, result.progress
         ):
             self._deliver(entry, _update(result))
-        stats = self._stats.get(result.model or "")
+        if result.model:
+            entry.model = result.model
+        stats = self._stats.get(entry.model or "")
         self._push(entry, now + next_delay(self._policy, entry.state, now, stats))
 
     def _first_stats(self) -> ModelStats | None:
@@ -220,7 +240,7 @@ class Poller:
 
     def _learn(self, entry: _Entry, now: float, task: Task) -> None:
         """Fold a task's end into what the session knows about its model."""
-        model = task.model or ""
+        model = task.model or entry.model or ""
         stats = self._stats.get(model)
         if stats is None:
             if len(self._stats) >= _MODELS:
@@ -238,7 +258,7 @@ class Poller:
         due = now + self._policy.watch_interval
         for entry in self._entries.values():
             last = entry.last
-            if (last is not None and (last.model or "") == model
+            if (last is not None and (entry.model or "") == model
                     and last.status is TaskStatus.PROCESSING and entry.due > due
                     and entry.scope is None):
                 self._push(entry, due)

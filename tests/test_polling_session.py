@@ -52,3 +52,21 @@ async def test_a_failure_mid_run_tightens_the_watch_of_that_model(
     assert min(polls) >= 20, polls
     # ... while a model never seen failing gets a handful.
     assert server.stats.polls[steady.task_id] <= 8
+
+
+async def test_the_first_poll_of_a_later_task_lands_where_its_model_says(
+    make_server: MakeServer,
+) -> None:
+    server = await make_server(EmulatorConfig(profiles={"long": "minutes"}), speed=200)
+    async with session_for(server) as s:
+        first = [await s.submit(VideoRequest(f"{i}", model="long")) for i in range(6)]
+        other = await s.submit(VideoRequest("x", model="quick"))
+        async for _ in s.watch([*first, other]):
+            pass
+        later = await s.submit(VideoRequest("later", model="long"))
+        async with s.watch([later]) as updates:
+            entry = s._poller._entries[later.task_id]  # type: ignore[union-attr]
+            # 30-60 s tasks: not after the default 2 s, but well into the render.
+            assert entry.due - entry.state.started_at >= 8.0
+            async for _ in updates:
+                pass
