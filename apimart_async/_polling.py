@@ -196,8 +196,7 @@ def predict_completion(state: PollState) -> tuple[float, bool] | None:
     if previous is not None and first is not None and last[0] > previous[0] \
             and last[1] > previous[1]:
         rate = (last[1] - previous[1]) / (last[0] - previous[0])
-        if _step(state) == 1 and state.rate_before is not None \
-                and last[1] - previous[1] >= _SLOWING_RISE and rate < 0.8 * state.rate_before:
+        if _slowing(state, rate):
             # Slowing down, as an s-curve does near its end: progress that closes in on
             # 100 along a parabola takes twice what the current rate says.
             return last[0] + 2 * max(0.0, 100 - done) / rate, True
@@ -414,9 +413,23 @@ def _stalled(state: PollState, now: float) -> bool:
     step = _step(state)
     previous, last = state.previous, state.last
     if previous is not None and last[0] > previous[0] and last[1] > previous[1]:
-        per_step = step * (last[0] - previous[0]) / (last[1] - previous[1])
+        rate = (last[1] - previous[1]) / (last[0] - previous[0])
+        per_step = step / rate
+        first = state.first
+        if first is not None and _step(state) == 1 and last[0] > first[0] \
+                and rate < 0.5 * (last[1] - first[1]) / (last[0] - first[0]):
+            # Closing in on 100 along a curve (far slower now than on average): each
+            # step takes longer than the last, so unchanged progress is not a stall yet.
+            per_step *= 4
         return now - state.since > per_step
     return True
+
+
+def _slowing(state: PollState, rate: float) -> bool:
+    previous, last = state.previous, state.last
+    return (_step(state) == 1 and state.rate_before is not None
+            and previous is not None and last is not None
+            and last[1] - previous[1] >= _SLOWING_RISE and rate < 0.8 * state.rate_before)
 
 
 def _estimate_window(state: PollState, stats: ModelStats | None

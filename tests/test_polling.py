@@ -223,6 +223,19 @@ def test_progress_slowing_down_doubles_the_time_left() -> None:
     assert confident and when == pytest.approx(3.0 + 2 * 38.5 / 20)
 
 
+def test_an_s_curve_closing_in_on_100_is_not_a_stall() -> None:
+    state = PollState(started_at=0.0)
+    for t, p in ((2.0, 26), (3.0, 55), (4.59, 93), (4.85, 97), (5.10, 99), (5.35, 99)):
+        observe(state, t, task(p))
+    # 99 % for 0.25 s after 30 %/s on average and 8 %/s lately: the curve's last step,
+    # due any moment, not a stall to watch every watch_interval.
+    assert next_delay(POLICY, state, 5.35) < 0.5
+    stuck = PollState(started_at=0.0)
+    for t, p in ((2.0, 73), (2.74, 99), (3.0, 99)):
+        observe(stuck, t, task(p))
+    assert next_delay(POLICY, stuck, 3.0) == POLICY.watch_interval
+
+
 # -- scenario classes against the 1-s loop on the same tasks --------------------------------
 
 SCENARIOS = ["linear", "pending-15", "pending-30-60", "queue-2-10", "s-curve", "long-tail",
@@ -244,6 +257,7 @@ def test_no_scenario_is_worse_than_a_one_second_loop(profile: str) -> None:
     ("long-tail", 0.45, 0.35),
     ("minutes", 0.15, 0.65),
     ("steps-10", 0.75, 0.6),
+    ("s-curve", 0.95, 0.4),
 ])
 def test_scenarios_with_a_signal_cost_a_fraction_of_the_loop(
     profile: str, max_polls: float, max_lag: float
