@@ -356,13 +356,12 @@ def next_delay(policy: PollPolicy, state: PollState, now: float,
         delay = min(untrusted, max(lo, 0.5 * age))
         if estimate is not None:
             delay = min(delay, max(watch, 0.5 * (estimate[0] - state.started_at)))
-    elif max(estimate[0] if estimate else now, _shortest_end(state, stats) or now) > now:
-        # Rendering, no progress reported: nothing can be due before the earliest
-        # credible end the estimate (or this model's earlier tasks) gives.
-        earliest = max(estimate[0] if estimate else now, _shortest_end(state, stats) or now)
-        delay = min(untrusted, earliest - now)
     else:
-        delay = watch
+        # Rendering, no progress reported: nothing can be due before the earliest
+        # credible end the estimate (or this model's earlier tasks) gives; from then on,
+        # watch.
+        earliest = max(estimate[0] if estimate else now, _shortest_end(state, stats) or now)
+        delay = min(untrusted, earliest - now) if earliest > now else watch
     return min(hi, max(lo, delay))
 
 
@@ -373,18 +372,18 @@ _PRECISION = 0.25
 
 def _confident_delay(policy: PollPolicy, state: PollState, remaining: float, cap: float,
                      watch: float) -> float:
-    previous, last = state.first, state.last
-    assert previous is not None
+    first, last = state.first, state.last
+    assert first is not None
     assert last is not None
-    rise = last[1] - previous[1]
+    rise = last[1] - first[1]
     # Each reading is off by up to half a step: the rate, so the end, by this much.
     ahead = remaining + (state.seen_at or last[0]) - last[0]
     spread = max(0.0, ahead) * _step(state) / rise
     if remaining <= 0:
         # Just past the prediction and progress still moving: at this rate it ends no
         # later than this; a stall is handled by the caller.
-        latest = last[0] + (100 - last[1]) * (last[0] - previous[0]) / rise + spread
-        per_step = _step(state) * (last[0] - previous[0]) / rise
+        latest = last[0] + (100 - last[1]) * (last[0] - first[0]) / rise + spread
+        per_step = _step(state) * (last[0] - first[0]) / rise
         due = latest - (state.seen_at or last[0])
         return min(watch, max(policy.min_interval, due if due > 0 else per_step))
     if spread > _PRECISION:
