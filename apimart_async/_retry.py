@@ -22,6 +22,7 @@ from ._errors import (
     ServerError,
 )
 from ._models import finite_positive, whole_number
+from ._polling import backoff as capped_backoff
 
 __all__ = [
     "Decision",
@@ -94,7 +95,7 @@ GIVE_UP = Decision(False)
 
 def backoff(policy: RetryPolicy, attempt: int, rand: Callable[[], float] = random.random) -> float:
     """The wait before retry number `attempt` (1-based), capped and jittered."""
-    step = min(policy.max_delay, policy.initial_delay * 2.0 ** (attempt - 1))
+    step = capped_backoff(policy.initial_delay, attempt - 1, policy.max_delay)
     return float(step * (0.5 + 0.5 * rand()))
 
 

@@ -202,6 +202,7 @@ class Session:
         )
         self.stats.submissions += 1
         self._submitted_at[task_id] = self.clock.now()
+        self._get_poller().expect(task_id, request.model)
         if len(self._submitted_at) > _SUBMITTED_AT_LIMIT:
             del self._submitted_at[next(iter(self._submitted_at))]  # the oldest
         log.info("submitted task %s", task_id)
