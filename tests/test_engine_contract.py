@@ -92,11 +92,11 @@ async def test_watch_subscribes_on_entry_not_in_its_constructor(
     server = await make_server(EmulatorConfig(duration=(100, 200)))
     async with session_for(server) as s:
         sub = await s.submit(VideoRequest("x"))
+        poller = s._engine.poller  # submit already told it the task's model
         watch = s.watch([sub])
-        assert s._engine.poller_started is None  # nothing polled for a watch not used
+        assert poller.watched == 0  # nothing polled for a watch not used
         async with watch:
-            poller = s._engine.poller_started
-            assert poller is not None and poller.watched == 1
+            assert poller.watched == 1
         assert poller.watched == 0  # left: unsubscribed at once
 
 

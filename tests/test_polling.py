@@ -1,15 +1,32 @@
-"""The adaptive poll policy, driven by synthetic observations (pure)."""
+"""The adaptive poll policy, driven by synthetic observations (pure).
+
+Scenario tests poll tasks drawn from the emulator's timing profiles (the same pure
+progress model the emulator serves) and compare with a fixed 1-s loop on the same tasks.
+"""
 
 from __future__ import annotations
 
+import heapq
 import itertools
+import math
+import random
 
 import pytest
 
 from apimart_async import PollPolicy, Task, TaskStatus, ValidationError
-from apimart_async._core.polling import PollState, next_delay, observe, predict_completion
+from apimart_async._core.polling import (
+    ModelStats,
+    PollState,
+    backoff,
+    next_delay,
+    observe,
+    predict_completion,
+)
+from apimart_async.testing import PROFILES
+from apimart_async.testing._profiles import progress_at
 
-POLICY = PollPolicy(first_delay=2.0, min_interval=0.25, max_interval=30.0, margin=0.0)
+POLICY = PollPolicy()
+LATENCY = 0.02
 
 
 def task(progress: int, *, status: TaskStatus = TaskStatus.PROCESSING,
@@ -17,22 +34,97 @@ def task(progress: int, *, status: TaskStatus = TaskStatus.PROCESSING,
     return Task(id="t", status=status, progress=progress, estimated_time=estimate)
 
 
-def simulate(duration: float, estimate: float, *, queue: float = 0.0, progress: bool = True,
-             policy: PollPolicy = POLICY) -> tuple[int, float]:
-    """Poll a linear-progress task; return (polls, detection lag)."""
-    state = PollState(started_at=0.0)
-    now = 0.0
-    while True:
-        now += next_delay(policy, state, now)
-        if now >= duration:
-            return state.polls + 1, now - duration
-        if now < queue or not progress:
-            pct = 0
-        else:
-            pct = min(99, int(100 * (now - queue) / (duration - queue)))
-        observe(state, now, task(pct, estimate=estimate,
-                                 status=TaskStatus.PENDING if now < queue else TaskStatus.PROCESSING))
-        assert state.polls < 100, "runaway polling"
+def answer(plan: dict[str, object], t: float) -> Task:
+    """What the emulator answers for a task with `plan`, `t` seconds after submission."""
+    duration, queue = float(plan["duration"]), float(plan["queue_time"])  # type: ignore[arg-type]
+    estimate = max(1, round(float(plan["estimated_time"])))  # type: ignore[arg-type]
+    if t >= duration:
+        status = TaskStatus.COMPLETED if plan["outcome"] == "completed" else TaskStatus.FAILED
+        return task(100 if status is TaskStatus.COMPLETED else 0, status=status,
+                    estimate=estimate)
+    if t < queue:
+        return task(0, status=TaskStatus.PENDING, estimate=estimate)
+    fraction = (t - queue) / float(plan["render_time"])  # type: ignore[arg-type]
+    progress = progress_at(str(plan["progress_mode"]), fraction,
+                           stall_at=float(plan["stall_at"]),  # type: ignore[arg-type]
+                           step=int(plan["step"]))  # type: ignore[call-overload]
+    return task(progress, estimate=estimate)
+
+
+def draw(profile: str, n: int = 100, seed: int = 7) -> list[dict[str, object]]:
+    return [PROFILES[profile].draw(random.Random(f"{seed}:{profile}:{i}")) for i in range(n)]
+
+
+def p95(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[max(1, math.ceil(0.95 * len(ordered))) - 1]
+
+
+def run_sdk(plans: list[dict[str, object]], policy: PollPolicy = POLICY,
+            stats: ModelStats | None = None) -> tuple[list[int], list[float]]:
+    """Poll every task (all submitted at 0) in time order; learn into `stats` as they end."""
+    states = [PollState(started_at=0.0) for _ in plans]
+    heap = [(next_delay(policy, s, 0.0, stats), i) for i, s in enumerate(states)]
+    heapq.heapify(heap)
+    polls, lags = [0] * len(plans), [0.0] * len(plans)
+    while heap:
+        now, i = heapq.heappop(heap)
+        polls[i] += 1
+        assert polls[i] < 300, "runaway polling"
+        got = answer(plans[i], now)
+        if got.is_terminal:
+            lags[i] = now - float(plans[i]["duration"]) + LATENCY  # type: ignore[arg-type]
+            if stats is not None:
+                stats.learn(states[i], now, got)
+            continue
+        observe(states[i], now, got)
+        delay = next_delay(policy, states[i], now, stats)
+        assert policy.min_interval <= delay <= policy.max_interval
+        heapq.heappush(heap, (now + delay, i))
+    return polls, lags
+
+
+def run_loop(plans: list[dict[str, object]], interval: float = 1.0
+             ) -> tuple[list[int], list[float]]:
+    polls, lags = [], []
+    for plan in plans:
+        duration = float(plan["duration"])  # type: ignore[arg-type]
+        k = max(1, math.ceil(duration / interval - 1e-12))
+        polls.append(k)
+        lags.append(k * interval - duration + LATENCY)
+    return polls, lags
+
+
+def versus_loop(profile: str, **kw: object) -> tuple[float, float, float]:
+    """(polls, completion lag p95, failure lag p95) as ratios to the 1-s loop's."""
+    plans = draw(profile)
+    sdk, loop = run_sdk(plans, **kw), run_loop(plans)  # type: ignore[arg-type]
+    done = [i for i, p in enumerate(plans) if p["outcome"] == "completed"]
+    failed = [i for i, p in enumerate(plans) if p["outcome"] == "failed"]
+
+    def ratio(i: int, pick: list[int]) -> float:
+        if not pick:
+            return 0.0
+        return p95([sdk[i][k] for k in pick]) / p95([loop[i][k] for k in pick])
+
+    return sum(sdk[0]) / sum(loop[0]), ratio(1, done), ratio(1, failed)
+
+
+# -- the exponential: one capped function -----------------------------------------------
+
+
+def test_backoff_is_capped_for_any_number_of_misses() -> None:
+    assert backoff(0.25, 0, 30.0) == 0.25
+    assert backoff(0.25, 1, 30.0) == 0.5
+    assert backoff(0.25, 3, 30.0) == 2.0
+    # 2.0 ** 1100 overflows a float; the cap must hold long before.
+    for misses in (7, 100, 1_024, 1_100, 10**9):
+        assert backoff(0.25, misses, 30.0) == 30.0
+    delays = [backoff(0.25, m, 30.0) for m in range(2_100)]
+    assert all(a <= b for a, b in itertools.pairwise(delays))
+
+
+# -- single decisions ---------------------------------------------------------------------
 
 
 def test_first_poll_uses_first_delay() -> None:
@@ -41,52 +133,197 @@ def test_first_poll_uses_first_delay() -> None:
 
 def test_two_readings_give_a_confident_prediction() -> None:
     state = PollState(started_at=0.0)
-    observe(state, 2.0, task(20, estimate=60))
-    observe(state, 4.0, task(40, estimate=60))
+    observe(state, 2.0, task(21, estimate=60))
+    observe(state, 6.0, task(61, estimate=60))
     when, confident = predict_completion(state)  # type: ignore[misc]
-    assert confident and when == pytest.approx(10.0)
-    assert next_delay(POLICY, state, 4.0) == pytest.approx(6.0)
+    # 10 %/s; 61.5 % (the middle of the reported step) at 6 s: done at 9.85 s.
+    assert confident and when == pytest.approx(9.85)
+    # Just past it: the readings are 40 points apart, so the end is known within 0.1 s.
+    assert next_delay(POLICY, state, 6.0) == pytest.approx(3.85 * 1.02 + 3.85 / 40 / 2)
+    # Readings closer together leave the end vaguer: read again just before it.
+    close = PollState(started_at=0.0)
+    observe(close, 2.0, task(21))
+    observe(close, 3.0, task(31))
+    # 10 %/s, the end 6.85 s away, known within 6.85 / 10 points of rise.
+    assert next_delay(POLICY, close, 3.0) == pytest.approx(6.85 - 0.685)
 
 
-def test_one_reading_is_half_trusted() -> None:
+def test_rate_is_measured_from_when_last_seen_pending() -> None:
+    # Submitted at 0, pending until 3, then a 5-s render: 20 % at 4 s.
     state = PollState(started_at=0.0)
-    observe(state, 2.0, task(10, estimate=60))
+    observe(state, 2.0, task(0, status=TaskStatus.PENDING))
+    observe(state, 4.0, task(20))
     when, confident = predict_completion(state)  # type: ignore[misc]
-    assert not confident and when == pytest.approx(20.0)
-    assert next_delay(POLICY, state, 2.0) == pytest.approx(9.0)  # half-way
+    # From submission the rate would be 5 %/s and the end 19.5 s away; measured from
+    # the last pending answer (2 s) it is at most 11.8 s: the render began after it.
+    assert not confident and when == pytest.approx(2 + 2 * 100 / 20.5)
 
 
-@pytest.mark.parametrize(("duration", "estimate"), [(19, 60), (6, 6), (4, 8), (8, 4), (120, 30)])
-def test_linear_tasks_cost_few_polls_and_little_lag(duration: float, estimate: float) -> None:
-    polls, lag = simulate(duration, estimate, queue=0.2)
-    assert polls <= 5
-    assert lag <= max(0.5, 0.05 * duration)
-
-
-def test_estimate_far_too_long_is_caught_by_progress() -> None:
-    # The documented example: estimated 60 s, done in 19 s.
-    polls, lag = simulate(19, 60)
-    assert lag < 1.0 and polls <= 4
-
-
-def test_estimate_far_too_short_without_progress_backs_off_bounded() -> None:
+def test_one_reading_goes_half_way_to_the_earliest_credible_end() -> None:
     state = PollState(started_at=0.0)
-    now, delays = 0.0, []
-    for _ in range(12):
+    observe(state, 2.0, task(10))
+    # Progress alone says 2 / 0.105 = 19 s: half-way is 8.5 s off.
+    assert next_delay(POLICY, state, 2.0) == pytest.approx(2.0)  # ... but bounded by age
+    with_estimate = PollState(started_at=0.0)
+    observe(with_estimate, 2.0, task(10, estimate=6))
+    # The estimate (6 s) is the earlier credible end: half-way to it.
+    assert next_delay(POLICY, with_estimate, 2.0) == pytest.approx(2.0)
+    observe(with_estimate, 3.0, task(10, estimate=5))
+    close = PollState(started_at=0.0)
+    observe(close, 4.0, task(10, estimate=5))
+    assert next_delay(POLICY, close, 4.0) == pytest.approx(0.5)  # (5 - 4) / 2
+
+
+def test_untrusted_waits_are_bounded_by_the_tasks_age() -> None:
+    # An estimate of 10 minutes does not buy a 5-minute wait on a 3-s-old pending task.
+    pending = PollState(started_at=0.0)
+    observe(pending, 3.0, task(0, status=TaskStatus.PENDING, estimate=600))
+    assert next_delay(POLICY, pending, 3.0) <= 3.0
+    # One slow reading: half-way to its far end, but no more than the age so far.
+    slow = PollState(started_at=0.0)
+    observe(slow, 3.0, task(1, estimate=600))
+    assert next_delay(POLICY, slow, 3.0) <= 3.0
+
+
+def test_unchanged_progress_is_a_stall_with_age_proportional_backoff() -> None:
+    state = PollState(started_at=0.0)
+    observe(state, 2.0, task(50))
+    observe(state, 3.0, task(99))
+    now, delays = 3.0, []
+    for _ in range(40):
         delay = next_delay(POLICY, state, now)
         delays.append(delay)
         now += delay
-        observe(state, now, task(0, estimate=5))
-    # Up to the estimate, then exponential backoff that never exceeds max_interval.
-    tail = delays[3:]
-    assert all(b >= a for a, b in itertools.pairwise(tail))
-    assert max(delays) == POLICY.max_interval
-    assert tail[0] <= 1.0
+        observe(state, now, task(99))
+    stalled = delays[1:]
+    # Never a poll storm: at least the watch interval, and growing with the task's age.
+    assert min(stalled) >= POLICY.watch_interval
+    assert all(a <= b for a, b in itertools.pairwise(stalled))
+    assert stalled[-1] == pytest.approx(min(POLICY.max_interval, POLICY.age_fraction
+                                            * (now - stalled[-1])), rel=0.01)
+    assert now > 100 and len(delays) < 40 + 1
 
 
-def test_no_signal_at_all_backs_off() -> None:
-    polls, lag = simulate(100, estimate=0, progress=False)
-    assert polls <= 12 and lag <= POLICY.max_interval
+def test_coarse_steps_read_again_at_the_earliest_credible_end() -> None:
+    state = PollState(started_at=0.0)
+    observe(state, 2.0, task(30))
+    observe(state, 3.5, task(50))
+    # Steps of 10: 30-40 % and 50-60 %, so 6.7-20 %/s: the end is between 5.5 and 11 s.
+    delay = next_delay(POLICY, state, 3.5)
+    midpoint = 3.5 + (100 - 55) / (20 / 1.5) - 3.5
+    assert delay < midpoint - 1.0
+
+
+def test_progress_slowing_down_doubles_the_time_left() -> None:
+    state = PollState(started_at=0.0)
+    observe(state, 1.0, task(11))
+    observe(state, 2.0, task(41))
+    observe(state, 3.0, task(61))  # 30 %/s, then 20 %/s: slowing
+    when, confident = predict_completion(state)  # type: ignore[misc]
+    assert confident and when == pytest.approx(3.0 + 2 * 38.5 / 20)
+
+
+def test_an_s_curve_closing_in_on_100_is_not_a_stall() -> None:
+    state = PollState(started_at=0.0)
+    for t, p in ((2.0, 26), (3.0, 55), (4.59, 93), (4.85, 97), (5.10, 99), (5.35, 99)):
+        observe(state, t, task(p))
+    # 99 % for 0.25 s after 30 %/s on average and 8 %/s lately: the curve's last step,
+    # due any moment, not a stall to watch every watch_interval.
+    assert next_delay(POLICY, state, 5.35) < 0.5
+    stuck = PollState(started_at=0.0)
+    for t, p in ((2.0, 73), (2.74, 99), (3.0, 99)):
+        observe(stuck, t, task(p))
+    assert next_delay(POLICY, stuck, 3.0) == POLICY.watch_interval
+
+
+# -- scenario classes against the 1-s loop on the same tasks --------------------------------
+
+SCENARIOS = ["linear", "pending-15", "pending-30-60", "queue-2-10", "s-curve", "long-tail",
+             "stall-99", "no-progress", "fail-10", "minutes", "steps-10"]
+
+
+@pytest.mark.parametrize("profile", SCENARIOS)
+def test_no_scenario_is_worse_than_a_one_second_loop(profile: str) -> None:
+    polls, lag, _ = versus_loop(profile)
+    assert polls <= 1.05, f"{profile}: {polls:.2f} x the 1-s loop's polls"
+    assert lag <= 1.05, f"{profile}: {lag:.2f} x the 1-s loop's lag p95"
+
+
+@pytest.mark.parametrize(("profile", "max_polls", "max_lag"), [
+    ("linear", 0.5, 0.35),
+    ("pending-15", 0.5, 0.35),
+    ("pending-30-60", 0.5, 0.35),
+    ("queue-2-10", 0.6, 0.35),
+    ("long-tail", 0.45, 0.35),
+    ("minutes", 0.15, 0.65),
+    ("steps-10", 0.75, 0.6),
+    ("s-curve", 0.95, 0.4),
+])
+def test_scenarios_with_a_signal_cost_a_fraction_of_the_loop(
+    profile: str, max_polls: float, max_lag: float
+) -> None:
+    polls, lag, _ = versus_loop(profile)
+    assert polls <= max_polls and lag <= max_lag, (polls, lag)
+
+
+def test_a_model_failing_mid_run_is_watched_like_a_one_second_loop() -> None:
+    stats = ModelStats()
+    run_sdk(draw("fail-10", seed=1), stats=stats)  # earlier tasks of the session
+    assert stats.fails_mid_run
+    _, _, failure_lag = versus_loop("fail-10", stats=stats)
+    assert 0 < failure_lag <= 1.0
+
+
+# -- learning across the tasks of a session -----------------------------------------------
+
+
+def test_later_tasks_start_where_earlier_ones_say() -> None:
+    stats = ModelStats()
+    run_sdk(draw("minutes", n=30, seed=2), stats=stats)
+    first = next_delay(POLICY, PollState(started_at=0.0), 0.0, stats)
+    # 30-60 s tasks: the first poll comes well into the render, not after 2 s.
+    assert 9.0 <= first <= 20.0
+    cold = run_sdk(draw("minutes", n=50))[0]
+    warm = run_sdk(draw("minutes", n=50), stats=stats)[0]
+    assert sum(warm) < sum(cold)
+
+
+def test_learned_estimate_bias_places_the_watch() -> None:
+    # The estimate is always twice the real duration; no progress is reported.
+    stats = ModelStats()
+    for _ in range(10):
+        state = PollState(started_at=0.0)
+        observe(state, 1.0, task(0, estimate=20))
+        stats.learn(state, 10.0, task(100, status=TaskStatus.COMPLETED, estimate=20))
+    cold, warm = PollState(started_at=0.0), PollState(started_at=0.0)
+    for state in (cold, warm):
+        observe(state, 8.0, task(0, estimate=20))
+    # Untaught: nothing due before 60 % of the estimate (12 s); taught: before the
+    # learned ratio, 0.475 of it (9.5 s).
+    assert next_delay(POLICY, cold, 8.0) == pytest.approx(4.0)
+    assert next_delay(POLICY, warm, 8.0, stats) == pytest.approx(1.5)
+
+
+def test_a_stall_is_not_watched_before_the_models_tasks_usually_end() -> None:
+    stats = ModelStats()
+    for _ in range(10):
+        done = PollState(started_at=0.0)
+        stats.learn(done, 20.0, task(100, status=TaskStatus.COMPLETED))
+    state = PollState(started_at=0.0)
+    observe(state, 4.0, task(50))
+    observe(state, 5.0, task(99))
+    observe(state, 6.0, task(99))  # stuck at 99 % after 6 s; this model takes ~20 s
+    assert next_delay(POLICY, state, 6.0) == POLICY.watch_interval
+    assert next_delay(POLICY, state, 6.0, stats) == pytest.approx(6.0)  # bounded by age
+
+
+def test_learning_is_bounded() -> None:
+    stats = ModelStats()
+    state = PollState(started_at=0.0)
+    observe(state, 1.0, task(0, estimate=5))
+    for _ in range(5_000):
+        stats.learn(state, 6.0, task(100, status=TaskStatus.COMPLETED))
+    assert len(stats.durations) <= 256 and len(stats.ratios) <= 256
 
 
 def test_policy_bounds_are_validated() -> None:
@@ -94,3 +331,5 @@ def test_policy_bounds_are_validated() -> None:
         PollPolicy(min_interval=10, max_interval=5)
     with pytest.raises(ValidationError, match="first_delay"):
         PollPolicy(first_delay=0)
+    with pytest.raises(ValidationError, match="age_fraction"):
+        PollPolicy(age_fraction=2)

@@ -109,6 +109,11 @@ def build_parser() -> argparse.ArgumentParser:
     emu.add_argument("--speed", type=float, default=1.0,
                      help="run task time this many times faster than real time")
     emu.add_argument("--seed", type=int, default=0)
+    emu.add_argument("--profile", default="kind", type=_profile_name, metavar="PROFILE",
+                     help="task timing: kind (default), realistic, hostile, or a benchmark"
+                          " scenario such as s-curve or stall-99")
+    emu.add_argument("--model-profile", action="append", default=[], type=_model_profile,
+                     metavar="MODEL=PROFILE", help="a timing profile for one model (repeatable)")
 
     st = sub.add_parser("status", help="show a task's state")
     st.add_argument("task_id")
@@ -167,6 +172,30 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _profile_names() -> list[str]:
+    from ..testing import PROFILES
+
+    return sorted(PROFILES)
+
+
+def _profile_name(text: str) -> str:
+    if text not in _profile_names():
+        raise argparse.ArgumentTypeError(
+            f"expected one of {', '.join(_profile_names())}, got {text!r}"
+        )
+    return text
+
+
+def _model_profile(text: str) -> tuple[str, str]:
+    model, sep, profile = text.partition("=")
+    if not sep or not model or profile not in _profile_names():
+        raise argparse.ArgumentTypeError(
+            f"expected MODEL=PROFILE with PROFILE one of {', '.join(_profile_names())},"
+            f" got {text!r}"
+        )
+    return model, profile
+
+
 async def _run_emulator(args: argparse.Namespace) -> int:
     from ..testing import EmulatorConfig, EmulatorServer
 
@@ -184,6 +213,8 @@ async def _run_emulator(args: argparse.Namespace) -> int:
         poll_faults=args.poll_faults,
         download_faults=args.download_faults,
         seed=args.seed,
+        profile=args.profile,
+        profiles=dict(args.model_profile),
     )
     server = EmulatorServer(
         config, host=args.host, port=args.port, file_port=args.file_port,

@@ -148,7 +148,8 @@ class Task:
     """A task's state as last reported by ``GET /v1/tasks/{id}``.
 
     Times are Unix seconds as the server gave them; `raw_status` keeps the wire
-    string, which matters when `status` is `TaskStatus.UNKNOWN`.
+    string, which matters when `status` is `TaskStatus.UNKNOWN`; `model` is the model
+    the server names, if it does.
     """
 
     id: str
@@ -162,6 +163,7 @@ class Task:
     video_urls: tuple[str, ...] = ()
     expires_at: int | None = None
     error: TaskError | None = None
+    model: str | None = None
 
     @property
     def is_terminal(self) -> bool:

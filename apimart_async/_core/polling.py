@@ -1,20 +1,60 @@
 """When to poll a task next: a pure function of what was observed.
 
-The server gives two signals: `estimated_time` (often far off) and `progress`.
-Progress measured at two moments gives a rate, and the rate gives a completion time
-we can trust; a single reading or the estimate alone give one we only half trust,
-so we poll half-way to it to get a second reading. Once past a prediction without
-completion, the policy stops guessing and backs off, bounded by `max_interval`.
+The server gives two signals, both unreliable: `estimated_time` (often far off, and
+blind to the queue) and `progress` (an integer that may stay at 0, move along an
+s-curve, jump in coarse steps or sit at 99 %). The policy combines them:
+
+- Progress is measured from when the task was last seen without it (pending, or at
+  0 %), never from submission: time spent queued says nothing about the render.
+- Two readings of rising progress give a rate and a trusted completion time; one
+  reading, or the estimate alone, only an untrusted one, so the policy goes half-way
+  to the earliest such time to learn more. An untrusted wait never exceeds the task's
+  age, so a wrong guess costs a bounded share of the time already spent.
+- Progress that does not move is a stall, not fresh evidence: once a task may end at
+  any moment, it is polled every `watch_interval`, or a fraction of its age for long
+  tasks (never faster: no poll storm, never slower: bounded lag).
+- Readings are truncated integers (or coarse steps): the middle of each step is used.
+- What a session learns about a model's tasks (`ModelStats`: queue times, how the
+  estimate compares with the real duration, the spread of durations, failures part-way
+  through) places the first poll of later tasks and tightens the watch of a model
+  whose renders fail mid-run.
+
+Every exponential goes through `backoff`, which is capped for any number of misses.
 """
 
 from __future__ import annotations
+
+import math
+from collections import deque
 
 import attrs
 
 from .models import Task, TaskStatus
 from .validation import require_positive_or_none
 
-__all__ = ["PollPolicy", "PollState", "next_delay", "observe", "predict_completion"]
+__all__ = [
+    "ModelStats",
+    "PollPolicy",
+    "PollState",
+    "backoff",
+    "next_delay",
+    "observe",
+    "predict_completion",
+]
+
+# How far off the estimate may be before anything is learned (actual / estimated).
+_ESTIMATE_LOW, _ESTIMATE_HIGH = 0.6, 1.6
+# Samples kept per model: enough for stable quantiles, bounded memory per session.
+_SAMPLES = 256
+_MIN_SAMPLES = 5
+
+
+def backoff(base: float, misses: int, cap: float) -> float:
+    """``base * 2 ** misses``, capped at `cap`: safe for any number of misses (no overflow)."""
+    if misses <= 0:
+        return min(base, cap)
+    # 2**64 times any sane base is far above any cap; the exponent itself stays small.
+    return min(cap, base * 2.0 ** min(misses, 64))
 
 
 def _check(_: object, attribute: attrs.Attribute[float], value: float) -> None:
@@ -25,20 +65,35 @@ def _check_margin(_: object, attribute: attrs.Attribute[float], value: float) ->
     require_positive_or_none(attribute.name, value, allow_zero=True)
 
 
+def _check_fraction(_: object, attribute: attrs.Attribute[float], value: float) -> None:
+    require_positive_or_none(attribute.name, value)
+    if value > 1:
+        from .errors import ValidationError
+
+        raise ValidationError(attribute.name, f"must be <= 1, got {value!r}")
+
+
 @attrs.frozen(kw_only=True)
 class PollPolicy:
     """Bounds for the adaptive poller, in API seconds.
 
-    - `first_delay`: the first poll after submission, before anything is known.
+    - `first_delay`: the first poll after submission, before anything is known about
+      the task's model (later tasks of a model start from what earlier ones showed).
     - `min_interval`, `max_interval`: no two polls of a task closer or further apart.
     - `margin`: how far past a confident prediction to poll, as a fraction of the
       time still to go when the prediction was made (a little late beats a wasted poll).
+    - `watch_interval`: the longest gap between polls once a task may end at any moment
+      (past its predicted end, stalled, or rendering for a model seen failing mid-run);
+      the default matches a 1-s loop's worst case, less the time a request takes.
+    - `age_fraction`: for long tasks that gap grows to this fraction of the task's age.
     """
 
     first_delay: float = attrs.field(default=2.0, validator=_check)
     min_interval: float = attrs.field(default=0.25, validator=_check)
     max_interval: float = attrs.field(default=30.0, validator=_check)
     margin: float = attrs.field(default=0.02, validator=_check_margin)
+    watch_interval: float = attrs.field(default=0.95, validator=_check)
+    age_fraction: float = attrs.field(default=0.12, validator=_check_fraction)
 
     def __attrs_post_init__(self) -> None:
         if self.min_interval > self.max_interval:
@@ -49,18 +104,36 @@ class PollPolicy:
             )
 
 
+Reading = tuple[float, float]
+"""(time, progress as reported)."""
+
+
 @attrs.define
 class PollState:
     """What the poller has learned about one task (mutable; owned by one poller)."""
 
     started_at: float
     polls: int = 0
-    # (time, progress) of the first reading with progress > 0, and of the latest one.
-    first_progress: tuple[float, int] | None = None
-    last_progress: tuple[float, int] | None = None
+    # The last poll that saw no progress (pending, or 0 %): the render began after it.
+    zero_at: float | None = None
+    # Readings since then: the first, the one before the latest rise, the latest rise.
+    first: Reading | None = None
+    previous: Reading | None = None
+    last: Reading | None = None
+    # The rate between the two readings before the latest rise: is progress slowing?
+    rate_before: float | None = None
+    # How many distinct progress values were read.
+    readings: int = 0
+    # When the current progress value was first seen, and the time of the latest poll.
+    since: float | None = None
+    seen_at: float | None = None
+    progress: int = 0
+    # The progress step the server reports in (1, or e.g. 10 for coarse steps).
+    quantum: int = 0
     estimated_time: float | None = None
     last_status: TaskStatus | None = None
-    # Consecutive polls scheduled with no prediction ahead: the backoff exponent.
+    processing_seen: bool = False
+    # Consecutive failed polls: the exponent of `backoff`.
     misses: int = 0
 
 
@@ -68,51 +141,308 @@ def observe(state: PollState, now: float, task: Task) -> None:
     """Fold one poll's answer into `state`."""
     state.polls += 1
     state.last_status = task.status
+    state.misses = 0
     if task.estimated_time is not None and task.estimated_time > 0:
         state.estimated_time = float(task.estimated_time)
-    if task.progress > 0 and not task.is_terminal:
-        reading = (now, task.progress)
-        if state.first_progress is None:
-            state.first_progress = reading
-        elif task.progress > state.first_progress[1]:
-            state.last_progress = reading
+    if task.is_terminal:
+        return
+    state.seen_at = now
+    if task.status is TaskStatus.PROCESSING:
+        state.processing_seen = True
+    progress = task.progress
+    if progress <= 0:
+        if state.last is None:
+            state.zero_at = now
+        if state.since is None or state.progress != 0:
+            state.since = now
+        state.progress = 0
+        return
+    if progress != state.progress or state.since is None:
+        state.since = now
+    if progress < state.progress:
+        return  # progress never goes back; ignore a stale answer
+    state.quantum = math.gcd(state.quantum, progress)
+    if progress > state.progress:
+        state.readings += 1
+    reading = (now, float(progress))
+    if state.first is None:
+        state.first = state.last = reading
+    elif progress > state.progress:
+        if state.previous is not None and state.last is not None \
+                and state.last[1] - state.previous[1] >= _SLOWING_RISE:
+            state.rate_before = (state.last[1] - state.previous[1]) / (
+                state.last[0] - state.previous[0])
+        state.previous, state.last = state.last, reading
+    state.progress = progress
+
+
+def _render_start(state: PollState) -> float:
+    """The earliest the render can have begun: when last seen without progress."""
+    return state.zero_at if state.zero_at is not None else state.started_at
 
 
 def predict_completion(state: PollState) -> tuple[float, bool] | None:
-    """(predicted completion time, confident?) from the readings, or None."""
-    first, last = state.first_progress, state.last_progress
-    if first is not None and last is not None and last[0] > first[0]:
+    """(predicted completion time, confident?) from progress readings, or None.
+
+    Confident needs two readings of rising progress; the rate comes from the latest
+    two (an s-curve slows down near the end). With one reading the rate is measured
+    from when the task was last seen without progress: the latest plausible end.
+    """
+    last = state.last
+    if last is None:
+        return None
+    # A reported value stands for anywhere in its step: take the middle.
+    done = last[1] + _step(state) / 2
+    previous, first = state.previous, state.first
+    if previous is not None and first is not None and last[0] > previous[0] \
+            and last[1] > previous[1]:
+        rate = (last[1] - previous[1]) / (last[0] - previous[0])
+        if _slowing(state, rate):
+            # Slowing down, as an s-curve does near its end: progress that closes in on
+            # 100 along a parabola takes twice what the current rate says.
+            return last[0] + 2 * max(0.0, 100 - done) / rate, True
+        # Otherwise the widest span of readings gives the steadiest rate.
         rate = (last[1] - first[1]) / (last[0] - first[0])
-        if rate > 0:
-            return last[0] + (100 - last[1]) / rate, True
-    if first is not None and first[0] > state.started_at:
-        # One reading: assume progress ran from the start; time queued makes this late.
-        rate = first[1] / (first[0] - state.started_at)
-        return first[0] + (100 - first[1]) / rate, False
-    if state.estimated_time is not None:
-        return state.started_at + state.estimated_time, False
+        return last[0] + max(0.0, 100 - done) / rate, True
+    start = _render_start(state)
+    if last[0] > start:
+        rate = done / (last[0] - start)
+        return last[0] + max(0.0, 100 - done) / rate, False
     return None
 
 
-def next_delay(policy: PollPolicy, state: PollState, now: float) -> float:
-    """Seconds from `now` until the next poll of the task described by `state`."""
+# Rates over smaller rises are too coarse to tell an s-curve slowing down.
+_SLOWING_RISE = 5
+
+
+def _step(state: PollState) -> int:
+    """The step progress is reported in: 1, unless every reading so far is a multiple
+    of 10 (two readings at least) or 5 (three): one round number proves nothing."""
+    if state.readings >= 2 and state.quantum % 10 == 0:
+        return 10
+    if state.readings >= 3 and state.quantum % 5 == 0:
+        return 5
+    return 1
+
+
+@attrs.define
+class ModelStats:
+    """What a session learned about one model's tasks, from the tasks it saw end.
+
+    Bounded: the latest `_SAMPLES` of each measure. Pure bookkeeping; `learn` is called
+    by the poller with a task's final state.
+    """
+
+    ended: int = 0
+    failed_mid_run: int = 0
+    durations: deque[float] = attrs.field(factory=lambda: deque(maxlen=_SAMPLES))
+    queues: deque[float] = attrs.field(factory=lambda: deque(maxlen=_SAMPLES))
+    # actual duration / estimated_time, per task that had an estimate.
+    ratios: deque[float] = attrs.field(factory=lambda: deque(maxlen=_SAMPLES))
+
+    def learn(self, state: PollState, now: float, task: Task) -> None:
+        """Fold in a task that ended (`task` is its final answer, seen at `now`)."""
+        self.ended += 1
+        if task.status is TaskStatus.FAILED and (state.processing_seen or state.last):
+            self.failed_mid_run += 1
+            return
+        if task.status is not TaskStatus.COMPLETED:
+            return
+        # It ended between the previous poll and this one, usually just before this one
+        # (polls aim just past predicted ends); the middle of a long gap otherwise.
+        gap = now - state.seen_at if state.seen_at is not None else 0.0
+        end = now - 0.5 * min(1.0, gap)
+        duration = end - state.started_at
+        if duration <= 0:
+            return
+        self.durations.append(duration)
+        if state.estimated_time:
+            self.ratios.append(duration / state.estimated_time)
+        prediction = _start_from_readings(state)
+        if prediction is not None:
+            self.queues.append(max(0.0, prediction - state.started_at))
+
+    def quantile(self, which: str, q: float) -> float | None:
+        """The `q` quantile of `which` ('durations', 'queues' or 'ratios'), or None if few."""
+        values: deque[float] = getattr(self, which)
+        if len(values) < _MIN_SAMPLES:
+            return None
+        ordered = sorted(values)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+    @property
+    def fails_mid_run(self) -> bool:
+        """True once a task of this model failed after its render began."""
+        return self.failed_mid_run > 0
+
+
+def _start_from_readings(state: PollState) -> float | None:
+    first, last = state.first, state.last
+    if first is None or last is None or last[0] <= first[0] or last[1] <= first[1]:
+        return None
+    rate = (last[1] - first[1]) / (last[0] - first[0])
+    return max(_render_start(state), first[0] - first[1] / rate)
+
+
+def _first_delay(policy: PollPolicy, stats: ModelStats | None) -> float:
+    short = stats.quantile("durations", 0.1) if stats is not None else None
+    if stats is not None and stats.fails_mid_run:
+        # A render may fail at any point: start watching as early as a 1-s loop would.
+        return min(policy.watch_interval, short or policy.first_delay)
+    if short is None:
+        return policy.first_delay
+    queue = (stats.quantile("queues", 0.5) if stats is not None else None) or 0.0
+    # A first reading part-way into the shortest renders: early enough not to miss
+    # them, late enough for the reading to say something.
+    return max(0.4 * short, queue + 0.3 * max(0.0, short - queue))
+
+
+def next_delay(policy: PollPolicy, state: PollState, now: float,
+               stats: ModelStats | None = None) -> float:
+    """Seconds from `now` until the next poll of the task described by `state`.
+
+    `stats` is what the session learned about the task's model, if anything.
+    """
+    lo, hi = policy.min_interval, policy.max_interval
     if state.polls == 0:
-        return min(policy.max_interval, max(policy.min_interval, policy.first_delay))
-    prediction = predict_completion(state)
-    if prediction is None or prediction[0] <= now:
-        # Past the prediction, or none at all: bounded exponential backoff.
-        state.misses += 1
-        delay = policy.min_interval * 2.0**state.misses
+        return min(hi, max(lo, _first_delay(policy, stats)))
+    age = max(0.0, now - state.started_at)
+    # The gap once the task may end (or fail) at any moment.
+    watch = min(hi, max(policy.watch_interval, policy.age_fraction * age))
+    rendering = state.last_status is TaskStatus.PROCESSING
+    if rendering and stats is not None and stats.fails_mid_run:
+        # This model's renders fail part-way: see a failure as soon as a 1-s loop would.
+        watch = cap = policy.watch_interval
     else:
-        state.misses = 0
+        cap = hi
+    # Untrusted waits are bounded by the age of the task: a wrong guess costs a share
+    # of the time already spent, however far off the guess.
+    untrusted = min(cap, max(policy.watch_interval, age))
+
+    estimate = _estimate_window(state, stats)
+    prediction = predict_completion(state)
+    if prediction is not None:
         when, confident = prediction
-        remaining = when - now
-        if confident:
-            delay = remaining * (1 + policy.margin)
-        elif remaining >= 8 * policy.min_interval:
-            # Half-trusted: go half-way, to catch an estimate that is far too long
-            # and to get a second progress reading for a trusted rate.
-            delay = remaining / 2
+        if _stalled(state, now):
+            # Backoff in proportion to age, but a fresh stall (often the last step of a
+            # long render) is watched closely first; not before this model's tasks
+            # usually end, though.
+            assert state.since is not None
+            delay = min(watch, max(policy.watch_interval, now - state.since))
+            shortest = _shortest_end(state, stats)
+            if shortest is not None and shortest - now > delay:
+                delay = min(untrusted, shortest - now)
+        elif confident:
+            delay = _confident_delay(policy, state, when - now, cap, watch)
         else:
-            delay = remaining
-    return min(policy.max_interval, max(policy.min_interval, delay))
+            # One reading: half-way to the earliest plausible end, to get a second one
+            # (straight to it when it is no further off than a watch would be).
+            if estimate is not None and estimate[1] > now:
+                when = min(when, estimate[1])
+            remaining = when - now
+            if state.estimated_time is not None and state.last is not None:
+                # The render may have begun long after the task was last seen without
+                # progress; the estimate bounds what a render has left.
+                left = (1 - state.last[1] / 100) * state.estimated_time * _ratio(stats)
+                remaining = min(remaining, max(policy.min_interval, left))
+            if remaining <= 0:
+                delay = watch
+            elif remaining <= watch:
+                delay = remaining
+            else:
+                delay = min(untrusted, remaining / 2)
+    elif state.last_status is TaskStatus.PENDING or not state.processing_seen:
+        # Not started: nothing to catch until it renders; the estimate (if any) says
+        # roughly how long a render is, so the whole render is never skipped.
+        delay = min(untrusted, max(lo, 0.5 * age))
+        if estimate is not None:
+            delay = min(delay, max(watch, 0.5 * (estimate[0] - state.started_at)))
+    else:
+        # Rendering, no progress reported: nothing can be due before the earliest
+        # credible end the estimate (or this model's earlier tasks) gives; from then on,
+        # watch.
+        earliest = max(estimate[0] if estimate else now, _shortest_end(state, stats) or now)
+        delay = min(untrusted, earliest - now) if earliest > now else watch
+    return min(hi, max(lo, delay))
+
+
+# A confident prediction closer than this (API seconds) is polled just after it; a
+# vaguer one gets a poll just before it, whose reading makes the next one exact.
+_PRECISION = 0.25
+
+
+def _confident_delay(policy: PollPolicy, state: PollState, remaining: float, cap: float,
+                     watch: float) -> float:
+    first, last = state.first, state.last
+    assert first is not None
+    assert last is not None
+    rise = last[1] - first[1]
+    # Each reading is off by up to half a step: the rate, so the end, by this much.
+    ahead = remaining + (state.seen_at or last[0]) - last[0]
+    spread = max(0.0, ahead) * _step(state) / rise
+    if remaining <= 0:
+        # Just past the prediction and progress still moving: at this rate it ends no
+        # later than this; a stall is handled by the caller.
+        latest = last[0] + (100 - last[1]) * (last[0] - first[0]) / rise + spread
+        per_step = _step(state) * (last[0] - first[0]) / rise
+        due = latest - (state.seen_at or last[0])
+        return min(watch, max(policy.min_interval, due if due > 0 else per_step))
+    if spread > _PRECISION:
+        # Vague (coarse steps, or readings close together): read again at the earliest
+        # credible end; that reading makes the next prediction sharp.
+        return min(cap, max(policy.min_interval, remaining - spread))
+    return min(cap, remaining * (1 + policy.margin) + spread / 2)
+
+
+def _shortest_end(state: PollState, stats: ModelStats | None) -> float | None:
+    """When this model's tasks rarely end before (the 5th percentile of durations)."""
+    shortest = stats.quantile("durations", 0.05) if stats is not None else None
+    return state.started_at + shortest if shortest is not None else None
+
+
+def _ratio(stats: ModelStats | None) -> float:
+    """The typical actual / estimated duration for the model (1 until learned)."""
+    learned = stats.quantile("ratios", 0.5) if stats is not None else None
+    return learned if learned is not None else 1.0
+
+
+def _stalled(state: PollState, now: float) -> bool:
+    """Progress has not moved for longer than one reporting step should take."""
+    if state.since is None or state.since >= now or state.last is None:
+        return False
+    step = _step(state)
+    previous, last = state.previous, state.last
+    if previous is not None and last[0] > previous[0] and last[1] > previous[1]:
+        rate = (last[1] - previous[1]) / (last[0] - previous[0])
+        per_step = step / rate
+        first = state.first
+        if first is not None and _step(state) == 1 and last[0] > first[0] \
+                and rate < 0.5 * (last[1] - first[1]) / (last[0] - first[0]):
+            # Closing in on 100 along a curve (far slower now than on average): each
+            # step takes longer than the last, so unchanged progress is not a stall yet.
+            per_step *= 4
+        return now - state.since > per_step
+    return True
+
+
+def _slowing(state: PollState, rate: float) -> bool:
+    previous, last = state.previous, state.last
+    return (_step(state) == 1 and state.rate_before is not None
+            and previous is not None and last is not None
+            and last[1] - previous[1] >= _SLOWING_RISE and rate < 0.8 * state.rate_before)
+
+
+def _estimate_window(state: PollState, stats: ModelStats | None
+                     ) -> tuple[float, float, float] | None:
+    """(earliest credible, likely, latest credible) end times from `estimated_time`."""
+    if state.estimated_time is None:
+        return None
+    low, mid, high = _ESTIMATE_LOW, 1.0, _ESTIMATE_HIGH
+    if stats is not None:
+        learned = (stats.quantile("ratios", 0.05), stats.quantile("ratios", 0.5),
+                   stats.quantile("ratios", 0.95))
+        if learned[0] is not None and learned[1] is not None and learned[2] is not None:
+            low, mid, high = learned[0], learned[1], learned[2]
+    base = state.started_at
+    return (base + low * state.estimated_time, base + mid * state.estimated_time,
+            base + high * state.estimated_time)

@@ -21,6 +21,7 @@ from .errors import (
     RateLimitError,
     ServerError,
 )
+from .polling import backoff as capped_backoff
 from .validation import require_positive_or_none, require_whole_number
 
 __all__ = [
@@ -76,7 +77,7 @@ GIVE_UP = Decision(False)
 
 def backoff(policy: RetryPolicy, attempt: int, rand: Callable[[], float] = random.random) -> float:
     """The wait before retry number `attempt` (1-based), capped and jittered."""
-    step = min(policy.max_delay, policy.initial_delay * 2.0 ** (attempt - 1))
+    step = capped_backoff(policy.initial_delay, attempt - 1, policy.max_delay)
     return float(step * (0.5 + 0.5 * rand()))
 
 

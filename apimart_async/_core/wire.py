@@ -124,6 +124,7 @@ class _WireTask:
     actual_time: float | None = None
     result: _WireResult | None = None
     error: _WireError | None = None
+    model: str | None = None
 
 
 @attrs.frozen
@@ -331,6 +332,7 @@ def task_from_data(data: Any) -> Task:
         video_urls=urls,
         expires_at=min(expiries) if expiries else None,
         error=TaskError(code=wire.error.code, message=wire.error.message) if wire.error else None,
+        model=wire.model,
     )
 
 

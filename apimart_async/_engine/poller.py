@@ -20,7 +20,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from .._core.errors import APIMartError, APIStatusError, ValidationError
 from .._core.events import TaskUpdate
 from .._core.models import Task, TaskStatus
-from .._core.polling import PollPolicy, PollState, next_delay, observe
+from .._core.polling import ModelStats, PollPolicy, PollState, backoff, next_delay, observe
 from .._io.clock import Clock
 
 __all__ = ["Poller", "Subscriber"]
@@ -32,14 +32,23 @@ Subscriber = Callable[[TaskUpdate], None]
 ``alive`` attribute that reads False is dropped before the task's next poll."""
 
 
-class _Entry:
-    __slots__ = ("generation", "last", "scope", "state", "subscribers", "task_id")
+# What is learned is kept for this many models per session (the oldest is forgotten).
+_MODELS = 64
+# Models of submitted tasks not watched yet, kept for at most this many tasks.
+_EXPECTED = 100_000
 
-    def __init__(self, task_id: str, state: PollState) -> None:
+
+class _Entry:
+    __slots__ = ("due", "generation", "last", "model", "scope", "state", "subscribers",
+                 "task_id")
+
+    def __init__(self, task_id: str, state: PollState, model: str | None = None) -> None:
         self.task_id = task_id
+        self.model = model
         self.state = state
         self.subscribers: set[Subscriber] = set()
         self.generation = 0
+        self.due = 0.0
         self.last: Task | None = None
         self.scope: anyio.CancelScope | None = None
 
@@ -68,6 +77,10 @@ class Poller:
         self._clock = clock
         self._workers = workers
         self._entries: dict[str, _Entry] = {}
+        # Learned per model across this session's tasks; "" pools every model, for
+        # tasks whose model is not known yet (before their first answer).
+        self._stats: dict[str, ModelStats] = {}
+        self._expected: dict[str, str] = {}
         self._heap: list[tuple[float, int, str, int]] = []
         self._seq = itertools.count()
         self._wakeup = anyio.Event()
@@ -83,6 +96,18 @@ class Poller:
         """Run in `tg` (the session's task group) once there is something to poll."""
         self._tg = tg
 
+    def expect(self, task_id: str, model: str) -> None:
+        """This session submitted `task_id` for `model`: its first poll can use what the
+        session learned about that model."""
+        self._expected[task_id] = model
+        if len(self._expected) > _EXPECTED:
+            del self._expected[next(iter(self._expected))]  # the oldest
+
+    def _stats_for(self, model: str | None) -> ModelStats | None:
+        if model is None:
+            return self._first_stats()
+        return self._stats.get(model)
+
     def subscribe(self, subscriber: Subscriber, task_id: str, *, started_at: float | None) -> None:
         """Deliver `task_id`'s updates to `subscriber`.
 
@@ -92,11 +117,13 @@ class Poller:
         entry = self._entries.get(task_id)
         if entry is None:
             now = self._clock.now()
+            model = self._expected.pop(task_id, None)
             if started_at is None:
-                entry, due = _Entry(task_id, PollState(started_at=now)), now  # poll at once
+                entry, due = _Entry(task_id, PollState(started_at=now), model), now  # at once
             else:
-                entry = _Entry(task_id, PollState(started_at=started_at))
-                due = started_at + self._policy.first_delay
+                entry = _Entry(task_id, PollState(started_at=started_at), model)
+                due = started_at + next_delay(self._policy, entry.state, started_at,
+                                              self._stats_for(model))
             self._entries[task_id] = entry
             self._push(entry, due)
         elif entry.last is not None:
@@ -132,6 +159,7 @@ class Poller:
 
     def _push(self, entry: _Entry, due: float) -> None:
         entry.generation += 1
+        entry.due = due
         heapq.heappush(self._heap, (due, next(self._seq), entry.task_id, entry.generation))
         if self._heap[0][2] == entry.task_id:
             self._wakeup.set()
@@ -198,20 +226,54 @@ class Poller:
             log.info("poll of %s failed (%s); trying again later", entry.task_id,
                      type(result).__name__)
             entry.state.misses += 1
-            delay = min(self._policy.max_interval,
-                        self._policy.min_interval * 2.0**entry.state.misses)
+            delay = backoff(self._policy.min_interval, entry.state.misses,
+                            self._policy.max_interval)
             self._push(entry, now + delay)
             return
         previous, entry.last = entry.last, result
         observe(entry.state, now, result)
         if result.is_terminal:
+            self._learn(entry, now, result)
             self._finish(entry, _update(result))
             return
         if previous is None or (previous.status, previous.progress) != (
             result.status, result.progress
         ):
             self._deliver(entry, _update(result))
-        self._push(entry, now + next_delay(self._policy, entry.state, now))
+        if result.model:
+            entry.model = result.model
+        stats = self._stats.get(entry.model or "")
+        self._push(entry, now + next_delay(self._policy, entry.state, now, stats))
+
+    def _first_stats(self) -> ModelStats | None:
+        """What places a new task's first poll, before its model is known: the session's
+        tasks so far if they were all of one model (another model's timing says nothing)."""
+        return self._stats.get("") if len(self._stats) <= 2 else None
+
+    def _learn(self, entry: _Entry, now: float, task: Task) -> None:
+        """Fold a task's end into what the session knows about its model."""
+        model = task.model or entry.model or ""
+        stats = self._stats.get(model)
+        if stats is None:
+            if len(self._stats) >= _MODELS:
+                del self._stats[next(k for k in self._stats if k)]
+            stats = self._stats[model] = ModelStats()
+        warned = stats.fails_mid_run
+        stats.learn(entry.state, now, task)
+        if model:
+            self._stats.setdefault("", ModelStats()).learn(entry.state, now, task)
+        if stats.fails_mid_run and not warned:
+            self._tighten(model, now)
+
+    def _tighten(self, model: str, now: float) -> None:
+        """A render of `model` failed part-way: bring its rendering tasks' polls forward."""
+        due = now + self._policy.watch_interval
+        for entry in self._entries.values():
+            last = entry.last
+            if (last is not None and (entry.model or "") == model
+                    and last.status is TaskStatus.PROCESSING and entry.due > due
+                    and entry.scope is None):
+                self._push(entry, due)
 
     def _deliver(self, entry: _Entry, update: TaskUpdate) -> None:
         for subscriber in list(entry.subscribers):

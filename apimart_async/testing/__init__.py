@@ -21,6 +21,7 @@ from ._emulator import (
     video_bytes,
 )
 from ._process import emulator_process
+from ._profiles import PRESETS, PROFILES, ProgressMode, TimingProfile
 from ._server import EmulatorServer
 
 __all__ = [
@@ -30,7 +31,11 @@ __all__ = [
     "EmulatorServer",
     "EmulatorStats",
     "Fault",
+    "PRESETS",
+    "PROFILES",
+    "ProgressMode",
     "TaskPlan",
+    "TimingProfile",
     "emulator_process",
     "is_testing",
     "set_testing",

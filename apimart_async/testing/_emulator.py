@@ -26,6 +26,7 @@ import attrs
 from aiohttp import web
 
 from .._io.clock import Clock
+from ._profiles import TimingProfile, progress_at, resolve_profile
 
 __all__ = ["Emulator", "EmulatorConfig", "EmulatorStats", "Fault", "Route", "TaskPlan"]
 
@@ -35,7 +36,13 @@ Outcome = Literal["completed", "failed", "cancelled"]
 
 @attrs.frozen(kw_only=True)
 class TaskPlan:
-    """How one emulated task behaves, in API seconds from its creation."""
+    """How one emulated task behaves, in API seconds from its creation.
+
+    The task is ``pending`` for `queue_time`, then renders until `duration`, when it
+    ends with `outcome`. Progress runs over `render_time` (default: the time from the
+    queue's end to `duration`; longer when the task fails mid-run) in `progress_mode`
+    (see `ProgressMode`; `report_progress=False` is mode ``none``).
+    """
 
     duration: float = 6.0
     queue_time: float = 0.0
@@ -45,6 +52,10 @@ class TaskPlan:
     error_message: str = "The prompt was rejected by content moderation"
     report_progress: bool = True
     size: int = 64 * 1024
+    render_time: float | None = None
+    progress_mode: str = "linear"
+    stall_at: float = 0.5
+    step: int = 10
 
 
 Planner = Callable[[Mapping[str, Any], int], TaskPlan]
@@ -134,6 +145,15 @@ def _unit(_: object, attribute: attrs.Attribute[float], value: float) -> None:
         raise ValueError(f"{attribute.name} must be between 0 and 1, got {value!r}")
 
 
+def _profile(_: object, __: object, value: str | TimingProfile) -> None:
+    resolve_profile(value)
+
+
+def _profiles(_: object, __: object, value: Mapping[str, str | TimingProfile]) -> None:
+    for profile in value.values():
+        resolve_profile(profile)
+
+
 @attrs.frozen(kw_only=True)
 class EmulatorConfig:
     """Knobs for the emulator. Durations are API seconds (see `Clock`); latency is real time.
@@ -150,6 +170,10 @@ class EmulatorConfig:
     - `submit_faults`, `poll_faults`, `download_faults`: probabilities of a random fault
       on each such request (429/503 on submission; 5xx, reset or HTML on polling; a cut
       download), drawn from a generator seeded with `seed`.
+    - `profile`: how tasks are timed: a `TimingProfile` or a name (``kind``, the default,
+      uses `duration`, `queue_time`, `estimate_error` and `fail_rate` above; ``realistic``,
+      ``hostile`` and the benchmark scenarios are in `PROFILES`). `profiles` chooses
+      one per model (the request's ``model``), falling back to `profile`.
     - `planner`: decides each task's `TaskPlan` from its body and index instead.
     """
 
@@ -169,6 +193,8 @@ class EmulatorConfig:
     poll_faults: float = attrs.field(default=0.0, validator=_unit)
     download_faults: float = attrs.field(default=0.0, validator=_unit)
     seed: int = 0
+    profile: str | TimingProfile = attrs.field(default="kind", validator=_profile)
+    profiles: Mapping[str, str | TimingProfile] = attrs.field(factory=dict, validator=_profiles)
     planner: Planner | None = None
 
 
@@ -252,6 +278,7 @@ class Emulator:
         self._bucket = float(self._burst)
         self._bucket_at = time.monotonic()
         self._videos: dict[str, bytes] = {}
+        self._per_model: Counter[str] = Counter()
 
     # -- controls ---------------------------------------------------------------------
 
@@ -293,6 +320,15 @@ class Emulator:
     def _plan(self, body: Mapping[str, Any], index: int) -> TaskPlan:
         if self.config.planner is not None:
             return self.config.planner(body, index)
+        model = str(body.get("model", ""))
+        profile = self.config.profiles.get(model, self.config.profile)
+        if profile != "kind":
+            # Seeded per model and per task of that model: the same submissions get the
+            # same timings whatever else the emulator is serving.
+            nth = self._per_model[model]
+            self._per_model[model] += 1
+            draw = resolve_profile(profile).draw(random.Random(f"{self.config.seed}:{model}:{nth}"))
+            return TaskPlan(size=self.config.video_size, **draw)
         rng = random.Random(f"{self.config.seed}:{index}")
         duration = rng.uniform(*self.config.duration)
         queue = min(rng.uniform(*self.config.queue_time), duration / 2)
@@ -317,8 +353,12 @@ class Emulator:
             return "pending", 0
         if not plan.report_progress:
             return "processing", 0
-        span = max(plan.duration - plan.queue_time, 1e-9)
-        return "processing", min(99, int(100 * (elapsed - plan.queue_time) / span))
+        render = plan.render_time
+        if render is None:
+            render = plan.duration - plan.queue_time
+        fraction = (elapsed - plan.queue_time) / max(render, 1e-9)
+        return "processing", progress_at(plan.progress_mode, fraction, stall_at=plan.stall_at,
+                                         step=plan.step)
 
     def task_data(self, task: _Task) -> dict[str, Any]:
         """The ``data`` object of ``GET /v1/tasks/{id}`` for `task`."""

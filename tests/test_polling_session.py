@@ -1,0 +1,72 @@
+"""The poller inside a session: failed polls back off (capped) and it learns per model."""
+
+from __future__ import annotations
+
+import anyio
+import pytest
+
+from apimart_async import PollPolicy, RetryPolicy, TaskStatus, VideoRequest
+from apimart_async.testing import EmulatorConfig, Fault, TaskPlan
+
+from .conftest import MakeServer, session_for
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_a_session_survives_thousands_of_consecutive_failed_polls(
+    make_server: MakeServer,
+) -> None:
+    # 2**1024 overflows a float: an uncapped backoff dies at the 1,024th miss. Tiny
+    # intervals on a fast clock make 2,100 misses take a few real seconds, no sleeps.
+    server = await make_server(speed=1000)
+    misses = 2_100
+    server.emulator.inject("task", *[Fault.http(503)] * misses)
+    policy = PollPolicy(first_delay=0.001, min_interval=0.001, max_interval=0.002)
+    async with session_for(server, poll=policy, retry=RetryPolicy(max_attempts=1)) as s:
+        sub = await s.submit(VideoRequest("x"))
+        with anyio.fail_after(60):
+            finals = [u async for u in s.watch([sub]) if u.final]
+    assert server.emulator.pending_faults("task") == 0
+    assert sum(server.stats.faults_injected.values()) == misses
+    assert [u.status for u in finals] == [TaskStatus.COMPLETED]
+
+
+async def test_a_failure_mid_run_tightens_the_watch_of_that_model(
+    make_server: MakeServer,
+) -> None:
+    # Once the session has seen a render of a model fail part-way, its later tasks are
+    # polled at least every watch_interval while they render, like a 1-s loop.
+    server = await make_server(EmulatorConfig(profiles={"flaky": "minutes"}), speed=100)
+    async with session_for(server) as s:
+        bad = await s.submit(VideoRequest("bad", model="flaky"))
+        server.emulator.tasks[bad.task_id].plan = TaskPlan(
+            duration=10.0, queue_time=0.0, render_time=40.0, outcome="failed",
+        )
+        assert [u.status async for u in s.watch([bad]) if u.final] == [TaskStatus.FAILED]
+        steady = await s.submit(VideoRequest("steady", model="other"))
+        subs = [await s.submit(VideoRequest(f"{i}", model="flaky")) for i in range(3)]
+        async for _ in s.watch([steady, *subs]):
+            pass
+    polls = [server.stats.polls[sub.task_id] for sub in subs]
+    # 30-60 s renders polled every ~0.95 s of API time: dozens of polls each ...
+    assert min(polls) >= 20, polls
+    # ... while a model never seen failing gets a handful.
+    assert server.stats.polls[steady.task_id] <= 8
+
+
+async def test_the_first_poll_of_a_later_task_lands_where_its_model_says(
+    make_server: MakeServer,
+) -> None:
+    server = await make_server(EmulatorConfig(profiles={"long": "minutes"}), speed=200)
+    async with session_for(server) as s:
+        first = [await s.submit(VideoRequest(f"{i}", model="long")) for i in range(6)]
+        other = await s.submit(VideoRequest("x", model="quick"))
+        async for _ in s.watch([*first, other]):
+            pass
+        later = await s.submit(VideoRequest("later", model="long"))
+        async with s.watch([later]) as updates:
+            entry = s._engine.poller._entries[later.task_id]
+            # 30-60 s tasks: not after the default 2 s, but well into the render.
+            assert entry.due - entry.state.started_at >= 8.0
+            async for _ in updates:
+                pass
