@@ -9,6 +9,7 @@ import sqlite3
 from pathlib import Path
 
 import aiohttp
+import anyio
 import pytest
 
 from apimart_async import (
@@ -162,3 +163,22 @@ def test_nothing_but_the_facade_and_the_cli_imports_session() -> None:
     users = {str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py")
              if any("_session" in line for line in _imports(p))}
     assert users == {"__init__.py", "_cli/main.py"}
+
+
+# -- time is injected: every retry wait goes through the session's clock --------------------
+
+
+async def test_retry_and_resume_waits_go_through_the_clock(
+    server: EmulatorServer, tmp_path: Path
+) -> None:
+    # A minute of backoff per retry, were the waits real; under set_testing the clock
+    # makes each one zero, so the whole thing takes well under a second.
+    slow = RetryPolicy(initial_delay=60.0, max_delay=60.0, max_attempts=4)
+    server.emulator.inject("submit", Fault.http(503), Fault.http(503))
+    server.emulator.inject("task", Fault.http(500))
+    server.emulator.inject("download", Fault.reset(), Fault.reset())
+    with anyio.fail_after(10):
+        async with session_for(server, retry=slow) as s:
+            task = await s.wait(await s.submit(VideoRequest("x")))
+            result = await s.download(task, tmp_path)
+    assert result.size > 0 and s.stats.retries >= 3
