@@ -182,3 +182,10 @@ async def test_retry_and_resume_waits_go_through_the_clock(
             task = await s.wait(await s.submit(VideoRequest("x")))
             result = await s.download(task, tmp_path)
     assert result.size > 0 and s.stats.retries >= 3
+
+
+def test_timeout_download_idle_keeps_its_old_name_read() -> None:
+    assert Timeout(read=5.0) == Timeout(download_idle=5.0)
+    assert Timeout(download_idle=5.0).read == 5.0 and Timeout().download_idle == 30.0
+    with pytest.raises(ValueError, match="download_idle"):
+        Timeout(read=-1.0)

@@ -24,19 +24,40 @@ def _opt_positive(_: object, attribute: attrs.Attribute[Any], value: float | Non
     require_positive_or_none(attribute.name, value)
 
 
-@attrs.frozen(kw_only=True)
+_UNSET: Any = object()
+
+
+@attrs.frozen(kw_only=True, init=False)
 class Timeout:
     """Per-request time limits in seconds; None means no limit.
 
     - `total`: one whole API request, answer included. Retries each get a fresh budget.
     - `connect`: getting a connection (pool wait, DNS and TCP/TLS set-up).
-    - `read`: the longest silence while a video download streams (downloads have no
-      total limit; API answers are small and bounded by `total`).
+    - `download_idle`: the longest silence while a video download streams (downloads
+      have no total limit; API answers are small and bounded by `total`). Its old name,
+      `read`, is still accepted and readable.
     """
 
     total: float | None = attrs.field(default=60.0, validator=_opt_positive)
     connect: float | None = attrs.field(default=10.0, validator=_opt_positive)
-    read: float | None = attrs.field(default=30.0, validator=_opt_positive)
+    download_idle: float | None = attrs.field(default=30.0, validator=_opt_positive)
+
+    def __init__(
+        self,
+        *,
+        total: float | None = 60.0,
+        connect: float | None = 10.0,
+        download_idle: float | None = 30.0,
+        read: float | None = _UNSET,
+    ) -> None:
+        if read is not _UNSET:
+            download_idle = read
+        self.__attrs_init__(total=total, connect=connect, download_idle=download_idle)
+
+    @property
+    def read(self) -> float | None:
+        """The old name of `download_idle` (it never bounded reading API answers)."""
+        return self.download_idle
 
 
 class ApiKey:
