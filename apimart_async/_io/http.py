@@ -73,7 +73,9 @@ def _api_timeout(timeout: Timeout) -> aiohttp.ClientTimeout:
 
 
 def _stream_timeout(timeout: Timeout) -> aiohttp.ClientTimeout:
-    return aiohttp.ClientTimeout(total=None, connect=timeout.connect, sock_read=timeout.download_idle)
+    return aiohttp.ClientTimeout(
+        total=None, connect=timeout.connect, sock_read=timeout.download_idle
+    )
 
 
 class Http:
