@@ -98,6 +98,8 @@ BAD_JSONL = [
     ('{"prompt": "a", "duration": ' + "9" * 5001 + "}", "duration: integer out of range"),
     ('{"prompt": "a", "extra": {"seed": 18446744073709551616}}',
      "extra['seed']: integer out of range"),
+    ('{"prompt": "a", "extra": {"seed": -9007199254740992}}',  # -(2**53)
+     "extra['seed']: integer out of range"),
     ('{"prompt": "a", "extra": {"cfg": NaN}}', "extra['cfg']: not a finite number"),
     ('{"prompt": "a", "extra": {"cfg": 1e400}}', "extra['cfg']: not a finite number"),
     ('{"prompt": "a", "extra": {"x": ' + "[" * 100_000 + "]" * 100_000 + "}}",
@@ -119,6 +121,8 @@ BAD_JSONL = [
     ('{"prompt": "a", "image_urls": ["https://x.test/a\\u0000.png"]}',
      "image_urls[0]: control character U+0000"),
     ('{"prompt": "a\\ud800"}', "prompt: lone surrogate U+D800"),
+    ('{"prompt": "a", "\\u001b[2J": 1}', "'\\x1b[2J': control character U+001B"),
+    ('{"prompt": "a", "extra": {"k\\u0000": 1}}', "extra['k\\x00']: control character U+0000"),
 ]
 
 BAD_TXT = [
@@ -142,6 +146,7 @@ async def test_bad_jsonl_line_is_named_exit_2_nothing_sent(
                                  "--base-url", server.base_url)
     assert status == 2 and out == ""
     assert "Traceback" not in err and "RecursionError" not in err
+    assert "\x1b" not in err and "\x00" not in err  # never echoed to the terminal
     assert f"{path}:2: {problem}" in err, err[:500]
     assert len(err) < 2000  # the value is quoted briefly, never echoed whole
     assert sum(server.stats.requests.values()) == 0
