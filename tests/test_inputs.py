@@ -256,3 +256,15 @@ def test_duplicate_lines_are_listed_by_the_reader(tmp_path: Path) -> None:
     assert len(batch.items) == 5
     assert batch.duplicates == ((3, 1), (4, 2), (5, 1))
     assert [item.request.prompt for item in batch.unique_items()] == ["a", "b"]
+
+
+def test_duplicate_notices_name_20_then_count(tmp_path: Path) -> None:
+    from apimart_async._inputs import read_batch
+
+    path = tmp_path / "p.txt"
+    path.write_text("a\n" * 26)
+    notices = read_batch(path).duplicate_notices(skipping=True)
+    assert len(notices) == 21
+    assert notices[0] == f"{path}:2: same request as line 1: skipped (--skip-duplicates)"
+    assert notices[19].startswith(f"{path}:21: ")
+    assert notices[20] == "... and 5 more repeated requests"
