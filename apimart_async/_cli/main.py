@@ -131,6 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="journal file (default: DIR/.apimart-journal.sqlite3)")
     bt.add_argument("--resubmit-ambiguous", action="store_true",
                     help="resubmit items a crash left mid-submission (they may be billed twice)")
+    bt.add_argument("--skip-duplicates", action="store_true",
+                    help="send a request repeated in the file once (default: each line is a "
+                         "video of its own, billed, and the repeats are listed before sending)")
 
     gen = sub.add_parser("generate", help="generate one video and download it")
     gen.add_argument("prompt")
@@ -383,9 +386,12 @@ def _defaults(args: argparse.Namespace) -> dict[str, Any]:
 
 
 async def _run_batch(args: argparse.Namespace) -> int:
-    from .._batch.inputs import read_batch_file
+    from .._batch.inputs import read_batch
 
-    items = read_batch_file(args.file, _defaults(args))
+    batch = read_batch(args.file, _defaults(args))
+    for notice in batch.duplicate_notices(skipping=args.skip_duplicates):
+        print(notice, file=sys.stderr)
+    items = batch.unique_items() if args.skip_duplicates else list(batch.items)
     return await _batch(args, items, base_url=args.base_url, api_key=args.api_key,
                         journal=args.journal, resubmit_ambiguous=args.resubmit_ambiguous)
 

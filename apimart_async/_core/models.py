@@ -79,8 +79,13 @@ def _check_aspect_ratio(_: object, __: object, value: Any) -> None:
 
 
 def _image_urls(value: object) -> tuple[str, ...]:
-    if isinstance(value, str) or not isinstance(value, Iterable):
+    if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
         raise ValidationError("image_urls", "must be a list of URLs, not a single value")
+    if isinstance(value, (Mapping, set, frozenset)):
+        # A mapping would silently become its keys, a set an arbitrary order.
+        raise ValidationError(
+            "image_urls", f"must be a list of URLs, not a {type(value).__name__}"
+        )
     return tuple(check_http_url(f"image_urls[{i}]", url) for i, url in enumerate(value))
 
 
