@@ -13,17 +13,14 @@
 
 from .._clock import Clock
 from .._retry import is_testing, set_testing
-from ._emulator import (
-    Emulator,
-    EmulatorConfig,
-    EmulatorStats,
-    Fault,
-    TaskPlan,
-    video_bytes,
-)
+from ._config import EmulatorConfig
+from ._emulator import Emulator
+from ._faults import Fault
 from ._process import emulator_process
 from ._profiles import PRESETS, PROFILES, ProgressMode, TimingProfile
 from ._server import EmulatorServer
+from ._stats import EmulatorStats
+from ._tasks import TaskPlan, video_bytes
 
 __all__ = [
     "Clock",
