@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 from aiohttp import web
 
 from ._faults import Fault
-from ._stats import EmulatorStats
+from ._stats import EmulatorStats, RequestRecord
 
 if TYPE_CHECKING:
     from ._emulator import Emulator
@@ -28,6 +28,10 @@ if TYPE_CHECKING:
 __all__ = ["STATS_PATH", "api_app", "file_app"]
 
 STATS_PATH = "/_emulator/stats"
+
+# Per-request notes from the handlers for the request log.
+_FAULT: web.RequestKey[Fault | None] = web.RequestKey("apimart_emulator_fault")
+_DROPPED: web.RequestKey[bool] = web.RequestKey("apimart_emulator_dropped", bool)
 
 _HTML_PAGE = (
     b"<!DOCTYPE html><html><head><title>502 Bad Gateway</title></head>"
@@ -51,9 +55,10 @@ _REASONS = {
 def api_app(emulator: Emulator) -> web.Application:
     """The API host: ``POST /v1/videos/generations`` and ``GET /v1/tasks/{id}``."""
     host = _ApiHost(emulator)
-    app = web.Application(middlewares=[host.middleware])
-    app.router.add_post("/v1/videos/generations", host.submit)
-    app.router.add_get("/v1/tasks/{task_id}", host.get_task)
+    # The log is outermost: it sees the 401s and 429s the host's middleware answers.
+    app = web.Application(middlewares=[_request_logger(emulator), host.middleware])
+    app.router.add_post("/v1/videos/generations", host.submit, name="submit")
+    app.router.add_get("/v1/tasks/{task_id}", host.get_task, name="task")
     app.router.add_get(STATS_PATH, host.stats)
     app.router.add_post(STATS_PATH + "/reset", host.reset_stats)
     return app
@@ -62,9 +67,42 @@ def api_app(emulator: Emulator) -> web.Application:
 def file_app(emulator: Emulator) -> web.Application:
     """The file host serving result videos, with Range, ETag and expiry."""
     host = _FileHost(emulator)
-    app = web.Application()
-    app.router.add_get("/files/{name}", host.download)
+    app = web.Application(middlewares=[_request_logger(emulator)])
+    app.router.add_get("/files/{name}", host.download, name="download")
     return app
+
+
+def _request_logger(emulator: Emulator) -> Any:
+    """A middleware adding one `RequestRecord` per request to the emulator's log."""
+
+    @web.middleware
+    async def log_request(request: web.Request, handler: Any) -> web.StreamResponse:
+        if request.path.startswith(STATS_PATH):
+            control: web.StreamResponse = await handler(request)
+            return control
+        arrived = emulator.clock.now()
+        status: int | None = None
+        try:
+            response: web.StreamResponse = await handler(request)
+            status = None if request.get(_DROPPED) else response.status
+            return response
+        except web.HTTPException as exc:
+            status = exc.status
+            raise
+        finally:
+            emulator.log_request(RequestRecord(
+                route=request.match_info.route.name,
+                method=request.method,
+                path=request.path,
+                status=status,
+                fault=request.get(_FAULT),
+                authorization="Authorization" in request.headers,
+                idempotency_key=request.headers.get("Idempotency-Key"),
+                range=request.headers.get("Range"),
+                time=arrived,
+            ))
+
+    return log_request
 
 
 def authorized(request: web.Request, api_key: str | None) -> str | None:
@@ -151,7 +189,7 @@ class _ApiHost:
         emulator = self.emulator
         emulator.stats.requests["submit"] += 1
         emulator.stats.idempotency_keys.append(request.headers.get("Idempotency-Key"))
-        fault = emulator.next_fault("submit")
+        fault = request[_FAULT] = emulator.next_fault("submit")
         answer = await apply(emulator, request, fault)
         if answer is not None:
             return answer
@@ -180,7 +218,7 @@ class _ApiHost:
         task_id = request.match_info["task_id"]
         emulator.stats.requests["task"] += 1
         emulator.stats.polls[task_id] += 1
-        fault = emulator.next_fault("task")
+        fault = request[_FAULT] = emulator.next_fault("task")
         answer = await apply(emulator, request, fault)
         if answer is not None:
             return answer
@@ -231,8 +269,8 @@ class _FileHost:
             return web.Response(status=403, text="link expired")
         data = emulator.video(task)
         etag = '"' + hashlib.sha256(data).hexdigest()[:16] + '"'
-        fault = emulator.next_fault("download")
         range_header = request.headers.get("Range")
+        fault = request[_FAULT] = emulator.next_fault("download", ranged=range_header is not None)
         if range_header is not None:
             stats.range_requests += 1
             # What a resume presented (None: a Range without If-Range).
@@ -300,6 +338,7 @@ def _submitted(task_id: str) -> web.Response:
 
 
 def _drop(request: web.Request, *, hard: bool = False) -> None:
+    request[_DROPPED] = True
     transport = request.transport
     if transport is None:
         return

@@ -17,6 +17,11 @@ def _unit(_: object, attribute: attrs.Attribute[float], value: float) -> None:
         raise ValueError(f"{attribute.name} must be between 0 and 1, got {value!r}")
 
 
+def _count(_: object, attribute: attrs.Attribute[int], value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{attribute.name} must be a whole number >= 0, got {value!r}")
+
+
 def _profile(_: object, __: object, value: str | TimingProfile) -> None:
     resolve_profile(value)
 
@@ -47,6 +52,8 @@ class EmulatorConfig:
       ``hostile`` and the benchmark scenarios are in `PROFILES`). `profiles` chooses
       one per model (the request's ``model``), falling back to `profile`.
     - `planner`: decides each task's `TaskPlan` from its body and index instead.
+    - `request_log_size`: how many requests `Emulator.request_log` keeps (the latest;
+      0 keeps none).
     """
 
     api_key: str | None = None
@@ -68,3 +75,4 @@ class EmulatorConfig:
     profile: str | TimingProfile = attrs.field(default="kind", validator=_profile)
     profiles: Mapping[str, str | TimingProfile] = attrs.field(factory=dict, validator=_profiles)
     planner: Planner | None = None
+    request_log_size: int = attrs.field(default=10_000, validator=_count)

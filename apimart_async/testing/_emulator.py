@@ -21,8 +21,17 @@ from ._apps import api_app, file_app
 from ._config import EmulatorConfig
 from ._faults import RANDOM_FAULTS, Fault, FaultQueue, Route
 from ._ratelimit import TokenBucket
-from ._stats import EmulatorStats, stats_dict
-from ._tasks import TaskPlan, TaskRecord, plan_task, task_id_for, task_state, video_bytes
+from ._stats import EmulatorStats, RequestLog, RequestRecord, stats_dict
+from ._tasks import (
+    EmulatedTask,
+    TaskPlan,
+    TaskRecord,
+    TaskView,
+    plan_task,
+    task_id_for,
+    task_state,
+    video_bytes,
+)
 
 # `_Task` and `TaskPlan` were importable from here before the split; keep them so.
 _Task = TaskRecord
@@ -37,6 +46,9 @@ class Emulator:
 
     `api_app()` serves ``/v1/...``; `file_app()` serves the result videos and must be
     reachable at `file_base_url` (set by `EmulatorServer`, or by you).
+
+    For tests: `inject` faults, read `tasks` / `task(id)` (read-only `EmulatedTask`
+    snapshots), assert on `request_log`, and count with `stats`.
     """
 
     def __init__(self, config: EmulatorConfig | None = None, *, clock: Clock | None = None):
@@ -54,16 +66,47 @@ class Emulator:
         self._bucket = TokenBucket(rate, self.config.burst) if rate else None
         self._videos: dict[str, bytes] = {}
         self._per_model: Counter[str] = Counter()
+        self._log = RequestLog(self.config.request_log_size)
+
+    # -- what tests read --------------------------------------------------------------
 
     @property
-    def tasks(self) -> dict[str, TaskRecord]:
-        """Every task created so far, by id."""
-        return self._tasks
+    def tasks(self) -> Mapping[str, EmulatedTask]:
+        """Every task created so far, by id, oldest first: a live read-only mapping whose
+        values are `EmulatedTask` snapshots at the clock's time when read."""
+        return TaskView(self._tasks, self.clock.now)
+
+    def task(self, task_id: str) -> EmulatedTask:
+        """A snapshot of `task_id` at the clock's time now (KeyError if there is none)."""
+        record = self._tasks.get(task_id)
+        if record is None:
+            raise KeyError(f"the emulator has no task {task_id!r}")
+        return EmulatedTask.of(record, self.clock.now())
+
+    @property
+    def request_log(self) -> tuple[RequestRecord, ...]:
+        """The requests the API host and file host saw (the latest
+        `EmulatorConfig.request_log_size`), oldest first. The ``/_emulator/stats`` control
+        endpoints are not logged."""
+        return self._log.snapshot()
+
+    def clear_request_log(self) -> None:
+        """Forget the requests logged so far."""
+        self._log.clear()
+
+    def log_request(self, record: RequestRecord) -> None:
+        """Add `record` to `request_log` (the hosts call this once per request)."""
+        self._log.append(record)
 
     # -- controls ---------------------------------------------------------------------
 
     def inject(self, route: Route, *faults: Fault) -> None:
-        """Queue `faults` for the next requests on `route`, one each, in order."""
+        """Queue `faults` for the next requests on `route`, one each, in order.
+
+        A fault that would have no effect on `route` (see `Fault.routes`) is refused with
+        a ValueError, and none of `faults` is queued. The range faults wait for the next
+        download that asks for a range.
+        """
         self._faults.inject(route, *faults)
 
     def pending_faults(self, route: Route) -> int:
@@ -74,6 +117,15 @@ class Emulator:
         """Expire the task's current link now; the next query hands out a fresh one."""
         task = self._tasks[task_id]
         task.expires_wall = self.clock.wall() - 1
+
+    def replan(self, task_id: str, plan: TaskPlan) -> None:
+        """Make `task_id` follow `plan` from now on, timed from its creation as before."""
+        if not isinstance(plan, TaskPlan):
+            raise TypeError(f"plan must be a TaskPlan, got {plan!r}")
+        record = self._tasks.get(task_id)
+        if record is None:
+            raise KeyError(f"the emulator has no task {task_id!r}")
+        record.plan = plan
 
     def set_balance(self, balance: int | None) -> None:
         """Change the account's remaining balance (None: unlimited)."""
@@ -90,11 +142,12 @@ class Emulator:
 
     # -- what the hosts call ----------------------------------------------------------
 
-    def next_fault(self, route: Route) -> Fault | None:
+    def next_fault(self, route: Route, *, ranged: bool = False) -> Fault | None:
         """The fault the next request on `route` meets: the next injected one, else a
-        random one at the configured rate, else None. Counted in `stats`."""
+        random one at the configured rate, else None. Counted in `stats`. `ranged`: the
+        request carries a Range header (range faults wait for one)."""
         rate: float = getattr(self.config, _RATES[route])
-        fault = self._faults.next(route, RANDOM_FAULTS[route], rate)
+        fault = self._faults.next(route, RANDOM_FAULTS[route], rate, ranged=ranged)
         if fault is not None:
             self.stats.faults_injected[f"{route}:{fault.kind}:{fault.status}"] += 1
         return fault

@@ -7,9 +7,11 @@ reports. Nothing here does I/O or reads a clock.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal
 
 import attrs
@@ -20,8 +22,8 @@ if TYPE_CHECKING:
     from ._config import EmulatorConfig
 
 __all__ = [
-    "Outcome", "Planner", "TaskPlan", "TaskRecord", "plan_task", "task_id_for", "task_state",
-    "video_bytes",
+    "EmulatedTask", "Outcome", "Planner", "TaskPlan", "TaskRecord", "TaskView", "plan_task",
+    "task_id_for", "task_state", "video_bytes",
 ]
 
 Outcome = Literal["completed", "failed", "cancelled"]
@@ -118,6 +120,78 @@ class TaskRecord:
     token: str
     expires_wall: float
     observed_terminal: bool = False
+
+
+@attrs.frozen(kw_only=True)
+class EmulatedTask:
+    """A read-only snapshot of one emulated task, taken at the emulator's clock time `now`.
+
+    - `id`, `model`: as the API reports them.
+    - `status`, `progress`: what ``GET /v1/tasks/{id}`` answers at `now` (see `task_state`).
+    - `plan`: the `TaskPlan` it follows; `created` is its creation time on the emulator's
+      clock (`Clock.now`, API seconds), `created_wall` the Unix time reported, and
+      `ends_at` = `created` + `plan.duration`, when it reaches its outcome.
+    - `body`: the submitted JSON body (read-only; the API key travels in a header and is
+      never part of it); `idempotency_key`: the header it came with, if any.
+    """
+
+    id: str
+    model: str | None
+    status: str
+    progress: int
+    plan: TaskPlan
+    created: float
+    created_wall: float
+    ends_at: float
+    now: float
+    body: Mapping[str, Any] = attrs.field(eq=False, hash=False)
+    idempotency_key: str | None
+
+    @property
+    def is_terminal(self) -> bool:
+        """Whether the task had ended (completed, failed or cancelled) at `now`."""
+        return self.status in ("completed", "failed", "cancelled")
+
+    @classmethod
+    def of(cls, record: TaskRecord, now: float) -> EmulatedTask:
+        """The snapshot of `record` at clock time `now`."""
+        status, progress = task_state(record.plan, now - record.created)
+        model = record.body.get("model")
+        return cls(
+            id=record.id,
+            model=model if isinstance(model, str) else None,
+            status=status,
+            progress=progress,
+            plan=record.plan,
+            created=record.created,
+            created_wall=record.created_wall,
+            ends_at=record.created + record.plan.duration,
+            now=now,
+            body=MappingProxyType(copy.deepcopy(dict(record.body))),
+            idempotency_key=record.idempotency_key,
+        )
+
+
+class TaskView(Mapping[str, EmulatedTask]):
+    """The emulator's tasks by id, oldest first: a live, read-only mapping whose values
+    are `EmulatedTask` snapshots taken when read."""
+
+    def __init__(self, records: Mapping[str, TaskRecord], now: Callable[[], float]) -> None:
+        self._records = records
+        self._now = now
+
+    def __getitem__(self, task_id: str) -> EmulatedTask:
+        return EmulatedTask.of(self._records[task_id], self._now())
+
+    def __iter__(self) -> Iterator[str]:
+        # A copy: the caller may await (and tasks be created) while iterating.
+        return iter(list(self._records))
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def __repr__(self) -> str:
+        return f"<TaskView of {len(self)} emulated tasks>"
 
 
 def video_bytes(task_id: str, size: int) -> bytes:
