@@ -210,6 +210,8 @@ async def test_the_request_log_records_every_request_and_never_a_key() -> None:
                 assert r.status == 404
             async with http.get(server.base_url + "/_emulator/stats") as r:
                 assert r.status == 200  # control endpoints are not logged
+            async with http.get(server.base_url + "/_emulator/requests") as r:
+                served = await r.json()
         log = server.emulator.request_log
     assert all(isinstance(r, RequestRecord) for r in log)
     assert [(r.route, r.method, r.path, r.status, r.fault, r.authorization,
@@ -221,6 +223,11 @@ async def test_the_request_log_records_every_request_and_never_a_key() -> None:
         (None, "GET", "/v1/nothing", 404, None, True, None, 3.0),
     ]
     assert KEY not in repr(log) and "sk-wrong-key" not in repr(log)
+    # The same log as JSON, for harnesses running the emulator in another process.
+    assert [(e["route"], e["status"], e["fault"], e["time"]) for e in served] == [
+        (r.route, r.status, r.fault.describe() if r.fault else None, r.time) for r in log
+    ]
+    assert served[1]["fault"] == "Fault.reset()"
 
 
 async def test_the_request_log_is_bounded_and_can_be_cleared(make_server: MakeServer) -> None:

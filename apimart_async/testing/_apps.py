@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+import attrs
 from aiohttp import web
 
 from ._faults import Fault
@@ -25,9 +26,11 @@ from ._stats import EmulatorStats, RequestRecord
 if TYPE_CHECKING:
     from ._emulator import Emulator
 
-__all__ = ["STATS_PATH", "api_app", "file_app"]
+__all__ = ["REQUESTS_PATH", "STATS_PATH", "api_app", "file_app"]
 
 STATS_PATH = "/_emulator/stats"
+REQUESTS_PATH = "/_emulator/requests"
+CONTROL_PREFIX = "/_emulator/"
 
 # Per-request notes from the handlers for the request log.
 _FAULT: web.RequestKey[Fault | None] = web.RequestKey("apimart_emulator_fault")
@@ -61,6 +64,7 @@ def api_app(emulator: Emulator) -> web.Application:
     app.router.add_get("/v1/tasks/{task_id}", host.get_task, name="task")
     app.router.add_get(STATS_PATH, host.stats)
     app.router.add_post(STATS_PATH + "/reset", host.reset_stats)
+    app.router.add_get(REQUESTS_PATH, host.requests)
     return app
 
 
@@ -77,7 +81,7 @@ def _request_logger(emulator: Emulator) -> Any:
 
     @web.middleware
     async def log_request(request: web.Request, handler: Any) -> web.StreamResponse:
-        if request.path.startswith(STATS_PATH):
+        if request.path.startswith(CONTROL_PREFIX):
             control: web.StreamResponse = await handler(request)
             return control
         arrived = emulator.clock.now()
@@ -151,13 +155,19 @@ class _ApiHost:
     async def stats(self, request: web.Request) -> web.Response:
         return web.json_response(self.emulator.stats_dict())
 
+    async def requests(self, request: web.Request) -> web.Response:
+        return web.json_response([
+            {**attrs.asdict(r, recurse=False), "fault": r.fault.describe() if r.fault else None}
+            for r in self.emulator.request_log
+        ])
+
     async def reset_stats(self, request: web.Request) -> web.Response:
         self.emulator.stats = EmulatorStats()
         return web.json_response({"reset": True})
 
     @web.middleware
     async def middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
-        if request.path.startswith(STATS_PATH):
+        if request.path.startswith(CONTROL_PREFIX):
             # The control endpoints are for test harnesses: no auth, latency or limits.
             control: web.StreamResponse = await handler(request)
             return control
