@@ -4,7 +4,9 @@ the stepped clock (with a Session on it)."""
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -80,6 +82,20 @@ REFUSED = [
 @pytest.mark.parametrize(("name", "routes"), [(k, v[0]) for k, v in ROUTES.items()])
 def test_each_fault_names_the_routes_it_acts_on(name: str, routes: set[str]) -> None:
     assert ROUTES[name][1].routes == routes
+
+
+def test_the_readmes_fault_table_says_what_the_code_does() -> None:
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    documented = {}
+    for line in readme.splitlines():
+        if not line.startswith("| `Fault."):
+            continue
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        routes = {r for r, cell in zip(("submit", "task", "download"), cells[1:], strict=True)
+                  if cell.startswith("yes")}
+        for name in re.findall(r"(?:Fault\.|, |`)(\w+)\(", cells[0]):
+            documented[name] = routes
+    assert documented == {name: routes for name, (routes, _) in ROUTES.items()}
 
 
 @pytest.mark.parametrize(("route", "fault"), REFUSED, ids=[f"{r}-{f.kind}" for r, f in REFUSED])
