@@ -8,6 +8,7 @@ Share one `Clock` between the emulator and the `Session` in such a test.
 from __future__ import annotations
 
 import time
+from contextlib import AbstractContextManager
 
 import anyio
 import attrs
@@ -41,6 +42,12 @@ class Clock:
     def real(self, api_seconds: float) -> float:
         """How many real seconds `api_seconds` take."""
         return api_seconds / self.speed
+
+    def move_on_at(self, when: float) -> AbstractContextManager[anyio.CancelScope]:
+        """A cancel scope that ends at API time `when` (on `now`'s scale), like
+        `anyio.move_on_after` on this clock; every wait for API time goes through it, so a
+        clock whose time is stepped by hand (`testing.SteppedClock`) can end the wait."""
+        return anyio.move_on_after(self.real(when - self.now()))
 
     async def sleep(self, api_seconds: float) -> None:
         """Sleep for `api_seconds` of API time."""

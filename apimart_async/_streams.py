@@ -154,7 +154,7 @@ class _EventStream(Generic[E]):
             deadline = self._earliest_deadline()
             event_or_none: E | None = None
             try:
-                with anyio.move_on_after(self._clock.real(deadline - self._clock.now())):
+                with self._clock.move_on_at(deadline):
                     event_or_none = await self._receive.receive()
             except BaseException:
                 # Cancelled, or the consumer's task is going away: stop polling now.
