@@ -39,9 +39,9 @@ async def test_a_failure_mid_run_tightens_the_watch_of_that_model(
     server = await make_server(EmulatorConfig(profiles={"flaky": "minutes"}), speed=100)
     async with session_for(server) as s:
         bad = await s.submit(VideoRequest("bad", model="flaky"))
-        server.emulator.tasks[bad.task_id].plan = TaskPlan(
+        server.emulator.replan(bad.task_id, TaskPlan(
             duration=10.0, queue_time=0.0, render_time=40.0, outcome="failed",
-        )
+        ))
         assert [u.status async for u in s.watch([bad]) if u.final] == [TaskStatus.FAILED]
         steady = await s.submit(VideoRequest("steady", model="other"))
         subs = [await s.submit(VideoRequest(f"{i}", model="flaky")) for i in range(3)]

@@ -189,9 +189,9 @@ class Poller:
                 if entry is not None and entry.generation == generation:
                     # Blocks while every worker is busy: the heap is the only queue.
                     await send.send(task_id)
-            wait = self._clock.real(heap[0][0] - self._clock.now()) if heap else math.inf
-            if wait > 0:
-                with anyio.move_on_after(wait):
+            due = heap[0][0] if heap else math.inf
+            if due > self._clock.now():
+                with self._clock.move_on_at(due):
                     await self._wakeup.wait()
                 self._wakeup = anyio.Event()
 

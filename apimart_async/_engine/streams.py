@@ -140,7 +140,7 @@ class _EventStream(Generic[E]):
                 if self._queue:
                     await anyio.lowlevel.checkpoint()
                 else:
-                    with anyio.move_on_after(self._clock.real(deadline - self._clock.now())):
+                    with self._clock.move_on_at(deadline):
                         await self._arrived.wait()
                     self._arrived = anyio.Event()
             except BaseException:

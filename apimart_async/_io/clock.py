@@ -13,6 +13,7 @@ place that reads the switch.
 from __future__ import annotations
 
 import time
+from contextlib import AbstractContextManager
 from types import TracebackType
 from typing import Protocol
 
@@ -92,6 +93,12 @@ class Clock:
     def real(self, api_seconds: float) -> float:
         """How many real seconds `api_seconds` take."""
         return api_seconds / self.speed
+
+    def move_on_at(self, when: float) -> AbstractContextManager[anyio.CancelScope]:
+        """A cancel scope that ends at API time `when` (on `now`'s scale), like
+        `anyio.move_on_after` on this clock; every wait for API time goes through it, so a
+        clock whose time is stepped by hand (`testing.SteppedClock`) can end the wait."""
+        return anyio.move_on_after(self.real(when - self.now()))
 
     async def sleep(self, api_seconds: float) -> None:
         """Sleep for `api_seconds` of API time (rate pacing, and tests' waits)."""

@@ -1,4 +1,4 @@
-"""Test your APIMart code offline: the emulator, a compressed clock and the retry switch.
+"""Test your APIMart code offline: the emulator, compressed and stepped clocks, the retry switch.
 
     from apimart_async import Session, VideoRequest
     from apimart_async.testing import EmulatorServer, set_testing
@@ -8,24 +8,28 @@
             sub = await session.submit(VideoRequest("a red fox"))
             task = await session.wait(sub)
 
+The emulator is a toolkit: `Emulator.inject` faults per route (refused where they would
+have no effect), read tasks as `EmulatedTask` snapshots (`Emulator.tasks`,
+`Emulator.task`), assert on `Emulator.request_log` (`RequestRecord`), and step time by
+hand with a `SteppedClock` shared with the `Session`.
+
 `apimart-async emulator --port 8089` runs the same emulator standalone.
 """
 
 from .._io.clock import Clock, is_testing, set_testing
-from ._emulator import (
-    Emulator,
-    EmulatorConfig,
-    EmulatorStats,
-    Fault,
-    TaskPlan,
-    video_bytes,
-)
+from ._config import EmulatorConfig
+from ._emulator import Emulator
+from ._faults import Fault
 from ._process import emulator_process
 from ._profiles import PRESETS, PROFILES, ProgressMode, TimingProfile
 from ._server import EmulatorServer
+from ._stats import EmulatorStats, RequestRecord
+from ._stepped import SteppedClock
+from ._tasks import EmulatedTask, TaskPlan, video_bytes
 
 __all__ = [
     "Clock",
+    "EmulatedTask",
     "Emulator",
     "EmulatorConfig",
     "EmulatorServer",
@@ -34,6 +38,8 @@ __all__ = [
     "PRESETS",
     "PROFILES",
     "ProgressMode",
+    "RequestRecord",
+    "SteppedClock",
     "TaskPlan",
     "TimingProfile",
     "emulator_process",

@@ -18,7 +18,8 @@ _MARK = b"APIMART_BASE_URL="
 async def emulator_process(*flags: str) -> AsyncIterator[str]:
     """Run ``apimart-async emulator --port 0 FLAGS`` in a child process; yield its base URL.
 
-    The process is terminated on exit. Its counters are at ``GET {url}/_emulator/stats``.
+    The process is terminated on exit. Its counters are at ``GET {url}/_emulator/stats``,
+    its request log at ``GET {url}/_emulator/requests``.
     """
     cmd = [sys.executable, "-m", "apimart_async", "emulator", "--port", "0", *flags]
     async with await anyio.open_process(cmd, stderr=subprocess.DEVNULL) as proc:

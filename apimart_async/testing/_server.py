@@ -7,7 +7,9 @@ from types import TracebackType
 from aiohttp import web
 
 from .._io.clock import Clock
-from ._emulator import Emulator, EmulatorConfig, EmulatorStats
+from ._config import EmulatorConfig
+from ._emulator import Emulator
+from ._stats import EmulatorStats
 
 __all__ = ["EmulatorServer"]
 

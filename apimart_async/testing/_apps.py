@@ -1,0 +1,388 @@
+"""The emulator's two `aiohttp.web` applications: the API host and the file host.
+
+Both read and change the state of one `Emulator`; what a request meets (faults, rate
+limit, auth) is decided here, what a task is in `_tasks`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import math
+import re
+import socket
+import struct
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+import attrs
+from aiohttp import web
+
+from ._faults import Fault
+from ._stats import EmulatorStats, RequestRecord
+
+if TYPE_CHECKING:
+    from ._emulator import Emulator
+
+__all__ = ["REQUESTS_PATH", "STATS_PATH", "api_app", "file_app"]
+
+STATS_PATH = "/_emulator/stats"
+REQUESTS_PATH = "/_emulator/requests"
+CONTROL_PREFIX = "/_emulator/"
+
+# Per-request notes from the handlers for the request log.
+_FAULT: web.RequestKey[Fault | None] = web.RequestKey("apimart_emulator_fault")
+_DROPPED: web.RequestKey[bool] = web.RequestKey("apimart_emulator_dropped", bool)
+
+_HTML_PAGE = (
+    b"<!DOCTYPE html><html><head><title>502 Bad Gateway</title></head>"
+    b"<body><h1>502 Bad Gateway</h1><hr><center>nginx</center></body></html>"
+)
+
+_REASONS = {
+    400: "Bad request",
+    401: "Unauthorized",
+    402: "Insufficient balance",
+    403: "Forbidden",
+    404: "Not found",
+    429: "Rate limit exceeded",
+    500: "Internal server error",
+    502: "Bad gateway",
+    503: "Service unavailable",
+    504: "Gateway timeout",
+}
+
+
+def api_app(emulator: Emulator) -> web.Application:
+    """The API host: ``POST /v1/videos/generations`` and ``GET /v1/tasks/{id}``."""
+    host = _ApiHost(emulator)
+    # The log is outermost: it sees the 401s and 429s the host's middleware answers.
+    app = web.Application(middlewares=[_request_logger(emulator), host.middleware])
+    app.router.add_post("/v1/videos/generations", host.submit, name="submit")
+    app.router.add_get("/v1/tasks/{task_id}", host.get_task, name="task")
+    app.router.add_get(STATS_PATH, host.stats)
+    app.router.add_post(STATS_PATH + "/reset", host.reset_stats)
+    app.router.add_get(REQUESTS_PATH, host.requests)
+    return app
+
+
+def file_app(emulator: Emulator) -> web.Application:
+    """The file host serving result videos, with Range, ETag and expiry."""
+    host = _FileHost(emulator)
+    app = web.Application(middlewares=[_request_logger(emulator)])
+    app.router.add_get("/files/{name}", host.download, name="download")
+    return app
+
+
+def _request_logger(emulator: Emulator) -> Any:
+    """A middleware adding one `RequestRecord` per request to the emulator's log."""
+
+    @web.middleware
+    async def log_request(request: web.Request, handler: Any) -> web.StreamResponse:
+        if request.path.startswith(CONTROL_PREFIX):
+            control: web.StreamResponse = await handler(request)
+            return control
+        arrived = emulator.clock.now()
+        status: int | None = None
+        try:
+            response: web.StreamResponse = await handler(request)
+            status = None if request.get(_DROPPED) else response.status
+            return response
+        except web.HTTPException as exc:
+            status = exc.status
+            raise
+        finally:
+            emulator.log_request(RequestRecord(
+                route=request.match_info.route.name,
+                method=request.method,
+                path=request.path,
+                status=status,
+                fault=request.get(_FAULT),
+                authorization="Authorization" in request.headers,
+                idempotency_key=request.headers.get("Idempotency-Key"),
+                range=request.headers.get("Range"),
+                time=arrived,
+            ))
+
+    return log_request
+
+
+def authorized(request: web.Request, api_key: str | None) -> str | None:
+    """The presented key if it is accepted (`api_key`, or any when None), else None."""
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        return None
+    if api_key is not None and token != api_key:
+        return None
+    return token
+
+
+async def apply(emulator: Emulator, request: web.Request,
+                fault: Fault | None) -> web.StreamResponse | None:
+    """Carry out a fault that ends the request; None when the request goes on."""
+    if fault is None:
+        return None
+    if fault.kind == "slow":
+        await asyncio.sleep(fault.seconds)
+        return None
+    if fault.kind == "reset":
+        _drop(request, hard=fault.hard)
+        return web.Response()
+    if fault.kind == "redirect":
+        location = fault.location.replace("{files}", emulator.file_base_url)
+        return web.Response(status=fault.status, headers={"Location": location})
+    if fault.kind == "html":
+        return web.Response(status=fault.status, body=_HTML_PAGE, content_type="text/html")
+    if fault.kind == "status":
+        if fault.body_code is not None:
+            return web.json_response(
+                {"code": fault.body_code, "msg": f"error {fault.body_code}", "data": None}
+            )
+        headers = {"Retry-After": fault.retry_after} if fault.retry_after is not None else None
+        return _error(fault.status, _REASONS.get(fault.status, "Error"), "api_error",
+                      headers=headers)
+    return None
+
+
+class _ApiHost:
+    def __init__(self, emulator: Emulator) -> None:
+        self.emulator = emulator
+
+    async def stats(self, request: web.Request) -> web.Response:
+        return web.json_response(self.emulator.stats_dict())
+
+    async def requests(self, request: web.Request) -> web.Response:
+        return web.json_response([
+            {**attrs.asdict(r, recurse=False), "fault": r.fault.describe() if r.fault else None}
+            for r in self.emulator.request_log
+        ])
+
+    async def reset_stats(self, request: web.Request) -> web.Response:
+        self.emulator.stats = EmulatorStats()
+        return web.json_response({"reset": True})
+
+    @web.middleware
+    async def middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        if request.path.startswith(CONTROL_PREFIX):
+            # The control endpoints are for test harnesses: no auth, latency or limits.
+            control: web.StreamResponse = await handler(request)
+            return control
+        emulator = self.emulator
+        stats = emulator.stats
+        stats.in_flight += 1
+        stats.peak_in_flight = max(stats.peak_in_flight, stats.in_flight)
+        stats.user_agents[request.headers.get("User-Agent", "")] += 1
+        try:
+            if emulator.config.latency:
+                await asyncio.sleep(emulator.config.latency)
+            wait = emulator.admit()
+            if wait is not None:
+                stats.rate_limited += 1
+                return _error(429, "Rate limit exceeded", "rate_limit_error",
+                              headers={"Retry-After": str(max(1, math.ceil(wait)))})
+            token = authorized(request, emulator.config.api_key)
+            if token is None:
+                presented = request.headers.get("Authorization", "").partition(" ")[2]
+                # Like many real APIs, echo what was presented: the SDK must scrub it.
+                return _error(401, f"Invalid API key provided: {presented or '(none)'}",
+                              "authentication_error")
+            response: web.StreamResponse = await handler(request)
+            return response
+        finally:
+            stats.in_flight -= 1
+
+    async def submit(self, request: web.Request) -> web.StreamResponse:
+        emulator = self.emulator
+        emulator.stats.requests["submit"] += 1
+        emulator.stats.idempotency_keys.append(request.headers.get("Idempotency-Key"))
+        fault = request[_FAULT] = emulator.next_fault("submit")
+        answer = await apply(emulator, request, fault)
+        if answer is not None:
+            return answer
+        try:
+            body = await request.json()
+        except ValueError:
+            return self._reject("body is not valid JSON")
+        problem = validate(body)
+        if problem:
+            return self._reject(problem)
+        accepted = emulator.accept(body, request.headers.get("Idempotency-Key"))
+        if accepted is None:
+            return _error(402, "Insufficient balance", "insufficient_balance")
+        task_id, created = accepted
+        if created and fault is not None and fault.kind == "lost_answer":
+            _drop(request, hard=fault.hard)
+            return web.Response()
+        return _submitted(task_id)
+
+    def _reject(self, message: str) -> web.Response:
+        self.emulator.stats.rejected_submissions += 1
+        return _error(400, message, "invalid_request_error")
+
+    async def get_task(self, request: web.Request) -> web.StreamResponse:
+        emulator = self.emulator
+        task_id = request.match_info["task_id"]
+        emulator.stats.requests["task"] += 1
+        emulator.stats.polls[task_id] += 1
+        fault = request[_FAULT] = emulator.next_fault("task")
+        answer = await apply(emulator, request, fault)
+        if answer is not None:
+            return answer
+        task = emulator.record(task_id)
+        if task is None:
+            return _error(404, f"task {task_id} not found", "not_found_error")
+        data = emulator.task_data(task)
+        if data["status"] in ("completed", "failed", "cancelled") and not task.observed_terminal:
+            task.observed_terminal = True
+            lag = emulator.clock.now() - (task.created + task.plan.duration)
+            emulator.stats.detection_lags[task_id] = max(0.0, lag)
+        return web.json_response({"code": 200, "data": data})
+
+
+class _FileHost:
+    def __init__(self, emulator: Emulator) -> None:
+        self.emulator = emulator
+
+    async def download(self, request: web.Request) -> web.StreamResponse:
+        stats = self.emulator.stats
+        stats.downloads_in_flight += 1
+        stats.peak_downloads_in_flight = max(
+            stats.peak_downloads_in_flight, stats.downloads_in_flight
+        )
+        try:
+            return await self._serve_file(request)
+        finally:
+            stats.downloads_in_flight -= 1
+
+    async def _serve_file(self, request: web.Request) -> web.StreamResponse:
+        emulator = self.emulator
+        stats = emulator.stats
+        stats.requests["download"] += 1
+        auth = request.headers.get("Authorization")
+        if auth is not None:
+            stats.credential_leaks += 1
+            stats.authorization_headers.append(auth)
+        elif any(h.lower().startswith("x-api") or h.lower() == "idempotency-key"
+                 for h in request.headers):
+            stats.credential_leaks += 1
+        stats.downloads += 1
+        name = request.match_info["name"]
+        task = emulator.record(name.removesuffix(".mp4"))
+        if task is None or emulator.status_of(task)[0] != "completed":
+            return web.Response(status=404, text="not found")
+        if (request.query.get("token") != task.token
+                or emulator.clock.wall() >= task.expires_wall):
+            return web.Response(status=403, text="link expired")
+        data = emulator.video(task)
+        etag = '"' + hashlib.sha256(data).hexdigest()[:16] + '"'
+        range_header = request.headers.get("Range")
+        fault = request[_FAULT] = emulator.next_fault("download", ranged=range_header is not None)
+        if range_header is not None:
+            stats.range_requests += 1
+            # What a resume presented (None: a Range without If-Range).
+            stats.if_range_headers.append(request.headers.get("If-Range"))
+        if fault is not None and fault.kind in ("status", "html", "reset", "redirect", "slow"):
+            answer = await apply(emulator, request, fault)
+            if answer is not None:
+                return answer
+        start, end = 0, len(data) - 1
+        if_range = request.headers.get("If-Range")
+        status = 200
+        if (
+            range_header
+            and not (fault and fault.kind == "ignore_range")
+            and (if_range is None or if_range == etag)
+        ):
+            match = re.fullmatch(r"bytes=(\d+)-(\d*)", range_header.strip())
+            if match is None:
+                return web.Response(status=416, headers={"Content-Range": f"bytes */{len(data)}"})
+            start = int(match.group(1))
+            end = min(int(match.group(2)), end) if match.group(2) else end
+            if start > end:
+                return web.Response(status=416, headers={"Content-Range": f"bytes */{len(data)}"})
+            status = 206
+            if fault is not None and fault.kind == "short_range":
+                end = start + max(1, int((end - start + 1) * fault.fraction)) - 1
+            elif fault is not None and fault.kind == "wrong_range":
+                # As many bytes as asked for, from the wrong place: appended, they would
+                # make a file of the right size and the wrong content.
+                start, end = 0, end - start
+        headers = {
+            "Content-Type": "video/mp4",
+            "Content-Length": str(end - start + 1),
+            "ETag": etag,
+            "Accept-Ranges": "bytes",
+        }
+        if status == 206:
+            headers["Content-Range"] = f"bytes {start}-{end}/{len(data)}"
+        response = web.StreamResponse(status=status, headers=headers)
+        await response.prepare(request)
+        body = data[start : end + 1]
+        if fault is not None and fault.kind == "cut":
+            await response.write(body[: int(len(body) * fault.fraction)])
+            # close(), not abort(): the bytes already written reach the client first.
+            if request.transport is not None:
+                request.transport.close()
+            return response
+        await response.write(body)
+        await response.write_eof()
+        return response
+
+
+def _error(
+    status: int, message: str, kind: str, *, headers: Mapping[str, str] | None = None
+) -> web.Response:
+    body = {"error": {"code": status, "message": message, "type": kind}}
+    return web.Response(
+        status=status, text=json.dumps(body), content_type="application/json",
+        headers=dict(headers or {}),
+    )
+
+
+def _submitted(task_id: str) -> web.Response:
+    return web.json_response({"code": 200, "data": [{"status": "submitted", "task_id": task_id}]})
+
+
+def _drop(request: web.Request, *, hard: bool = False) -> None:
+    request[_DROPPED] = True
+    transport = request.transport
+    if transport is None:
+        return
+    sock = transport.get_extra_info("socket")
+    if hard and sock is not None:
+        # Linger on, timeout 0: closing sends RST instead of FIN.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.abort()
+
+
+def validate(body: Any) -> str | None:
+    """The documented parameter checks; a message for the first problem found."""
+    if not isinstance(body, dict):
+        return "body must be a JSON object"
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        return "model is required"
+    prompt = body.get("prompt")
+    if not isinstance(prompt, str) or not prompt.strip():
+        return "prompt is required"
+    duration = body.get("duration")
+    if duration is not None and (
+        isinstance(duration, bool) or not isinstance(duration, int) or not 1 <= duration <= 60
+    ):
+        return f"duration {duration!r} is not supported by model {model}"
+    ratio = body.get("aspect_ratio")
+    if ratio is not None and ratio not in ("16:9", "9:16"):
+        return f"aspect_ratio {ratio!r} is not supported"
+    urls = body.get("image_urls")
+    if urls is not None:
+        if not isinstance(urls, list):
+            return "image_urls must be an array"
+        for url in urls:
+            parts = urlsplit(url) if isinstance(url, str) else None
+            if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+                return f"image_urls entry {url!r} is not a public http(s) URL"
+    return None

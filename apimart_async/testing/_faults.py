@@ -1,0 +1,205 @@
+"""Injected faults: what can go wrong on each route, and the queue that hands them out.
+
+Each fault says on which routes it has an effect (`Fault.routes`); `inject` refuses it
+anywhere else, so a test cannot pass because its fault was silently used up where it
+does nothing.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import deque
+from collections.abc import Iterable
+from typing import Literal
+
+import attrs
+
+__all__ = ["Fault", "FaultQueue", "Route"]
+
+Route = Literal["submit", "task", "download"]
+ROUTES: tuple[Route, ...] = ("submit", "task", "download")
+
+_EVERY_ROUTE = frozenset(ROUTES)
+_ROUTES_OF_KIND: dict[str, frozenset[str]] = {
+    "status": _EVERY_ROUTE,
+    "reset": _EVERY_ROUTE,
+    "html": _EVERY_ROUTE,
+    "redirect": _EVERY_ROUTE,
+    "slow": _EVERY_ROUTE,
+    "lost_answer": frozenset({"submit"}),
+    "cut": frozenset({"download"}),
+    "ignore_range": frozenset({"download"}),
+    "short_range": frozenset({"download"}),
+    "wrong_range": frozenset({"download"}),
+}
+# Faults that act only on a request carrying Range: they wait for one.
+_RANGE_KINDS = frozenset({"ignore_range", "short_range", "wrong_range"})
+
+
+@attrs.frozen(kw_only=True)
+class Fault:
+    """One injected fault, used once. Build with the class methods."""
+
+    kind: Literal[
+        "status", "reset", "html", "lost_answer", "cut", "ignore_range", "slow", "redirect",
+        "short_range", "wrong_range",
+    ]
+    status: int = 500
+    location: str = ""
+    retry_after: str | None = None
+    body_code: int | None = None
+    fraction: float = 0.5
+    seconds: float = 0.0
+    hard: bool = False
+
+    @property
+    def routes(self) -> frozenset[str]:
+        """The routes on which this fault has an effect (`Emulator.inject` refuses others)."""
+        return _ROUTES_OF_KIND[self.kind]
+
+    @property
+    def needs_range(self) -> bool:
+        """True for faults that act only on a request with a ``Range`` header: such a fault
+        waits in its queue until a download asks for a range."""
+        return self.kind in _RANGE_KINDS
+
+    def describe(self) -> str:
+        """The fault as the class method call that builds it, e.g. ``Fault.http(503)``."""
+        if self.kind == "status":
+            if self.body_code is not None:
+                return f"Fault.body_status({self.body_code})"
+            extra = f", retry_after={self.retry_after!r}" if self.retry_after is not None else ""
+            return f"Fault.http({self.status}{extra})"
+        if self.kind in ("cut", "short_range"):
+            return f"Fault.{self.kind}({self.fraction})"
+        if self.kind == "slow":
+            return f"Fault.slow({self.seconds})"
+        if self.kind == "html":
+            return f"Fault.html({self.status})"
+        if self.kind == "redirect":
+            return f"Fault.redirect({self.location!r}, {self.status})"
+        if self.kind in ("reset", "lost_answer") and self.hard:
+            return f"Fault.{self.kind}(hard=True)"
+        return f"Fault.{self.kind}()"
+
+    @classmethod
+    def http(cls, status: int, *, retry_after: str | None = None) -> Fault:
+        """Answer with `status` and a JSON error body (and `Retry-After` if given)."""
+        return cls(kind="status", status=status, retry_after=retry_after)
+
+    @classmethod
+    def body_status(cls, code: int) -> Fault:
+        """Answer HTTP 200 with an error `code` in the body."""
+        return cls(kind="status", status=200, body_code=code)
+
+    @classmethod
+    def reset(cls, *, hard: bool = False) -> Fault:
+        """Drop the connection after reading the request, before acting on it.
+
+        `hard` sends a TCP RST (as a crashed proxy does) instead of closing in order:
+        the client then meets ECONNRESET, which aiohttp raises as a bare `ClientOSError`.
+        """
+        return cls(kind="reset", hard=hard)
+
+    @classmethod
+    def html(cls, status: int = 200) -> Fault:
+        """Answer with a gateway's HTML page under `status`."""
+        return cls(kind="html", status=status)
+
+    @classmethod
+    def lost_answer(cls, *, hard: bool = False) -> Fault:
+        """Submission only: create (and bill) the task, then drop the connection
+        (with a TCP RST if `hard`, see `reset`)."""
+        return cls(kind="lost_answer", hard=hard)
+
+    @classmethod
+    def cut(cls, fraction: float = 0.5) -> Fault:
+        """Download only: send `fraction` of the body, then drop the connection."""
+        return cls(kind="cut", fraction=fraction)
+
+    @classmethod
+    def ignore_range(cls) -> Fault:
+        """Download only: answer a Range request with the whole file (200)."""
+        return cls(kind="ignore_range")
+
+    @classmethod
+    def short_range(cls, fraction: float = 0.5) -> Fault:
+        """Download only: answer a Range request with a valid 206 for only the first
+        `fraction` of the bytes asked for (a host may serve less than asked)."""
+        return cls(kind="short_range", fraction=fraction)
+
+    @classmethod
+    def wrong_range(cls) -> Fault:
+        """Download only: answer a Range request with a 206 of the length asked for but
+        from offset 0, not the offset asked for (a broken cache); Content-Range says so."""
+        return cls(kind="wrong_range")
+
+    @classmethod
+    def redirect(cls, location: str, status: int = 307) -> Fault:
+        """Answer with a redirect to `location` (a client must not follow it with its key)."""
+        return cls(kind="redirect", status=status, location=location)
+
+    @classmethod
+    def slow(cls, seconds: float) -> Fault:
+        """Wait `seconds` of real time before answering normally."""
+        return cls(kind="slow", seconds=seconds)
+
+
+RANDOM_FAULTS: dict[str, tuple[Fault, ...]] = {
+    "submit": (Fault.http(429, retry_after="1"), Fault.http(503)),
+    "task": (Fault.http(500), Fault.http(502), Fault.reset(), Fault.html(200)),
+    "download": (Fault.cut(0.5),),
+}
+"""What `EmulatorConfig`'s ``submit_faults``, ``poll_faults`` and ``download_faults`` draw."""
+
+
+class FaultQueue:
+    """The faults waiting on each route, then random ones drawn at configured rates."""
+
+    def __init__(self, rng: random.Random) -> None:
+        self._rng = rng
+        self._queues: dict[str, deque[Fault]] = {route: deque() for route in ROUTES}
+
+    def inject(self, route: Route, *faults: Fault) -> None:
+        """Queue `faults` for the next requests on `route`, one each, in order.
+
+        Refuses (ValueError, nothing queued) a fault that would have no effect on `route`.
+        """
+        if route not in self._queues:
+            raise ValueError(f"route must be 'submit', 'task' or 'download', got {route!r}")
+        for fault in faults:
+            if not isinstance(fault, Fault):
+                raise TypeError(f"faults must be Fault objects (see Fault.http(...)), "
+                                f"got {fault!r}")
+            if route not in fault.routes:
+                accepted = " and ".join(repr(r) for r in ROUTES if r in fault.routes)
+                raise ValueError(
+                    f"{fault.describe()} has no effect on route {route!r}; "
+                    f"it acts on {accepted} only"
+                )
+        self._queues[route].extend(faults)
+
+    def pending(self, route: Route) -> int:
+        """How many injected faults on `route` are still unused."""
+        return len(self._queues[route])
+
+    def next(
+        self, route: Route, random_kinds: Iterable[Fault], rate: float, *, ranged: bool = False
+    ) -> Fault | None:
+        """The fault for this request on `route`: the next injected one, else a random
+        draw from `random_kinds` with probability `rate`, else None.
+
+        An injected fault that needs a Range request waits (with those behind it) until
+        one comes: `ranged` says whether this request is one.
+        """
+        queue = self._queues[route]
+        if queue:
+            if queue[0].needs_range and not ranged:
+                return None
+            fault = queue.popleft()
+        elif rate and self._rng.random() < rate:
+            choices = list(random_kinds)
+            fault = choices[self._rng.randrange(len(choices))]
+        else:
+            return None
+        return fault

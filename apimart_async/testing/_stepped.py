@@ -1,0 +1,110 @@
+"""`SteppedClock`: API time that moves only when a test says so.
+
+A compressed `Clock` still runs on its own; a test that must see a task in a given
+state (pending, half rendered, done) at a given poll steps time by hand instead:
+``clock.advance(5)``. Share one between the emulator and the `Session`: the
+emulator's tasks age only on `advance`, and the session's waits for API time (the
+poller's next poll, a watch deadline) end when `advance` reaches them, with no real
+sleeping. Real-time parts are unchanged: network I/O, `EmulatorConfig.latency`,
+`Fault.slow` and the rate limit run in real time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator
+from contextlib import AbstractContextManager
+
+import anyio
+import attrs
+
+from .._core.errors import ValidationError
+from .._io.clock import Clock
+
+__all__ = ["SteppedClock"]
+
+
+class _Steps:
+    """The mutable part of a (frozen) `SteppedClock`: the time and who waits for it."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.waiters: dict[anyio.CancelScope, float] = {}
+
+
+@attrs.frozen
+class SteppedClock(Clock):
+    """A `Clock` whose time starts at 0 and moves only on `advance`.
+
+    ``now()`` is 0.0 until the first `advance`; ``wall()`` is the real wall time at
+    construction plus the time advanced. Waits on it (`move_on_at`, `sleep`) end when
+    `advance` reaches their deadline.
+    """
+
+    speed: float = attrs.field(default=1.0, init=False, repr=False)
+    _steps: _Steps = attrs.field(factory=_Steps, init=False, repr=False, eq=False)
+
+    def now(self) -> float:
+        """API seconds advanced so far."""
+        return self._steps.now
+
+    def wall(self) -> float:
+        """Unix time at construction plus the API seconds advanced."""
+        return self._wall0 + self._steps.now
+
+    def real(self, api_seconds: float) -> float:
+        """A stepped clock has no rate: a wait for future time takes as long as the test
+        takes to advance, so any positive span is unbounded (inf)."""
+        return math.inf if api_seconds > 0 else 0.0
+
+    def advance(self, seconds: float) -> None:
+        """Move time forward by `seconds` (>= 0); waits whose deadline is reached end.
+
+        The woken tasks run at the caller's next checkpoint (its next ``await``).
+        """
+        if (isinstance(seconds, bool) or not isinstance(seconds, (int, float))
+                or not math.isfinite(seconds) or seconds < 0):
+            raise ValidationError("seconds", f"must be a finite number >= 0, got {seconds!r}")
+        steps = self._steps
+        steps.now += seconds
+        for scope, when in list(steps.waiters.items()):
+            if when <= steps.now:
+                del steps.waiters[scope]
+                scope.cancel()
+
+    def move_on_at(self, when: float) -> AbstractContextManager[anyio.CancelScope]:
+        """A cancel scope that ends when `advance` brings time to `when` (at once if it is
+        there already)."""
+        return self._move_on_at(when)
+
+    @contextlib.contextmanager
+    def _move_on_at(self, when: float) -> Iterator[anyio.CancelScope]:
+        steps = self._steps
+        if when <= steps.now:
+            scope = anyio.CancelScope(deadline=-math.inf)
+        else:
+            scope = anyio.CancelScope()
+            steps.waiters[scope] = when
+        try:
+            with scope:
+                yield scope
+        finally:
+            steps.waiters.pop(scope, None)
+
+    async def sleep(self, api_seconds: float) -> None:
+        """Wait until time has advanced by `api_seconds`."""
+        with self.move_on_at(self.now() + max(0.0, api_seconds)):
+            await anyio.sleep_forever()
+
+    @property
+    def waiting(self) -> int:
+        """How many waits are pending on this clock (e.g. a session's poller between polls)."""
+        return len(self._steps.waiters)
+
+    @property
+    def next_deadline(self) -> float | None:
+        """The earliest time a pending wait ends at (None if no wait has a finite end):
+        where ``advance(clock.next_deadline - clock.now())`` makes the next thing happen."""
+        finite = [when for when in self._steps.waiters.values() if when != math.inf]
+        return min(finite, default=None)
