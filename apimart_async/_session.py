@@ -48,6 +48,11 @@ class Session:
       closed. Without one the session owns and closes its own.
     - `download_concurrency`: video downloads at once (separate from API requests).
     - `clock`: API time; only tests with a compressed emulator clock change it.
+      Every wait of the session (polls, deadlines, retry delays, `rps` pacing) is on it.
+
+    A session is opened once: unopened, then open inside ``async with``, then closed.
+    Entering it again (open or closed) raises `RuntimeError`; make a new `Session`.
+    Its configuration is read-only after construction.
     """
 
     def __init__(
