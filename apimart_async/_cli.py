@@ -139,6 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
     dl = sub.add_parser("download", help="download a completed task's video")
     dl.add_argument("task_id")
     dl.add_argument("--out", type=Path, required=True, metavar="DIR")
+    dl.add_argument("--overwrite", action="store_true",
+                    help="replace an existing DIR/TASK_ID.mp4 that holds something else")
     _add_client_options(dl)
 
     demo = sub.add_parser("demo", help="run a batch against the built-in emulator (no key)")
@@ -401,7 +403,7 @@ async def _run_download(args: argparse.Namespace) -> int:
 
     await anyio.Path(args.out).mkdir(parents=True, exist_ok=True)
     async with Session(args.api_key, base_url=args.base_url) as session:
-        result = await session.download(args.task_id, args.out)
+        result = await session.download(args.task_id, args.out, overwrite=args.overwrite)
     print(f"{result.path} ({result.size:,} bytes, sha256 {result.sha256})")
     return EXIT_OK
 
@@ -499,6 +501,8 @@ def explain(exc: Exception) -> tuple[int, str]:
     if isinstance(exc, DecodeError):
         return EXIT_FAILED, (f"unexpected answer ({exc}): is --base-url (or ${ENV_BASE_URL}) "
                              "the APIMart API?")
+    if isinstance(exc, DownloadError) and not exc.resumable:
+        return EXIT_FAILED, str(exc)
     if isinstance(exc, (DownloadError, ResultExpiredError)):
         return EXIT_FAILED, f"{exc}; run the command again to resume"
     if isinstance(exc, APIMartError):

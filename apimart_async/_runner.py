@@ -527,11 +527,23 @@ class _Run:
 
     async def _download(self, item: _Item, task: Task | None) -> None:
         try:
-            path = await self._claim_path(item)
             if task is None:
                 assert item.result.task_id is not None
                 task = await self.session.get_task(item.result.task_id)
-            result = await self.session.download(task, path)
+            while True:
+                path = await self._claim_path(item)
+                try:
+                    result = await self.session.download(task, path)
+                    break
+                except ValidationError as exc:
+                    if exc.field != "dest":
+                        raise
+                    # Somebody put a file at the claimed path meanwhile: it stays; the
+                    # video takes the next free name.
+                    log.warning("%s appeared meanwhile: kept; task %s takes a new name",
+                                path, task.id)
+                    await self.journal.release_path(item.key, item.result.state)
+                    item.set(path=None)
         except APIMartError as exc:
             self._account_failure(exc)
             # Stays "completed" in the journal: a re-run tries the download again.

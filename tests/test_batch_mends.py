@@ -175,3 +175,18 @@ async def test_a_version_2_journal_keeps_its_files(
         again = await s.run_batch(prompts("a", "b"), out_dir=tmp_path / "out")
     assert again.ok and server.stats.downloads == 2
     assert [i.path for i in again.items] == [tmp_path / str(i.path) for i in first.items]
+
+
+async def test_a_file_put_at_a_claimed_path_is_kept(
+    server: EmulatorServer, tmp_path: Path
+) -> None:
+    async with session_for(server) as s:
+        server.emulator.inject("download", Fault.http(404))
+        first = await s.run_batch(prompts("a"), out_dir=tmp_path)
+        claimed = first.items[0].path
+        assert not first.ok and claimed is not None and not claimed.exists()
+        claimed.write_bytes(b"a file of the user's, put there meanwhile")
+        again = await s.run_batch(prompts("a"), out_dir=tmp_path)
+    assert again.ok and again.items[0].path not in (None, claimed)
+    assert claimed.read_bytes() == b"a file of the user's, put there meanwhile"
+    assert again.items[0].path.read_bytes() == video_bytes(again.items[0].task_id or "", 65536)  # type: ignore[union-attr]

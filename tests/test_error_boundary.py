@@ -119,11 +119,14 @@ async def test_a_lone_error_in_nested_task_groups_is_unwrapped_with_its_context(
     async def fail() -> None:
         raise inner
 
-    with pytest.raises(KeyError) as caught, ungrouped():
+    async def nested() -> None:
         async with anyio.create_task_group() as outer:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(fail)
             outer.start_soon(anyio.sleep, 0)
+
+    with pytest.raises(KeyError) as caught, ungrouped():
+        await nested()
     assert caught.value is inner and inner.__context__ is None
 
 

@@ -1,0 +1,86 @@
+"""Command-line defects found by an attack review: each test reproduces one.
+
+`main()` runs in-process on a worker thread (its own event loop), against the emulator
+on the test's loop, as in test_cli_errors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from apimart_async import ValidationError, VideoRequest
+from apimart_async._cli import main
+from apimart_async.testing import EmulatorConfig, EmulatorServer, TaskPlan, video_bytes
+
+from .conftest import KEY, MakeServer, session_for
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture(autouse=True)
+def _key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("APIMART_BASE_URL", raising=False)
+    monkeypatch.setenv("APIMART_API_KEY", KEY)
+
+
+async def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    capsys.readouterr()
+    status = await anyio.to_thread.run_sync(main, list(args))
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+async def test_download_never_replaces_a_different_file(
+    server: EmulatorServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async with session_for(server) as s:
+        task = await s.wait(await s.submit(VideoRequest("a")))
+        mine = tmp_path / "mine.mp4"
+        mine.write_bytes(b"my own film")
+        with pytest.raises(ValidationError, match=r"dest: .*mine\.mp4 exists"):
+            await s.download(task, mine)
+        assert mine.read_bytes() == b"my own film"
+        assert not list(tmp_path.glob(".*.part"))
+        # The same video again is harmless; overwrite=True replaces.
+        video = video_bytes(task.id, 64 * 1024)
+        same = tmp_path / "same.mp4"
+        await s.download(task, same)
+        again = await s.download(task, same)
+        assert same.read_bytes() == video and again.size == len(video)
+        await s.download(task, mine, overwrite=True)
+        assert mine.read_bytes() == video
+    out = tmp_path / "d"
+    out.mkdir()
+    (out / f"{task.id}.mp4").write_bytes(b"my own film")
+    status, _, err = await cli(capsys, "download", task.id, "--out", str(out),
+                               "--base-url", server.base_url)
+    assert status == 2 and f"{task.id}.mp4 exists" in err and "--overwrite" in err
+    assert (out / f"{task.id}.mp4").read_bytes() == b"my own film"
+    status, _, err = await cli(capsys, "download", task.id, "--out", str(out), "--overwrite",
+                               "--base-url", server.base_url)
+    assert status == 0, err
+    assert (out / f"{task.id}.mp4").read_bytes() == video
+
+
+async def test_downloading_a_failed_task_does_not_promise_a_resume(
+    make_server: MakeServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def planner(body: Mapping[str, Any], index: int) -> TaskPlan:
+        return TaskPlan(outcome="failed")
+
+    server = await make_server(EmulatorConfig(planner=planner))
+    async with session_for(server) as s:
+        submission = await s.submit(VideoRequest("doomed"))
+        async with s.watch([submission.task_id]) as updates:
+            async for update in updates:
+                if update.final:
+                    break
+    status, _, err = await cli(capsys, "download", submission.task_id, "--out", str(tmp_path),
+                               "--base-url", server.base_url)
+    assert status == 1
+    assert "failed" in err and "no video" in err and "resume" not in err, err
