@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import signal
 import sqlite3
 import sys
@@ -83,7 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EXIT_STATUS_HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"apimart-async {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
+    # Not required here: main() checks, after naming any unknown argument (argparse
+    # would complain of the missing command first, and not name the stray flag).
+    sub = parser.add_subparsers(dest="command")
 
     emu = sub.add_parser("emulator", help="run the APIMart emulator for offline testing")
     emu.add_argument("--host", default="127.0.0.1")
@@ -302,6 +305,8 @@ async def _batch(
     from ._progress import BatchDisplay, summary_lines
     from ._session import Session
 
+    _check_out(args.out)
+
     async def go(stop: anyio.Event) -> BatchReport:
         async with Session(
             api_key, base_url=base_url, max_concurrency=args.concurrency, rps=args.rps,
@@ -378,6 +383,11 @@ async def _interruptible(
     return (result[0] if result else None), (received[0] if received else None)
 
 
+def _check_out(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise ValidationError("--out", f"{out} is a file, not a folder")
+
+
 def _defaults(args: argparse.Namespace) -> dict[str, Any]:
     return {"model": args.model, "duration": args.duration, "aspect_ratio": args.aspect_ratio}
 
@@ -385,9 +395,17 @@ def _defaults(args: argparse.Namespace) -> dict[str, Any]:
 async def _run_batch(args: argparse.Namespace) -> int:
     from ._inputs import read_batch_file
 
-    items = read_batch_file(args.file, _defaults(args))
-    return await _batch(args, items, base_url=args.base_url, api_key=args.api_key,
-                        journal=args.journal, resubmit_ambiguous=args.resubmit_ambiguous)
+    lines: list[int] = []
+    items = read_batch_file(args.file, _defaults(args), lines=lines)
+    try:
+        return await _batch(args, items, base_url=args.base_url, api_key=args.api_key,
+                            journal=args.journal, resubmit_ambiguous=args.resubmit_ambiguous)
+    except ValidationError as exc:
+        # An item refused by the journal: name its line, not its index in the list.
+        match = re.fullmatch(r"requests\[(\d+)\]", exc.field)
+        if match is None:
+            raise
+        raise InputError(args.file, lines[int(match.group(1))], exc.problem) from None
 
 
 async def _run_generate(args: argparse.Namespace) -> int:
@@ -401,6 +419,7 @@ async def _run_generate(args: argparse.Namespace) -> int:
 async def _run_download(args: argparse.Namespace) -> int:
     from ._session import Session
 
+    _check_out(args.out)
     await anyio.Path(args.out).mkdir(parents=True, exist_ok=True)
     async with Session(args.api_key, base_url=args.base_url) as session:
         result = await session.download(args.task_id, args.out, overwrite=args.overwrite)
@@ -468,7 +487,12 @@ _COMMANDS = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `apimart-async` and ``python -m apimart_async``."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if args.command is None:
+        parser.error("the following arguments are required: command")
     try:
         return anyio.run(_COMMANDS[args.command], args)
     except (APIMartError, InputError, OSError, sqlite3.Error) as exc:

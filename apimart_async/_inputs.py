@@ -71,13 +71,16 @@ def _item(data: Any, defaults: Mapping[str, Any], path: Path, line: int) -> Batc
         raise InputError(path, line, str(exc)) from None
 
 
-def read_batch_file(path: Path, defaults: Mapping[str, Any] | None = None) -> list[BatchItem]:
+def read_batch_file(
+    path: Path, defaults: Mapping[str, Any] | None = None, *, lines: list[int] | None = None
+) -> list[BatchItem]:
     """Every item of a batch file, all validated.
 
     A bad line raises `InputError`; several raise `BadLines`, naming every one (up to
     `MAX_REPORTED`), so one run shows the user everything to fix.
 
-    `defaults` (model, duration, aspect_ratio) fill fields a line leaves out.
+    `defaults` (model, duration, aspect_ratio) fill fields a line leaves out. `lines`,
+    if given, receives each item's line number, so later errors can name FILE:LINE.
     """
     defaults = dict(defaults or {})
     suffix = path.suffix.lower()
@@ -99,6 +102,8 @@ def read_batch_file(path: Path, defaults: Mapping[str, Any] | None = None) -> li
             continue
         try:
             items.append(_line_item(line, suffix, defaults, path, number, names))
+            if lines is not None:
+                lines.append(number)
         except InputError as exc:
             bad += 1
             if len(errors) < MAX_REPORTED:

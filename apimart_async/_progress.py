@@ -125,6 +125,10 @@ def summary_lines(report: BatchReport) -> list[str]:
         unfinished = len(report.items) - report.completed
         lines.insert(0, f"{problem}; then re-run the same command to resume the {unfinished} "
                         "unfinished items (nothing already submitted is submitted again)")
+    if report.ambiguous:
+        lines.append(f"{report.ambiguous} ambiguous items may exist and be billed: look them "
+                     "up first; to send them again (same Idempotency-Key), re-run with "
+                     "--resubmit-ambiguous")
     for item in report.items:
         if not item.ok:
             task = f" (task {item.task_id})" if item.task_id else ""

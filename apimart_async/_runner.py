@@ -366,7 +366,8 @@ class _Run:
             )
             if state is ItemState.AMBIGUOUS:
                 item.set(error=row.error or "a previous run stopped while submitting it: it "
-                         "may exist and be billed; re-run with resubmission allowed to retry")
+                         "may exist and be billed; to send it again, re-run with "
+                         "--resubmit-ambiguous (resubmit_ambiguous=True)")
         await self.journal.add(fresh)
 
     # -- running --------------------------------------------------------------------------
@@ -469,7 +470,8 @@ class _Run:
         if error.submission_ambiguous:
             await self._move(item, ItemState.AMBIGUOUS, error=f"may exist and be billed: {error}")
         elif self._account_failure(error):
-            await self._move(item, ItemState.PENDING, error=f"not submitted: {error}")
+            text = str(error) if isinstance(error, NotSubmittedError) else f"not submitted: {error}"
+            await self._move(item, ItemState.PENDING, error=text)
         elif isinstance(error, (BadRequestError, ValidationError)):
             await self._move(item, ItemState.FAILED, error=f"rejected: {error}")
         else:
@@ -571,6 +573,8 @@ async def run_batch(
         dup = next(n for n in names if names.count(n) > 1)
         raise ValidationError("name", f"{dup!r} is used by more than one item")
     out = Path(out_dir)
+    if await anyio.Path(out).exists() and not await anyio.Path(out).is_dir():
+        raise ValidationError("out_dir", f"{out} is a file, not a folder")
     path = Path(journal) if journal is not None else out / JOURNAL_NAME
     before = attrs.evolve(session.stats)
     async with Journal(path) as jr:

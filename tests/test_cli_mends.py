@@ -84,3 +84,64 @@ async def test_downloading_a_failed_task_does_not_promise_a_resume(
                                "--base-url", server.base_url)
     assert status == 1
     assert "failed" in err and "no video" in err and "resume" not in err, err
+
+
+async def batch(capsys: pytest.CaptureFixture[str], server: EmulatorServer, file: Path,
+                out: Path, *extra: str) -> tuple[int, str, str]:
+    return await cli(capsys, "batch", str(file), "--out", str(out), "--base-url",
+                     server.base_url, *extra)
+
+
+async def test_items_never_sent_are_not_counted_failed(
+    make_server: MakeServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    server = await make_server(EmulatorConfig(balance=1))
+    (tmp_path / "p.txt").write_text("one\ntwo\nthree\n")
+    status, out, _ = await batch(capsys, server, tmp_path / "p.txt", tmp_path / "o",
+                                 "--concurrency", "1")
+    assert status == 3
+    assert "3 items: 1 downloaded, 0 failed, 0 ambiguous, 2 not sent;" in out, out
+    assert "not submitted: not submitted" not in out, out
+
+
+async def test_an_ambiguous_item_names_the_flag_that_resends_it(
+    server: EmulatorServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from apimart_async.testing import Fault
+
+    server.emulator.inject("submit", Fault.lost_answer())
+    (tmp_path / "p.txt").write_text("one\n")
+    status, out, _ = await batch(capsys, server, tmp_path / "p.txt", tmp_path / "o")
+    assert status == 1 and "1 ambiguous" in out and "--resubmit-ambiguous" in out, out
+
+
+async def test_a_changed_named_item_is_reported_by_file_and_line(
+    server: EmulatorServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    file = tmp_path / "b.jsonl"
+    file.write_text('{"prompt": "a", "name": "intro"}\n\n{"prompt": "b", "name": "outro"}\n')
+    status, _, err = await batch(capsys, server, file, tmp_path / "o")
+    assert status == 0, err
+    file.write_text('{"prompt": "a", "name": "intro"}\n\n{"prompt": "c", "name": "outro"}\n')
+    status, _, err = await batch(capsys, server, file, tmp_path / "o")
+    assert status == 2 and f"{file}:3: " in err and "requests[" not in err, err
+    assert "outro" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("command", ["batch", "download"])
+async def test_out_naming_a_file_is_a_usage_error(
+    server: EmulatorServer, tmp_path: Path, capsys: pytest.CaptureFixture[str], command: str
+) -> None:
+    (tmp_path / "p.txt").write_text("one\n")
+    (tmp_path / "afile").write_text("not a folder")
+    first = str(tmp_path / "p.txt") if command == "batch" else "task_x"
+    status, _, err = await cli(capsys, command, first, "--out", str(tmp_path / "afile"),
+                               "--base-url", server.base_url)
+    assert status == 2 and "--out" in err and "not a folder" in err, err
+    assert server.stats.submissions == 0
+
+
+def test_an_unknown_flag_is_named(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as caught:
+        main(["--bogus"])
+    assert caught.value.code == 2 and "--bogus" in capsys.readouterr().err
