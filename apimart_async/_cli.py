@@ -33,6 +33,7 @@ from ._errors import (
 )
 from ._groups import lone_exception
 from ._inputs import InputError
+from ._journal import ItemState
 from ._runner import BatchItem, BatchReport
 from ._version import __version__
 
@@ -46,8 +47,9 @@ T = TypeVar("T")
 EXIT_STATUS_HELP = """\
 exit status:
   0    done: every video is on disk (status: the task did not fail)
-  1    some items failed or are ambiguous, or the command could not finish
-       (unknown task, API unreachable or failing, disk error): see the message
+  1    some items failed, are ambiguous or are not on disk yet, or the command
+       could not finish (unknown task, API unreachable or failing, disk error):
+       see the message
   2    usage or input error (bad arguments, bad lines in the input file):
        nothing was sent
   3    account problem: API key rejected (401), balance exhausted (402) or
@@ -276,6 +278,8 @@ def report_json(report: BatchReport) -> dict[str, Any]:
         "completed": report.completed,
         "failed": report.failed,
         "ambiguous": report.ambiguous,
+        "pending": report.pending,
+        "unfinished": report.unfinished,
         "bytes_downloaded": report.bytes_downloaded,
         "retries": report.retries,
         "rate_limited": report.rate_limited,
@@ -293,6 +297,11 @@ def report_json(report: BatchReport) -> dict[str, Any]:
                 "error": r.error,
             }
             for r in report.items
+        ],
+        "earlier": [
+            {"state": r.state.value, "task_id": r.task_id,
+             "path": str(r.path) if r.path else None, "error": r.error}
+            for r in report.earlier
         ],
     }
 
@@ -338,7 +347,10 @@ def report_exit_status(report: BatchReport, signum: int | None = None) -> int:
         return 128 + signum
     if report.account_error is not None:
         return EXIT_ACCOUNT
-    return EXIT_OK if report.ok else EXIT_FAILED
+    # A paid task of an earlier run still not on disk is unfinished business too.
+    stuck = any(item.task_id and not item.ok and item.state is not ItemState.FAILED
+                for item in report.earlier)
+    return EXIT_OK if report.ok and not stuck else EXIT_FAILED
 
 
 async def _interruptible(

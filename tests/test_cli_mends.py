@@ -145,3 +145,21 @@ def test_an_unknown_flag_is_named(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as caught:
         main(["--bogus"])
     assert caught.value.code == 2 and "--bogus" in capsys.readouterr().err
+
+
+def test_a_paid_earlier_task_left_unfinished_fails_the_run() -> None:
+    from apimart_async._cli import report_exit_status, report_json
+    from apimart_async._journal import ItemState
+    from apimart_async._runner import BatchReport, ItemResult
+
+    def result(index: int, state: ItemState) -> ItemResult:
+        return ItemResult(index=index, key=f"k{index}", name=None, request=VideoRequest("a"),
+                          state=state, task_id=f"task_{index}")
+
+    done = BatchReport(items=(result(0, ItemState.DOWNLOADED),), journal=Path("j"),
+                       bytes_downloaded=0, retries=0, rate_limited=0)
+    stuck = BatchReport(items=done.items, earlier=(result(1, ItemState.COMPLETED),),
+                        journal=Path("j"), bytes_downloaded=0, retries=0, rate_limited=0)
+    assert report_exit_status(done) == 0 and report_exit_status(stuck) == 1
+    data = report_json(stuck)
+    assert data["earlier"][0]["task_id"] == "task_1" and data["pending"] == 0
