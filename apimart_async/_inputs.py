@@ -266,7 +266,8 @@ def read_batch(path: Path, defaults: Mapping[str, Any] | None = None) -> BatchFi
     A bad line raises `InputError`; several raise `BadLines`, naming every one (up to
     `MAX_REPORTED`), so one run shows the user everything to fix.
 
-    `defaults` (model, duration, aspect_ratio) fill fields a line leaves out.
+    `defaults` (model, duration, aspect_ratio) fill fields a line leaves out. `lines`,
+    if given, receives each item's line number, so later errors can name FILE:LINE.
     """
     defaults = dict(defaults or {})
     suffix = path.suffix.lower()
