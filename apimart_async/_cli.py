@@ -413,10 +413,7 @@ async def _run_batch(args: argparse.Namespace) -> int:
     batch = read_batch(args.file, _defaults(args))
     for notice in batch.duplicate_notices(skipping=args.skip_duplicates):
         print(notice, file=sys.stderr)
-    repeats = {line for line, _ in batch.duplicates} if args.skip_duplicates else set()
-    kept = [(item, line) for item, line in zip(batch.items, batch.lines, strict=True)
-            if line not in repeats]
-    items, lines = [item for item, _ in kept], [line for _, line in kept]
+    items, lines = batch.select(skip_duplicates=args.skip_duplicates)
     try:
         return await _batch(args, items, base_url=args.base_url, api_key=args.api_key,
                             journal=args.journal, resubmit_ambiguous=args.resubmit_ambiguous)
