@@ -269,7 +269,8 @@ class Session:
         raise RuntimeError(f"watch of {tid} ended without a final update")  # pragma: no cover
 
     async def download(
-        self, task: Task | str | Submission, dest: str | PathLike[str]
+        self, task: Task | str | Submission, dest: str | PathLike[str], *,
+        overwrite: bool = False,
     ) -> DownloadResult:
         """Download a completed task's video to `dest` (a file path, or a directory).
 
@@ -279,6 +280,9 @@ class Session:
         `dest` is either absent or whole. Nothing of the API's (key, headers) is sent
         to the file host. An expired link triggers one fresh `get_task`, else
         `ResultExpiredError`. A task id is looked up first.
+
+        A file already at `dest` holding other bytes is not replaced: `ValidationError`
+        (field ``dest``), unless `overwrite` is True; the same video again is fine.
         """
         self._engine.require_open()
         if not isinstance(task, Task):
@@ -286,7 +290,7 @@ class Session:
         path = Path(dest)
         if await anyio.Path(path).is_dir():
             path = path / f"{task.id}.mp4"
-        return await self._engine.download(task, path)
+        return await self._engine.download(task, path, overwrite=overwrite)
 
     async def run_batch(
         self,

@@ -193,7 +193,7 @@ async def test_an_old_journal_migrates_without_rebilling(
     with sqlite3.connect(tmp_path / JOURNAL) as conn:
         (version,) = conn.execute(
             "SELECT value FROM meta WHERE name = 'schema_version'").fetchone()
-    assert int(version) == 3  # version 1 re-keyed, then the typed-error column added
+    assert int(version) == 4  # v1 re-keyed, v2 paths made names, v3 gains typed errors
 
 
 async def test_a_journal_from_a_newer_version_is_refused(

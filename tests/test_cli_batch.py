@@ -76,7 +76,7 @@ def assert_all_downloaded(out: Path, n: int) -> None:
     assert len(rows) == n
     for name, state, task_id, path, digest in rows:
         assert state == "downloaded", (name, state)
-        data = Path(path).read_bytes()
+        data = (out / path).read_bytes()  # a file name in the output folder
         assert data == video_bytes(task_id, len(data))
         assert hashlib.sha256(data).hexdigest() == digest
     assert not list(out.glob(".*.part"))

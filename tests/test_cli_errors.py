@@ -178,8 +178,8 @@ async def test_file_and_journal_errors_are_one_line(
     (tmp_path / "a-file").write_text("not a directory")
     status, _, err = await cli(capsys, "batch", str(tmp_path / "p.txt"), "--out",
                                str(tmp_path / "a-file"), "--base-url", server.base_url)
-    assert status == 1
-    assert str(tmp_path / "a-file") in one_line(err) and "check the path" in err
+    assert status == 2  # a usage error: --out must name a folder
+    assert str(tmp_path / "a-file") in one_line(err) and "not a folder" in err
 
     (tmp_path / "j.sqlite3").write_bytes(b"not a database at all, " * 20)
     status, _, err = await cli(capsys, "batch", str(tmp_path / "p.txt"), "--out",

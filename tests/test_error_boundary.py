@@ -113,11 +113,32 @@ async def test_run_batch_callback_error_comes_out_as_itself(
     assert stray_tasks() == []
 
 
-def test_a_lone_error_in_nested_groups_is_unwrapped_with_its_context() -> None:
+async def test_a_lone_error_in_nested_task_groups_is_unwrapped_with_its_context() -> None:
     inner = KeyError("k")
+
+    async def fail() -> None:
+        raise inner
+
+    async def nested() -> None:
+        async with anyio.create_task_group() as outer:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(fail)
+            outer.start_soon(anyio.sleep, 0)
+
     with pytest.raises(KeyError) as caught, ungrouped():
-        raise ExceptionGroup("outer", [ExceptionGroup("inner", [inner])])
+        await nested()
     assert caught.value is inner and inner.__context__ is None
+
+
+@pytest.mark.parametrize("leaves", [1, 3])
+async def test_a_users_own_exception_group_comes_out_as_itself(
+    server: EmulatorServer, leaves: int
+) -> None:
+    mine = ExceptionGroup("mine", [ValueError(str(n)) for n in range(leaves)])
+    with pytest.raises(ExceptionGroup) as caught:
+        async with session_for(server):
+            raise mine
+    assert caught.value is mine
 
 
 def test_truly_several_errors_stay_grouped() -> None:

@@ -238,9 +238,14 @@ class BatchFile:
 
     def unique_items(self) -> list[BatchItem]:
         """The items without the repeats: the first line of each request."""
-        repeats = {line for line, _ in self.duplicates}
-        pairs = zip(self.items, self.lines, strict=True)
-        return [item for item, line in pairs if line not in repeats]
+        return self.select(skip_duplicates=True)[0]
+
+    def select(self, *, skip_duplicates: bool) -> tuple[list[BatchItem], list[int]]:
+        """The items to send and the line of each, without the repeats if asked."""
+        repeats = {line for line, _ in self.duplicates} if skip_duplicates else set()
+        kept = [(item, line) for item, line in zip(self.items, self.lines, strict=True)
+                if line not in repeats]
+        return [item for item, _ in kept], [line for _, line in kept]
 
     def duplicate_notices(self, *, skipping: bool) -> list[str]:
         """One line per repeated request (up to `MAX_REPORTED`, then a count)."""
@@ -266,7 +271,8 @@ def read_batch(path: Path, defaults: Mapping[str, Any] | None = None) -> BatchFi
     A bad line raises `InputError`; several raise `BadLines`, naming every one (up to
     `MAX_REPORTED`), so one run shows the user everything to fix.
 
-    `defaults` (model, duration, aspect_ratio) fill fields a line leaves out.
+    `defaults` (model, duration, aspect_ratio) fill fields a line leaves out. `lines`,
+    if given, receives each item's line number, so later errors can name FILE:LINE.
     """
     defaults = dict(defaults or {})
     suffix = path.suffix.lower()

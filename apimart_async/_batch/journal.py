@@ -6,9 +6,11 @@ API key or any header.
 
 An item is keyed by what it asks for, not where it sits in the input: a named item
 by its name, an unnamed one by its request's digest and its occurrence among
-identical requests (`item_key`). Older journals are upgraded on open (version 1,
-keyed by input position, is re-keyed; version 2 gains the `error_record` column); a
-journal from a newer version is refused. One run at a time: an
+identical requests (`item_key`). A row's `path` is a file name in the output folder
+(the journal normally lives in it, so the folder can move, and a run from another
+working directory finds the same files); no two rows share one. Each row keeps its
+item's typed error (`error_record`) beside the text. Older journals are migrated on
+open; a journal from a newer version is refused. One run at a time: an
 exclusive OS lock on ``JOURNAL.lock`` is held while the journal is open.
 """
 
@@ -36,8 +38,10 @@ from .._core.errors import JournalBusyError, ValidationError
 __all__ = ["ItemState", "Journal", "JournalRow", "item_key", "request_digest"]
 
 #: 1: unnamed items keyed by input position. 2: keyed by content (`item_key`).
-#: 3: the typed error of each item (`error_record`, JSON), beside its text (`error`).
-SCHEMA_VERSION = 3
+#: 3: `path` is a file name in the output folder (was relative to the working directory),
+#: unique; the output folder is recorded in `meta`.
+#: 4: the typed error of each item (`error_record`, JSON), beside its text (`error`).
+SCHEMA_VERSION = 4
 
 if sys.platform == "win32":  # pragma: no cover - no Windows CI here
     import msvcrt
@@ -205,6 +209,8 @@ class Journal:
             try:
                 if version == 1:
                     _migrate_v1(conn)
+                if version <= 2:
+                    _migrate_v2(conn)
                 columns = {row[1] for row in conn.execute("PRAGMA table_info(items)")}
                 if "error_record" not in columns:
                     conn.execute("ALTER TABLE items ADD COLUMN error_record TEXT")
@@ -216,6 +222,46 @@ class Journal:
                 conn.execute("ROLLBACK")
                 raise
             conn.execute("COMMIT")
+        self._unique_paths(conn)
+
+    def _unique_paths(self, conn: sqlite3.Connection) -> bool:
+        """Refuse two rows with one file, from now on; False while some still share one
+        (an older version's race could claim a name twice: see `release_path`)."""
+        try:
+            conn.execute(
+                "CREATE UNIQUE INDEX IF NOT EXISTS items_path ON items (path COLLATE NOCASE)"
+            )
+        except sqlite3.IntegrityError:
+            return False
+        return True
+
+    async def release_path(self, key: str, state: ItemState) -> None:
+        """Forget item `key`'s file (it belongs to another row): it takes a new one."""
+        await self.update(key, state, path=None, size=None, sha256=None)
+
+    async def enforce_unique_paths(self) -> None:
+        """Once shared paths are resolved: index them, so none can be shared again."""
+
+        def index() -> None:
+            with self._lock:
+                assert self._conn is not None
+                if not self._unique_paths(self._conn):
+                    raise RuntimeError(f"{self.path}: two items still share one file")
+
+        await anyio.to_thread.run_sync(index)
+
+    async def out_dir(self) -> str | None:
+        """The resolved output folder this journal's files are in, if recorded."""
+        rows = await anyio.to_thread.run_sync(
+            self._run, "SELECT value FROM meta WHERE name = 'out_dir'"
+        )
+        return str(rows[0][0]) if rows else None
+
+    async def set_out_dir(self, folder: str) -> None:
+        """Record the resolved output folder the journal's file names are in."""
+        await anyio.to_thread.run_sync(
+            self._run, "INSERT OR REPLACE INTO meta VALUES ('out_dir', ?)", (folder,)
+        )
 
     def _close(self) -> None:
         with self._lock:
@@ -231,9 +277,10 @@ class Journal:
             return self._conn.execute(sql, tuple(params)).fetchall()
 
     async def load(self) -> dict[str, JournalRow]:
-        """Every recorded item, by key."""
+        """Every recorded item, by key, in input order."""
         rows = await anyio.to_thread.run_sync(
-            self._run, f"SELECT {', '.join(_COLUMNS)} FROM items"  # noqa: S608 - fixed columns
+            self._run,
+            f"SELECT {', '.join(_COLUMNS)} FROM items ORDER BY position",  # noqa: S608
         )
         out = {}
         for row in rows:
@@ -315,3 +362,12 @@ def _migrate_v1(conn: sqlite3.Connection) -> None:
     # Via temporary keys: a new key never equals an old one, but stay safe regardless.
     conn.executemany("UPDATE items SET key = '~' || key WHERE key = ?", [(k,) for _, k in renames])
     conn.executemany("UPDATE items SET key = ? WHERE key = '~' || ?", renames)
+
+
+def _migrate_v2(conn: sqlite3.Connection) -> None:
+    """Version 2 stored OUT/NAME as given (relative to the working directory of the run
+    that claimed it); every file was directly in the output folder, so keep NAME."""
+    rows = conn.execute("SELECT key, path FROM items WHERE path IS NOT NULL").fetchall()
+    conn.executemany(
+        "UPDATE items SET path = ? WHERE key = ?", [(Path(p).name, k) for k, p in rows]
+    )

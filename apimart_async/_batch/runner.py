@@ -16,12 +16,14 @@ has given to another item, is never written: the item takes NAME-2.mp4, -3, ...
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import re
 import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import anyio
 import attrs
@@ -104,6 +106,9 @@ class BatchReport:
     bytes_downloaded: int
     retries: int
     rate_limited: int
+    #: Items of earlier runs on this journal that are no longer in the input but were
+    #: paid for (they have a task id): this run finished them too, to their old files.
+    earlier: tuple[ItemResult, ...] = ()
     #: The 401/402/403 that stopped the batch (`AuthenticationError`,
     #: `InsufficientBalanceError` or `PermissionDeniedError`), else None. The items it
     #: stopped keep their place in the journal: a re-run after fixing the account resumes them.
@@ -124,8 +129,18 @@ class BatchReport:
 
     @property
     def failed(self) -> int:
-        """Items that did not end on disk and are not ambiguous."""
-        return len(self.items) - self.completed - self.ambiguous
+        """Items that failed: the task failed, or the API rejected the request."""
+        return self._count(ItemState.FAILED)
+
+    @property
+    def pending(self) -> int:
+        """Items not sent (interrupted, or stopped by the account): a re-run sends them."""
+        return self._count(ItemState.PENDING)
+
+    @property
+    def unfinished(self) -> int:
+        """Items submitted whose video is not on disk yet: a re-run polls and fetches them."""
+        return self._count(ItemState.SUBMITTING, ItemState.SUBMITTED, ItemState.COMPLETED)
 
     @property
     def ok(self) -> bool:
@@ -133,8 +148,19 @@ class BatchReport:
         return self.completed == len(self.items)
 
 
-async def _file_size(path: str | None) -> int | None:
-    if not path:
+def _sha256(path: Path) -> str | None:
+    digest = hashlib.sha256()
+    try:
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    except OSError:
+        return None
+    return digest.hexdigest()
+
+
+async def _file_size(path: Path | None) -> int | None:
+    if path is None:
         return None
     try:
         info = await anyio.Path(path).stat()
@@ -185,12 +211,40 @@ class _Item:
             state=ItemState.PENDING,
         )
 
+    @classmethod
+    def earlier(cls, index: int, row: JournalRow) -> _Item:
+        """An item of an earlier run, known only from its journal row."""
+        self = cls.__new__(cls)
+        self.index, self.key, self.name, self.idem = index, row.key, row.name, row.idempotency_key
+        self.request = _request_from_body(json.loads(row.request))
+        occurrence = int(row.key.rsplit(":", 1)[1]) if row.key.startswith("req:") else 1
+        self.filename = f"{_file_stem(row.name, row.request, occurrence)}.mp4"
+        self.result = ItemResult(
+            index=index, key=row.key, name=row.name, request=self.request, state=row.state,
+            task_id=row.task_id, error=_error_of(row), reason=row.error,
+        )
+        return self
+
     def set(self, **changes: object) -> ItemResult:
         self.result = attrs.evolve(self.result, **changes)  # type: ignore[arg-type]
         return self.result
 
 
 OnChange = Callable[[ItemResult], None]
+
+
+def _request_from_body(body: dict[str, Any]) -> VideoRequest:
+    """The request an earlier run journaled (its wire body), for the report. A body
+    today's checks refuse still names its prompt: its task was paid for and is fetched."""
+    rest = dict(body)
+    fields = {name: rest.pop(name) for name in
+              ("model", "duration", "aspect_ratio", "image_urls") if name in rest}
+    prompt = rest.pop("prompt", None)
+    try:
+        return VideoRequest(prompt, **fields, extra=rest or None)
+    except ValidationError:
+        log.warning("journal: an earlier item's request no longer validates: %r", body)
+        return VideoRequest(str(prompt or "(unknown prompt)").strip() or "(unknown prompt)")
 
 
 class _Keep:
@@ -230,6 +284,8 @@ class _Run:
     ) -> None:
         self.engine = engine
         self.items = items
+        # Paid tasks of earlier runs whose lines are gone from the input.
+        self.earlier: list[_Item] = []
         self.out_dir = out_dir
         self.journal = journal
         self.on_change = on_change
@@ -237,6 +293,7 @@ class _Run:
         self.account_error: APIMartError | None = None
         # Paths the journal has given to an item (this run's or an earlier one's).
         self._claimed: set[str] = set()
+        self._claiming = anyio.Lock()
         self._stream: BatchStream | None = None
         self.interrupted = False
 
@@ -246,7 +303,8 @@ class _Run:
     ) -> None:
         """Journal first, then tell the caller. `error` and `reason` are set together:
         giving either replaces both (a reason without an error clears the error)."""
-        columns = {k: (str(v) if isinstance(v, Path) else v) for k, v in fields.items()
+        # A path is journaled as a file name in the output folder (see `journal`).
+        columns = {k: (v.name if isinstance(v, Path) else v) for k, v in fields.items()
                    if k in ("task_id", "path", "size", "sha256")}
         if not isinstance(error, _Keep) or not isinstance(reason, _Keep):
             error = None if isinstance(error, _Keep) else error
@@ -260,16 +318,65 @@ class _Run:
         self._notify(item.set(state=state, **fields))
 
     def _notify(self, result: ItemResult) -> None:
-        if self.on_change is not None:
+        if self.on_change is not None and result.index < len(self.items):
             self.on_change(result)
 
     # -- reconciling with what the journal remembers --------------------------------------
 
+    async def _check_out_dir(self) -> None:
+        """A journal's file names are in one output folder: refuse another one. A journal
+        inside its folder moves with it, so only one kept elsewhere can be mismatched."""
+        out = await anyio.to_thread.run_sync(self.out_dir.resolve)
+        recorded = await self.journal.out_dir()
+        beside = await anyio.to_thread.run_sync(self.journal.path.parent.resolve)
+        if recorded is not None and recorded != str(out) and beside != out:
+            raise ValidationError(
+                "out_dir", f"{self.out_dir} is not the output folder of journal "
+                f"{self.journal.path} ({recorded}): use --out {recorded}, or another journal",
+            )
+        if recorded != str(out):
+            await self.journal.set_out_dir(str(out))
+
+    async def _share_no_paths(self, rows: dict[str, JournalRow]) -> None:
+        """Two rows naming one file (an older version's race): the file belongs to the
+        row whose digest it has, if any; the others forget it and download again to a
+        new name. The file itself is never touched."""
+        by_path: dict[str, list[JournalRow]] = {}
+        for row in rows.values():
+            if row.path:
+                by_path.setdefault(row.path.casefold(), []).append(row)
+        for group in by_path.values():
+            if len(group) < 2:
+                continue
+            digest = await anyio.to_thread.run_sync(_sha256, self.out_dir / str(group[0].path))
+            for row in group:
+                if row.sha256 is not None and row.sha256 == digest:
+                    digest = None  # the first match owns it; any other is a copy
+                    continue
+                state = ItemState.COMPLETED if row.state is ItemState.DOWNLOADED else row.state
+                log.warning("journal: items %s share %s; %s takes a new file",
+                            ", ".join(r.key for r in group), row.path, row.key)
+                await self.journal.release_path(row.key, state)
+                rows[row.key] = attrs.evolve(row, state=state, path=None, size=None,
+                                             sha256=None)
+        await self.journal.enforce_unique_paths()
+
     async def reconcile(self, resubmit_ambiguous: bool) -> None:
+        await self._check_out_dir()
         rows = await self.journal.load()
         _refuse_changed_names(self.items, rows, self.journal.path)
+        await self._share_no_paths(rows)
         # Case-folded: two names differing only in case are one file on macOS and Windows.
         self._claimed = {row.path.casefold() for row in rows.values() if row.path}
+        keys = {item.key for item in self.items}
+        for old in rows.values():  # in input order (`Journal.load`)
+            if (old.key not in keys and old.task_id
+                    and old.state in (ItemState.SUBMITTED, ItemState.COMPLETED)):
+                # Paid for, then its line was edited or removed: still fetch its video.
+                earlier = _Item.earlier(len(self.items) + len(self.earlier), old)
+                if old.path:
+                    earlier.set(path=self.out_dir / old.path)
+                self.earlier.append(earlier)
         fresh: list[tuple[int, JournalRow]] = []
         for item in self.items:
             body = request_json(item.request.to_body())
@@ -283,9 +390,18 @@ class _Run:
                 continue
             item.idem = row.idempotency_key
             state = row.state
+            path = self.out_dir / row.path if row.path else None
             if state is ItemState.DOWNLOADED:
-                if await _file_size(row.path) != row.size:
+                size = await _file_size(path)
+                if size is None:
                     state = ItemState.COMPLETED  # the file went missing: fetch it again
+                elif size != row.size:
+                    # Changed since (edited by its owner?): never replaced; the video is
+                    # fetched again to a new name.
+                    log.warning("%s changed since it was downloaded: kept; task %s is "
+                                "downloaded again to a new file", path, row.task_id)
+                    state, path = ItemState.COMPLETED, None
+                    await self.journal.release_path(item.key, state)
             elif state is ItemState.SUBMITTING:
                 state = ItemState.AMBIGUOUS  # a crash left it on the wire
             if state is ItemState.AMBIGUOUS and resubmit_ambiguous:
@@ -294,11 +410,13 @@ class _Run:
                 await self.journal.update(item.key, state)
             item.set(
                 state=state, task_id=row.task_id, error=_error_of(row), reason=row.error,
-                path=Path(row.path) if row.path else None, size=row.size, sha256=row.sha256,
+                path=path, size=row.size if path else None,
+                sha256=row.sha256 if path else None,
             )
             if state is ItemState.AMBIGUOUS:
                 item.set(reason=row.error or "a previous run stopped while submitting it: it "
-                         "may exist and be billed; re-run with resubmission allowed to retry")
+                         "may exist and be billed; to send it again, re-run with "
+                         "--resubmit-ambiguous (resubmit_ambiguous=True)")
         await self.journal.add(fresh)
 
     # -- running --------------------------------------------------------------------------
@@ -331,7 +449,7 @@ class _Run:
 
     async def _work(self) -> None:
         by_state: dict[ItemState, list[_Item]] = {}
-        for item in self.items:
+        for item in [*self.items, *self.earlier]:
             by_state.setdefault(item.result.state, []).append(item)
             self._notify(item.result)
         if self.interrupted:
@@ -401,8 +519,8 @@ class _Run:
             await self._move(item, ItemState.AMBIGUOUS, error=error,
                              reason=f"may exist and be billed: {error}")
         elif self._account_failure(error):
-            await self._move(item, ItemState.PENDING, error=error,
-                             reason=f"not submitted: {error}")
+            text = str(error) if isinstance(error, NotSubmittedError) else f"not submitted: {error}"
+            await self._move(item, ItemState.PENDING, error=error, reason=text)
         elif isinstance(error, (BadRequestError, ValidationError)):
             await self._move(item, ItemState.FAILED, error=error, reason=f"rejected: {error}")
         else:
@@ -446,25 +564,40 @@ class _Run:
         item has; claimed in the journal before any byte is written."""
         if item.result.path is not None:
             return item.result.path
-        stem, n = Path(item.filename).stem, 1
-        while True:
-            path = self.out_dir / (item.filename if n == 1 else f"{stem}-{n}.mp4")
-            if (str(path).casefold() not in self._claimed
-                    and not await anyio.Path(path).exists()
-                    and not await anyio.Path(part_path(path)).exists()):
-                break
-            n += 1
-        self._claimed.add(str(path).casefold())
-        await self._move(item, item.result.state, path=path)
+        # One claim at a time: between looking at a name and taking it, another
+        # download (awaiting the disk) could take the same name.
+        async with self._claiming:
+            stem, n = Path(item.filename).stem, 1
+            while True:
+                path = self.out_dir / (item.filename if n == 1 else f"{stem}-{n}.mp4")
+                if (path.name.casefold() not in self._claimed
+                        and not await anyio.Path(path).exists()
+                        and not await anyio.Path(part_path(path)).exists()):
+                    break
+                n += 1
+            self._claimed.add(path.name.casefold())
+            await self._move(item, item.result.state, path=path)
         return path
 
     async def _download(self, item: _Item, task: Task | None) -> None:
         try:
-            path = await self._claim_path(item)
             if task is None:
                 assert item.result.task_id is not None
                 task = await self.engine.get_task(item.result.task_id)
-            result = await self.engine.download(task, path)
+            while True:
+                path = await self._claim_path(item)
+                try:
+                    result = await self.engine.download(task, path)
+                    break
+                except ValidationError as exc:
+                    if exc.field != "dest":
+                        raise
+                    # Somebody put a file at the claimed path meanwhile: it stays; the
+                    # video takes the next free name.
+                    log.warning("%s appeared meanwhile: kept; task %s takes a new name",
+                                path, task.id)
+                    await self.journal.release_path(item.key, item.result.state)
+                    item.set(path=None)
         except APIMartError as exc:
             self._account_failure(exc)
             # Stays "completed" in the journal: a re-run tries the download again.
@@ -493,6 +626,8 @@ async def run_batch(
         dup = next(n for n in names if names.count(n) > 1)
         raise ValidationError("name", f"{dup!r} is used by more than one item")
     out = Path(out_dir)
+    if await anyio.Path(out).exists() and not await anyio.Path(out).is_dir():
+        raise ValidationError("out_dir", f"{out} is a file, not a folder")
     path = Path(journal) if journal is not None else out / JOURNAL_NAME
     before = attrs.evolve(engine.stats)
     async with Journal(path) as jr:
@@ -503,6 +638,7 @@ async def run_batch(
     stats = engine.stats
     return BatchReport(
         items=tuple(item.result for item in items),
+        earlier=tuple(item.result for item in run.earlier),
         journal=path,
         interrupted=run.interrupted,
         bytes_downloaded=stats.bytes_downloaded - before.bytes_downloaded,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import signal
 import sqlite3
 import sys
@@ -16,6 +17,7 @@ import anyio
 from anyio.abc import TaskStatus
 
 from .._batch.inputs import InputError
+from .._batch.journal import ItemState
 from .._batch.runner import BatchItem, BatchReport
 from .._core.config import DEFAULT_BASE_URL, ENV_BASE_URL
 from .._core.errors import (
@@ -45,8 +47,9 @@ T = TypeVar("T")
 EXIT_STATUS_HELP = """\
 exit status:
   0    done: every video is on disk (status: the task did not fail)
-  1    some items failed or are ambiguous, or the command could not finish
-       (unknown task, API unreachable or failing, disk error): see the message
+  1    some items failed, are ambiguous or are not on disk yet, or the command
+       could not finish (unknown task, API unreachable or failing, disk error):
+       see the message
   2    usage or input error (bad arguments, bad lines in the input file):
        nothing was sent
   3    account problem: API key rejected (401), balance exhausted (402) or
@@ -83,7 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EXIT_STATUS_HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"apimart-async {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
+    # Not required here: main() checks, after naming any unknown argument (argparse
+    # would complain of the missing command first, and not name the stray flag).
+    sub = parser.add_subparsers(dest="command")
 
     emu = sub.add_parser("emulator", help="run the APIMart emulator for offline testing")
     emu.add_argument("--host", default="127.0.0.1")
@@ -142,6 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
     dl = sub.add_parser("download", help="download a completed task's video")
     dl.add_argument("task_id")
     dl.add_argument("--out", type=Path, required=True, metavar="DIR")
+    dl.add_argument("--overwrite", action="store_true",
+                    help="replace an existing DIR/TASK_ID.mp4 that holds something else")
     _add_client_options(dl)
 
     demo = sub.add_parser("demo", help="run a batch against the built-in emulator (no key)")
@@ -274,6 +281,8 @@ def report_json(report: BatchReport) -> dict[str, Any]:
         "completed": report.completed,
         "failed": report.failed,
         "ambiguous": report.ambiguous,
+        "pending": report.pending,
+        "unfinished": report.unfinished,
         "bytes_downloaded": report.bytes_downloaded,
         "retries": report.retries,
         "rate_limited": report.rate_limited,
@@ -294,6 +303,11 @@ def report_json(report: BatchReport) -> dict[str, Any]:
             }
             for r in report.items
         ],
+        "earlier": [
+            {"state": r.state.value, "task_id": r.task_id,
+             "path": str(r.path) if r.path else None, "error": r.error}
+            for r in report.earlier
+        ],
     }
 
 
@@ -304,6 +318,8 @@ async def _batch(
 ) -> int:
     from .._session import Session
     from .progress import BatchDisplay, summary_lines
+
+    _check_out(args.out)
 
     async def go(stop: anyio.Event) -> BatchReport:
         async with Session(
@@ -336,7 +352,10 @@ def report_exit_status(report: BatchReport, signum: int | None = None) -> int:
         return 128 + signum
     if report.account_error is not None:
         return EXIT_ACCOUNT
-    return EXIT_OK if report.ok else EXIT_FAILED
+    # A paid task of an earlier run still not on disk is unfinished business too.
+    stuck = any(item.task_id and not item.ok and item.state is not ItemState.FAILED
+                for item in report.earlier)
+    return EXIT_OK if report.ok and not stuck else EXIT_FAILED
 
 
 async def _interruptible(
@@ -381,6 +400,11 @@ async def _interruptible(
     return (result[0] if result else None), (received[0] if received else None)
 
 
+def _check_out(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise ValidationError("--out", f"{out} is a file, not a folder")
+
+
 def _defaults(args: argparse.Namespace) -> dict[str, Any]:
     return {"model": args.model, "duration": args.duration, "aspect_ratio": args.aspect_ratio}
 
@@ -391,9 +415,16 @@ async def _run_batch(args: argparse.Namespace) -> int:
     batch = read_batch(args.file, _defaults(args))
     for notice in batch.duplicate_notices(skipping=args.skip_duplicates):
         print(notice, file=sys.stderr)
-    items = batch.unique_items() if args.skip_duplicates else list(batch.items)
-    return await _batch(args, items, base_url=args.base_url, api_key=args.api_key,
-                        journal=args.journal, resubmit_ambiguous=args.resubmit_ambiguous)
+    items, lines = batch.select(skip_duplicates=args.skip_duplicates)
+    try:
+        return await _batch(args, items, base_url=args.base_url, api_key=args.api_key,
+                            journal=args.journal, resubmit_ambiguous=args.resubmit_ambiguous)
+    except ValidationError as exc:
+        # An item refused by the journal: name its line, not its index in the list.
+        match = re.fullmatch(r"requests\[(\d+)\]", exc.field)
+        if match is None:
+            raise
+        raise InputError(args.file, lines[int(match.group(1))], exc.problem) from None
 
 
 async def _run_generate(args: argparse.Namespace) -> int:
@@ -407,9 +438,10 @@ async def _run_generate(args: argparse.Namespace) -> int:
 async def _run_download(args: argparse.Namespace) -> int:
     from .._session import Session
 
+    _check_out(args.out)
     await anyio.Path(args.out).mkdir(parents=True, exist_ok=True)
     async with Session(args.api_key, base_url=args.base_url) as session:
-        result = await session.download(args.task_id, args.out)
+        result = await session.download(args.task_id, args.out, overwrite=args.overwrite)
     print(f"{result.path} ({result.size:,} bytes, sha256 {result.sha256})")
     return EXIT_OK
 
@@ -474,7 +506,12 @@ _COMMANDS = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `apimart-async` and ``python -m apimart_async``."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if args.command is None:
+        parser.error("the following arguments are required: command")
     try:
         return anyio.run(_COMMANDS[args.command], args)
     except (APIMartError, InputError, OSError, sqlite3.Error) as exc:
@@ -507,6 +544,8 @@ def explain(exc: Exception) -> tuple[int, str]:
     if isinstance(exc, DecodeError):
         return EXIT_FAILED, (f"unexpected answer ({exc}): is --base-url (or ${ENV_BASE_URL}) "
                              "the APIMart API?")
+    if isinstance(exc, DownloadError) and not exc.resumable:
+        return EXIT_FAILED, str(exc)
     if isinstance(exc, (DownloadError, ResultExpiredError)):
         return EXIT_FAILED, f"{exc}; run the command again to resume"
     if isinstance(exc, APIMartError):

@@ -95,12 +95,24 @@ class BatchDisplay:
 def summary_lines(report: BatchReport) -> list[str]:
     """A human summary: totals, then every item that did not end on disk, and why."""
     mb = report.bytes_downloaded / 1e6
+    left = "".join(f", {n} {what}" for n, what in (
+        (report.pending, "not sent"), (report.unfinished, "unfinished")) if n)
     lines = [
         f"{len(report.items)} items: {report.completed} downloaded, {report.failed} failed, "
-        f"{report.ambiguous} ambiguous; {mb:.1f} MB downloaded; "
+        f"{report.ambiguous} ambiguous{left}; {mb:.1f} MB downloaded; "
         f"{report.retries} retries; {report.rate_limited} rate-limit answers (429) met",
         f"journal: {report.journal}",
     ]
+    if report.earlier:
+        done = sum(item.ok for item in report.earlier)
+        lines.append(f"{len(report.earlier)} paid tasks of earlier runs, no longer in the "
+                     f"input: {done} downloaded")
+        for item in report.earlier:
+            if item.ok:
+                continue
+            out = item.path.parent if item.path else report.journal.parent
+            lines.append(f"  {item.state.value:<10} task {item.task_id}: {item.error or ''} "
+                         f"(re-run, or: apimart-async download {item.task_id} --out {out})")
     if report.interrupted:
         unsent = sum(item.state is ItemState.PENDING for item in report.items)
         going = sum(item.state in (ItemState.SUBMITTED, ItemState.COMPLETED)
@@ -113,6 +125,10 @@ def summary_lines(report: BatchReport) -> list[str]:
         unfinished = len(report.items) - report.completed
         lines.insert(0, f"{problem}; then re-run the same command to resume the {unfinished} "
                         "unfinished items (nothing already submitted is submitted again)")
+    if report.ambiguous:
+        lines.append(f"{report.ambiguous} ambiguous items may exist and be billed: look them "
+                     "up first; to send them again (same Idempotency-Key), re-run with "
+                     "--resubmit-ambiguous")
     for item in report.items:
         if not item.ok:
             task = f" (task {item.task_id})" if item.task_id else ""

@@ -218,10 +218,14 @@ class ResultExpiredError(APIMartError):
 
 
 class DownloadError(APIMartError):
-    """The video could not be downloaded whole (after resuming where possible)."""
+    """The video could not be downloaded whole (after resuming where possible).
 
-    def __init__(self, task_id: str, message: str) -> None:
+    `resumable` is False when trying again cannot help (the task has no video).
+    """
+
+    def __init__(self, task_id: str, message: str, *, resumable: bool = True) -> None:
         self.task_id = task_id
+        self.resumable = resumable
         super().__init__(f"task {task_id}: {message}")
 
 

@@ -2,38 +2,44 @@
 
 anyio's task groups wrap whatever leaves them in a `BaseExceptionGroup`, even one
 exception raised by the caller's own code in the ``async with`` block. Where our task
-groups meet the caller, a group holding a single exception (nested groups flattened)
-is replaced by that exception, so ``except TaskFailedError:`` catches it. Failures that
-are truly several (two background tasks failing at once) stay grouped.
+groups meet the caller, such a wrapper holding a single exception is replaced by that
+exception (through nested wrappers), so ``except TaskFailedError:`` catches it. Only
+the task groups' own wrappers are taken off: an exception group the caller raised
+comes out as that very object, whatever its size. Failures that are truly several
+(two background tasks failing at once) stay grouped.
 """
 
 from __future__ import annotations
 
-import itertools
 import sys
-from collections.abc import Iterator
 from types import TracebackType
 
 if sys.version_info < (3, 11):  # pragma: no cover - anyio installs the backport on 3.10
-    from exceptiongroup import BaseExceptionGroup
+    from exceptiongroup import BaseExceptionGroup, ExceptionGroup
 
 __all__ = ["lone_exception", "ungrouped"]
 
 
-def _leaves(group: BaseExceptionGroup[BaseException]) -> Iterator[BaseException]:
-    for exc in group.exceptions:
-        if isinstance(exc, BaseExceptionGroup):
-            yield from _leaves(exc)
-        else:
-            yield exc
+# The message anyio (and asyncio.TaskGroup) give the group a task group raises. A group
+# the caller made has its own message; it is never taken apart.
+_WRAPPER = "unhandled errors in a TaskGroup"
+
+
+def _is_wrapper(exc: BaseException) -> bool:
+    return (
+        type(exc) in (BaseExceptionGroup, ExceptionGroup)
+        and exc.message == _WRAPPER  # type: ignore[attr-defined]
+    )
 
 
 def lone_exception(exc: BaseException) -> BaseException | None:
-    """The one exception inside `exc` if it is a group of exactly one, else None."""
-    if not isinstance(exc, BaseExceptionGroup):
+    """The one exception inside `exc` if it is a task group's wrapper (or wrappers)
+    around exactly one, else None."""
+    if not _is_wrapper(exc):
         return None
-    leaves = list(itertools.islice(_leaves(exc), 2))
-    return leaves[0] if len(leaves) == 1 else None
+    while _is_wrapper(exc) and len(exc.exceptions) == 1:  # type: ignore[attr-defined]
+        exc = exc.exceptions[0]  # type: ignore[attr-defined]
+    return None if _is_wrapper(exc) else exc
 
 
 class ungrouped:

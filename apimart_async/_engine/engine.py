@@ -213,7 +213,9 @@ class Engine:
         self.stats.get_task_calls += 1
         return task
 
-    async def download(self, task: Task, path: Path) -> DownloadResult:
-        """Download completed `task`'s video to the file `path`."""
+    async def download(
+        self, task: Task, path: Path, *, overwrite: bool = False
+    ) -> DownloadResult:
+        """Download completed `task`'s video to the file `path` (see `Downloader`)."""
         self.require_open()
-        return await self.downloader.download(task, path)
+        return await self.downloader.download(task, path, overwrite=overwrite)

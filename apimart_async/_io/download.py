@@ -2,7 +2,8 @@
 
 The file host is not the API host: nothing but `Range`/`If-Range` and a User-Agent
 is ever sent there. Bytes go to a hidden ``.NAME.part`` beside the destination, so
-a destination path is either absent or whole.
+a destination path is either absent or whole. An existing file is never replaced
+by different bytes unless the caller says so.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from .._core.errors import (
     DownloadError,
     ResultExpiredError,
     ServerError,
+    ValidationError,
 )
 from .._core.models import Task, TaskStatus
 from .._core.retry import RetryPolicy, backoff
@@ -79,12 +81,17 @@ class Downloader:
         self._refresh = refresh
         self._stats = stats
 
-    async def download(self, task: Task, dest: Path) -> DownloadResult:
+    async def download(self, task: Task, dest: Path, *, overwrite: bool = False) -> DownloadResult:
         """Fetch `task`'s video into `dest` (see `Session.download`)."""
         if task.status is not TaskStatus.COMPLETED:
-            raise DownloadError(task.id, f"task is {task.status.value}, not completed")
+            ended = task.status.is_terminal
+            raise DownloadError(
+                task.id, f"task is {task.status.value}, not completed: "
+                + ("it has no video" if ended else "wait until it completes"),
+                resumable=False,
+            )
         async with self._limit:
-            return await self._download(task, dest)
+            return await self._download(task, dest, overwrite)
 
     async def _fresh(self, task: Task) -> Task:
         fresh = await self._refresh(task.id)
@@ -93,7 +100,7 @@ class Downloader:
         log.info("task %s: result link refreshed", task.id)
         return fresh
 
-    async def _download(self, task: Task, dest: Path) -> DownloadResult:
+    async def _download(self, task: Task, dest: Path, overwrite: bool) -> DownloadResult:
         refreshed = False
         if not task.video_urls or task.is_expired(self._clock.wall()):
             task, refreshed = await self._fresh(task), True
@@ -152,7 +159,13 @@ class Downloader:
                     raise DownloadError(task.id, f"got {size} of {total} bytes")
                 continue
             break
-        digest = await anyio.to_thread.run_sync(_finish, part, dest)
+        try:
+            digest = await anyio.to_thread.run_sync(_finish, part, dest, overwrite)
+        except FileExistsError:
+            raise ValidationError(
+                "dest", f"{dest} exists and holds something else: not replaced (choose "
+                "another path, or allow overwriting: overwrite=True, --overwrite)",
+            ) from None
         self._stats.downloads += 1
         self._stats.bytes_downloaded += size
         return DownloadResult(
@@ -203,12 +216,25 @@ async def _size(path: Path) -> int:
         return 0
 
 
-def _finish(part: Path, dest: Path) -> str:
-    """Hash, flush to disk and move into place; returns the sha256 hex digest."""
+def _digest(path: Path) -> str:
     digest = hashlib.sha256()
-    with part.open("rb") as handle:
+    with path.open("rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
         os.fsync(handle.fileno())
-    os.replace(part, dest)
     return digest.hexdigest()
+
+
+def _finish(part: Path, dest: Path, overwrite: bool) -> str:
+    """Hash, flush to disk and move into place; returns the sha256 hex digest. A file
+    already at `dest` is replaced only with `overwrite`, or when it holds these very
+    bytes (fetching a video twice is harmless); else FileExistsError."""
+    digest = _digest(part)
+    if not overwrite and dest.exists():
+        same = dest.is_file() and dest.stat().st_size == part.stat().st_size
+        part.unlink()
+        if not (same and _digest(dest) == digest):
+            raise FileExistsError(str(dest))
+        return digest
+    os.replace(part, dest)
+    return digest
