@@ -11,11 +11,11 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from apimart_async._batch.journal import ItemState, Journal
-from apimart_async._cli.progress import summary_lines
-from apimart_async._batch.runner import BatchItem
 
 from apimart_async import ValidationError, VideoRequest
+from apimart_async._batch.journal import ItemState, Journal
+from apimart_async._batch.runner import BatchItem
+from apimart_async._cli.progress import summary_lines
 from apimart_async.testing import EmulatorConfig, EmulatorServer, Fault, video_bytes
 
 from .conftest import MakeServer, session_for

@@ -150,7 +150,6 @@ def test_an_unknown_flag_is_named(capsys: pytest.CaptureFixture[str]) -> None:
 def test_a_paid_earlier_task_left_unfinished_fails_the_run() -> None:
     from apimart_async._batch.journal import ItemState
     from apimart_async._batch.runner import BatchReport, ItemResult
-
     from apimart_async._cli.main import report_exit_status, report_json
 
     def result(index: int, state: ItemState) -> ItemResult:
