@@ -249,13 +249,17 @@ class Poller:
         warned = stats.fails_mid_run
         stats.learn(entry.state, now, task)
         if model:
-            self._stats.setdefault("", ModelStats()).learn(entry.state, now, task)
+            pooled = self._stats.get("")
+            if pooled is None:
+                pooled = self._stats[""] = ModelStats()
+            pooled.learn(entry.state, now, task)
         if stats.fails_mid_run and not warned:
             self._tighten(model, now)
 
     def _tighten(self, model: str, now: float) -> None:
-        """A render of `model` failed part-way: bring its rendering tasks' polls forward."""
-        due = now + self._policy.watch_interval
+        """A task of `model` failed unannounced: bring its rendering tasks' polls forward
+        to the pace `next_delay` now keeps for them."""
+        due = now + self._policy.failure_interval
         for entry in self._entries.values():
             last = entry.last
             if (last is not None and (entry.model or "") == model

@@ -82,16 +82,21 @@ class PollPolicy:
     - `margin`: how far past a confident prediction to poll, as a fraction of the
       time still to go when the prediction was made (a little late beats a wasted poll).
     - `watch_interval`: the longest gap between polls once a task may end at any moment
-      (past its predicted end, stalled, or rendering for a model seen failing mid-run);
-      the default matches a 1-s loop's worst case, less the time a request takes.
+      (past its predicted end, stalled, or rendering without progress); the default
+      keeps a 1-s loop's worst-case lag with a margin for the time a request takes and
+      for timing noise.
     - `age_fraction`: for long tasks that gap grows to this fraction of the task's age.
+    - `failure_interval`: the longest gap between polls of a rendering task once the
+      session has seen a task of its model fail: a failure comes unannounced, so it is
+      seen as soon as a 1-s loop would see it, at the loop's pace (never faster).
     """
 
     first_delay: float = attrs.field(default=2.0, validator=_check)
     min_interval: float = attrs.field(default=0.25, validator=_check)
     max_interval: float = attrs.field(default=30.0, validator=_check)
-    margin: float = attrs.field(default=0.02, validator=_check_margin)
-    watch_interval: float = attrs.field(default=0.95, validator=_check)
+    margin: float = attrs.field(default=0.01, validator=_check_margin)
+    watch_interval: float = attrs.field(default=0.9, validator=_check)
+    failure_interval: float = attrs.field(default=1.0, validator=_check)
     age_fraction: float = attrs.field(default=0.12, validator=_check_fraction)
 
     def __attrs_post_init__(self) -> None:
@@ -238,11 +243,17 @@ class ModelStats:
     queues: deque[float] = attrs.field(factory=lambda: deque(maxlen=_SAMPLES))
     # actual duration / estimated_time, per task that had an estimate.
     ratios: deque[float] = attrs.field(factory=lambda: deque(maxlen=_SAMPLES))
+    # Each measure sorted, until the next task ends: several quantiles are read per poll.
+    _sorted: dict[str, list[float]] = attrs.field(factory=dict, init=False, repr=False,
+                                                  eq=False)
 
     def learn(self, state: PollState, now: float, task: Task) -> None:
         """Fold in a task that ended (`task` is its final answer, seen at `now`)."""
         self.ended += 1
-        if task.status is TaskStatus.FAILED and (state.processing_seen or state.last):
+        self._sorted.clear()
+        if task.status is TaskStatus.FAILED:
+            # Seen rendering or not: it failed after submission, at a moment nothing
+            # announced, and its model's next failure will be no better announced.
             self.failed_mid_run += 1
             return
         if task.status is not TaskStatus.COMPLETED:
@@ -263,15 +274,18 @@ class ModelStats:
 
     def quantile(self, which: str, q: float) -> float | None:
         """The `q` quantile of `which` ('durations', 'queues' or 'ratios'), or None if few."""
-        values: deque[float] = getattr(self, which)
-        if len(values) < _MIN_SAMPLES:
-            return None
-        ordered = sorted(values)
+        ordered = self._sorted.get(which)
+        if ordered is None:
+            values: deque[float] = getattr(self, which)
+            if len(values) < _MIN_SAMPLES:
+                return None
+            ordered = self._sorted[which] = sorted(values)
         return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
     @property
     def fails_mid_run(self) -> bool:
-        """True once a task of this model failed after its render began."""
+        """True once a task of this model failed after it was submitted (seen rendering
+        first or not: either way the failure came unannounced)."""
         return self.failed_mid_run > 0
 
 
@@ -287,7 +301,7 @@ def _first_delay(policy: PollPolicy, stats: ModelStats | None) -> float:
     short = stats.quantile("durations", 0.1) if stats is not None else None
     if stats is not None and stats.fails_mid_run:
         # A render may fail at any point: start watching as early as a 1-s loop would.
-        return min(policy.watch_interval, short or policy.first_delay)
+        return min(policy.failure_interval, short or policy.first_delay)
     if short is None:
         return policy.first_delay
     queue = (stats.quantile("queues", 0.5) if stats is not None else None) or 0.0
@@ -310,8 +324,8 @@ def next_delay(policy: PollPolicy, state: PollState, now: float,
     watch = min(hi, max(policy.watch_interval, policy.age_fraction * age))
     rendering = state.last_status is TaskStatus.PROCESSING
     if rendering and stats is not None and stats.fails_mid_run:
-        # This model's renders fail part-way: see a failure as soon as a 1-s loop would.
-        watch = cap = policy.watch_interval
+        # This model's tasks fail unannounced: see a failure as soon as a 1-s loop would.
+        watch = cap = policy.failure_interval
     else:
         cap = hi
     # Untrusted waits are bounded by the age of the task: a wrong guess costs a share
@@ -336,6 +350,7 @@ def next_delay(policy: PollPolicy, state: PollState, now: float,
         else:
             # One reading: half-way to the earliest plausible end, to get a second one
             # (straight to it when it is no further off than a watch would be).
+            latest = when
             if estimate is not None and estimate[1] > now:
                 when = min(when, estimate[1])
             remaining = when - now
@@ -350,6 +365,16 @@ def next_delay(policy: PollPolicy, state: PollState, now: float,
                 delay = remaining
             else:
                 delay = min(untrusted, remaining / 2)
+                if estimate is not None and estimate[0] <= latest:
+                    # The estimate and the reading agree (the estimate's earliest credible
+                    # end is no later than the reading's latest plausible one), and no
+                    # credible end comes before that: the second reading can wait for
+                    # it, late enough to pin the end closely.
+                    delay = max(delay, min(cap, estimate[0] - now))
+                elif estimate is not None:
+                    # The estimate says it ends after the reading's latest plausible end:
+                    # straight to that end, if no further off than the task's age.
+                    delay = max(delay, min(untrusted, latest - now))
     elif state.last_status is TaskStatus.PENDING or not state.processing_seen:
         # Not started: nothing to catch until it renders; the estimate (if any) says
         # roughly how long a render is, so the whole render is never skipped.
@@ -390,6 +415,12 @@ def _confident_delay(policy: PollPolicy, state: PollState, remaining: float, cap
         # Vague (coarse steps, or readings close together): read again at the earliest
         # credible end; that reading makes the next prediction sharp.
         return min(cap, max(policy.min_interval, remaining - spread))
+    if cap <= watch:
+        # Watched at a loop's pace anyway (a model seen failing): a poll that comes too
+        # early costs one more than the loop's, one a little late costs nothing. Aim at
+        # the latest credible end, the latest reading being up to a step behind.
+        per_step = _step(state) * (last[0] - first[0]) / rise
+        return min(cap, remaining * (1 + policy.margin) + spread + per_step / 2)
     return min(cap, remaining * (1 + policy.margin) + spread / 2)
 
 

@@ -139,7 +139,8 @@ def test_two_readings_give_a_confident_prediction() -> None:
     # 10 %/s; 61.5 % (the middle of the reported step) at 6 s: done at 9.85 s.
     assert confident and when == pytest.approx(9.85)
     # Just past it: the readings are 40 points apart, so the end is known within 0.1 s.
-    assert next_delay(POLICY, state, 6.0) == pytest.approx(3.85 * 1.02 + 3.85 / 40 / 2)
+    assert next_delay(POLICY, state, 6.0) == pytest.approx(
+        3.85 * (1 + POLICY.margin) + 3.85 / 40 / 2)
     # Readings closer together leave the end vaguer: read again just before it.
     close = PollState(started_at=0.0)
     observe(close, 2.0, task(21))
@@ -183,6 +184,57 @@ def test_untrusted_waits_are_bounded_by_the_tasks_age() -> None:
     slow = PollState(started_at=0.0)
     observe(slow, 3.0, task(1, estimate=600))
     assert next_delay(POLICY, slow, 3.0) <= 3.0
+
+
+def test_a_second_reading_waits_for_the_estimates_earliest_credible_end() -> None:
+    # 6 % after 2 s of a task estimated at 30 s: the reading says it ends by ~31 s at
+    # the latest, the estimate not before 0.6 x 30 = 18 s. They agree, so nothing can
+    # end before 18 s: the second reading waits for it (not for the age, 2 s), late
+    # enough for two readings to pin the end.
+    state = PollState(started_at=0.0)
+    observe(state, 2.0, task(6, estimate=30))
+    assert next_delay(POLICY, state, 2.0) == pytest.approx(0.6 * 30 - 2.0)
+    # The estimate says "later than the reading's latest plausible end" (49 % after
+    # 2 s: done by ~4 s; the estimate: not before 6 s): straight to that end, when no
+    # further off than the task's age.
+    late = PollState(started_at=0.0)
+    observe(late, 2.0, task(49, estimate=10))
+    assert next_delay(POLICY, late, 2.0) == pytest.approx(2.0)
+
+
+def test_a_model_seen_failing_is_watched_at_the_failure_interval() -> None:
+    stats = ModelStats()
+    failed = PollState(started_at=0.0)
+    observe(failed, 2.0, task(0, status=TaskStatus.FAILED))
+    stats.learn(failed, 2.0, task(0, status=TaskStatus.FAILED))
+    # Failed before it was ever seen rendering: still a failure nothing announced.
+    assert stats.fails_mid_run
+    state = PollState(started_at=0.0)
+    observe(state, 1.0, task(2, estimate=60))
+    observe(state, 5.0, task(10, estimate=60))  # the end is ~45 s away
+    assert next_delay(POLICY, state, 5.0) > 10
+    assert next_delay(POLICY, state, 5.0, stats) == POLICY.failure_interval
+    slower = PollPolicy(failure_interval=2.0)
+    assert next_delay(slower, state, 5.0, stats) == 2.0
+    # The first poll of a later task of that model comes at the same pace.
+    assert next_delay(POLICY, PollState(started_at=0.0), 0.0, stats) == 1.0
+
+
+def test_a_watched_failing_model_aims_past_the_latest_credible_end() -> None:
+    # Watched at a loop's pace anyway: a poll just before the end would cost one poll
+    # more than the loop's, so it aims past the end the latest reading allows (it may
+    # be up to a step behind), not at the middle of the prediction.
+    stats = ModelStats()
+    stats.learn(PollState(started_at=0.0), 2.0, task(0, status=TaskStatus.FAILED))
+    state = PollState(started_at=0.0)
+    observe(state, 1.0, task(12))
+    observe(state, 6.0, task(87))  # 15 %/s: 87.5 % at 6 s, done at ~6.83 s
+    remaining = (100 - 87.5) / 15
+    spread = remaining / 75
+    plain = next_delay(POLICY, state, 6.0)
+    assert plain == pytest.approx(remaining * (1 + POLICY.margin) + spread / 2)
+    watched = next_delay(POLICY, state, 6.0, stats)
+    assert watched == pytest.approx(remaining * (1 + POLICY.margin) + spread + 0.5 / 15)
 
 
 def test_unchanged_progress_is_a_stall_with_age_proportional_backoff() -> None:
@@ -246,7 +298,8 @@ SCENARIOS = ["linear", "pending-15", "pending-30-60", "queue-2-10", "s-curve", "
 def test_no_scenario_is_worse_than_a_one_second_loop(profile: str) -> None:
     polls, lag, _ = versus_loop(profile)
     assert polls <= 1.05, f"{profile}: {polls:.2f} x the 1-s loop's polls"
-    assert lag <= 1.05, f"{profile}: {lag:.2f} x the 1-s loop's lag p95"
+    # Lag p95 never above the loop's (the watch keeps a margin for the request's time).
+    assert lag <= 1.0, f"{profile}: {lag:.2f} x the 1-s loop's lag p95"
 
 
 @pytest.mark.parametrize(("profile", "max_polls", "max_lag"), [
@@ -255,7 +308,7 @@ def test_no_scenario_is_worse_than_a_one_second_loop(profile: str) -> None:
     ("pending-30-60", 0.5, 0.35),
     ("queue-2-10", 0.6, 0.35),
     ("long-tail", 0.45, 0.35),
-    ("minutes", 0.15, 0.65),
+    ("minutes", 0.15, 0.45),  # the issue: polls <= 0.2x, lag p95 <= 0.5x
     ("steps-10", 0.75, 0.6),
     ("s-curve", 0.95, 0.4),
 ])
@@ -264,6 +317,13 @@ def test_scenarios_with_a_signal_cost_a_fraction_of_the_loop(
 ) -> None:
     polls, lag, _ = versus_loop(profile)
     assert polls <= max_polls and lag <= max_lag, (polls, lag)
+
+
+def test_a_fresh_session_learns_from_its_first_failures() -> None:
+    # fail-10 in a session that knows nothing yet: the batch's first failures (seen at
+    # the first poll) put the model's other tasks on the loop's pace at once.
+    polls, _, failure_lag = versus_loop("fail-10", stats=ModelStats())
+    assert 0 < failure_lag <= 1.0 and polls <= 0.9, (polls, failure_lag)
 
 
 def test_a_model_failing_mid_run_is_watched_like_a_one_second_loop() -> None:
@@ -315,6 +375,16 @@ def test_a_stall_is_not_watched_before_the_models_tasks_usually_end() -> None:
     observe(state, 6.0, task(99))  # stuck at 99 % after 6 s; this model takes ~20 s
     assert next_delay(POLICY, state, 6.0) == POLICY.watch_interval
     assert next_delay(POLICY, state, 6.0, stats) == pytest.approx(6.0)  # bounded by age
+
+
+def test_learned_quantiles_follow_new_samples() -> None:
+    stats = ModelStats()
+    for duration in (10.0, 10.0, 10.0, 10.0, 10.0):
+        stats.learn(PollState(started_at=0.0), duration, task(100, status=TaskStatus.COMPLETED))
+    assert stats.quantile("durations", 0.5) == 10.0  # read once, kept sorted
+    for _ in range(10):
+        stats.learn(PollState(started_at=0.0), 30.0, task(100, status=TaskStatus.COMPLETED))
+    assert stats.quantile("durations", 0.5) == 30.0
 
 
 def test_learning_is_bounded() -> None:
