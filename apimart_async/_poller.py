@@ -231,6 +231,10 @@ class Poller:
         if result.model:
             entry.model = result.model
         stats = self._stats.get(entry.model or "")
+        if entry.state.top_reads == 2:
+            # Learned while the model's tasks still run, not only once they end.
+            stats = stats or self._model_stats(entry.model or "")
+            stats.note(entry.state)
         self._push(entry, now + next_delay(self._policy, entry.state, now, stats))
 
     def _first_stats(self) -> ModelStats | None:
@@ -241,11 +245,7 @@ class Poller:
     def _learn(self, entry: _Entry, now: float, task: Task) -> None:
         """Fold a task's end into what the session knows about its model."""
         model = task.model or entry.model or ""
-        stats = self._stats.get(model)
-        if stats is None:
-            if len(self._stats) >= _MODELS:
-                del self._stats[next(k for k in self._stats if k)]
-            stats = self._stats[model] = ModelStats()
+        stats = self._model_stats(model)
         warned = stats.fails_mid_run
         stats.learn(entry.state, now, task)
         if model:
@@ -255,6 +255,14 @@ class Poller:
             pooled.learn(entry.state, now, task)
         if stats.fails_mid_run and not warned:
             self._tighten(model, now)
+
+    def _model_stats(self, model: str) -> ModelStats:
+        stats = self._stats.get(model)
+        if stats is None:
+            if len(self._stats) >= _MODELS:
+                del self._stats[next(k for k in self._stats if k)]
+            stats = self._stats[model] = ModelStats()
+        return stats
 
     def _tighten(self, model: str, now: float) -> None:
         """A task of `model` failed unannounced: bring its rendering tasks' polls forward

@@ -139,6 +139,8 @@ class PollState:
     processing_seen: bool = False
     # Consecutive failed polls: the exponent of `backoff`.
     misses: int = 0
+    # Consecutive polls that read the last step before 100 (99 %, or 90 % in steps of 10).
+    top_reads: int = 0
 
 
 def observe(state: PollState, now: float, task: Task) -> None:
@@ -154,6 +156,8 @@ def observe(state: PollState, now: float, task: Task) -> None:
     if task.status is TaskStatus.PROCESSING:
         state.processing_seen = True
     progress = task.progress
+    if progress < 100 - _step(state) or progress <= 0:
+        state.top_reads = 0
     if progress <= 0:
         if state.last is None:
             state.zero_at = now
@@ -178,6 +182,8 @@ def observe(state: PollState, now: float, task: Task) -> None:
                 state.last[0] - state.previous[0])
         state.previous, state.last = state.last, reading
     state.progress = progress
+    if progress >= 100 - _step(state):
+        state.top_reads += 1
 
 
 def _render_start(state: PollState) -> float:
@@ -239,6 +245,9 @@ class ModelStats:
 
     ended: int = 0
     failed_mid_run: int = 0
+    # Tasks read again just after reaching the last step: still there, or ended.
+    top_stalls: int = 0
+    top_ends: int = 0
     durations: deque[float] = attrs.field(factory=lambda: deque(maxlen=_SAMPLES))
     queues: deque[float] = attrs.field(factory=lambda: deque(maxlen=_SAMPLES))
     # actual duration / estimated_time, per task that had an estimate.
@@ -258,6 +267,8 @@ class ModelStats:
             return
         if task.status is not TaskStatus.COMPLETED:
             return
+        if state.top_reads == 1:
+            self.top_ends += 1
         # It ended between the previous poll and this one, usually just before this one
         # (polls aim just past predicted ends); the middle of a long gap otherwise.
         gap = now - state.seen_at if state.seen_at is not None else 0.0
@@ -281,6 +292,18 @@ class ModelStats:
                 return None
             ordered = self._sorted[which] = sorted(values)
         return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+    def note(self, state: PollState) -> None:
+        """Fold in a poll of a task still running (`state` as `observe` left it): learns,
+        while the tasks still run, whether they sit at the last step."""
+        if state.top_reads == 2:
+            self.top_stalls += 1
+
+    @property
+    def stalls_at_top(self) -> bool:
+        """True once this model's tasks, read again just after reaching the last step,
+        were mostly still there: they sit at 99 % (post-processing) rather than end."""
+        return self.top_stalls >= _MIN_SAMPLES and self.top_stalls > 2 * self.top_ends
 
     @property
     def fails_mid_run(self) -> bool:
@@ -336,7 +359,10 @@ def next_delay(policy: PollPolicy, state: PollState, now: float,
     prediction = predict_completion(state)
     if prediction is not None:
         when, confident = prediction
-        if _stalled(state, now):
+        if _stalled(state, now) or (state.top_reads and stats is not None
+                                    and stats.stalls_at_top):
+            # (A task at the last step of a model whose tasks sit there: a stall already,
+            # not an end due at once that a quick poll would catch.)
             # Backoff in proportion to age, but a fresh stall (often the last step of a
             # long render) is watched closely first; not before this model's tasks
             # usually end, though.
@@ -371,10 +397,6 @@ def next_delay(policy: PollPolicy, state: PollState, now: float,
                     # credible end comes before that: the second reading can wait for
                     # it, late enough to pin the end closely.
                     delay = max(delay, min(cap, estimate[0] - now))
-                elif estimate is not None:
-                    # The estimate says it ends after the reading's latest plausible end:
-                    # straight to that end, if no further off than the task's age.
-                    delay = max(delay, min(untrusted, latest - now))
     elif state.last_status is TaskStatus.PENDING or not state.processing_seen:
         # Not started: nothing to catch until it renders; the estimate (if any) says
         # roughly how long a render is, so the whole render is never skipped.

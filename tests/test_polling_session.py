@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
+
 import anyio
 import pytest
 
-from apimart_async import PollPolicy, RetryPolicy, TaskStatus, VideoRequest
+from apimart_async import PollPolicy, RetryPolicy, Submission, TaskStatus, VideoRequest
 from apimart_async.testing import EmulatorConfig, Fault, TaskPlan
 
 from .conftest import MakeServer, session_for
@@ -96,3 +98,23 @@ async def test_the_first_failure_brings_the_models_rendering_tasks_forward_at_on
                 break
     assert len(gaps) == 3
     assert max(gaps) <= policy.failure_interval + 0.05, gaps
+
+
+async def test_a_session_learns_while_tasks_run_that_they_sit_at_99(
+    make_server: MakeServer,
+) -> None:
+    # Tasks reaching 99 % half-way, then stuck there: the session learns it from the
+    # batch's first tasks read twice at 99 %, and watches the others as stalls from
+    # their first 99 % on: fewer polls than a 1-s loop on the same tasks.
+    server = await make_server(EmulatorConfig(profiles={"st": "stall-99"}), speed=20)
+    async with session_for(server) as s:
+        outcomes = await s.submit_many([VideoRequest(f"{i}", model="st") for i in range(40)])
+        subs = [o for o in outcomes if isinstance(o, Submission)]
+        async for _ in s.watch(subs):
+            pass
+        learned = s._poller._stats["st"]  # type: ignore[union-attr]
+    assert learned.stalls_at_top
+    plans = [server.emulator.tasks[sub.task_id].plan for sub in subs]
+    loop = sum(math.ceil(plan.duration) for plan in plans)
+    polls = sum(server.stats.polls[sub.task_id] for sub in subs)
+    assert polls <= loop
