@@ -9,15 +9,18 @@ s-curve, jump in coarse steps or sit at 99 %). The policy combines them:
 - Two readings of rising progress give a rate and a trusted completion time; one
   reading, or the estimate alone, only an untrusted one, so the policy goes half-way
   to the earliest such time to learn more. An untrusted wait never exceeds the task's
-  age, so a wrong guess costs a bounded share of the time already spent.
+  age, so a wrong guess costs a bounded share of the time already spent; except that
+  when one reading and the estimate agree, nothing credible ends before the estimate's
+  earliest credible end, and the second reading waits for it.
 - Progress that does not move is a stall, not fresh evidence: once a task may end at
   any moment, it is polled every `watch_interval`, or a fraction of its age for long
   tasks (never faster: no poll storm, never slower: bounded lag).
 - Readings are truncated integers (or coarse steps): the middle of each step is used.
 - What a session learns about a model's tasks (`ModelStats`: queue times, how the
-  estimate compares with the real duration, the spread of durations, failures part-way
-  through) places the first poll of later tasks and tightens the watch of a model
-  whose renders fail mid-run.
+  estimate compares with the real duration, the spread of durations, whether they sit
+  at 99 %, failures) places the first poll of later tasks, watches a first 99 % as a
+  stall for a model whose tasks sit there, and holds a model that had a task fail to
+  `failure_interval` (a 1-s loop's pace) while its tasks render.
 
 Every exponential goes through `backoff`, which is capped for any number of misses.
 """
