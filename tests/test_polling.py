@@ -78,6 +78,8 @@ def run_sdk(plans: list[dict[str, object]], policy: PollPolicy = POLICY,
                 stats.learn(states[i], now, got)
             continue
         observe(states[i], now, got)
+        if stats is not None:
+            stats.note(states[i])
         delay = next_delay(policy, states[i], now, stats)
         assert policy.min_interval <= delay <= policy.max_interval
         heapq.heappush(heap, (now + delay, i))
@@ -139,7 +141,8 @@ def test_two_readings_give_a_confident_prediction() -> None:
     # 10 %/s; 61.5 % (the middle of the reported step) at 6 s: done at 9.85 s.
     assert confident and when == pytest.approx(9.85)
     # Just past it: the readings are 40 points apart, so the end is known within 0.1 s.
-    assert next_delay(POLICY, state, 6.0) == pytest.approx(3.85 * 1.02 + 3.85 / 40 / 2)
+    assert next_delay(POLICY, state, 6.0) == pytest.approx(
+        3.85 * (1 + POLICY.margin) + 3.85 / 40 / 2)
     # Readings closer together leave the end vaguer: read again just before it.
     close = PollState(started_at=0.0)
     observe(close, 2.0, task(21))
@@ -185,6 +188,57 @@ def test_untrusted_waits_are_bounded_by_the_tasks_age() -> None:
     assert next_delay(POLICY, slow, 3.0) <= 3.0
 
 
+def test_a_second_reading_waits_for_the_estimates_earliest_credible_end() -> None:
+    # 6 % after 2 s of a task estimated at 30 s: the reading says it ends by ~31 s at
+    # the latest, the estimate not before 0.6 x 30 = 18 s. They agree, so nothing can
+    # end before 18 s: the second reading waits for it (not for the age, 2 s), late
+    # enough for two readings to pin the end.
+    state = PollState(started_at=0.0)
+    observe(state, 2.0, task(6, estimate=30))
+    assert next_delay(POLICY, state, 2.0) == pytest.approx(0.6 * 30 - 2.0)
+    # They disagree (49 % after 2 s: done by ~4 s at the latest; the estimate: not
+    # before 6 s): the render may have begun just before the reading, so half-way to
+    # the reading's latest end, not to it (that would be late whenever it began late).
+    late = PollState(started_at=0.0)
+    observe(late, 2.0, task(49, estimate=10))
+    assert next_delay(POLICY, late, 2.0) == pytest.approx((2 * 100 / 49.5 - 2.0) / 2)
+
+
+def test_a_model_seen_failing_is_watched_at_the_failure_interval() -> None:
+    stats = ModelStats()
+    failed = PollState(started_at=0.0)
+    observe(failed, 2.0, task(0, status=TaskStatus.FAILED))
+    stats.learn(failed, 2.0, task(0, status=TaskStatus.FAILED))
+    # Failed before it was ever seen rendering: still a failure nothing announced.
+    assert stats.fails_mid_run
+    state = PollState(started_at=0.0)
+    observe(state, 1.0, task(2, estimate=60))
+    observe(state, 5.0, task(10, estimate=60))  # the end is ~45 s away
+    assert next_delay(POLICY, state, 5.0) > 10
+    assert next_delay(POLICY, state, 5.0, stats) == POLICY.failure_interval
+    slower = PollPolicy(failure_interval=2.0)
+    assert next_delay(slower, state, 5.0, stats) == 2.0
+    # The first poll of a later task of that model comes at the same pace.
+    assert next_delay(POLICY, PollState(started_at=0.0), 0.0, stats) == 1.0
+
+
+def test_a_watched_failing_model_aims_past_the_latest_credible_end() -> None:
+    # Watched at a loop's pace anyway: a poll just before the end would cost one poll
+    # more than the loop's, so it aims past the end the latest reading allows (it may
+    # be up to a step behind), not at the middle of the prediction.
+    stats = ModelStats()
+    stats.learn(PollState(started_at=0.0), 2.0, task(0, status=TaskStatus.FAILED))
+    state = PollState(started_at=0.0)
+    observe(state, 1.0, task(12))
+    observe(state, 6.0, task(87))  # 15 %/s: 87.5 % at 6 s, done at ~6.83 s
+    remaining = (100 - 87.5) / 15
+    spread = remaining / 75
+    plain = next_delay(POLICY, state, 6.0)
+    assert plain == pytest.approx(remaining * (1 + POLICY.margin) + spread / 2)
+    watched = next_delay(POLICY, state, 6.0, stats)
+    assert watched == pytest.approx(remaining * (1 + POLICY.margin) + spread + 0.5 / 15)
+
+
 def test_unchanged_progress_is_a_stall_with_age_proportional_backoff() -> None:
     state = PollState(started_at=0.0)
     observe(state, 2.0, task(50))
@@ -202,6 +256,32 @@ def test_unchanged_progress_is_a_stall_with_age_proportional_backoff() -> None:
     assert stalled[-1] == pytest.approx(min(POLICY.max_interval, POLICY.age_fraction
                                             * (now - stalled[-1])), rel=0.01)
     assert now > 100 and len(delays) < 40 + 1
+
+
+def test_a_model_whose_tasks_sit_at_99_is_watched_from_the_first_99() -> None:
+    def at_99(stats: ModelStats | None) -> float:
+        state = PollState(started_at=0.0)
+        observe(state, 2.0, task(73))
+        observe(state, 2.7, task(99))  # 37 %/s: "done in 0.01 s"
+        return next_delay(POLICY, state, 2.7, stats)
+
+    # Untaught, 99 % at this pace means the end is due at once: a quick poll.
+    assert at_99(None) < 0.3
+    stats = ModelStats()
+    for _ in range(5):  # tasks read again just after 99 %, still at 99 %
+        state = PollState(started_at=0.0)
+        for t in (2.0, 2.7, 2.95):
+            observe(state, t, task(99 if t > 2 else 73))
+            stats.note(state)
+    assert stats.stalls_at_top
+    # Taught that this model's tasks sit there: watched as a stall at once.
+    assert at_99(stats) == POLICY.watch_interval
+    # A model whose tasks mostly end right after 99 % is not taught that.
+    for _ in range(5):
+        done = PollState(started_at=0.0)
+        observe(done, 2.7, task(99))
+        stats.learn(done, 2.95, task(100, status=TaskStatus.COMPLETED))
+    assert not stats.stalls_at_top
 
 
 def test_coarse_steps_read_again_at_the_earliest_credible_end() -> None:
@@ -244,9 +324,12 @@ SCENARIOS = ["linear", "pending-15", "pending-30-60", "queue-2-10", "s-curve", "
 
 @pytest.mark.parametrize("profile", SCENARIOS)
 def test_no_scenario_is_worse_than_a_one_second_loop(profile: str) -> None:
-    polls, lag, _ = versus_loop(profile)
-    assert polls <= 1.05, f"{profile}: {polls:.2f} x the 1-s loop's polls"
-    assert lag <= 1.05, f"{profile}: {lag:.2f} x the 1-s loop's lag p95"
+    # A batch in a fresh session, which learns from its tasks as they run and end.
+    polls, lag, failure_lag = versus_loop(profile, stats=ModelStats())
+    assert polls <= 1.0, f"{profile}: {polls:.2f} x the 1-s loop's polls"
+    assert failure_lag <= 1.0, f"{profile}: {failure_lag:.2f} x the 1-s loop's failure lag"
+    # Lag p95 never above the loop's (the watch keeps a margin for the request's time).
+    assert lag <= 1.0, f"{profile}: {lag:.2f} x the 1-s loop's lag p95"
 
 
 @pytest.mark.parametrize(("profile", "max_polls", "max_lag"), [
@@ -255,7 +338,7 @@ def test_no_scenario_is_worse_than_a_one_second_loop(profile: str) -> None:
     ("pending-30-60", 0.5, 0.35),
     ("queue-2-10", 0.6, 0.35),
     ("long-tail", 0.45, 0.35),
-    ("minutes", 0.15, 0.65),
+    ("minutes", 0.15, 0.45),  # the issue: polls <= 0.2x, lag p95 <= 0.5x
     ("steps-10", 0.75, 0.6),
     ("s-curve", 0.95, 0.4),
 ])
@@ -264,6 +347,13 @@ def test_scenarios_with_a_signal_cost_a_fraction_of_the_loop(
 ) -> None:
     polls, lag, _ = versus_loop(profile)
     assert polls <= max_polls and lag <= max_lag, (polls, lag)
+
+
+def test_a_fresh_session_learns_from_its_first_failures() -> None:
+    # fail-10 in a session that knows nothing yet: the batch's first failures (seen at
+    # the first poll) put the model's other tasks on the loop's pace at once.
+    polls, _, failure_lag = versus_loop("fail-10", stats=ModelStats())
+    assert 0 < failure_lag <= 1.0 and polls <= 0.9, (polls, failure_lag)
 
 
 def test_a_model_failing_mid_run_is_watched_like_a_one_second_loop() -> None:
@@ -315,6 +405,16 @@ def test_a_stall_is_not_watched_before_the_models_tasks_usually_end() -> None:
     observe(state, 6.0, task(99))  # stuck at 99 % after 6 s; this model takes ~20 s
     assert next_delay(POLICY, state, 6.0) == POLICY.watch_interval
     assert next_delay(POLICY, state, 6.0, stats) == pytest.approx(6.0)  # bounded by age
+
+
+def test_learned_quantiles_follow_new_samples() -> None:
+    stats = ModelStats()
+    for duration in (10.0, 10.0, 10.0, 10.0, 10.0):
+        stats.learn(PollState(started_at=0.0), duration, task(100, status=TaskStatus.COMPLETED))
+    assert stats.quantile("durations", 0.5) == 10.0  # read once, kept sorted
+    for _ in range(10):
+        stats.learn(PollState(started_at=0.0), 30.0, task(100, status=TaskStatus.COMPLETED))
+    assert stats.quantile("durations", 0.5) == 30.0
 
 
 def test_learning_is_bounded() -> None:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
+
 import anyio
 import pytest
 
-from apimart_async import PollPolicy, RetryPolicy, TaskStatus, VideoRequest
+from apimart_async import PollPolicy, RetryPolicy, Submission, TaskStatus, VideoRequest
 from apimart_async.testing import EmulatorConfig, Fault, TaskPlan
 
 from .conftest import MakeServer, session_for
@@ -70,3 +72,49 @@ async def test_the_first_poll_of_a_later_task_lands_where_its_model_says(
             assert entry.due - entry.state.started_at >= 8.0
             async for _ in updates:
                 pass
+
+
+async def test_the_first_failure_brings_the_models_rendering_tasks_forward_at_once(
+    make_server: MakeServer,
+) -> None:
+    # Tasks already in flight when a model's first failure is seen are not left to
+    # their old schedule (the next reading of a 30-60 s render is 10+ s away): every
+    # rendering task of that model is polled within failure_interval from then on.
+    server = await make_server(EmulatorConfig(profiles={"flaky": "minutes"}), speed=100)
+    policy = PollPolicy()
+    async with session_for(server, poll=policy) as s:
+        bad = await s.submit(VideoRequest("bad", model="flaky"))
+        server.emulator.tasks[bad.task_id].plan = TaskPlan(
+            duration=4.0, queue_time=0.0, render_time=40.0, outcome="failed",
+        )
+        others = [await s.submit(VideoRequest(f"{i}", model="flaky")) for i in range(3)]
+        gaps: list[float] = []
+        async for update in s.watch([bad, *others]):
+            if update.task_id == bad.task_id and update.final:
+                assert update.status is TaskStatus.FAILED
+                now = s.clock.now()
+                entries = s._poller._entries  # type: ignore[union-attr]
+                gaps = [entries[o.task_id].due - now for o in others]
+                break
+    assert len(gaps) == 3
+    assert max(gaps) <= policy.failure_interval + 0.05, gaps
+
+
+async def test_a_session_learns_while_tasks_run_that_they_sit_at_99(
+    make_server: MakeServer,
+) -> None:
+    # Tasks reaching 99 % half-way, then stuck there: the session learns it from the
+    # batch's first tasks read twice at 99 %, and watches the others as stalls from
+    # their first 99 % on: fewer polls than a 1-s loop on the same tasks.
+    server = await make_server(EmulatorConfig(profiles={"st": "stall-99"}), speed=20)
+    async with session_for(server) as s:
+        outcomes = await s.submit_many([VideoRequest(f"{i}", model="st") for i in range(40)])
+        subs = [o for o in outcomes if isinstance(o, Submission)]
+        async for _ in s.watch(subs):
+            pass
+        learned = s._poller._stats["st"]  # type: ignore[union-attr]
+    assert learned.stalls_at_top
+    plans = [server.emulator.tasks[sub.task_id].plan for sub in subs]
+    loop = sum(math.ceil(plan.duration) for plan in plans)
+    polls = sum(server.stats.polls[sub.task_id] for sub in subs)
+    assert polls <= loop

@@ -9,15 +9,18 @@ s-curve, jump in coarse steps or sit at 99 %). The policy combines them:
 - Two readings of rising progress give a rate and a trusted completion time; one
   reading, or the estimate alone, only an untrusted one, so the policy goes half-way
   to the earliest such time to learn more. An untrusted wait never exceeds the task's
-  age, so a wrong guess costs a bounded share of the time already spent.
+  age, so a wrong guess costs a bounded share of the time already spent; except that
+  when one reading and the estimate agree, nothing credible ends before the estimate's
+  earliest credible end, and the second reading waits for it.
 - Progress that does not move is a stall, not fresh evidence: once a task may end at
   any moment, it is polled every `watch_interval`, or a fraction of its age for long
   tasks (never faster: no poll storm, never slower: bounded lag).
 - Readings are truncated integers (or coarse steps): the middle of each step is used.
 - What a session learns about a model's tasks (`ModelStats`: queue times, how the
-  estimate compares with the real duration, the spread of durations, failures part-way
-  through) places the first poll of later tasks and tightens the watch of a model
-  whose renders fail mid-run.
+  estimate compares with the real duration, the spread of durations, whether they sit
+  at 99 %, failures) places the first poll of later tasks, watches a first 99 % as a
+  stall for a model whose tasks sit there, and holds a model that had a task fail to
+  `failure_interval` (a 1-s loop's pace) while its tasks render.
 
 Every exponential goes through `backoff`, which is capped for any number of misses.
 """
@@ -83,16 +86,21 @@ class PollPolicy:
     - `margin`: how far past a confident prediction to poll, as a fraction of the
       time still to go when the prediction was made (a little late beats a wasted poll).
     - `watch_interval`: the longest gap between polls once a task may end at any moment
-      (past its predicted end, stalled, or rendering for a model seen failing mid-run);
-      the default matches a 1-s loop's worst case, less the time a request takes.
+      (past its predicted end, stalled, or rendering without progress); the default
+      keeps a 1-s loop's worst-case lag with a margin for the time a request takes and
+      for timing noise.
     - `age_fraction`: for long tasks that gap grows to this fraction of the task's age.
+    - `failure_interval`: the longest gap between polls of a rendering task once the
+      session has seen a task of its model fail: a failure comes unannounced, so it is
+      seen as soon as a 1-s loop would see it, at the loop's pace (never faster).
     """
 
     first_delay: float = attrs.field(default=2.0, validator=_check)
     min_interval: float = attrs.field(default=0.25, validator=_check)
     max_interval: float = attrs.field(default=30.0, validator=_check)
-    margin: float = attrs.field(default=0.02, validator=_check_margin)
-    watch_interval: float = attrs.field(default=0.95, validator=_check)
+    margin: float = attrs.field(default=0.01, validator=_check_margin)
+    watch_interval: float = attrs.field(default=0.9, validator=_check)
+    failure_interval: float = attrs.field(default=1.0, validator=_check)
     age_fraction: float = attrs.field(default=0.12, validator=_check_fraction)
 
     def __attrs_post_init__(self) -> None:
@@ -135,6 +143,8 @@ class PollState:
     processing_seen: bool = False
     # Consecutive failed polls: the exponent of `backoff`.
     misses: int = 0
+    # Consecutive polls that read the last step before 100 (99 %, or 90 % in steps of 10).
+    top_reads: int = 0
 
 
 def observe(state: PollState, now: float, task: Task) -> None:
@@ -150,6 +160,8 @@ def observe(state: PollState, now: float, task: Task) -> None:
     if task.status is TaskStatus.PROCESSING:
         state.processing_seen = True
     progress = task.progress
+    if progress < 100 - _step(state) or progress <= 0:
+        state.top_reads = 0
     if progress <= 0:
         if state.last is None:
             state.zero_at = now
@@ -174,6 +186,8 @@ def observe(state: PollState, now: float, task: Task) -> None:
                 state.last[0] - state.previous[0])
         state.previous, state.last = state.last, reading
     state.progress = progress
+    if progress >= 100 - _step(state):
+        state.top_reads += 1
 
 
 def _render_start(state: PollState) -> float:
@@ -235,19 +249,30 @@ class ModelStats:
 
     ended: int = 0
     failed_mid_run: int = 0
+    # Tasks read again just after reaching the last step: still there, or ended.
+    top_stalls: int = 0
+    top_ends: int = 0
     durations: deque[float] = attrs.field(factory=lambda: deque(maxlen=_SAMPLES))
     queues: deque[float] = attrs.field(factory=lambda: deque(maxlen=_SAMPLES))
     # actual duration / estimated_time, per task that had an estimate.
     ratios: deque[float] = attrs.field(factory=lambda: deque(maxlen=_SAMPLES))
+    # Each measure sorted, until the next task ends: several quantiles are read per poll.
+    _sorted: dict[str, list[float]] = attrs.field(factory=dict, init=False, repr=False,
+                                                  eq=False)
 
     def learn(self, state: PollState, now: float, task: Task) -> None:
         """Fold in a task that ended (`task` is its final answer, seen at `now`)."""
         self.ended += 1
-        if task.status is TaskStatus.FAILED and (state.processing_seen or state.last):
+        self._sorted.clear()
+        if task.status is TaskStatus.FAILED:
+            # Seen rendering or not: it failed after submission, at a moment nothing
+            # announced, and its model's next failure will be no better announced.
             self.failed_mid_run += 1
             return
         if task.status is not TaskStatus.COMPLETED:
             return
+        if state.top_reads == 1:
+            self.top_ends += 1
         # It ended between the previous poll and this one, usually just before this one
         # (polls aim just past predicted ends); the middle of a long gap otherwise.
         gap = now - state.seen_at if state.seen_at is not None else 0.0
@@ -264,15 +289,30 @@ class ModelStats:
 
     def quantile(self, which: str, q: float) -> float | None:
         """The `q` quantile of `which` ('durations', 'queues' or 'ratios'), or None if few."""
-        values: deque[float] = getattr(self, which)
-        if len(values) < _MIN_SAMPLES:
-            return None
-        ordered = sorted(values)
+        ordered = self._sorted.get(which)
+        if ordered is None:
+            values: deque[float] = getattr(self, which)
+            if len(values) < _MIN_SAMPLES:
+                return None
+            ordered = self._sorted[which] = sorted(values)
         return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+    def note(self, state: PollState) -> None:
+        """Fold in a poll of a task still running (`state` as `observe` left it): learns,
+        while the tasks still run, whether they sit at the last step."""
+        if state.top_reads == 2:
+            self.top_stalls += 1
+
+    @property
+    def stalls_at_top(self) -> bool:
+        """True once this model's tasks, read again just after reaching the last step,
+        were mostly still there: they sit at 99 % (post-processing) rather than end."""
+        return self.top_stalls >= _MIN_SAMPLES and self.top_stalls > 2 * self.top_ends
 
     @property
     def fails_mid_run(self) -> bool:
-        """True once a task of this model failed after its render began."""
+        """True once a task of this model failed after it was submitted (seen rendering
+        first or not: either way the failure came unannounced)."""
         return self.failed_mid_run > 0
 
 
@@ -288,7 +328,7 @@ def _first_delay(policy: PollPolicy, stats: ModelStats | None) -> float:
     short = stats.quantile("durations", 0.1) if stats is not None else None
     if stats is not None and stats.fails_mid_run:
         # A render may fail at any point: start watching as early as a 1-s loop would.
-        return min(policy.watch_interval, short or policy.first_delay)
+        return min(policy.failure_interval, short or policy.first_delay)
     if short is None:
         return policy.first_delay
     queue = (stats.quantile("queues", 0.5) if stats is not None else None) or 0.0
@@ -311,8 +351,8 @@ def next_delay(policy: PollPolicy, state: PollState, now: float,
     watch = min(hi, max(policy.watch_interval, policy.age_fraction * age))
     rendering = state.last_status is TaskStatus.PROCESSING
     if rendering and stats is not None and stats.fails_mid_run:
-        # This model's renders fail part-way: see a failure as soon as a 1-s loop would.
-        watch = cap = policy.watch_interval
+        # This model's tasks fail unannounced: see a failure as soon as a 1-s loop would.
+        watch = cap = policy.failure_interval
     else:
         cap = hi
     # Untrusted waits are bounded by the age of the task: a wrong guess costs a share
@@ -323,7 +363,10 @@ def next_delay(policy: PollPolicy, state: PollState, now: float,
     prediction = predict_completion(state)
     if prediction is not None:
         when, confident = prediction
-        if _stalled(state, now):
+        if _stalled(state, now) or (state.top_reads and stats is not None
+                                    and stats.stalls_at_top):
+            # (A task at the last step of a model whose tasks sit there: a stall already,
+            # not an end due at once that a quick poll would catch.)
             # Backoff in proportion to age, but a fresh stall (often the last step of a
             # long render) is watched closely first; not before this model's tasks
             # usually end, though.
@@ -337,6 +380,7 @@ def next_delay(policy: PollPolicy, state: PollState, now: float,
         else:
             # One reading: half-way to the earliest plausible end, to get a second one
             # (straight to it when it is no further off than a watch would be).
+            latest = when
             if estimate is not None and estimate[1] > now:
                 when = min(when, estimate[1])
             remaining = when - now
@@ -351,6 +395,12 @@ def next_delay(policy: PollPolicy, state: PollState, now: float,
                 delay = remaining
             else:
                 delay = min(untrusted, remaining / 2)
+                if estimate is not None and estimate[0] <= latest:
+                    # The estimate and the reading agree (the estimate's earliest credible
+                    # end is no later than the reading's latest plausible one), and no
+                    # credible end comes before that: the second reading can wait for
+                    # it, late enough to pin the end closely.
+                    delay = max(delay, min(cap, estimate[0] - now))
     elif state.last_status is TaskStatus.PENDING or not state.processing_seen:
         # Not started: nothing to catch until it renders; the estimate (if any) says
         # roughly how long a render is, so the whole render is never skipped.
@@ -391,6 +441,12 @@ def _confident_delay(policy: PollPolicy, state: PollState, remaining: float, cap
         # Vague (coarse steps, or readings close together): read again at the earliest
         # credible end; that reading makes the next prediction sharp.
         return min(cap, max(policy.min_interval, remaining - spread))
+    if cap <= watch:
+        # Watched at a loop's pace anyway (a model seen failing): a poll that comes too
+        # early costs one more than the loop's, one a little late costs nothing. Aim at
+        # the latest credible end, the latest reading being up to a step behind.
+        per_step = _step(state) * (last[0] - first[0]) / rise
+        return min(cap, remaining * (1 + policy.margin) + spread + per_step / 2)
     return min(cap, remaining * (1 + policy.margin) + spread / 2)
 
 

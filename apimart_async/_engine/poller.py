@@ -243,6 +243,10 @@ class Poller:
         if result.model:
             entry.model = result.model
         stats = self._stats.get(entry.model or "")
+        if entry.state.top_reads == 2:
+            # Learned while the model's tasks still run, not only once they end.
+            stats = stats or self._model_stats(entry.model or "")
+            stats.note(entry.state)
         self._push(entry, now + next_delay(self._policy, entry.state, now, stats))
 
     def _first_stats(self) -> ModelStats | None:
@@ -253,21 +257,29 @@ class Poller:
     def _learn(self, entry: _Entry, now: float, task: Task) -> None:
         """Fold a task's end into what the session knows about its model."""
         model = task.model or entry.model or ""
+        stats = self._model_stats(model)
+        warned = stats.fails_mid_run
+        stats.learn(entry.state, now, task)
+        if model:
+            pooled = self._stats.get("")
+            if pooled is None:
+                pooled = self._stats[""] = ModelStats()
+            pooled.learn(entry.state, now, task)
+        if stats.fails_mid_run and not warned:
+            self._tighten(model, now)
+
+    def _model_stats(self, model: str) -> ModelStats:
         stats = self._stats.get(model)
         if stats is None:
             if len(self._stats) >= _MODELS:
                 del self._stats[next(k for k in self._stats if k)]
             stats = self._stats[model] = ModelStats()
-        warned = stats.fails_mid_run
-        stats.learn(entry.state, now, task)
-        if model:
-            self._stats.setdefault("", ModelStats()).learn(entry.state, now, task)
-        if stats.fails_mid_run and not warned:
-            self._tighten(model, now)
+        return stats
 
     def _tighten(self, model: str, now: float) -> None:
-        """A render of `model` failed part-way: bring its rendering tasks' polls forward."""
-        due = now + self._policy.watch_interval
+        """A task of `model` failed unannounced: bring its rendering tasks' polls forward
+        to the pace `next_delay` now keeps for them."""
+        due = now + self._policy.failure_interval
         for entry in self._entries.values():
             last = entry.last
             if (last is not None and (entry.model or "") == model
