@@ -84,16 +84,16 @@ async def test_the_first_failure_brings_the_models_rendering_tasks_forward_at_on
     policy = PollPolicy()
     async with session_for(server, poll=policy) as s:
         bad = await s.submit(VideoRequest("bad", model="flaky"))
-        server.emulator.tasks[bad.task_id].plan = TaskPlan(
+        server.emulator.replan(bad.task_id, TaskPlan(
             duration=4.0, queue_time=0.0, render_time=40.0, outcome="failed",
-        )
+        ))
         others = [await s.submit(VideoRequest(f"{i}", model="flaky")) for i in range(3)]
         gaps: list[float] = []
         async for update in s.watch([bad, *others]):
             if update.task_id == bad.task_id and update.final:
                 assert update.status is TaskStatus.FAILED
                 now = s.clock.now()
-                entries = s._poller._entries  # type: ignore[union-attr]
+                entries = s._engine.poller._entries
                 gaps = [entries[o.task_id].due - now for o in others]
                 break
     assert len(gaps) == 3
@@ -112,7 +112,7 @@ async def test_a_session_learns_while_tasks_run_that_they_sit_at_99(
         subs = [o for o in outcomes if isinstance(o, Submission)]
         async for _ in s.watch(subs):
             pass
-        learned = s._poller._stats["st"]  # type: ignore[union-attr]
+        learned = s._engine.poller._stats["st"]
     assert learned.stalls_at_top
     plans = [server.emulator.tasks[sub.task_id].plan for sub in subs]
     loop = sum(math.ceil(plan.duration) for plan in plans)
