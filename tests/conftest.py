@@ -11,6 +11,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
+import anyio
 import pytest
 
 from apimart_async import Session
@@ -64,3 +65,21 @@ def session_for(server: EmulatorServer, **kwargs: Any) -> Session:
 def debug_logs(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
     caplog.set_level(logging.DEBUG)
     return caplog
+
+
+@pytest.fixture
+def cli_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """For in-process CLI runs: the canary key in the environment, no base URL."""
+    monkeypatch.delenv("APIMART_BASE_URL", raising=False)
+    monkeypatch.setenv("APIMART_API_KEY", KEY)
+
+
+async def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    """Run `apimart-async ARGS` in-process (on a worker thread with its own event loop):
+    exit status, stdout, stderr."""
+    from apimart_async._cli.main import main
+
+    capsys.readouterr()
+    status = await anyio.to_thread.run_sync(main, list(args))
+    out, err = capsys.readouterr()
+    return status, out, err

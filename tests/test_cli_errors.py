@@ -12,29 +12,19 @@ import subprocess
 import sys
 from pathlib import Path
 
-import anyio
 import pytest
 
-from apimart_async._cli.main import main
 from apimart_async.testing import EmulatorConfig, EmulatorServer
 
-from .conftest import KEY, MakeServer
+from .conftest import KEY, MakeServer, cli
 
 pytestmark = pytest.mark.anyio
 DEAD = "http://127.0.0.1:1"  # nothing listens on port 1: connection refused
 
 
 @pytest.fixture(autouse=True)
-def _key(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("APIMART_BASE_URL", raising=False)
-    monkeypatch.setenv("APIMART_API_KEY", KEY)
-
-
-async def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    capsys.readouterr()
-    status = await anyio.to_thread.run_sync(main, list(args))
-    out, err = capsys.readouterr()
-    return status, out, err
+def _key(cli_env: None) -> None:
+    """The CLI reads the canary key from the environment, no base URL."""
 
 
 def one_line(err: str) -> str:

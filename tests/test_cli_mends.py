@@ -10,29 +10,20 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import anyio
 import pytest
 
 from apimart_async import ValidationError, VideoRequest
 from apimart_async._cli.main import main
 from apimart_async.testing import EmulatorConfig, EmulatorServer, TaskPlan, video_bytes
 
-from .conftest import KEY, MakeServer, session_for
+from .conftest import MakeServer, cli, session_for
 
 pytestmark = pytest.mark.anyio
 
 
 @pytest.fixture(autouse=True)
-def _key(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("APIMART_BASE_URL", raising=False)
-    monkeypatch.setenv("APIMART_API_KEY", KEY)
-
-
-async def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    capsys.readouterr()
-    status = await anyio.to_thread.run_sync(main, list(args))
-    out, err = capsys.readouterr()
-    return status, out, err
+def _key(cli_env: None) -> None:
+    """The CLI reads the canary key from the environment, no base URL."""
 
 
 async def test_download_never_replaces_a_different_file(

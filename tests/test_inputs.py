@@ -9,30 +9,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import anyio
 import pytest
 
 from apimart_async._batch.inputs import BadLines, InputError, read_batch_file
-from apimart_async._cli.main import main
 from apimart_async.testing import EmulatorServer
 
-from .conftest import KEY
+from .conftest import cli
 
 pytestmark = pytest.mark.anyio
 MAX_DEPTH = 20  # the reader's nesting limit
 
 
 @pytest.fixture(autouse=True)
-def _key(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("APIMART_BASE_URL", raising=False)
-    monkeypatch.setenv("APIMART_API_KEY", KEY)
-
-
-async def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    capsys.readouterr()
-    status = await anyio.to_thread.run_sync(main, list(args))
-    out, err = capsys.readouterr()
-    return status, out, err
+def _key(cli_env: None) -> None:
+    """The CLI reads the canary key from the environment, no base URL."""
 
 
 def prompts(path: Path) -> list[str]:
