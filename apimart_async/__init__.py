@@ -16,7 +16,7 @@ Everything public is re-exported here; the modules behind it are private.
 
 from ._batch import BatchEvent, EventKind
 from ._clock import Clock
-from ._config import Timeout
+from ._config import DownloadPolicy, Timeout
 from ._download import DownloadResult
 from ._errors import (
     APIConnectionError,
@@ -63,6 +63,7 @@ __all__ = [
     "Clock",
     "DecodeError",
     "DownloadError",
+    "DownloadPolicy",
     "DownloadResult",
     "EventKind",
     "InsufficientBalanceError",

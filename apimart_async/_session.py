@@ -18,7 +18,14 @@ from anyio.abc import TaskGroup
 
 from ._batch import submit_each
 from ._clock import Clock
-from ._config import DEFAULT_BASE_URL, ENV_BASE_URL, ApiKey, Timeout, check_base_url
+from ._config import (
+    DEFAULT_BASE_URL,
+    ENV_BASE_URL,
+    ApiKey,
+    DownloadPolicy,
+    Timeout,
+    check_base_url,
+)
 from ._download import Downloader, DownloadResult
 from ._errors import APIMartError, TaskFailedError, TaskTimeoutError, ValidationError
 from ._groups import ungrouped
@@ -56,6 +63,8 @@ class Session:
     - `http_session`: an `aiohttp.ClientSession` of yours to send on; it is not
       closed. Without one the session owns and closes its own.
     - `download_concurrency`: video downloads at once (separate from API requests).
+    - `downloads`: what a file host may do before a download is given up on (size cap,
+      low-speed limit, deadline, allowed hosts): see `DownloadPolicy`.
     - `clock`: API time; only tests with a compressed emulator clock change it.
     """
 
@@ -72,6 +81,7 @@ class Session:
         http_session: aiohttp.ClientSession | None = None,
         download_concurrency: int = 4,
         clock: Clock | None = None,
+        downloads: DownloadPolicy | None = None,
     ) -> None:
         self._key = ApiKey.resolve(api_key)
         self.base_url = check_base_url(
@@ -99,7 +109,7 @@ class Session:
         whole_number("download_concurrency", download_concurrency)
         self._downloader = Downloader(
             http=self._http, concurrency=download_concurrency, retry=self.retry,
-            clock=self.clock, refresh=self.get_task, stats=self.stats,
+            clock=self.clock, refresh=self.get_task, stats=self.stats, policy=downloads,
         )
         self._open = False
         self._stack: AsyncExitStack | None = None
@@ -333,13 +343,23 @@ class Session:
         `dest` is either absent or whole. Nothing of the API's (key, headers) is sent
         to the file host. An expired link triggers one fresh `get_task`, else
         `ResultExpiredError`. A task id is looked up first.
+
+        Into a directory, the file is named after the task id you passed (a `Task`'s
+        own id), never after the id in the server's answer, and must stay inside it.
         """
         self._require_open()
-        if not isinstance(task, Task):
+        if isinstance(task, Task):
+            asked = check_task_id(task.id)
+        else:
+            asked = check_task_id(task.task_id if isinstance(task, Submission) else task)
             task = await self.get_task(task)
         path = Path(dest)
         if await anyio.Path(path).is_dir():
-            path = path / f"{task.id}.mp4"
+            name = f"{asked}.mp4"
+            # One plain name, never a path: the file stays inside `dest`.
+            if Path(name).name != name or "\\" in name:
+                raise ValidationError("task_id", f"{asked!r} does not name a file in {dest}")
+            path = path / name
         return await self._downloader.download(task, path)
 
     async def run_batch(
