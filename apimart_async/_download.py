@@ -347,6 +347,9 @@ class Downloader:
         async for chunk in resp.chunks():
             if written + len(chunk) > limit:
                 what = "the length it announced" if limit == total else "max_bytes"
+                # What came is not the file: nothing of it is kept for a resume.
+                handle.seek(0)
+                handle.truncate()
                 raise DownloadError(task_id, f"file host sent more than {what} "
                                              f"({limit:,} bytes); stopped")
             if head is not None:
