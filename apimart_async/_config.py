@@ -33,8 +33,8 @@ class Timeout:
 
     - `total`: one whole API request, answer included. Retries each get a fresh budget.
     - `connect`: getting a connection (pool wait, DNS and TCP/TLS set-up).
-    - `read`: the longest silence while a video download streams (downloads have no
-      total limit; API answers are small and bounded by `total`).
+    - `read`: the longest silence while a video download streams (a download's overall
+      limit and low-speed limit are `DownloadPolicy`'s; API answers are bounded by `total`).
     """
 
     total: float | None = attrs.field(default=60.0, validator=_opt_positive)

@@ -344,6 +344,11 @@ class Session:
         to the file host. An expired link triggers one fresh `get_task`, else
         `ResultExpiredError`. A task id is looked up first.
 
+        The file host is distrusted (see `DownloadPolicy`): the link must be https (http
+        to loopback), not a private or link-local address; the body must be a video or
+        image container, of a provable length within ``max_bytes``; a ``.part`` left by
+        another task or link is never resumed. Such failures raise `DownloadError`.
+
         Into a directory, the file is named after the task id you passed (a `Task`'s
         own id), never after the id in the server's answer, and must stay inside it.
         """

@@ -108,6 +108,15 @@ async def test_a_gzip_encoded_body_is_refused_not_inflated(
     assert on_disk(tmp_path) == []
 
 
+async def test_downloads_ask_for_the_bytes_as_stored(
+    server: EmulatorServer, tmp_path: Path
+) -> None:
+    async with session_for(server) as s:
+        await s.download(await completed(s), tmp_path / "fox.mp4")
+    [record] = [r for r in server.emulator.request_log if r.route == "download"]
+    assert record.accept_encoding == "identity"
+
+
 async def test_an_endless_body_is_stopped_at_the_size_cap(
     server: EmulatorServer, tmp_path: Path
 ) -> None:

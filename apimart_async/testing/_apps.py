@@ -105,6 +105,7 @@ def _request_logger(emulator: Emulator) -> Any:
                 idempotency_key=request.headers.get("Idempotency-Key"),
                 range=request.headers.get("Range"),
                 time=arrived,
+                accept_encoding=request.headers.get("Accept-Encoding"),
             ))
 
     return log_request
