@@ -16,7 +16,7 @@ Everything public is re-exported here; the modules behind it are private.
 
 from ._batch.journal import ItemState
 from ._batch.runner import BatchItem, BatchReport, ItemResult
-from ._core.config import Timeout
+from ._core.config import DownloadPolicy, Timeout
 from ._core.errors import (
     APIConnectionError,
     APIMartError,
@@ -63,6 +63,7 @@ __all__ = [
     "Clock",
     "DecodeError",
     "DownloadError",
+    "DownloadPolicy",
     "DownloadResult",
     "EventKind",
     "InsufficientBalanceError",

@@ -12,7 +12,14 @@ from typing import TYPE_CHECKING
 import anyio
 
 from ._batch.runner import BatchItem, BatchReport, ItemResult, run_batch
-from ._core.config import DEFAULT_BASE_URL, ENV_BASE_URL, ApiKey, Timeout, check_base_url
+from ._core.config import (
+    DEFAULT_BASE_URL,
+    ENV_BASE_URL,
+    ApiKey,
+    DownloadPolicy,
+    Timeout,
+    check_base_url,
+)
 from ._core.errors import APIMartError, TaskFailedError, TaskTimeoutError, ValidationError
 from ._core.models import Submission, Task, VideoRequest
 from ._core.polling import PollPolicy
@@ -47,6 +54,8 @@ class Session:
     - `http_session`: an `aiohttp.ClientSession` of yours to send on; it is not
       closed. Without one the session owns and closes its own.
     - `download_concurrency`: video downloads at once (separate from API requests).
+    - `downloads`: what a file host may do before a download is given up on (size cap,
+      low-speed limit, deadline, allowed hosts): see `DownloadPolicy`.
     - `clock`: API time; only tests with a compressed emulator clock change it.
       Every wait of the session (polls, deadlines, retry delays, `rps` pacing) is on it.
 
@@ -68,6 +77,7 @@ class Session:
         http_session: aiohttp.ClientSession | None = None,
         download_concurrency: int = 4,
         clock: Clock | None = None,
+        downloads: DownloadPolicy | None = None,
     ) -> None:
         key = ApiKey.resolve(api_key)
         self._base_url = check_base_url(
@@ -84,6 +94,7 @@ class Session:
             base_url=self._base_url, key=key, timeout=self._timeout, retry=self._retry,
             poll=self._poll, clock=self._clock, max_concurrency=self._max_concurrency, rps=rps,
             download_concurrency=download_concurrency, http_session=http_session,
+            downloads=downloads,
         )
 
     # Configuration is read-only: the parts below were built from it at construction.
@@ -283,13 +294,28 @@ class Session:
 
         A file already at `dest` holding other bytes is not replaced: `ValidationError`
         (field ``dest``), unless `overwrite` is True; the same video again is fine.
+
+        The file host is distrusted (see `DownloadPolicy`): the link must be https (http
+        to loopback), not a private or link-local address; the body must be a video or
+        image container, of a provable length within ``max_bytes``; a ``.part`` left by
+        another task or link is never resumed. Such failures raise `DownloadError`.
+
+        Into a directory, the file is named after the task id you passed (a `Task`'s
+        own id), never after the id in the server's answer, and must stay inside it.
         """
         self._engine.require_open()
-        if not isinstance(task, Task):
+        if isinstance(task, Task):
+            asked = check_task_id(task.id)
+        else:
+            asked = check_task_id(task.task_id if isinstance(task, Submission) else task)
             task = await self.get_task(task)
         path = Path(dest)
         if await anyio.Path(path).is_dir():
-            path = path / f"{task.id}.mp4"
+            name = f"{asked}.mp4"
+            # One plain name, never a path: the file stays inside `dest`.
+            if Path(name).name != name or "\\" in name:
+                raise ValidationError("task_id", f"{asked!r} does not name a file in {dest}")
+            path = path / name
         return await self._engine.download(task, path, overwrite=overwrite)
 
     async def run_batch(

@@ -17,6 +17,7 @@ EXPECTED = [
     "Clock",
     "DecodeError",
     "DownloadError",
+    "DownloadPolicy",
     "DownloadResult",
     "EventKind",
     "InsufficientBalanceError",

@@ -19,7 +19,7 @@ from anyio.abc import TaskStatus
 from .._batch.inputs import InputError
 from .._batch.journal import ItemState
 from .._batch.runner import BatchItem, BatchReport
-from .._core.config import DEFAULT_BASE_URL, ENV_BASE_URL
+from .._core.config import DEFAULT_BASE_URL, ENV_API_KEY, ENV_BASE_URL
 from .._core.errors import (
     APIConnectionError,
     APIMartError,
@@ -76,7 +76,13 @@ def _add_client_options(p: argparse.ArgumentParser) -> None:
         default=None,
         help=f"API base URL (default: ${ENV_BASE_URL} or {DEFAULT_BASE_URL})",
     )
-    p.add_argument("--api-key", default=None, help="API key (default: $APIMART_API_KEY)")
+    p.add_argument(
+        "--api-key", default=None, metavar="KEY",
+        help="API key; '-' reads it from standard input. A key written here is visible to "
+             "other users (ps): prefer $APIMART_API_KEY, --api-key-file or '-'",
+    )
+    p.add_argument("--api-key-file", default=None, metavar="PATH",
+                   help="read the API key from the first line of PATH")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -513,6 +519,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.error("the following arguments are required: command")
     try:
+        _read_key(args)
         return anyio.run(_COMMANDS[args.command], args)
     except (APIMartError, InputError, OSError, sqlite3.Error) as exc:
         status, message = explain(exc)
@@ -520,6 +527,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         return status
     except KeyboardInterrupt:
         return 128 + signal.SIGINT
+
+
+def _read_key(args: argparse.Namespace) -> None:
+    """Put the key from ``--api-key-file`` or standard input (``--api-key -``) into
+    ``args.api_key``; warn about a key written on the command line."""
+    if args.command == "emulator" or not hasattr(args, "api_key_file"):
+        return
+    if args.api_key_file is not None:
+        if args.api_key is not None:
+            raise ValidationError("api_key", "give --api-key or --api-key-file, not both")
+        with open(args.api_key_file, encoding="utf-8") as handle:
+            args.api_key = handle.readline().strip()
+        if not args.api_key:
+            raise ValidationError("api_key", f"{args.api_key_file} holds no key on its first line")
+    elif args.api_key == "-":
+        args.api_key = sys.stdin.readline().strip()
+        if not args.api_key:
+            raise ValidationError("api_key", "no key on standard input (--api-key -)")
+    elif args.api_key is not None:
+        print("apimart-async: warning: a key given with --api-key is visible to other users "
+              f"(ps); use ${ENV_API_KEY}, --api-key-file PATH or --api-key -", file=sys.stderr)
 
 
 def explain(exc: Exception) -> tuple[int, str]:

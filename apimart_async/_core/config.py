@@ -13,7 +13,10 @@ import attrs
 from .errors import ValidationError
 from .validation import require_positive_or_none
 
-__all__ = ["DEFAULT_BASE_URL", "ENV_API_KEY", "ApiKey", "Timeout", "check_base_url"]
+__all__ = [
+    "DEFAULT_BASE_URL", "ENV_API_KEY", "ApiKey", "DownloadPolicy", "Timeout", "check_base_url",
+    "check_file_url",
+]
 
 DEFAULT_BASE_URL = "https://api.apimart.ai"
 ENV_API_KEY = "APIMART_API_KEY"
@@ -33,9 +36,9 @@ class Timeout:
 
     - `total`: one whole API request, answer included. Retries each get a fresh budget.
     - `connect`: getting a connection (pool wait, DNS and TCP/TLS set-up).
-    - `download_idle`: the longest silence while a video download streams (downloads
-      have no total limit; API answers are small and bounded by `total`). Its old name,
-      `read`, is still accepted and readable.
+    - `download_idle`: the longest silence while a video download streams (a download's
+      overall limit and low-speed limit are `DownloadPolicy`'s; API answers are small and
+      bounded by `total`). Its old name, `read`, is still accepted and readable.
     """
 
     total: float | None = attrs.field(default=60.0, validator=_opt_positive)
@@ -58,6 +61,41 @@ class Timeout:
     def read(self) -> float | None:
         """The old name of `download_idle` (it never bounded reading API answers)."""
         return self.download_idle
+
+
+def _whole_positive(_: object, attribute: attrs.Attribute[Any], value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValidationError(attribute.name, f"must be a whole number >= 1, got {value!r}")
+
+
+def _hosts(value: Any) -> frozenset[str] | None:
+    if value is None:
+        return None
+    if isinstance(value, str) or not all(isinstance(h, str) and h for h in value):
+        raise ValidationError("allowed_hosts", f"must be host names, got {value!r}")
+    return frozenset(h.lower().rstrip(".") for h in value)
+
+
+@attrs.frozen(kw_only=True)
+class DownloadPolicy:
+    """What a file host may do to a download before the SDK gives up on it.
+
+    - `max_bytes`: the largest file accepted (default 2 GiB): a bigger announced length
+      is refused before the body, and a body that grows past it is stopped.
+    - `low_speed_limit`, `low_speed_time`: like curl's ``-Y``/``-y``: a download slower
+      than `low_speed_limit` bytes/s over `low_speed_time` seconds is cut and retried (a
+      host that drips a byte a second is given up on).
+    - `deadline`: seconds one download may take in all, retries included; None: no limit.
+    - `allowed_hosts`: when set, the only file hosts (exact names) downloads may use.
+
+    Times are in API seconds on the session's `Clock`.
+    """
+
+    max_bytes: int = attrs.field(default=2 << 30, validator=_whole_positive)
+    low_speed_limit: int = attrs.field(default=1024, validator=_whole_positive)
+    low_speed_time: float = attrs.field(default=30.0, validator=_opt_positive)
+    deadline: float | None = attrs.field(default=3600.0, validator=_opt_positive)
+    allowed_hosts: frozenset[str] | None = attrs.field(default=None, converter=_hosts)
 
 
 class ApiKey:
@@ -107,6 +145,39 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+def check_file_url(url: str, allowed_hosts: frozenset[str] | None = None) -> str | None:
+    """Why a result URL must not be fetched, or None when it may be.
+
+    https anywhere; plain http only to loopback (as for the API); no other scheme; no
+    credentials in the URL; an IP literal must be a public address or loopback (never
+    link-local, private, multicast or reserved: cloud metadata lives at 169.254.169.254).
+    Names are not resolved here: a name that resolves to such an address is not caught.
+    """
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+        parts.port  # noqa: B018 - raises on a malformed port
+    except ValueError:
+        return "is not a valid URL"
+    if parts.scheme not in ("http", "https") or not host or _BAD_BRACKET.search(parts.netloc):
+        return f"has scheme {parts.scheme!r}: only https (http to loopback) is fetched"
+    if parts.username or parts.password:
+        return "carries credentials"
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        address = None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    if address is not None and not address.is_loopback and not address.is_global:
+        return f"names a non-public address {host!r} (link-local, private or reserved)"
+    if parts.scheme == "http" and not is_loopback(host):
+        return f"is plain http to {host!r}: only https is fetched (http to loopback only)"
+    if allowed_hosts is not None and host.lower().rstrip(".") not in allowed_hosts:
+        return f"is on host {host!r}, which is not in allowed_hosts"
+    return None
 
 
 def check_base_url(url: str) -> str:

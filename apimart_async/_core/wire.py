@@ -314,8 +314,9 @@ def parse_submit(
     return wire.task_id
 
 
-def task_from_data(data: Any) -> Task:
-    """A `Task` from a task answer's ``data`` object; raises on a wrong shape."""
+def task_from_data(data: Any, secret: str | None = None) -> Task:
+    """A `Task` from a task answer's ``data`` object; raises on a wrong shape. The
+    server's failure text is scrubbed of `secret`: it reaches journals and terminals."""
     wire = converter.structure(data, _WireTask)
     videos = wire.result.videos or wire.result.images if wire.result else ()
     urls = tuple(url for video in videos for url in video.url)
@@ -331,7 +332,11 @@ def task_from_data(data: Any) -> Task:
         actual_time=wire.actual_time,
         video_urls=urls,
         expires_at=min(expiries) if expiries else None,
-        error=TaskError(code=wire.error.code, message=wire.error.message) if wire.error else None,
+        error=TaskError(
+            code=scrub(wire.error.code, secret) if isinstance(wire.error.code, str)
+            else wire.error.code,
+            message=scrub(wire.error.message, secret),
+        ) if wire.error else None,
         model=wire.model,
     )
 
@@ -342,7 +347,7 @@ def parse_task(
     """A `Task` from a ``GET /v1/tasks/{id}`` answer."""
     data = decode(status, body, retry_after=retry_after, secret=secret)
     try:
-        return task_from_data(data)
+        return task_from_data(data, secret)
     except Exception:
         raise DecodeError(
             "task answer is not the documented shape", status=status, snippet=snippet(body, secret)

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 from anyio.abc import TaskGroup
 
-from .._core.config import ApiKey, Timeout
+from .._core.config import ApiKey, DownloadPolicy, Timeout
 from .._core.groups import ungrouped
 from .._core.models import Submission, Task, VideoRequest
 from .._core.polling import PollPolicy
@@ -73,6 +73,7 @@ class Engine:
         rps: float | None,
         download_concurrency: int,
         http_session: aiohttp.ClientSession | None,
+        downloads: DownloadPolicy | None = None,
     ) -> None:
         self.clock = clock
         self.poll_policy = poll
@@ -88,7 +89,7 @@ class Engine:
         )
         self.downloader = Downloader(
             http=self.http, concurrency=download_concurrency, retry=retry,
-            clock=clock, refresh=self.get_task, stats=self.stats,
+            clock=clock, refresh=self.get_task, stats=self.stats, policy=downloads,
         )
         self.state = State.UNOPENED
         self._stack: AsyncExitStack | None = None

@@ -41,11 +41,16 @@ class StreamedResponse:
 
     async def chunks(self, size: int = 1 << 16) -> AsyncIterator[bytes]:
         """The body, chunk by chunk; a cut stream raises `APIConnectionError`."""
+        failure: APIMartError | None = None
         try:
             async for chunk in self._response.content.iter_chunked(size):
                 yield chunk
         except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
-            raise translate(exc) from None
+            failure = translate(exc)
+        if failure is not None:
+            # Raised outside the handler: no __context__ keeps aiohttp's objects (which
+            # can hold the request and its headers) alive or printable.
+            raise failure
 
 
 def translate(exc: BaseException, secret: str | None = None) -> APIMartError:
@@ -148,7 +153,9 @@ class Http:
                 # aiohttp's headers already look names up case-insensitively.
                 return RawResponse(resp.status, resp.headers, body)
         except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
-            raise translate(exc, secret) from None
+            failure = translate(exc, secret)
+        # Raised outside the handler, so no exception chain keeps the request headers.
+        raise failure
 
     @asynccontextmanager
     async def stream(
@@ -156,17 +163,21 @@ class Http:
     ) -> AsyncIterator[StreamedResponse]:
         """GET `url` and yield the answer for chunked reading.
 
-        Only the headers given are sent: callers pass no API credentials, so following
-        a CDN's redirect is safe here, unlike on the API host.
+        Only the headers given are sent (callers pass no API credentials). Redirects are
+        not followed: the caller checks each target before it is fetched. The body is
+        never inflated: what the host sent is what `chunks` yields.
         """
         try:
             async with self.session.get(
                 url,
                 headers=dict(headers),
-                allow_redirects=True,
+                allow_redirects=False,
+                auto_decompress=False,
                 timeout=self._stream_timeout,
             ) as resp:
                 yield StreamedResponse(resp.status, resp.headers, resp)
+                return
         except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
-            raise translate(exc) from None
+            failure = translate(exc)
+        raise failure
 

@@ -7,6 +7,7 @@ limit, auth) is decided here, what a task is in `_tasks`.
 from __future__ import annotations
 
 import asyncio
+import gzip
 import hashlib
 import json
 import math
@@ -104,6 +105,7 @@ def _request_logger(emulator: Emulator) -> Any:
                 idempotency_key=request.headers.get("Idempotency-Key"),
                 range=request.headers.get("Range"),
                 time=arrived,
+                accept_encoding=request.headers.get("Accept-Encoding"),
             ))
 
     return log_request
@@ -236,6 +238,8 @@ class _ApiHost:
         if task is None:
             return _error(404, f"task {task_id} not found", "not_found_error")
         data = emulator.task_data(task)
+        if fault is not None:
+            data = _hostile_answer(fault, data, request, emulator.clock.wall())
         if data["status"] in ("completed", "failed", "cancelled") and not task.observed_terminal:
             task.observed_terminal = True
             lag = emulator.clock.now() - (task.created + task.plan.duration)
@@ -289,6 +293,8 @@ class _FileHost:
             answer = await apply(emulator, request, fault)
             if answer is not None:
                 return answer
+        if fault is not None and fault.kind in _HOSTILE_BODIES:
+            return await _hostile_body(emulator, request, fault, data)
         start, end = 0, len(data) - 1
         if_range = request.headers.get("If-Range")
         status = 200
@@ -331,6 +337,84 @@ class _FileHost:
         await response.write(body)
         await response.write_eof()
         return response
+
+
+_HOSTILE_BODIES = frozenset({"gzip", "endless", "drip", "cut_unframed"})
+_BOMB_MEMBER = 1 << 20
+_bomb_cache: list[bytes] = []
+
+
+def _gzip_bomb(head: bytes) -> bytes:
+    """~1 MB of gzip that inflates to 1 GiB: the video's first bytes, then zeros.
+
+    Concatenated gzip members (RFC 1952 allows it) of one compressed MiB of zeros each,
+    so building it costs one MiB of compression, not a GiB."""
+    if not _bomb_cache:
+        zeros = gzip.compress(bytes(_BOMB_MEMBER), compresslevel=9, mtime=0)
+        _bomb_cache.append(zeros * 1023)
+    return gzip.compress(head + bytes(_BOMB_MEMBER - len(head)), mtime=0) + _bomb_cache[0]
+
+
+def _hostile_answer(
+    fault: Fault, data: dict[str, Any], request: web.Request, wall: float
+) -> dict[str, Any]:
+    """A task answer bent by a task-route fault (`result_url`, `answer_id`, `echo_key`)."""
+    data = dict(data)
+    if fault.kind == "answer_id":
+        data["id"] = fault.value
+    elif fault.kind == "result_url":
+        data.update(status="completed", progress=100, result={
+            "videos": [{"url": [fault.value], "expires_at": int(wall) + 3600}],
+        })
+        data.pop("error", None)
+    elif fault.kind == "echo_key":
+        data.update(status="failed", progress=0, error={
+            "code": "upstream_error",
+            "message": "upstream refused the request with headers "
+                       f"Authorization: {request.headers.get('Authorization', '')}",
+        })
+        data.pop("result", None)
+    return data
+
+
+async def _hostile_body(
+    emulator: Emulator, request: web.Request, fault: Fault, video: bytes
+) -> web.StreamResponse:
+    """The file host's hostile bodies: gzip (or a gzip bomb), endless, drip, and a cut
+    body without framing. Each answers 200 whatever Range asked for."""
+    if fault.kind == "gzip":
+        body = _gzip_bomb(video[:64]) if fault.hard else gzip.compress(video, mtime=0)
+        return web.Response(body=body, headers={
+            "Content-Type": "video/mp4", "Content-Encoding": "gzip",
+        })
+    if fault.kind == "cut_unframed":
+        # Written raw: aiohttp.web would frame it (chunked) and a client could tell the cut.
+        transport = request.transport
+        if transport is not None:
+            part = video[: int(len(video) * fault.fraction)]
+            transport.write(b"HTTP/1.1 200 OK\r\nContent-Type: video/mp4\r\n"
+                            b"Connection: close\r\n\r\n" + part)
+            transport.close()
+        request[_DROPPED] = True
+        return web.Response()
+    headers = {"Content-Type": "video/mp4"}
+    if fault.kind == "drip":
+        headers["Content-Length"] = str(len(video))
+    response = web.StreamResponse(status=200, headers=headers)
+    await response.prepare(request)
+    try:
+        if fault.kind == "endless":
+            await response.write(video[:64])
+            block = bytes(1 << 16)
+            while True:  # ends when the client hangs up (the write raises)
+                await response.write(block)
+        for i in range(len(video)):
+            await response.write(video[i : i + 1])
+            await emulator.clock.sleep(fault.seconds)
+        await response.write_eof()
+    except (ConnectionError, OSError):
+        request[_DROPPED] = True
+    return response
 
 
 def _error(

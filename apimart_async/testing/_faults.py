@@ -31,6 +31,13 @@ _ROUTES_OF_KIND: dict[str, frozenset[str]] = {
     "ignore_range": frozenset({"download"}),
     "short_range": frozenset({"download"}),
     "wrong_range": frozenset({"download"}),
+    "gzip": frozenset({"download"}),
+    "endless": frozenset({"download"}),
+    "drip": frozenset({"download"}),
+    "cut_unframed": frozenset({"download"}),
+    "result_url": frozenset({"task"}),
+    "answer_id": frozenset({"task"}),
+    "echo_key": frozenset({"task"}),
 }
 # Faults that act only on a request carrying Range: they wait for one.
 _RANGE_KINDS = frozenset({"ignore_range", "short_range", "wrong_range"})
@@ -42,7 +49,8 @@ class Fault:
 
     kind: Literal[
         "status", "reset", "html", "lost_answer", "cut", "ignore_range", "slow", "redirect",
-        "short_range", "wrong_range",
+        "short_range", "wrong_range", "gzip", "endless", "drip", "cut_unframed",
+        "result_url", "answer_id", "echo_key",
     ]
     status: int = 500
     location: str = ""
@@ -51,6 +59,7 @@ class Fault:
     fraction: float = 0.5
     seconds: float = 0.0
     hard: bool = False
+    value: str = ""
 
     @property
     def routes(self) -> frozenset[str]:
@@ -72,8 +81,14 @@ class Fault:
             return f"Fault.http({self.status}{extra})"
         if self.kind in ("cut", "short_range"):
             return f"Fault.{self.kind}({self.fraction})"
-        if self.kind == "slow":
-            return f"Fault.slow({self.seconds})"
+        if self.kind in ("slow", "drip"):
+            return f"Fault.{self.kind}({self.seconds})"
+        if self.kind == "cut_unframed":
+            return f"Fault.cut_unframed({self.fraction})"
+        if self.kind == "gzip":
+            return "Fault.gzip(bomb=True)" if self.hard else "Fault.gzip()"
+        if self.kind in ("result_url", "answer_id"):
+            return f"Fault.{self.kind}({self.value!r})"
         if self.kind == "html":
             return f"Fault.html({self.status})"
         if self.kind == "redirect":
@@ -138,6 +153,48 @@ class Fault:
     def redirect(cls, location: str, status: int = 307) -> Fault:
         """Answer with a redirect to `location` (a client must not follow it with its key)."""
         return cls(kind="redirect", status=status, location=location)
+
+    @classmethod
+    def gzip(cls, *, bomb: bool = False) -> Fault:
+        """Download only: send the video gzip-encoded (``Content-Encoding: gzip``) whatever
+        the request accepted; with `bomb`, a ~1 MB body that inflates to 1 GiB."""
+        return cls(kind="gzip", hard=bomb)
+
+    @classmethod
+    def endless(cls) -> Fault:
+        """Download only: a 200 with a video's first bytes, no length, and a body that
+        never ends (until the client hangs up)."""
+        return cls(kind="endless")
+
+    @classmethod
+    def drip(cls, seconds: float = 1.0) -> Fault:
+        """Download only: announce the whole file, then send one byte every `seconds` of
+        the emulator's clock (API seconds), never stopping."""
+        return cls(kind="drip", seconds=seconds)
+
+    @classmethod
+    def cut_unframed(cls, fraction: float = 0.5) -> Fault:
+        """Download only: a 200 with neither ``Content-Length`` nor chunked framing, then
+        `fraction` of the body and a closed connection: looks complete unless the client
+        demands a length."""
+        return cls(kind="cut_unframed", fraction=fraction)
+
+    @classmethod
+    def result_url(cls, url: str) -> Fault:
+        """Task only: the answer is the completed task with `url` as its video link
+        (``file:///etc/passwd``, ``http://169.254.169.254/...``: an SSRF attempt)."""
+        return cls(kind="result_url", value=url)
+
+    @classmethod
+    def answer_id(cls, task_id: str) -> Fault:
+        """Task only: the answer's ``id`` is `task_id` (e.g. ``../../x``), not the id asked for."""
+        return cls(kind="answer_id", value=task_id)
+
+    @classmethod
+    def echo_key(cls) -> Fault:
+        """Task only: the answer is a failed task whose ``error.message`` echoes the
+        request's Authorization header (the SDK must scrub it everywhere)."""
+        return cls(kind="echo_key")
 
     @classmethod
     def slow(cls, seconds: float) -> Fault:

@@ -62,6 +62,7 @@ class RequestRecord:
     - `idempotency_key`: the ``Idempotency-Key`` header, if any.
     - `range`: the ``Range`` header, if any.
     - `time`: when it arrived, on the emulator's clock (API seconds, `Clock.now`).
+    - `accept_encoding`: the ``Accept-Encoding`` header, if any.
     """
 
     route: str | None
@@ -73,6 +74,7 @@ class RequestRecord:
     idempotency_key: str | None
     range: str | None
     time: float
+    accept_encoding: str | None = None
 
 
 class RequestLog:
