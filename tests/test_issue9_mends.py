@@ -3,9 +3,10 @@ fault and config validation, the session's read-only surface, request ids."""
 
 from __future__ import annotations
 
-from pathlib import Path
+from functools import partial
 from typing import Any
 
+import anyio
 import pytest
 
 from apimart_async import (
@@ -24,11 +25,13 @@ from apimart_async import (
     RateLimitError,
     ResultExpiredError,
     ServerError,
+    Session,
     Task,
     TaskFailedError,
     TaskStatus,
     TaskTimeoutError,
     ValidationError,
+    VideoRequest,
 )
 from apimart_async._core.errors import (
     JournalBusyError,
@@ -37,6 +40,9 @@ from apimart_async._core.errors import (
     with_response,
 )
 from apimart_async._core.models import TaskError
+from apimart_async.testing import EmulatorConfig, EmulatorServer, SteppedClock, TaskPlan
+
+from .conftest import KEY
 
 pytestmark = pytest.mark.anyio
 
@@ -104,4 +110,49 @@ def test_never_sent_items_rebuild_their_reason() -> None:
     assert (back.reason.status, back.reason.code) == (402, 4021)
 
 
-_ = Path  # used by later sections
+
+# -- F4: stepping a stepped clock does not jump past a wait's timeout ---------------------
+
+
+async def test_step_reaches_the_tasks_end_not_the_waits_timeout() -> None:
+    clock = SteppedClock()
+    config = EmulatorConfig(planner=lambda body, index: TaskPlan(duration=10, queue_time=4))
+    async with EmulatorServer(config, clock=clock) as server, Session(
+        KEY, base_url=server.base_url, clock=clock
+    ) as session:
+        sub = await session.submit(VideoRequest("a red fox"))
+        clock.advance(5)
+        async with anyio.create_task_group() as tg:
+            done: list[Task] = []
+
+            async def wait() -> None:
+                done.append(await session.wait(sub, timeout=600))
+
+            tg.start_soon(wait)
+            for _ in range(50):
+                if done:
+                    break
+                await clock.step()
+        # Stepping from poll to poll, not to the 600 s timeout.
+        assert done and done[0].status is TaskStatus.COMPLETED
+        assert clock.now() < 60
+        assert server.emulator.task(sub.task_id).status == "completed"
+
+
+async def test_settle_waits_for_the_pollers_first_deadline_and_step_returns_the_time(
+) -> None:
+    clock = SteppedClock()
+    config = EmulatorConfig(planner=lambda body, index: TaskPlan(duration=10))
+    async with EmulatorServer(config, clock=clock) as server, Session(
+        KEY, base_url=server.base_url, clock=clock
+    ) as session:
+        assert await clock.step() is None  # nothing waits: no advance
+        assert clock.now() == 0
+        sub = await session.submit(VideoRequest("x"))
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(partial(session.wait, sub, timeout=600))
+            await clock.settle()
+            deadline = clock.next_deadline
+            assert deadline is not None and deadline < 600  # the poller's, not the timeout
+            assert await clock.step() == deadline
+            tg.cancel_scope.cancel()
