@@ -33,6 +33,7 @@ from apimart_async import (
     ValidationError,
     VideoRequest,
 )
+from apimart_async._cli.main import main as cli_main
 from apimart_async._core.errors import (
     JournalBusyError,
     error_from_record,
@@ -40,7 +41,14 @@ from apimart_async._core.errors import (
     with_response,
 )
 from apimart_async._core.models import TaskError
-from apimart_async.testing import EmulatorConfig, EmulatorServer, SteppedClock, TaskPlan
+from apimart_async.testing import (
+    EmulatorConfig,
+    EmulatorServer,
+    Fault,
+    SteppedClock,
+    TaskPlan,
+    emulator_process,
+)
 
 from .conftest import KEY
 
@@ -156,3 +164,77 @@ async def test_settle_waits_for_the_pollers_first_deadline_and_step_returns_the_
             assert deadline is not None and deadline < 600  # the poller's, not the timeout
             assert await clock.step() == deadline
             tg.cancel_scope.cancel()
+
+
+# -- F1: a fault that could have no effect is refused where it is built -------------------
+
+
+@pytest.mark.parametrize(("build", "names"), [
+    (lambda: Fault.redirect("{files}/x", 200), "Fault.redirect: status"),
+    (lambda: Fault.redirect("", 302), "Fault.redirect: location"),
+    (lambda: Fault.http(99), "Fault.http: status"),
+    (lambda: Fault.http(200), "Fault.http: status"),
+    (lambda: Fault.http(True), "Fault.http: status"),
+    (lambda: Fault.http(503, retry_after=5), "Fault.http: retry_after"),
+    (lambda: Fault.body_status(200), "Fault.body_status: code"),
+    (lambda: Fault.html(99), "Fault.html: status"),
+    (lambda: Fault.cut(1.5), "Fault.cut: fraction"),
+    (lambda: Fault.cut(1.0), "Fault.cut: fraction"),
+    (lambda: Fault.cut(-0.1), "Fault.cut: fraction"),
+    (lambda: Fault.short_range(1.0), "Fault.short_range: fraction"),
+    (lambda: Fault.slow(-1), "Fault.slow: seconds"),
+    (lambda: Fault.slow(0), "Fault.slow: seconds"),
+    (lambda: Fault.slow(float("inf")), "Fault.slow: seconds"),
+])
+def test_a_fault_with_no_effect_is_refused_naming_the_argument(
+    build: Any, names: str
+) -> None:
+    with pytest.raises(ValueError, match=f"^{names} must"):
+        build()
+
+
+def test_faults_with_an_effect_are_still_built() -> None:
+    for fault in (Fault.http(400), Fault.http(599, retry_after="1"), Fault.body_status(402),
+                  Fault.html(200), Fault.redirect("{files}/x", 302), Fault.cut(0.0),
+                  Fault.cut(0.99), Fault.short_range(0.5), Fault.slow(0.01)):
+        assert isinstance(fault, Fault)
+
+
+# -- F2: the kind profile's knobs beside another profile are refused ----------------------
+
+
+@pytest.mark.parametrize("knob", [{"fail_rate": 1.0}, {"duration": (1.0, 2.0)},
+                                  {"queue_time": (0.0, 1.0)}, {"estimate_error": 0.5}])
+def test_kind_knobs_beside_another_profile_are_refused(knob: dict[str, Any]) -> None:
+    (name,) = knob
+    with pytest.raises(ValueError, match=rf"{name}=.*'kind' profile.*profile='hostile'"):
+        EmulatorConfig(profile="hostile", **knob)
+
+
+def test_kind_knobs_are_accepted_where_the_kind_profile_reads_them() -> None:
+    EmulatorConfig(fail_rate=1.0, duration=(1.0, 2.0))
+    EmulatorConfig(profile="kind", fail_rate=1.0)
+    EmulatorConfig(profile="hostile", profiles={"veo3": "kind"}, fail_rate=1.0)
+    EmulatorConfig(profile="hostile")
+
+
+@pytest.mark.parametrize(("flags", "named"), [
+    (["--task-duration", "1:2"], "--task-duration"),
+    (["--fail-rate", "1", "--estimate-error", "0.1"], "--estimate-error, --fail-rate"),
+])
+def test_the_cli_refuses_kind_flags_beside_another_profile(
+    flags: list[str], named: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as info:
+        cli_main(["emulator", "--profile", "hostile", *flags])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert named in err and "--profile hostile" in err
+
+
+async def test_the_cli_emulator_runs_with_a_profile_and_no_kind_flags() -> None:
+    async with emulator_process("--profile", "hostile") as url:
+        assert url.startswith("http://127.0.0.1:")
+    async with emulator_process("--profile", "hostile", "--model-profile", "m=kind",
+                                "--fail-rate", "1") as url:
+        assert url.startswith("http://127.0.0.1:")
