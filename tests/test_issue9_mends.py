@@ -6,6 +6,7 @@ from __future__ import annotations
 from functools import partial
 from typing import Any
 
+import aiohttp
 import anyio
 import pytest
 
@@ -50,7 +51,7 @@ from apimart_async.testing import (
     emulator_process,
 )
 
-from .conftest import KEY
+from .conftest import KEY, session_for
 
 pytestmark = pytest.mark.anyio
 
@@ -238,3 +239,50 @@ async def test_the_cli_emulator_runs_with_a_profile_and_no_kind_flags() -> None:
     async with emulator_process("--profile", "hostile", "--model-profile", "m=kind",
                                 "--fail-rate", "1") as url:
         assert url.startswith("http://127.0.0.1:")
+
+
+# -- F5: a closed borrowed aiohttp session is refused at enter ----------------------------
+
+
+async def test_a_closed_borrowed_http_session_is_refused_at_enter(
+    server: EmulatorServer,
+) -> None:
+    http = aiohttp.ClientSession()
+    await http.close()
+    session = session_for(server, http_session=http)
+    with pytest.raises(ValidationError, match=r"http_session: .*is closed") as info:
+        async with session:
+            pass
+    assert info.value.field == "http_session"
+    assert "unopened" in repr(session)  # refused before opening anything
+    assert not [r for r in server.emulator.request_log]
+    # An open one is used (and left open).
+    async with aiohttp.ClientSession() as http, session_for(server, http_session=http) as s:
+        await s.submit(VideoRequest("x"))
+        assert not http.closed
+
+
+# -- F6: a session's configuration is read-only, all of it --------------------------------
+
+
+async def test_a_session_refuses_every_attribute_write(server: EmulatorServer) -> None:
+    s = session_for(server, rps=5)
+    assert s.rps == 5 and session_for(server).rps is None
+    for name, value in [("rps", 9), ("foo", 1), ("max_concurrency", 0), ("stats", None),
+                        ("_engine", None), ("limits", None)]:
+        with pytest.raises(AttributeError, match="read-only"):
+            setattr(s, name, value)
+    with pytest.raises(AttributeError, match="read-only"):
+        del s.rps
+    assert not hasattr(s, "limits") and not hasattr(s, "foo")
+    async with s:
+        with pytest.raises(AttributeError, match="read-only"):
+            s.rps = 1  # type: ignore[misc]
+        await s.submit(VideoRequest("x"))
+        stats = s.stats
+        assert stats.submissions == 1
+        stats.submissions = 0  # a snapshot: the session's counters do not move
+        assert s.stats.submissions == 1
+        await s.submit(VideoRequest("y"))
+        assert s.stats.submissions == 2 and stats.submissions == 0
+
