@@ -4,6 +4,7 @@ fault and config validation, the session's read-only surface, request ids."""
 from __future__ import annotations
 
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -51,7 +52,7 @@ from apimart_async.testing import (
     emulator_process,
 )
 
-from .conftest import KEY, session_for
+from .conftest import KEY, MakeServer, session_for
 
 pytestmark = pytest.mark.anyio
 
@@ -286,3 +287,61 @@ async def test_a_session_refuses_every_attribute_write(server: EmulatorServer) -
         await s.submit(VideoRequest("y"))
         assert s.stats.submissions == 2 and stats.submissions == 0
 
+
+# -- F8: every API answer carries an x-request-id, and a re-run keeps it -----------------
+
+
+async def test_every_api_answer_carries_a_request_id(server: EmulatorServer) -> None:
+    server.emulator.inject("task", Fault.html(502), Fault.http(404))
+    async with aiohttp.ClientSession() as http:
+        async with http.post(server.base_url + "/v1/videos/generations",
+                             json={"prompt": "x"}) as r:
+            unauthorized = (r.status, r.headers.get("x-request-id"))
+        auth = {"Authorization": f"Bearer {KEY}"}
+        async with http.post(server.base_url + "/v1/videos/generations", headers=auth,
+                             json={"model": "veo3", "prompt": "x", "duration": 5}) as r:
+            created = (r.status, r.headers.get("x-request-id"))
+            task_id = (await r.json())["data"][0]["task_id"]
+        answers = []
+        for _ in range(2):
+            async with http.get(f"{server.base_url}/v1/tasks/{task_id}", headers=auth) as r:
+                answers.append((r.status, r.headers.get("x-request-id")))
+    assert [status for status, _ in [unauthorized, created, *answers]] == [401, 200, 502, 404]
+    ids = [rid for _, rid in [unauthorized, created, *answers]]
+    assert all(ids) and len(set(ids)) == 4
+    log = server.emulator.request_log
+    assert [r.request_id for r in log] == ids
+
+
+async def test_a_batch_items_error_keeps_its_request_id_across_a_rerun(
+    server: EmulatorServer, tmp_path: Path
+) -> None:
+    server.emulator.inject("submit", Fault.http(400))
+    async with session_for(server) as s:
+        first = await s.run_batch([VideoRequest("refused")], out_dir=tmp_path)
+    (record,) = [r for r in server.emulator.request_log if r.route == "submit"]
+    error = first.items[0].error
+    assert isinstance(error, BadRequestError) and record.request_id
+    assert error.request_id == record.request_id
+    async with session_for(server) as s:
+        again = await s.run_batch([VideoRequest("refused")], out_dir=tmp_path)
+    rebuilt = again.items[0].error
+    assert isinstance(rebuilt, BadRequestError) and rebuilt.request_id == record.request_id
+    assert len([r for r in server.emulator.request_log if r.route == "submit"]) == 1
+
+
+# -- F11: a planner that raises is logged as the 500 the client got -----------------------
+
+
+async def test_a_raising_planner_is_logged_as_a_500(make_server: MakeServer) -> None:
+    def planner(body: Any, index: int) -> TaskPlan:
+        raise KeyError("a bug in the test's planner")
+
+    server = await make_server(EmulatorConfig(planner=planner))
+    async with aiohttp.ClientSession() as http, http.post(
+        server.base_url + "/v1/videos/generations", headers={"Authorization": f"Bearer {KEY}"},
+        json={"model": "veo3", "prompt": "x", "duration": 5},
+    ) as r:
+        assert r.status == 500
+    (record,) = server.emulator.request_log
+    assert record.status == 500 and record.request_id
