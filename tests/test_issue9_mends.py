@@ -345,3 +345,40 @@ async def test_a_raising_planner_is_logged_as_a_500(make_server: MakeServer) -> 
         assert r.status == 500
     (record,) = server.emulator.request_log
     assert record.status == 500 and record.request_id
+
+
+# -- F9: a TaskPlan is checked like a TimingProfile; a task's body is read-only all down --
+
+
+@pytest.mark.parametrize(("kwargs", "field"), [
+    ({"duration": -5}, "duration"),
+    ({"duration": float("nan")}, "duration"),
+    ({"queue_time": -1}, "queue_time"),
+    ({"estimated_time": float("inf")}, "estimated_time"),
+    ({"render_time": -1.0}, "render_time"),
+    ({"outcome": "exploded"}, "outcome"),
+    ({"progress_mode": "wobbly"}, "progress_mode"),
+    ({"duration": 2, "queue_time": 3}, "queue_time"),
+])
+def test_a_bad_task_plan_is_refused_naming_the_field(kwargs: dict[str, Any], field: str) -> None:
+    with pytest.raises(ValueError, match=f"^TaskPlan: {field} must"):
+        TaskPlan(**kwargs)
+
+
+def test_good_task_plans_are_built() -> None:
+    TaskPlan(duration=0)
+    TaskPlan(duration=10, queue_time=10, estimated_time=None, render_time=None)
+    TaskPlan(outcome="cancelled", progress_mode="steps", estimated_time=3)
+
+
+async def test_a_tasks_body_is_read_only_all_the_way_down(server: EmulatorServer) -> None:
+    async with session_for(server) as s:
+        sub = await s.submit(VideoRequest("x", image_urls=["https://example.com/a.png"],
+                                          extra={"options": {"hdr": True}}))
+    body = server.emulator.task(sub.task_id).body
+    assert body["image_urls"] == ("https://example.com/a.png",)
+    with pytest.raises(AttributeError):
+        body["image_urls"].append("https://example.com/b.png")
+    with pytest.raises(TypeError):
+        body["options"]["hdr"] = False
+    assert server.emulator.task(sub.task_id).body["options"]["hdr"] is True
