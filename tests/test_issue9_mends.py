@@ -3,6 +3,7 @@ fault and config validation, the session's read-only surface, request ids."""
 
 from __future__ import annotations
 
+import json
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,7 @@ from apimart_async import (
     VideoRequest,
 )
 from apimart_async._cli.main import main as cli_main
+from apimart_async._cli.main import report_json
 from apimart_async._core.errors import (
     JournalBusyError,
     error_from_record,
@@ -382,3 +384,28 @@ async def test_a_tasks_body_is_read_only_all_the_way_down(server: EmulatorServer
     with pytest.raises(TypeError):
         body["options"]["hdr"] = False
     assert server.emulator.task(sub.task_id).body["options"]["hdr"] is True
+
+
+# -- F7: --json rows carry the typed error's status and code, as Python sees it -----------
+
+
+async def test_json_rows_carry_the_typed_errors_status_and_code(
+    make_server: MakeServer, tmp_path: Path
+) -> None:
+    server = await make_server(EmulatorConfig(balance=1))
+    server.emulator.inject("submit", Fault.http(400))
+    async with session_for(server, max_concurrency=1) as s:
+        report = await s.run_batch([VideoRequest(f"p{i}") for i in range(4)], out_dir=tmp_path)
+    data = json.loads(json.dumps(report_json(report)))
+    rows = data["results"]
+    for item, row in zip(report.items, rows, strict=True):
+        assert row["error_type"] == (type(item.error).__name__ if item.error else None)
+        assert row["status"] == getattr(item.error, "status", None)
+        assert row["code"] == getattr(item.error, "code", None)
+    assert [(r["error_type"], r["status"]) for r in rows] == [
+        ("BadRequestError", 400), (None, None), ("InsufficientBalanceError", 402),
+        ("NotSubmittedError", None)]
+    assert rows[2]["code"] == 402 and rows[2]["request_id"]
+    account = data["account_error"]
+    assert (account["type"], account["status"], account["code"]) == (
+        "InsufficientBalanceError", 402, 402)

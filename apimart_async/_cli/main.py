@@ -289,6 +289,12 @@ async def _run_status(args: argparse.Namespace) -> int:
     return EXIT_FAILED if task.status.value in ("failed", "cancelled") else EXIT_OK
 
 
+def _json_code(error: APIMartError | None) -> int | str | None:
+    """The typed error's ``code`` (the API's, or a failed task's), if it has one."""
+    code = getattr(error, "code", None)
+    return code if isinstance(code, (int, str)) else None
+
+
 def report_json(report: BatchReport) -> dict[str, Any]:
     """A `BatchReport` as JSON-ready data."""
     return {
@@ -306,6 +312,7 @@ def report_json(report: BatchReport) -> dict[str, Any]:
         "account_error": None if report.account_error is None else {
             "type": type(report.account_error).__name__,
             "status": getattr(report.account_error, "status", None),
+            "code": _json_code(report.account_error),
             "message": str(report.account_error),
         },
         "interrupted": report.interrupted,
@@ -315,6 +322,8 @@ def report_json(report: BatchReport) -> dict[str, Any]:
                 "path": str(r.path) if r.path else None, "size": r.size, "sha256": r.sha256,
                 "error": r.reason,
                 "error_type": None if r.error is None else type(r.error).__name__,
+                "status": getattr(r.error, "status", None),
+                "code": _json_code(r.error),
                 "request_id": None if r.error is None else r.error.request_id,
             }
             for r in report.items
