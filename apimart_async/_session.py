@@ -10,6 +10,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING
 
 import anyio
+import attrs
 
 from ._batch.runner import BatchItem, BatchReport, ItemResult, run_batch
 from ._core.config import (
@@ -31,7 +32,6 @@ from ._engine.streams import BatchStream, Watch
 from ._engine.submit import submit_each
 from ._io.clock import Clock
 from ._io.download import DownloadResult
-from ._io.limits import Limits
 from ._io.stats import SessionStats
 
 if TYPE_CHECKING:
@@ -61,8 +61,12 @@ class Session:
 
     A session is opened once: unopened, then open inside ``async with``, then closed.
     Entering it again (open or closed) raises `RuntimeError`; make a new `Session`.
-    Its configuration is read-only after construction.
+    Its configuration is read-only after construction: setting any attribute of a
+    session raises `AttributeError`.
     """
+
+    # Set at the end of __init__: from then on __setattr__ refuses every attribute.
+    _sealed = False
 
     def __init__(
         self,
@@ -84,18 +88,33 @@ class Session:
             base_url if base_url is not None else os.environ.get(ENV_BASE_URL) or DEFAULT_BASE_URL
         )
         self._max_concurrency = require_whole_number("max_concurrency", max_concurrency)
-        require_positive_or_none("rps", rps)
+        self._rps = require_positive_or_none("rps", rps)
         require_whole_number("download_concurrency", download_concurrency)
         self._timeout = timeout or Timeout()
         self._retry = retry or RetryPolicy()
         self._poll = poll or PollPolicy()
         self._clock = clock or Clock()
+        self._http_session = http_session
         self._engine = Engine(
             base_url=self._base_url, key=key, timeout=self._timeout, retry=self._retry,
             poll=self._poll, clock=self._clock, max_concurrency=self._max_concurrency, rps=rps,
             download_concurrency=download_concurrency, http_session=http_session,
             downloads=downloads,
         )
+        self._sealed = True
+
+    def __setattr__(self, name: str, value: object) -> None:
+        # The parts were built from the configuration at construction: a later change
+        # would be silently ignored (or break them), so none is accepted.
+        if self._sealed:
+            raise AttributeError(
+                f"Session attributes are read-only after construction, cannot set {name!r}: "
+                "make a new Session with the settings you want"
+            )
+        object.__setattr__(self, name, value)
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"Session attributes are read-only, cannot delete {name!r}")
 
     # Configuration is read-only: the parts below were built from it at construction.
 
@@ -108,6 +127,11 @@ class Session:
     def max_concurrency(self) -> int:
         """Requests in flight to the API host at once, at most."""
         return self._max_concurrency
+
+    @property
+    def rps(self) -> float | None:
+        """The ceiling on requests per second to the API host (None: none set)."""
+        return self._rps
 
     @property
     def timeout(self) -> Timeout:
@@ -131,13 +155,9 @@ class Session:
 
     @property
     def stats(self) -> SessionStats:
-        """Counters of what this session sent and met."""
-        return self._engine.stats
-
-    @property
-    def limits(self) -> Limits:
-        """The shared concurrency and rate limits (read them; the session drives them)."""
-        return self._engine.limits
+        """Counters of what this session sent and met: a snapshot taken now (a copy;
+        changing it changes nothing in the session; read it again for newer counts)."""
+        return attrs.evolve(self._engine.stats)
 
     def __repr__(self) -> str:
         return (
@@ -146,7 +166,16 @@ class Session:
         )
 
     async def __aenter__(self) -> Session:
-        """Open the session: once. Entering it again, open or closed, is a `RuntimeError`."""
+        """Open the session: once. Entering it again, open or closed, is a `RuntimeError`.
+
+        A borrowed `http_session` that is already closed is refused here
+        (`ValidationError`, field ``http_session``), before anything is sent.
+        """
+        if self._http_session is not None and self._http_session.closed:
+            raise ValidationError(
+                "http_session", "the aiohttp.ClientSession passed as http_session= is closed: "
+                "pass an open one (it stays yours and is not closed by the Session)"
+            )
         await self._engine.__aenter__()
         return self
 

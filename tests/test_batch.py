@@ -85,7 +85,8 @@ async def test_a_429_storm_is_survived_with_every_item_submitted_once(
     assert len(set(server.stats.idempotency_keys)) == 200
     # A few halvings, not a storm.
     assert server.stats.rate_limited <= 60, server.stats.rate_limited
-    assert s.limits.rate.rate is not None and s.limits.rate.rate < 200
+    limits = s._engine.limits  # internal: the AIMD rate the session drives
+    assert limits.rate.rate is not None and limits.rate.rate < 200
 
 
 async def test_balance_running_out_stops_the_rest_promptly(make_server: MakeServer) -> None:

@@ -147,7 +147,8 @@ async def test_api_errors_carry_the_answers_headers(server: EmulatorServer) -> N
         with pytest.raises(RateLimitError) as info:
             await s.submit(VideoRequest("x"))
     assert info.value.headers is not None and info.value.headers["retry-after"] == "0"
-    assert info.value.request_id is None  # the emulator sends none
+    (record,) = [r for r in server.emulator.request_log if r.route == "submit"]
+    assert record.request_id and info.value.request_id == record.request_id
 
 
 # -- one-way layers -------------------------------------------------------------------------

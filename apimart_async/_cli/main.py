@@ -101,11 +101,14 @@ def build_parser() -> argparse.ArgumentParser:
     emu.add_argument("--port", type=int, default=8089, help="API port (default 8089)")
     emu.add_argument("--file-port", type=int, default=0, help="file host port (default: any)")
     emu.add_argument("--api-key", default=None, help="accept only this key (default: any)")
-    emu.add_argument("--task-duration", type=_range, default=(4.0, 8.0), metavar="MIN:MAX",
-                     help="task duration range in seconds (default 4:8)")
-    emu.add_argument("--estimate-error", type=float, default=0.3,
-                     help="estimated_time is off by up to this fraction (default 0.3)")
-    emu.add_argument("--fail-rate", type=float, default=0.0, help="fraction of tasks that fail")
+    # The next three are read by the kind profile only (None: not given).
+    emu.add_argument("--task-duration", type=_range, default=None, metavar="MIN:MAX",
+                     help="task duration range in seconds (default 4:8; kind profile only)")
+    emu.add_argument("--estimate-error", type=float, default=None,
+                     help="estimated_time is off by up to this fraction (default 0.3; "
+                          "kind profile only)")
+    emu.add_argument("--fail-rate", type=float, default=None,
+                     help="fraction of tasks that fail (default 0; kind profile only)")
     emu.add_argument("--latency", type=float, default=0.0, help="seconds added to each answer")
     emu.add_argument("--rate-limit", type=float, default=None, help="requests per second")
     emu.add_argument("--balance", type=int, default=None, help="submissions allowed (402 after)")
@@ -212,14 +215,27 @@ def _model_profile(text: str) -> tuple[str, str]:
     return model, profile
 
 
+def _check_profile_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse the kind profile's flags beside another profile: they would do nothing."""
+    on_kind = args.profile == "kind" or any(p == "kind" for _, p in args.model_profile)
+    given = [flag for flag, value in (("--task-duration", args.task_duration),
+                                      ("--estimate-error", args.estimate_error),
+                                      ("--fail-rate", args.fail_rate)) if value is not None]
+    if given and not on_kind:
+        parser.error(f"{', '.join(given)} only affects the kind profile, but --profile "
+                     f"{args.profile} times the tasks: drop one of them")
+
+
 async def _run_emulator(args: argparse.Namespace) -> int:
     from ..testing import EmulatorConfig, EmulatorServer
 
+    knobs = {name: value for name, value in (("duration", args.task_duration),
+                                             ("estimate_error", args.estimate_error),
+                                             ("fail_rate", args.fail_rate))
+             if value is not None}
     config = EmulatorConfig(
         api_key=args.api_key,
-        duration=args.task_duration,
-        estimate_error=args.estimate_error,
-        fail_rate=args.fail_rate,
+        **knobs,
         latency=args.latency,
         rate_limit=args.rate_limit,
         balance=args.balance,
@@ -279,6 +295,12 @@ async def _run_status(args: argparse.Namespace) -> int:
     return EXIT_FAILED if task.status.value in ("failed", "cancelled") else EXIT_OK
 
 
+def _json_code(error: APIMartError | None) -> int | str | None:
+    """The typed error's ``code`` (the API's, or a failed task's), if it has one."""
+    code = getattr(error, "code", None)
+    return code if isinstance(code, (int, str)) else None
+
+
 def report_json(report: BatchReport) -> dict[str, Any]:
     """A `BatchReport` as JSON-ready data."""
     return {
@@ -296,6 +318,7 @@ def report_json(report: BatchReport) -> dict[str, Any]:
         "account_error": None if report.account_error is None else {
             "type": type(report.account_error).__name__,
             "status": getattr(report.account_error, "status", None),
+            "code": _json_code(report.account_error),
             "message": str(report.account_error),
         },
         "interrupted": report.interrupted,
@@ -305,6 +328,8 @@ def report_json(report: BatchReport) -> dict[str, Any]:
                 "path": str(r.path) if r.path else None, "size": r.size, "sha256": r.sha256,
                 "error": r.reason,
                 "error_type": None if r.error is None else type(r.error).__name__,
+                "status": getattr(r.error, "status", None),
+                "code": _json_code(r.error),
                 "request_id": None if r.error is None else r.error.request_id,
             }
             for r in report.items
@@ -518,6 +543,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     if args.command is None:
         parser.error("the following arguments are required: command")
+    if args.command == "emulator":
+        _check_profile_flags(parser, args)
     try:
         _read_key(args)
         return anyio.run(_COMMANDS[args.command], args)

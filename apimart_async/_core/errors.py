@@ -244,21 +244,46 @@ def account_problem(error: APIMartError) -> str | None:
 
 # -- errors as records, for the batch journal ------------------------------------------
 
-# The attributes an error keeps across a journal round trip (each only if set).
-_RECORDED = ("status", "code", "message", "request_id", "task_id", "retry_after",
-             "field", "problem", "snippet", "request_sent")
+# The attributes each error class's constructor sets, beyond the class-level defaults
+# (`request_id`, `headers`, `submission_ambiguous`, `fatal`): a rebuilt error gets
+# exactly these, None where the record cannot say. Pinned against the constructors by
+# tests/test_issue9_mends.py.
+_FIELDS: dict[type[APIMartError], tuple[str, ...]] = {
+    ValidationError: ("field", "problem"),
+    JournalBusyError: ("field", "problem", "path", "pid", "host"),
+    APIStatusError: ("status", "code", "message"),
+    RateLimitError: ("status", "code", "message", "retry_after"),
+    APIConnectionError: ("request_sent",),
+    DecodeError: ("status", "snippet"),
+    TaskFailedError: ("task", "task_id", "code", "message"),
+    TaskTimeoutError: ("task_id", "timeout", "task"),
+    NotSubmittedError: ("reason",),
+    ResultExpiredError: ("task_id",),
+    DownloadError: ("task_id", "resumable"),
+}
+
+
+def _fields(cls: type[APIMartError]) -> tuple[str, ...]:
+    """The constructor-set attributes of `cls` (its nearest listed ancestor's)."""
+    for klass in cls.__mro__:
+        if klass in _FIELDS:
+            return _FIELDS[klass]
+    return ()
 
 
 def error_record(error: APIMartError) -> dict[str, Any]:
-    """`error` as JSON-ready data: its type, text and the attributes in `_RECORDED`.
+    """`error` as JSON-ready data: its type, text, request id and its class's attributes
+    whose values are plain data (a `NotSubmittedError`'s `reason` as a nested record).
 
-    Response headers are not kept (only the request id among them): the journal holds
-    outcomes, not transport details.
+    Not kept: response headers (only the request id among them; the journal holds
+    outcomes, not transport details) and a `Task` object (`task`).
     """
     record: dict[str, Any] = {"type": type(error).__name__, "text": str(error)}
-    for name in _RECORDED:
+    for name in (*_fields(type(error)), "request_id"):
         value = getattr(error, name, None)
-        if isinstance(value, (str, int, float, bool)):
+        if isinstance(value, APIMartError):
+            record[name] = error_record(value)
+        elif isinstance(value, (str, int, float, bool)):
             record[name] = value
     if error.submission_ambiguous:
         record["submission_ambiguous"] = True
@@ -269,18 +294,24 @@ def error_from_record(record: Mapping[str, Any]) -> APIMartError:
     """The error `error_record` described, as its own type (`APIMartError` if unknown).
 
     Rebuilt without calling the class's constructor (its arguments, e.g. a whole `Task`,
-    are not recorded): the same message and recorded attributes, no `task` or `reason`.
+    are not recorded), with exactly the attributes the constructor sets: the recorded
+    values, None for the others (`task`, and anything an older record lacks).
+    `headers` stays None.
     """
     found = getattr(sys.modules[__name__], str(record.get("type")), None)
     cls = found if isinstance(found, type) and issubclass(found, APIMartError) else APIMartError
     error = cls.__new__(cls)
     Exception.__init__(error, str(record.get("text", "")))
-    for name in _RECORDED:
-        if name in record:
-            setattr(error, name, record[name])
-    for name in ("task", "reason", "timeout", "path", "pid", "host"):
-        if name not in record and not hasattr(error, name):
-            setattr(error, name, None)
+    for name in _fields(cls):
+        value = record.get(name)
+        if isinstance(value, Mapping):
+            value = error_from_record(value)
+        elif isinstance(value, list):
+            value = None
+        setattr(error, name, value)
+    request_id = record.get("request_id")
+    if isinstance(request_id, str):
+        error.request_id = request_id
     if record.get("submission_ambiguous"):
         error.submission_ambiguous = True
     return error

@@ -14,6 +14,7 @@ import math
 import re
 import socket
 import struct
+import uuid
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -36,6 +37,7 @@ CONTROL_PREFIX = "/_emulator/"
 # Per-request notes from the handlers for the request log.
 _FAULT: web.RequestKey[Fault | None] = web.RequestKey("apimart_emulator_fault")
 _DROPPED: web.RequestKey[bool] = web.RequestKey("apimart_emulator_dropped", bool)
+_REQUEST_ID: web.RequestKey[str] = web.RequestKey("apimart_emulator_request_id", str)
 
 _HTML_PAGE = (
     b"<!DOCTYPE html><html><head><title>502 Bad Gateway</title></head>"
@@ -60,7 +62,10 @@ def api_app(emulator: Emulator) -> web.Application:
     """The API host: ``POST /v1/videos/generations`` and ``GET /v1/tasks/{id}``."""
     host = _ApiHost(emulator)
     # The log is outermost: it sees the 401s and 429s the host's middleware answers.
-    app = web.Application(middlewares=[_request_logger(emulator), host.middleware])
+    app = web.Application(middlewares=[_request_logger(emulator, request_ids=True),
+                                       host.middleware])
+    # On every answer the API host sends, faults and aiohttp's own 500s included.
+    app.on_response_prepare.append(_send_request_id)
     app.router.add_post("/v1/videos/generations", host.submit, name="submit")
     app.router.add_get("/v1/tasks/{task_id}", host.get_task, name="task")
     app.router.add_get(STATS_PATH, host.stats)
@@ -77,8 +82,15 @@ def file_app(emulator: Emulator) -> web.Application:
     return app
 
 
-def _request_logger(emulator: Emulator) -> Any:
-    """A middleware adding one `RequestRecord` per request to the emulator's log."""
+async def _send_request_id(request: web.Request, response: web.StreamResponse) -> None:
+    request_id = request.get(_REQUEST_ID)
+    if request_id is not None:
+        response.headers["x-request-id"] = request_id
+
+
+def _request_logger(emulator: Emulator, *, request_ids: bool = False) -> Any:
+    """A middleware adding one `RequestRecord` per request to the emulator's log (and,
+    with `request_ids`, giving each request the id its answer's ``x-request-id`` carries)."""
 
     @web.middleware
     async def log_request(request: web.Request, handler: Any) -> web.StreamResponse:
@@ -86,6 +98,9 @@ def _request_logger(emulator: Emulator) -> Any:
             control: web.StreamResponse = await handler(request)
             return control
         arrived = emulator.clock.now()
+        request_id = f"req_{uuid.uuid4().hex[:24]}" if request_ids else None
+        if request_id is not None:
+            request[_REQUEST_ID] = request_id
         status: int | None = None
         try:
             response: web.StreamResponse = await handler(request)
@@ -93,6 +108,10 @@ def _request_logger(emulator: Emulator) -> Any:
             return response
         except web.HTTPException as exc:
             status = exc.status
+            raise
+        except Exception:
+            # A bug in a user's planner (or ours): aiohttp answers 500.
+            status = 500
             raise
         finally:
             emulator.log_request(RequestRecord(
@@ -106,6 +125,7 @@ def _request_logger(emulator: Emulator) -> Any:
                 range=request.headers.get("Range"),
                 time=arrived,
                 accept_encoding=request.headers.get("Accept-Encoding"),
+                request_id=None if status is None else request_id,
             ))
 
     return log_request

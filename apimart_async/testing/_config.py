@@ -49,7 +49,9 @@ class EmulatorConfig:
       download), drawn from a generator seeded with `seed`.
     - `profile`: how tasks are timed: a `TimingProfile` or a name (``kind``, the default,
       uses `duration`, `queue_time`, `estimate_error` and `fail_rate` above; ``realistic``,
-      ``hostile`` and the benchmark scenarios are in `PROFILES`). `profiles` chooses
+      ``hostile`` and the benchmark scenarios are in `PROFILES`). Setting one of those four
+      with another profile (and no model on ``kind`` in `profiles`) is refused
+      (ValueError naming both): it would have no effect. `profiles` chooses
       one per model (the request's ``model``), falling back to `profile`.
     - `planner`: decides each task's `TaskPlan` from its body and index instead.
     - `request_log_size`: how many requests `Emulator.request_log` keeps (the latest;
@@ -76,3 +78,26 @@ class EmulatorConfig:
     profiles: Mapping[str, str | TimingProfile] = attrs.field(factory=dict, validator=_profiles)
     planner: Planner | None = None
     request_log_size: int = attrs.field(default=10_000, validator=_count)
+
+    def __attrs_post_init__(self) -> None:
+        # The task knobs are read by the "kind" profile only: set beside another profile
+        # they would silently do nothing.
+        if self.profile == "kind" or "kind" in self.profiles.values():
+            return
+        changed = [f"{name}={getattr(self, name)!r}" for name in KIND_KNOBS
+                   if getattr(self, name) != _KNOB_DEFAULTS[name]]
+        if changed:
+            raise ValueError(
+                f"{', '.join(changed)} only affects the 'kind' profile, but "
+                f"profile={self.profile!r} times the tasks (its own durations and failure "
+                "rate): drop one of them, or pass a TimingProfile with the timings you want"
+            )
+
+
+KIND_KNOBS = ("duration", "queue_time", "estimate_error", "fail_rate")
+"""The `EmulatorConfig` fields only the ``kind`` profile reads."""
+
+_KNOB_DEFAULTS = {
+    name: field.default for name, field in attrs.fields_dict(EmulatorConfig).items()
+    if name in KIND_KNOBS
+}

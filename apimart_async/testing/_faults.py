@@ -7,6 +7,7 @@ does nothing.
 
 from __future__ import annotations
 
+import math
 import random
 from collections import deque
 from collections.abc import Iterable
@@ -41,6 +42,24 @@ _ROUTES_OF_KIND: dict[str, frozenset[str]] = {
 }
 # Faults that act only on a request carrying Range: they wait for one.
 _RANGE_KINDS = frozenset({"ignore_range", "short_range", "wrong_range"})
+
+
+_REDIRECTS = (301, 302, 303, 307, 308)
+
+
+def _check_int(name: str, value: object, low: int, high: int, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ValueError(f"{name} must be {what} ({low}..{high}), got {value!r}")
+    return value
+
+
+def _check_fraction(name: str, value: object) -> float:
+    # 1.0 (or more) would send everything asked for: the fault would do nothing.
+    if (isinstance(value, bool) or not isinstance(value, (int, float))
+            or not 0 <= value < 1):
+        raise ValueError(f"{name} must be >= 0 and < 1 (the share of the bytes sent), "
+                         f"got {value!r}")
+    return float(value)
 
 
 @attrs.frozen(kw_only=True)
@@ -99,12 +118,18 @@ class Fault:
 
     @classmethod
     def http(cls, status: int, *, retry_after: str | None = None) -> Fault:
-        """Answer with `status` and a JSON error body (and `Retry-After` if given)."""
+        """Answer with `status` (an error status, 400..599) and a JSON error body (and
+        `Retry-After` if given)."""
+        _check_int("Fault.http: status", status, 400, 599, "an error status")
+        if retry_after is not None and not isinstance(retry_after, str):
+            raise ValueError(f"Fault.http: retry_after must be the header's text (a str), "
+                             f"got {retry_after!r}")
         return cls(kind="status", status=status, retry_after=retry_after)
 
     @classmethod
     def body_status(cls, code: int) -> Fault:
-        """Answer HTTP 200 with an error `code` in the body."""
+        """Answer HTTP 200 with an error `code` (400..599) in the body."""
+        _check_int("Fault.body_status: code", code, 400, 599, "an error code")
         return cls(kind="status", status=200, body_code=code)
 
     @classmethod
@@ -118,7 +143,8 @@ class Fault:
 
     @classmethod
     def html(cls, status: int = 200) -> Fault:
-        """Answer with a gateway's HTML page under `status`."""
+        """Answer with a gateway's HTML page under `status` (200..599)."""
+        _check_int("Fault.html: status", status, 200, 599, "a status with a body")
         return cls(kind="html", status=status)
 
     @classmethod
@@ -129,7 +155,8 @@ class Fault:
 
     @classmethod
     def cut(cls, fraction: float = 0.5) -> Fault:
-        """Download only: send `fraction` of the body, then drop the connection."""
+        """Download only: send `fraction` (>= 0, < 1) of the body, then drop the connection."""
+        _check_fraction("Fault.cut: fraction", fraction)
         return cls(kind="cut", fraction=fraction)
 
     @classmethod
@@ -140,7 +167,9 @@ class Fault:
     @classmethod
     def short_range(cls, fraction: float = 0.5) -> Fault:
         """Download only: answer a Range request with a valid 206 for only the first
-        `fraction` of the bytes asked for (a host may serve less than asked)."""
+        `fraction` (>= 0, < 1; at least one byte) of the bytes asked for (a host may
+        serve less than asked)."""
+        _check_fraction("Fault.short_range: fraction", fraction)
         return cls(kind="short_range", fraction=fraction)
 
     @classmethod
@@ -151,7 +180,13 @@ class Fault:
 
     @classmethod
     def redirect(cls, location: str, status: int = 307) -> Fault:
-        """Answer with a redirect to `location` (a client must not follow it with its key)."""
+        """Answer with a redirect (`status` 301, 302, 303, 307 or 308) to `location` (a
+        client must not follow it with its key)."""
+        if not isinstance(location, str) or not location:
+            raise ValueError(f"Fault.redirect: location must be a non-empty URL, got {location!r}")
+        if isinstance(status, bool) or status not in _REDIRECTS:
+            raise ValueError("Fault.redirect: status must be a redirect status "
+                             f"(301, 302, 303, 307 or 308), got {status!r}")
         return cls(kind="redirect", status=status, location=location)
 
     @classmethod
@@ -198,7 +233,10 @@ class Fault:
 
     @classmethod
     def slow(cls, seconds: float) -> Fault:
-        """Wait `seconds` of real time before answering normally."""
+        """Wait `seconds` (> 0, finite) of real time before answering normally."""
+        if (isinstance(seconds, bool) or not isinstance(seconds, (int, float))
+                or not math.isfinite(seconds) or seconds <= 0):
+            raise ValueError(f"Fault.slow: seconds must be a finite number > 0, got {seconds!r}")
         return cls(kind="slow", seconds=seconds)
 
 

@@ -55,7 +55,8 @@ class RequestRecord:
     - `method`, `path`: the request line's method and path (without the query string,
       which holds the file host's link token).
     - `status`: the HTTP status answered; None when the connection was dropped before an
-      answer (`Fault.reset`, `Fault.lost_answer`) or the client went away. A `Fault.cut`
+      answer (`Fault.reset`, `Fault.lost_answer`) or the client went away; 500 when a
+      `planner` raised (aiohttp answers 500). A `Fault.cut`
       download keeps its 200/206: the head was sent, the body cut short.
     - `fault`: the injected (or randomly drawn) `Fault` this request met, if any.
     - `authorization`: whether an ``Authorization`` header came (never its value).
@@ -63,6 +64,8 @@ class RequestRecord:
     - `range`: the ``Range`` header, if any.
     - `time`: when it arrived, on the emulator's clock (API seconds, `Clock.now`).
     - `accept_encoding`: the ``Accept-Encoding`` header, if any.
+    - `request_id`: the ``x-request-id`` the API host answered with (every answer has
+      one); None on the file host and when no answer was sent.
     """
 
     route: str | None
@@ -75,6 +78,7 @@ class RequestRecord:
     range: str | None
     time: float
     accept_encoding: str | None = None
+    request_id: str | None = None
 
 
 class RequestLog:

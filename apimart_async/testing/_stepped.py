@@ -5,8 +5,10 @@ state (pending, half rendered, done) at a given poll steps time by hand instead:
 ``clock.advance(5)``. Share one between the emulator and the `Session`: the
 emulator's tasks age only on `advance`, and the session's waits for API time (the
 poller's next poll, a watch deadline) end when `advance` reaches them, with no real
-sleeping. Real-time parts are unchanged: network I/O, `EmulatorConfig.latency`,
-`Fault.slow` and the rate limit run in real time.
+sleeping. A session starts its waits a few loop turns after the call that asks for them
+(a poll is sent first): ``await clock.settle()`` lets them register, and ``await
+clock.step()`` settles and jumps to the next deadline. Real-time parts are unchanged:
+network I/O, `EmulatorConfig.latency`, `Fault.slow` and the rate limit run in real time.
 """
 
 from __future__ import annotations
@@ -97,6 +99,41 @@ class SteppedClock(Clock):
         with self.move_on_at(self.now() + max(0.0, api_seconds)):
             await anyio.sleep_forever()
 
+    async def settle(self) -> None:
+        """Return once every task of the event loop waits (on this clock, a socket, an
+        event) and the clock's pending waits stopped changing.
+
+        A wait a session starts (`Session.wait`, `watch`, the poller's next poll) is
+        registered only after some loop turns and maybe a request, so read `next_deadline`
+        after this, not right after starting one. Checked with
+        `anyio.wait_all_tasks_blocked`, plus a few real milliseconds so loopback I/O lands;
+        work in threads is not awaited.
+        """
+        before: tuple[float, list[float]] | None = None
+        while True:
+            await anyio.wait_all_tasks_blocked()
+            await anyio.sleep(0.005)  # real time: answers already in the kernel arrive
+            await anyio.wait_all_tasks_blocked()
+            steps = self._steps
+            state = (steps.now, sorted(steps.waiters.values()))
+            if state == before:
+                return
+            before = state
+
+    async def step(self) -> float | None:
+        """Settle, advance to the next deadline, settle again; return the new time.
+
+        Returns None (without advancing) when no wait has a finite deadline. A test
+        drives a session with ``while not job.done(): await clock.step()``.
+        """
+        await self.settle()
+        deadline = self.next_deadline
+        if deadline is None:
+            return None
+        self.advance(max(0.0, deadline - self._steps.now))
+        await self.settle()
+        return self._steps.now
+
     @property
     def waiting(self) -> int:
         """How many waits are pending on this clock (e.g. a session's poller between polls)."""
@@ -105,6 +142,9 @@ class SteppedClock(Clock):
     @property
     def next_deadline(self) -> float | None:
         """The earliest time a pending wait ends at (None if no wait has a finite end):
-        where ``advance(clock.next_deadline - clock.now())`` makes the next thing happen."""
+        where ``advance(clock.next_deadline - clock.now())`` makes the next thing happen.
+
+        Read it after `settle` (or use `step`): a wait just started may not be registered.
+        """
         finite = [when for when in self._steps.waiters.values() if when != math.inf]
         return min(finite, default=None)

@@ -7,8 +7,8 @@ reports. Nothing here does I/O or reads a clock.
 
 from __future__ import annotations
 
-import copy
 import hashlib
+import math
 import random
 from collections.abc import Callable, Iterator, Mapping
 from types import MappingProxyType
@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import attrs
 
-from ._profiles import progress_at, resolve_profile
+from ._profiles import PROGRESS_MODES, progress_at, resolve_profile
 
 if TYPE_CHECKING:
     from ._config import EmulatorConfig
@@ -27,6 +27,24 @@ __all__ = [
 ]
 
 Outcome = Literal["completed", "failed", "cancelled"]
+_OUTCOMES = ("completed", "failed", "cancelled")
+
+
+def _seconds(_: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value is None and attribute.name in ("estimated_time", "render_time"):
+        return
+    if (isinstance(value, bool) or not isinstance(value, (int, float))
+            or not math.isfinite(value) or value < 0):
+        raise ValueError(f"TaskPlan: {attribute.name} must be a finite number of seconds "
+                         f">= 0, got {value!r}")
+
+
+def _one_of(choices: tuple[str, ...]) -> Callable[[object, attrs.Attribute[Any], object], None]:
+    def check(_: object, attribute: attrs.Attribute[Any], value: object) -> None:
+        if value not in choices:
+            raise ValueError(f"TaskPlan: {attribute.name} must be one of "
+                             f"{', '.join(map(repr, choices))}, got {value!r}")
+    return check
 
 
 @attrs.frozen(kw_only=True)
@@ -34,23 +52,33 @@ class TaskPlan:
     """How one emulated task behaves, in API seconds from its creation.
 
     The task is ``pending`` for `queue_time`, then renders until `duration`, when it
-    ends with `outcome`. Progress runs over `render_time` (default: the time from the
+    ends with `outcome`: `duration` is the whole life of the task, queue included
+    (`queue_time` <= `duration`). Bad values (negative or non-finite times, an unknown
+    `outcome` or `progress_mode`) are refused with a ValueError naming the field.
+    Progress runs over `render_time` (default: the time from the
     queue's end to `duration`; longer when the task fails mid-run) in `progress_mode`
     (see `ProgressMode`; `report_progress=False` is mode ``none``).
     """
 
-    duration: float = 6.0
-    queue_time: float = 0.0
-    estimated_time: float | None = None
-    outcome: Outcome = "completed"
+    duration: float = attrs.field(default=6.0, validator=_seconds)
+    queue_time: float = attrs.field(default=0.0, validator=_seconds)
+    estimated_time: float | None = attrs.field(default=None, validator=_seconds)
+    outcome: Outcome = attrs.field(default="completed", validator=_one_of(_OUTCOMES))
     error_code: str = "content_policy_violation"
     error_message: str = "The prompt was rejected by content moderation"
     report_progress: bool = True
     size: int = 64 * 1024
-    render_time: float | None = None
-    progress_mode: str = "linear"
+    render_time: float | None = attrs.field(default=None, validator=_seconds)
+    progress_mode: str = attrs.field(default="linear", validator=_one_of(PROGRESS_MODES))
     stall_at: float = 0.5
     step: int = 10
+
+    def __attrs_post_init__(self) -> None:
+        if self.queue_time > self.duration:
+            raise ValueError(
+                f"TaskPlan: queue_time must be <= duration (duration includes the queue), "
+                f"got queue_time={self.queue_time!r} > duration={self.duration!r}"
+            )
 
 
 Planner = Callable[[Mapping[str, Any], int], TaskPlan]
@@ -131,8 +159,9 @@ class EmulatedTask:
     - `plan`: the `TaskPlan` it follows; `created` is its creation time on the emulator's
       clock (`Clock.now`, API seconds), `created_wall` the Unix time reported, and
       `ends_at` = `created` + `plan.duration`, when it reaches its outcome.
-    - `body`: the submitted JSON body (read-only; the API key travels in a header and is
-      never part of it); `idempotency_key`: the header it came with, if any.
+    - `body`: the submitted JSON body, read-only all the way down (objects are read-only
+      mappings, arrays tuples; the API key travels in a header and is never part of it);
+      `idempotency_key`: the header it came with, if any.
     """
 
     id: str
@@ -167,9 +196,18 @@ class EmulatedTask:
             created_wall=record.created_wall,
             ends_at=record.created + record.plan.duration,
             now=now,
-            body=MappingProxyType(copy.deepcopy(dict(record.body))),
+            body=_frozen(record.body),
             idempotency_key=record.idempotency_key,
         )
+
+
+def _frozen(value: Any) -> Any:
+    """`value` (decoded JSON) read-only all the way down: read-only mappings and tuples."""
+    if isinstance(value, Mapping):
+        return MappingProxyType({k: _frozen(v) for k, v in value.items()})
+    if isinstance(value, (list, tuple)):
+        return tuple(_frozen(v) for v in value)
+    return value
 
 
 class TaskView(Mapping[str, EmulatedTask]):
