@@ -187,14 +187,25 @@ class TaskFailedError(APIMartError):
 
 
 class TaskTimeoutError(APIMartError, TimeoutError):
-    """Waiting for a task ran past its deadline. The task itself may still finish."""
+    """Waiting for a task ran past its deadline. The task itself may still finish.
 
-    def __init__(self, task_id: str, *, timeout: float, task: Task | None = None) -> None:
+    When its polls were failing at the deadline (an outage), `poll_error` is the last
+    poll's error (else None), the message names it, and `Session.wait` chains it as
+    ``__cause__``.
+    """
+
+    def __init__(
+        self, task_id: str, *, timeout: float, task: Task | None = None,
+        poll_error: APIMartError | None = None,
+    ) -> None:
         self.task_id = task_id
         self.timeout = timeout
         self.task = task
+        self.poll_error = poll_error
         state = f", last seen {task.status.value} at {task.progress}%" if task else ""
-        super().__init__(f"task {task_id} not finished after {timeout:g}s{state}")
+        failing = (f"; its polls were failing ({type(poll_error).__name__}: {poll_error})"
+                   if poll_error is not None else "")
+        super().__init__(f"task {task_id} not finished after {timeout:g}s{state}{failing}")
 
 
 class NotSubmittedError(APIMartError):
@@ -278,7 +289,7 @@ def error_from_record(record: Mapping[str, Any]) -> APIMartError:
     for name in _RECORDED:
         if name in record:
             setattr(error, name, record[name])
-    for name in ("task", "reason", "timeout", "path", "pid", "host"):
+    for name in ("task", "reason", "timeout", "poll_error", "path", "pid", "host"):
         if name not in record and not hasattr(error, name):
             setattr(error, name, None)
     if record.get("submission_ambiguous"):

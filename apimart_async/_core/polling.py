@@ -40,6 +40,7 @@ __all__ = [
     "PollPolicy",
     "PollState",
     "backoff",
+    "missed",
     "next_delay",
     "observe",
     "predict_completion",
@@ -93,6 +94,11 @@ class PollPolicy:
     - `failure_interval`: the longest gap between polls of a rendering task once the
       session has seen a task of its model fail: a failure comes unannounced, so it is
       seen as soon as a 1-s loop would see it, at the loop's pace (never faster).
+    - `give_up_after`: how long one task's polls may keep failing (5xx, 429, no
+      connection, unreadable answers, each after the transport's own retries) before
+      watching it gives up: its final update then carries the last poll's error, and
+      `Session.wait` raises it. Counted from the first failed poll of a run of
+      failures; a poll that succeeds starts the count over. None never gives up.
     """
 
     first_delay: float = attrs.field(default=2.0, validator=_check)
@@ -102,6 +108,7 @@ class PollPolicy:
     watch_interval: float = attrs.field(default=0.9, validator=_check)
     failure_interval: float = attrs.field(default=1.0, validator=_check)
     age_fraction: float = attrs.field(default=0.12, validator=_check_fraction)
+    give_up_after: float | None = attrs.field(default=600.0, validator=_check)
 
     def __attrs_post_init__(self) -> None:
         if self.min_interval > self.max_interval:
@@ -141,8 +148,9 @@ class PollState:
     estimated_time: float | None = None
     last_status: TaskStatus | None = None
     processing_seen: bool = False
-    # Consecutive failed polls: the exponent of `backoff`.
+    # Consecutive failed polls: the exponent of `backoff`; when the first of them was sent.
     misses: int = 0
+    failing_since: float | None = None
     # Consecutive polls that read the last step before 100 (99 %, or 90 % in steps of 10).
     top_reads: int = 0
 
@@ -152,6 +160,7 @@ def observe(state: PollState, now: float, task: Task) -> None:
     state.polls += 1
     state.last_status = task.status
     state.misses = 0
+    state.failing_since = None
     if task.estimated_time is not None and task.estimated_time > 0:
         state.estimated_time = float(task.estimated_time)
     if task.is_terminal:
@@ -188,6 +197,22 @@ def observe(state: PollState, now: float, task: Task) -> None:
     state.progress = progress
     if progress >= 100 - _step(state):
         state.top_reads += 1
+
+
+def missed(policy: PollPolicy, state: PollState, sent_at: float, now: float) -> float | None:
+    """A poll sent at `sent_at` failed (a transient error, seen at `now`): seconds until
+    the next one, backing off; None once polls have failed for `give_up_after`."""
+    if state.misses == 0 or state.failing_since is None:
+        state.failing_since = sent_at
+    state.misses += 1
+    delay = backoff(policy.min_interval, state.misses, policy.max_interval)
+    if policy.give_up_after is None:
+        return delay
+    deadline = state.failing_since + policy.give_up_after
+    if now >= deadline:
+        return None
+    # The last try lands on the deadline, not a whole backoff past it.
+    return min(delay, deadline - now)
 
 
 def _render_start(state: PollState) -> float:
