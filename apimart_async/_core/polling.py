@@ -32,8 +32,8 @@ from collections import deque
 
 import attrs
 
+from .errors import ValidationError
 from .models import Task, TaskStatus
-from .validation import require_positive_or_none
 
 __all__ = [
     "ModelStats",
@@ -61,20 +61,50 @@ def backoff(base: float, misses: int, cap: float) -> float:
     return min(cap, base * 2.0 ** min(misses, 64))
 
 
-def _check(_: object, attribute: attrs.Attribute[float], value: float) -> None:
-    require_positive_or_none(attribute.name, value)
+def _number(field: str, value: object, *, zero: bool = False, infinite: bool = False,
+            what: str = "a number of seconds") -> float:
+    """`value` if it is a real number (not a bool, not NaN) > 0 (>= 0 with `zero`), and
+    finite unless `infinite`; else a `ValidationError` naming `field`."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+        raise ValidationError(field, f"must be {what}, got {value!r}")
+    if value < 0 or (value == 0 and not zero):
+        raise ValidationError(field, f"must be {'>= 0' if zero else '> 0'}, got {value!r}")
+    if math.isinf(value) and not infinite:
+        raise ValidationError(field, f"must be finite, got {value!r}")
+    return float(value)
 
 
-def _check_margin(_: object, attribute: attrs.Attribute[float], value: float) -> None:
-    require_positive_or_none(attribute.name, value, allow_zero=True)
+def _check(_: object, attribute: attrs.Attribute[float], value: object) -> None:
+    _number(attribute.name, value)
 
 
-def _check_fraction(_: object, attribute: attrs.Attribute[float], value: float) -> None:
-    require_positive_or_none(attribute.name, value)
-    if value > 1:
-        from .errors import ValidationError
+def _check_cap(_: object, attribute: attrs.Attribute[float], value: object) -> None:
+    _number(attribute.name, value, infinite=True)
 
+
+def _check_margin(_: object, attribute: attrs.Attribute[float], value: object) -> None:
+    if _number(attribute.name, value, zero=True, what="a fraction") > 1:
+        raise ValidationError(attribute.name, f"must be <= 1 (a fraction), got {value!r}")
+
+
+def _check_fraction(_: object, attribute: attrs.Attribute[float], value: object) -> None:
+    if _number(attribute.name, value, what="a fraction") > 1:
         raise ValidationError(attribute.name, f"must be <= 1, got {value!r}")
+
+
+def _check_give_up(_: object, attribute: attrs.Attribute[float], value: object) -> None:
+    if value is not None:
+        _number(attribute.name, value, infinite=True)
+
+
+def _within(policy: PollPolicy, default: float) -> float:
+    """An interval's default, brought within the policy's bounds when they exclude it
+    (``PollPolicy(min_interval=5, max_interval=5)`` polls every 5 s); the bounds' own
+    checks come after, so anything not a number here is left for them to name."""
+    lo, hi = policy.min_interval, policy.max_interval
+    if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (lo, hi)):
+        return min(max(default, lo), hi) if lo <= hi else default
+    return default
 
 
 @attrs.frozen(kw_only=True)
@@ -94,6 +124,9 @@ class PollPolicy:
     - `failure_interval`: the longest gap between polls of a rendering task once the
       session has seen a task of its model fail: a failure comes unannounced, so it is
       seen as soon as a 1-s loop would see it, at the loop's pace (never faster).
+    - `watch_interval` and `failure_interval` lie within [`min_interval`,
+      `max_interval`]: their defaults (0.9 and 1.0) are brought within bounds that
+      exclude them; a value given outside them is refused. `margin` is at most 1.
     - `give_up_after`: how long one task's polls may keep failing (5xx, 429, no
       connection, unreadable answers, each after the transport's own retries) before
       watching it gives up: its final update then carries the last poll's error, and
@@ -103,20 +136,32 @@ class PollPolicy:
 
     first_delay: float = attrs.field(default=2.0, validator=_check)
     min_interval: float = attrs.field(default=0.25, validator=_check)
-    max_interval: float = attrs.field(default=30.0, validator=_check)
+    max_interval: float = attrs.field(default=30.0, validator=_check_cap)
     margin: float = attrs.field(default=0.01, validator=_check_margin)
-    watch_interval: float = attrs.field(default=0.9, validator=_check)
-    failure_interval: float = attrs.field(default=1.0, validator=_check)
+    watch_interval: float = attrs.field(
+        default=attrs.Factory(lambda self: _within(self, 0.9), takes_self=True),
+        validator=_check,
+    )
+    failure_interval: float = attrs.field(
+        default=attrs.Factory(lambda self: _within(self, 1.0), takes_self=True),
+        validator=_check,
+    )
     age_fraction: float = attrs.field(default=0.12, validator=_check_fraction)
-    give_up_after: float | None = attrs.field(default=600.0, validator=_check)
+    give_up_after: float | None = attrs.field(default=600.0, validator=_check_give_up)
 
     def __attrs_post_init__(self) -> None:
-        if self.min_interval > self.max_interval:
-            from .errors import ValidationError
-
-            raise ValidationError(
-                "min_interval", f"must not exceed max_interval ({self.max_interval})"
-            )
+        lo, hi = self.min_interval, self.max_interval
+        if lo > hi:
+            raise ValidationError("min_interval", f"must not exceed max_interval ({hi!r}), "
+                                  f"got {lo!r}")
+        # Intervals outside [min_interval, max_interval] would be clamped away silently.
+        for name in ("watch_interval", "failure_interval"):
+            value = getattr(self, name)
+            if not lo <= value <= hi:
+                raise ValidationError(
+                    name, f"must be between min_interval ({lo!r}) and max_interval "
+                          f"({hi!r}), got {value!r}",
+                )
 
 
 Reading = tuple[float, float]
