@@ -290,8 +290,11 @@ class Session:
         """Poll until the task ends; return it when completed.
 
         Raises `TaskFailedError` when it fails or is cancelled, `TaskTimeoutError`
-        after `timeout` API seconds (the task itself goes on), or the error that made
-        watching impossible (e.g. `NotFoundError`).
+        after `timeout` API seconds (the task itself goes on; if its polls were failing
+        then, the last poll's error is its ``__cause__``), or the error that made
+        watching impossible: e.g. `NotFoundError`, or the last `ServerError`,
+        `APIConnectionError` or `DecodeError` once polls have failed for the poll
+        policy's `give_up_after`.
         """
         tid = _task_id(task_id)
         async with self.watch([tid], task_timeout=timeout) as updates:
@@ -299,7 +302,9 @@ class Session:
                 if not update.final:
                     continue
                 if update.timed_out:
-                    raise TaskTimeoutError(tid, timeout=timeout or 0.0, task=update.task)
+                    raise TaskTimeoutError(
+                        tid, timeout=timeout or 0.0, task=update.task, poll_error=update.error
+                    ) from update.error
                 if update.error is not None:
                     raise update.error
                 assert update.task is not None

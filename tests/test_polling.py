@@ -433,3 +433,40 @@ def test_policy_bounds_are_validated() -> None:
         PollPolicy(first_delay=0)
     with pytest.raises(ValidationError, match="age_fraction"):
         PollPolicy(age_fraction=2)
+
+
+_FIELDS = ("first_delay", "min_interval", "max_interval", "margin", "watch_interval",
+           "failure_interval", "age_fraction", "give_up_after")
+
+
+@pytest.mark.parametrize("field", _FIELDS)
+@pytest.mark.parametrize("value", [None, "1", True, math.nan, -1.0, 0])
+def test_every_policy_field_refuses_what_is_not_a_usable_number(field: str, value: object) -> None:
+    if (field == "give_up_after" and value is None) or (field == "margin" and value == 0):
+        return  # None: never give up; margin 0: poll right at a confident prediction
+    with pytest.raises(ValidationError) as caught:
+        PollPolicy(**{field: value})
+    assert caught.value.field == field, caught.value
+
+
+@pytest.mark.parametrize(("changes", "field"), [
+    ({"watch_interval": 31.0}, "watch_interval"),
+    ({"watch_interval": 0.1}, "watch_interval"),
+    ({"failure_interval": 0.1}, "failure_interval"),
+    ({"failure_interval": 45.0}, "failure_interval"),
+    ({"margin": 1.5}, "margin"),
+    ({"first_delay": math.inf}, "first_delay"),
+])
+def test_policy_fields_must_agree_with_each_other(changes: dict[str, float], field: str) -> None:
+    with pytest.raises(ValidationError) as caught:
+        PollPolicy(**changes)
+    assert caught.value.field == field, caught.value
+
+
+def test_interval_defaults_follow_the_bounds_and_none_never_gives_up() -> None:
+    fixed = PollPolicy(min_interval=5.0, max_interval=5.0)
+    assert fixed.watch_interval == fixed.failure_interval == 5.0
+    fast = PollPolicy(min_interval=0.001, max_interval=0.002)
+    assert fast.watch_interval == fast.failure_interval == 0.002
+    assert PollPolicy(give_up_after=None).give_up_after is None
+    assert PollPolicy(margin=0).margin == 0

@@ -148,3 +148,13 @@ def test_lognormal_has_a_heavy_tail() -> None:
     renders = sorted(profile.draw(rng)["render_time"] for _ in range(1000))
     assert 5.0 <= renders[500] <= 7.0  # median 6 s
     assert renders[-1] == 40.0 and renders[990] > 25.0
+
+
+def test_the_readme_profile_table_is_the_one_the_code_describes() -> None:
+    # Generated from PROFILES: a profile changed in the code and not in the README fails.
+    from pathlib import Path
+
+    from apimart_async.testing._profiles import profile_table
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    assert profile_table() in readme, "README's profile table is stale; paste:\n" + profile_table()

@@ -30,9 +30,13 @@ import attrs
 from anyio.abc import TaskGroup
 
 from .._core.errors import (
+    APIConnectionError,
     APIMartError,
     BadRequestError,
+    DecodeError,
     NotSubmittedError,
+    RateLimitError,
+    ServerError,
     TaskFailedError,
     ValidationError,
     error_from_record,
@@ -50,6 +54,9 @@ __all__ = ["JOURNAL_NAME", "BatchItem", "BatchReport", "ItemResult", "ItemState"
 
 log = logging.getLogger("apimart_async")
 JOURNAL_NAME = ".apimart-journal.sqlite3"
+# Errors that end a watch only once the poll policy gives up on them: they say nothing
+# about the task, which a re-run polls again.
+_TRANSIENT = (ServerError, RateLimitError, APIConnectionError, DecodeError)
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
 
@@ -507,10 +514,13 @@ class _Run:
     async def _on_event(self, item: _Item, event: BatchEvent) -> None:
         if event.kind is EventKind.PROGRESS and event.task is not None:
             self._notify(item.set(progress=event.task.progress))
+        elif (event.kind is EventKind.FAILED and event.error is not None
+              and not isinstance(event.error, TaskFailedError)):
+            # Watching stopped (a 401, a 404, an outage past the poll policy's give-up),
+            # whatever the task's last state was: not the task's own end.
+            await self._watch_failed(item, event.error)
         elif event.kind in (EventKind.COMPLETED, EventKind.FAILED) and event.task is not None:
             await self._ended(item, event.task)
-        elif event.kind is EventKind.FAILED and event.error is not None:
-            await self._watch_failed(item, event.error)
         elif event.kind is EventKind.SUBMIT_FAILED and event.error is not None:
             await self._submit_failed(item, event.error)
 
@@ -545,6 +555,11 @@ class _Run:
             # account is fixed, polls and downloads it instead of losing it.
             await self._move(item, ItemState.SUBMITTED, error=error,
                              reason=f"not followed: {error}")
+        elif isinstance(error, _TRANSIENT):
+            # Polls kept failing (an outage) until the poll policy gave up: the task was
+            # paid for and may well complete; a re-run polls it again.
+            await self._move(item, ItemState.SUBMITTED, error=error,
+                             reason=f"not followed: its polls kept failing: {error}")
         else:
             await self._move(item, ItemState.FAILED, error=error, reason=str(error))
 

@@ -187,14 +187,25 @@ class TaskFailedError(APIMartError):
 
 
 class TaskTimeoutError(APIMartError, TimeoutError):
-    """Waiting for a task ran past its deadline. The task itself may still finish."""
+    """Waiting for a task ran past its deadline. The task itself may still finish.
 
-    def __init__(self, task_id: str, *, timeout: float, task: Task | None = None) -> None:
+    When its polls were failing at the deadline (an outage), `poll_error` is the last
+    poll's error (else None), the message names it, and `Session.wait` chains it as
+    ``__cause__``.
+    """
+
+    def __init__(
+        self, task_id: str, *, timeout: float, task: Task | None = None,
+        poll_error: APIMartError | None = None,
+    ) -> None:
         self.task_id = task_id
         self.timeout = timeout
         self.task = task
+        self.poll_error = poll_error
         state = f", last seen {task.status.value} at {task.progress}%" if task else ""
-        super().__init__(f"task {task_id} not finished after {timeout:g}s{state}")
+        failing = (f"; its polls were failing ({type(poll_error).__name__}: {poll_error})"
+                   if poll_error is not None else "")
+        super().__init__(f"task {task_id} not finished after {timeout:g}s{state}{failing}")
 
 
 class NotSubmittedError(APIMartError):
@@ -256,7 +267,7 @@ _FIELDS: dict[type[APIMartError], tuple[str, ...]] = {
     APIConnectionError: ("request_sent",),
     DecodeError: ("status", "snippet"),
     TaskFailedError: ("task", "task_id", "code", "message"),
-    TaskTimeoutError: ("task_id", "timeout", "task"),
+    TaskTimeoutError: ("task_id", "timeout", "task", "poll_error"),
     NotSubmittedError: ("reason",),
     ResultExpiredError: ("task_id",),
     DownloadError: ("task_id", "resumable"),

@@ -18,7 +18,10 @@ class TaskUpdate:
     """A change seen by `Session.watch`: a new status or progress, or the task's end.
 
     Each task gets exactly one final update (`final` is True): its terminal state, or
-    `timed_out`, or an `error` that stopped watching it (e.g. `NotFoundError`).
+    `timed_out`, or an `error` that stopped watching it (e.g. `NotFoundError`, or the
+    last `ServerError` / `APIConnectionError` / `DecodeError` once its polls failed
+    for the poll policy's `give_up_after`). A `timed_out` update whose polls were
+    failing at the deadline carries the last poll's error too.
     `task` is the latest state (None if the task was never read).
     """
 
@@ -63,10 +66,12 @@ class BatchEvent:
     - SUBMITTED: `submission` is set. PROGRESS: `task` has the new status or progress.
     - COMPLETED: `task` has the video URLs.
     - FAILED: the task failed or was cancelled (`error` is a `TaskFailedError`), or
-      watching it hit an error that will not pass (e.g. `NotFoundError`).
+      watching it hit an error that will not pass (e.g. `NotFoundError`), or its polls
+      failed for the poll policy's `give_up_after` (`error` is the last one).
     - SUBMIT_FAILED: the submission was refused or never sent (`error` says why;
       ``error.submission_ambiguous`` means it may exist anyway).
-    - TIMED_OUT: a deadline passed; `task_id` is set if the task exists and goes on.
+    - TIMED_OUT: a deadline passed; `task_id` is set if the task exists and goes on
+      (`error` is the last poll's error if its polls were failing then).
     """
 
     kind: EventKind

@@ -32,14 +32,15 @@ from collections import deque
 
 import attrs
 
+from .errors import ValidationError
 from .models import Task, TaskStatus
-from .validation import require_positive_or_none
 
 __all__ = [
     "ModelStats",
     "PollPolicy",
     "PollState",
     "backoff",
+    "missed",
     "next_delay",
     "observe",
     "predict_completion",
@@ -60,20 +61,50 @@ def backoff(base: float, misses: int, cap: float) -> float:
     return min(cap, base * 2.0 ** min(misses, 64))
 
 
-def _check(_: object, attribute: attrs.Attribute[float], value: float) -> None:
-    require_positive_or_none(attribute.name, value)
+def _number(field: str, value: object, *, zero: bool = False, infinite: bool = False,
+            what: str = "a number of seconds") -> float:
+    """`value` if it is a real number (not a bool, not NaN) > 0 (>= 0 with `zero`), and
+    finite unless `infinite`; else a `ValidationError` naming `field`."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+        raise ValidationError(field, f"must be {what}, got {value!r}")
+    if value < 0 or (value == 0 and not zero):
+        raise ValidationError(field, f"must be {'>= 0' if zero else '> 0'}, got {value!r}")
+    if math.isinf(value) and not infinite:
+        raise ValidationError(field, f"must be finite, got {value!r}")
+    return float(value)
 
 
-def _check_margin(_: object, attribute: attrs.Attribute[float], value: float) -> None:
-    require_positive_or_none(attribute.name, value, allow_zero=True)
+def _check(_: object, attribute: attrs.Attribute[float], value: object) -> None:
+    _number(attribute.name, value)
 
 
-def _check_fraction(_: object, attribute: attrs.Attribute[float], value: float) -> None:
-    require_positive_or_none(attribute.name, value)
-    if value > 1:
-        from .errors import ValidationError
+def _check_cap(_: object, attribute: attrs.Attribute[float], value: object) -> None:
+    _number(attribute.name, value, infinite=True)
 
+
+def _check_margin(_: object, attribute: attrs.Attribute[float], value: object) -> None:
+    if _number(attribute.name, value, zero=True, what="a fraction") > 1:
+        raise ValidationError(attribute.name, f"must be <= 1 (a fraction), got {value!r}")
+
+
+def _check_fraction(_: object, attribute: attrs.Attribute[float], value: object) -> None:
+    if _number(attribute.name, value, what="a fraction") > 1:
         raise ValidationError(attribute.name, f"must be <= 1, got {value!r}")
+
+
+def _check_give_up(_: object, attribute: attrs.Attribute[float], value: object) -> None:
+    if value is not None:
+        _number(attribute.name, value, infinite=True)
+
+
+def _within(policy: PollPolicy, default: float) -> float:
+    """An interval's default, brought within the policy's bounds when they exclude it
+    (``PollPolicy(min_interval=5, max_interval=5)`` polls every 5 s); the bounds' own
+    checks come after, so anything not a number here is left for them to name."""
+    lo, hi = policy.min_interval, policy.max_interval
+    if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (lo, hi)):
+        return min(max(default, lo), hi) if lo <= hi else default
+    return default
 
 
 @attrs.frozen(kw_only=True)
@@ -93,23 +124,44 @@ class PollPolicy:
     - `failure_interval`: the longest gap between polls of a rendering task once the
       session has seen a task of its model fail: a failure comes unannounced, so it is
       seen as soon as a 1-s loop would see it, at the loop's pace (never faster).
+    - `watch_interval` and `failure_interval` lie within [`min_interval`,
+      `max_interval`]: their defaults (0.9 and 1.0) are brought within bounds that
+      exclude them; a value given outside them is refused. `margin` is at most 1.
+    - `give_up_after`: how long one task's polls may keep failing (5xx, 429, no
+      connection, unreadable answers, each after the transport's own retries) before
+      watching it gives up: its final update then carries the last poll's error, and
+      `Session.wait` raises it. Counted from the first failed poll of a run of
+      failures; a poll that succeeds starts the count over. None never gives up.
     """
 
     first_delay: float = attrs.field(default=2.0, validator=_check)
     min_interval: float = attrs.field(default=0.25, validator=_check)
-    max_interval: float = attrs.field(default=30.0, validator=_check)
+    max_interval: float = attrs.field(default=30.0, validator=_check_cap)
     margin: float = attrs.field(default=0.01, validator=_check_margin)
-    watch_interval: float = attrs.field(default=0.9, validator=_check)
-    failure_interval: float = attrs.field(default=1.0, validator=_check)
+    watch_interval: float = attrs.field(
+        default=attrs.Factory(lambda self: _within(self, 0.9), takes_self=True),
+        validator=_check,
+    )
+    failure_interval: float = attrs.field(
+        default=attrs.Factory(lambda self: _within(self, 1.0), takes_self=True),
+        validator=_check,
+    )
     age_fraction: float = attrs.field(default=0.12, validator=_check_fraction)
+    give_up_after: float | None = attrs.field(default=600.0, validator=_check_give_up)
 
     def __attrs_post_init__(self) -> None:
-        if self.min_interval > self.max_interval:
-            from .errors import ValidationError
-
-            raise ValidationError(
-                "min_interval", f"must not exceed max_interval ({self.max_interval})"
-            )
+        lo, hi = self.min_interval, self.max_interval
+        if lo > hi:
+            raise ValidationError("min_interval", f"must not exceed max_interval ({hi!r}), "
+                                  f"got {lo!r}")
+        # Intervals outside [min_interval, max_interval] would be clamped away silently.
+        for name in ("watch_interval", "failure_interval"):
+            value = getattr(self, name)
+            if not lo <= value <= hi:
+                raise ValidationError(
+                    name, f"must be between min_interval ({lo!r}) and max_interval "
+                          f"({hi!r}), got {value!r}",
+                )
 
 
 Reading = tuple[float, float]
@@ -141,8 +193,9 @@ class PollState:
     estimated_time: float | None = None
     last_status: TaskStatus | None = None
     processing_seen: bool = False
-    # Consecutive failed polls: the exponent of `backoff`.
+    # Consecutive failed polls: the exponent of `backoff`; when the first of them was sent.
     misses: int = 0
+    failing_since: float | None = None
     # Consecutive polls that read the last step before 100 (99 %, or 90 % in steps of 10).
     top_reads: int = 0
 
@@ -152,6 +205,7 @@ def observe(state: PollState, now: float, task: Task) -> None:
     state.polls += 1
     state.last_status = task.status
     state.misses = 0
+    state.failing_since = None
     if task.estimated_time is not None and task.estimated_time > 0:
         state.estimated_time = float(task.estimated_time)
     if task.is_terminal:
@@ -188,6 +242,22 @@ def observe(state: PollState, now: float, task: Task) -> None:
     state.progress = progress
     if progress >= 100 - _step(state):
         state.top_reads += 1
+
+
+def missed(policy: PollPolicy, state: PollState, sent_at: float, now: float) -> float | None:
+    """A poll sent at `sent_at` failed (a transient error, seen at `now`): seconds until
+    the next one, backing off; None once polls have failed for `give_up_after`."""
+    if state.misses == 0 or state.failing_since is None:
+        state.failing_since = sent_at
+    state.misses += 1
+    delay = backoff(policy.min_interval, state.misses, policy.max_interval)
+    if policy.give_up_after is None:
+        return delay
+    deadline = state.failing_since + policy.give_up_after
+    if now >= deadline:
+        return None
+    # The last try lands on the deadline, not a whole backoff past it.
+    return min(delay, deadline - now)
 
 
 def _render_start(state: PollState) -> float:

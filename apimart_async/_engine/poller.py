@@ -7,6 +7,7 @@ its concurrency and rate limits with submissions.
 
 from __future__ import annotations
 
+import functools
 import heapq
 import itertools
 import logging
@@ -20,7 +21,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from .._core.errors import APIMartError, APIStatusError, ValidationError
 from .._core.events import TaskUpdate
 from .._core.models import Task, TaskStatus
-from .._core.polling import ModelStats, PollPolicy, PollState, backoff, next_delay, observe
+from .._core.polling import ModelStats, PollPolicy, PollState, missed, next_delay, observe
 from .._io.clock import Clock
 
 __all__ = ["Poller", "Subscriber"]
@@ -39,8 +40,8 @@ _EXPECTED = 100_000
 
 
 class _Entry:
-    __slots__ = ("due", "generation", "last", "model", "scope", "state", "subscribers",
-                 "task_id")
+    __slots__ = ("due", "error", "generation", "last", "model", "scope", "state",
+                 "subscribers", "task_id")
 
     def __init__(self, task_id: str, state: PollState, model: str | None = None) -> None:
         self.task_id = task_id
@@ -50,6 +51,8 @@ class _Entry:
         self.generation = 0
         self.due = 0.0
         self.last: Task | None = None
+        # The last poll's error while polls keep failing (None once one succeeds).
+        self.error: APIMartError | None = None
         self.scope: anyio.CancelScope | None = None
 
 
@@ -141,6 +144,11 @@ class Poller:
             if not entry.subscribers:
                 self._drop(entry)
 
+    def failing(self, task_id: str) -> APIMartError | None:
+        """The error of `task_id`'s last poll if its polls are failing, else None."""
+        entry = self._entries.get(task_id)
+        return entry.error if entry is not None else None
+
     def _still_watched(self, entry: _Entry) -> bool:
         """Forget subscribers that are gone (a dropped iterator); False if none is left."""
         gone = [s for s in entry.subscribers if not getattr(s, "alive", True)]
@@ -174,10 +182,24 @@ class Poller:
 
     async def _run(self) -> None:
         send, receive = anyio.create_memory_object_stream[str](0)
-        async with anyio.create_task_group() as tg, send, receive:
+        failure: list[Exception] = []
+
+        async def guarded(func: Callable[[], Awaitable[None]]) -> None:
+            # A bug (say a TypeError) in several workers at once would leave as a group
+            # of identical errors: the first one stops the poller, and leaves alone.
+            try:
+                await func()
+            except Exception as exc:
+                if not failure:
+                    failure.append(exc)
+                tg.cancel_scope.cancel()
+
+        async with send, receive, anyio.create_task_group() as tg:
             for _ in range(self._workers):
-                tg.start_soon(self._worker, receive.clone())
-            await self._schedule(send)
+                tg.start_soon(guarded, functools.partial(self._worker, receive.clone()))
+            tg.start_soon(guarded, functools.partial(self._schedule, send))
+        if failure:
+            raise failure[0]
 
     async def _schedule(self, send: MemoryObjectSendStream[str]) -> None:
         heap = self._heap
@@ -204,6 +226,7 @@ class Poller:
 
     async def _poll(self, entry: _Entry) -> None:
         result: Task | APIMartError | None = None
+        sent_at = self._clock.now()
         with anyio.CancelScope() as scope:
             entry.scope = scope
             try:
@@ -216,20 +239,14 @@ class Poller:
         now = self._clock.now()
         if isinstance(result, APIMartError):
             if _stops_watching(result):
-                status = entry.last.status if entry.last else TaskStatus.UNKNOWN
-                self._finish(entry, TaskUpdate(
-                    task_id=entry.task_id, status=status,
-                    progress=entry.last.progress if entry.last else 0,
-                    task=entry.last, error=result,
-                ))
-                return
-            log.info("poll of %s failed (%s); trying again later", entry.task_id,
-                     type(result).__name__)
-            entry.state.misses += 1
-            delay = backoff(self._policy.min_interval, entry.state.misses,
-                            self._policy.max_interval)
-            self._push(entry, now + delay)
+                self._fail(entry, result)
+            else:
+                self._missed(entry, result, sent_at, now)
             return
+        if entry.error is not None:
+            log.warning("polls of task %s recovered after %d failed", entry.task_id,
+                        entry.state.misses)
+            entry.error = None
         previous, entry.last = entry.last, result
         observe(entry.state, now, result)
         if result.is_terminal:
@@ -248,6 +265,32 @@ class Poller:
             stats = stats or self._model_stats(entry.model or "")
             stats.note(entry.state)
         self._push(entry, now + next_delay(self._policy, entry.state, now, stats))
+
+    def _missed(self, entry: _Entry, error: APIMartError, sent_at: float, now: float) -> None:
+        """A transient failure (left over after the transport's retries): poll again
+        later, backing off, until the policy's `give_up_after`; then end the watch with
+        the error."""
+        if entry.error is None:
+            # Once per run of failures, not per poll: an outage would flood the log.
+            log.warning("polls of task %s are failing (%s: %s); trying again, backing off",
+                        entry.task_id, type(error).__name__, error)
+        entry.error = error
+        delay = missed(self._policy, entry.state, sent_at, now)
+        if delay is None:
+            log.warning("gave up watching task %s: its polls failed for %gs (%s: %s)",
+                        entry.task_id, now - (entry.state.failing_since or sent_at),
+                        type(error).__name__, error)
+            self._fail(entry, error)
+            return
+        self._push(entry, now + delay)
+
+    def _fail(self, entry: _Entry, error: APIMartError) -> None:
+        """End the watch of `entry` with `error` (its last state, if read, goes along)."""
+        last = entry.last
+        self._finish(entry, TaskUpdate(
+            task_id=entry.task_id, status=last.status if last else TaskStatus.UNKNOWN,
+            progress=last.progress if last else 0, task=last, error=error,
+        ))
 
     def _first_stats(self) -> ModelStats | None:
         """What places a new task's first poll, before its model is known: the session's

@@ -102,6 +102,12 @@ class _EventStream(Generic[E]):
     def _earliest_deadline(self) -> float:
         return min(self._first_task_deadline(), self._end)
 
+    def _poll_error(self, task_id: str) -> APIMartError | None:
+        """The last poll's error if `task_id`'s polls are failing: a deadline that passes
+        during an outage says so."""
+        poller = self._engine.poller_started
+        return poller.failing(task_id) if poller is not None else None
+
     def _forget(self, task_id: str) -> None:
         """The task has had its final event here: stop tracking and polling it."""
         del self._deadlines[task_id]
@@ -264,6 +270,7 @@ class Watch(_EventStream[TaskUpdate]):
             status=last.status if last else TaskStatus.UNKNOWN,
             progress=last.progress if last else 0,
             task=last.task if last else None,
+            error=self._poll_error(task_id),
             timed_out=True,
         )
 
@@ -441,7 +448,8 @@ class BatchStream(_EventStream[BatchEvent]):
     def _timeout_event(self, task_id: str) -> BatchEvent:
         index, submission = self._by_task[task_id]
         return BatchEvent(kind=EventKind.TIMED_OUT, index=index,
-                          request=self._requests[index], submission=submission)
+                          request=self._requests[index], submission=submission,
+                          error=self._poll_error(task_id))
 
     def _on_whole_deadline(self) -> None:
         # Items not sent yet will not be; each still gets its TIMED_OUT event from the

@@ -205,3 +205,57 @@ def resolve_profile(profile: str | TimingProfile) -> TimingProfile:
         raise ValueError(
             f"profile {profile!r} is not known; choose one of {', '.join(sorted(PROFILES))}"
         ) from None
+
+
+def _seconds(low: float, high: float) -> str:
+    return f"{low:g} s" if low == high else f"{low:g}-{high:g} s"
+
+
+def _pct(value: float) -> str:
+    return f"{value * 100:.3g}"
+
+
+def _percent(low: float, high: float) -> str:
+    return f"{_pct(low)} %" if low == high else f"{_pct(low)}-{_pct(high)} %"
+
+
+_MODE_WORDS = {"linear": "linear", "s-curve": "s-curve", "none": "none until done"}
+
+
+def describe_profile(profile: TimingProfile) -> list[str]:
+    """`profile` in words, one cell per column of `profile_table`: queue, render, progress,
+    estimate, failures."""
+    queue = _seconds(*profile.queue_time)
+    if profile.queue_fraction != (0.0, 0.0):
+        queue = (f"{_percent(*profile.queue_fraction)} of the render"
+                 if profile.queue_time == (0.0, 0.0)
+                 else f"{queue} + {_percent(*profile.queue_fraction)} of the render")
+    render = _seconds(*profile.render)
+    if profile.distribution == "lognormal":
+        median = profile.median if profile.median is not None else math.sqrt(
+            max(profile.render[0], 1e-3) * profile.render[1])
+        render += f", log-normal (median {median:g} s)"
+    modes: list[str] = []
+    for mode in dict.fromkeys(profile.progress):
+        if mode == "stall":
+            modes.append(f"stuck at 99 % from {_pct(profile.stall_at)} % of the render")
+        elif mode == "steps":
+            modes.append(f"steps of {profile.step}")
+        else:
+            modes.append(_MODE_WORDS[mode])
+    estimate = (f"x{profile.estimate_bias:g} +-{_pct(profile.estimate_error)} %, "
+                + ("includes the queue" if profile.estimate_includes_queue else "render only"))
+    failures = ("none" if profile.fail_rate == 0 else
+                f"{_pct(profile.fail_rate)} % " + ("mid-run" if profile.fail_mid_run
+                                                 else "at the end"))
+    return [queue, render, " / ".join(modes), estimate, failures]
+
+
+def profile_table() -> str:
+    """Every named profile as a Markdown table (the README's, pinned by a test)."""
+    rows = ["| profile | queued | render | progress | estimated_time | failing |",
+            "|---|---|---|---|---|---|"]
+    for name, profile in PROFILES.items():
+        label = f"`{name}` (default)" if name == "kind" else f"`{name}`"
+        rows.append("| " + " | ".join([label, *describe_profile(profile)]) + " |")
+    return "\n".join(rows)
