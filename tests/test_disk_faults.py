@@ -7,13 +7,16 @@ permission bits cannot make a file unreadable: those cases are not simulated).
 from __future__ import annotations
 
 import sqlite3
+import sys
 from pathlib import Path
 
+import anyio
 import pytest
 
-from apimart_async.testing import EmulatorServer
+from apimart_async.testing import EmulatorConfig, EmulatorServer
 
-from .conftest import cli
+from .conftest import MakeServer, cli
+from .test_cli_batch import env
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(30), pytest.mark.usefixtures("cli_env")]
 
@@ -73,3 +76,53 @@ async def test_a_journal_that_is_not_ours_is_refused_in_one_line_before_sending(
     assert server.stats.submissions == 0
     if before is not None:
         assert journal.read_bytes() == before  # left exactly as it was
+
+
+# A full disk while a video is written. Simulated with RLIMIT_FSIZE in the child CLI
+# process (writes past the limit fail with EFBIG, "File too large", once SIGXFSZ is
+# ignored): the same code path as ENOSPC or EROFS on the .part file, without root
+# tricks. The journal stays far below the limit; the 1 MiB video does not fit.
+_LIMITED = (
+    "import resource, signal, sys\n"
+    "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+    "resource.setrlimit(resource.RLIMIT_FSIZE, (256 * 1024, 256 * 1024))\n"
+    "from apimart_async._cli.main import main\n"
+    "sys.exit(main(sys.argv[1:]))\n"
+)
+
+
+async def test_a_full_disk_is_reported_as_such_never_retried_as_a_network_error(
+    make_server: MakeServer, tmp_path: Path
+) -> None:
+    server = await make_server(EmulatorConfig(video_size=1 << 20, duration=(1, 1)))
+    batch = tmp_path / "b.txt"
+    batch.write_text("a fox\n")
+    with anyio.fail_after(25):
+        done = await anyio.run_process(
+            [sys.executable, "-c", _LIMITED, "batch", str(batch), "--out", str(tmp_path / "out"),
+             "--base-url", server.base_url],
+            env=env(), check=False,
+        )
+    text = done.stdout.decode() + done.stderr.decode()
+    assert done.returncode == 1, text
+    assert "File too large (EFBIG)" in text and "connection failed" not in text, text
+    assert "Traceback" not in text, text
+    # One attempt: a disk error is not the network's, so it is not retried.
+    assert server.stats.requests["download"] == 1, text
+    assert server.stats.submissions == 1
+
+
+async def test_an_output_folder_that_cannot_be_written_fails_before_anything_is_paid(
+    server: EmulatorServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Simulated with an --out below a regular file (ENOTDIR): portable, and unlike a
+    # chmod it holds for root. The journal is elsewhere, and writable.
+    (tmp_path / "a-file").write_text("x")
+    batch = tmp_path / "b.txt"
+    batch.write_text("a fox\n")
+    status, _, err = await cli(capsys, "batch", str(batch), "--out",
+                               str(tmp_path / "a-file" / "out"), "--journal",
+                               str(tmp_path / "j.sqlite3"), "--base-url", server.base_url)
+    assert status == 1, err
+    assert "ENOTDIR" in err and err.count("\n") == 1
+    assert server.stats.submissions == 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import math
 import re
@@ -618,5 +619,9 @@ def explain(exc: Exception) -> tuple[int, str]:
         return EXIT_FAILED, f"journal: {exc} (use another --journal, or move the file away)"
     assert isinstance(exc, OSError)
     where = f"{exc.filename}: " if exc.filename else ""
-    return EXIT_FAILED, (f"{where}{exc.strerror or exc}: check the path (e.g. --out), its "
-                         "permissions and the free space")
+    # Named as what it is (ENOSPC, EROFS, EMFILE, ...): a local fault, not the network's.
+    name = errno.errorcode.get(exc.errno) if exc.errno is not None else None
+    code = f" ({name})" if name else ""
+    return EXIT_FAILED, (f"{where}{exc.strerror or exc}{code}: check the path (e.g. --out), "
+                         "its permissions, the free space and open-file limit (ulimit -n); "
+                         "a batch re-run resumes what is paid for")

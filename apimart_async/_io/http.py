@@ -203,6 +203,10 @@ class Http:
         not followed: the caller checks each target before it is fetched. The body is
         never inflated: what the host sent is what `chunks` yields.
         """
+        # What the caller's own code raised (a full disk's OSError while writing a chunk)
+        # passes through as itself: it is not the network's, and must not be retried as
+        # "connection failed".
+        caller: BaseException | None = None
         try:
             async with self.session.get(
                 url,
@@ -211,9 +215,15 @@ class Http:
                 auto_decompress=False,
                 timeout=self._stream_timeout,
             ) as resp:
-                yield StreamedResponse(resp.status, resp.headers, resp)
+                try:
+                    yield StreamedResponse(resp.status, resp.headers, resp)
+                except BaseException as exc:
+                    caller = exc
+                    raise
                 return
         except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
+            if exc is caller:
+                raise
             failure = translate(exc)
         raise failure
 
