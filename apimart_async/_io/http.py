@@ -175,7 +175,8 @@ class Http:
         cap = self._max_answer
         length = resp.content_length
         if length is not None and length > cap and not resp.headers.get("Content-Encoding"):
-            return None  # refused unread
+            resp.close()  # refused unread: the connection is not reused
+            return None
         parts: list[bytes] = []
         size = 0
         async for chunk in resp.content.iter_chunked(1 << 16):
