@@ -175,5 +175,6 @@ async def test_file_and_journal_errors_are_one_line(
     status, _, err = await cli(capsys, "batch", str(tmp_path / "p.txt"), "--out",
                                str(tmp_path / "o"), "--journal", str(tmp_path / "j.sqlite3"),
                                "--base-url", server.base_url)
-    assert status == 1 and one_line(err).startswith("apimart-async: journal: ")
+    # Refused like any bad argument (as a newer-schema journal is): nothing was sent.
+    assert status == 2 and one_line(err).startswith("apimart-async: error: journal: ")
     assert server.stats.submissions == 0

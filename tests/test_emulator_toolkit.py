@@ -71,13 +71,16 @@ ROUTES = {
     "ignore_range": ({"download"}, Fault.ignore_range()),
     "short_range": ({"download"}, Fault.short_range(0.5)),
     "wrong_range": ({"download"}, Fault.wrong_range()),
-    "gzip": ({"download"}, Fault.gzip(bomb=True)),
+    "gzip": ({"download", "task"}, Fault.gzip(bomb=True)),
     "endless": ({"download"}, Fault.endless()),
     "drip": ({"download"}, Fault.drip(1.0)),
     "cut_unframed": ({"download"}, Fault.cut_unframed(0.5)),
     "result_url": ({"task"}, Fault.result_url("file:///etc/passwd")),
     "answer_id": ({"task"}, Fault.answer_id("../../x")),
     "echo_key": ({"task"}, Fault.echo_key()),
+    "huge_answer": ({"task"}, Fault.huge_answer(1 << 20)),
+    "task_status": ({"task"}, Fault.task_status(None)),
+    "repeat_id": ({"submit"}, Fault.repeat_id()),
 }
 
 REFUSED = [

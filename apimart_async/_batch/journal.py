@@ -170,9 +170,28 @@ class Journal:
             os.close(self._lock_fd)  # closing the descriptor releases the lock
             self._lock_fd = None
 
+    def _refuse(self, problem: str) -> ValidationError:
+        return ValidationError(
+            "journal", f"{self.path} {problem}; use another --journal, or move it away"
+        )
+
     def _connect(self) -> None:
+        if self.path.is_dir():
+            raise self._refuse("is a directory, not a journal file")
         conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         try:
+            try:
+                tables = {row[0] for row in conn.execute(
+                    "SELECT name FROM sqlite_master WHERE type = 'table'")}
+            except sqlite3.DatabaseError:
+                # Raised outside the handler: one line, no sqlite3 chain.
+                tables = None
+            if tables is None:
+                raise self._refuse("is not an SQLite database (corrupt, or another kind of file)")
+            if tables and not {"items", "meta"} <= tables:
+                # Someone else's database: never add our tables to it.
+                names = ", ".join(sorted(tables)[:5])
+                raise self._refuse(f"is not an apimart-async journal (its tables: {names})")
             conn.execute("PRAGMA journal_mode=WAL")
             # NORMAL in WAL mode survives a killed process; only power loss can lose
             # the last commits.

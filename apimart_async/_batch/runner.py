@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import re
 import uuid
 from collections.abc import Callable, Sequence
@@ -153,6 +154,19 @@ class BatchReport:
     def ok(self) -> bool:
         """True when every item's video is on disk."""
         return self.completed == len(self.items)
+
+
+def _probe_writable(folder: Path) -> None:
+    """Create `folder` if needed, then write, flush and remove a probe file in it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    probe = folder / f".apimart-probe-{os.getpid()}"
+    try:
+        with probe.open("wb") as handle:
+            handle.write(b"probe")
+            handle.flush()
+            os.fsync(handle.fileno())
+    finally:
+        probe.unlink(missing_ok=True)
 
 
 def _sha256(path: Path) -> str | None:
@@ -645,6 +659,10 @@ async def run_batch(
         raise ValidationError("out_dir", f"{out} is a file, not a folder")
     path = Path(journal) if journal is not None else out / JOURNAL_NAME
     before = attrs.evolve(engine.stats)
+    # Before anything is paid for: a folder the videos cannot be written to fails now
+    # (OSError, as itself), not after every task was created. The journal proves
+    # itself writable by recording the items, also before the first POST.
+    await anyio.to_thread.run_sync(_probe_writable, out)
     async with Journal(path) as jr:
         run = _Run(engine, items, out, jr, on_change)
         await run.reconcile(resubmit_ambiguous)

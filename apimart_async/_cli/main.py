@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
+import math
 import re
 import signal
 import sqlite3
@@ -40,6 +42,8 @@ from .._version import __version__
 __all__ = ["main"]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_ACCOUNT = 0, 1, 2, 3
+# The overall --timeout passed, as timeout(1) reports it.
+EXIT_TIMEOUT = 124
 # An interrupted batch exits 128 + the signal's number, as shells do: 130 for SIGINT
 # (Ctrl-C), 143 for SIGTERM.
 T = TypeVar("T")
@@ -54,6 +58,8 @@ exit status:
        nothing was sent
   3    account problem: API key rejected (401), balance exhausted (402) or
        permission denied (403); fix the account, re-run the same command to resume
+  124  --timeout passed: nothing more was sent, requests on the wire landed; the
+       summary says what was left; re-run the same command to resume
   130  interrupted (Ctrl-C, SIGINT); 143: terminated (SIGTERM); the summary
        says what was left; re-run the same command to resume
 """
@@ -178,7 +184,20 @@ def _add_batch_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--duration", type=int, default=None, help="default duration in seconds")
     p.add_argument("--aspect-ratio", default=None, choices=("16:9", "9:16"))
     p.add_argument("--json", action="store_true", help="print a machine-readable summary")
+    p.add_argument("--timeout", type=_positive_float, default=None, metavar="SECONDS",
+                   help="overall deadline: then stop as on Ctrl-C (nothing more is sent, "
+                        "what is paid for stays in the journal), exit 124; re-run to resume")
     _add_client_options(p)
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds > 0, got {text!r}")
+    return value
 
 
 def _positive_int(text: str) -> int:
@@ -351,6 +370,17 @@ async def _batch(
     from .progress import BatchDisplay, summary_lines
 
     _check_out(args.out)
+    timeout: float | None = getattr(args, "timeout", None)
+    timed_out = anyio.Event()
+
+    async def deadline(stop: anyio.Event, seconds: float) -> None:
+        # Real seconds: the user's deadline, whatever clock the tasks run on.
+        await anyio.sleep(seconds)
+        if not stop.is_set():
+            print(f"apimart-async: --timeout {seconds:g}s passed: sending nothing more; "
+                  "letting requests on the wire land", file=sys.stderr, flush=True)
+            timed_out.set()
+            stop.set()
 
     async def go(stop: anyio.Event) -> BatchReport:
         async with Session(
@@ -358,10 +388,15 @@ async def _batch(
             clock=clock,
         ) as session:
             with BatchDisplay(len(items), stream=sys.stderr) as display:
-                return await session.run_batch(
-                    items, out_dir=args.out, journal=journal,
-                    resubmit_ambiguous=resubmit_ambiguous, on_change=display, stop=stop,
-                )
+                async with anyio.create_task_group() as tg:
+                    if timeout is not None:
+                        tg.start_soon(deadline, stop, timeout)
+                    report = await session.run_batch(
+                        items, out_dir=args.out, journal=journal,
+                        resubmit_ambiguous=resubmit_ambiguous, on_change=display, stop=stop,
+                    )
+                    tg.cancel_scope.cancel()
+                return report
 
     report, signum = await _interruptible(go)
     if report is None:
@@ -373,6 +408,8 @@ async def _batch(
         print(json.dumps(report_json(report), indent=2))
     else:
         print("\n".join(summary_lines(report)))
+    if timed_out.is_set() and signum is None and report.interrupted and not report.ok:
+        return EXIT_TIMEOUT
     return report_exit_status(report, signum)
 
 
@@ -609,5 +646,9 @@ def explain(exc: Exception) -> tuple[int, str]:
         return EXIT_FAILED, f"journal: {exc} (use another --journal, or move the file away)"
     assert isinstance(exc, OSError)
     where = f"{exc.filename}: " if exc.filename else ""
-    return EXIT_FAILED, (f"{where}{exc.strerror or exc}: check the path (e.g. --out), its "
-                         "permissions and the free space")
+    # Named as what it is (ENOSPC, EROFS, EMFILE, ...): a local fault, not the network's.
+    name = errno.errorcode.get(exc.errno) if exc.errno is not None else None
+    code = f" ({name})" if name else ""
+    return EXIT_FAILED, (f"{where}{exc.strerror or exc}{code}: check the path (e.g. --out), "
+                         "its permissions, the free space and open-file limit (ulimit -n); "
+                         "a batch re-run resumes what is paid for")

@@ -342,13 +342,35 @@ def task_from_data(data: Any, secret: str | None = None) -> Task:
 
 
 def parse_task(
-    status: int, body: bytes, *, retry_after: float | None = None, secret: str | None = None
+    status: int,
+    body: bytes,
+    *,
+    retry_after: float | None = None,
+    secret: str | None = None,
+    expected_id: str | None = None,
 ) -> Task:
-    """A `Task` from a ``GET /v1/tasks/{id}`` answer."""
+    """A `Task` from a ``GET /v1/tasks/{id}`` answer.
+
+    With `expected_id`, an answer about another task is a `DecodeError` naming both ids
+    (taking it as this task's update would lose or misfile one). A missing, null or
+    empty ``status`` is a `DecodeError` too: no answer is read as "still running" unless
+    it says a status.
+    """
     data = decode(status, body, retry_after=retry_after, secret=secret)
     try:
-        return task_from_data(data, secret)
+        task = task_from_data(data, secret)
     except Exception:
         raise DecodeError(
             "task answer is not the documented shape", status=status, snippet=snippet(body, secret)
         ) from None
+    if not task.raw_status.strip():
+        raise DecodeError(
+            "task answer has an empty status", status=status, snippet=snippet(body, secret)
+        )
+    if expected_id is not None and task.id != expected_id:
+        raise DecodeError(
+            f"task answer is about task {scrub(task.id, secret)[:100]!r}, "
+            f"not the {expected_id!r} asked for",
+            status=status, snippet="",
+        )
+    return task

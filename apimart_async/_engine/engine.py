@@ -12,6 +12,7 @@ inside ``async with``, then closed for good.
 from __future__ import annotations
 
 import enum
+import functools
 import logging
 import sys
 import uuid
@@ -210,7 +211,9 @@ class Engine:
         """``GET /v1/tasks/{id}``, retried on transient errors (the id is checked first)."""
         request = build_get_task(task_id)
         self.require_open()
-        task: Task = await self.transport.call(request, parse_task)
+        task: Task = await self.transport.call(
+            request, functools.partial(parse_task, expected_id=task_id)
+        )
         self.stats.get_task_calls += 1
         return task
 

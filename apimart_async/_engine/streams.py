@@ -331,6 +331,9 @@ class BatchStream(_EventStream[BatchEvent]):
         # cancels these waits; an item leaves this map at the gate, as it goes out.
         self._waiting: dict[int, anyio.CancelScope] = {}
         self._by_task: dict[str, tuple[int, Submission]] = {}
+        # Later items the server answered with a task id it had already given to an
+        # earlier one (`_by_task`): they follow that task and end with it.
+        self._twins: dict[str, list[tuple[int, Submission]]] = {}
 
     async def __aenter__(self) -> BatchStream:
         if not self._closed:
@@ -434,6 +437,16 @@ class BatchStream(_EventStream[BatchEvent]):
             log.warning("task %s was submitted after its stream was closed; it is not watched",
                         outcome.task_id)
             return
+        if outcome.task_id in self._by_task and outcome.task_id in self._deadlines:
+            # One task for two submissions: the server's doing, not ours. Both items
+            # follow it and end with it, each with its own final event, never a hang.
+            log.warning("the server answered item %d with task id %s, already given to "
+                        "item %d: both follow that one task", index, outcome.task_id,
+                        self._by_task[outcome.task_id][0])
+            self._twins.setdefault(outcome.task_id, []).append((index, outcome))
+            self._emit(BatchEvent(kind=EventKind.SUBMITTED, index=index, request=request,
+                                  submission=outcome))
+            return
         self._by_task[outcome.task_id] = (index, outcome)
         self._emit(BatchEvent(kind=EventKind.SUBMITTED, index=index, request=request,
                               submission=outcome))
@@ -443,10 +456,25 @@ class BatchStream(_EventStream[BatchEvent]):
         found = self._by_task.get(update.task_id)
         if found is not None:
             index, submission = found
+            for twin, twin_submission in self._twins.get(update.task_id, ()):
+                self._emit(event_for_update(update, twin, self._requests[twin], twin_submission))
             self._emit(event_for_update(update, index, self._requests[index], submission))
+
+    def _accept(self, event: BatchEvent) -> bool:
+        twins = self._twins.get(event.task_id or "")
+        if twins and event.final and event.task_id in self._deadlines:
+            # A shared task is forgotten only with the last of its items' final events.
+            if event.index != self._by_task[event.task_id or ""][0]:
+                return True
+            del self._twins[event.task_id or ""]
+        return super()._accept(event)
 
     def _timeout_event(self, task_id: str) -> BatchEvent:
         index, submission = self._by_task[task_id]
+        for twin, twin_submission in self._twins.pop(task_id, ()):
+            self._ready.append(BatchEvent(kind=EventKind.TIMED_OUT, index=twin,
+                                          request=self._requests[twin],
+                                          submission=twin_submission))
         return BatchEvent(kind=EventKind.TIMED_OUT, index=index,
                           request=self._requests[index], submission=submission,
                           error=self._poll_error(task_id))

@@ -15,12 +15,17 @@ import aiohttp
 import attrs
 
 from .._core.config import Timeout
-from .._core.errors import APIConnectionError, APIMartError, APITimeoutError
+from .._core.errors import APIConnectionError, APIMartError, APITimeoutError, DecodeError
 from .._version import __version__
 
-__all__ = ["USER_AGENT", "Http", "RawResponse", "StreamedResponse", "translate"]
+__all__ = [
+    "MAX_ANSWER_BYTES", "USER_AGENT", "Http", "RawResponse", "StreamedResponse", "translate",
+]
 
 USER_AGENT = f"apimart-async/{__version__}"
+
+MAX_ANSWER_BYTES = 1 << 20
+"""The largest API answer read, counted after inflation (a task answer is < 2 KB)."""
 
 
 class RawResponse(NamedTuple):
@@ -92,7 +97,9 @@ class Http:
         timeout: Timeout,
         session: aiohttp.ClientSession | None = None,
         connections: int = 100,
+        max_answer_bytes: int = MAX_ANSWER_BYTES,
     ) -> None:
+        self._max_answer = max_answer_bytes
         self._timeout = _api_timeout(timeout)
         self._stream_timeout = _stream_timeout(timeout)
         self._borrowed = session
@@ -138,6 +145,7 @@ class Http:
         """Send one request and read the whole answer. Redirects are not followed."""
         # An owned session already has these timeouts; a borrowed one gets them per call.
         extra: dict[str, Any] = {"timeout": self._timeout} if self._borrowed is not None else {}
+        failure: APIMartError
         try:
             async with self.session.request(
                 method,
@@ -149,13 +157,42 @@ class Http:
                 allow_redirects=False,
                 **extra,
             ) as resp:
-                body = await resp.read()
-                # aiohttp's headers already look names up case-insensitively.
-                return RawResponse(resp.status, resp.headers, body)
+                body = await self._read_capped(resp)
+                if body is None:
+                    failure = self._too_large(resp.status)
+                else:
+                    # aiohttp's headers already look names up case-insensitively.
+                    return RawResponse(resp.status, resp.headers, body)
         except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
             failure = translate(exc, secret)
         # Raised outside the handler, so no exception chain keeps the request headers.
         raise failure
+
+    async def _read_capped(self, resp: aiohttp.ClientResponse) -> bytes | None:
+        """The body, or None once it passes the cap. Read chunk by chunk: aiohttp inflates
+        a compressed body as it streams, so the count is of inflated bytes and a gzip bomb
+        costs at most one cap (plus a chunk) of memory, never its inflated size."""
+        cap = self._max_answer
+        length = resp.content_length
+        if length is not None and length > cap and not resp.headers.get("Content-Encoding"):
+            resp.close()  # refused unread: the connection is not reused
+            return None
+        parts: list[bytes] = []
+        size = 0
+        async for chunk in resp.content.iter_chunked(1 << 16):
+            size += len(chunk)
+            if size > cap:
+                # Closing drops the connection rather than draining the rest into the pool.
+                resp.close()
+                return None
+            parts.append(chunk)
+        return b"".join(parts)
+
+    def _too_large(self, status: int) -> DecodeError:
+        return DecodeError(
+            f"answer is larger than the {self._max_answer}-byte cap; not read further",
+            status=status, snippet="",
+        )
 
     @asynccontextmanager
     async def stream(
@@ -167,6 +204,10 @@ class Http:
         not followed: the caller checks each target before it is fetched. The body is
         never inflated: what the host sent is what `chunks` yields.
         """
+        # What the caller's own code raised (a full disk's OSError while writing a chunk)
+        # passes through as itself: it is not the network's, and must not be retried as
+        # "connection failed".
+        caller: BaseException | None = None
         try:
             async with self.session.get(
                 url,
@@ -175,9 +216,15 @@ class Http:
                 auto_decompress=False,
                 timeout=self._stream_timeout,
             ) as resp:
-                yield StreamedResponse(resp.status, resp.headers, resp)
+                try:
+                    yield StreamedResponse(resp.status, resp.headers, resp)
+                except BaseException as exc:
+                    caller = exc
+                    raise
                 return
         except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
+            if exc is caller:
+                raise
             failure = translate(exc)
         raise failure
 

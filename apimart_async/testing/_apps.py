@@ -232,10 +232,13 @@ class _ApiHost:
         problem = validate(body)
         if problem:
             return self._reject(problem)
+        if fault is not None and fault.kind == "repeat_id" and emulator.last_task_id:
+            return _submitted(emulator.last_task_id)
         accepted = emulator.accept(body, request.headers.get("Idempotency-Key"))
         if accepted is None:
             return _error(402, "Insufficient balance", "insufficient_balance")
         task_id, created = accepted
+        emulator.last_task_id = task_id
         if created and fault is not None and fault.kind == "lost_answer":
             _drop(request, hard=fault.hard)
             return web.Response()
@@ -264,6 +267,8 @@ class _ApiHost:
             task.observed_terminal = True
             lag = emulator.clock.now() - (task.created + task.plan.duration)
             emulator.stats.detection_lags[task_id] = max(0.0, lag)
+        if fault is not None and fault.kind in ("gzip", "huge_answer"):
+            return await _bulky_answer(request, fault, {"code": 200, "data": data})
         return web.json_response({"code": 200, "data": data})
 
 
@@ -380,7 +385,9 @@ def _hostile_answer(
 ) -> dict[str, Any]:
     """A task answer bent by a task-route fault (`result_url`, `answer_id`, `echo_key`)."""
     data = dict(data)
-    if fault.kind == "answer_id":
+    if fault.kind == "task_status":
+        data["status"] = None if fault.hard else fault.value
+    elif fault.kind == "answer_id":
         data["id"] = fault.value
     elif fault.kind == "result_url":
         data.update(status="completed", progress=100, result={
@@ -395,6 +402,34 @@ def _hostile_answer(
         })
         data.pop("result", None)
     return data
+
+
+async def _bulky_answer(
+    request: web.Request, fault: Fault, answer: dict[str, Any]
+) -> web.StreamResponse:
+    """A task answer that is valid JSON but huge: padded to `fault.status` bytes and
+    streamed unframed by length, or a gzip bomb (~1 MB inflating to 1 GiB)."""
+    text = json.dumps(answer).encode()
+    if fault.kind == "gzip":
+        body = _gzip_bomb(text) if fault.hard else gzip.compress(text, mtime=0)
+        return web.Response(body=body, headers={
+            "Content-Type": "application/json", "Content-Encoding": "gzip",
+        })
+    response = web.StreamResponse(status=200, headers={"Content-Type": "application/json"})
+    response.enable_chunked_encoding()
+    await response.prepare(request)
+    try:
+        await response.write(text[:-1])
+        left = fault.status - len(text)
+        block = b" " * (1 << 16)
+        while left > 0:  # stops early when the client hangs up (the write raises)
+            await response.write(block[:left])
+            left -= len(block)
+        await response.write(b"}")
+        await response.write_eof()
+    except (ConnectionError, OSError):
+        request[_DROPPED] = True
+    return response
 
 
 async def _hostile_body(

@@ -57,6 +57,8 @@ class Emulator:
         self.stats = EmulatorStats()
         self.file_base_url = "http://127.0.0.1"
         self._tasks: dict[str, TaskRecord] = {}
+        # The id the last submission was answered with (`Fault.repeat_id` sends it again).
+        self.last_task_id: str | None = None
         self._faults = FaultQueue(random.Random(self.config.seed))
         self._keys: dict[str, str] = {}
         self._balance = self.config.balance

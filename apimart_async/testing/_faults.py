@@ -32,13 +32,16 @@ _ROUTES_OF_KIND: dict[str, frozenset[str]] = {
     "ignore_range": frozenset({"download"}),
     "short_range": frozenset({"download"}),
     "wrong_range": frozenset({"download"}),
-    "gzip": frozenset({"download"}),
+    "gzip": frozenset({"download", "task"}),
     "endless": frozenset({"download"}),
     "drip": frozenset({"download"}),
     "cut_unframed": frozenset({"download"}),
     "result_url": frozenset({"task"}),
     "answer_id": frozenset({"task"}),
     "echo_key": frozenset({"task"}),
+    "huge_answer": frozenset({"task"}),
+    "task_status": frozenset({"task"}),
+    "repeat_id": frozenset({"submit"}),
 }
 # Faults that act only on a request carrying Range: they wait for one.
 _RANGE_KINDS = frozenset({"ignore_range", "short_range", "wrong_range"})
@@ -69,7 +72,7 @@ class Fault:
     kind: Literal[
         "status", "reset", "html", "lost_answer", "cut", "ignore_range", "slow", "redirect",
         "short_range", "wrong_range", "gzip", "endless", "drip", "cut_unframed",
-        "result_url", "answer_id", "echo_key",
+        "result_url", "answer_id", "echo_key", "huge_answer", "task_status", "repeat_id",
     ]
     status: int = 500
     location: str = ""
@@ -108,6 +111,10 @@ class Fault:
             return "Fault.gzip(bomb=True)" if self.hard else "Fault.gzip()"
         if self.kind in ("result_url", "answer_id"):
             return f"Fault.{self.kind}({self.value!r})"
+        if self.kind == "huge_answer":
+            return f"Fault.huge_answer({self.status})"
+        if self.kind == "task_status":
+            return f"Fault.task_status({None if self.hard else self.value!r})"
         if self.kind == "html":
             return f"Fault.html({self.status})"
         if self.kind == "redirect":
@@ -191,8 +198,9 @@ class Fault:
 
     @classmethod
     def gzip(cls, *, bomb: bool = False) -> Fault:
-        """Download only: send the video gzip-encoded (``Content-Encoding: gzip``) whatever
-        the request accepted; with `bomb`, a ~1 MB body that inflates to 1 GiB."""
+        """Send the body gzip-encoded (``Content-Encoding: gzip``) whatever the request
+        accepted; with `bomb`, a ~1 MB body that inflates to 1 GiB. On the download route
+        the body is the video; on the task route, the task answer's JSON."""
         return cls(kind="gzip", hard=bomb)
 
     @classmethod
@@ -224,6 +232,23 @@ class Fault:
     def answer_id(cls, task_id: str) -> Fault:
         """Task only: the answer's ``id`` is `task_id` (e.g. ``../../x``), not the id asked for."""
         return cls(kind="answer_id", value=task_id)
+
+    @classmethod
+    def huge_answer(cls, size: int = 100 << 20) -> Fault:
+        """Task only: the answer is the task's JSON padded with spaces to `size` bytes,
+        streamed without ``Content-Length`` (a client must stop reading at its cap)."""
+        return cls(kind="huge_answer", status=size)
+
+    @classmethod
+    def task_status(cls, status: str | None) -> Fault:
+        """Task only: the answer's ``status`` is `status` (None sends JSON null)."""
+        return cls(kind="task_status", value=status or "", hard=status is None)
+
+    @classmethod
+    def repeat_id(cls) -> Fault:
+        """Submit only: create nothing and answer with the task id of the previous
+        submission (two requests get one task id back)."""
+        return cls(kind="repeat_id")
 
     @classmethod
     def echo_key(cls) -> Fault:
