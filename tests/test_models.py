@@ -15,6 +15,7 @@ from apimart_async import TaskStatus, ValidationError, VideoRequest
     [
         ({"prompt": ""}, "prompt", "empty"),
         ({"prompt": "   "}, "prompt", "empty"),
+        ({"prompt": "x" * 32_001}, "prompt", "the limit is 32,000"),
         ({"prompt": 5}, "prompt", "string"),
         ({"prompt": "x", "model": ""}, "model", "non-empty"),
         ({"prompt": "x", "duration": 0}, "duration", "positive"),
@@ -77,3 +78,7 @@ def test_status_parse_and_terminal() -> None:
         TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED,
     }
     assert TaskStatus.COMPLETED == "completed"
+
+
+def test_a_prompt_at_the_limit_is_accepted() -> None:
+    assert len(VideoRequest("x" * 32_000).prompt) == 32_000

@@ -52,11 +52,21 @@ _BY_WIRE = {status.value: status for status in TaskStatus}
 _TERMINAL = frozenset({TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED})
 
 
+#: The longest prompt sent. The API documents no limit; a few thousand characters is
+#: what video models read, and an unbounded one (a 200 MB line of a batch file) took
+#: gigabytes of memory and would go out as one huge POST.
+MAX_PROMPT_CHARS = 32_000
+
+
 def _check_prompt(_: object, __: object, value: Any) -> None:
     if not isinstance(value, str):
         raise ValidationError("prompt", f"must be a string, got {type(value).__name__}")
     if not value.strip():
         raise ValidationError("prompt", "must not be empty")
+    if len(value) > MAX_PROMPT_CHARS:
+        raise ValidationError(
+            "prompt", f"is {len(value):,} characters long; the limit is {MAX_PROMPT_CHARS:,}"
+        )
 
 
 def _check_model(_: object, __: object, value: Any) -> None:
