@@ -377,7 +377,10 @@ class Session:
         already on the wire land and are journaled, polling and downloads end, and the
         report comes back with `interrupted` set; a re-run resumes. Items are known by
         content, so a re-run with lines added, removed or reordered sends only the new
-        requests. One run per journal: a second gets `JournalBusyError`.
+        requests. One run per journal: a second gets `JournalBusyError`. A journal
+        write that fails mid-run stops sending at once and raises `JournalWriteError`;
+        tasks created but not journaled are printed to stderr and appended to
+        ``JOURNAL.recovered-task-ids``.
         """
         self._engine.require_open()
         return await run_batch(

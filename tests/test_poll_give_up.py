@@ -16,6 +16,7 @@ import pytest
 
 from apimart_async import (
     APIConnectionError,
+    DecodeError,
     ItemResult,
     ItemState,
     PollPolicy,
@@ -197,3 +198,34 @@ async def test_a_bug_in_the_poller_comes_out_of_the_session_once_not_as_a_group(
 
     with anyio.fail_after(30), pytest.raises(TypeError):
         await watch_all()
+
+
+async def test_a_status_unknown_on_every_poll_gives_up_with_a_decode_error_naming_it(
+    make_server: MakeServer,
+) -> None:
+    # #12: a task whose status is never one this SDK knows was polled forever, silently.
+    # Consecutive unknown statuses count as failed polls for give_up_after (120 API s).
+    server = await make_server(speed=500)
+    server.emulator.inject("task", *[Fault.task_status("rendering-v9")] * 5000)
+    policy = PollPolicy(give_up_after=120)
+    async with session_for(server, retry=ONCE, poll=policy) as s:
+        sub = await s.submit(VideoRequest("x"))
+        with anyio.fail_after(30), pytest.raises(DecodeError, match="rendering-v9"):
+            await s.wait(sub)
+    polls = [r.time for r in server.emulator.request_log if r.route == "task"]
+    assert 119 <= polls[-1] - polls[0] <= 123, polls[-1] - polls[0]
+
+
+async def test_a_single_unknown_status_between_known_ones_is_tolerated(
+    make_server: MakeServer,
+) -> None:
+    # Forward compatibility: a new server state seen once (or for a while, within
+    # give_up_after) does not end the watch.
+    server = await make_server(speed=500)
+    async with session_for(server, retry=ONCE) as s:
+        sub = await s.submit(VideoRequest("x"))
+        server.emulator.inject("task", Fault.task_status("rendering-v9"))
+        with anyio.fail_after(30):
+            task = await s.wait(sub)
+    assert task.status is TaskStatus.COMPLETED
+    assert server.emulator.pending_faults("task") == 0

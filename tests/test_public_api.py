@@ -24,6 +24,7 @@ EXPECTED = [
     "ItemResult",
     "ItemState",
     "JournalBusyError",
+    "JournalWriteError",
     "NotFoundError",
     "NotSubmittedError",
     "PermissionDeniedError",

@@ -143,6 +143,13 @@ def test_rate_limit_carries_retry_after() -> None:
     assert info.value.retry_after == 2.5
 
 
+def test_an_unknown_status_is_kept_scrubbed_of_the_key() -> None:
+    # raw_status reaches error messages (a status unknown on every poll) and journals.
+    data = {"id": "t", "status": f"echo {SECRET}"}
+    task = parse_task(200, body({"code": 200, "data": data}), secret=SECRET)
+    assert task.status is TaskStatus.UNKNOWN and SECRET not in task.raw_status
+
+
 def test_secret_is_scrubbed_from_server_text() -> None:
     echo = {"error": {"code": 401, "message": f"Invalid API key provided: {SECRET}"}}
     with pytest.raises(AuthenticationError) as info:

@@ -21,6 +21,9 @@ import json
 import logging
 import os
 import re
+import sqlite3
+import sys
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -35,6 +38,7 @@ from .._core.errors import (
     APIMartError,
     BadRequestError,
     DecodeError,
+    JournalWriteError,
     NotSubmittedError,
     RateLimitError,
     ServerError,
@@ -48,6 +52,7 @@ from .._core.groups import ungrouped
 from .._core.models import Submission, Task, TaskStatus, VideoRequest
 from .._engine.engine import Engine
 from .._engine.streams import BatchHooks, BatchStream, Watch
+from .._engine.submit import StreamClosed
 from .._io.download import part_path
 from .journal import ItemState, Journal, JournalRow, item_key, request_digest, request_json
 
@@ -317,6 +322,12 @@ class _Run:
         self._claiming = anyio.Lock()
         self._stream: BatchStream | None = None
         self.interrupted = False
+        # The first journal write that failed: from then on nothing is sent and
+        # nothing more is written there; task ids it could not record go to `recovery`.
+        self.journal_error: OSError | sqlite3.Error | None = None
+        self.lost: list[str] = []
+        self.recovery: Path | None = journal.path.with_name(
+            journal.path.name + ".recovered-task-ids")
 
     async def _move(
         self, item: _Item, state: ItemState, *, error: APIMartError | _Keep | None = _KEEP,
@@ -335,8 +346,59 @@ class _Run:
                 None if error is None else json.dumps(error_record(error), sort_keys=True)
             )
             fields.update(error=error, reason=reason)
-        await self.journal.update(item.key, state, **columns)
+        if self.journal_error is None:
+            try:
+                await self.journal.update(item.key, state, **columns)
+            except (OSError, sqlite3.Error) as exc:
+                self._journal_failed(exc)
+        if self.journal_error is not None and state is ItemState.SUBMITTED \
+                and "task_id" in columns:
+            await self._recover(item, str(columns["task_id"]))
         self._notify(item.set(state=state, **fields))
+
+    def _journal_failed(self, exc: OSError | sqlite3.Error) -> None:
+        """The first failed journal write: stop sending at once (the gate closes before
+        any other item goes out), then end the run; `run_batch` raises the error."""
+        self.journal_error = exc
+        log.error("journal %s: a write failed (%s): stopping", self.journal.path, exc)
+        if self._stream is not None:
+            self._stream.close_gate()  # see _submit's before()
+        if self._tg is not None:
+            self._tg.start_soon(self._halt)
+
+    async def _halt(self) -> None:
+        self.interrupted = True
+        if self._stream is not None:
+            # Submissions already on the wire land; each task id goes to `_recover`.
+            await self._stream.stop_sending()
+        if self._tg is not None:
+            self._tg.cancel_scope.cancel()
+
+    async def _recover(self, item: _Item, task_id: str) -> None:
+        """A task was created but the journal cannot record it: print its id now and
+        append it to the recovery file, so nothing paid is lost."""
+        self.lost.append(task_id)
+        print(f"apimart-async: journal write failed: task {task_id} was created (and may "
+              f"be billed) but is not journaled: item {item.key}, idempotency key "
+              f"{item.idem}", file=sys.stderr, flush=True)
+        line = json.dumps({"task_id": task_id, "item_key": item.key,
+                           "idempotency_key": item.idem, "time": time.time()},
+                          sort_keys=True) + "\n"
+        path = self.recovery
+        if path is None:
+            return
+
+        def append() -> None:
+            with open(path, "a", encoding="utf-8") as handle:
+                handle.write(line)
+                handle.flush()
+                os.fsync(handle.fileno())
+
+        try:
+            await anyio.to_thread.run_sync(append)
+        except OSError as exc:
+            log.error("cannot write the recovery file %s: %s", path, exc)
+            self.recovery = None
 
     def _notify(self, result: ItemResult) -> None:
         if self.on_change is not None and result.index < len(self.items):
@@ -473,7 +535,7 @@ class _Run:
         for item in [*self.items, *self.earlier]:
             by_state.setdefault(item.result.state, []).append(item)
             self._notify(item.result)
-        if self.interrupted:
+        if self.interrupted or self.journal_error is not None:
             return
         async with anyio.create_task_group() as tg:
             self._tg = tg
@@ -483,6 +545,7 @@ class _Run:
                 tg.start_soon(self._watch, by_state[ItemState.SUBMITTED])
             if ItemState.PENDING in by_state:
                 tg.start_soon(self._submit, by_state[ItemState.PENDING])
+        self._tg = None
 
     async def _watch(self, items: list[_Item]) -> None:
         by_id = {item.result.task_id: item for item in items if item.result.task_id}
@@ -501,6 +564,10 @@ class _Run:
         # "submitting" before the bytes go out, and only then.
         async def before(j: int) -> None:
             await self._move(items[j], ItemState.SUBMITTING)
+            if self.journal_error is not None:
+                # Not journaled as "submitting": it must not go out.
+                items[j].set(state=ItemState.PENDING)
+                raise StreamClosed
 
         # Called as each submission ends, before anything else happens to it, so an
         # interrupt that waits for the submitter finds every outcome journaled.
@@ -666,8 +733,19 @@ async def run_batch(
     async with Journal(path) as jr:
         run = _Run(engine, items, out, jr, on_change)
         await run.reconcile(resubmit_ambiguous)
-        with ungrouped():  # a failing on_change (or journal) comes out as itself
-            await run.execute(stop)
+        try:
+            with ungrouped():  # a failing on_change (or journal) comes out as itself
+                await run.execute(stop)
+        except (OSError, sqlite3.Error):
+            if run.journal_error is None:
+                raise
+            # Another write (a download's) met the broken journal first: same fault.
+        if run.journal_error is not None:
+            raise JournalWriteError(
+                str(path), task_ids=tuple(run.lost),
+                recovery_file=str(run.recovery) if run.lost and run.recovery else None,
+                reason=str(run.journal_error) or type(run.journal_error).__name__,
+            ) from run.journal_error
     stats = engine.stats
     return BatchReport(
         items=tuple(item.result for item in items),

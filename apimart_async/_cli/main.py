@@ -28,6 +28,7 @@ from .._core.errors import (
     BadRequestError,
     DecodeError,
     DownloadError,
+    JournalWriteError,
     NotFoundError,
     RateLimitError,
     ResultExpiredError,
@@ -620,6 +621,10 @@ def explain(exc: Exception) -> tuple[int, str]:
         return EXIT_USAGE, f"error: {exc}"
     if isinstance(exc, ValidationError):
         return EXIT_USAGE, f"error: {exc}"
+    if isinstance(exc, JournalWriteError):
+        # Paid tasks may be known only to the recovery file (or the lines above).
+        return EXIT_FAILED, (f"{exc}. Keep that file: a re-run with this journal cannot "
+                             "see those tasks")
     if isinstance(exc, APIMartError):
         problem = account_problem(exc)
         if problem is not None:

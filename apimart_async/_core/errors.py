@@ -30,6 +30,7 @@ __all__ = [
     "DownloadError",
     "InsufficientBalanceError",
     "JournalBusyError",
+    "JournalWriteError",
     "NotFoundError",
     "NotSubmittedError",
     "PermissionDeniedError",
@@ -89,6 +90,34 @@ class JournalBusyError(ValidationError):
             f"{path} is in use by {holder} (another run of this batch); wait for it to "
             "end or stop it, then re-run",
         )
+
+
+class JournalWriteError(APIMartError):
+    """A journal write failed during a batch (a full disk, an I/O error, a lock held
+    elsewhere): submission stopped at once.
+
+    `task_ids` are the tasks created (and paid for) whose ids the journal could not
+    record; each was printed to standard error with its idempotency key and, when
+    `recovery_file` is not None, appended to it (one JSON object a line: ``task_id``,
+    ``item_key``, ``idempotency_key``, ``time``). The cause is the `OSError` or
+    `sqlite3.Error` the journal raised.
+    """
+
+    def __init__(self, journal: str, *, task_ids: tuple[str, ...],
+                 recovery_file: str | None, reason: str) -> None:
+        self.journal = journal
+        self.task_ids = task_ids
+        self.recovery_file = recovery_file
+        if not task_ids:
+            lost = "no paid task is missing from it; a re-run resumes"
+        elif recovery_file is not None:
+            lost = (f"{len(task_ids)} paid task id(s) it could not record are in "
+                    f"{recovery_file}")
+        else:
+            lost = (f"{len(task_ids)} paid task id(s) it could not record were printed above "
+                    "(the recovery file could not be written either): keep them")
+        super().__init__(f"journal {journal}: a write failed ({reason}); submission "
+                         f"stopped: {lost}")
 
 
 class APIStatusError(APIMartError):

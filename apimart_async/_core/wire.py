@@ -324,7 +324,7 @@ def task_from_data(data: Any, secret: str | None = None) -> Task:
     return Task(
         id=wire.id,
         status=TaskStatus.parse(wire.status),
-        raw_status=wire.status,
+        raw_status=scrub(wire.status, secret),
         progress=max(0, min(100, int(wire.progress))),
         created=wire.created,
         estimated_time=wire.estimated_time,

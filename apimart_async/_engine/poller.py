@@ -18,7 +18,7 @@ import anyio
 from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from .._core.errors import APIMartError, APIStatusError, ValidationError
+from .._core.errors import APIMartError, APIStatusError, DecodeError, ValidationError
 from .._core.events import TaskUpdate
 from .._core.models import Task, TaskStatus
 from .._core.polling import ModelStats, PollPolicy, PollState, missed, next_delay, observe
@@ -248,6 +248,16 @@ class Poller:
                         entry.state.misses)
             entry.error = None
         previous, entry.last = entry.last, result
+        if result.status is TaskStatus.UNKNOWN:
+            # A status this SDK does not know: delivered (a newer server state must not
+            # crash a watch), but counted as a failed poll, so one that never turns into
+            # a known state ends under `give_up_after` instead of being polled forever.
+            if previous is None or previous.raw_status != result.raw_status:
+                self._deliver(entry, _update(result))
+            self._missed(entry, DecodeError(
+                f"task {entry.task_id} answered with status {result.raw_status[:64]!r}, "
+                "unknown to this SDK", status=200, snippet=""), sent_at, now)
+            return
         observe(entry.state, now, result)
         if result.is_terminal:
             self._learn(entry, now, result)

@@ -414,6 +414,12 @@ class BatchStream(_EventStream[BatchEvent]):
             await self._after_submit(index, submission)  # record the task id at once
         return submission
 
+    def close_gate(self) -> None:
+        """Send nothing more from now on (items past the gate land); no waiting."""
+        self._gate.closed = True
+        for scope in list(self._waiting.values()):
+            scope.cancel()  # waiting for a slot or a rate token: never sent
+
     async def stop_sending(self) -> None:
         """Send nothing more; return once submissions on the wire have ended (and
         `after_submit` has recorded each)."""
