@@ -94,7 +94,8 @@ async def test_a_timeout_with_healthy_polls_has_no_cause(make_server: MakeServer
 async def test_a_watch_through_an_outage_ends_each_task_with_the_error(
     make_server: MakeServer,
 ) -> None:
-    server = await make_server(EmulatorConfig(profile="kind"), speed=2000)
+    # 120 API s = 0.3 s real at speed 400: room for a poll to land even under load.
+    server = await make_server(EmulatorConfig(profile="kind"), speed=400)
     async with session_for(server, retry=ONCE, max_concurrency=32) as s:
         subs = [await s.submit(VideoRequest(f"{i}")) for i in range(5)]
         server.emulator.inject("task", *[Fault.http(503)] * 5000)
