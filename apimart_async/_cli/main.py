@@ -602,12 +602,17 @@ def _read_key(args: argparse.Namespace) -> None:
     if args.api_key_file is not None:
         if args.api_key is not None:
             raise ValidationError("api_key", "give --api-key or --api-key-file, not both")
-        with open(args.api_key_file, encoding="utf-8") as handle:
-            args.api_key = handle.readline().strip()
+        try:
+            # utf-8-sig: a BOM some editors write is not part of the key.
+            with open(args.api_key_file, encoding="utf-8-sig") as handle:
+                args.api_key = handle.readline().strip()
+        except UnicodeDecodeError:
+            raise ValidationError(
+                "api_key", f"{args.api_key_file} is not UTF-8 text") from None
         if not args.api_key:
             raise ValidationError("api_key", f"{args.api_key_file} holds no key on its first line")
     elif args.api_key == "-":
-        args.api_key = sys.stdin.readline().strip()
+        args.api_key = sys.stdin.readline().removeprefix("\ufeff").strip()
         if not args.api_key:
             raise ValidationError("api_key", "no key on standard input (--api-key -)")
     elif args.api_key is not None:

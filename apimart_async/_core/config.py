@@ -108,7 +108,15 @@ class ApiKey:
             raise ValidationError("api_key", "must be a non-empty string")
         if any(ch in value for ch in "\r\n"):
             raise ValidationError("api_key", "must not contain line breaks")
-        self._value = value.strip()
+        value = value.strip()
+        # It goes into a header: anything else would fail there, after the journal says
+        # "submitting", as a raw error (and could echo the key). Never shown here.
+        bad = next((ch for ch in value if not (" " <= ch <= "~" or "\xa0" <= ch <= "\xff")), None)
+        if bad is not None:
+            raise ValidationError(
+                "api_key", f"must be printable ASCII or Latin-1, without control characters "
+                f"(it holds U+{ord(bad):04X})")
+        self._value = value
 
     @classmethod
     def resolve(cls, explicit: str | None) -> ApiKey:

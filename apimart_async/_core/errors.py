@@ -357,8 +357,14 @@ def error_from_record(record: Mapping[str, Any]) -> APIMartError:
     return error
 
 
-def with_response(error: APIMartError, headers: Mapping[str, str]) -> APIMartError:
-    """Attach the answer's headers (a read-only copy) and request id to `error`."""
-    error.headers = types.MappingProxyType({k.lower(): v for k, v in headers.items()})
+def with_response(
+    error: APIMartError, headers: Mapping[str, str], secret: str | None = None
+) -> APIMartError:
+    """Attach the answer's headers (a read-only copy) and request id to `error`, every
+    value scrubbed of `secret` (a host may echo anything; they reach journals)."""
+    error.headers = types.MappingProxyType({
+        k.lower(): v.replace(secret, "[redacted]") if secret else v
+        for k, v in headers.items()
+    })
     error.request_id = error.headers.get("x-request-id") or error.headers.get("request-id")
     return error

@@ -268,6 +268,7 @@ def decode(
 
     message, code = _error_message(payload)
     message = scrub(message, secret) if message else None
+    code = scrub(code, secret) if isinstance(code, str) else code
     body_code = _body_code(payload)
 
     if 300 <= status < 400:
@@ -311,7 +312,20 @@ def parse_submit(
         ) from None
     if not wire.task_id:
         raise DecodeError("submission answer has an empty task_id", status=status, snippet="")
-    return wire.task_id
+    return _answered_id(wire.task_id, status, secret)
+
+
+def _answered_id(task_id: str, status: int, secret: str | None) -> str:
+    """A task id from an answer, refused (`DecodeError`) unless it is a plain name that
+    does not carry the key: ids reach terminals, journals and file names. (A key of
+    under 8 characters, only ever a test's, cannot be told from ordinary text.)"""
+    if secret and len(secret) >= 8 and secret in task_id:
+        raise DecodeError("answer's task id contains the API key", status=status, snippet="")
+    try:
+        return check_task_id(task_id)
+    except ValidationError as exc:
+        raise DecodeError(f"answer's task id is not a plain name: {exc.problem[:200]}",
+                          status=status, snippet="") from None
 
 
 def task_from_data(data: Any, secret: str | None = None) -> Task:
@@ -337,7 +351,7 @@ def task_from_data(data: Any, secret: str | None = None) -> Task:
             else wire.error.code,
             message=scrub(wire.error.message, secret),
         ) if wire.error else None,
-        model=wire.model,
+        model=None if wire.model is None else scrub(wire.model, secret),
     )
 
 
@@ -363,6 +377,7 @@ def parse_task(
         raise DecodeError(
             "task answer is not the documented shape", status=status, snippet=snippet(body, secret)
         ) from None
+    _answered_id(task.id, status, secret)
     if not task.raw_status.strip():
         raise DecodeError(
             "task answer has an empty status", status=status, snippet=snippet(body, secret)

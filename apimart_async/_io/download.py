@@ -133,10 +133,26 @@ def _read_meta(path: Path) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
-def _write_meta(path: Path, task_id: str, url: str, validator: str | None) -> None:
+def _write_meta(
+    path: Path, task_id: str, url: str, validator: str | None, total: int | None
+) -> None:
     path.write_text(json.dumps(
-        {"task_id": task_id, "url": _identity(url), "validator": validator}
+        {"task_id": task_id, "url": _identity(url), "validator": validator, "total": total}
     ), "utf-8")
+
+
+def _validator(resp: StreamedResponse) -> str | None:
+    return resp.headers.get("etag") or resp.headers.get("last-modified")
+
+
+def _announced_total(resp: StreamedResponse) -> int | None:
+    """The whole file's size as this answer states it: a 200's Content-Length, or a
+    206's numeric Content-Range total (``/*`` states nothing)."""
+    if resp.status == 206:
+        match = _CONTENT_RANGE.fullmatch(resp.headers.get("content-range", ""))
+        return int(match.group(3)) if match and match.group(3) != "*" else None
+    length = resp.headers.get("content-length")
+    return int(length) if length and length.isdigit() else None
 
 
 class Downloader:
@@ -204,7 +220,7 @@ class Downloader:
         self._check_url(task.id, task.video_urls[0])
         await anyio.to_thread.run_sync(lambda: dest.parent.mkdir(parents=True, exist_ok=True))
         part, meta = part_path(dest), meta_path(dest)
-        validator = await anyio.to_thread.run_sync(
+        validator, known_total = await anyio.to_thread.run_sync(
             self._claim_partial, task.id, task.video_urls[0], part, meta
         )
         url, hops = task.video_urls[0], 0
@@ -242,15 +258,28 @@ class Downloader:
                         # Taken before the body and written beside it before its first
                         # byte: a later resume must name (If-Range) the version its bytes
                         # came from, and a partial of another task or link is never resumed.
-                        validator = (resp.headers.get("etag")
-                                     or resp.headers.get("last-modified"))
+                        validator, known_total = _validator(resp), _announced_total(resp)
                         # No await between the headers and the body: bytes that come
                         # just before a cut must be read before the cut is seen (a tiny
                         # write, like the chunk writes).
-                        _write_meta(meta, task.id, task.video_urls[0], validator)
+                        _write_meta(meta, task.id, task.video_urls[0], validator, known_total)
+                    elif offset and resp.status in (206, 416):
+                        # A resume continues one version of one file: If-Range is the
+                        # host's promise of that, and a host may not keep it. Bytes of
+                        # another version (validator) or size (total) are never spliced.
+                        now_total = (_announced_total(resp) if resp.status == 206 else
+                                     _unsatisfied_total(resp))
+                        if (known_total is None or now_total != known_total
+                                or (resp.status == 206 and _validator(resp) != validator)):
+                            log.info("task %s: file host answered a resume for another "
+                                     "version or size of the file; starting over", task.id)
+                            raise _Restart
                     total = await self._receive(task.id, resp, handle, offset)
             except _Restart:
                 restarted += 1
+                if restarted > self._retry.max_attempts:
+                    raise DownloadError(task.id, f"file host did not continue one version "
+                                                 f"of the file ({restarted} restarts)") from None
                 await anyio.Path(part).unlink(missing_ok=True)
                 continue
             except (APIConnectionError, ServerError, _Again) as exc:
@@ -292,22 +321,26 @@ class Downloader:
         )
 
     @staticmethod
-    def _claim_partial(task_id: str, url: str, part: Path, meta: Path) -> str | None:
-        """The validator to resume `part` with, after proving it is this task's and
-        link's; a partial that cannot be proven so is deleted (None: start over)."""
+    def _claim_partial(
+        task_id: str, url: str, part: Path, meta: Path
+    ) -> tuple[str | None, int | None]:
+        """The validator and total size to resume `part` with, after proving it is this
+        task's and link's; a partial that cannot be proven so is deleted (start over)."""
         if not part.exists():
             meta.unlink(missing_ok=True)
-            return None
+            return None, None
         record = _read_meta(meta)
+        total = None if record is None else record.get("total")
         if (record is not None and record.get("task_id") == task_id
                 and record.get("url") == _identity(url)
-                and isinstance(record.get("validator"), str) and record["validator"]):
-            return str(record["validator"])
+                and isinstance(record.get("validator"), str) and record["validator"]
+                and isinstance(total, int) and not isinstance(total, bool) and total > 0):
+            return str(record["validator"]), total
         log.info("task %s: %s is not provably this task's partial download; starting over",
                  task_id, part.name)
         part.unlink(missing_ok=True)
         meta.unlink(missing_ok=True)
-        return None
+        return None, None
 
     async def _receive(
         self, task_id: str, resp: StreamedResponse, handle: BinaryIO, offset: int
@@ -334,12 +367,16 @@ class Downloader:
         policy = self._policy
         length = resp.headers.get("content-length")
         body_length = int(length) if length and length.isdigit() else None
+        total: int | None
         if status == 206:
             match = _CONTENT_RANGE.fullmatch(resp.headers.get("content-range", ""))
             if match is None or int(match.group(1)) != offset:
                 raise _Restart
-            total = None if match.group(3) == "*" else int(match.group(3))
-            start = offset
+            if match.group(3) == "*":
+                # Without the whole size, no answer could ever prove the file complete.
+                raise _Again("file host did not say the file's size (Content-Range "
+                             "total '*'): its end could not be told")
+            total, start = int(match.group(3)), offset
         else:
             if offset:
                 log.info("task %s: file host ignored Range; starting over", task_id)
@@ -392,6 +429,11 @@ class Downloader:
         if sniff(head) is None:
             raise DownloadError(task_id, f"file host sent {_what(head)}, not a video or image; "
                                          "nothing was saved")
+
+
+def _unsatisfied_total(resp: StreamedResponse) -> int | None:
+    match = _UNSATISFIED.fullmatch(resp.headers.get("content-range", ""))
+    return int(match.group(1)) if match else None
 
 
 def _open_append(path: Path) -> BinaryIO:

@@ -108,7 +108,7 @@ class Transport:
             except APIMartError as exc:
                 limits.release()
                 if raw is not None:
-                    with_response(exc, raw.headers)
+                    with_response(exc, raw.headers, secret)
                 if isinstance(exc, RateLimitError):
                     self.stats.rate_limited += 1
                     limits.throttled(epoch, exc.retry_after)
