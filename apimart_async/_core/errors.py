@@ -40,6 +40,7 @@ __all__ = [
     "TaskFailedError",
     "TaskTimeoutError",
     "ValidationError",
+    "scrub",
 ]
 
 
@@ -357,14 +358,21 @@ def error_from_record(record: Mapping[str, Any]) -> APIMartError:
     return error
 
 
+def scrub(text: str, secret: str | None) -> str:
+    """Remove every occurrence of `secret` from server-supplied text (the one scrubber:
+    answers, headers and transport errors all pass through it)."""
+    if secret and secret in text:
+        return text.replace(secret, "[redacted]")
+    return text
+
+
 def with_response(
     error: APIMartError, headers: Mapping[str, str], secret: str | None = None
 ) -> APIMartError:
     """Attach the answer's headers (a read-only copy) and request id to `error`, every
     value scrubbed of `secret` (a host may echo anything; they reach journals)."""
     error.headers = types.MappingProxyType({
-        k.lower(): v.replace(secret, "[redacted]") if secret else v
-        for k, v in headers.items()
+        k.lower(): scrub(v, secret) for k, v in headers.items()
     })
     error.request_id = error.headers.get("x-request-id") or error.headers.get("request-id")
     return error

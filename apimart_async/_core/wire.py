@@ -26,6 +26,7 @@ from .errors import (
     RateLimitError,
     ServerError,
     ValidationError,
+    scrub,
 )
 from .models import Task, TaskError, TaskStatus, VideoRequest
 
@@ -174,13 +175,6 @@ def snippet(body: bytes, secret: str | None = None) -> str:
     text = body[: SNIPPET_CHARS * 4].decode("utf-8", "replace")
     text = " ".join(text.split())[:SNIPPET_CHARS]
     return scrub(text, secret)
-
-
-def scrub(text: str, secret: str | None) -> str:
-    """Remove every occurrence of `secret` from server-supplied text."""
-    if secret and secret in text:
-        return text.replace(secret, "[redacted]")
-    return text
 
 
 _BY_STATUS: dict[int, type[APIStatusError]] = {

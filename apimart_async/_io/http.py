@@ -15,7 +15,13 @@ import aiohttp
 import attrs
 
 from .._core.config import Timeout
-from .._core.errors import APIConnectionError, APIMartError, APITimeoutError, DecodeError
+from .._core.errors import (
+    APIConnectionError,
+    APIMartError,
+    APITimeoutError,
+    DecodeError,
+    scrub,
+)
 from .._version import __version__
 
 __all__ = [
@@ -61,8 +67,7 @@ class StreamedResponse:
 def translate(exc: BaseException, secret: str | None = None) -> APIMartError:
     """The SDK error for an aiohttp or socket exception."""
     text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-    if secret:
-        text = text.replace(secret, "[redacted]")
+    text = scrub(text, secret)
     if isinstance(exc, aiohttp.ConnectionTimeoutError):
         return APITimeoutError(f"timed out connecting ({text})", request_sent=False)
     if isinstance(exc, (aiohttp.SocketTimeoutError, asyncio.TimeoutError, TimeoutError)):
