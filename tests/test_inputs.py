@@ -245,7 +245,7 @@ def test_duplicate_lines_are_listed_by_the_reader(tmp_path: Path) -> None:
     batch = read_batch(path)
     assert len(batch.items) == 5
     assert batch.duplicates == ((3, 1), (4, 2), (5, 1))
-    assert [item.request.prompt for item in batch.unique_items()] == ["a", "b"]
+    assert [item.request.prompt for item in batch.select(skip_duplicates=True)[0]] == ["a", "b"]
 
 
 def test_duplicate_notices_name_20_then_count(tmp_path: Path) -> None:

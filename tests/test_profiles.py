@@ -17,8 +17,8 @@ from apimart_async.testing import (
     TimingProfile,
     emulator_process,
 )
-from apimart_async.testing._emulator import _Task
 from apimart_async.testing._profiles import progress_at
+from apimart_async.testing._tasks import TaskRecord
 
 from .conftest import MakeServer, session_for
 
@@ -33,7 +33,7 @@ def plans(config: EmulatorConfig, model: str, n: int) -> list[TaskPlan]:
 def answers(plan: TaskPlan, times: list[float]) -> list[tuple[str, int]]:
     """(status, progress) of a task with `plan` at each of `times` after its creation."""
     emulator = Emulator(clock=Clock())
-    task = _Task(id="t", created=0.0, created_wall=0.0, plan=plan, body={}, idempotency_key=None,
+    task = TaskRecord(id="t", created=0.0, created_wall=0.0, plan=plan, body={}, idempotency_key=None,
                  token="", expires_wall=0.0)
     out = []
     for t in times:

@@ -228,17 +228,14 @@ class BatchFile:
 
     `duplicates` holds ``(line, first_line)`` for every item whose request (the body
     sent: prompt, model, duration, ...) is the same as an earlier line's. Each is a
-    task of its own, billed again, unless the caller sends `unique_items` instead.
+    task of its own, billed again, unless the caller sends only the first of each
+    (`select(skip_duplicates=True)`).
     """
 
     path: Path
     items: tuple[BatchItem, ...]
     lines: tuple[int, ...]
     duplicates: tuple[tuple[int, int], ...]
-
-    def unique_items(self) -> list[BatchItem]:
-        """The items without the repeats: the first line of each request."""
-        return self.select(skip_duplicates=True)[0]
 
     def select(self, *, skip_duplicates: bool) -> tuple[list[BatchItem], list[int]]:
         """The items to send and the line of each, without the repeats if asked."""

@@ -33,9 +33,6 @@ from ._tasks import (
     video_bytes,
 )
 
-# `_Task` and `TaskPlan` were importable from here before the split; keep them so.
-_Task = TaskRecord
-
 __all__ = ["Emulator", "EmulatorConfig", "EmulatorStats", "Fault", "Route", "TaskPlan"]
 
 _RATES = {"submit": "submit_faults", "task": "poll_faults", "download": "download_faults"}
