@@ -55,6 +55,7 @@ from .._engine.streams import BatchHooks, BatchStream, Watch
 from .._engine.submit import StreamClosed
 from .._io.download import part_path
 from .journal import ItemState, Journal, JournalRow, item_key, request_digest, request_json
+from .store import JournalStore
 
 __all__ = ["JOURNAL_NAME", "BatchItem", "BatchReport", "ItemResult", "ItemState", "run_batch"]
 
@@ -290,7 +291,7 @@ def _error_of(row: JournalRow) -> APIMartError | None:
     return APIMartError(row.error) if row.error else None
 
 
-def _refuse_changed_names(items: list[_Item], rows: dict[str, JournalRow], journal: Path) -> None:
+def _refuse_changed_names(items: list[_Item], rows: dict[str, JournalRow], journal: str) -> None:
     """A named item whose request changed is refused, before anything is sent: its
     name is its file, and that file holds the video paid for under the old request."""
     for item in items:
@@ -305,7 +306,7 @@ def _refuse_changed_names(items: list[_Item], rows: dict[str, JournalRow], journ
 
 class _Run:
     def __init__(
-        self, engine: Engine, items: list[_Item], out_dir: Path, journal: Journal,
+        self, engine: Engine, items: list[_Item], out_dir: Path, journal: JournalStore,
         on_change: OnChange | None,
     ) -> None:
         self.engine = engine
@@ -326,8 +327,8 @@ class _Run:
         # nothing more is written there; task ids it could not record go to `recovery`.
         self.journal_error: OSError | sqlite3.Error | None = None
         self.lost: list[str] = []
-        self.recovery: Path | None = journal.path.with_name(
-            journal.path.name + ".recovered-task-ids")
+        self.recovery: Path | None = (
+            journal.sidecar(".recovered-task-ids") or out_dir / ".apimart-recovered-task-ids")
 
     async def _move(
         self, item: _Item, state: ItemState, *, error: APIMartError | _Keep | None = _KEEP,
@@ -360,7 +361,7 @@ class _Run:
         """The first failed journal write: stop sending at once (the gate closes before
         any other item goes out), then end the run; `run_batch` raises the error."""
         self.journal_error = exc
-        log.error("journal %s: a write failed (%s): stopping", self.journal.path, exc)
+        log.error("journal %s: a write failed (%s): stopping", self.journal.label, exc)
         if self._stream is not None:
             self._stream.close_gate()  # see _submit's before()
         if self._tg is not None:
@@ -411,11 +412,12 @@ class _Run:
         inside its folder moves with it, so only one kept elsewhere can be mismatched."""
         out = await anyio.to_thread.run_sync(self.out_dir.resolve)
         recorded = await self.journal.out_dir()
-        beside = await anyio.to_thread.run_sync(self.journal.path.parent.resolve)
+        folder = self.journal.folder
+        beside = None if folder is None else await anyio.to_thread.run_sync(folder.resolve)
         if recorded is not None and recorded != str(out) and beside != out:
             raise ValidationError(
                 "out_dir", f"{self.out_dir} is not the output folder of journal "
-                f"{self.journal.path} ({recorded}): use --out {recorded}, or another journal",
+                f"{self.journal.label} ({recorded}): use --out {recorded}, or another journal",
             )
         if recorded != str(out):
             await self.journal.set_out_dir(str(out))
@@ -447,7 +449,7 @@ class _Run:
     async def reconcile(self, resubmit_ambiguous: bool) -> None:
         await self._check_out_dir()
         rows = await self.journal.load()
-        _refuse_changed_names(self.items, rows, self.journal.path)
+        _refuse_changed_names(self.items, rows, self.journal.label)
         await self._share_no_paths(rows)
         # Case-folded: two names differing only in case are one file on macOS and Windows.
         self._claimed = {row.path.casefold() for row in rows.values() if row.path}

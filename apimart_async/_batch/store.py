@@ -1,0 +1,52 @@
+"""`JournalStore`: what the batch runner needs from a journal, whatever keeps it.
+
+The SQLite file (`journal.Journal`, the embedded default) and the PostgreSQL server
+(`pg.PgJournal`, for a fleet of workers) both provide it. Both record the same rows
+(`JournalRow`) moving through the same states (`ItemState`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, Protocol
+
+from .journal import ItemState, JournalRow
+
+__all__ = ["JournalStore"]
+
+
+class JournalStore(Protocol):
+    """A batch's durable record: one row per item, written before and after each step."""
+
+    @property
+    def label(self) -> str:
+        """How messages name this journal (a path; a URL without its password)."""
+
+    @property
+    def folder(self) -> Path | None:
+        """The folder a journal file sits in (it moves with its output folder), else None."""
+
+    def sidecar(self, suffix: str) -> Path | None:
+        """A file beside the journal (``JOURNAL + suffix``), or None for a server."""
+
+    async def out_dir(self) -> str | None:
+        """The resolved output folder the journal's file names are in, if recorded."""
+
+    async def set_out_dir(self, folder: str) -> None:
+        """Record the resolved output folder."""
+
+    async def load(self) -> dict[str, JournalRow]:
+        """Every recorded item, by key, in input order."""
+
+    async def add(self, rows: Iterable[tuple[int, JournalRow]]) -> None:
+        """Record new items, each with its input position."""
+
+    async def update(self, key: str, state: ItemState, **fields: Any) -> None:
+        """Move item `key` to `state`, setting the given columns too."""
+
+    async def release_path(self, key: str, state: ItemState) -> None:
+        """Forget item `key`'s file: it takes a new one."""
+
+    async def enforce_unique_paths(self) -> None:
+        """Once shared paths are resolved, refuse two rows with one file."""
