@@ -38,6 +38,7 @@ from ._core.errors import (
     TaskFailedError,
     TaskTimeoutError,
     ValidationError,
+    WorkerFencedError,
 )
 from ._core.events import BatchEvent, EventKind, TaskUpdate
 from ._core.models import Submission, Task, TaskError, TaskStatus, VideoRequest
@@ -93,5 +94,6 @@ __all__ = [
     "ValidationError",
     "VideoRequest",
     "Watch",
+    "WorkerFencedError",
     "__version__",
 ]

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import anyio
 import attrs
 
+from ._batch.pg import is_pg_url
 from ._batch.runner import BatchItem, BatchReport, ItemResult, run_batch
 from ._core.config import (
     DEFAULT_BASE_URL,
@@ -361,6 +362,8 @@ class Session:
         resubmit_ambiguous: bool = False,
         on_change: Callable[[ItemResult], None] | None = None,
         stop: anyio.Event | None = None,
+        batch: str = "default",
+        lease: float = 30.0,
     ) -> BatchReport:
         """Generate and download a whole batch, durably; returns a `BatchReport`.
 
@@ -381,12 +384,25 @@ class Session:
         write that fails mid-run stops sending at once and raises `JournalWriteError`;
         tasks created but not journaled are printed to stderr and appended to
         ``JOURNAL.recovered-task-ids``.
+
+        A ``postgresql://`` URL as `journal` (needs ``apimart-async[postgres]``) shares
+        batch `batch` with every other process running it (a fleet): items are enqueued
+        by content identity, claimed one at a time, and this call works until the whole
+        batch is done. `rps` (the session's) is then the key's rate for the whole fleet.
+        A worker silent for longer than `lease` seconds is declared dead: what it was
+        submitting becomes ambiguous, the rest is adopted; if it wakes, its writes are
+        refused and it raises `WorkerFencedError`. `on_change` is not called there.
         """
         self._engine.require_open()
+        where: Path | str | None = None
+        if is_pg_url(journal):
+            where = str(journal)
+        elif journal is not None:
+            where = Path(journal)
         return await run_batch(
-            self._engine, requests, out_dir=Path(out_dir),
-            journal=None if journal is None else Path(journal),
+            self._engine, requests, out_dir=Path(out_dir), journal=where,
             resubmit_ambiguous=resubmit_ambiguous, on_change=on_change, stop=stop,
+            batch=batch, lease=lease,
         )
 
 

@@ -46,6 +46,7 @@ EXPECTED = [
     "ValidationError",
     "VideoRequest",
     "Watch",
+    "WorkerFencedError",
     "__version__",
 ]
 

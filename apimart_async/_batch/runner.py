@@ -55,6 +55,7 @@ from .._engine.streams import BatchHooks, BatchStream, Watch
 from .._engine.submit import StreamClosed
 from .._io.download import part_path
 from .journal import ItemState, Journal, JournalRow, item_key, request_digest, request_json
+from .pg import is_pg_url
 from .store import JournalStore
 
 __all__ = ["JOURNAL_NAME", "BatchItem", "BatchReport", "ItemResult", "ItemState", "run_batch"]
@@ -114,7 +115,8 @@ class BatchReport:
     """The outcome of `run_batch`: one `ItemResult` per item, in input order, and totals."""
 
     items: tuple[ItemResult, ...]
-    journal: Path
+    #: The journal file; for a PostgreSQL journal, its URL (no password) and batch.
+    journal: Path | str
     #: True when `run_batch`'s `stop` was set: unsent items are left pending.
     interrupted: bool = False
     bytes_downloaded: int
@@ -715,6 +717,8 @@ async def run_batch(
     resubmit_ambiguous: bool = False,
     on_change: OnChange | None = None,
     stop: anyio.Event | None = None,
+    batch: str = "default",
+    lease: float = 30.0,
 ) -> BatchReport:
     """See `Session.run_batch`."""
     occurrences: dict[str, int] = {}
@@ -726,6 +730,15 @@ async def run_batch(
     out = Path(out_dir)
     if await anyio.Path(out).exists() and not await anyio.Path(out).is_dir():
         raise ValidationError("out_dir", f"{out} is a file, not a folder")
+    if is_pg_url(journal):
+        from .fleet import run_fleet_batch
+
+        assert isinstance(journal, str)
+        await anyio.to_thread.run_sync(_probe_writable, out)
+        return await run_fleet_batch(
+            engine, items, out_dir=out, url=journal, batch=batch, lease=lease,
+            resubmit_ambiguous=resubmit_ambiguous, stop=stop,
+        )
     path = Path(journal) if journal is not None else out / JOURNAL_NAME
     before = attrs.evolve(engine.stats)
     # Before anything is paid for: a folder the videos cannot be written to fails now

@@ -77,6 +77,8 @@ class Engine:
         downloads: DownloadPolicy | None = None,
     ) -> None:
         self.clock = clock
+        #: Names the key in shared tables (a fleet's rate), never the key itself.
+        self.key_fingerprint = key.fingerprint()
         self.poll_policy = poll
         self.max_concurrency = max_concurrency
         self.stats = SessionStats()

@@ -7,12 +7,21 @@ coroutine retrying on its own.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Awaitable, Callable, Iterator
+from contextvars import ContextVar
+
 import anyio
 
 from .._core.aimd import AIMDRate
 from .clock import Clock, Timer
 
-__all__ = ["Limits"]
+__all__ = ["Limits", "SharedPacer"]
+
+#: Waits for a send slot of a rate shared with other processes (a fleet's key rate).
+SharedPacer = Callable[[], Awaitable[None]]
+# Set by `Limits.prepaid` around a request whose slot its caller already took.
+_prepaid: ContextVar[bool] = ContextVar("apimart_async_prepaid_slot", default=False)
 
 
 class Limits:
@@ -34,6 +43,21 @@ class Limits:
         self._next_slot = 0.0
         self._paused_until = 0.0
         self._last_success = self._time.now()
+        #: When set, every request waits for a slot of this shared rate instead of the
+        #: local one (a fleet of workers on one key: `_batch.fleet`).
+        self.shared: SharedPacer | None = None
+        #: Called on each 429 when `shared` is set, with the Retry-After hint (seconds).
+        self.on_shared_throttle: Callable[[float | None], None] | None = None
+
+    @contextlib.contextmanager
+    def prepaid(self) -> Iterator[None]:
+        """Within the block, the next request's first attempt does not wait for a shared
+        slot: the caller took it already (so it could claim the item in between)."""
+        token = _prepaid.set(True)
+        try:
+            yield
+        finally:
+            _prepaid.reset(token)
 
     def claim(self) -> tuple[float, int]:
         """Claim the next send slot: (clock time it may go at, the epoch it is paced under).
@@ -62,7 +86,7 @@ class Limits:
 
     def try_acquire(self) -> int | None:
         """Take a slot without waiting, if one is free and nothing needs pacing."""
-        if self.rate.rate is not None or self._paused_until > 0.0:
+        if self.rate.rate is not None or self._paused_until > 0.0 or self.shared is not None:
             return None
         try:
             self.concurrency.acquire_nowait()
@@ -77,7 +101,14 @@ class Limits:
             return epoch
         await self.concurrency.acquire()
         try:
-            epoch = await self._pace()
+            if self.shared is not None:
+                if _prepaid.get():
+                    _prepaid.set(False)  # one attempt only: a retry takes a slot of its own
+                else:
+                    await self.shared()
+                epoch = self.rate.epoch
+            else:
+                epoch = await self._pace()
         except BaseException:
             self.concurrency.release()
             raise
@@ -93,6 +124,10 @@ class Limits:
 
     def throttled(self, epoch: int, retry_after: float | None) -> None:
         """Record a 429 for a request paced under `epoch`; honour a hint for everyone."""
+        if self.shared is not None:
+            if self.on_shared_throttle is not None:
+                self.on_shared_throttle(retry_after)
+            return
         now = self._time.now()
         before = self.rate.epoch
         self.rate.on_throttled(epoch, now)
