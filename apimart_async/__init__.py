@@ -14,6 +14,7 @@
 Everything public is re-exported here; the modules behind it are private.
 """
 
+from ._batch.fleet import WorkerOutcome
 from ._batch.journal import ItemState
 from ._batch.runner import BatchItem, BatchReport, ItemResult
 from ._core.config import DownloadPolicy, Timeout
@@ -95,5 +96,6 @@ __all__ = [
     "VideoRequest",
     "Watch",
     "WorkerFencedError",
+    "WorkerOutcome",
     "__version__",
 ]

@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING
 import anyio
 import attrs
 
-from ._batch.pg import is_pg_url
+from ._batch.fleet import WorkerOutcome, run_worker
+from ._batch.pg import PgJournal, is_pg_url
 from ._batch.runner import BatchItem, BatchReport, ItemResult, run_batch
 from ._core.config import (
     DEFAULT_BASE_URL,
@@ -404,6 +405,39 @@ class Session:
             resubmit_ambiguous=resubmit_ambiguous, on_change=on_change, stop=stop,
             batch=batch, lease=lease,
         )
+
+    async def run_worker(
+        self,
+        *,
+        journal: str,
+        batch: str = "default",
+        out_dir: str | PathLike[str],
+        lease: float = 30.0,
+        resubmit_ambiguous: bool = False,
+        stop: anyio.Event | None = None,
+    ) -> WorkerOutcome:
+        """Join batch `batch` of the PostgreSQL journal `journal` (a ``postgresql://``
+        URL) as one more worker, without its input file; work until the whole batch is
+        done, the fleet is stopped by an account failure, or `stop` is set.
+
+        Videos this worker downloads go to `out_dir`. The session's `rps` is the key's
+        rate shared by the whole fleet. Raises `WorkerFencedError` if the fleet declared
+        this worker dead (it was silent for longer than `lease` seconds).
+        """
+        self._engine.require_open()
+        if not is_pg_url(journal):
+            raise ValidationError(
+                "journal", f"must be a postgresql:// URL (workers share a batch through "
+                f"PostgreSQL), got {journal!r}")
+        async with PgJournal(journal, batch, lease=lease) as jr:
+            if not (await jr.counts()):
+                raise ValidationError(
+                    "batch", f"{batch!r} has no items on {jr.label}: start it with "
+                    f"'apimart-async batch FILE --journal URL --batch {batch}'")
+            return await run_worker(
+                self._engine, jr, out_dir=Path(out_dir), rps=self._engine.limits.rate.ceiling,
+                resubmit_ambiguous=resubmit_ambiguous, stop=stop,
+            )
 
 
 def _task_id(task: object) -> str:

@@ -14,7 +14,7 @@ import pytest
 
 from apimart_async import ItemState, ValidationError, VideoRequest
 from apimart_async._batch.pg import PG_SCHEMA_VERSION, PgJournal
-from apimart_async.testing import EmulatorConfig, video_bytes
+from apimart_async.testing import video_bytes
 
 from .conftest import MakeServer, session_for
 

@@ -47,6 +47,7 @@ EXPECTED = [
     "VideoRequest",
     "Watch",
     "WorkerFencedError",
+    "WorkerOutcome",
     "__version__",
 ]
 

@@ -57,9 +57,10 @@ from .runner import (
 __all__ = ["WorkerOutcome", "run_fleet_batch", "run_worker"]
 
 log = logging.getLogger("apimart_async")
-# A slot that comes due this much later than its time (a paused worker) is dropped:
-# the worker takes a fresh one rather than fire a burst of stale ones.
-_STALE_SLOT = 0.25
+# A slot this worker reaches later than its time by more than this fraction of the
+# rate's interval (a paused worker, a busy loop) is dropped for a fresh one: requests
+# sent late would bunch with those sent on time, above the key's rate in some second.
+_STALE_SLOT = 0.5
 
 
 @attrs.frozen(kw_only=True)
@@ -76,10 +77,6 @@ class WorkerOutcome:
     #: The account failure (text) that stopped the fleet, if any.
     stopped: str | None
     account_error: APIMartError | None = None
-
-
-def _stale(due: float) -> bool:
-    return time.monotonic() - due > _STALE_SLOT
 
 
 class _Worker:
@@ -107,23 +104,29 @@ class _Worker:
         self._done = anyio.Event()
         self._push_back = 0.0
         self.tmp: Path = out_dir
+        self.interval = 0.0
 
     # -- the key's shared rate -------------------------------------------------------------
 
-    async def _slot(self) -> None:
-        """Wait for the key's next shared slot; a slot that came due while this process
-        was not running (SIGSTOP, a long pause) is dropped for a fresh one."""
+    async def _slot(self) -> float:
+        """Wait for the key's next shared slot; return when it was due (monotonic). A
+        slot reached late (SIGSTOP, a long pause, a busy loop) is dropped for a fresh one."""
         fingerprint = self.engine.key_fingerprint
         while True:
             if self._push_back:
                 push, self._push_back = self._push_back, 0.0
                 await self._guard(self.journal.push_back(fingerprint, push))
-            wait = await self._guard(self.journal.take_slot(fingerprint))
-            due = time.monotonic() + wait
-            if wait > 0:
-                await anyio.sleep(wait)
-            if not _stale(due):
-                return
+            asked = time.monotonic()
+            wait: float = await self._guard(self.journal.take_slot(fingerprint))
+            # Measured from before asking: the server's clock read falls in between.
+            due = asked + float(wait)
+            if due > time.monotonic():
+                await anyio.sleep(due - time.monotonic())
+            if time.monotonic() - due <= _STALE_SLOT * self.interval:
+                return due
+
+    async def _pace(self) -> None:
+        await self._slot()
 
     def _throttled(self, retry_after: float | None) -> None:
         # Applied by the next slot taken: every worker waits, not only this one.
@@ -204,8 +207,9 @@ class _Worker:
                 if not self.maybe_pending:
                     await anyio.sleep(self.tick / 2)
                     continue
+                due = None
                 if self.engine.limits.shared is not None:
-                    await self._slot()
+                    due = await self._slot()
                 if self.halted:
                     return
                 claimed = await self._guard(self.journal.claim())
@@ -214,7 +218,7 @@ class _Worker:
                     continue
                 self.sending += 1
                 try:
-                    await self._send(claimed)
+                    await self._send(claimed, due)
                 finally:
                     self.sending -= 1
         except WorkerFencedError as exc:
@@ -224,13 +228,13 @@ class _Worker:
         if self.halted:
             raise StreamClosed
 
-    async def _send(self, claimed: Claimed) -> None:
+    async def _send(self, claimed: Claimed, due: float | None) -> None:
         row = claimed.row
         request = _request_from_body(json.loads(row.request))
         limits = self.engine.limits
         try:
-            if limits.shared is not None:
-                with limits.prepaid():
+            if due is not None:
+                with limits.prepaid(due):
                     submission = await self.engine.submit(
                         request, key=row.idempotency_key, gate=self._gate)
             else:
@@ -392,9 +396,11 @@ async def run_worker(
     state.tmp = out_dir / f".fleet-w{worker_id}"
     limits = engine.limits
     if rps is not None:
+        state.interval = 1.0 / rps
         await journal.set_rate(engine.key_fingerprint, rps)
-        limits.shared = state._slot
+        limits.shared = state._pace
         limits.on_shared_throttle = state._throttled
+        limits.shared_tolerance = _STALE_SLOT * state.interval
     try:
         await state.run(stop)
     finally:

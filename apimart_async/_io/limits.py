@@ -8,6 +8,7 @@ coroutine retrying on its own.
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextvars import ContextVar
 
@@ -20,8 +21,9 @@ __all__ = ["Limits", "SharedPacer"]
 
 #: Waits for a send slot of a rate shared with other processes (a fleet's key rate).
 SharedPacer = Callable[[], Awaitable[None]]
-# Set by `Limits.prepaid` around a request whose slot its caller already took.
-_prepaid: ContextVar[bool] = ContextVar("apimart_async_prepaid_slot", default=False)
+# Set by `Limits.prepaid` around a request whose slot its caller already took: when
+# that slot is due (`time.monotonic()`).
+_prepaid: ContextVar[float | None] = ContextVar("apimart_async_prepaid_slot", default=None)
 
 
 class Limits:
@@ -48,12 +50,16 @@ class Limits:
         self.shared: SharedPacer | None = None
         #: Called on each 429 when `shared` is set, with the Retry-After hint (seconds).
         self.on_shared_throttle: Callable[[float | None], None] | None = None
+        #: A prepaid slot reached later than this (real seconds) is not used: a request
+        #: sent late bunches with those sent on time.
+        self.shared_tolerance = 0.0
 
     @contextlib.contextmanager
-    def prepaid(self) -> Iterator[None]:
-        """Within the block, the next request's first attempt does not wait for a shared
-        slot: the caller took it already (so it could claim the item in between)."""
-        token = _prepaid.set(True)
+    def prepaid(self, due: float) -> Iterator[None]:
+        """Within the block, the next request's first attempt uses the shared slot its
+        caller took already (due at `due`, `time.monotonic()`), so the caller could
+        claim its item in between; if the request slot frees too late, a fresh one."""
+        token = _prepaid.set(due)
         try:
             yield
         finally:
@@ -102,9 +108,10 @@ class Limits:
         await self.concurrency.acquire()
         try:
             if self.shared is not None:
-                if _prepaid.get():
-                    _prepaid.set(False)  # one attempt only: a retry takes a slot of its own
-                else:
+                due = _prepaid.get()
+                if due is not None:
+                    _prepaid.set(None)  # one attempt only: a retry takes a slot of its own
+                if due is None or time.monotonic() - due > self.shared_tolerance:
                     await self.shared()
                 epoch = self.rate.epoch
             else:
