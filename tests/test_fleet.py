@@ -5,6 +5,8 @@ judged on the database's clock, which no test clock can step."""
 from __future__ import annotations
 
 import hashlib
+import itertools
+import time
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +16,7 @@ import pytest
 
 from apimart_async import ItemState, ValidationError, VideoRequest
 from apimart_async._batch.pg import PG_SCHEMA_VERSION, PgJournal
-from apimart_async.testing import video_bytes
+from apimart_async.testing import EmulatorConfig, video_bytes
 
 from .conftest import MakeServer, session_for
 
@@ -111,3 +113,163 @@ async def test_a_changed_named_item_is_refused_before_sending(
                               out_dir=tmp_path, journal=pg_url, lease=LEASE)
     assert server.stats.submissions == 1
     assert (await rows(pg_url))[0]["state"] == ItemState.DOWNLOADED.value
+
+
+def row_for(key: str, position: int) -> tuple[int, Any]:
+    from apimart_async._batch.journal import JournalRow
+
+    return position, JournalRow(key=key, name=None, request='{"prompt":"x"}',
+                                idempotency_key=f"idem-{key}", state=ItemState.PENDING,
+                                path=f"{key}.mp4")
+
+
+async def state_of(url: str) -> dict[str, tuple[str, Any]]:
+    return {r["key"]: (r["state"], r["worker"]) for r in await rows(url)}
+
+
+async def test_a_dead_worker_is_fenced_its_submitting_item_ambiguous_the_rest_adopted(
+    pg_url: str,
+) -> None:
+    from apimart_async import WorkerFencedError
+
+    async with PgJournal(pg_url, "b", lease=0.3) as one, PgJournal(pg_url, "b", lease=5) as two:
+        await one.add([row_for("a", 0), row_for("b", 1), row_for("c", 2)])
+        me, other = await one.register(), await two.register()
+        assert me != other
+        first = await one.claim()
+        second = await one.claim()
+        assert first is not None and second is not None
+        assert (first.row.key, second.row.key) == ("a", "b")
+        await one.write("b", ItemState.SUBMITTED, task_id="task_b")
+        # The other worker skips what `one` holds: it gets the next pending item.
+        third = await two.claim()
+        assert third is not None and third.row.key == "c"
+        await two.write("c", ItemState.PENDING)
+        # Within its lease nobody can declare `one` dead.
+        assert await two.reap() == []
+        await anyio.sleep(0.4)  # past one's lease, on the server's clock
+        # Not declared dead yet, but past its lease: its own writes are refused already.
+        with pytest.raises(WorkerFencedError):
+            await one.write("b", ItemState.COMPLETED)
+        assert await two.reap() == [me]
+        table = await state_of(pg_url)
+        # Submitting: may be billed, so ambiguous, never pending; submitted: adoptable.
+        assert table["a"] == ("ambiguous", None)
+        assert table["b"] == ("submitted", None)
+        assert [r.key for r in await two.adopt()] == ["b"]
+        assert (await state_of(pg_url))["b"] == ("submitted", other)
+        # The zombie's writes, heartbeat and claims are all refused.
+        with pytest.raises(WorkerFencedError, match="lost its lease"):
+            await one.write("b", ItemState.COMPLETED)
+        with pytest.raises(WorkerFencedError):
+            await one.write("a", ItemState.SUBMITTED, task_id="late")
+        with pytest.raises(WorkerFencedError):
+            await one.heartbeat()
+        with pytest.raises(WorkerFencedError):
+            await one.claim()
+        table = await state_of(pg_url)
+        assert table["a"] == ("ambiguous", None) and table["b"] == ("submitted", other)
+        # Nothing automatic puts the ambiguous item back in line; asking for it does.
+        for _ in range(3):
+            assert await two.reap() == []
+        assert (await two.claim()) is not None  # "c" again
+        await two.write("c", ItemState.PENDING)
+        assert (await state_of(pg_url))["a"][0] == "ambiguous"
+        assert await two.resubmit_ambiguous() == 1
+
+
+async def test_a_write_to_an_item_another_worker_holds_is_refused(pg_url: str) -> None:
+    from apimart_async import WorkerFencedError
+
+    async with PgJournal(pg_url, "b") as one, PgJournal(pg_url, "b") as two:
+        await one.add([row_for("a", 0)])
+        await one.register()
+        await two.register()
+        assert await one.claim() is not None
+        with pytest.raises(WorkerFencedError):
+            await two.write("a", ItemState.SUBMITTED, task_id="t")
+        assert (await state_of(pg_url))["a"][0] == "submitting"
+
+
+async def test_the_keys_rate_is_one_shared_slot_sequence(pg_url: str) -> None:
+    async with PgJournal(pg_url, "b") as one, PgJournal(pg_url, "other") as two:
+        await one.set_rate("fp", 10.0)
+        slots = []
+        for journal in (one, two, one, two, one):
+            asked = time.monotonic()
+            slots.append(asked + await journal.take_slot("fp"))
+        # One sequence for both (even across batches): now, +0.1, +0.2, ...
+        for before, after in itertools.pairwise(slots):
+            assert 0.05 < after - before < 0.15, slots
+        # Unused slots in the past are dropped: an idle key does not burst.
+        await anyio.sleep(0.7)
+        assert await one.take_slot("fp") < 0.05
+        assert 0.07 < await two.take_slot("fp") < 0.13
+        # A 429 pushes every worker's next slot back.
+        await one.push_back("fp", 1.0)
+        assert await two.take_slot("fp") > 0.9
+    conn = await asyncpg.connect(pg_url)
+    try:
+        stored = await conn.fetch("SELECT * FROM apimart_rates")
+    finally:
+        await conn.close()
+    assert [r["fingerprint"] for r in stored] == ["fp"]
+
+
+async def test_the_key_is_never_stored_only_its_fingerprint(
+    make_server: MakeServer, pg_url: str, tmp_path: Path
+) -> None:
+    from .conftest import KEY
+
+    server = await make_server()
+    async with session_for(server, rps=50) as s:
+        report = await s.run_batch(reqs(3), out_dir=tmp_path, journal=pg_url, lease=LEASE)
+    assert report.ok
+    conn = await asyncpg.connect(pg_url)
+    try:
+        dump = []
+        for table in ("apimart_meta", "apimart_batches", "apimart_workers", "apimart_items",
+                      "apimart_rates"):
+            dump += [str(dict(r)) for r in await conn.fetch(f"SELECT * FROM {table}")]
+    finally:
+        await conn.close()
+    text = "\n".join(dump)
+    assert KEY not in text and KEY[3:20] not in text
+    assert any("'fingerprint'" in line for line in dump)
+
+
+async def test_402_stops_the_whole_fleet_and_a_rerun_resumes(
+    make_server: MakeServer, pg_url: str, tmp_path: Path
+) -> None:
+    server = await make_server(EmulatorConfig(balance=6))
+    reports: list[Any] = []
+
+    async def worker(out: Path) -> None:
+        async with session_for(server, max_concurrency=2, rps=40) as s:
+            reports.append(await s.run_batch(reqs(30), out_dir=out, journal=pg_url,
+                                             lease=LEASE))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(worker, tmp_path / "a")
+        tg.start_soon(worker, tmp_path / "b")
+    assert server.stats.submissions == 6
+    # Every worker stopped claiming: at most one refused POST per request slot.
+    assert server.stats.rejected_submissions <= 4
+    table = await rows(pg_url)
+    states = [r["state"] for r in table]
+    assert states.count("downloaded") == 6 and states.count("pending") == 24
+    assert all(r.account_error is not None for r in reports)
+    conn = await asyncpg.connect(pg_url)
+    stopped = await conn.fetchval("SELECT stopped FROM apimart_batches WHERE name = 'default'")
+    await conn.close()
+    assert stopped is not None and ("402" in stopped or "balance" in stopped.lower())
+    # Topped up: a re-run resumes the pending items, and pays for nothing twice.
+    server.emulator.set_balance(None)
+    async with session_for(server) as s:
+        again = await s.run_batch(reqs(30), out_dir=tmp_path / "a", journal=pg_url,
+                                  lease=LEASE)
+    assert again.ok
+    # Each video is reported where it is: in the folder of the worker that fetched it.
+    assert_videos(again)
+    assert {i.path.parent.name for i in again.items} == {"a", "b"}
+    assert server.stats.submissions == 30 and server.stats.duplicate_submissions == 0

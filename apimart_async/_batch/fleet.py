@@ -18,6 +18,7 @@ dead, its next write raises `WorkerFencedError` and the worker stops at once.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -105,6 +106,7 @@ class _Worker:
         self._push_back = 0.0
         self.tmp: Path = out_dir
         self.interval = 0.0
+        self.folder = str(out_dir)
 
     # -- the key's shared rate -------------------------------------------------------------
 
@@ -368,7 +370,7 @@ class _Worker:
         await anyio.to_thread.run_sync(os.replace, staging, final)
         await self._guard(self.journal.write(
             row.key, ItemState.DOWNLOADED, path=final.name, size=result.size,
-            sha256=result.sha256, error=None, error_record=None))
+            sha256=result.sha256, error=None, error_record=None, folder=self.folder))
         self.downloaded += 1
 
 
@@ -394,6 +396,7 @@ async def run_worker(
     await journal.retry_downloads()
     state = _Worker(engine, journal, out_dir, tick=max(0.02, journal.lease / 5))
     state.tmp = out_dir / f".fleet-w{worker_id}"
+    state.folder = str(await anyio.Path(out_dir).resolve())
     limits = engine.limits
     if rps is not None:
         state.interval = 1.0 / rps
@@ -412,6 +415,8 @@ async def run_worker(
                     await journal.leave("interrupted" if state.interrupted else "done")
                 except Exception as exc:  # the outcome matters more than this
                     log.warning("worker %s: could not leave cleanly: %s", worker_id, exc)
+    with contextlib.suppress(OSError):
+        await anyio.Path(state.tmp).rmdir()  # only once empty: a partial file stays
     if state.fenced is not None:
         raise state.fenced
     counts = await journal.counts()
@@ -458,6 +463,7 @@ async def run_fleet_batch(
             resubmit_ambiguous=resubmit_ambiguous, stop=stop,
         )
         rows = await journal.load()
+        folders = await journal.folders()
         label = journal.label
     results = []
     for item in items:
@@ -466,7 +472,8 @@ async def run_fleet_batch(
             index=item.index, key=item.key, name=item.name, request=item.request,
             state=row.state, task_id=row.task_id,
             progress=100 if row.state is ItemState.DOWNLOADED else 0,
-            path=out_dir / row.path if row.path and row.state is ItemState.DOWNLOADED else None,
+            path=(Path(folders.get(item.key, out_dir)) / row.path
+                  if row.path and row.state is ItemState.DOWNLOADED else None),
             size=row.size, sha256=row.sha256, error=_error_of(row), reason=row.error,
         ))
     stats = engine.stats

@@ -79,6 +79,7 @@ CREATE TABLE IF NOT EXISTS apimart_items (
     path text,
     size bigint,
     sha256 text,
+    folder text,
     worker bigint,
     updated timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (batch, key)
@@ -94,7 +95,9 @@ CREATE TABLE IF NOT EXISTS apimart_rates (
 
 _COLUMNS = ("key", "name", "request", "idempotency_key", "state", "task_id",
             "error", "error_record", "path", "size", "sha256")
-_WRITABLE = frozenset(_COLUMNS) - {"key"}
+# `folder`: the resolved output folder of the worker that downloaded the video (a
+# fleet's workers may each have their own).
+_WRITABLE = frozenset(_COLUMNS) - {"key"} | {"folder"}
 
 # The caller is alive: its row, not declared dead, heartbeat within its lease on the
 # server's clock. FOR SHARE: a concurrent "declare dead" waits for this statement, or
@@ -239,6 +242,13 @@ class PgJournal:
         """Record the output folder (informative: each worker downloads to its own)."""
         await self._fetch("UPDATE apimart_batches SET out_dir = $2 WHERE name = $1",
                           self.batch, folder)
+
+    async def folders(self) -> dict[str, str]:
+        """The folder each downloaded item's video is in, by key."""
+        rows = await self._fetch(
+            "SELECT key, folder FROM apimart_items WHERE batch = $1 AND folder IS NOT NULL",
+            self.batch)
+        return {row["key"]: row["folder"] for row in rows}
 
     async def load(self) -> dict[str, JournalRow]:
         """Every item of the batch, by key, in input order."""
