@@ -273,3 +273,18 @@ async def test_402_stops_the_whole_fleet_and_a_rerun_resumes(
     assert_videos(again)
     assert {i.path.parent.name for i in again.items} == {"a", "b"}
     assert server.stats.submissions == 30 and server.stats.duplicate_submissions == 0
+
+
+async def test_a_worker_leaving_mid_submission_leaves_it_ambiguous_not_orphaned(
+    pg_url: str,
+) -> None:
+    async with PgJournal(pg_url, "b") as one:
+        await one.add([row_for("a", 0), row_for("b", 1)])
+        await one.register()
+        assert await one.claim() is not None
+        assert await one.claim() is not None
+        await one.write("b", ItemState.SUBMITTED, task_id="task_b")
+        # Stopped at once (a second Ctrl-C): "a" may be on the server.
+        await one.leave("interrupted")
+    table = await state_of(pg_url)
+    assert table == {"a": ("ambiguous", None), "b": ("submitted", None)}

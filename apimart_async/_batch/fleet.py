@@ -394,7 +394,9 @@ async def run_worker(
     # A run started after fixing the account resumes the fleet.
     await journal.clear_stop()
     await journal.retry_downloads()
-    state = _Worker(engine, journal, out_dir, tick=max(0.02, journal.lease / 5))
+    # Heartbeats well within the lease; at least once a second, so the end of the batch
+    # is noticed soon.
+    state = _Worker(engine, journal, out_dir, tick=max(0.02, min(1.0, journal.lease / 5)))
     state.tmp = out_dir / f".fleet-w{worker_id}"
     state.folder = str(await anyio.Path(out_dir).resolve())
     limits = engine.limits

@@ -308,11 +308,17 @@ class PgJournal:
             raise self._fenced()
 
     async def leave(self, reason: str) -> None:
-        """Leave the fleet: items this worker follows lose their owner (adoptable)."""
+        """Leave the fleet: items this worker follows lose their owner (adoptable); one
+        it was still submitting (stopped at once) may exist: ambiguous, like a death."""
         me = self._me()
         await self._fetch(
             "WITH gone AS (UPDATE apimart_workers SET dead = true, dead_reason = $2 "
-            "WHERE id = $1 AND NOT dead RETURNING id) "
+            "WHERE id = $1 AND NOT dead RETURNING id), "
+            "lost AS (UPDATE apimart_items SET state = 'ambiguous', worker = NULL, "
+            "updated = now(), error = 'may exist and be billed: worker ' || worker || "
+            "' stopped while submitting it; to send it again, run with "
+            "--resubmit-ambiguous', error_record = NULL "
+            "WHERE worker IN (SELECT id FROM gone) AND state = 'submitting') "
             "UPDATE apimart_items SET worker = NULL, updated = now() "
             "WHERE worker IN (SELECT id FROM gone) AND state IN ('submitted', 'completed')",
             me, reason)

@@ -24,6 +24,8 @@ SharedPacer = Callable[[], Awaitable[None]]
 # Set by `Limits.prepaid` around a request whose slot its caller already took: when
 # that slot is due (`time.monotonic()`).
 _prepaid: ContextVar[float | None] = ContextVar("apimart_async_prepaid_slot", default=None)
+# Set while such a request is in flight: it took no request slot, so gives none back.
+_unmetered: ContextVar[bool] = ContextVar("apimart_async_unmetered", default=False)
 
 
 class Limits:
@@ -105,14 +107,21 @@ class Limits:
         epoch = self.try_acquire()
         if epoch is not None:
             return epoch
+        if self.shared is not None and _prepaid.get() is not None:
+            # A fleet's submission holding its shared slot: it goes now, not after polls
+            # that hold request slots while they wait for slots of their own (it would
+            # arrive late, bunched with requests sent on time). Its submitter is its
+            # concurrency bound.
+            due = _prepaid.get()
+            _prepaid.set(None)  # one attempt only: a retry takes a slot of its own
+            _unmetered.set(True)
+            if due is not None and time.monotonic() - due > self.shared_tolerance:
+                await self.shared()
+            return self._started(self.rate.epoch)
         await self.concurrency.acquire()
         try:
             if self.shared is not None:
-                due = _prepaid.get()
-                if due is not None:
-                    _prepaid.set(None)  # one attempt only: a retry takes a slot of its own
-                if due is None or time.monotonic() - due > self.shared_tolerance:
-                    await self.shared()
+                await self.shared()
                 epoch = self.rate.epoch
             else:
                 epoch = await self._pace()
@@ -127,6 +136,9 @@ class Limits:
 
     def release(self) -> None:
         """Give back a slot taken by `acquire`."""
+        if _unmetered.get():
+            _unmetered.set(False)
+            return
         self.concurrency.release()
 
     def throttled(self, epoch: int, retry_after: float | None) -> None:
