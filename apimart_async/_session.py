@@ -22,6 +22,7 @@ from ._core.config import (
     check_base_url,
 )
 from ._core.errors import APIMartError, TaskFailedError, TaskTimeoutError, ValidationError
+from ._core.hooks import Hooks
 from ._core.models import Submission, Task, VideoRequest
 from ._core.polling import PollPolicy
 from ._core.retry import RetryPolicy
@@ -60,6 +61,8 @@ class Session:
     - `download_concurrency`: video downloads at once (separate from API requests).
     - `downloads`: what a file host may do before a download is given up on (size cap,
       low-speed limit, deadline, allowed hosts): see `DownloadPolicy`.
+    - `hooks`: callables told of each request, retry, rate change, task update and
+      download (`Hooks`), e.g. for metrics; a hook that raises is logged, never raised.
     - `clock`: API time; only tests with a compressed emulator clock change it.
       Every wait of the session (polls, deadlines, retry delays, `rps` pacing) is on it.
 
@@ -86,8 +89,11 @@ class Session:
         download_concurrency: int = 4,
         clock: Clock | None = None,
         downloads: DownloadPolicy | None = None,
+        hooks: Hooks | None = None,
     ) -> None:
         key = ApiKey.resolve(api_key)
+        if hooks is not None and not isinstance(hooks, Hooks):
+            raise ValidationError("hooks", f"must be a Hooks, got {type(hooks).__name__}")
         self._base_url = check_base_url(
             base_url if base_url is not None else os.environ.get(ENV_BASE_URL) or DEFAULT_BASE_URL
         )
@@ -103,7 +109,7 @@ class Session:
             base_url=self._base_url, key=key, timeout=self._timeout, retry=self._retry,
             poll=self._poll, clock=self._clock, max_concurrency=self._max_concurrency, rps=rps,
             download_concurrency=download_concurrency, http_session=http_session,
-            downloads=downloads,
+            downloads=downloads, hooks=hooks,
         )
         self._sealed = True
 

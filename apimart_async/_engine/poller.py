@@ -20,9 +20,11 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from .._core.errors import APIMartError, APIStatusError, DecodeError, ValidationError
 from .._core.events import TaskUpdate
+from .._core.hooks import Hooks
 from .._core.models import Task, TaskStatus
 from .._core.polling import ModelStats, PollPolicy, PollState, missed, next_delay, observe
 from .._io.clock import Clock
+from .._io.hooks import fire
 
 __all__ = ["Poller", "Subscriber"]
 
@@ -99,8 +101,10 @@ class Poller:
         policy: PollPolicy,
         clock: Clock,
         workers: int,
+        hooks: Hooks | None = None,
     ) -> None:
         self._fetch = fetch
+        self._on_update = (hooks or Hooks()).on_task_update
         self._policy = policy
         self._clock = clock
         self._workers = workers
@@ -405,8 +409,20 @@ class Poller:
     def _deliver(self, entry: _Entry, update: TaskUpdate) -> None:
         for subscriber in list(entry.subscribers):
             subscriber(update)
+        if self._on_update is not None:
+            fire(self._on_update, update)
 
     def _finish(self, entry: _Entry, update: TaskUpdate) -> None:
+        if update.error is not None:
+            log.debug("task %s: watching it ended with %s", entry.task_id,
+                      type(update.error).__name__)
+        elif update.status is TaskStatus.COMPLETED:
+            log.debug("task %s completed after %d polls", entry.task_id,
+                      entry.state.polls)
+        else:
+            error = update.task.error if update.task is not None else None
+            log.debug("task %s ended %s%s", entry.task_id, update.status.value,
+                      f" ({error.code})" if error is not None and error.code else "")
         self._deliver(entry, update)
         if self._entries.get(entry.task_id) is entry:
             self._drop(entry)
