@@ -386,6 +386,7 @@ class Session:
         resubmit_ambiguous: bool = False,
         on_change: Callable[[ItemResult], None] | None = None,
         stop: anyio.Event | None = None,
+        retry_failed: bool = False,
     ) -> BatchReport:
         """Generate and download a whole batch, durably; returns a `BatchReport`.
 
@@ -397,6 +398,10 @@ class Session:
         with each item's new `ItemResult` as it moves. A 401/402/403 stops sending and is
         kept in `BatchReport.account_error`; the items it stopped stay in the journal, so
         a re-run after fixing the account resumes them.
+
+        Items that ended FAILED in an earlier run (the task failed, or the API refused
+        the request) stay failed on a re-run; with `retry_failed` True they are
+        submitted again as new tasks, under new Idempotency-Keys: each is billed again.
 
         Setting `stop` (e.g. from a signal handler) stops sending at once: submissions
         already on the wire land and are journaled, polling and downloads end, and the
@@ -412,6 +417,7 @@ class Session:
             self._engine, requests, out_dir=Path(out_dir),
             journal=None if journal is None else Path(journal),
             resubmit_ambiguous=resubmit_ambiguous, on_change=on_change, stop=stop,
+            retry_failed=retry_failed,
         )
 
 
