@@ -52,8 +52,8 @@ async def test_dead_port_is_one_line_and_exit_1(
     assert status == 1
     # A notice at the first retry (not after the retries' silence), then the verdict.
     notice, line = err.strip().splitlines()
-    assert notice.startswith("apimart-async: no answer from 127.0.0.1:1 yet"), notice
-    assert "still trying to connect" in notice
+    assert notice.startswith("apimart-async: cannot connect to 127.0.0.1:1 yet"), notice
+    assert "retrying" in notice
     line = one_line(line)
     assert "cannot reach the API" in line and "--base-url" in line, line
 

@@ -39,17 +39,19 @@ class ConnectNotice:
 
     def _on_retry(self, event: RetryEvent) -> None:
         if event.status is None and not self.answered:
-            self._tell(f"{event.error}; retrying")
+            self._tell("cannot connect to {host} yet ({error}); retrying", event.error)
 
-    def _tell(self, why: str) -> None:
+    def _tell(self, template: str, error: str = "") -> None:
         if self.told or self.answered:
             return
         self.told = True
         host = urlsplit(self.base_url).netloc or self.base_url or "the API host"
-        print(f"apimart-async: no answer from {host} yet ({why}); still trying to connect "
-              "(Ctrl-C to stop)", file=self._stream or sys.stderr, flush=True)
+        line = template.format(host=host, error=error)
+        print(f"apimart-async: {line} (Ctrl-C to stop)", file=self._stream or sys.stderr,
+              flush=True)
 
     async def watch(self) -> None:
-        """Run beside the command: tell the user if nothing answered within a second."""
+        """Run beside the command: tell the user if nothing answered within a second.
+        (A slow host that is connected reads the same: still waiting, which is true.)"""
         await anyio.sleep(FIRST_ANSWER_WITHIN)
-        self._tell(f"nothing after {FIRST_ANSWER_WITHIN:g}s")
+        self._tell(f"no answer from {{host}} after {FIRST_ANSWER_WITHIN:g}s; still waiting")

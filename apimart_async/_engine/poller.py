@@ -404,7 +404,7 @@ class Poller:
             if (last is not None and (entry.model or "") == model
                     and last.status is TaskStatus.PROCESSING and entry.due > due
                     and entry.scope is None):
-                self._push(entry, due)
+                self._schedule_at(entry, due)
 
     def _deliver(self, entry: _Entry, update: TaskUpdate) -> None:
         for subscriber in list(entry.subscribers):
