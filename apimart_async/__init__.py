@@ -42,6 +42,7 @@ from ._core.errors import (
     WorkerFencedError,
 )
 from ._core.events import BatchEvent, EventKind, TaskUpdate
+from ._core.hooks import DownloadEvent, Hooks, RateChangeEvent, RequestEvent, RetryEvent
 from ._core.models import Submission, Task, TaskError, TaskStatus, VideoRequest
 from ._core.polling import PollPolicy
 from ._core.retry import RetryPolicy
@@ -66,9 +67,11 @@ __all__ = [
     "Clock",
     "DecodeError",
     "DownloadError",
+    "DownloadEvent",
     "DownloadPolicy",
     "DownloadResult",
     "EventKind",
+    "Hooks",
     "InsufficientBalanceError",
     "ItemResult",
     "ItemState",
@@ -78,8 +81,11 @@ __all__ = [
     "NotSubmittedError",
     "PermissionDeniedError",
     "PollPolicy",
+    "RateChangeEvent",
     "RateLimitError",
+    "RequestEvent",
     "ResultExpiredError",
+    "RetryEvent",
     "RetryPolicy",
     "ServerError",
     "Session",

@@ -8,6 +8,7 @@ coroutine retrying on its own.
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextvars import ContextVar
@@ -15,7 +16,9 @@ from contextvars import ContextVar
 import anyio
 
 from .._core.aimd import AIMDRate
+from .._core.hooks import Hooks, RateChangeEvent
 from .clock import Clock, Timer
+from .hooks import fire
 
 __all__ = ["Limits", "SharedPacer"]
 
@@ -27,6 +30,10 @@ _prepaid: ContextVar[float | None] = ContextVar("apimart_async_prepaid_slot", de
 # Set while such a request is in flight: it took no request slot, so gives none back.
 _unmetered: ContextVar[bool] = ContextVar("apimart_async_unmetered", default=False)
 
+log = logging.getLogger("apimart_async")
+# A recovering rate is reported when it moved this much since the last report.
+_REPORT_STEP = 0.10
+
 
 class Limits:
     """The session-wide gate in front of the API host: concurrency, then pacing."""
@@ -37,7 +44,9 @@ class Limits:
         max_concurrency: int,
         rps: float | None = None,
         clock: Timer | None = None,
+        hooks: Hooks | None = None,
     ) -> None:
+        self._hooks = hooks or Hooks()
         # fast_acquire: no checkpoint when a slot is free; this sits on every request.
         self.concurrency = anyio.Semaphore(max_concurrency, fast_acquire=True)
         self.rate = AIMDRate(ceiling=rps)
@@ -55,6 +64,8 @@ class Limits:
         #: A prepaid slot reached later than this (real seconds) is not used: a request
         #: sent late bunches with those sent on time.
         self.shared_tolerance = 0.0
+        # The rate last reported (log, `on_rate_change`), to report recovery in steps.
+        self._reported = self.rate.rate
 
     @contextlib.contextmanager
     def prepaid(self, due: float) -> Iterator[None]:
@@ -148,12 +159,13 @@ class Limits:
                 self.on_shared_throttle(retry_after)
             return
         now = self._time.now()
-        before = self.rate.epoch
+        before, previous = self.rate.epoch, self.rate.rate
         self.rate.on_throttled(epoch, now)
         if self.rate.epoch != before and self.rate.rate is not None:
             # Slots claimed at the old rate are re-claimed at the new one, starting one
             # interval from now: the server has just said its budget is spent.
             self._next_slot = now + 1.0 / self.rate.rate
+            self._report(previous, "throttled", retry_after)
         pause = self._time.delay_length(retry_after or 0.0)
         if pause:
             self._paused_until = max(self._paused_until, now + pause)
@@ -161,5 +173,21 @@ class Limits:
     def succeeded(self) -> None:
         """Record a successful answer (lets the rate recover)."""
         now = self._time.now()
+        previous = self.rate.rate
         self.rate.on_success(now - self._last_success)
         self._last_success = now
+        rate, reported = self.rate.rate, self._reported
+        if rate is not None and rate != previous and reported is not None \
+                and abs(rate - reported) >= _REPORT_STEP * reported:
+            self._report(reported, "recovered", None)
+
+    def _report(self, previous: float | None, reason: str, retry_after: float | None) -> None:
+        rate = self.rate.rate
+        self._reported = rate
+        log.debug("request rate %s: %s -> %s requests/s%s", reason,
+                  "unlimited" if previous is None else f"{previous:.2f}",
+                  "unlimited" if rate is None else f"{rate:.2f}",
+                  f" (Retry-After {retry_after:g}s)" if retry_after else "")
+        if self._hooks.on_rate_change is not None:
+            fire(self._hooks.on_rate_change, RateChangeEvent(
+                rate=rate, previous=previous, reason=reason, retry_after=retry_after))
