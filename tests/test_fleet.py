@@ -288,3 +288,17 @@ async def test_a_worker_leaving_mid_submission_leaves_it_ambiguous_not_orphaned(
         await one.leave("interrupted")
     table = await state_of(pg_url)
     assert table == {"a": ("ambiguous", None), "b": ("submitted", None)}
+
+
+async def test_retry_failed_resubmits_failed_items_under_a_new_key(
+    make_server: MakeServer, pg_url: str, tmp_path: Path
+) -> None:
+    server = await make_server(EmulatorConfig(fail_rate=1.0))
+    async with session_for(server) as s:
+        first = await s.run_batch(reqs(3), out_dir=tmp_path, journal=pg_url, lease=LEASE)
+        assert first.failed == 3
+        again = await s.run_batch(reqs(3), out_dir=tmp_path, journal=pg_url, lease=LEASE)
+        assert again.failed == 3 and server.stats.submissions == 3
+        await s.run_batch(reqs(3), out_dir=tmp_path, journal=pg_url, lease=LEASE,
+                          retry_failed=True)
+    assert server.stats.submissions == 6 and server.stats.duplicate_submissions == 0

@@ -441,6 +441,7 @@ async def run_fleet_batch(
     lease: float,
     resubmit_ambiguous: bool,
     stop: anyio.Event | None,
+    retry_failed: bool = False,
 ) -> BatchReport:
     """`run_batch` on a PostgreSQL journal: enqueue the items (idempotently, by content
     identity), work on the batch with whatever other workers share it, then report on
@@ -458,6 +459,14 @@ async def run_fleet_batch(
             for item in items if item.key not in rows
         ]
         await journal.add(fresh)
+        if retry_failed:
+            # New tasks, billed again: each under a new Idempotency-Key (see run_batch).
+            for item in items:
+                row = rows.get(item.key)
+                if row is not None and row.state is ItemState.FAILED:
+                    await journal.update(item.key, ItemState.PENDING,
+                                         idempotency_key=uuid.uuid4().hex, task_id=None,
+                                         error=None, error_record=None)
         if await journal.out_dir() is None:
             await journal.set_out_dir(str(await anyio.Path(out_dir).resolve()))
         outcome = await run_worker(

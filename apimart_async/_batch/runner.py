@@ -750,7 +750,7 @@ async def run_batch(
         await anyio.to_thread.run_sync(_probe_writable, out)
         return await run_fleet_batch(
             engine, items, out_dir=out, url=journal, batch=batch, lease=lease,
-            resubmit_ambiguous=resubmit_ambiguous, stop=stop,
+            resubmit_ambiguous=resubmit_ambiguous, stop=stop, retry_failed=retry_failed,
         )
     path = Path(journal) if journal is not None else out / JOURNAL_NAME
     before = attrs.evolve(engine.stats)
