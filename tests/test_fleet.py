@@ -302,3 +302,23 @@ async def test_retry_failed_resubmits_failed_items_under_a_new_key(
         await s.run_batch(reqs(3), out_dir=tmp_path, journal=pg_url, lease=LEASE,
                           retry_failed=True)
     assert server.stats.submissions == 6 and server.stats.duplicate_submissions == 0
+
+
+async def test_journal_status_reads_an_sqlite_journal_too(
+    make_server: MakeServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    from .conftest import cli
+
+    server = await make_server()
+    async with session_for(server) as s:
+        report = await s.run_batch(reqs(4), out_dir=tmp_path)
+    code, out, _ = await cli(capsys, "journal", "status", "--journal", str(report.journal),
+                             "--json")
+    assert code == 0
+    (batch,) = json.loads(out)["batches"]
+    assert batch["counts"] == {"downloaded": 4} and batch["total"] == 4
+    code, out, err = await cli(capsys, "journal", "status", "--journal",
+                               str(tmp_path / "nope.sqlite3"))
+    assert code == 2 and "does not exist" in err

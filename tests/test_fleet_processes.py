@@ -129,7 +129,8 @@ async def test_worker_killed_with_posts_on_the_wire_pays_nothing_twice(
     # Answers take 0.3 s: a worker always has POSTs on the wire; the key allows 20/s.
     # The emulator runs in its own process: arrival times are not this test's loop's.
     rate, speed = 20, 20
-    n, conc = 90, 4
+    # The full size (300) takes ~20 s more: APIMART_FLEET_KILL_PROMPTS=300.
+    n, conc = int(os.environ.get("APIMART_FLEET_KILL_PROMPTS", "90")), 4
     async with emulator_process("--latency", "0.3", "--task-duration", "2:4",
                                 "--rate-limit", str(rate), "--speed", str(speed)) as base:
         batch = write_jsonl(tmp_path / "batch.jsonl", n)
