@@ -322,3 +322,45 @@ async def test_journal_status_reads_an_sqlite_journal_too(
     code, out, err = await cli(capsys, "journal", "status", "--journal",
                                str(tmp_path / "nope.sqlite3"))
     assert code == 2 and "does not exist" in err
+
+
+async def test_claim_reserves_inside_its_transaction(pg_url: str) -> None:
+    """The seam for a fleet-wide spend cap: `reserve` runs in the claiming transaction,
+    holding the item's lock; False leaves it pending, an error rolls everything back."""
+    async with PgJournal(pg_url, "b") as one, PgJournal(pg_url, "b") as two:
+        await one.add([row_for("a", 0), row_for("b", 1)])
+        await one.register()
+        await two.register()
+        await one._fetch("CREATE TABLE spent (key text)")
+        seen: list[str] = []
+
+        async def refuse(conn: Any, row: Any) -> bool:
+            seen.append(row.key)
+            return False
+
+        assert await one.claim(refuse) is None
+        assert seen == ["a"] and (await state_of(pg_url))["a"] == ("pending", None)
+
+        async def fail(conn: Any, row: Any) -> bool:
+            await conn.execute("INSERT INTO spent VALUES ($1)", row.key)
+            raise RuntimeError("budget row unreadable")
+
+        with pytest.raises(RuntimeError):
+            await one.claim(fail)
+        assert await one._fetch("SELECT * FROM spent") == []
+        assert (await state_of(pg_url))["a"] == ("pending", None)
+
+        async def grant(conn: Any, row: Any) -> bool:
+            # Meanwhile another worker skips this locked item and takes the next one.
+            other = await two.claim()
+            assert other is not None and other.row.key == "b"
+            await conn.execute("INSERT INTO spent VALUES ($1)", row.key)
+            return True
+
+        claimed = await one.claim(grant)
+        assert claimed is not None and claimed.row.key == "a"
+        assert claimed.row.state is ItemState.SUBMITTING
+        assert [r["key"] for r in await one._fetch("SELECT * FROM spent")] == ["a"]
+        table = await state_of(pg_url)
+        assert table["a"] == ("submitting", one.worker)
+        assert table["b"] == ("submitting", two.worker)

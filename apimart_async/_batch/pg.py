@@ -29,7 +29,7 @@ import os
 import socket
 import time
 import urllib.parse
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -39,7 +39,7 @@ import attrs
 from .._core.errors import ValidationError, WorkerFencedError
 from .journal import ItemState, JournalRow
 
-__all__ = ["PG_SCHEMA_VERSION", "Claimed", "PgJournal", "fleet_status", "is_pg_url"]
+__all__ = ["PG_SCHEMA_VERSION", "Claimed", "PgJournal", "Reserve", "fleet_status", "is_pg_url"]
 
 PG_SCHEMA_VERSION = 1
 # Held while creating or migrating the tables, so workers starting together do not race.
@@ -104,6 +104,18 @@ _WRITABLE = frozenset(_COLUMNS) - {"key"} | {"folder"}
 # this statement sees it.
 _ALIVE = ("SELECT 1 FROM apimart_workers WHERE id = $1 AND NOT dead "
           "AND heartbeat > clock_timestamp() - make_interval(secs => lease) FOR SHARE")
+
+
+# The next pending item, locked, skipping those other workers are claiming; none while
+# the caller is not alive (`me`) or the fleet is stopped.
+_NEXT = ("SELECT key FROM apimart_items WHERE batch = $2 AND state = 'pending' "
+         "AND EXISTS (SELECT 1 FROM me) AND EXISTS (SELECT 1 FROM apimart_batches "
+         "WHERE name = $2 AND stopped IS NULL) "
+         "ORDER BY position, key LIMIT 1 FOR UPDATE SKIP LOCKED")
+
+#: `PgJournal.claim`'s hook: (connection, item) -> whether to claim it; runs inside the
+#: claiming transaction.
+Reserve = Callable[[Any, JournalRow], Awaitable[bool]]
 
 
 def is_pg_url(journal: object) -> bool:
@@ -351,22 +363,48 @@ class PgJournal:
             "WHERE batch = $1 AND state = 'ambiguous' RETURNING key", self.batch)
         return len(rows)
 
-    async def claim(self) -> Claimed | None:
+    async def claim(self, reserve: Reserve | None = None) -> Claimed | None:
         """Take the first pending item (skipping those other workers are taking) and mark
         it submitting, committed before the caller sends it. None when nothing is
-        pending or the fleet is stopped; `WorkerFencedError` when this worker is dead."""
-        rows = await self._fetch(
-            f"WITH me AS ({_ALIVE}), "  # noqa: S608
-            "go AS (SELECT 1 FROM apimart_batches WHERE name = $2 AND stopped IS NULL), "
-            "next AS (SELECT key FROM apimart_items WHERE batch = $2 AND state = 'pending' "
-            "AND EXISTS (SELECT 1 FROM me) AND EXISTS (SELECT 1 FROM go) "
-            "ORDER BY position, key LIMIT 1 FOR UPDATE SKIP LOCKED) "
-            "UPDATE apimart_items i SET state = 'submitting', worker = $1, updated = now(), "
-            "error = NULL, error_record = NULL FROM next WHERE i.batch = $2 AND i.key = next.key "
-            f"RETURNING i.position, {', '.join('i.' + c for c in _COLUMNS)}",
-            self._me(), self.batch)
-        if rows:
-            return Claimed(row=_row(rows[0]), position=int(rows[0]["position"]))
+        pending or the fleet is stopped; `WorkerFencedError` when this worker is dead.
+
+        `reserve`, if given, runs inside the claiming transaction, holding the item's row
+        lock, with the connection and the item: the place for a fleet-wide spend cap
+        (#10's `SpendBudget`: lock its row ``FOR UPDATE``, `from_state`, `reserve`,
+        write `to_state`). False leaves the item pending; an exception rolls it all back.
+        """
+        if reserve is None:
+            rows = await self._fetch(
+                f"WITH me AS ({_ALIVE}), "  # noqa: S608
+                f"next AS ({_NEXT}) "
+                "UPDATE apimart_items i SET state = 'submitting', worker = $1, "
+                "updated = now(), error = NULL, error_record = NULL FROM next "
+                "WHERE i.batch = $2 AND i.key = next.key "
+                f"RETURNING i.position, {', '.join('i.' + c for c in _COLUMNS)}",
+                self._me(), self.batch)
+            if rows:
+                return Claimed(row=_row(rows[0]), position=int(rows[0]["position"]))
+            await self._check_alive()
+            return None
+        if self._pool is None:
+            raise RuntimeError("the journal is not open")
+        async with self._pool.acquire() as conn, conn.transaction():
+            found = await conn.fetchrow(
+                f"WITH me AS ({_ALIVE}) "  # noqa: S608
+                f"SELECT position, {', '.join(_COLUMNS)} FROM apimart_items WHERE key = "
+                f"(SELECT key FROM ({_NEXT}) AS next)  AND batch = $2",
+                self._me(), self.batch)
+            if found is not None:
+                row = _row(found)
+                if not await reserve(conn, row):
+                    return None
+                await conn.execute(
+                    "UPDATE apimart_items SET state = 'submitting', worker = $1, "
+                    "updated = now(), error = NULL, error_record = NULL "
+                    "WHERE batch = $2 AND key = $3", self._me(), self.batch, row.key)
+                return Claimed(row=attrs.evolve(row, state=ItemState.SUBMITTING,
+                                                error=None, error_record=None),
+                               position=int(found["position"]))
         await self._check_alive()
         return None
 
