@@ -227,3 +227,40 @@ async def test_a_paused_worker_that_wakes_finds_its_writes_refused(
     assert server.stats.duplicate_submissions == 0 and server.stats.submissions == n
     # The zombie moved no file in after it was declared dead.
     assert_downloaded_once(rows, [a, b])
+
+
+async def test_a_worker_paused_within_its_lease_fires_no_burst_of_stale_slots(
+    pg_url: str, tmp_path: Path
+) -> None:
+    from apimart_async.testing import emulator_process
+
+    rate, speed, n = 20, 20, 80
+    async with emulator_process("--latency", "0.2", "--task-duration", "20:40",
+                                "--rate-limit", str(rate), "--speed", str(speed)) as base:
+        batch = write_jsonl(tmp_path / "batch.jsonl", n)
+        # Many submitters: each holds a slot due while the worker is stopped.
+        common = ["--concurrency", "16", "--lease", "5", "--rps", str(rate)]
+        first = ["batch", str(batch), "--out", str(tmp_path / "a"), "--journal", pg_url,
+                 "--batch", "b", "--base-url", base, *common]
+        async with await anyio.open_process(cli(*first), env=env()) as one:
+            await wait_until(pg_url, "SELECT 1 FROM apimart_items", "the batch enqueued")
+            second = ["worker", "--journal", pg_url, "--batch", "b", "--out",
+                      str(tmp_path / "b"), "--base-url", base, *common]
+            async with await anyio.open_process(cli(*second), env=env()) as two:
+                await wait_until(
+                    pg_url, "SELECT 1 FROM apimart_items i JOIN apimart_workers w ON "
+                    "i.worker = w.id WHERE w.pid = $1 AND i.state = 'submitted'",
+                    "the second worker submitting", two.pid)
+                # Paused with slots taken (due while it sleeps), well within its lease.
+                os.kill(two.pid, signal.SIGSTOP)
+                await anyio.sleep(0.8)
+                os.kill(two.pid, signal.SIGCONT)
+                with anyio.fail_after(60):
+                    codes = [await one.wait(), await two.wait()]
+        stats = await emulator_json(base, "/_emulator/stats")
+        log = await emulator_json(base, "/_emulator/requests")
+    assert codes == [0, 0]
+    assert stats["submissions"] == n and stats["duplicate_submissions"] == 0
+    assert stats["rate_limited"] == 0
+    times = sorted(r["time"] / speed for r in log if r["route"] in ("submit", "task"))
+    assert peak_per_second(times) <= rate + 1
