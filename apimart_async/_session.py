@@ -461,6 +461,10 @@ class Session:
                 "journal", f"must be a postgresql:// URL (workers share a batch through "
                 f"PostgreSQL), got {journal!r}")
         async with PgJournal(journal, batch, lease=lease) as jr:
+            # Started together with the `batch` command that fills it: give that a moment.
+            with anyio.move_on_after(min(lease, 10.0)):
+                while not await jr.counts():  # noqa: ASYNC110 - another process fills it
+                    await anyio.sleep(0.2)
             if not (await jr.counts()):
                 raise ValidationError(
                     "batch", f"{batch!r} has no items on {jr.label}: start it with "

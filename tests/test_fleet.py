@@ -364,3 +364,26 @@ async def test_claim_reserves_inside_its_transaction(pg_url: str) -> None:
         table = await state_of(pg_url)
         assert table["a"] == ("submitting", one.worker)
         assert table["b"] == ("submitting", two.worker)
+
+
+async def test_a_worker_on_an_empty_batch_waits_a_moment_then_says_so(
+    make_server: MakeServer, pg_url: str, tmp_path: Path
+) -> None:
+    server = await make_server()
+    async with session_for(server) as s:
+        with pytest.raises(ValidationError, match="'nope' has no items"):
+            await s.run_worker(journal=pg_url, batch="nope", out_dir=tmp_path, lease=0.3)
+        with pytest.raises(ValidationError, match="postgresql:// URL"):
+            await s.run_worker(journal=str(tmp_path / "j.sqlite3"), out_dir=tmp_path)
+
+        async def fill_later() -> None:
+            await anyio.sleep(0.2)
+            async with PgJournal(pg_url, "late") as j:
+                await j.add([row_for("a", 0)])
+                # The worker that joined first finishes the batch's one item.
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(fill_later)
+            outcome = await s.run_worker(journal=pg_url, batch="late", out_dir=tmp_path,
+                                         lease=2.0)
+    assert outcome.submitted == 1 and outcome.counts == {"downloaded": 1}
