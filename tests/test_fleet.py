@@ -205,9 +205,21 @@ async def test_the_keys_rate_is_one_shared_slot_sequence(pg_url: str) -> None:
         await anyio.sleep(0.7)
         assert await one.take_slot("fp") < 0.05
         assert 0.07 < await two.take_slot("fp") < 0.13
-        # A 429 pushes every worker's next slot back.
+        # A 429 pushes every worker's next slot back, and halves the key's rate once
+        # for the burst it belongs to.
         await one.push_back("fp", 1.0)
-        assert await two.take_slot("fp") > 0.9
+        await two.push_back("fp", 1.0)
+        assert await one.rate("fp") == pytest.approx(5.0)
+        asked = time.monotonic()
+        first = asked + await two.take_slot("fp")
+        assert first - asked > 0.9
+        asked = time.monotonic()
+        second = asked + await one.take_slot("fp")
+        assert 0.15 < second - first < 0.25  # 5/s now
+        # It recovers by 1 % a slot, never above the rate given.
+        for _ in range(100):
+            await one.take_slot("fp")
+        assert await one.rate("fp") == pytest.approx(10.0)
     conn = await asyncpg.connect(pg_url)
     try:
         stored = await conn.fetch("SELECT * FROM apimart_rates")

@@ -88,8 +88,11 @@ CREATE INDEX IF NOT EXISTS apimart_items_by_state ON apimart_items (batch, state
 CREATE INDEX IF NOT EXISTS apimart_items_by_worker ON apimart_items (worker);
 CREATE TABLE IF NOT EXISTS apimart_rates (
     fingerprint text PRIMARY KEY,
+    base_interval_s double precision NOT NULL,
     interval_s double precision NOT NULL,
-    tat timestamptz NOT NULL DEFAULT clock_timestamp()
+    tat timestamptz NOT NULL DEFAULT clock_timestamp(),
+    slot timestamptz NOT NULL DEFAULT clock_timestamp(),
+    decreased timestamptz NOT NULL DEFAULT '-infinity'
 );
 """
 
@@ -105,6 +108,12 @@ _WRITABLE = frozenset(_COLUMNS) - {"key"} | {"folder"}
 _ALIVE = ("SELECT 1 FROM apimart_workers WHERE id = $1 AND NOT dead "
           "AND heartbeat > clock_timestamp() - make_interval(secs => lease) FOR SHARE")
 
+
+# A rate halved by 429s comes back by this factor on its interval per slot taken (1 %):
+# from half the rate to the whole in ~70 slots.
+_RECOVERY = 0.99
+# The slowest a shared rate goes on 429s: one request every 10 s.
+_SLOWEST = 10.0
 
 # The next pending item, locked, skipping those other workers are claiming; none while
 # the caller is not alive (`me`) or the fleet is stopped.
@@ -523,27 +532,44 @@ class PgJournal:
     async def set_rate(self, fingerprint: str, rps: float) -> None:
         """Record the key's rate (the latest worker's `--rps` wins)."""
         await self._fetch(
-            "INSERT INTO apimart_rates (fingerprint, interval_s) VALUES ($1, $2) "
-            "ON CONFLICT (fingerprint) DO UPDATE SET interval_s = EXCLUDED.interval_s",
+            "INSERT INTO apimart_rates (fingerprint, base_interval_s, interval_s) "
+            "VALUES ($1, $2, $2) ON CONFLICT (fingerprint) DO UPDATE SET "
+            "base_interval_s = EXCLUDED.base_interval_s, "
+            "interval_s = GREATEST(apimart_rates.interval_s, EXCLUDED.base_interval_s)",
             fingerprint, 1.0 / rps)
 
     async def take_slot(self, fingerprint: str) -> float:
         """Take the key's next send slot (GCRA): the seconds until it is due. A slot in
-        the past is never handed out: an idle key starts again from now, no burst."""
+        the past is never handed out: an idle key starts again from now, no burst. A
+        rate lowered by 429s recovers by 1 % per slot, up to the one given."""
         rows = await self._fetch(
-            "UPDATE apimart_rates SET tat = GREATEST(tat, clock_timestamp()) "
-            "+ make_interval(secs => interval_s) WHERE fingerprint = $1 RETURNING "
-            "EXTRACT(EPOCH FROM (tat - make_interval(secs => interval_s) - clock_timestamp()))"
-            "::float8 AS wait", fingerprint)
+            "UPDATE apimart_rates SET slot = GREATEST(tat, clock_timestamp()), "  # noqa: S608
+            "tat = GREATEST(tat, clock_timestamp()) + make_interval(secs => interval_s), "
+            f"interval_s = GREATEST(base_interval_s, interval_s * {_RECOVERY}) "
+            "WHERE fingerprint = $1 RETURNING "
+            "EXTRACT(EPOCH FROM (slot - clock_timestamp()))::float8 AS wait", fingerprint)
         if not rows:
             raise RuntimeError("the key's rate is not recorded (set_rate)")
         return max(0.0, float(rows[0]["wait"]))
 
     async def push_back(self, fingerprint: str, seconds: float) -> None:
-        """A 429 met by any worker: the key's next slot is at least `seconds` away."""
+        """A 429 met by any worker: the key's next slot is at least `seconds` away, and
+        its rate halves for every worker, once per `seconds` (the other 429s of the
+        same burst are the same news)."""
         await self._fetch(
-            "UPDATE apimart_rates SET tat = GREATEST(tat, clock_timestamp() "
-            "+ make_interval(secs => $2)) WHERE fingerprint = $1", fingerprint, seconds)
+            "UPDATE apimart_rates SET tat = GREATEST(tat, clock_timestamp() "  # noqa: S608
+            "+ make_interval(secs => $2)), "
+            "interval_s = CASE WHEN decreased < clock_timestamp() - make_interval(secs => $2) "
+            f"THEN LEAST(interval_s * 2, {_SLOWEST}) ELSE interval_s END, "
+            "decreased = CASE WHEN decreased < clock_timestamp() - make_interval(secs => $2) "
+            "THEN clock_timestamp() ELSE decreased END "
+            "WHERE fingerprint = $1", fingerprint, seconds)
+
+    async def rate(self, fingerprint: str) -> float | None:
+        """The key's current shared rate (requests/s), if recorded."""
+        rows = await self._fetch(
+            "SELECT interval_s FROM apimart_rates WHERE fingerprint = $1", fingerprint)
+        return 1.0 / float(rows[0]["interval_s"]) if rows else None
 
 
 async def fleet_status(url: str, batch: str | None) -> dict[str, Any]:
