@@ -422,7 +422,8 @@ class Session:
         batch is done. `rps` (the session's) is then the key's rate for the whole fleet.
         A worker silent for longer than `lease` seconds is declared dead: what it was
         submitting becomes ambiguous, the rest is adopted; if it wakes, its writes are
-        refused and it raises `WorkerFencedError`. `on_change` is not called there.
+        refused and it raises `WorkerFencedError`. `on_change` then follows the journal
+        (twice a second), whichever worker moves an item.
         """
         self._engine.require_open()
         where: Path | str | None = None

@@ -67,10 +67,15 @@ async def test_two_workers_share_one_batch_without_paying_twice(
     server = await make_server()
     reports: list[Any] = []
 
+    seen: dict[str, dict[str, ItemState]] = {"a": {}, "b": {}}
+
     async def worker(out: Path) -> None:
+        def on_change(result: Any) -> None:
+            seen[out.name][result.key] = result.state
+
         async with session_for(server, max_concurrency=4) as s:
             reports.append(await s.run_batch(reqs(40), out_dir=out, journal=pg_url,
-                                             lease=LEASE))
+                                             lease=LEASE, on_change=on_change))
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(worker, tmp_path / "a")
@@ -83,6 +88,9 @@ async def test_two_workers_share_one_batch_without_paying_twice(
     b = sorted(p.name for p in (tmp_path / "b").glob("*.mp4"))
     assert a and b and not set(a) & set(b) and len(a) + len(b) == 40
     assert all(r.completed == 40 for r in reports)
+    # Each one's progress callback followed the whole batch, the other's items too.
+    for mine in seen.values():
+        assert len(mine) == 40 and set(mine.values()) == {ItemState.DOWNLOADED}
 
 
 async def test_a_newer_schema_is_refused_in_one_line(pg_url: str) -> None:

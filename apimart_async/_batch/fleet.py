@@ -24,6 +24,7 @@ import logging
 import os
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -431,6 +432,33 @@ async def run_worker(
     )
 
 
+def _result(item: _Item, row: JournalRow, folders: dict[str, str], out_dir: Path) -> ItemResult:
+    return ItemResult(
+        index=item.index, key=item.key, name=item.name, request=item.request,
+        state=row.state, task_id=row.task_id,
+        progress=100 if row.state in (ItemState.COMPLETED, ItemState.DOWNLOADED) else 0,
+        path=(Path(folders.get(item.key, out_dir)) / row.path
+              if row.path and row.state is ItemState.DOWNLOADED else None),
+        size=row.size, sha256=row.sha256, error=_error_of(row), reason=row.error,
+    )
+
+
+async def _mirror(
+    journal: PgJournal, items: list[_Item], out_dir: Path,
+    on_change: Callable[[ItemResult], None], seen: dict[str, ItemState],
+) -> None:
+    """Tell `on_change` how this input's items move, whichever worker moves them: the
+    journal is read twice a second (one query), the way the fleet sees it."""
+    while True:
+        rows = await journal.load()
+        for item in items:
+            row = rows.get(item.key)
+            if row is not None and seen.get(item.key) is not row.state:
+                seen[item.key] = row.state
+                on_change(_result(item, row, {}, out_dir))
+        await anyio.sleep(0.5)
+
+
 async def run_fleet_batch(
     engine: Engine,
     items: list[_Item],
@@ -442,6 +470,7 @@ async def run_fleet_batch(
     resubmit_ambiguous: bool,
     stop: anyio.Event | None,
     retry_failed: bool = False,
+    on_change: Callable[[ItemResult], None] | None = None,
 ) -> BatchReport:
     """`run_batch` on a PostgreSQL journal: enqueue the items (idempotently, by content
     identity), work on the batch with whatever other workers share it, then report on
@@ -469,24 +498,22 @@ async def run_fleet_batch(
                                          error=None, error_record=None)
         if await journal.out_dir() is None:
             await journal.set_out_dir(str(await anyio.Path(out_dir).resolve()))
-        outcome = await run_worker(
-            engine, journal, out_dir=out_dir, rps=engine.limits.rate.ceiling,
-            resubmit_ambiguous=resubmit_ambiguous, stop=stop,
-        )
+        seen: dict[str, ItemState] = {}
+        async with anyio.create_task_group() as tg:
+            if on_change is not None:
+                tg.start_soon(_mirror, journal, items, out_dir, on_change, seen)
+            outcome = await run_worker(
+                engine, journal, out_dir=out_dir, rps=engine.limits.rate.ceiling,
+                resubmit_ambiguous=resubmit_ambiguous, stop=stop,
+            )
+            tg.cancel_scope.cancel()
         rows = await journal.load()
         folders = await journal.folders()
         label = journal.label
-    results = []
-    for item in items:
-        row = rows[item.key]
-        results.append(ItemResult(
-            index=item.index, key=item.key, name=item.name, request=item.request,
-            state=row.state, task_id=row.task_id,
-            progress=100 if row.state is ItemState.DOWNLOADED else 0,
-            path=(Path(folders.get(item.key, out_dir)) / row.path
-                  if row.path and row.state is ItemState.DOWNLOADED else None),
-            size=row.size, sha256=row.sha256, error=_error_of(row), reason=row.error,
-        ))
+    results = [_result(item, rows[item.key], folders, out_dir) for item in items]
+    for result in results:
+        if on_change is not None and seen.get(result.key) is not result.state:
+            on_change(result)
     stats = engine.stats
     return BatchReport(
         items=tuple(results), journal=label, interrupted=outcome.interrupted,
