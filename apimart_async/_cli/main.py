@@ -42,7 +42,7 @@ from .._version import __version__
 
 __all__ = ["main"]
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_ACCOUNT = 0, 1, 2, 3
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_ACCOUNT, EXIT_SPEND_CAP = 0, 1, 2, 3, 4
 # The overall --timeout passed, as timeout(1) reports it.
 EXIT_TIMEOUT = 124
 # An interrupted batch exits 128 + the signal's number, as shells do: 130 for SIGINT
@@ -59,6 +59,8 @@ exit status:
        nothing was sent
   3    account problem: API key rejected (401), balance exhausted (402) or
        permission denied (403); fix the account, re-run the same command to resume
+  4    stopped at the --max-spend cap: items that could have crossed it were not
+       sent (tasks already sent were finished); re-run with a larger cap to send them
   124  --timeout passed: nothing more was sent, requests on the wire landed; the
        summary says what was left; re-run the same command to resume
   130  interrupted (Ctrl-C, SIGINT); 143: terminated (SIGTERM); the summary
@@ -156,6 +158,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="send a request repeated in the file once (default: each line is a "
                          "video of its own, billed, and the repeats are listed before sending)")
 
+    bal = sub.add_parser("balance", help="show the API key's balance (remain, used)")
+    bal.add_argument("--json", action="store_true", help="print the balance as JSON")
+    _add_client_options(bal)
+
     gen = sub.add_parser("generate", help="generate one video and download it")
     gen.add_argument("prompt")
     _add_batch_options(gen)
@@ -188,6 +194,10 @@ def _add_batch_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--timeout", type=_positive_float, default=None, metavar="SECONDS",
                    help="overall deadline: then stop as on Ctrl-C (nothing more is sent, "
                         "what is paid for stays in the journal), exit 124; re-run to resume")
+    p.add_argument("--max-spend", type=_money, default=None, metavar="AMOUNT",
+                   help="spend at most AMOUNT in this run (the balance's unit): items that "
+                        "could cross it stay pending in the journal, exit 4; re-run with a "
+                        "larger cap to send them")
     _add_client_options(p)
 
 
@@ -198,6 +208,16 @@ def _positive_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"must be a number of seconds, got {text!r}") from None
     if not math.isfinite(value) or value <= 0:
         raise argparse.ArgumentTypeError(f"must be a number of seconds > 0, got {text!r}")
+    return value
+
+
+def _money(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an amount, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be an amount > 0, got {text!r}")
     return value
 
 
@@ -315,6 +335,21 @@ async def _run_status(args: argparse.Namespace) -> int:
     return EXIT_FAILED if task.status.value in ("failed", "cancelled") else EXIT_OK
 
 
+async def _run_balance(args: argparse.Namespace) -> int:
+    from .._session import Session
+
+    async with Session(args.api_key, base_url=args.base_url) as session:
+        balance = await session.balance()
+    if args.json:
+        print(json.dumps({"remain": balance.remain, "used": balance.used,
+                          "unlimited": balance.unlimited}))
+    elif balance.unlimited:
+        print(f"unlimited quota; used {balance.used:g}")
+    else:
+        print(f"remain {balance.remain:g}; used {balance.used:g}")
+    return EXIT_OK
+
+
 def _json_code(error: APIMartError | None) -> int | str | None:
     """The typed error's ``code`` (the API's, or a failed task's), if it has one."""
     code = getattr(error, "code", None)
@@ -342,6 +377,12 @@ def report_json(report: BatchReport) -> dict[str, Any]:
             "message": str(report.account_error),
         },
         "interrupted": report.interrupted,
+        "spend": None if report.spend is None else {
+            "cap": report.spend.cap, "spent": report.spend.spent,
+            "spent_before": report.spend.spent_before, "total": report.spend.total,
+            "left_pending": report.spend.left_pending,
+            "exact": report.spend.end is not None,
+        },
         "results": [
             {
                 "index": r.index, "name": r.name, "state": r.state.value, "task_id": r.task_id,
@@ -395,6 +436,7 @@ async def _batch(
                     report = await session.run_batch(
                         items, out_dir=args.out, journal=journal,
                         resubmit_ambiguous=resubmit_ambiguous, on_change=display, stop=stop,
+                        max_spend=getattr(args, "max_spend", None),
                     )
                     tg.cancel_scope.cancel()
                 return report
@@ -415,12 +457,14 @@ async def _batch(
 
 
 def report_exit_status(report: BatchReport, signum: int | None = None) -> int:
-    """128 + the signal after an interrupt, 3 after an account failure, 0 when every
-    video is on disk, else 1."""
+    """128 + the signal after an interrupt, 3 after an account failure, 4 when the
+    spend cap left items unsent, 0 when every video is on disk, else 1."""
     if report.interrupted and signum is not None:
         return 128 + signum
     if report.account_error is not None:
         return EXIT_ACCOUNT
+    if report.spend is not None and report.spend.stopped_at_cap:
+        return EXIT_SPEND_CAP
     # A paid task of an earlier run still not on disk is unfinished business too.
     stuck = any(item.task_id and not item.ok and item.state is not ItemState.FAILED
                 for item in report.earlier)
@@ -568,6 +612,7 @@ _COMMANDS = {
     "status": _run_status,
     "batch": _run_batch,
     "generate": _run_generate,
+    "balance": _run_balance,
     "download": _run_download,
     "demo": _run_demo,
 }
