@@ -120,7 +120,13 @@ def build_parser() -> argparse.ArgumentParser:
                      help="fraction of tasks that fail (default 0; kind profile only)")
     emu.add_argument("--latency", type=float, default=0.0, help="seconds added to each answer")
     emu.add_argument("--rate-limit", type=float, default=None, help="requests per second")
-    emu.add_argument("--balance", type=int, default=None, help="submissions allowed (402 after)")
+    emu.add_argument("--balance", type=float, default=None,
+                     help="what the key can spend (402 after; default: unlimited quota);"
+                          " each submission costs 1 unless --price says otherwise")
+    emu.add_argument("--price", action="append", default=[], type=_price,
+                     metavar="[MODEL=]PER_TASK[+PER_SECOND]",
+                     help="what a submission costs: per task plus per second of duration,"
+                          " for MODEL or (without MODEL=) every other model; repeatable")
     emu.add_argument("--video-size", type=int, default=64 * 1024, help="bytes per video")
     emu.add_argument("--url-ttl", type=float, default=86400.0, help="result link lifetime (s)")
     emu.add_argument("--submit-faults", type=float, default=0.0,
@@ -231,6 +237,21 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _price(text: str) -> tuple[str | None, Any]:
+    from ..testing import Price
+
+    model, sep, amounts = text.rpartition("=")
+    per_task, _, per_second = amounts.partition("+")
+    try:
+        price = Price(per_task=float(per_task), per_second=float(per_second or 0))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected [MODEL=]PER_TASK[+PER_SECOND] with amounts >= 0, got {text!r}") from None
+    if sep and not model:
+        raise argparse.ArgumentTypeError(f"expected a model name before '=', got {text!r}")
+    return (model if sep else None), price
+
+
 def _profile_names() -> list[str]:
     from ..testing import PROFILES
 
@@ -273,12 +294,19 @@ async def _run_emulator(args: argparse.Namespace) -> int:
                                              ("estimate_error", args.estimate_error),
                                              ("fail_rate", args.fail_rate))
              if value is not None}
+    # The last --price without a model is everyone else's; with MODEL=, that model's.
+    fallback = [price for model, price in args.price if model is None]
+    pricing: dict[str, Any] = {
+        "prices": {model: price for model, price in args.price if model is not None},
+        **({"price": fallback[-1]} if fallback else {}),
+    }
     config = EmulatorConfig(
         api_key=args.api_key,
         **knobs,
         latency=args.latency,
         rate_limit=args.rate_limit,
         balance=args.balance,
+        **pricing,
         video_size=args.video_size,
         url_ttl=args.url_ttl,
         submit_faults=args.submit_faults,
