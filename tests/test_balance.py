@@ -134,6 +134,20 @@ def test_budget_releases_what_was_not_charged_and_reads_only_up_to_the_mark() ->
     assert budget.spent == 1 and budget.committed == 3  # 1 seen + 1 unseen + 1 in flight
 
 
+def test_a_new_price_class_waits_for_quiet_and_holds_the_others_back() -> None:
+    budget = SpendBudget(10, start_used=0, estimates={"a": 1.0})
+    assert budget.reserve("a", 0) is Verdict.GRANTED
+    assert budget.reserve("b", 1) is Verdict.WAIT  # "a" is out: b's read would be mixed
+    assert budget.reserve("a", 2) is Verdict.WAIT  # b waits for its turn: no one cuts in
+    budget.settle(0, charged=True)
+    assert budget.reserve("b", 1) is Verdict.WAIT  # a's charge is not read yet
+    budget.observe(1.0)
+    assert budget.reserve("b", 1) is Verdict.GRANTED and budget.committed == 10
+    budget.settle(1, charged=True)
+    budget.observe(4.0)
+    assert budget.estimate("b") == 3.0 and budget.reserve("a", 2) is Verdict.GRANTED
+
+
 def test_budget_learns_up_from_a_mixed_window_and_refuses_bad_caps() -> None:
     budget = SpendBudget(100, start_used=0, estimates={"a": 1.0, "b": 1.0})
     for t, cls in enumerate("ab"):
@@ -241,6 +255,19 @@ async def test_the_cap_holds_and_a_rerun_with_a_larger_cap_finishes_without_rebi
     assert again.ok and again.spend is not None and again.spend.spent == 7
     assert again.spend.total == 12 and not again.spend.stopped_at_cap
     assert server.stats.submissions == 12 and emu.used_balance == 12
+
+
+async def test_the_balance_is_read_a_bounded_number_of_times_not_per_item(
+    make_server: MakeServer, tmp_path: Path,
+) -> None:
+    server = await make_server(EmulatorConfig())
+    requests = [VideoRequest(f"scene {i}", duration=5) for i in range(40)]
+    async with session_for(server, max_concurrency=8) as s:
+        report = await s.run_batch(requests, out_dir=tmp_path, max_spend=1000)
+    assert report.ok and report.spend is not None and report.spend.spent == 40
+    reads = [r for r in server.emulator.request_log if r.route == "balance"]
+    # Before the first POST, once after the probe (its price), once at the end.
+    assert len(reads) == 3
 
 
 async def test_mixed_prices_under_concurrency_never_pass_the_cap(

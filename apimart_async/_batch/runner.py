@@ -622,11 +622,13 @@ class _Run:
 
     # -- the spend cap -------------------------------------------------------------------
 
-    async def read_balance(self) -> Balance:
+    async def read_balance(self) -> None:
         """Read the balance and tell the budget (at most once per
         `BALANCE_READ_INTERVAL` API seconds while items wait)."""
         assert self.budget is not None
         async with self._reading:
+            if not self.budget.needs_reading:
+                return  # another waiter read it meanwhile
             clock = self.engine.clock
             wait = self._last_read + BALANCE_READ_INTERVAL - clock.now()
             if wait > 0:
@@ -637,7 +639,6 @@ class _Run:
             self.budget.observe(balance.used, mark)
             self._wake()
             await self._record_spent()
-        return balance
 
     async def _record_spent(self) -> None:
         """Keep the batch's spending in the journal, so a re-run's cap counts it."""
