@@ -16,6 +16,8 @@ from apimart_async import (
     Balance,
     DecodeError,
     InsufficientBalanceError,
+    ItemResult,
+    ItemState,
     RateLimitError,
     ServerError,
     ValidationError,
@@ -312,6 +314,24 @@ async def test_a_402_mid_batch_under_a_cap_behaves_as_without_one(
     assert report.spend.left_pending == 0  # the account stopped it, not the cap
 
 
+async def test_a_failed_last_read_reports_an_estimate_and_keeps_the_outcome(
+    make_server: MakeServer, tmp_path: Path,
+) -> None:
+    server = await make_server(EmulatorConfig())
+    emu = server.emulator
+
+    def on_change(item: ItemResult) -> None:
+        if item.state is ItemState.SUBMITTED and not emu.pending_faults("balance"):
+            emu.inject("balance", Fault.http(401))  # the read at the end fails
+
+    async with session_for(server) as s:
+        report = await s.run_batch([VideoRequest("a")], out_dir=tmp_path, max_spend=3,
+                                   on_change=on_change)
+    assert report.ok and report.spend is not None and report.spend.end is None
+    # Unread, the probe counts at all the room it reserved: never less than the truth.
+    assert report.spend.spent == 3 >= emu.used_balance
+
+
 async def test_cli_batch_max_spend_stops_with_exit_4_and_resumes(
     make_server: MakeServer, tmp_path: Path, capsys: pytest.CaptureFixture[str],
     cli_env: None,
@@ -340,6 +360,17 @@ async def test_cli_batch_max_spend_stops_with_exit_4_and_resumes(
             main([*args, "--max-spend", bad])
         assert caught.value.code == 2 and "--max-spend" in capsys.readouterr().err
     assert server.stats.submissions == 8
+
+
+async def test_cli_generate_takes_max_spend_too(
+    make_server: MakeServer, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    cli_env: None,
+) -> None:
+    server = await make_server(EmulatorConfig(price=Price(per_task=2.0)))
+    status, stdout, _ = await cli(capsys, "generate", "a fox", "--out", str(tmp_path),
+                                  "--base-url", server.base_url, "--max-spend", "5", "--json")
+    assert status == 0
+    assert json.loads(stdout)["spend"]["spent"] == 2 == server.emulator.used_balance
 
 
 async def test_cli_balance_command(
