@@ -150,6 +150,19 @@ def test_a_new_price_class_waits_for_quiet_and_holds_the_others_back() -> None:
     assert budget.estimate("b") == 3.0 and budget.reserve("a", 2) is Verdict.GRANTED
 
 
+def test_budget_state_round_trips_through_json_mid_reservation() -> None:
+    budget = SpendBudget(4, start_used=2, spent_before=1, estimates={"a": 1.0})
+    assert budget.reserve("a", "k1") is Verdict.GRANTED
+    budget.settle("k1", charged=True)
+    assert budget.reserve("b", "k2") is Verdict.WAIT  # b's probe claim is kept too
+    again = SpendBudget.from_state(json.loads(json.dumps(budget.to_state())))
+    assert again.to_state() == budget.to_state()
+    assert again.reserve("a", "k3") is Verdict.WAIT and again.needs_reading
+    again.observe(3.0)
+    assert again.spent == 2 and again.reserve("b", "k2") is Verdict.GRANTED
+    assert again.committed == 4  # the probe holds all the room left
+
+
 def test_budget_learns_up_from_a_mixed_window_and_refuses_bad_caps() -> None:
     budget = SpendBudget(100, start_used=0, estimates={"a": 1.0, "b": 1.0})
     for t, cls in enumerate("ab"):

@@ -3,15 +3,19 @@
 No I/O and no clock: the owner reads the balance and reports it (`observe`), and asks
 before each submission (`reserve`). The same object can sit behind any journal: a
 runner over SQLite calls it from one event loop; a journal shared by several workers
-(PostgreSQL) would keep these numbers in a row and run `reserve` inside the
-transaction that claims an item, so two workers can never both take the last room.
+(PostgreSQL) keeps `to_state` in a row and, inside the transaction that claims an item
+(``SELECT ... FOR UPDATE`` on that row), rebuilds it with `from_state`, calls
+`reserve` with the item's key as token, and writes `to_state` back before committing:
+two workers can never both take the last room, and every worker's reservations count.
+`settle` and `observe` go through the same row the same way.
 """
 
 from __future__ import annotations
 
 import enum
 import math
-from collections.abc import Hashable
+from collections.abc import Hashable, Mapping
+from typing import Any
 
 __all__ = ["SpendBudget", "Verdict"]
 
@@ -179,6 +183,38 @@ class SpendBudget:
         sent: ``settle(token, charged=False)``. Call it for every token that asked and
         gives up, granted or not."""
         self.settle(token, charged=False)
+
+    # -- persistence ------------------------------------------------------------------
+
+    def to_state(self) -> dict[str, Any]:
+        """Everything the budget knows, as JSON-ready data (tokens must then be strings
+        or numbers), so a shared journal can keep it in a row: load it with
+        `from_state` inside the transaction that claims an item, `reserve`, store
+        `to_state` back, commit; every worker then counts every other's reservations."""
+        return {
+            "cap": self.cap, "start_used": self._start, "last_used": self._last_used,
+            "spent_before": self._before, "spent": self.spent,
+            "estimates": dict(self._estimates),
+            "in_flight": [[t, c, a] for t, (c, a) in self._in_flight.items()],
+            "window": [[c, e] for c, e in self._window],
+            "unobserved": self._unobserved, "probe": self._probe,
+            "probe_amount": self._probe_amount, "refused": self.refused,
+        }
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any]) -> SpendBudget:
+        """The budget `to_state` described."""
+        budget = cls(state["cap"], start_used=state["start_used"],
+                     spent_before=state["spent_before"], estimates=dict(state["estimates"]))
+        budget._last_used = float(state["last_used"])
+        budget.spent = float(state["spent"])
+        budget._in_flight = {t: (str(c), float(a)) for t, c, a in state["in_flight"]}
+        budget._window = [(str(c), None if e is None else float(e)) for c, e in state["window"]]
+        budget._unobserved = float(state["unobserved"])
+        budget._probe = state["probe"]
+        budget._probe_amount = float(state["probe_amount"])
+        budget.refused = int(state["refused"])
+        return budget
 
     def read_mark(self) -> int:
         """Call right before sending a balance read; pass the result to `observe`: the
