@@ -4,10 +4,14 @@ charges, and run_batch(max_spend=...) holding its cap, alone and concurrently.""
 from __future__ import annotations
 
 import json
+import os
+import re
 import sqlite3
+import sys
 from pathlib import Path
 
 import aiohttp
+import anyio
 import pytest
 
 from apimart_async import (
@@ -25,7 +29,7 @@ from apimart_async import (
 )
 from apimart_async._core.balance import BALANCE_PATH, build_get_balance, parse_balance
 from apimart_async._core.spend import SpendBudget, Verdict
-from apimart_async.testing import EmulatorConfig, Fault, Price
+from apimart_async.testing import EmulatorConfig, Fault, Price, emulator_process
 
 from .conftest import KEY, MakeServer, cli, session_for
 
@@ -398,3 +402,20 @@ async def test_cli_balance_command(
     server.emulator.set_balance(None)
     status, stdout, _ = await cli(capsys, "balance", "--base-url", server.base_url)
     assert status == 0 and "unlimited" in stdout
+
+
+async def test_the_readme_snippet_runs_as_a_script(tmp_path: Path) -> None:
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    section = readme.split("## Balance and spend caps", 1)[1].split("\n## ", 1)[0]
+    (code,) = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    assert "asyncio.run(main())" in code
+    script = tmp_path / "snippet.py"
+    script.write_text(code)
+    async with emulator_process("--speed", "100", "--price", "0.5+0.1") as url:
+        env = {**os.environ, "APIMART_API_KEY": KEY, "APIMART_BASE_URL": url}
+        result = await anyio.run_process([sys.executable, str(script)], cwd=tmp_path,
+                                         env=env, check=False)
+    assert result.returncode == 0, result.stderr.decode()
+    assert result.stdout.decode().splitlines() == [
+        "unlimited 0.0", "spent 5.0 (all runs: 5.0) of 5.0; 3 left pending because of the cap",
+    ]
