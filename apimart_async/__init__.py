@@ -15,7 +15,8 @@ Everything public is re-exported here; the modules behind it are private.
 """
 
 from ._batch.journal import ItemState
-from ._batch.runner import BatchItem, BatchReport, ItemResult
+from ._batch.runner import BatchItem, BatchReport, BatchSpend, ItemResult
+from ._core.balance import Balance
 from ._core.config import DownloadPolicy, Timeout
 from ._core.errors import (
     APIConnectionError,
@@ -58,9 +59,11 @@ __all__ = [
     "APITimeoutError",
     "AuthenticationError",
     "BadRequestError",
+    "Balance",
     "BatchEvent",
     "BatchItem",
     "BatchReport",
+    "BatchSpend",
     "BatchStream",
     "Clock",
     "DecodeError",

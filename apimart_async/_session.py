@@ -13,6 +13,7 @@ import anyio
 import attrs
 
 from ._batch.runner import BatchItem, BatchReport, ItemResult, run_batch
+from ._core.balance import Balance
 from ._core.config import (
     DEFAULT_BASE_URL,
     ENV_BASE_URL,
@@ -252,6 +253,15 @@ class Session:
         tid = task_id.task_id if isinstance(task_id, Submission) else task_id
         return await self._engine.get_task(tid)
 
+    async def balance(self) -> Balance:
+        """The API key's balance (``GET /v1/balance``), retried on transient errors.
+
+        `Balance.remain` is None when the key has no quota limit (`Balance.unlimited`).
+        A 401 raises `AuthenticationError`; an answer with ``"success": false`` raises
+        `APIStatusError` with the server's message; a malformed one `DecodeError`.
+        """
+        return await self._engine.balance()
+
     def watch(
         self,
         tasks: Iterable[str | Submission],
@@ -387,6 +397,7 @@ class Session:
         on_change: Callable[[ItemResult], None] | None = None,
         stop: anyio.Event | None = None,
         retry_failed: bool = False,
+        max_spend: float | None = None,
     ) -> BatchReport:
         """Generate and download a whole batch, durably; returns a `BatchReport`.
 
@@ -411,6 +422,16 @@ class Session:
         write that fails mid-run stops sending at once and raises `JournalWriteError`;
         tasks created but not journaled are printed to stderr and appended to
         ``JOURNAL.recovered-task-ids``.
+
+        `max_spend` caps what this run spends, in the balance's unit (see
+        `Session.balance`): the balance is read before the first submission (a balance
+        with nothing left refuses the run with `InsufficientBalanceError`, nothing
+        sent), each item's estimated cost is reserved before it is sent (submissions at
+        once count each other), and an item that could cross the cap is left pending
+        in the journal: a re-run with a larger cap sends it. Tasks already submitted are
+        still followed and downloaded. What was spent is in `BatchReport.spend`
+        (a `BatchSpend`); see the README's "Balance and spend caps" for how costs are
+        learned.
         """
         self._engine.require_open()
         return await run_batch(
@@ -418,6 +439,7 @@ class Session:
             journal=None if journal is None else Path(journal),
             resubmit_ambiguous=resubmit_ambiguous, on_change=on_change, stop=stop,
             retry_failed=retry_failed,
+            max_spend=max_spend,
         )
 
 

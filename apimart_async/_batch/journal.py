@@ -282,6 +282,25 @@ class Journal:
             self._run, "INSERT OR REPLACE INTO meta VALUES ('out_dir', ?)", (folder,)
         )
 
+    async def spent(self) -> float:
+        """What runs of this batch spent so far, as recorded (0 if never recorded).
+
+        A ``meta`` row, not a column: journals of every schema version can hold it."""
+        rows = await anyio.to_thread.run_sync(
+            self._run, "SELECT value FROM meta WHERE name = 'spent'"
+        )
+        try:
+            value = float(rows[0][0]) if rows else 0.0
+        except (TypeError, ValueError):
+            value = 0.0
+        return value if value >= 0 and value != float("inf") else 0.0
+
+    async def set_spent(self, amount: float) -> None:
+        """Record what runs of this batch spent so far (see `spent`)."""
+        await anyio.to_thread.run_sync(
+            self._run, "INSERT OR REPLACE INTO meta VALUES ('spent', ?)", (repr(float(amount)),)
+        )
+
     def _close(self) -> None:
         with self._lock:
             if self._conn is not None:

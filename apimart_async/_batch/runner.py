@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 import sqlite3
@@ -33,11 +34,13 @@ import anyio
 import attrs
 from anyio.abc import TaskGroup
 
+from .._core.balance import Balance
 from .._core.errors import (
     APIConnectionError,
     APIMartError,
     BadRequestError,
     DecodeError,
+    InsufficientBalanceError,
     JournalWriteError,
     NotSubmittedError,
     RateLimitError,
@@ -50,13 +53,17 @@ from .._core.errors import (
 from .._core.events import BatchEvent, EventKind
 from .._core.groups import ungrouped
 from .._core.models import Submission, Task, TaskStatus, VideoRequest
+from .._core.spend import SpendBudget, Verdict
 from .._engine.engine import Engine
 from .._engine.streams import BatchHooks, BatchStream, Watch
 from .._engine.submit import StreamClosed
 from .._io.download import part_path
 from .journal import ItemState, Journal, JournalRow, item_key, request_digest, request_json
 
-__all__ = ["JOURNAL_NAME", "BatchItem", "BatchReport", "ItemResult", "ItemState", "run_batch"]
+__all__ = [
+    "BALANCE_READ_INTERVAL", "JOURNAL_NAME", "BatchItem", "BatchReport", "BatchSpend",
+    "ItemResult", "ItemState", "run_batch",
+]
 
 log = logging.getLogger("apimart_async")
 JOURNAL_NAME = ".apimart-journal.sqlite3"
@@ -64,6 +71,9 @@ JOURNAL_NAME = ".apimart-journal.sqlite3"
 # about the task, which a re-run polls again.
 _TRANSIENT = (ServerError, RateLimitError, APIConnectionError, DecodeError)
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+#: A spend-capped run reads the balance at most once per this many API seconds while
+#: items wait for room (plus once before the first submission and once at the end).
+BALANCE_READ_INTERVAL = 1.0
 
 
 def _check_name(_: object, __: object, value: str | None) -> None:
@@ -109,6 +119,39 @@ class ItemResult:
 
 
 @attrs.frozen(kw_only=True)
+class BatchSpend:
+    """What a run with ``max_spend`` spent, in the account's unit.
+
+    - `cap`: the ``max_spend`` given, for the whole batch: all runs on its journal
+      together. `spent_before`: what earlier runs spent (recorded in the journal);
+      `spent`: this run's spending, ``used_balance`` at the end minus at the start (the
+      whole key's: another client spending on the same key meanwhile is counted too,
+      and held against the cap). `total` is their sum.
+    - `start`, `end`: the balance read before the first submission and after the last
+      (`end` is None when that last read failed: `spent` is then the run's estimate).
+    - `left_pending`: items not sent because sending them could have crossed the cap;
+      they stay pending in the journal, and a re-run (with a larger cap) sends them.
+    """
+
+    cap: float
+    spent: float
+    spent_before: float = 0.0
+    start: Balance
+    end: Balance | None
+    left_pending: int = 0
+
+    @property
+    def total(self) -> float:
+        """What the batch spent in all its runs: `spent_before` + `spent`."""
+        return self.spent_before + self.spent
+
+    @property
+    def stopped_at_cap(self) -> bool:
+        """True when the cap left items unsent."""
+        return self.left_pending > 0
+
+
+@attrs.frozen(kw_only=True)
 class BatchReport:
     """The outcome of `run_batch`: one `ItemResult` per item, in input order, and totals."""
 
@@ -126,6 +169,8 @@ class BatchReport:
     #: `InsufficientBalanceError` or `PermissionDeniedError`), else None. The items it
     #: stopped keep their place in the journal: a re-run after fixing the account resumes them.
     account_error: APIMartError | None = None
+    #: With ``max_spend``: what this run spent and what the cap left unsent, else None.
+    spend: BatchSpend | None = None
 
     def _count(self, *states: ItemState) -> int:
         return sum(item.state in states for item in self.items)
@@ -147,7 +192,8 @@ class BatchReport:
 
     @property
     def pending(self) -> int:
-        """Items not sent (interrupted, or stopped by the account): a re-run sends them."""
+        """Items not sent (interrupted, stopped by the account or the spend cap): a
+        re-run sends them."""
         return self._count(ItemState.PENDING)
 
     @property
@@ -273,6 +319,16 @@ def _request_from_body(body: dict[str, Any]) -> VideoRequest:
         return VideoRequest(str(prompt or "(unknown prompt)").strip() or "(unknown prompt)")
 
 
+def price_class(request: VideoRequest) -> str:
+    """What decides an item's price, as a key: its request without the prompt (the
+    model, duration, resolution...), image URLs counted, not named."""
+    body = request.to_body()
+    body.pop("prompt", None)
+    if "image_urls" in body:
+        body["image_urls"] = len(body["image_urls"])
+    return json.dumps(body, sort_keys=True, separators=(",", ":"))
+
+
 class _Keep:
     """`_Run._move`'s default: leave the item's error and reason as they are."""
 
@@ -328,6 +384,11 @@ class _Run:
         self.lost: list[str] = []
         self.recovery: Path | None = journal.path.with_name(
             journal.path.name + ".recovered-task-ids")
+        self.budget: SpendBudget | None = None
+        self.left_by_cap = 0
+        self._budget_changed = anyio.Event()
+        self._reading = anyio.Lock()
+        self._last_read = -math.inf
 
     async def _move(
         self, item: _Item, state: ItemState, *, error: APIMartError | _Keep | None = _KEEP,
@@ -571,6 +632,74 @@ class _Run:
                 elif update.task is not None:
                     await self._ended(item, update.task)
 
+    # -- the spend cap -------------------------------------------------------------------
+
+    async def read_balance(self) -> None:
+        """Read the balance and tell the budget (at most once per
+        `BALANCE_READ_INTERVAL` API seconds while items wait)."""
+        assert self.budget is not None
+        async with self._reading:
+            if not self.budget.needs_reading:
+                return  # another waiter read it meanwhile
+            clock = self.engine.clock
+            wait = self._last_read + BALANCE_READ_INTERVAL - clock.now()
+            if wait > 0:
+                await clock.sleep(wait)
+            mark = self.budget.read_mark()
+            balance = await self.engine.balance()
+            self._last_read = clock.now()
+            self.budget.observe(balance.used, mark)
+            self._wake()
+            await self._record_spent()
+
+    async def _record_spent(self) -> None:
+        """Keep the batch's spending in the journal, so a re-run's cap counts it."""
+        if self.budget is None or self.journal_error is not None:
+            return
+        try:
+            await self.journal.set_spent(self.budget.spent)
+        except (OSError, sqlite3.Error) as exc:
+            self._journal_failed(exc)
+
+    def _wake(self) -> None:
+        self._budget_changed.set()
+        self._budget_changed = anyio.Event()
+
+    async def _admit(self, items: list[_Item], j: int) -> bool:
+        """Reserve item j's estimated cost under the cap (see `SpendBudget`): True to
+        send it, False to leave it pending (it could cross the cap)."""
+        budget = self.budget
+        if budget is None:
+            return True
+        item = items[j]
+        cls = price_class(item.request)
+        try:
+            while True:
+                verdict = budget.reserve(cls, j)
+                if verdict is Verdict.GRANTED:
+                    return True
+                if verdict is Verdict.REFUSED:
+                    break
+                changed = self._budget_changed
+                if budget.needs_reading and not self._reading.locked():
+                    await self.read_balance()
+                else:
+                    await changed.wait()
+        except BaseException:
+            budget.release(j)
+            self._wake()
+            raise
+        self.left_by_cap += 1
+        await self._move(item, ItemState.PENDING, reason=(
+            f"not sent: the spend cap {budget.cap:g} could be crossed (this batch spent "
+            f"{budget.spent:g}); re-run with a larger --max-spend (max_spend=) to send it"))
+        return False
+
+    def _settle(self, j: int, charged: bool) -> None:
+        if self.budget is not None:
+            self.budget.settle(j, charged=charged)
+            self._wake()
+
     async def _submit(self, items: list[_Item]) -> None:
         # Called at the gate, holding a request slot and a rate token: the row says
         # "submitting" before the bytes go out, and only then.
@@ -595,8 +724,13 @@ class _Run:
 
         if self.interrupted:
             return
+        async def admit(j: int) -> bool:
+            return await self._admit(items, j)
+
         hooks = BatchHooks(keys=[item.idem for item in items], before_submit=before,
-                           after_submit=after, task_group=self._tg)
+                           after_submit=after, task_group=self._tg,
+                           admit=admit if self.budget is not None else None,
+                           settle=self._settle if self.budget is not None else None)
         stream = BatchStream(self.engine, [item.request for item in items], timeout=None,
                              task_timeout=None, hooks=hooks)
         self._stream = stream
@@ -726,8 +860,10 @@ async def run_batch(
     on_change: OnChange | None = None,
     stop: anyio.Event | None = None,
     retry_failed: bool = False,
+    max_spend: float | None = None,
 ) -> BatchReport:
     """See `Session.run_batch`."""
+    cap = check_max_spend(max_spend)
     occurrences: dict[str, int] = {}
     items = [_Item(index, item, occurrences) for index, item in enumerate(requests)]
     names = [item.name for item in items if item.name]
@@ -746,6 +882,7 @@ async def run_batch(
     async with Journal(path) as jr:
         run = _Run(engine, items, out, jr, on_change)
         await run.reconcile(resubmit_ambiguous, retry_failed)
+        start = None if cap is None else await _start_budget(run, cap)
         try:
             with ungrouped():  # a failing on_change (or journal) comes out as itself
                 await run.execute(stop)
@@ -753,6 +890,7 @@ async def run_batch(
             if run.journal_error is None:
                 raise
             # Another write (a download's) met the broken journal first: same fault.
+        spend = None if start is None else await _spend_report(run, start)
         if run.journal_error is not None:
             raise JournalWriteError(
                 str(path), task_ids=tuple(run.lost),
@@ -769,4 +907,56 @@ async def run_batch(
         retries=stats.retries - before.retries,
         rate_limited=stats.rate_limited - before.rate_limited,
         account_error=run.account_error,
+        spend=spend,
     )
+
+
+def check_max_spend(value: object) -> float | None:
+    """`value` as a spend cap (a finite number > 0), or None; else `ValidationError`."""
+    if value is None:
+        return None
+    if (isinstance(value, bool) or not isinstance(value, (int, float))
+            or not math.isfinite(value) or value <= 0):
+        raise ValidationError(
+            "max_spend", f"must be a finite number > 0 (in the balance's unit), got {value!r}")
+    return float(value)
+
+
+async def _start_budget(run: _Run, cap: float) -> Balance:
+    """Read the balance before the first submission; refuse to start with nothing left
+    for even one item. Sets `run.budget`."""
+    balance = await run.engine.balance()
+    sending = any(item.result.state is ItemState.PENDING for item in run.items)
+    if sending and not balance.covers(1e-9):
+        raise InsufficientBalanceError(
+            f"the balance has {balance.remain:g} left, not enough for one item; nothing "
+            "was sent", status=402)
+    before = await run.journal.spent()
+    run.budget = SpendBudget(cap, start_used=balance.used, spent_before=before)
+    run._last_read = run.engine.clock.now()
+    return balance
+
+
+async def _spend_report(run: _Run, start: Balance) -> BatchSpend:
+    """The run's spending, from one last balance read (the budget's estimate if that
+    read fails: the run's outcome is not lost over it)."""
+    budget = run.budget
+    assert budget is not None
+    before = budget.spent_before
+    end: Balance | None
+    try:
+        end = await run.engine.balance()
+        budget.observe(end.used)
+    except APIMartError as exc:
+        log.warning("could not read the balance at the end of the run (%s): the spend "
+                    "reported is an estimate", exc)
+        end = None
+    # Without the last read, what was sent is counted at its estimate.
+    total = budget.spent if end is not None else budget.committed
+    if run.journal_error is None:
+        try:
+            await run.journal.set_spent(total)
+        except (OSError, sqlite3.Error) as exc:
+            run._journal_failed(exc)
+    return BatchSpend(cap=budget.cap, spent=max(0.0, total - before), spent_before=before,
+                      start=start, end=end, left_pending=run.left_by_cap)

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 from anyio.abc import TaskGroup
 
+from .._core.balance import Balance, build_get_balance, parse_balance
 from .._core.config import ApiKey, DownloadPolicy, Timeout
 from .._core.groups import ungrouped
 from .._core.hooks import DownloadEvent, Hooks
@@ -222,6 +223,13 @@ class Engine:
         )
         self.stats.get_task_calls += 1
         return task
+
+    async def balance(self) -> Balance:
+        """``GET /v1/balance``, retried on transient errors like any GET."""
+        self.require_open()
+        balance: Balance = await self.transport.call(build_get_balance(), parse_balance)
+        self.stats.balance_calls += 1
+        return balance
 
     async def download(
         self, task: Task, path: Path, *, overwrite: bool = False

@@ -59,7 +59,8 @@ _REASONS = {
 
 
 def api_app(emulator: Emulator) -> web.Application:
-    """The API host: ``POST /v1/videos/generations`` and ``GET /v1/tasks/{id}``."""
+    """The API host: ``POST /v1/videos/generations``, ``GET /v1/tasks/{id}`` and
+    ``GET /v1/balance`` (also at ``/balance``)."""
     host = _ApiHost(emulator)
     # The log is outermost: it sees the 401s and 429s the host's middleware answers.
     app = web.Application(middlewares=[_request_logger(emulator, request_ids=True),
@@ -68,6 +69,8 @@ def api_app(emulator: Emulator) -> web.Application:
     app.on_response_prepare.append(_send_request_id)
     app.router.add_post("/v1/videos/generations", host.submit, name="submit")
     app.router.add_get("/v1/tasks/{task_id}", host.get_task, name="task")
+    app.router.add_get("/v1/balance", host.balance, name="balance")
+    app.router.add_get("/balance", host.balance, name="balance_alias")
     app.router.add_get(STATS_PATH, host.stats)
     app.router.add_post(STATS_PATH + "/reset", host.reset_stats)
     app.router.add_get(REQUESTS_PATH, host.requests)
@@ -115,7 +118,9 @@ def _request_logger(emulator: Emulator, *, request_ids: bool = False) -> Any:
             raise
         finally:
             emulator.log_request(RequestRecord(
-                route=request.match_info.route.name,
+                # /balance is /v1/balance under another name (aiohttp names are unique).
+                route="balance" if request.match_info.route.name == "balance_alias"
+                else request.match_info.route.name,
                 method=request.method,
                 path=request.path,
                 status=status,
@@ -270,6 +275,16 @@ class _ApiHost:
         if fault is not None and fault.kind in ("gzip", "huge_answer"):
             return await _bulky_answer(request, fault, {"code": 200, "data": data})
         return web.json_response({"code": 200, "data": data})
+
+
+    async def balance(self, request: web.Request) -> web.StreamResponse:
+        emulator = self.emulator
+        emulator.stats.requests["balance"] += 1
+        fault = request[_FAULT] = emulator.next_fault("balance")
+        answer = await apply(emulator, request, fault)
+        if answer is not None:
+            return answer
+        return web.json_response(emulator.balance_answer())
 
 
 class _FileHost:

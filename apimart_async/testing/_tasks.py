@@ -148,6 +148,8 @@ class TaskRecord:
     token: str
     expires_wall: float
     observed_terminal: bool = False
+    #: What the submission was charged (see `Price`).
+    cost: float = 0.0
 
 
 @attrs.frozen(kw_only=True)
