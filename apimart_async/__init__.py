@@ -42,6 +42,14 @@ from ._core.errors import (
 from ._core.events import BatchEvent, EventKind, TaskUpdate
 from ._core.models import Submission, Task, TaskError, TaskStatus, VideoRequest
 from ._core.polling import PollPolicy
+from ._core.registry import (
+    ModelName,
+    ModelSpec,
+    get_model_spec,
+    known_models,
+    register_model,
+    unregister_model,
+)
 from ._core.retry import RetryPolicy
 from ._engine.streams import BatchStream, Watch
 from ._io.clock import Clock
@@ -72,6 +80,8 @@ __all__ = [
     "ItemState",
     "JournalBusyError",
     "JournalWriteError",
+    "ModelName",
+    "ModelSpec",
     "NotFoundError",
     "NotSubmittedError",
     "PermissionDeniedError",
@@ -94,4 +104,8 @@ __all__ = [
     "VideoRequest",
     "Watch",
     "__version__",
+    "get_model_spec",
+    "known_models",
+    "register_model",
+    "unregister_model",
 ]

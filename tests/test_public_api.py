@@ -25,6 +25,8 @@ EXPECTED = [
     "ItemState",
     "JournalBusyError",
     "JournalWriteError",
+    "ModelName",
+    "ModelSpec",
     "NotFoundError",
     "NotSubmittedError",
     "PermissionDeniedError",
@@ -47,6 +49,10 @@ EXPECTED = [
     "VideoRequest",
     "Watch",
     "__version__",
+    "get_model_spec",
+    "known_models",
+    "register_model",
+    "unregister_model",
 ]
 
 

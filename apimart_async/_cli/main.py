@@ -183,7 +183,9 @@ def _add_batch_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rps", type=float, default=None, help="at most this many requests/second")
     p.add_argument("--model", default=None, help="default model (default sora-2)")
     p.add_argument("--duration", type=int, default=None, help="default duration in seconds")
-    p.add_argument("--aspect-ratio", default=None, choices=("16:9", "9:16"))
+    # Which ratios a model takes is the model registry's to say (veo3 takes 1:1).
+    p.add_argument("--aspect-ratio", default=None,
+                   help="default aspect ratio, e.g. 16:9 or 9:16 (checked per model)")
     p.add_argument("--json", action="store_true", help="print a machine-readable summary")
     p.add_argument("--timeout", type=_positive_float, default=None, metavar="SECONDS",
                    help="overall deadline: then stop as on Ctrl-C (nothing more is sent, "

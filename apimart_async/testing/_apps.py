@@ -514,13 +514,16 @@ def validate(body: Any) -> str | None:
     ):
         return f"duration {duration!r} is not supported by model {model}"
     ratio = body.get("aspect_ratio")
-    if ratio is not None and ratio not in ("16:9", "9:16"):
+    if ratio is not None and (not isinstance(ratio, str)
+                              or re.fullmatch(r"[1-9][0-9]*:[1-9][0-9]*", ratio) is None):
         return f"aspect_ratio {ratio!r} is not supported"
     urls = body.get("image_urls")
     if urls is not None:
         if not isinstance(urls, list):
             return "image_urls must be an array"
         for url in urls:
+            if isinstance(url, str) and url.startswith("data:image/") and ";base64," in url:
+                continue
             parts = urlsplit(url) if isinstance(url, str) else None
             if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
                 return f"image_urls entry {url!r} is not a public http(s) URL"
