@@ -14,7 +14,7 @@ from .errors import ValidationError
 from .registry import ModelName, check_model_fields
 from .validation import check_image_url
 
-__all__ = ["Submission", "Task", "TaskError", "TaskStatus", "VideoRequest"]
+__all__ = ["Submission", "Task", "TaskError", "TaskOutput", "TaskStatus", "VideoRequest"]
 
 # Fields the SDK sends itself; `extra` may not shadow them.
 _NAMED_FIELDS = frozenset({"model", "prompt", "duration", "aspect_ratio", "image_urls"})
@@ -171,12 +171,32 @@ class TaskError:
 
 
 @attrs.frozen(kw_only=True)
+class TaskOutput:
+    """One file a completed task produced: a video or an image, its (temporary) link and
+    when that link expires (Unix seconds, if the server said)."""
+
+    kind: str  # "video" or "image"
+    url: str
+    expires_at: int | None = None
+
+
+#: The `Task.extra` of a task whose answer had no field the SDK does not model: one
+#: shared read-only mapping, so tasks without extras hold nothing more.
+NO_EXTRA: Mapping[str, Any] = types.MappingProxyType({})
+
+
+@attrs.frozen(kw_only=True)
 class Task:
     """A task's state as last reported by ``GET /v1/tasks/{id}``.
 
     Times are Unix seconds as the server gave them; `raw_status` keeps the wire
     string, which matters when `status` is `TaskStatus.UNKNOWN`; `model` is the model
     the server names, if it does.
+
+    `outputs` is every file the task produced, in the server's order: its videos
+    (``result.videos``), then its images (``result.images``); `video_urls` and
+    `image_urls` are their links. `extra` holds the answer's fields this class does not
+    model (e.g. ``usage``), read-only, as the server sent them.
     """
 
     id: str
@@ -191,6 +211,20 @@ class Task:
     expires_at: int | None = None
     error: TaskError | None = None
     model: str | None = None
+    outputs: tuple[TaskOutput, ...] = ()
+    extra: Mapping[str, Any] = attrs.field(default=NO_EXTRA, hash=False)
+
+    def __attrs_post_init__(self) -> None:
+        if not self.outputs and self.video_urls:
+            # Built by hand from links alone (as before outputs existed): they are videos.
+            outputs = tuple(TaskOutput(kind="video", url=url, expires_at=self.expires_at)
+                            for url in self.video_urls)
+            object.__setattr__(self, "outputs", outputs)
+
+    @property
+    def image_urls(self) -> tuple[str, ...]:
+        """The links of the task's images (``result.images``)."""
+        return tuple(out.url for out in self.outputs if out.kind == "image")
 
     @property
     def is_terminal(self) -> bool:

@@ -218,8 +218,9 @@ class Engine:
         return task
 
     async def download(
-        self, task: Task, path: Path, *, overwrite: bool = False
+        self, task: Task, path: Path, *, overwrite: bool = False, index: int = 0
     ) -> DownloadResult:
-        """Download completed `task`'s video to the file `path` (see `Downloader`)."""
+        """Download output `index` of completed `task` to the file `path` (see
+        `Downloader`)."""
         self.require_open()
-        return await self.downloader.download(task, path, overwrite=overwrite)
+        return await self.downloader.download(task, path, overwrite=overwrite, index=index)

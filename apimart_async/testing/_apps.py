@@ -15,7 +15,7 @@ import re
 import socket
 import struct
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -24,6 +24,7 @@ from aiohttp import web
 
 from ._faults import Fault
 from ._stats import EmulatorStats, RequestRecord
+from ._tasks import output_names, task_of_file
 
 if TYPE_CHECKING:
     from ._emulator import Emulator
@@ -300,13 +301,14 @@ class _FileHost:
             stats.credential_leaks += 1
         stats.downloads += 1
         name = request.match_info["name"]
-        task = emulator.record(name.removesuffix(".mp4"))
-        if task is None or emulator.status_of(task)[0] != "completed":
+        task = emulator.record(task_of_file(name))
+        if task is None or emulator.status_of(task)[0] != "completed" \
+                or name not in [*videos_and_images(task.id, task.plan)]:
             return web.Response(status=404, text="not found")
         if (request.query.get("token") != task.token
                 or emulator.clock.wall() >= task.expires_wall):
             return web.Response(status=403, text="link expired")
-        data = emulator.video(task)
+        data = emulator.output(task, name)
         etag = '"' + hashlib.sha256(data).hexdigest()[:16] + '"'
         range_header = request.headers.get("Range")
         fault = request[_FAULT] = emulator.next_fault("download", ranged=range_header is not None)
@@ -343,7 +345,7 @@ class _FileHost:
                 # make a file of the right size and the wrong content.
                 start, end = 0, end - start
         headers = {
-            "Content-Type": "video/mp4",
+            "Content-Type": "image/png" if name.endswith(".png") else "video/mp4",
             "Content-Length": str(end - start + 1),
             "ETag": etag,
             "Accept-Ranges": "bytes",
@@ -496,6 +498,13 @@ def _drop(request: web.Request, *, hard: bool = False) -> None:
         # Linger on, timeout 0: closing sends RST instead of FIN.
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     transport.abort()
+
+
+def videos_and_images(task_id: str, plan: Any) -> Iterator[str]:
+    """Every file name the file host serves for a task (see `output_names`)."""
+    videos, images = output_names(task_id, plan)
+    yield from videos
+    yield from images
 
 
 def validate(body: Any) -> str | None:
