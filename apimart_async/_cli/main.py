@@ -156,15 +156,17 @@ def build_parser() -> argparse.ArgumentParser:
                     help="send a request repeated in the file once (default: each line is a "
                          "video of its own, billed, and the repeats are listed before sending)")
 
-    gen = sub.add_parser("generate", help="generate one video and download it")
+    gen = sub.add_parser("generate", help="generate one video and download it (every output)")
     gen.add_argument("prompt")
     _add_batch_options(gen)
 
-    dl = sub.add_parser("download", help="download a completed task's video")
+    dl = sub.add_parser("download", help="download a completed task's videos and images "
+                                         "(DIR/TASK_ID.mp4, DIR/TASK_ID-2.mp4, ...)")
     dl.add_argument("task_id")
     dl.add_argument("--out", type=Path, required=True, metavar="DIR")
     dl.add_argument("--overwrite", action="store_true",
-                    help="replace an existing DIR/TASK_ID.mp4 that holds something else")
+                    help="replace an existing DIR/TASK_ID.mp4 (or -N file) that holds "
+                         "something else")
     _add_client_options(dl)
 
     demo = sub.add_parser("demo", help="run a batch against the built-in emulator (no key)")
@@ -294,6 +296,9 @@ def task_json(task: Any) -> dict[str, Any]:
         "completed_at": task.completed_at,
         "actual_time": task.actual_time,
         "video_urls": list(task.video_urls),
+        "image_urls": list(task.image_urls),
+        "outputs": [{"kind": out.kind, "url": out.url, "expires_at": out.expires_at}
+                    for out in task.outputs],
         "expires_at": task.expires_at,
         "error": None if task.error is None else {
             "code": task.error.code, "message": task.error.message
@@ -310,8 +315,8 @@ async def _run_status(args: argparse.Namespace) -> int:
         print(json.dumps(task_json(task), indent=2))
     else:
         print(f"{task.id}: {task.status.value} {task.progress}%")
-        for url in task.video_urls:
-            print(f"  video: {url}")
+        for out in task.outputs:
+            print(f"  {out.kind}: {out.url}")
         if task.error:
             print(f"  error: {task.error.code}: {task.error.message}")
     return EXIT_FAILED if task.status.value in ("failed", "cancelled") else EXIT_OK
@@ -348,6 +353,7 @@ def report_json(report: BatchReport) -> dict[str, Any]:
             {
                 "index": r.index, "name": r.name, "state": r.state.value, "task_id": r.task_id,
                 "path": str(r.path) if r.path else None, "size": r.size, "sha256": r.sha256,
+                "files": [str(path) for path in r.files],
                 "error": r.reason,
                 "error_type": None if r.error is None else type(r.error).__name__,
                 "status": getattr(r.error, "status", None),
@@ -513,7 +519,8 @@ async def _run_download(args: argparse.Namespace) -> int:
     await anyio.Path(args.out).mkdir(parents=True, exist_ok=True)
     async with Session(args.api_key, base_url=args.base_url) as session:
         result = await session.download(args.task_id, args.out, overwrite=args.overwrite)
-    print(f"{result.path} ({result.size:,} bytes, sha256 {result.sha256})")
+    for saved in result.files:  # every output: TASK_ID.mp4, TASK_ID-2.mp4, ...
+        print(f"{saved.path} ({saved.size:,} bytes, sha256 {saved.sha256})")
     return EXIT_OK
 
 
