@@ -287,3 +287,48 @@ async def test_cli_generate_batch_and_download_fetch_every_output(
         str(tmp_path / "d" / n) for n in names]
     for name, original in zip(names, files, strict=True):
         assert (tmp_path / "d" / name).read_bytes() == original.read_bytes()
+
+
+@pytest.mark.anyio
+async def test_a_missing_or_changed_later_output_is_fetched_again_and_keeps_its_name(
+    make_server: MakeServer, tmp_path: Path
+) -> None:
+    server = await make_server(planned(videos=3))
+    fox = _named(VideoRequest("a fox"), "a")
+    async with session_for(server) as s:
+        assert (await s.run_batch([fox], out_dir=tmp_path)).ok
+    (tmp_path / "a-2.mp4").unlink()  # lost
+    (tmp_path / "a-3.mp4").write_bytes(b"edited")  # changed by its owner: kept
+    # A new item whose own first name is the lost file's: that name is still item a's.
+    owl = _named(VideoRequest("an owl"), "a-2")
+    async with session_for(server) as s:
+        report = await s.run_batch([fox, owl], out_dir=tmp_path)
+    assert report.ok
+    a, b = report.items
+    assert [p.name for p in a.files] == ["a.mp4", "a-2.mp4", "a-3-2.mp4"]
+    assert (tmp_path / "a-3.mp4").read_bytes() == b"edited"
+    assert a.task_id is not None
+    assert (tmp_path / "a-2.mp4").read_bytes() == served(server, a.task_id, f"{a.task_id}-2.mp4")
+    assert b.files[0].name not in ("a-2.mp4", "a-3.mp4")
+
+
+@pytest.mark.anyio
+async def test_a_name_journaled_for_a_later_output_is_never_given_to_another_item(
+    make_server: MakeServer, tmp_path: Path
+) -> None:
+    server = await make_server(planned(videos=2))
+    fox = _named(VideoRequest("a fox"), "a")
+    async with session_for(server) as s:
+        assert (await s.run_batch([fox], out_dir=tmp_path)).ok
+    (tmp_path / "a-2.mp4").unlink()
+    # Item a's second output fails this time (no byte written): its name stays its own.
+    server.emulator.inject("download", Fault.http(404))
+    owl = _named(VideoRequest("an owl"), "a-2")
+    async with session_for(server) as s:
+        report = await s.run_batch([fox, owl], out_dir=tmp_path)
+    a, b = report.items
+    assert a.state is ItemState.COMPLETED and "404" in str(a.reason)
+    assert b.ok and [p.name for p in b.files] == ["a-2-2.mp4", "a-2-2-2.mp4"]
+    async with session_for(server) as s:
+        again = await s.run_batch([fox, owl], out_dir=tmp_path)
+    assert again.ok and [p.name for p in again.items[0].files] == ["a.mp4", "a-2.mp4"]
