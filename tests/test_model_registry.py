@@ -123,6 +123,8 @@ def test_a_registered_spec_overrides_and_extends() -> None:
         VideoRequest("a fox", model="kling-9", extra={"resolution": "8k"})
     assert info.value.field == "extra['resolution']"
     assert "allowed: '1080p', '720p'" in str(info.value)
+    with pytest.raises(ValidationError, match=r"\{'w': 1\} is not supported"):
+        VideoRequest("a fox", model="kling-9", extra={"resolution": {"w": 1}})
     # A typo-looking name is sent as given once registered.
     register_model(ModelSpec("sora2"))
     assert VideoRequest("a fox", model="sora2").model == "sora2"

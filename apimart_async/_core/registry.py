@@ -194,9 +194,16 @@ def check_model_fields(
                               f"at most {spec.max_images}")
     for name, value in (extra or {}).items():
         allowed = spec.extra_fields.get(name)
-        if allowed is not None and value not in allowed:
+        if allowed is not None and not _member(value, allowed):
             raise ValidationError(f"extra[{name!r}]", f"{value!r} is not supported by model "
                                   f"{model!r}; allowed: {_allowed(allowed)}")
+
+
+def _member(value: object, allowed: frozenset[Any]) -> bool:
+    try:
+        return value in allowed
+    except TypeError:  # unhashable (a list, an object): not one of the allowed values
+        return False
 
 
 def _unknown(model: str, aspect_ratio: str | None) -> None:
