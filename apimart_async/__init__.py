@@ -40,7 +40,7 @@ from ._core.errors import (
     ValidationError,
 )
 from ._core.events import BatchEvent, EventKind, TaskUpdate
-from ._core.models import Submission, Task, TaskError, TaskStatus, VideoRequest
+from ._core.models import Submission, Task, TaskError, TaskOutput, TaskStatus, VideoRequest
 from ._core.polling import PollPolicy
 from ._core.registry import (
     ModelName,
@@ -96,6 +96,7 @@ __all__ = [
     "Task",
     "TaskError",
     "TaskFailedError",
+    "TaskOutput",
     "TaskStatus",
     "TaskTimeoutError",
     "TaskUpdate",

@@ -41,6 +41,7 @@ EXPECTED = [
     "Task",
     "TaskError",
     "TaskFailedError",
+    "TaskOutput",
     "TaskStatus",
     "TaskTimeoutError",
     "TaskUpdate",

@@ -183,7 +183,9 @@ def _add_batch_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--concurrency", type=_positive_int, default=16,
                    help="requests in flight at once (default 16)")
     p.add_argument("--rps", type=float, default=None, help="at most this many requests/second")
-    p.add_argument("--model", default=None, help="default model (default sora-2)")
+    p.add_argument("--model", default=None,
+                   help="default model (default sora-2; checked: sora-2, sora-2-pro, veo3, "
+                        "Omni-Flash-Ext; other names are sent as given)")
     p.add_argument("--duration", type=int, default=None, help="default duration in seconds")
     # Which ratios a model takes is the model registry's to say (veo3 takes 1:1).
     p.add_argument("--aspect-ratio", default=None,
