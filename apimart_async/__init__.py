@@ -42,8 +42,16 @@ from ._core.errors import (
 )
 from ._core.events import BatchEvent, EventKind, TaskUpdate
 from ._core.hooks import DownloadEvent, Hooks, RateChangeEvent, RequestEvent, RetryEvent
-from ._core.models import Submission, Task, TaskError, TaskStatus, VideoRequest
+from ._core.models import Submission, Task, TaskError, TaskOutput, TaskStatus, VideoRequest
 from ._core.polling import PollPolicy
+from ._core.registry import (
+    ModelName,
+    ModelSpec,
+    get_model_spec,
+    known_models,
+    register_model,
+    unregister_model,
+)
 from ._core.retry import RetryPolicy
 from ._engine.streams import BatchStream, Watch
 from ._io.clock import Clock
@@ -78,6 +86,8 @@ __all__ = [
     "ItemState",
     "JournalBusyError",
     "JournalWriteError",
+    "ModelName",
+    "ModelSpec",
     "NotFoundError",
     "NotSubmittedError",
     "PermissionDeniedError",
@@ -95,6 +105,7 @@ __all__ = [
     "Task",
     "TaskError",
     "TaskFailedError",
+    "TaskOutput",
     "TaskStatus",
     "TaskTimeoutError",
     "TaskUpdate",
@@ -103,4 +114,8 @@ __all__ = [
     "VideoRequest",
     "Watch",
     "__version__",
+    "get_model_spec",
+    "known_models",
+    "register_model",
+    "unregister_model",
 ]

@@ -24,7 +24,8 @@ from ._core.config import (
 )
 from ._core.errors import APIMartError, TaskFailedError, TaskTimeoutError, ValidationError
 from ._core.hooks import Hooks
-from ._core.models import Submission, Task, VideoRequest
+from ._core.models import Submission, Task, TaskOutput, VideoRequest
+from ._core.outputs import numbered_name
 from ._core.polling import PollPolicy
 from ._core.retry import RetryPolicy
 from ._core.validation import (
@@ -352,7 +353,16 @@ class Session:
         self, task: Task | str | Submission, dest: str | PathLike[str], *,
         overwrite: bool = False,
     ) -> DownloadResult:
-        """Download a completed task's video to `dest` (a file path, or a directory).
+        """Download every output of a completed task (its videos and images) to `dest`
+        (a file path, or a directory).
+
+        The first output goes to `dest` itself; the others beside it, numbered:
+        ``fox.mp4``, ``fox-2.mp4``, ``fox-3.png`` (see `Task.outputs`; an extension comes
+        from the output's link, else ``.mp4`` for a video, ``.png`` for an image). The
+        result describes the first file; `DownloadResult.paths` (and `.files`) lists all.
+        The outputs are fetched one after another; if one fails, the error is raised and
+        the files already saved stay (calling again fetches the rest: a file that holds
+        the same bytes is kept as it is).
 
         The bytes stream into a hidden ``.NAME.part`` file beside `dest`; a cut
         connection resumes with a Range request (and starts over if the host ignores
@@ -369,8 +379,9 @@ class Session:
         image container, of a provable length within ``max_bytes``; a ``.part`` left by
         another task or link is never resumed. Such failures raise `DownloadError`.
 
-        Into a directory, the file is named after the task id you passed (a `Task`'s
-        own id), never after the id in the server's answer, and must stay inside it.
+        Into a directory, the files are named after the task id you passed (a `Task`'s
+        own id), never after the id in the server's answer, and must stay inside it:
+        ``TASK_ID.mp4``, ``TASK_ID-2.mp4``...
         """
         self._engine.require_open()
         if isinstance(task, Task):
@@ -379,13 +390,20 @@ class Session:
             asked = check_task_id(task.task_id if isinstance(task, Submission) else task)
             task = await self.get_task(task)
         path = Path(dest)
+        outputs = task.outputs or (TaskOutput(kind="video", url=""),)
         if await anyio.Path(path).is_dir():
-            name = f"{asked}.mp4"
+            name = numbered_name(asked, 0, outputs[0])
             # One plain name, never a path: the file stays inside `dest`.
             if Path(name).name != name or "\\" in name:
                 raise ValidationError("task_id", f"{asked!r} does not name a file in {dest}")
             path = path / name
-        return await self._engine.download(task, path, overwrite=overwrite)
+        first = await self._engine.download(task, path, overwrite=overwrite)
+        more = []
+        for index in range(1, len(outputs)):
+            beside = path.with_name(numbered_name(path.stem, index, outputs[index]))
+            more.append(await self._engine.download(task, beside, overwrite=overwrite,
+                                                    index=index))
+        return attrs.evolve(first, more=tuple(more))
 
     async def run_batch(
         self,

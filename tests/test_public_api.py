@@ -29,6 +29,8 @@ EXPECTED = [
     "ItemState",
     "JournalBusyError",
     "JournalWriteError",
+    "ModelName",
+    "ModelSpec",
     "NotFoundError",
     "NotSubmittedError",
     "PermissionDeniedError",
@@ -46,6 +48,7 @@ EXPECTED = [
     "Task",
     "TaskError",
     "TaskFailedError",
+    "TaskOutput",
     "TaskStatus",
     "TaskTimeoutError",
     "TaskUpdate",
@@ -54,6 +57,10 @@ EXPECTED = [
     "VideoRequest",
     "Watch",
     "__version__",
+    "get_model_spec",
+    "known_models",
+    "register_model",
+    "unregister_model",
 ]
 
 

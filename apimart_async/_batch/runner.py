@@ -9,9 +9,12 @@ there is ambiguous (it may exist, and be billed): it is reported as such and
 resubmitted only on request, with the same Idempotency-Key.
 
 Files: a named item goes to NAME.mp4, an unnamed one to SLUG-DIGEST.mp4 (a readable
-prefix of the prompt, and a digest of the whole request). A path is claimed in the
-journal before its download starts; a path that exists on disk, or that the journal
-has given to another item, is never written: the item takes NAME-2.mp4, -3, ...
+prefix of the prompt, and a digest of the whole request). Every output of the task is
+fetched: the first to that name, output N (from 1: videos, then images) to NAME-N.EXT
+(EXT from its link: NAME-2.mp4, NAME-3.png; see `_core.outputs`). A path is claimed in
+the journal before its download starts; a path that exists on disk, or that the
+journal has given to another item or output, is never written: the output takes the
+name with a further -2, -3, ... (NAME-2.mp4 for a first output whose NAME.mp4 is taken).
 """
 
 from __future__ import annotations
@@ -52,7 +55,8 @@ from .._core.errors import (
 )
 from .._core.events import BatchEvent, EventKind
 from .._core.groups import ungrouped
-from .._core.models import Submission, Task, TaskStatus, VideoRequest
+from .._core.models import Submission, Task, TaskOutput, TaskStatus, VideoRequest
+from .._core.outputs import numbered_name
 from .._core.spend import SpendBudget, Verdict
 from .._engine.engine import Engine
 from .._engine.streams import BatchHooks, BatchStream, Watch
@@ -105,6 +109,9 @@ class ItemResult:
     path: Path | None = None
     size: int | None = None
     sha256: str | None = None
+    #: Every output of the task that is on disk, in output order (`path` is the first):
+    #: all of them once the item is downloaded.
+    files: tuple[Path, ...] = ()
     #: The typed error that put the item where it is (`TaskFailedError`, a
     #: `RateLimitError` with its status, code and request id...), else None. Rebuilt from
     #: the journal on a re-run, as its own type.
@@ -114,7 +121,7 @@ class ItemResult:
 
     @property
     def ok(self) -> bool:
-        """True when the video is downloaded."""
+        """True when every output of the task is downloaded."""
         return self.state is ItemState.DOWNLOADED
 
 
@@ -257,7 +264,8 @@ def _file_stem(name: str | None, body: str, occurrence: int) -> str:
 
 
 class _Item:
-    __slots__ = ("filename", "idem", "index", "key", "name", "request", "result")
+    __slots__ = ("filename", "idem", "index", "key", "more", "name", "recheck", "request",
+                 "result")
 
     def __init__(
         self, index: int, item: VideoRequest | BatchItem, occurrences: dict[str, int]
@@ -278,6 +286,10 @@ class _Item:
         self.key = item_key(item.name, body, occurrence)
         self.filename = f"{_file_stem(item.name, body, occurrence)}.mp4"
         self.idem = ""
+        # Outputs after the first, by index: (path, size, sha256); size None = claimed.
+        self.more: dict[int, tuple[Path, int | None, str | None]] = {}
+        # Downloaded by a version that fetched only the first output: look again.
+        self.recheck = False
         self.result = ItemResult(
             index=index, key=self.key, name=item.name, request=item.request,
             state=ItemState.PENDING,
@@ -291,6 +303,7 @@ class _Item:
         self.request = _request_from_body(json.loads(row.request))
         occurrence = int(row.key.rsplit(":", 1)[1]) if row.key.startswith("req:") else 1
         self.filename = f"{_file_stem(row.name, row.request, occurrence)}.mp4"
+        self.more, self.recheck = {}, False
         self.result = ItemResult(
             index=index, key=row.key, name=row.name, request=self.request, state=row.state,
             task_id=row.task_id, error=_error_of(row), reason=row.error,
@@ -299,6 +312,13 @@ class _Item:
 
     def set(self, **changes: object) -> ItemResult:
         self.result = attrs.evolve(self.result, **changes)  # type: ignore[arg-type]
+        if "files" not in changes:
+            # Outputs whole on disk, in order: the first (the row's own), then the others.
+            first = self.result.path if self.result.sha256 is not None else None
+            files = [first] if first is not None else []
+            files += [path for _, (path, size, _) in sorted(self.more.items())
+                      if size is not None]
+            self.result = attrs.evolve(self.result, files=tuple(files))
         return self.result
 
 
@@ -398,7 +418,7 @@ class _Run:
         giving either replaces both (a reason without an error clears the error)."""
         # A path is journaled as a file name in the output folder (see `journal`).
         columns = {k: (v.name if isinstance(v, Path) else v) for k, v in fields.items()
-                   if k in ("task_id", "path", "size", "sha256")}
+                   if k in ("task_id", "path", "size", "sha256", "outputs")}
         if not isinstance(error, _Keep) or not isinstance(reason, _Keep):
             error = None if isinstance(error, _Keep) else error
             reason = None if isinstance(reason, _Keep) else reason
@@ -415,6 +435,7 @@ class _Run:
         if self.journal_error is not None and state is ItemState.SUBMITTED \
                 and "task_id" in columns:
             await self._recover(item, str(columns["task_id"]))
+        fields.pop("outputs", None)
         self._notify(item.set(state=state, **fields))
 
     def _journal_failed(self, exc: OSError | sqlite3.Error) -> None:
@@ -510,16 +531,21 @@ class _Run:
         rows = await self.journal.load()
         _refuse_changed_names(self.items, rows, self.journal.path)
         await self._share_no_paths(rows)
+        more = await self.journal.load_files()
         # Case-folded: two names differing only in case are one file on macOS and Windows.
         self._claimed = {row.path.casefold() for row in rows.values() if row.path}
+        self._claimed |= {f.path.casefold() for files in more.values() for f in files.values()}
         keys = {item.key for item in self.items}
         for old in rows.values():  # in input order (`Journal.load`)
             if (old.key not in keys and old.task_id
                     and old.state in (ItemState.SUBMITTED, ItemState.COMPLETED)):
                 # Paid for, then its line was edited or removed: still fetch its video.
                 earlier = _Item.earlier(len(self.items) + len(self.earlier), old)
+                earlier.more = {i: (self.out_dir / f.path, f.size, f.sha256)
+                                for i, f in more.get(old.key, {}).items()}
                 if old.path:
-                    earlier.set(path=self.out_dir / old.path)
+                    earlier.set(path=self.out_dir / old.path, size=old.size,
+                                sha256=old.sha256)
                 self.earlier.append(earlier)
         fresh: list[tuple[int, JournalRow]] = []
         for item in self.items:
@@ -535,6 +561,8 @@ class _Run:
             item.idem = row.idempotency_key
             state = row.state
             path = self.out_dir / row.path if row.path else None
+            item.more = {i: (self.out_dir / f.path, f.size, f.sha256)
+                         for i, f in more.get(item.key, {}).items()}
             if state is ItemState.DOWNLOADED:
                 size = await _file_size(path)
                 if size is None:
@@ -546,6 +574,10 @@ class _Run:
                                 "downloaded again to a new file", path, row.task_id)
                     state, path = ItemState.COMPLETED, None
                     await self.journal.release_path(item.key, state)
+                if not await self._more_intact(item):
+                    state = ItemState.COMPLETED
+                # A version before 5 fetched only the first output: look at the task again.
+                item.recheck = state is ItemState.DOWNLOADED and row.outputs is None
             elif state is ItemState.SUBMITTING:
                 state = ItemState.AMBIGUOUS  # a crash left it on the wire
             elif state is ItemState.FAILED and retry_failed:
@@ -574,6 +606,26 @@ class _Run:
                          "may exist and be billed; to send it again, re-run with "
                          "--resubmit-ambiguous (resubmit_ambiguous=True)")
         await self.journal.add(fresh)
+
+    async def _more_intact(self, item: _Item) -> bool:
+        """Whether the item's outputs after the first are all on disk as journaled; one
+        missing is fetched again to its name, one changed (by its owner?) is kept and
+        fetched again to a new name."""
+        intact = True
+        for index, (path, size, _) in list(item.more.items()):
+            now = await _file_size(path)
+            if size is not None and now == size:
+                continue
+            intact = False
+            if now is not None and size is not None:
+                log.warning("%s changed since it was downloaded: kept; output %d of task %s "
+                            "is downloaded again to a new file", path, index + 1,
+                            item.result.task_id)
+                await self.journal.release_file(item.key, index)
+                del item.more[index]
+            else:
+                item.more[index] = (path, None, None)
+        return intact
 
     # -- running --------------------------------------------------------------------------
 
@@ -614,6 +666,9 @@ class _Run:
             self._tg = tg
             for item in by_state.get(ItemState.COMPLETED, []):
                 tg.start_soon(self._download, item, None)
+            for item in by_state.get(ItemState.DOWNLOADED, []):
+                if item.recheck:
+                    tg.start_soon(self._recheck, item)
             if ItemState.SUBMITTED in by_state:
                 tg.start_soon(self._watch, by_state[ItemState.SUBMITTED])
             if ItemState.PENDING in by_state:
@@ -800,54 +855,131 @@ class _Run:
             await self._move(item, ItemState.FAILED, error=TaskFailedError(task),
                              reason=f"task {task.status.value}: {message}")
 
-    async def _claim_path(self, item: _Item) -> Path:
-        """Where the item's video goes: the path the journal gave it, else the first of
-        NAME.mp4, NAME-2.mp4, ... that no file (whole or partial) and no other journaled
-        item has; claimed in the journal before any byte is written."""
-        if item.result.path is not None:
-            return item.result.path
+    async def _claim_path(self, item: _Item, index: int, output: TaskOutput) -> Path:
+        """Where output `index` of the item's task goes: the path the journal gave it,
+        else the first of its name (see the module docstring) and that name with -2,
+        -3, ... that no file (whole or partial) and no other journaled item or output
+        has; claimed in the journal before any byte is written."""
+        known = item.result.path if index == 0 else item.more.get(index, (None,))[0]
+        if known is not None:
+            return known
         # One claim at a time: between looking at a name and taking it, another
         # download (awaiting the disk) could take the same name.
         async with self._claiming:
-            stem, n = Path(item.filename).stem, 1
+            first = Path(numbered_name(Path(item.filename).stem, index, output))
+            n = 1
             while True:
-                path = self.out_dir / (item.filename if n == 1 else f"{stem}-{n}.mp4")
+                path = self.out_dir / (first.name if n == 1
+                                       else f"{first.stem}-{n}{first.suffix}")
                 if (path.name.casefold() not in self._claimed
                         and not await anyio.Path(path).exists()
                         and not await anyio.Path(part_path(path)).exists()):
                     break
                 n += 1
             self._claimed.add(path.name.casefold())
-            await self._move(item, item.result.state, path=path)
+            if index == 0:
+                await self._move(item, item.result.state, path=path)
+            else:
+                await self._journal_file(item, index, path)
         return path
 
+    async def _journal_file(
+        self, item: _Item, index: int, path: Path, size: int | None = None,
+        sha256: str | None = None,
+    ) -> None:
+        """Record output `index` (from 1) of the item: claimed, or whole with its hash."""
+        if self.journal_error is None:
+            try:
+                await self.journal.set_file(item.key, index, path.name, size=size,
+                                            sha256=sha256)
+            except (OSError, sqlite3.Error) as exc:
+                self._journal_failed(exc)
+        item.more[index] = (path, size, sha256)
+        self._notify(item.set())
+
+    async def _forget_file(self, item: _Item, index: int) -> None:
+        """Output `index`'s file is not the item's (someone else's file is there)."""
+        if index == 0:
+            await self.journal.release_path(item.key, item.result.state)
+            item.set(path=None, size=None, sha256=None)
+        else:
+            await self.journal.release_file(item.key, index)
+            item.more.pop(index, None)
+
+    async def _on_disk(self, item: _Item, index: int) -> bool:
+        """Whether output `index` is whole on disk already (journaled with its hash, and
+        the file has its size); a journaled file that changed since is kept as it is,
+        and the output takes a new name."""
+        if index == 0:
+            path, size, digest = item.result.path, item.result.size, item.result.sha256
+        else:
+            path, size, digest = item.more.get(index, (None, None, None))
+        if path is None or size is None or digest is None:
+            return False
+        now = await _file_size(path)
+        if now == size:
+            return True
+        if now is not None:
+            log.warning("%s changed since it was downloaded: kept; output %d of task %s is "
+                        "downloaded again to a new file", path, index + 1, item.result.task_id)
+            await self._forget_file(item, index)
+        return False
+
     async def _download(self, item: _Item, task: Task | None) -> None:
+        """Fetch every output of the item's task, each journaled (claimed, then whole
+        with its hash) before the next: a re-run fetches only what is missing."""
         try:
             if task is None:
                 assert item.result.task_id is not None
                 task = await self.engine.get_task(item.result.task_id)
-            while True:
-                path = await self._claim_path(item)
-                try:
-                    result = await self.engine.download(task, path)
-                    break
-                except ValidationError as exc:
-                    if exc.field != "dest":
-                        raise
-                    # Somebody put a file at the claimed path meanwhile: it stays; the
-                    # video takes the next free name.
-                    log.warning("%s appeared meanwhile: kept; task %s takes a new name",
-                                path, task.id)
-                    await self.journal.release_path(item.key, item.result.state)
-                    item.set(path=None)
+            outputs = task.outputs or (TaskOutput(kind="video", url=""),)
+            for index, output in enumerate(outputs):
+                if await self._on_disk(item, index):
+                    continue
+                while True:
+                    path = await self._claim_path(item, index, output)
+                    try:
+                        result = await self.engine.download(task, path, index=index)
+                        break
+                    except ValidationError as exc:
+                        if exc.field != "dest":
+                            raise
+                        # Somebody put a file at the claimed path meanwhile: it stays;
+                        # the output takes the next free name.
+                        log.warning("%s appeared meanwhile: kept; task %s takes a new name",
+                                    path, task.id)
+                        await self._forget_file(item, index)
+                if index == 0:
+                    await self._move(item, item.result.state, path=result.path,
+                                     size=result.size, sha256=result.sha256)
+                else:
+                    await self._journal_file(item, index, result.path, result.size,
+                                             result.sha256)
         except APIMartError as exc:
             self._account_failure(exc)
-            # Stays "completed" in the journal: a re-run tries the download again.
+            # Stays "completed" in the journal: a re-run fetches what is missing.
             await self._move(item, ItemState.COMPLETED, error=exc,
                              reason=f"download failed: {exc}")
             return
-        await self._move(item, ItemState.DOWNLOADED, path=result.path, size=result.size,
-                         sha256=result.sha256, error=None, reason=None)
+        await self._move(item, ItemState.DOWNLOADED, outputs=len(task.outputs) or 1,
+                         error=None, reason=None)
+
+    async def _recheck(self, item: _Item) -> None:
+        """An item a version before 5 downloaded (its first output only): fetch the
+        task's other outputs, if it has any. If the task cannot be read now, the item
+        stays downloaded (its first file is there) and a later run looks again."""
+        assert item.result.task_id is not None
+        try:
+            task = await self.engine.get_task(item.result.task_id)
+        except APIMartError as exc:
+            log.warning("task %s: could not check for outputs after its first (%s); a "
+                        "later run looks again", item.result.task_id, exc)
+            return
+        if len(task.outputs) > 1:
+            await self._move(item, ItemState.COMPLETED)
+            await self._download(item, task)
+        else:
+            await self._move(item, ItemState.DOWNLOADED, outputs=len(task.outputs) or 1)
 
 
 async def run_batch(

@@ -174,17 +174,19 @@ def build_parser() -> argparse.ArgumentParser:
     bal.add_argument("--json", action="store_true", help="print the balance as JSON")
     _add_client_options(bal)
 
-    gen = sub.add_parser("generate", help="generate one video and download it")
+    gen = sub.add_parser("generate", help="generate one video and download it (every output)")
     gen.add_argument("prompt")
     _add_batch_options(gen, batch=False)
     # One video: one request at a time is all it ever needs.
     gen.set_defaults(concurrency=1, rps=None)
 
-    dl = sub.add_parser("download", help="download a completed task's video")
+    dl = sub.add_parser("download", help="download a completed task's videos and images "
+                                         "(DIR/TASK_ID.mp4, DIR/TASK_ID-2.mp4, ...)")
     dl.add_argument("task_id")
     dl.add_argument("--out", type=Path, required=True, metavar="DIR")
     dl.add_argument("--overwrite", action="store_true",
-                    help="replace an existing DIR/TASK_ID.mp4 that holds something else")
+                    help="replace an existing DIR/TASK_ID.mp4 (or -N file) that holds "
+                         "something else")
     _add_client_options(dl)
 
     demo = sub.add_parser("demo", help="run a batch against the built-in emulator (no key)")
@@ -209,12 +211,16 @@ def _add_batch_options(p: argparse.ArgumentParser, *, batch: bool) -> None:
         p.add_argument("--rps", type=float, default=None,
                        help="at most this many requests/second (default: no cap; the "
                             "session slows down by itself on 429)")
-    p.add_argument("--model", default=None, help=f"model{every} (default sora-2)")
+    p.add_argument("--model", default=None,
+                   help=f"model{every} (default sora-2; checked: sora-2, sora-2-pro, veo3, "
+                        "Omni-Flash-Ext; other names are sent as given)")
     p.add_argument("--duration", type=int, default=None, metavar="SECONDS",
                    help=f"video duration{every} (default: none sent, the model's own "
                         "default applies)")
-    p.add_argument("--aspect-ratio", default=None, choices=("16:9", "9:16"),
-                   help=f"aspect ratio{every} (default: none sent, the model's own)")
+    # Which ratios a model takes is the model registry's to say (veo3 takes 1:1).
+    p.add_argument("--aspect-ratio", default=None,
+                   help=f"aspect ratio{every}, e.g. 16:9 or 9:16, checked per model "
+                        "(default: none sent, the model's own)")
     p.add_argument("--json", action="store_true", help="print a machine-readable summary")
     p.add_argument("--timeout", type=_positive_float, default=None, metavar="SECONDS",
                    help="overall deadline: then stop as on Ctrl-C (nothing more is sent, "
@@ -359,6 +365,9 @@ def task_json(task: Any) -> dict[str, Any]:
         "completed_at": task.completed_at,
         "actual_time": task.actual_time,
         "video_urls": list(task.video_urls),
+        "image_urls": list(task.image_urls),
+        "outputs": [{"kind": out.kind, "url": out.url, "expires_at": out.expires_at}
+                    for out in task.outputs],
         "expires_at": task.expires_at,
         "error": None if task.error is None else {
             "code": task.error.code, "message": task.error.message
@@ -378,8 +387,8 @@ async def _run_status(args: argparse.Namespace) -> int:
         print(json.dumps(task_json(task), indent=2))
     else:
         print(f"{task.id}: {task.status.value} {task.progress}%")
-        for url in task.video_urls:
-            print(f"  video: {url}")
+        for out in task.outputs:
+            print(f"  {out.kind}: {out.url}")
         if task.error:
             print(f"  error: {task.error.code}: {task.error.message}")
     return EXIT_FAILED if task.status.value in ("failed", "cancelled") else EXIT_OK
@@ -445,6 +454,7 @@ def report_json(report: BatchReport) -> dict[str, Any]:
             {
                 "index": r.index, "name": r.name, "state": r.state.value, "task_id": r.task_id,
                 "path": str(r.path) if r.path else None, "size": r.size, "sha256": r.sha256,
+                "files": [str(path) for path in r.files],
                 "error": r.reason,
                 "error_type": None if r.error is None else type(r.error).__name__,
                 "status": getattr(r.error, "status", None),
@@ -623,7 +633,8 @@ async def _run_download(args: argparse.Namespace) -> int:
     async with session:
         result = await _noticed(notice, functools.partial(
             session.download, args.task_id, args.out, overwrite=args.overwrite))
-    print(f"{result.path} ({result.size:,} bytes, sha256 {result.sha256})")
+    for saved in result.files:  # every output: TASK_ID.mp4, TASK_ID-2.mp4, ...
+        print(f"{saved.path} ({saved.size:,} bytes, sha256 {saved.sha256})")
     return EXIT_OK
 
 

@@ -86,6 +86,9 @@ class BatchDisplay:
             detail = f"task {result.task_id}"
         elif result.state is ItemState.DOWNLOADED:
             detail = f"{result.path} ({result.size:,} bytes)"
+            if len(result.files) > 1:
+                detail += f" and {len(result.files) - 1} more: " + ", ".join(
+                    path.name for path in result.files[1:])
         elif result.reason:
             detail = result.reason
         print(f"[{finished:>{len(str(self.total))}}/{self.total}] {result.state.value:<10} "

@@ -232,13 +232,15 @@ class Engine:
         return balance
 
     async def download(
-        self, task: Task, path: Path, *, overwrite: bool = False
+        self, task: Task, path: Path, *, overwrite: bool = False, index: int = 0
     ) -> DownloadResult:
-        """Download completed `task`'s video to the file `path` (see `Downloader`)."""
+        """Download output `index` of completed `task` to the file `path` (see
+        `Downloader`)."""
         self.require_open()
         started = time.perf_counter()
         try:
-            result = await self.downloader.download(task, path, overwrite=overwrite)
+            result = await self.downloader.download(
+                task, path, overwrite=overwrite, index=index)
         except Exception as exc:  # told to the hook, then raised as it was
             log.debug("task %s: download to %s failed (%s)", task.id, path, type(exc).__name__)
             if self.hooks.on_download is not None:

@@ -27,6 +27,8 @@ from ._tasks import (
     TaskPlan,
     TaskRecord,
     TaskView,
+    image_bytes,
+    output_names,
     plan_task,
     task_id_for,
     task_state,
@@ -267,14 +269,16 @@ class Emulator:
                 task.expires_wall = self.clock.wall() + self.config.url_ttl
             data["completed"] = int(task.created_wall + plan.duration)
             data["actual_time"] = max(1, round(plan.duration))
-            data["result"] = {
-                "videos": [
-                    {
-                        "url": [f"{self.file_base_url}/files/{task.id}.mp4?token={task.token}"],
-                        "expires_at": int(task.expires_wall),
-                    }
-                ]
-            }
+            expires = int(task.expires_wall)
+            link = f"{self.file_base_url}/files/{{}}?token={task.token}"
+            result: dict[str, Any] = {"videos": [{
+                "url": [link.format(name) for name in output_names(task.id, plan)[0]],
+                "expires_at": expires,
+            }]}
+            if plan.images:
+                result["images"] = [{"url": link.format(name), "expires_at": expires}
+                                    for name in output_names(task.id, plan)[1]]
+            data["result"] = result
             # Emulator behaviour (the API documents `usage` only as "billing
             # information"): what the submission was charged, in the balance's unit.
             data["usage"] = {"credits": 1, "cost": task.cost}
@@ -283,10 +287,19 @@ class Emulator:
         return data
 
     def video(self, task: TaskRecord) -> bytes:
-        """The video file of `task` (deterministic bytes)."""
-        if task.id not in self._videos:
-            self._videos[task.id] = video_bytes(task.id, task.plan.size)
-        return self._videos[task.id]
+        """The (first) video file of `task` (deterministic bytes)."""
+        return self.output(task, f"{task.id}.mp4")
+
+    def output(self, task: TaskRecord, name: str) -> bytes:
+        """The file the file host serves as `name` for `task` (see `output_names`):
+        deterministic bytes, a video's or an image's."""
+        if name not in self._videos:
+            if name.endswith(".png"):
+                self._videos[name] = image_bytes(name, max(64, task.plan.size // 4))
+            else:
+                seed = task.id if name == f"{task.id}.mp4" else name
+                self._videos[name] = video_bytes(seed, task.plan.size)
+        return self._videos[name]
 
     # -- applications -----------------------------------------------------------------
 
