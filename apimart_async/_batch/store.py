@@ -1,8 +1,10 @@
 """`JournalStore`: what the batch runner needs from a journal, whatever keeps it.
 
-The SQLite file (`journal.Journal`, the embedded default) and the PostgreSQL server
-(`pg.PgJournal`, for a fleet of workers) both provide it. Both record the same rows
-(`JournalRow`) moving through the same states (`ItemState`).
+The SQLite file (`journal.Journal`, the embedded default) provides it. The PostgreSQL
+journal (`pg.PgJournal`) records the same rows (`JournalRow`) moving through the same
+states (`ItemState`) and provides the item part (label to enforce_unique_paths), but a
+fleet is driven by `fleet.run_worker`, not by the runner: claims, fenced writes and
+adoption have no place in a single run.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Protocol
 
-from .journal import ItemState, JournalRow
+from .journal import FileRow, ItemState, JournalRow
 
 __all__ = ["JournalStore"]
 
@@ -50,3 +52,21 @@ class JournalStore(Protocol):
 
     async def enforce_unique_paths(self) -> None:
         """Once shared paths are resolved, refuse two rows with one file."""
+
+    async def spent(self) -> float:
+        """What runs of this batch spent so far, as recorded (0 if never recorded)."""
+
+    async def set_spent(self, amount: float) -> None:
+        """Record what runs of this batch spent so far."""
+
+    async def load_files(self) -> dict[str, dict[int, FileRow]]:
+        """Every recorded output after the first, by item key, then output index."""
+
+    async def set_file(
+        self, key: str, index: int, path: str, *, size: int | None = None,
+        sha256: str | None = None,
+    ) -> None:
+        """Record output `index` (from 1) of item `key`: claimed, or whole on disk."""
+
+    async def release_file(self, key: str, index: int) -> None:
+        """Forget output `index` of item `key`'s file (it takes a new one)."""
