@@ -14,7 +14,7 @@ import attrs
 
 from ._batch.fleet import WorkerOutcome, run_worker
 from ._batch.pg import PgJournal, is_pg_url
-from ._batch.runner import BatchItem, BatchReport, ItemResult, run_batch
+from ._batch.runner import BatchItem, BatchReport, ItemResult, check_max_spend, run_batch
 from ._core.balance import Balance
 from ._core.config import (
     DEFAULT_BASE_URL,
@@ -487,6 +487,7 @@ class Session:
         lease: float = 30.0,
         resubmit_ambiguous: bool = False,
         stop: anyio.Event | None = None,
+        max_spend: float | None = None,
     ) -> WorkerOutcome:
         """Join batch `batch` of the PostgreSQL journal `journal` (a ``postgresql://``
         URL) as one more worker, without its input file; work until the whole batch is
@@ -494,7 +495,8 @@ class Session:
 
         Videos this worker downloads go to `out_dir`. The session's `rps` is the key's
         rate shared by the whole fleet. Raises `WorkerFencedError` if the fleet declared
-        this worker dead (it was silent for longer than `lease` seconds).
+        this worker dead (it was silent for longer than `lease` seconds). A batch started
+        with `max_spend` keeps its cap for every worker; `max_spend` here sets it anew.
         """
         self._engine.require_open()
         if not is_pg_url(journal):
@@ -513,6 +515,7 @@ class Session:
             return await run_worker(
                 self._engine, jr, out_dir=Path(out_dir), rps=self._engine.limits.rate.ceiling,
                 resubmit_ambiguous=resubmit_ambiguous, stop=stop,
+                max_spend=check_max_spend(max_spend),
             )
 
 

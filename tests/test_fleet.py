@@ -407,3 +407,41 @@ async def test_a_worker_on_an_empty_batch_waits_a_moment_then_says_so(
             outcome = await s.run_worker(journal=pg_url, batch="late", out_dir=tmp_path,
                                          lease=2.0)
     assert outcome.submitted == 1 and outcome.counts == {"downloaded": 1}
+
+
+async def test_max_spend_holds_across_three_workers(
+    make_server: MakeServer, pg_url: str, tmp_path: Path
+) -> None:
+    from apimart_async.testing import Price
+
+    server = await make_server(EmulatorConfig(price=Price(per_task=0.5, per_second=0.1)))
+    emu = server.emulator
+    reports: list[Any] = []
+
+    async def worker(out: Path) -> None:
+        async with session_for(server, max_concurrency=4) as s:
+            reports.append(await s.run_batch(reqs(30), out_dir=out, journal=pg_url,
+                                             lease=LEASE, max_spend=7))
+
+    async with anyio.create_task_group() as tg:
+        for name in ("a", "b", "c"):
+            tg.start_soon(worker, tmp_path / name)
+    # Each item costs 1: the cap of 7 holds across the three, with nothing left on the table.
+    assert emu.used_balance <= 7 + 1e-9
+    assert emu.used_balance == 7 and server.stats.submissions == 7
+    table = await rows(pg_url)
+    assert [r["state"] for r in table].count("downloaded") == 7
+    assert [r["state"] for r in table].count("pending") == 23
+    for report in reports:
+        assert report.spend is not None and report.spend.left_pending == 23
+        assert report.spend.cap == 7
+    # A worker joining without the flag keeps the batch's cap.
+    async with session_for(server) as s:
+        outcome = await s.run_worker(journal=pg_url, out_dir=tmp_path / "d", lease=LEASE)
+    assert outcome.submitted == 0 and outcome.stopped_at_cap
+    # A larger cap, from a new run, sends the rest; nothing is paid twice.
+    async with session_for(server, max_concurrency=4) as s:
+        again = await s.run_batch(reqs(30), out_dir=tmp_path / "a", journal=pg_url,
+                                  lease=LEASE, max_spend=100)
+    assert again.ok and server.stats.submissions == 30
+    assert server.stats.duplicate_submissions == 0 and emu.used_balance == 30

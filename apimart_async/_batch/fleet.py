@@ -32,6 +32,7 @@ import anyio
 import attrs
 from anyio.abc import TaskGroup
 
+from .._core.balance import Balance
 from .._core.errors import (
     APIMartError,
     BadRequestError,
@@ -42,6 +43,7 @@ from .._core.errors import (
     error_record,
 )
 from .._core.models import Task, TaskStatus
+from .._core.spend import SpendBudget, Verdict
 from .._engine.engine import Engine
 from .._engine.streams import Watch
 from .._engine.submit import StreamClosed
@@ -49,11 +51,13 @@ from .journal import ItemState, JournalRow, request_json
 from .pg import Claimed, PgJournal
 from .runner import (
     BatchReport,
+    BatchSpend,
     ItemResult,
     _error_of,
     _Item,
     _refuse_changed_names,
     _request_from_body,
+    price_class,
 )
 
 __all__ = ["WorkerOutcome", "run_fleet_batch", "run_worker"]
@@ -79,6 +83,9 @@ class WorkerOutcome:
     #: The account failure (text) that stopped the fleet, if any.
     stopped: str | None
     account_error: APIMartError | None = None
+    #: True when this worker stopped claiming because the next item could cross the
+    #: batch's spend cap (`max_spend`).
+    stopped_at_cap: bool = False
 
 
 class _Worker:
@@ -108,6 +115,13 @@ class _Worker:
         self.tmp: Path = out_dir
         self.interval = 0.0
         self.folder = str(out_dir)
+        # The batch's spend cap, kept in the journal (`PgJournal.with_budget`).
+        self.capped = False
+        self.stopped_at_cap = False
+        self._verdict: Verdict | None = None
+        self._needs_reading = False
+        self._reading = anyio.Lock()
+        self._last_read = -1e9
 
     # -- the key's shared rate -------------------------------------------------------------
 
@@ -215,9 +229,19 @@ class _Worker:
                     due = await self._slot()
                 if self.halted:
                     return
-                claimed = await self._guard(self.journal.claim())
+                self._verdict = None
+                claimed = await self._guard(
+                    self.journal.claim(self._reserve if self.capped else None))
                 if claimed is None:
-                    self.maybe_pending = False
+                    if self._verdict is Verdict.WAIT:
+                        await self._await_room()
+                    elif self._verdict is Verdict.REFUSED:
+                        # The first pending item cannot fit under the cap: this worker
+                        # stops claiming (every other one meets the same item).
+                        self.stopped_at_cap = True
+                        self.halted = True
+                    else:
+                        self.maybe_pending = False
                     continue
                 self.sending += 1
                 try:
@@ -226,6 +250,38 @@ class _Worker:
                     self.sending -= 1
         except WorkerFencedError as exc:
             self._fence(exc)
+
+    # -- the spend cap -----------------------------------------------------------------
+
+    async def _reserve(self, conn: Any, row: JournalRow) -> bool:
+        """Inside the claiming transaction: reserve the item's estimated cost in the
+        batch's budget (its row locked), so no two workers take the same room."""
+        cls = price_class(_request_from_body(json.loads(row.request)))
+
+        def reserve(budget: SpendBudget) -> tuple[Verdict, bool]:
+            return budget.reserve(cls, row.key), budget.needs_reading
+
+        self._verdict, self._needs_reading = await self.journal.with_budget(reserve, conn)
+        return self._verdict is Verdict.GRANTED
+
+    async def _settle(self, key: str, *, charged: bool) -> None:
+        if self.capped:
+            await self.journal.with_budget(lambda b: b.settle(key, charged=charged))
+
+    async def _await_room(self) -> None:
+        """WAIT: room may appear once the balance is read (items sent since the last
+        read have a price to learn) or once reservations settle."""
+        if self._needs_reading and not self._reading.locked():
+            async with self._reading:
+                # At most twice a second per worker: items waiting for room do not
+                # each read the balance.
+                await anyio.sleep(max(0.0, self._last_read + 0.5 - time.monotonic()))
+                mark = await self.journal.with_budget(lambda b: b.read_mark())
+                balance = await self.engine.balance()
+                self._last_read = time.monotonic()
+                await self.journal.with_budget(lambda b: b.observe(balance.used, mark))
+        else:
+            await anyio.sleep(0.05)
 
     def _gate(self) -> None:
         if self.halted:
@@ -245,11 +301,14 @@ class _Worker:
                     request, key=row.idempotency_key, gate=self._gate)
         except StreamClosed:
             # Stopped before its bytes went out: never sent, back in line.
+            await self._settle(row.key, charged=False)
             await self._guard(self.journal.write(row.key, ItemState.PENDING))
             return
         except APIMartError as exc:
+            await self._settle(row.key, charged=exc.submission_ambiguous)
             await self._submit_failed(row, exc)
             return
+        await self._settle(row.key, charged=True)
         await self._guard(self.journal.write(row.key, ItemState.SUBMITTED,
                                              task_id=submission.task_id))
         self.submitted += 1
@@ -383,6 +442,7 @@ async def run_worker(
     rps: float | None = None,
     resubmit_ambiguous: bool = False,
     stop: anyio.Event | None = None,
+    max_spend: float | None = None,
 ) -> WorkerOutcome:
     """Join `journal`'s batch as a worker until the batch is done (or `stop` is set, or
     the fleet is stopped by an account failure). `rps` is the key's rate, shared by
@@ -400,6 +460,10 @@ async def run_worker(
     state = _Worker(engine, journal, out_dir, tick=max(0.02, min(1.0, journal.lease / 5)))
     state.tmp = out_dir / f".fleet-w{worker_id}"
     state.folder = str(await anyio.Path(out_dir).resolve())
+    if max_spend is not None:
+        await journal.start_budget(max_spend, (await engine.balance()).used)
+    # A batch started with a cap keeps it for every worker, flag or not.
+    state.capped = await journal.budget() is not None
     limits = engine.limits
     if rps is not None:
         state.interval = 1.0 / rps
@@ -428,7 +492,7 @@ async def run_worker(
         worker=worker_id, submitted=state.submitted, downloaded=state.downloaded,
         adopted=state.adopted, declared_dead=tuple(state.declared_dead), counts=counts,
         interrupted=state.interrupted, stopped=None if stopped is None else stopped[0],
-        account_error=state.account_error,
+        account_error=state.account_error, stopped_at_cap=state.stopped_at_cap,
     )
 
 
@@ -459,6 +523,36 @@ async def _mirror(
         await anyio.sleep(0.5)
 
 
+async def _spend_report(
+    engine: Engine, journal: PgJournal, start: Balance, spent_before: float,
+    items: list[_Item],
+) -> BatchSpend:
+    """What the batch spent, the fleet's way: the budget row counts every worker's
+    spending; `spent` is what it grew by during this run (other workers' too)."""
+    end: Balance | None
+    try:
+        end = await engine.balance()
+        used = end.used
+
+        def observe(budget: SpendBudget) -> float:
+            budget.observe(used)
+            return budget.spent
+
+        total = await journal.with_budget(observe)
+    except APIMartError as exc:
+        log.warning("could not read the balance at the end of the run (%s): the spend "
+                    "reported is an estimate", exc)
+        end = None
+        recorded = await journal.budget()
+        total = recorded.committed if recorded is not None else spent_before
+    rows = await journal.load()
+    left = sum(1 for item in items if rows[item.key].state is ItemState.PENDING)
+    recorded = await journal.budget()
+    assert recorded is not None
+    return BatchSpend(cap=recorded.cap, spent=max(0.0, total - spent_before),
+                      spent_before=spent_before, start=start, end=end, left_pending=left)
+
+
 async def run_fleet_batch(
     engine: Engine,
     items: list[_Item],
@@ -471,6 +565,7 @@ async def run_fleet_batch(
     stop: anyio.Event | None,
     retry_failed: bool = False,
     on_change: Callable[[ItemResult], None] | None = None,
+    max_spend: float | None = None,
 ) -> BatchReport:
     """`run_batch` on a PostgreSQL journal: enqueue the items (idempotently, by content
     identity), work on the batch with whatever other workers share it, then report on
@@ -499,14 +594,23 @@ async def run_fleet_batch(
         if await journal.out_dir() is None:
             await journal.set_out_dir(str(await anyio.Path(out_dir).resolve()))
         seen: dict[str, ItemState] = {}
+        start: Balance | None = None
+        spent_before = 0.0
+        if max_spend is not None:
+            start = await engine.balance()
+            recorded = await journal.budget()
+            spent_before = recorded.spent if recorded is not None else 0.0
         async with anyio.create_task_group() as tg:
             if on_change is not None:
                 tg.start_soon(_mirror, journal, items, out_dir, on_change, seen)
             outcome = await run_worker(
                 engine, journal, out_dir=out_dir, rps=engine.limits.rate.ceiling,
-                resubmit_ambiguous=resubmit_ambiguous, stop=stop,
+                resubmit_ambiguous=resubmit_ambiguous, stop=stop, max_spend=max_spend,
             )
             tg.cancel_scope.cancel()
+        spend = None
+        if max_spend is not None and start is not None:
+            spend = await _spend_report(engine, journal, start, spent_before, items)
         rows = await journal.load()
         folders = await journal.folders()
         label = journal.label
@@ -522,4 +626,5 @@ async def run_fleet_batch(
         rate_limited=stats.rate_limited - before.rate_limited,
         account_error=outcome.account_error or (
             APIMartError(outcome.stopped) if outcome.stopped else None),
+        spend=spend,
     )

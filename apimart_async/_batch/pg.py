@@ -25,6 +25,7 @@ Schema version 1 is recorded in `apimart_meta`; a newer one is refused in one li
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import time
@@ -32,16 +33,18 @@ import urllib.parse
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import attrs
 
 from .._core.errors import ValidationError, WorkerFencedError
+from .._core.spend import SpendBudget
 from .journal import ItemState, JournalRow
 
 __all__ = ["PG_SCHEMA_VERSION", "Claimed", "PgJournal", "Reserve", "fleet_status", "is_pg_url"]
 
 PG_SCHEMA_VERSION = 1
+T = TypeVar("T")
 # Held while creating or migrating the tables, so workers starting together do not race.
 _MIGRATION_LOCK = 0x61706D61  # "apma"
 
@@ -86,6 +89,10 @@ CREATE TABLE IF NOT EXISTS apimart_items (
 );
 CREATE INDEX IF NOT EXISTS apimart_items_by_state ON apimart_items (batch, state, position);
 CREATE INDEX IF NOT EXISTS apimart_items_by_worker ON apimart_items (worker);
+CREATE TABLE IF NOT EXISTS apimart_budgets (
+    batch text PRIMARY KEY,
+    state text NOT NULL
+);
 CREATE TABLE IF NOT EXISTS apimart_rates (
     fingerprint text PRIMARY KEY,
     base_interval_s double precision NOT NULL,
@@ -527,6 +534,51 @@ class PgJournal:
             self.batch)
         return {row["state"]: int(row["n"]) for row in rows}
 
+    # -- the fleet's spend cap -------------------------------------------------------------
+
+    async def start_budget(self, cap: float, used: float) -> SpendBudget:
+        """The batch's spend budget (one row, shared by every worker): created with
+        `cap` and the balance's `used` now, else the recorded one with its cap set to
+        `cap` (the latest run's cap holds for the whole batch)."""
+        if self._pool is None:
+            raise RuntimeError("the journal is not open")
+        async with self._pool.acquire() as conn, conn.transaction():
+            text = await conn.fetchval(
+                "SELECT state FROM apimart_budgets WHERE batch = $1 FOR UPDATE", self.batch)
+            if text is None:
+                budget = SpendBudget(cap, start_used=used)
+            else:
+                budget = SpendBudget.from_state(json.loads(text))
+                budget.cap = float(cap)
+            await conn.execute(
+                "INSERT INTO apimart_budgets VALUES ($1, $2) ON CONFLICT (batch) DO UPDATE "
+                "SET state = EXCLUDED.state", self.batch, json.dumps(budget.to_state()))
+        return budget
+
+    async def with_budget(self, change: Callable[[SpendBudget], T], conn: Any = None) -> T:
+        """Apply `change` to the batch's budget under its row lock (in `conn`'s
+        transaction when given: a claim's), and store it back."""
+        if conn is None:
+            if self._pool is None:
+                raise RuntimeError("the journal is not open")
+            async with self._pool.acquire() as own, own.transaction():
+                return await self.with_budget(change, own)
+        text = await conn.fetchval(
+            "SELECT state FROM apimart_budgets WHERE batch = $1 FOR UPDATE", self.batch)
+        if text is None:
+            raise RuntimeError("the batch has no spend budget (start_budget)")
+        budget = SpendBudget.from_state(json.loads(text))
+        result = change(budget)
+        await conn.execute("UPDATE apimart_budgets SET state = $2 WHERE batch = $1",
+                           self.batch, json.dumps(budget.to_state()))
+        return result
+
+    async def budget(self) -> SpendBudget | None:
+        """The batch's spend budget as recorded, if it has one."""
+        rows = await self._fetch("SELECT state FROM apimart_budgets WHERE batch = $1",
+                                 self.batch)
+        return SpendBudget.from_state(json.loads(rows[0]["state"])) if rows else None
+
     # -- the key's shared rate -------------------------------------------------------------
 
     async def set_rate(self, fingerprint: str, rps: float) -> None:
@@ -616,8 +668,16 @@ async def fleet_status(url: str, batch: str | None) -> dict[str, Any]:
                     "SELECT key, name, error FROM apimart_items WHERE batch = $1 "
                     "AND state = 'ambiguous' ORDER BY position", name)
             ]
+            budget_text = await conn.fetchval(
+                "SELECT state FROM apimart_budgets WHERE batch = $1", name)
+            spend = None
+            if budget_text is not None:
+                budget = SpendBudget.from_state(json.loads(budget_text))
+                spend = {"cap": budget.cap, "spent": budget.spent,
+                         "reserved": budget.committed - budget.spent,
+                         "in_flight": budget.in_flight}
             out.append({
-                "batch": name, "exists": info is not None,
+                "batch": name, "exists": info is not None, "spend": spend,
                 "stopped": None if info is None else info["stopped"],
                 "counts": counts, "total": sum(counts.values()),
                 "workers": workers, "ambiguous": ambiguous,

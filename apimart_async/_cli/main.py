@@ -193,6 +193,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="resubmit items a dead worker left mid-submission (they may be "
                          "billed twice)")
     wk.add_argument("--json", action="store_true", help="print a machine-readable summary")
+    wk.add_argument("--max-spend", type=_positive_float, default=None, metavar="AMOUNT",
+                    help="set the batch's spend cap (the balance's unit), shared by every "
+                         "worker; a batch started with one keeps it without this flag")
     _add_fleet_options(wk)
     _add_client_options(wk)
 
@@ -751,6 +754,7 @@ async def _run_worker(args: argparse.Namespace) -> int:
             return await session.run_worker(
                 journal=args.journal, batch=args.batch, out_dir=args.out, lease=args.lease,
                 resubmit_ambiguous=args.resubmit_ambiguous, stop=stop,
+                max_spend=args.max_spend,
             )
 
     outcome, signum = await _interruptible(go)
@@ -773,6 +777,9 @@ async def _run_worker(args: argparse.Namespace) -> int:
         print(f"batch {args.batch}: {total} items: {states}")
         if outcome.stopped:
             print(f"the fleet is stopped: {outcome.stopped}")
+        if outcome.stopped_at_cap:
+            print("stopped at the batch's spend cap: the next item could cross it; run "
+                  "with a larger --max-spend to send the rest")
     if outcome.interrupted and signum is not None:
         return 128 + signum
     if outcome.stopped:
@@ -799,6 +806,10 @@ async def _run_journal(args: argparse.Namespace) -> int:
         print(f"batch {batch['batch']}: {batch['total']} items: {counts or 'none'}")
         if batch.get("stopped"):
             print(f"  stopped: {batch['stopped']}")
+        if batch.get("spend"):
+            spend = batch["spend"]
+            print(f"  spend: {spend['spent']:g} spent, {spend['reserved']:g} reserved "
+                  f"({spend['in_flight']} in flight) of a cap of {spend['cap']:g}")
         for w in batch.get("workers", []):
             life = "alive" if w["alive"] else f"dead ({w['dead_reason'] or 'lease passed'})"
             print(f"  worker {w['id']} {w['host']} pid {w['pid']}: {life}, heartbeat "
