@@ -160,6 +160,7 @@ async def test_a_dead_worker_is_fenced_its_submitting_item_ambiguous_the_rest_ad
         with pytest.raises(WorkerFencedError):
             await one.write("b", ItemState.COMPLETED)
         assert await two.reap() == [me]
+        assert two.lost_keys == ["a"]
         table = await state_of(pg_url)
         # Submitting: may be billed, so ambiguous, never pending; submitted: adoptable.
         assert table["a"] == ("ambiguous", None)

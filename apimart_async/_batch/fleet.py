@@ -197,6 +197,10 @@ class _Worker:
                 dead = await journal.reap()
                 if dead:
                     self.declared_dead.extend(dead)
+                    for key in journal.lost_keys:
+                        # Its reservation may have been billed: counted as spent, and
+                        # no longer held as in flight for ever.
+                        await self._settle(key, charged=True)
                     log.warning("worker %s: declared dead workers %s (lease %gs passed)",
                                 journal.worker, dead, journal.lease)
                 if not self.halted:

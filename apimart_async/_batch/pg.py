@@ -180,6 +180,8 @@ class PgJournal:
         self.lease = lease
         self.worker: int | None = None
         self._pool: Any = None
+        #: The items the last `reap` turned ambiguous (a spend cap settles them).
+        self.lost_keys: list[str] = []
 
     def __repr__(self) -> str:
         return f"PgJournal({self.label!r}, batch={self.batch!r})"
@@ -368,8 +370,9 @@ class PgJournal:
             "WHERE worker IN (SELECT id FROM dead) AND state = 'submitting' RETURNING key), "
             "freed AS (UPDATE apimart_items SET worker = NULL, updated = now() "
             "WHERE worker IN (SELECT id FROM dead) AND state <> 'submitting' RETURNING key) "
-            "SELECT id, (SELECT count(*) FROM lost) AS lost, (SELECT count(*) FROM freed) "
-            "AS freed FROM dead", self._me(), self.batch)
+            "SELECT id, (SELECT array_agg(key) FROM lost) AS lost, (SELECT count(*) FROM "
+            "freed) AS freed FROM dead", self._me(), self.batch)
+        self.lost_keys = sorted({key for row in rows for key in (row["lost"] or ())})
         return [int(row["id"]) for row in rows]
 
     async def resubmit_ambiguous(self) -> int:
