@@ -446,3 +446,25 @@ async def test_max_spend_holds_across_three_workers(
                                   lease=LEASE, max_spend=100)
     assert again.ok and server.stats.submissions == 30
     assert server.stats.duplicate_submissions == 0 and emu.used_balance == 30
+
+
+async def test_every_output_of_a_task_is_downloaded_by_the_fleet(
+    make_server: MakeServer, pg_url: str, tmp_path: Path
+) -> None:
+    import json
+
+    from apimart_async.testing import TaskPlan
+
+    server = await make_server(EmulatorConfig(
+        planner=lambda body, index: TaskPlan(duration=2, videos=2, images=1)))
+    async with session_for(server) as s:
+        report = await s.run_batch(reqs(2), out_dir=tmp_path, journal=pg_url, lease=LEASE)
+    assert report.ok
+    names = sorted(p.name for p in tmp_path.iterdir() if p.is_file())
+    assert len(names) == 6 and sum(n.endswith(".png") for n in names) == 2
+    for row in await rows(pg_url):
+        more = json.loads(row["outputs"])
+        assert [m["index"] for m in more] == [1, 2]
+        for entry in [{"path": row["path"], "sha256": row["sha256"]}, *more]:
+            data = (tmp_path / entry["path"]).read_bytes()
+            assert hashlib.sha256(data).hexdigest() == entry["sha256"]

@@ -42,7 +42,8 @@ from .._core.errors import (
     WorkerFencedError,
     error_record,
 )
-from .._core.models import Task, TaskStatus
+from .._core.models import Task, TaskOutput, TaskStatus
+from .._core.outputs import numbered_name
 from .._core.spend import SpendBudget, Verdict
 from .._engine.engine import Engine
 from .._engine.streams import Watch
@@ -417,24 +418,36 @@ class _Worker:
             await self._guard(self.journal.release(row.key))
 
     async def _download(self, row: JournalRow, task: Task) -> None:
-        name = row.path or f"{row.key.replace(':', '-')}.mp4"
+        """Every output of the task (its videos, then its images), each named like the
+        SQLite runner names them (`numbered_name`): staged, then moved in."""
+        stem = Path(row.path or row.key.replace(":", "-")).stem
+        outputs = task.outputs or (TaskOutput(kind="video", url=""),)
         # Into this worker's own folder first: a zombie's partial file is its own.
-        staging = self.tmp / name
         await anyio.Path(self.tmp).mkdir(parents=True, exist_ok=True)
-        result = await self.engine.download(task, staging, overwrite=True)
-        final = self.out_dir / name
-        n = 1
-        while await anyio.Path(final).exists():
-            # A file this worker did not put there (a video paid for elsewhere, or one a
-            # zombie moved in): never overwritten.
-            n += 1
-            final = self.out_dir / f"{Path(name).stem}-{n}.mp4"
-        # Still this worker's item? Checked right before the file appears.
+        staged = []
+        for index, output in enumerate(outputs):
+            name = numbered_name(stem, index, output)
+            result = await self.engine.download(task, self.tmp / name, overwrite=True,
+                                                index=index)
+            staged.append((name, result))
+        # Still this worker's item? Checked right before the files appear.
         await self._guard(self.journal.write(row.key, ItemState.COMPLETED))
-        await anyio.to_thread.run_sync(os.replace, staging, final)
+        placed = []
+        for index, (name, result) in enumerate(staged):
+            final, n = self.out_dir / name, 1
+            while await anyio.Path(final).exists():
+                # A file this worker did not put there (paid for elsewhere, or moved in
+                # by a zombie): never overwritten.
+                n += 1
+                final = self.out_dir / f"{Path(name).stem}-{n}{Path(name).suffix}"
+            await anyio.to_thread.run_sync(os.replace, result.path, final)
+            placed.append({"index": index, "path": final.name, "size": result.size,
+                           "sha256": result.sha256})
+        first = placed[0]
         await self._guard(self.journal.write(
-            row.key, ItemState.DOWNLOADED, path=final.name, size=result.size,
-            sha256=result.sha256, error=None, error_record=None, folder=self.folder))
+            row.key, ItemState.DOWNLOADED, path=first["path"], size=first["size"],
+            sha256=first["sha256"], error=None, error_record=None, folder=self.folder,
+            outputs=json.dumps(placed[1:]) if len(placed) > 1 else None))
         self.downloaded += 1
 
 

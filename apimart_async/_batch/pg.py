@@ -83,6 +83,7 @@ CREATE TABLE IF NOT EXISTS apimart_items (
     size bigint,
     sha256 text,
     folder text,
+    outputs text,
     worker bigint,
     updated timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (batch, key)
@@ -107,7 +108,8 @@ _COLUMNS = ("key", "name", "request", "idempotency_key", "state", "task_id",
             "error", "error_record", "path", "size", "sha256")
 # `folder`: the resolved output folder of the worker that downloaded the video (a
 # fleet's workers may each have their own).
-_WRITABLE = frozenset(_COLUMNS) - {"key"} | {"folder"}
+# `outputs`: a task's outputs after the first, JSON ([{index, path, size, sha256}]).
+_WRITABLE = frozenset(_COLUMNS) - {"key"} | {"folder", "outputs"}
 
 # The caller is alive: its row, not declared dead, heartbeat within its lease on the
 # server's clock. FOR SHARE: a concurrent "declare dead" waits for this statement, or
