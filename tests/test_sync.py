@@ -1,0 +1,211 @@
+"""`apimart_async.sync`: the blocking facade, over real sockets against the emulator.
+
+The emulator runs on its own event loop in a thread (as the pytest plugin's
+``apimart_sync_server`` does): a blocking call must not share a loop with its server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from anyio.from_thread import BlockingPortal, start_blocking_portal
+
+from apimart_async import (
+    AuthenticationError,
+    BatchEvent,
+    EventKind,
+    NotFoundError,
+    Submission,
+    Task,
+    TaskFailedError,
+    TaskStatus,
+    TaskUpdate,
+    ValidationError,
+    VideoRequest,
+)
+from apimart_async.sync import CALL_TASK, Session
+from apimart_async.testing import Clock, EmulatorConfig, EmulatorServer, TaskPlan
+
+from .conftest import KEY
+
+LOOP_THREAD = "apimart-sync-loop"
+
+
+class Threaded:
+    """An emulator served from its own loop thread."""
+
+    def __init__(self, portal: BlockingPortal, server: EmulatorServer) -> None:
+        self.portal = portal
+        self.server = server
+
+    def session(self, **kwargs: object) -> Session:
+        kwargs.setdefault("api_key", KEY)
+        kwargs.setdefault("clock", self.server.emulator.clock)
+        return Session(base_url=self.server.base_url, **kwargs)  # type: ignore[arg-type]
+
+
+def _serve(config: EmulatorConfig | None = None) -> Iterator[Threaded]:
+    with start_blocking_portal("asyncio") as portal:
+        server = EmulatorServer(config, clock=Clock(speed=50))
+        with portal.wrap_async_context_manager(server):
+            yield Threaded(portal, server)
+
+
+@pytest.fixture
+def threaded() -> Iterator[Threaded]:
+    yield from _serve()
+
+
+def _loop_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == LOOP_THREAD]
+
+
+def test_round_trip_blocks_and_returns_the_async_types(threaded: Threaded, tmp_path: Path) -> None:
+    with threaded.session() as s:
+        sub = s.submit(VideoRequest("a red fox"))
+        assert isinstance(sub, Submission)
+        assert isinstance(s.get_task(sub), Task)
+        task = s.wait(sub)
+        assert task.status is TaskStatus.COMPLETED
+        result = s.download(task, tmp_path)
+        assert result.path.read_bytes() == threaded.server.emulator.video(
+            threaded.server.emulator.record(sub.task_id)  # type: ignore[arg-type]
+        )
+        assert s.stats.submissions == 1
+
+
+def test_errors_cross_as_the_same_classes(tmp_path: Path) -> None:
+    for threaded in _serve(EmulatorConfig(api_key=KEY, fail_rate=1.0)):
+        with threaded.session() as s:
+            with pytest.raises(NotFoundError) as not_found:
+                s.get_task("task_missing")
+            assert type(not_found.value) is NotFoundError
+            with pytest.raises(ValidationError, match="request"):
+                s.submit("a red fox")  # type: ignore[arg-type]
+            with pytest.raises(TaskFailedError) as failed:
+                s.wait(s.submit(VideoRequest("a red fox")))
+            assert failed.value.task.status is TaskStatus.FAILED
+        with threaded.session(api_key="sk-wrong-key-0123456789") as s, \
+                pytest.raises(AuthenticationError):
+            s.submit(VideoRequest("a red fox"))
+
+
+def test_bad_arguments_are_refused_at_construction() -> None:
+    with pytest.raises(ValidationError, match="max_concurrency"):
+        Session(KEY, base_url="http://127.0.0.1:1", max_concurrency=0)
+    assert _loop_threads() == []
+
+
+def test_watch_and_stream_are_blocking_iterators(threaded: Threaded) -> None:
+    with threaded.session() as s:
+        sub = s.submit(VideoRequest("a red fox"))
+        with s.watch([sub]) as updates:
+            seen = list(updates)
+        assert all(isinstance(u, TaskUpdate) for u in seen)
+        assert [u.final for u in seen][-1] is True and sum(u.final for u in seen) == 1
+        events = list(s.stream([VideoRequest("one"), VideoRequest("two")]))
+        assert all(isinstance(e, BatchEvent) for e in events)
+        finals = sorted(e.index for e in events if e.kind is EventKind.COMPLETED)
+        assert finals == [0, 1]
+
+
+def test_run_batch_and_submit_many(threaded: Threaded, tmp_path: Path) -> None:
+    with threaded.session() as s:
+        outcomes = s.submit_many([VideoRequest("one"), VideoRequest("two")])
+        assert all(isinstance(o, Submission) for o in outcomes)
+        seen: list[str] = []
+        report = s.run_batch([VideoRequest("three")], out_dir=tmp_path,
+                             on_change=lambda r: seen.append(threading.current_thread().name))
+        assert report.items[0].path is not None and report.items[0].path.exists()
+        assert set(seen) == {LOOP_THREAD}  # on_change runs on the session's loop thread
+
+
+def test_run_batch_stop_is_a_threading_event(threaded: Threaded, tmp_path: Path) -> None:
+    stop = threading.Event()
+    stop.set()
+    with threaded.session() as s:
+        report = s.run_batch([VideoRequest("one")], out_dir=tmp_path, stop=stop)
+    assert report.interrupted
+    assert threaded.server.stats.submissions == 0
+
+
+def test_calls_from_another_thread(threaded: Threaded) -> None:
+    outcome: list[object] = []
+    with threaded.session() as s:
+        def work() -> None:
+            outcome.append(s.wait(s.submit(VideoRequest("from a thread"))).status)
+
+        worker = threading.Thread(target=work)
+        worker.start()
+        worker.join()
+    assert outcome == [TaskStatus.COMPLETED]
+
+
+def test_calls_from_inside_a_running_event_loop(threaded: Threaded) -> None:
+    # A notebook cell: the caller's thread runs an event loop of its own.
+    async def cell() -> TaskStatus:
+        assert asyncio.get_running_loop().is_running()
+        with threaded.session() as s:
+            task = s.wait(s.submit(VideoRequest("in a notebook")))
+            with pytest.raises(NotFoundError):
+                s.get_task("task_missing")
+            return task.status
+
+    assert asyncio.run(cell()) is TaskStatus.COMPLETED
+    assert _loop_threads() == []
+
+
+def test_first_call_opens_and_close_stops_the_thread_idempotently(threaded: Threaded) -> None:
+    s = threaded.session()
+    assert _loop_threads() == []  # nothing started by construction
+    s.submit(VideoRequest("no with"))
+    assert len(_loop_threads()) == 1
+    s.close()
+    assert _loop_threads() == []  # joined, not merely told to stop
+    s.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        s.submit(VideoRequest("after close"))
+    with pytest.raises(RuntimeError, match="opened already"), s:
+        pass
+
+
+def test_entering_twice_is_refused(threaded: Threaded) -> None:
+    with threaded.session() as s:
+        with pytest.raises(RuntimeError, match="opened already"), s:
+            pass
+        assert s.get_task(s.submit(VideoRequest("still open"))).id
+    assert _loop_threads() == []
+
+
+def test_keyboard_interrupt_cancels_the_call_in_flight(threaded: Threaded) -> None:
+    emulator = threaded.server.emulator
+    main = threading.get_ident()
+    with threaded.session() as s:
+        sub = s.submit(VideoRequest("forever"))
+        emulator.replan(sub.task_id, TaskPlan(duration=1e9))
+        portal = s._loop.portal
+        assert portal is not None
+
+        def calls_on_loop() -> int:
+            return sum(t.get_name() == CALL_TASK for t in asyncio.all_tasks())
+
+        def interrupt_when_polled() -> None:
+            # Once the wait has polled twice, it is surely in flight: Ctrl-C the caller.
+            while emulator.stats.polls[sub.task_id] < 2:
+                threading.Event().wait(0.001)
+            signal.pthread_kill(main, signal.SIGINT)
+
+        helper = threading.Thread(target=interrupt_when_polled)
+        helper.start()
+        with pytest.raises(KeyboardInterrupt):
+            s.wait(sub)
+        helper.join()
+        # The wait's task has unwound: no call is left running on the session's loop.
+        assert portal.call(calls_on_loop) == 0
+        assert s.get_task(sub).status is TaskStatus.PROCESSING  # still usable
+    assert _loop_threads() == []
