@@ -109,3 +109,13 @@ async def test_users_fixtures_win(apimart_session, apimart_server):
     assert sub.task_id
 ''')
     _run(pytester).assert_outcomes(passed=1)
+
+
+def test_readme_plugin_example_passes_as_written(pytester: pytest.Pytester) -> None:
+    from pathlib import Path
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    section = readme.split("### The pytest plugin", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    pytester.makepyfile(test_readme=code)
+    _run(pytester).assert_outcomes(passed=2)

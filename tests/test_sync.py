@@ -49,9 +49,9 @@ class Threaded:
         return Session(base_url=self.server.base_url, **kwargs)  # type: ignore[arg-type]
 
 
-def _serve(config: EmulatorConfig | None = None) -> Iterator[Threaded]:
+def _serve(config: EmulatorConfig | None = None, *, speed: float = 50) -> Iterator[Threaded]:
     with start_blocking_portal("asyncio") as portal:
-        server = EmulatorServer(config, clock=Clock(speed=50))
+        server = EmulatorServer(config, clock=Clock(speed=speed))
         with portal.wrap_async_context_manager(server):
             yield Threaded(portal, server)
 
@@ -209,3 +209,29 @@ def test_keyboard_interrupt_cancels_the_call_in_flight(threaded: Threaded) -> No
         assert portal.call(calls_on_loop) == 0
         assert s.get_task(sub).status is TaskStatus.PROCESSING  # still usable
     assert _loop_threads() == []
+
+
+def _readme_blocks(marker: str) -> list[str]:
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    return [part.split("```python\n", 1)[1].split("```", 1)[0]
+            for part in readme.split(marker)[1:]]
+
+
+def test_readme_sync_snippets_run_as_scripts(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    snippets = _readme_blocks("<!-- sync-snippet -->")
+    assert len(snippets) == 2
+    # Real time on both sides (a script has no shared clock): short tasks instead.
+    for threaded in _serve(EmulatorConfig(duration=(0.2, 0.4), queue_time=(0.0, 0.1)), speed=1):
+        env = {**os.environ, "APIMART_API_KEY": KEY, "APIMART_BASE_URL": threaded.server.base_url}
+        for i, code in enumerate(snippets):
+            script = tmp_path / f"snippet{i}.py"
+            script.write_text(code, encoding="utf-8")
+            done = subprocess.run([sys.executable, "-W", "error", str(script)], cwd=tmp_path,
+                                  env=env, capture_output=True, text=True, timeout=60)
+            assert done.returncode == 0, done.stderr
+        assert threaded.server.stats.submissions == 3
+    assert list(tmp_path.glob("task_*.mp4"))
