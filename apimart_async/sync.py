@@ -19,6 +19,7 @@ the operation in flight, waits for it to unwind, and is raised again.
 from __future__ import annotations
 
 import threading
+import warnings
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from concurrent.futures import Future
 from contextlib import AbstractContextManager, ExitStack
@@ -62,11 +63,13 @@ class _Loop:
     def __init__(self) -> None:
         self._stack = ExitStack()
         self.portal: BlockingPortal | None = None
+        self.thread_id: int | None = None
 
     def start(self) -> BlockingPortal:
         self.portal = self._stack.enter_context(
             start_blocking_portal("asyncio", name="apimart-sync-loop")
         )
+        self.thread_id = self.portal.call(threading.get_ident)
         return self.portal
 
     def stop(self) -> None:
@@ -296,6 +299,15 @@ class Session:
                     context.__exit__(None, None, None)
             finally:
                 self._loop.stop()
+
+    def __del__(self) -> None:
+        # Dropped open, it would keep its loop thread and connections for good.
+        if getattr(self, "_state", None) != "open":
+            return
+        warnings.warn(f"unclosed {self!r}: call close() or use 'with'", ResourceWarning,
+                      source=self, stacklevel=1)
+        if threading.get_ident() != self._loop.thread_id:  # joining itself would hang
+            self.close()
 
     def __enter__(self) -> Session:
         if self._state != "unopened":

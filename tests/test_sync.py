@@ -235,3 +235,15 @@ def test_readme_sync_snippets_run_as_scripts(tmp_path: Path) -> None:
             assert done.returncode == 0, done.stderr
         assert threaded.server.stats.submissions == 3
     assert list(tmp_path.glob("task_*.mp4"))
+
+
+def test_a_session_dropped_open_warns_and_stops_its_thread(threaded: Threaded) -> None:
+    import gc
+
+    s = threaded.session()
+    s.submit(VideoRequest("never closed"))
+    assert len(_loop_threads()) == 1
+    with pytest.warns(ResourceWarning, match="unclosed"):
+        del s  # the last reference: collected at once
+    gc.collect()
+    assert _loop_threads() == []

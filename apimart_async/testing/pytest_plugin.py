@@ -69,7 +69,17 @@ def pytest_configure(config: pytest.Config) -> None:
         "clock speed and EmulatorConfig fields",
     )
     seed = config.getoption("apimart_seed", default=None)
-    config.stash[_RUN_SEED] = seed if seed is not None else secrets.randbits(32)
+    # A pytest-xdist worker takes the seed its controller drew (and printed).
+    worker_seed = getattr(config, "workerinput", {}).get("apimart_seed")
+    if seed is None:
+        seed = worker_seed if worker_seed is not None else secrets.randbits(32)
+    config.stash[_RUN_SEED] = seed
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: Any) -> None:
+    """pytest-xdist: hand the run's seed to each worker."""
+    node.workerinput["apimart_seed"] = node.config.stash[_RUN_SEED]
 
 
 def pytest_report_header(config: pytest.Config) -> str:
