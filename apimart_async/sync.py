@@ -21,8 +21,8 @@ from __future__ import annotations
 import threading
 import warnings
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from concurrent.futures import Future
-from contextlib import AbstractContextManager, ExitStack
+from concurrent.futures import CancelledError, Future
+from contextlib import AbstractContextManager, ExitStack, suppress
 from os import PathLike
 from types import TracebackType
 from typing import Any, Generic, TypeVar
@@ -64,6 +64,10 @@ class _Loop:
         self._stack = ExitStack()
         self.portal: BlockingPortal | None = None
         self.thread_id: int | None = None
+        # The calls in flight (from any thread): close cancels them and waits them out.
+        self._calls: dict[Future[Any], threading.Event] = {}
+        self._calls_lock = threading.Lock()
+        self._closing = False
 
     def start(self) -> BlockingPortal:
         self.portal = self._stack.enter_context(
@@ -71,6 +75,15 @@ class _Loop:
         )
         self.thread_id = self.portal.call(threading.get_ident)
         return self.portal
+
+    def cancel_calls(self) -> None:
+        """Refuse new calls; cancel those in flight and wait until they have unwound."""
+        with self._calls_lock:
+            self._closing = True
+            calls = list(self._calls.items())
+        for future, unwound in calls:
+            future.cancel()
+            unwound.wait()
 
     def stop(self) -> None:
         # Stops the loop and joins its thread.
@@ -80,9 +93,6 @@ class _Loop:
     def run(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
         """Run ``await fn(*args)`` on the loop and wait for it; on KeyboardInterrupt (or
         any exception in this thread) cancel it and wait until it has unwound."""
-        portal = self.portal
-        if portal is None:
-            raise RuntimeError("the sync session is closed: create a new Session")
         unwound = threading.Event()
 
         async def guarded() -> T:
@@ -91,9 +101,19 @@ class _Loop:
             finally:
                 unwound.set()
 
-        future: Future[T] = portal.start_task_soon(guarded, name=CALL_TASK)
+        with self._calls_lock:
+            portal = self.portal
+            if portal is None or self._closing:
+                raise RuntimeError("the sync session is closed: create a new Session")
+            future: Future[T] = portal.start_task_soon(guarded, name=CALL_TASK)
+            self._calls[future] = unwound
         try:
             return future.result()
+        except CancelledError:
+            raise RuntimeError(
+                "the sync session was closed (from another thread) while this call was "
+                "in flight: the call was cancelled"
+            ) from None
         except BaseException:
             if not future.done():
                 future.cancel()
@@ -101,6 +121,9 @@ class _Loop:
                 # this returns: nothing of the cancelled call is left running.
                 unwound.wait()
             raise
+        finally:
+            with self._calls_lock:
+                del self._calls[future]
 
 
 class _Blocking(Generic[E]):
@@ -144,7 +167,9 @@ class _Blocking(Generic[E]):
         self._done = True
         portal = self._loop.portal
         if portal is not None:
-            portal.call(self._stream.close)
+            # RuntimeError: the session closed meanwhile; its loop, and the stream, are gone.
+            with suppress(RuntimeError):
+                portal.call(self._stream.close)
 
     def __enter__(self) -> _Blocking[E]:
         return self
@@ -295,6 +320,7 @@ class Session:
             self._state = "closed"
             context, self._context = self._context, None
             try:
+                self._loop.cancel_calls()
                 if context is not None:
                     context.__exit__(None, None, None)
             finally:

@@ -247,3 +247,27 @@ def test_a_session_dropped_open_warns_and_stops_its_thread(threaded: Threaded) -
         del s  # the last reference: collected at once
     gc.collect()
     assert _loop_threads() == []
+
+
+def test_close_cancels_calls_in_flight_in_other_threads(threaded: Threaded) -> None:
+    emulator = threaded.server.emulator
+    s = threaded.session()
+    sub = s.submit(VideoRequest("forever"))
+    emulator.replan(sub.task_id, TaskPlan(duration=1e9))
+    errors: list[BaseException] = []
+
+    def wait_forever() -> None:
+        try:
+            s.wait(sub)
+        except BaseException as exc:
+            errors.append(exc)
+
+    worker = threading.Thread(target=wait_forever)
+    worker.start()
+    while emulator.stats.polls[sub.task_id] < 1:  # the wait is in flight
+        threading.Event().wait(0.001)
+    s.close()  # does not hang on the wait that would never end
+    worker.join()
+    assert len(errors) == 1 and isinstance(errors[0], RuntimeError)
+    assert "closed" in str(errors[0])
+    assert _loop_threads() == []
