@@ -40,6 +40,7 @@ from ._core.errors import (
     ValidationError,
 )
 from ._core.events import BatchEvent, EventKind, TaskUpdate
+from ._core.hooks import DownloadEvent, Hooks, RateChangeEvent, RequestEvent, RetryEvent
 from ._core.models import Submission, Task, TaskError, TaskStatus, VideoRequest
 from ._core.polling import PollPolicy
 from ._core.retry import RetryPolicy
@@ -64,9 +65,11 @@ __all__ = [
     "Clock",
     "DecodeError",
     "DownloadError",
+    "DownloadEvent",
     "DownloadPolicy",
     "DownloadResult",
     "EventKind",
+    "Hooks",
     "InsufficientBalanceError",
     "ItemResult",
     "ItemState",
@@ -76,8 +79,11 @@ __all__ = [
     "NotSubmittedError",
     "PermissionDeniedError",
     "PollPolicy",
+    "RateChangeEvent",
     "RateLimitError",
+    "RequestEvent",
     "ResultExpiredError",
+    "RetryEvent",
     "RetryPolicy",
     "ServerError",
     "Session",

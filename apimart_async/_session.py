@@ -22,10 +22,15 @@ from ._core.config import (
     check_base_url,
 )
 from ._core.errors import APIMartError, TaskFailedError, TaskTimeoutError, ValidationError
+from ._core.hooks import Hooks
 from ._core.models import Submission, Task, VideoRequest
 from ._core.polling import PollPolicy
 from ._core.retry import RetryPolicy
-from ._core.validation import require_positive_or_none, require_whole_number
+from ._core.validation import (
+    require_finite_positive_or_none,
+    require_positive_or_none,
+    require_whole_number,
+)
 from ._core.wire import check_task_id
 from ._engine.engine import Engine
 from ._engine.streams import BatchStream, Watch
@@ -56,6 +61,8 @@ class Session:
     - `download_concurrency`: video downloads at once (separate from API requests).
     - `downloads`: what a file host may do before a download is given up on (size cap,
       low-speed limit, deadline, allowed hosts): see `DownloadPolicy`.
+    - `hooks`: callables told of each request, retry, rate change, task update and
+      download (`Hooks`), e.g. for metrics; a hook that raises is logged, never raised.
     - `clock`: API time; only tests with a compressed emulator clock change it.
       Every wait of the session (polls, deadlines, retry delays, `rps` pacing) is on it.
 
@@ -82,8 +89,11 @@ class Session:
         download_concurrency: int = 4,
         clock: Clock | None = None,
         downloads: DownloadPolicy | None = None,
+        hooks: Hooks | None = None,
     ) -> None:
         key = ApiKey.resolve(api_key)
+        if hooks is not None and not isinstance(hooks, Hooks):
+            raise ValidationError("hooks", f"must be a Hooks, got {type(hooks).__name__}")
         self._base_url = check_base_url(
             base_url if base_url is not None else os.environ.get(ENV_BASE_URL) or DEFAULT_BASE_URL
         )
@@ -99,7 +109,7 @@ class Session:
             base_url=self._base_url, key=key, timeout=self._timeout, retry=self._retry,
             poll=self._poll, clock=self._clock, max_concurrency=self._max_concurrency, rps=rps,
             download_concurrency=download_concurrency, http_session=http_session,
-            downloads=downloads,
+            downloads=downloads, hooks=hooks,
         )
         self._sealed = True
 
@@ -248,6 +258,7 @@ class Session:
         *,
         timeout: float | None = None,
         task_timeout: float | None = None,
+        progress_every: float | None = None,
     ) -> Watch:
         """Follow tasks to their end: an async iterator of `TaskUpdate`.
 
@@ -257,12 +268,22 @@ class Session:
         seconds); a task past either gets a final update with `timed_out` set. Use it as
         ``async with session.watch(ids) as updates: async for u in updates: ...``; plain
         ``async for`` works too, and leaving the loop stops the polling at once.
+
+        `progress_every` (API seconds, finite and > 0) asks for a progress resolution:
+        while this watch follows a task, it is polled at least that often (never more
+        often than the poll policy's `min_interval`), so a task whose progress moves
+        gets an update about every `progress_every` seconds. It costs polls: a 60 s
+        task at ``progress_every=2`` takes about 30 polls instead of the handful the
+        default (frugal) schedule spends. Other watchers of the same task are not
+        affected, and when this watch ends the task goes back to the policy's schedule.
         """
         require_positive_or_none("timeout", timeout)
         require_positive_or_none("task_timeout", task_timeout)
+        every = require_finite_positive_or_none("progress_every", progress_every)
         ids = list(dict.fromkeys(_task_id(t) for t in tasks))
         self._engine.require_open()
-        return Watch(self._engine, ids, timeout=timeout, task_timeout=task_timeout)
+        return Watch(self._engine, ids, timeout=timeout, task_timeout=task_timeout,
+                     progress_every=every)
 
     def stream(
         self,
@@ -270,18 +291,22 @@ class Session:
         *,
         timeout: float | None = None,
         task_timeout: float | None = None,
+        progress_every: float | None = None,
     ) -> BatchStream:
         """Submit `requests` and follow each to its end, as one stream of `BatchEvent`.
 
         ``async with session.stream(requests) as events: async for e in events: ...``
         Each item gets SUBMITTED, PROGRESS events, then exactly one final event:
         COMPLETED, FAILED, SUBMIT_FAILED or TIMED_OUT (`e.index` is its input position).
+        `progress_every`: as for `watch`, for every task of the stream.
         """
         items = [_check_request(f"requests[{i}]", r) for i, r in enumerate(requests)]
         require_positive_or_none("timeout", timeout)
         require_positive_or_none("task_timeout", task_timeout)
+        every = require_finite_positive_or_none("progress_every", progress_every)
         self._engine.require_open()
-        return BatchStream(self._engine, items, timeout=timeout, task_timeout=task_timeout)
+        return BatchStream(self._engine, items, timeout=timeout, task_timeout=task_timeout,
+                           progress_every=every)
 
     # `timeout` is in API seconds on the session's clock, so anyio.fail_after would not do.
     async def wait(
@@ -361,6 +386,7 @@ class Session:
         resubmit_ambiguous: bool = False,
         on_change: Callable[[ItemResult], None] | None = None,
         stop: anyio.Event | None = None,
+        retry_failed: bool = False,
     ) -> BatchReport:
         """Generate and download a whole batch, durably; returns a `BatchReport`.
 
@@ -372,6 +398,10 @@ class Session:
         with each item's new `ItemResult` as it moves. A 401/402/403 stops sending and is
         kept in `BatchReport.account_error`; the items it stopped stay in the journal, so
         a re-run after fixing the account resumes them.
+
+        Items that ended FAILED in an earlier run (the task failed, or the API refused
+        the request) stay failed on a re-run; with `retry_failed` True they are
+        submitted again as new tasks, under new Idempotency-Keys: each is billed again.
 
         Setting `stop` (e.g. from a signal handler) stops sending at once: submissions
         already on the wire land and are journaled, polling and downloads end, and the
@@ -387,6 +417,7 @@ class Session:
             self._engine, requests, out_dir=Path(out_dir),
             journal=None if journal is None else Path(journal),
             resubmit_ambiguous=resubmit_ambiguous, on_change=on_change, stop=stop,
+            retry_failed=retry_failed,
         )
 
 

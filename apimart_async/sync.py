@@ -34,6 +34,7 @@ from ._batch.runner import BatchItem, BatchReport, ItemResult
 from ._core.config import DownloadPolicy, Timeout
 from ._core.errors import APIMartError
 from ._core.events import BatchEvent, TaskUpdate
+from ._core.hooks import Hooks
 from ._core.models import Submission, Task, VideoRequest
 from ._core.polling import PollPolicy
 from ._core.retry import RetryPolicy
@@ -196,7 +197,7 @@ class Session:
 
     The arguments are those of `apimart_async.Session` (`api_key`, `base_url`,
     `max_concurrency`, `rps`, `timeout`, `retry`, `poll`, `download_concurrency`,
-    `clock`, `downloads`) except `http_session`: an aiohttp session belongs to one event
+    `clock`, `downloads`, `hooks`) except `http_session`: an aiohttp session belongs to one event
     loop, and this one runs its own. Bad arguments are refused here, as there.
 
     The methods are those of the async session, blocking: `submit`, `submit_many`,
@@ -206,7 +207,7 @@ class Session:
     stopped (the thread joined) by `close` or leaving ``with``; `close` is idempotent. A
     session is opened once: entering it again after `close` raises `RuntimeError`.
 
-    Calls may come from any thread, several at once; callbacks (`run_batch`'s
+    Calls may come from any thread, several at once; callbacks (`hooks`, `run_batch`'s
     `on_change`) run on the session's loop thread.
     """
 
@@ -223,12 +224,14 @@ class Session:
         download_concurrency: int = 4,
         clock: Clock | None = None,
         downloads: DownloadPolicy | None = None,
+        hooks: Hooks | None = None,
     ) -> None:
         def make() -> AsyncSession:
             return AsyncSession(
                 api_key, base_url=base_url, max_concurrency=max_concurrency, rps=rps,
                 timeout=timeout, retry=retry, poll=poll,
                 download_concurrency=download_concurrency, clock=clock, downloads=downloads,
+                hooks=hooks,
             )
 
         # Built here to refuse bad arguments at once; the live session is built on the
@@ -401,6 +404,7 @@ class Session:
         *,
         timeout: float | None = None,
         task_timeout: float | None = None,
+        progress_every: float | None = None,
     ) -> Watch:
         """Follow tasks to their end: a blocking iterator of `TaskUpdate`; see
         `apimart_async.Session.watch`. ``with session.watch(ids) as updates:``."""
@@ -408,7 +412,8 @@ class Session:
         ids = list(tasks)
         assert self._loop.portal is not None
         stream = self._loop.portal.call(
-            lambda: session.watch(ids, timeout=timeout, task_timeout=task_timeout)
+            lambda: session.watch(ids, timeout=timeout, task_timeout=task_timeout,
+                                  progress_every=progress_every)
         )
         return Watch(self._loop, stream)
 
@@ -418,6 +423,7 @@ class Session:
         *,
         timeout: float | None = None,
         task_timeout: float | None = None,
+        progress_every: float | None = None,
     ) -> BatchStream:
         """Submit `requests` and follow each to its end: a blocking iterator of
         `BatchEvent`; see `apimart_async.Session.stream`."""
@@ -425,7 +431,8 @@ class Session:
         items = list(requests)
         assert self._loop.portal is not None
         stream = self._loop.portal.call(
-            lambda: session.stream(items, timeout=timeout, task_timeout=task_timeout)
+            lambda: session.stream(items, timeout=timeout, task_timeout=task_timeout,
+                                   progress_every=progress_every)
         )
         return BatchStream(self._loop, stream)
 
@@ -438,18 +445,20 @@ class Session:
         resubmit_ambiguous: bool = False,
         on_change: Callable[[ItemResult], None] | None = None,
         stop: threading.Event | None = None,
+        retry_failed: bool = False,
     ) -> BatchReport:
         """Generate and download a whole batch, durably; see
         `apimart_async.Session.run_batch`. `stop` is a `threading.Event` here (set it
         from any thread); `on_change` is called on the session's loop thread."""
         session = self._live()
+        options: dict[str, Any] = dict(
+            out_dir=out_dir, journal=journal, resubmit_ambiguous=resubmit_ambiguous,
+            on_change=on_change, retry_failed=retry_failed,
+        )
 
         async def run() -> BatchReport:
             if stop is None:
-                return await session.run_batch(
-                    requests, out_dir=out_dir, journal=journal,
-                    resubmit_ambiguous=resubmit_ambiguous, on_change=on_change,
-                )
+                return await session.run_batch(requests, **options)
             stopped = anyio.Event()
             async with anyio.create_task_group() as tg:
 
@@ -461,11 +470,7 @@ class Session:
 
                 tg.start_soon(relay)
                 try:
-                    return await session.run_batch(
-                        requests, out_dir=out_dir, journal=journal,
-                        resubmit_ambiguous=resubmit_ambiguous, on_change=on_change,
-                        stop=stopped,
-                    )
+                    return await session.run_batch(requests, stop=stopped, **options)
                 finally:
                     tg.cancel_scope.cancel()
             raise AssertionError("unreachable")  # pragma: no cover

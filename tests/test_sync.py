@@ -125,6 +125,23 @@ def test_run_batch_and_submit_many(threaded: Threaded, tmp_path: Path) -> None:
         assert set(seen) == {LOOP_THREAD}  # on_change runs on the session's loop thread
 
 
+def test_hooks_and_progress_every_reach_the_async_session(threaded: Threaded) -> None:
+    from apimart_async import Hooks
+
+    threads: list[str] = []
+    hooks = Hooks(on_request=lambda event: threads.append(threading.current_thread().name))
+    with threaded.session(hooks=hooks) as s:
+        sub = s.submit(VideoRequest("a red fox"))
+        threaded.server.emulator.replan(sub.task_id, TaskPlan(duration=60))
+        polls_before = threaded.server.stats.polls[sub.task_id]
+        with s.watch([sub], progress_every=2) as updates:
+            progress = [u.progress for u in updates]
+    # 60 s at a 2 s resolution: dozens of polls and updates, not the frugal handful.
+    assert threaded.server.stats.polls[sub.task_id] - polls_before >= 20
+    assert len(progress) >= 20
+    assert threads and set(threads) == {LOOP_THREAD}  # hooks run on the loop thread
+
+
 def test_run_batch_stop_is_a_threading_event(threaded: Threaded, tmp_path: Path) -> None:
     stop = threading.Event()
     stop.set()
@@ -211,32 +228,6 @@ def test_keyboard_interrupt_cancels_the_call_in_flight(threaded: Threaded) -> No
     assert _loop_threads() == []
 
 
-def _readme_blocks(marker: str) -> list[str]:
-    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
-    return [part.split("```python\n", 1)[1].split("```", 1)[0]
-            for part in readme.split(marker)[1:]]
-
-
-def test_readme_sync_snippets_run_as_scripts(tmp_path: Path) -> None:
-    import os
-    import subprocess
-    import sys
-
-    snippets = _readme_blocks("<!-- sync-snippet -->")
-    assert len(snippets) == 2
-    # Real time on both sides (a script has no shared clock): short tasks instead.
-    for threaded in _serve(EmulatorConfig(duration=(0.2, 0.4), queue_time=(0.0, 0.1)), speed=1):
-        env = {**os.environ, "APIMART_API_KEY": KEY, "APIMART_BASE_URL": threaded.server.base_url}
-        for i, code in enumerate(snippets):
-            script = tmp_path / f"snippet{i}.py"
-            script.write_text(code, encoding="utf-8")
-            done = subprocess.run([sys.executable, "-W", "error", str(script)], cwd=tmp_path,
-                                  env=env, capture_output=True, text=True, timeout=60)
-            assert done.returncode == 0, done.stderr
-        assert threaded.server.stats.submissions == 3
-    assert list(tmp_path.glob("task_*.mp4"))
-
-
 def test_a_session_dropped_open_warns_and_stops_its_thread(threaded: Threaded) -> None:
     import gc
 
@@ -271,3 +262,28 @@ def test_close_cancels_calls_in_flight_in_other_threads(threaded: Threaded) -> N
     assert len(errors) == 1 and isinstance(errors[0], RuntimeError)
     assert "closed" in str(errors[0])
     assert _loop_threads() == []
+
+
+@pytest.mark.parametrize("name", [
+    "__init__", "submit", "submit_many", "get_task", "wait", "download", "watch", "stream",
+    "run_batch", "base_url", "max_concurrency", "rps", "timeout", "retry", "poll", "clock",
+    "stats",
+])
+def test_same_names_and_arguments_as_the_async_session(name: str) -> None:
+    import inspect
+
+    from apimart_async import Session as AsyncSession
+
+    mine, theirs = getattr(Session, name), getattr(AsyncSession, name)
+    if isinstance(theirs, property):
+        assert isinstance(mine, property)
+        return
+    expected = inspect.signature(theirs).parameters
+    got = inspect.signature(mine).parameters
+    # An aiohttp session belongs to one event loop: the sync session runs its own.
+    missing = set(expected) - set(got) - ({"http_session"} if name == "__init__" else set())
+    assert not missing, f"sync Session.{name} lacks {sorted(missing)}"
+    assert set(got) <= set(expected)
+    for param, spec in got.items():
+        assert spec.kind == expected[param].kind, param
+        assert spec.default == expected[param].default, param

@@ -444,7 +444,7 @@ class _Run:
                                              sha256=None)
         await self.journal.enforce_unique_paths()
 
-    async def reconcile(self, resubmit_ambiguous: bool) -> None:
+    async def reconcile(self, resubmit_ambiguous: bool, retry_failed: bool = False) -> None:
         await self._check_out_dir()
         rows = await self.journal.load()
         _refuse_changed_names(self.items, rows, self.journal.path)
@@ -487,6 +487,18 @@ class _Run:
                     await self.journal.release_path(item.key, state)
             elif state is ItemState.SUBMITTING:
                 state = ItemState.AMBIGUOUS  # a crash left it on the wire
+            elif state is ItemState.FAILED and retry_failed:
+                # A new task, billed again: under a new Idempotency-Key, or the server
+                # would answer with the failed task once more.
+                log.info("item %s: %s; submitting it again (retry_failed)",
+                         item.name or item.index, f"task {row.task_id} failed"
+                         if row.task_id else "its request was refused")
+                item.idem = uuid.uuid4().hex
+                await self.journal.update(item.key, ItemState.PENDING,
+                                          idempotency_key=item.idem, task_id=None,
+                                          error=None, error_record=None)
+                item.set(state=ItemState.PENDING)
+                continue
             if state is ItemState.AMBIGUOUS and resubmit_ambiguous:
                 state = ItemState.PENDING
             if state is not row.state:
@@ -713,6 +725,7 @@ async def run_batch(
     resubmit_ambiguous: bool = False,
     on_change: OnChange | None = None,
     stop: anyio.Event | None = None,
+    retry_failed: bool = False,
 ) -> BatchReport:
     """See `Session.run_batch`."""
     occurrences: dict[str, int] = {}
@@ -732,7 +745,7 @@ async def run_batch(
     await anyio.to_thread.run_sync(_probe_writable, out)
     async with Journal(path) as jr:
         run = _Run(engine, items, out, jr, on_change)
-        await run.reconcile(resubmit_ambiguous)
+        await run.reconcile(resubmit_ambiguous, retry_failed)
         try:
             with ungrouped():  # a failing on_change (or journal) comes out as itself
                 await run.execute(stop)

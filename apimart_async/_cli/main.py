@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import functools
 import json
 import math
 import re
@@ -36,9 +37,10 @@ from .._core.errors import (
     ValidationError,
     account_problem,
 )
-from .._core.groups import lone_exception
+from .._core.groups import lone_exception, ungrouped
 from .._io.clock import Clock
 from .._version import __version__
+from .notice import ConnectNotice
 
 __all__ = ["main"]
 
@@ -147,18 +149,24 @@ def build_parser() -> argparse.ArgumentParser:
         "every item, so nothing already submitted is submitted (or paid for) again.",
     )
     bt.add_argument("file", type=Path, help=".jsonl (one request object a line) or .txt")
-    _add_batch_options(bt)
+    _add_batch_options(bt, batch=True)
     bt.add_argument("--journal", type=Path, default=None,
                     help="journal file (default: DIR/.apimart-journal.sqlite3)")
     bt.add_argument("--resubmit-ambiguous", action="store_true",
                     help="resubmit items a crash left mid-submission (they may be billed twice)")
+    bt.add_argument("--retry-failed", action="store_true",
+                    help="submit again the items whose task failed (or whose request was "
+                         "refused) in an earlier run: each is a new task, billed again "
+                         "(default: they stay failed)")
     bt.add_argument("--skip-duplicates", action="store_true",
                     help="send a request repeated in the file once (default: each line is a "
                          "video of its own, billed, and the repeats are listed before sending)")
 
     gen = sub.add_parser("generate", help="generate one video and download it")
     gen.add_argument("prompt")
-    _add_batch_options(gen)
+    _add_batch_options(gen, batch=False)
+    # One video: one request at a time is all it ever needs.
+    gen.set_defaults(concurrency=1, rps=None)
 
     dl = sub.add_parser("download", help="download a completed task's video")
     dl.add_argument("task_id")
@@ -173,17 +181,28 @@ def build_parser() -> argparse.ArgumentParser:
                       help="videos to generate (default 12)")
     demo.add_argument("--speed", type=float, default=1.0,
                       help="run the emulator's task time this many times faster (default 1)")
+    for command in sub.choices.values():
+        # A stray flag after a command is reported with that command's usage.
+        command.set_defaults(command_parser=command)
     return parser
 
 
-def _add_batch_options(p: argparse.ArgumentParser) -> None:
+def _add_batch_options(p: argparse.ArgumentParser, *, batch: bool) -> None:
+    """The options of `batch` and `generate`; those about many requests for `batch` only."""
     p.add_argument("--out", type=Path, required=True, metavar="DIR", help="output directory")
-    p.add_argument("--concurrency", type=_positive_int, default=16,
-                   help="requests in flight at once (default 16)")
-    p.add_argument("--rps", type=float, default=None, help="at most this many requests/second")
-    p.add_argument("--model", default=None, help="default model (default sora-2)")
-    p.add_argument("--duration", type=int, default=None, help="default duration in seconds")
-    p.add_argument("--aspect-ratio", default=None, choices=("16:9", "9:16"))
+    every = " for lines that do not set it" if batch else ""
+    if batch:
+        p.add_argument("--concurrency", type=_positive_int, default=16,
+                       help="requests in flight at once (default 16)")
+        p.add_argument("--rps", type=float, default=None,
+                       help="at most this many requests/second (default: no cap; the "
+                            "session slows down by itself on 429)")
+    p.add_argument("--model", default=None, help=f"model{every} (default sora-2)")
+    p.add_argument("--duration", type=int, default=None, metavar="SECONDS",
+                   help=f"video duration{every} (default: none sent, the model's own "
+                        "default applies)")
+    p.add_argument("--aspect-ratio", default=None, choices=("16:9", "9:16"),
+                   help=f"aspect ratio{every} (default: none sent, the model's own)")
     p.add_argument("--json", action="store_true", help="print a machine-readable summary")
     p.add_argument("--timeout", type=_positive_float, default=None, metavar="SECONDS",
                    help="overall deadline: then stop as on Ctrl-C (nothing more is sent, "
@@ -302,8 +321,11 @@ def task_json(task: Any) -> dict[str, Any]:
 async def _run_status(args: argparse.Namespace) -> int:
     from .._session import Session
 
-    async with Session(args.api_key, base_url=args.base_url) as session:
-        task = await session.get_task(args.task_id)
+    notice = ConnectNotice()
+    session = Session(args.api_key, base_url=args.base_url, hooks=notice.hooks)
+    notice.base_url = session.base_url
+    async with session:
+        task = await _noticed(notice, functools.partial(session.get_task, args.task_id))
     if args.json:
         print(json.dumps(task_json(task), indent=2))
     else:
@@ -313,6 +335,16 @@ async def _run_status(args: argparse.Namespace) -> int:
         if task.error:
             print(f"  error: {task.error.code}: {task.error.message}")
     return EXIT_FAILED if task.status.value in ("failed", "cancelled") else EXIT_OK
+
+
+async def _noticed(notice: ConnectNotice, work: Callable[[], Awaitable[T]]) -> T:
+    """`work()`, with `notice` watching for a host that does not answer."""
+    with ungrouped():  # the command's error comes out as itself
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(notice.watch)
+            result = await work()
+            tg.cancel_scope.cancel()
+    return result
 
 
 def _json_code(error: APIMartError | None) -> int | str | None:
@@ -365,7 +397,7 @@ def report_json(report: BatchReport) -> dict[str, Any]:
 async def _batch(
     args: argparse.Namespace, items: list[BatchItem], *, base_url: str | None,
     api_key: str | None, journal: Path | None = None, resubmit_ambiguous: bool = False,
-    clock: Clock | None = None,
+    clock: Clock | None = None, retry_failed: bool = False,
 ) -> int:
     from .._session import Session
     from .progress import BatchDisplay, summary_lines
@@ -384,17 +416,22 @@ async def _batch(
             stop.set()
 
     async def go(stop: anyio.Event) -> BatchReport:
-        async with Session(
+        notice = ConnectNotice()
+        session = Session(
             api_key, base_url=base_url, max_concurrency=args.concurrency, rps=args.rps,
-            clock=clock,
-        ) as session:
+            clock=clock, hooks=notice.hooks,
+        )
+        notice.base_url = session.base_url
+        async with session:
             with BatchDisplay(len(items), stream=sys.stderr) as display:
                 async with anyio.create_task_group() as tg:
+                    tg.start_soon(notice.watch)
                     if timeout is not None:
                         tg.start_soon(deadline, stop, timeout)
                     report = await session.run_batch(
                         items, out_dir=args.out, journal=journal,
                         resubmit_ambiguous=resubmit_ambiguous, on_change=display, stop=stop,
+                        retry_failed=retry_failed,
                     )
                     tg.cancel_scope.cancel()
                 return report
@@ -487,7 +524,8 @@ async def _run_batch(args: argparse.Namespace) -> int:
     items, lines = batch.select(skip_duplicates=args.skip_duplicates)
     try:
         return await _batch(args, items, base_url=args.base_url, api_key=args.api_key,
-                            journal=args.journal, resubmit_ambiguous=args.resubmit_ambiguous)
+                            journal=args.journal, resubmit_ambiguous=args.resubmit_ambiguous,
+                            retry_failed=args.retry_failed)
     except ValidationError as exc:
         # An item refused by the journal: name its line, not its index in the list.
         match = re.fullmatch(r"requests\[(\d+)\]", exc.field)
@@ -509,8 +547,12 @@ async def _run_download(args: argparse.Namespace) -> int:
 
     _check_out(args.out)
     await anyio.Path(args.out).mkdir(parents=True, exist_ok=True)
-    async with Session(args.api_key, base_url=args.base_url) as session:
-        result = await session.download(args.task_id, args.out, overwrite=args.overwrite)
+    notice = ConnectNotice()
+    session = Session(args.api_key, base_url=args.base_url, hooks=notice.hooks)
+    notice.base_url = session.base_url
+    async with session:
+        result = await _noticed(notice, functools.partial(
+            session.download, args.task_id, args.out, overwrite=args.overwrite))
     print(f"{result.path} ({result.size:,} bytes, sha256 {result.sha256})")
     return EXIT_OK
 
@@ -578,7 +620,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
     if unknown:
-        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+        owner: argparse.ArgumentParser = getattr(args, "command_parser", None) or parser
+        owner.error(f"unrecognized arguments: {' '.join(unknown)}")
     if args.command is None:
         parser.error("the following arguments are required: command")
     if args.command == "emulator":
@@ -624,6 +667,11 @@ def explain(exc: Exception) -> tuple[int, str]:
     """The exit status for an error that stopped a command, and one line saying what to do."""
     if isinstance(exc, InputError):
         return EXIT_USAGE, f"error: {exc}"
+    if isinstance(exc, ValidationError) and exc.field == "api_key" and "no API key" in str(exc):
+        # The library's wording names api_key=; on the command line these are the ways.
+        return EXIT_USAGE, (f"error: no API key: set the {ENV_API_KEY} environment variable, "
+                            "or pass --api-key-file PATH (or --api-key - to read it from "
+                            "standard input)")
     if isinstance(exc, ValidationError):
         return EXIT_USAGE, f"error: {exc}"
     if isinstance(exc, JournalWriteError):

@@ -11,7 +11,12 @@ from urllib.parse import urlsplit
 
 from .errors import ValidationError
 
-__all__ = ["check_http_url", "require_positive_or_none", "require_whole_number"]
+__all__ = [
+    "check_http_url",
+    "require_finite_positive_or_none",
+    "require_positive_or_none",
+    "require_whole_number",
+]
 
 
 def check_http_url(field: str, value: object) -> str:
@@ -45,3 +50,14 @@ def require_positive_or_none(
     if value < 0 or (value == 0 and not allow_zero):
         raise ValidationError(field, f"must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
     return value
+
+
+def require_finite_positive_or_none(field: str, value: object) -> float | None:
+    """`value` if it is None or a finite number > 0, else a `ValidationError`."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+        raise ValidationError(field, f"must be a number of seconds, got {value!r}")
+    if value <= 0 or math.isinf(value):
+        raise ValidationError(field, f"must be a finite number of seconds > 0, got {value!r}")
+    return float(value)

@@ -41,9 +41,11 @@ class _EventStream(Generic[E]):
     """Shared machinery: an unbounded channel from the poller, per-task deadlines."""
 
     def __init__(
-        self, engine: Engine, *, timeout: float | None, task_timeout: float | None
+        self, engine: Engine, *, timeout: float | None, task_timeout: float | None,
+        progress_every: float | None = None,
     ) -> None:
         self._engine = engine
+        self._progress_every = progress_every
         self._clock = clock = engine.clock
         self._task_timeout = task_timeout
         self._end = clock.now() + timeout if timeout is not None else math.inf
@@ -86,7 +88,8 @@ class _EventStream(Generic[E]):
         self._deadlines[task_id] = deadline
         if deadline != math.inf:
             heapq.heappush(self._deadline_heap, (deadline, task_id))
-        self._engine.poller.subscribe(self._deliver, task_id, started_at=started_at)
+        self._engine.poller.subscribe(self._deliver, task_id, started_at=started_at,
+                                      every=self._progress_every)
 
     def _emit(self, event: E) -> None:
         if not self._closed:
@@ -241,8 +244,10 @@ class Watch(_EventStream[TaskUpdate]):
         *,
         timeout: float | None,
         task_timeout: float | None,
+        progress_every: float | None = None,
     ) -> None:
-        super().__init__(engine, timeout=timeout, task_timeout=task_timeout)
+        super().__init__(engine, timeout=timeout, task_timeout=task_timeout,
+                         progress_every=progress_every)
         self._task_ids = list(task_ids)
         self._open_items = len(self._task_ids)
         self._last: dict[str, TaskUpdate] = {}
@@ -313,8 +318,10 @@ class BatchStream(_EventStream[BatchEvent]):
         timeout: float | None,
         task_timeout: float | None,
         hooks: BatchHooks | None = None,
+        progress_every: float | None = None,
     ) -> None:
-        super().__init__(engine, timeout=timeout, task_timeout=task_timeout)
+        super().__init__(engine, timeout=timeout, task_timeout=task_timeout,
+                         progress_every=progress_every)
         hooks = hooks or BatchHooks()
         self._keys = hooks.keys
         self._before_submit = hooks.before_submit

@@ -7,12 +7,20 @@ coroutine retrying on its own.
 
 from __future__ import annotations
 
+import logging
+
 import anyio
 
 from .._core.aimd import AIMDRate
+from .._core.hooks import Hooks, RateChangeEvent
 from .clock import Clock, Timer
+from .hooks import fire
 
 __all__ = ["Limits"]
+
+log = logging.getLogger("apimart_async")
+# A recovering rate is reported when it moved this much since the last report.
+_REPORT_STEP = 0.10
 
 
 class Limits:
@@ -24,7 +32,9 @@ class Limits:
         max_concurrency: int,
         rps: float | None = None,
         clock: Timer | None = None,
+        hooks: Hooks | None = None,
     ) -> None:
+        self._hooks = hooks or Hooks()
         # fast_acquire: no checkpoint when a slot is free; this sits on every request.
         self.concurrency = anyio.Semaphore(max_concurrency, fast_acquire=True)
         self.rate = AIMDRate(ceiling=rps)
@@ -34,6 +44,8 @@ class Limits:
         self._next_slot = 0.0
         self._paused_until = 0.0
         self._last_success = self._time.now()
+        # The rate last reported (log, `on_rate_change`), to report recovery in steps.
+        self._reported = self.rate.rate
 
     def claim(self) -> tuple[float, int]:
         """Claim the next send slot: (clock time it may go at, the epoch it is paced under).
@@ -94,12 +106,13 @@ class Limits:
     def throttled(self, epoch: int, retry_after: float | None) -> None:
         """Record a 429 for a request paced under `epoch`; honour a hint for everyone."""
         now = self._time.now()
-        before = self.rate.epoch
+        before, previous = self.rate.epoch, self.rate.rate
         self.rate.on_throttled(epoch, now)
         if self.rate.epoch != before and self.rate.rate is not None:
             # Slots claimed at the old rate are re-claimed at the new one, starting one
             # interval from now: the server has just said its budget is spent.
             self._next_slot = now + 1.0 / self.rate.rate
+            self._report(previous, "throttled", retry_after)
         pause = self._time.delay_length(retry_after or 0.0)
         if pause:
             self._paused_until = max(self._paused_until, now + pause)
@@ -107,5 +120,21 @@ class Limits:
     def succeeded(self) -> None:
         """Record a successful answer (lets the rate recover)."""
         now = self._time.now()
+        previous = self.rate.rate
         self.rate.on_success(now - self._last_success)
         self._last_success = now
+        rate, reported = self.rate.rate, self._reported
+        if rate is not None and rate != previous and reported is not None \
+                and abs(rate - reported) >= _REPORT_STEP * reported:
+            self._report(reported, "recovered", None)
+
+    def _report(self, previous: float | None, reason: str, retry_after: float | None) -> None:
+        rate = self.rate.rate
+        self._reported = rate
+        log.debug("request rate %s: %s -> %s requests/s%s", reason,
+                  "unlimited" if previous is None else f"{previous:.2f}",
+                  "unlimited" if rate is None else f"{rate:.2f}",
+                  f" (Retry-After {retry_after:g}s)" if retry_after else "")
+        if self._hooks.on_rate_change is not None:
+            fire(self._hooks.on_rate_change, RateChangeEvent(
+                rate=rate, previous=previous, reason=reason, retry_after=retry_after))
