@@ -292,9 +292,9 @@ class Session:
 
     # -- lifecycle ---------------------------------------------------------------------
 
-    def open(self) -> Session:
-        """Start the loop thread and open the session (``with`` and the first call do
-        this). Opening an open session does nothing; a closed one raises RuntimeError."""
+    def _open(self) -> Session:
+        # Start the loop thread and open the session (``with`` and the first call do
+        # this). Opening an open session does nothing; a closed one raises RuntimeError.
         with self._lock:
             if self._state == "open":
                 return self
@@ -344,7 +344,7 @@ class Session:
                 "the session was opened already: enter a Session once ('with'); "
                 "create a new Session"
             )
-        return self.open()
+        return self._open()
 
     def __exit__(
         self,
@@ -356,7 +356,7 @@ class Session:
 
     def _live(self) -> AsyncSession:
         if self._state != "open":
-            self.open()
+            self._open()
         assert self._session is not None
         return self._session
 
