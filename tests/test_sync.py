@@ -287,3 +287,32 @@ def test_same_names_and_arguments_as_the_async_session(name: str) -> None:
     for param, spec in got.items():
         assert spec.kind == expected[param].kind, param
         assert spec.default == expected[param].default, param
+
+
+def test_keyboard_interrupt_in_a_blocking_watch_stops_its_polling(threaded: Threaded) -> None:
+    emulator = threaded.server.emulator
+    main = threading.get_ident()
+    with threaded.session() as s:
+        sub = s.submit(VideoRequest("forever"))
+        emulator.replan(sub.task_id, TaskPlan(duration=1e9))
+        updates = s.watch([sub], progress_every=0.5)  # a poll every 10 ms of real time
+
+        def interrupt_when_polled() -> None:
+            while emulator.stats.polls[sub.task_id] < 3:
+                threading.Event().wait(0.001)
+            signal.pthread_kill(main, signal.SIGINT)
+
+        helper = threading.Thread(target=interrupt_when_polled)
+        helper.start()
+        with pytest.raises(KeyboardInterrupt):
+            for _ in updates:  # a plain for, no with: the interrupt alone must close it
+                pass
+        helper.join()
+        after = emulator.stats.polls[sub.task_id]
+        # A task of ~6 API s, followed to its end: the forever task would be polled
+        # dozens of times meanwhile if the interrupted watch still followed it.
+        other = s.submit(VideoRequest("short"))
+        emulator.replan(other.task_id, TaskPlan(duration=6))
+        s.wait(other)
+        assert emulator.stats.polls[sub.task_id] <= after + 1  # at most one in flight
+        assert list(updates) == []  # and the iterator is over
