@@ -58,6 +58,17 @@ _STOP_CHECK = 0.05
 CALL_TASK = "apimart-sync-call"
 
 
+LOOP_THREAD = "apimart-sync-loop"
+"""The name of a sync session's event loop thread."""
+
+
+def _name_thread() -> int:
+    # Named here, not through start_blocking_portal(name=): anyio >= 4.4 is all we require.
+    thread = threading.current_thread()
+    thread.name = LOOP_THREAD
+    return thread.ident or 0
+
+
 class _Loop:
     """The event loop thread of one sync session, and the one way to run work on it."""
 
@@ -71,10 +82,8 @@ class _Loop:
         self._closing = False
 
     def start(self) -> BlockingPortal:
-        self.portal = self._stack.enter_context(
-            start_blocking_portal("asyncio", name="apimart-sync-loop")
-        )
-        self.thread_id = self.portal.call(threading.get_ident)
+        self.portal = self._stack.enter_context(start_blocking_portal("asyncio"))
+        self.thread_id = self.portal.call(_name_thread)
         return self.portal
 
     def cancel_calls(self) -> None:

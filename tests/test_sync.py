@@ -28,12 +28,10 @@ from apimart_async import (
     ValidationError,
     VideoRequest,
 )
-from apimart_async.sync import CALL_TASK, Session
+from apimart_async.sync import CALL_TASK, LOOP_THREAD, Session
 from apimart_async.testing import Clock, EmulatorConfig, EmulatorServer, TaskPlan
 
 from .conftest import KEY
-
-LOOP_THREAD = "apimart-sync-loop"
 
 
 class Threaded:
@@ -199,6 +197,11 @@ def test_entering_twice_is_refused(threaded: Threaded) -> None:
     assert _loop_threads() == []
 
 
+needs_pthread_kill = pytest.mark.skipif(not hasattr(signal, "pthread_kill"),
+                                        reason="Ctrl-C is sent with signal.pthread_kill")
+
+
+@needs_pthread_kill
 def test_keyboard_interrupt_cancels_the_call_in_flight(threaded: Threaded) -> None:
     emulator = threaded.server.emulator
     main = threading.get_ident()
@@ -289,6 +292,7 @@ def test_same_names_and_arguments_as_the_async_session(name: str) -> None:
         assert spec.default == expected[param].default, param
 
 
+@needs_pthread_kill
 def test_keyboard_interrupt_in_a_blocking_watch_stops_its_polling(threaded: Threaded) -> None:
     emulator = threaded.server.emulator
     main = threading.get_ident()

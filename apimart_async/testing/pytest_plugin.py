@@ -185,7 +185,7 @@ def apimart_sync_server(
 
     from ._server import EmulatorServer
 
-    with start_blocking_portal("asyncio", name="apimart-emulator") as portal:
+    with start_blocking_portal("asyncio") as portal:
         server = EmulatorServer(apimart_config, clock=apimart_clock)
         with portal.wrap_async_context_manager(server):
             yield server
