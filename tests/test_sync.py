@@ -134,9 +134,10 @@ def test_hooks_and_progress_every_reach_the_async_session(threaded: Threaded) ->
         polls_before = threaded.server.stats.polls[sub.task_id]
         with s.watch([sub], progress_every=2) as updates:
             progress = [u.progress for u in updates]
-    # 60 s at a 2 s resolution: dozens of polls and updates, not the frugal handful.
-    assert threaded.server.stats.polls[sub.task_id] - polls_before >= 20
-    assert len(progress) >= 20
+    # 60 s at a 2 s resolution: ~30 polls and updates, not the frugal handful (4 without
+    # progress_every); 10 leaves room for polls slowed by a loaded machine (40 ms apart).
+    assert threaded.server.stats.polls[sub.task_id] - polls_before >= 10
+    assert len(progress) >= 10
     assert threads and set(threads) == {LOOP_THREAD}  # hooks run on the loop thread
 
 
