@@ -88,3 +88,19 @@ async def test_injected_429s_are_counted_by_session_and_emulator(
         await session.download(task, tmp_path)
         assert session.stats.rate_limited == 3  # the file host's 429 too
     assert server.stats.rate_limited == 3
+
+
+async def test_standalone_emulator_seed_is_fresh_unless_given() -> None:
+    from apimart_async.testing import emulator_process
+
+    async def first_id(*flags: str) -> str:
+        headers = {"Authorization": "Bearer sk-any-key-0123456789"}
+        async with emulator_process(*flags) as url, aiohttp.ClientSession() as http, \
+                http.post(f"{url}/v1/videos/generations", headers=headers,
+                          json={"model": "sora-2", "prompt": "p"}) as resp:
+            body = await resp.json()
+        return str(body["data"][0]["task_id"])
+
+    seeded = await first_id("--seed", "9")
+    assert await first_id("--seed", "9") == seeded
+    assert await first_id() != await first_id()
