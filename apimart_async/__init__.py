@@ -15,7 +15,8 @@ Everything public is re-exported here; the modules behind it are private.
 """
 
 from ._batch.journal import ItemState
-from ._batch.runner import BatchItem, BatchReport, ItemResult
+from ._batch.runner import BatchItem, BatchReport, BatchSpend, ItemResult
+from ._core.balance import Balance
 from ._core.config import DownloadPolicy, Timeout
 from ._core.errors import (
     APIConnectionError,
@@ -41,8 +42,16 @@ from ._core.errors import (
 )
 from ._core.events import BatchEvent, EventKind, TaskUpdate
 from ._core.hooks import DownloadEvent, Hooks, RateChangeEvent, RequestEvent, RetryEvent
-from ._core.models import Submission, Task, TaskError, TaskStatus, VideoRequest
+from ._core.models import Submission, Task, TaskError, TaskOutput, TaskStatus, VideoRequest
 from ._core.polling import PollPolicy
+from ._core.registry import (
+    ModelName,
+    ModelSpec,
+    get_model_spec,
+    known_models,
+    register_model,
+    unregister_model,
+)
 from ._core.retry import RetryPolicy
 from ._engine.streams import BatchStream, Watch
 from ._io.clock import Clock
@@ -58,9 +67,11 @@ __all__ = [
     "APITimeoutError",
     "AuthenticationError",
     "BadRequestError",
+    "Balance",
     "BatchEvent",
     "BatchItem",
     "BatchReport",
+    "BatchSpend",
     "BatchStream",
     "Clock",
     "DecodeError",
@@ -75,6 +86,8 @@ __all__ = [
     "ItemState",
     "JournalBusyError",
     "JournalWriteError",
+    "ModelName",
+    "ModelSpec",
     "NotFoundError",
     "NotSubmittedError",
     "PermissionDeniedError",
@@ -92,6 +105,7 @@ __all__ = [
     "Task",
     "TaskError",
     "TaskFailedError",
+    "TaskOutput",
     "TaskStatus",
     "TaskTimeoutError",
     "TaskUpdate",
@@ -100,4 +114,8 @@ __all__ = [
     "VideoRequest",
     "Watch",
     "__version__",
+    "get_model_spec",
+    "known_models",
+    "register_model",
+    "unregister_model",
 ]

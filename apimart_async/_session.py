@@ -13,6 +13,7 @@ import anyio
 import attrs
 
 from ._batch.runner import BatchItem, BatchReport, ItemResult, run_batch
+from ._core.balance import Balance
 from ._core.config import (
     DEFAULT_BASE_URL,
     ENV_BASE_URL,
@@ -23,7 +24,8 @@ from ._core.config import (
 )
 from ._core.errors import APIMartError, TaskFailedError, TaskTimeoutError, ValidationError
 from ._core.hooks import Hooks
-from ._core.models import Submission, Task, VideoRequest
+from ._core.models import Submission, Task, TaskOutput, VideoRequest
+from ._core.outputs import numbered_name
 from ._core.polling import PollPolicy
 from ._core.retry import RetryPolicy
 from ._core.validation import (
@@ -252,6 +254,15 @@ class Session:
         tid = task_id.task_id if isinstance(task_id, Submission) else task_id
         return await self._engine.get_task(tid)
 
+    async def balance(self) -> Balance:
+        """The API key's balance (``GET /v1/balance``), retried on transient errors.
+
+        `Balance.remain` is None when the key has no quota limit (`Balance.unlimited`).
+        A 401 raises `AuthenticationError`; an answer with ``"success": false`` raises
+        `APIStatusError` with the server's message; a malformed one `DecodeError`.
+        """
+        return await self._engine.balance()
+
     def watch(
         self,
         tasks: Iterable[str | Submission],
@@ -342,7 +353,16 @@ class Session:
         self, task: Task | str | Submission, dest: str | PathLike[str], *,
         overwrite: bool = False,
     ) -> DownloadResult:
-        """Download a completed task's video to `dest` (a file path, or a directory).
+        """Download every output of a completed task (its videos and images) to `dest`
+        (a file path, or a directory).
+
+        The first output goes to `dest` itself; the others beside it, numbered:
+        ``fox.mp4``, ``fox-2.mp4``, ``fox-3.png`` (see `Task.outputs`; an extension comes
+        from the output's link, else ``.mp4`` for a video, ``.png`` for an image). The
+        result describes the first file; `DownloadResult.paths` (and `.files`) lists all.
+        The outputs are fetched one after another; if one fails, the error is raised and
+        the files already saved stay (calling again fetches the rest: a file that holds
+        the same bytes is kept as it is).
 
         The bytes stream into a hidden ``.NAME.part`` file beside `dest`; a cut
         connection resumes with a Range request (and starts over if the host ignores
@@ -359,8 +379,9 @@ class Session:
         image container, of a provable length within ``max_bytes``; a ``.part`` left by
         another task or link is never resumed. Such failures raise `DownloadError`.
 
-        Into a directory, the file is named after the task id you passed (a `Task`'s
-        own id), never after the id in the server's answer, and must stay inside it.
+        Into a directory, the files are named after the task id you passed (a `Task`'s
+        own id), never after the id in the server's answer, and must stay inside it:
+        ``TASK_ID.mp4``, ``TASK_ID-2.mp4``...
         """
         self._engine.require_open()
         if isinstance(task, Task):
@@ -369,13 +390,20 @@ class Session:
             asked = check_task_id(task.task_id if isinstance(task, Submission) else task)
             task = await self.get_task(task)
         path = Path(dest)
+        outputs = task.outputs or (TaskOutput(kind="video", url=""),)
         if await anyio.Path(path).is_dir():
-            name = f"{asked}.mp4"
+            name = numbered_name(asked, 0, outputs[0])
             # One plain name, never a path: the file stays inside `dest`.
             if Path(name).name != name or "\\" in name:
                 raise ValidationError("task_id", f"{asked!r} does not name a file in {dest}")
             path = path / name
-        return await self._engine.download(task, path, overwrite=overwrite)
+        first = await self._engine.download(task, path, overwrite=overwrite)
+        more = []
+        for index in range(1, len(outputs)):
+            beside = path.with_name(numbered_name(path.stem, index, outputs[index]))
+            more.append(await self._engine.download(task, beside, overwrite=overwrite,
+                                                    index=index))
+        return attrs.evolve(first, more=tuple(more))
 
     async def run_batch(
         self,
@@ -387,6 +415,7 @@ class Session:
         on_change: Callable[[ItemResult], None] | None = None,
         stop: anyio.Event | None = None,
         retry_failed: bool = False,
+        max_spend: float | None = None,
     ) -> BatchReport:
         """Generate and download a whole batch, durably; returns a `BatchReport`.
 
@@ -411,6 +440,16 @@ class Session:
         write that fails mid-run stops sending at once and raises `JournalWriteError`;
         tasks created but not journaled are printed to stderr and appended to
         ``JOURNAL.recovered-task-ids``.
+
+        `max_spend` caps what this run spends, in the balance's unit (see
+        `Session.balance`): the balance is read before the first submission (a balance
+        with nothing left refuses the run with `InsufficientBalanceError`, nothing
+        sent), each item's estimated cost is reserved before it is sent (submissions at
+        once count each other), and an item that could cross the cap is left pending
+        in the journal: a re-run with a larger cap sends it. Tasks already submitted are
+        still followed and downloaded. What was spent is in `BatchReport.spend`
+        (a `BatchSpend`); see the README's "Balance and spend caps" for how costs are
+        learned.
         """
         self._engine.require_open()
         return await run_batch(
@@ -418,6 +457,7 @@ class Session:
             journal=None if journal is None else Path(journal),
             resubmit_ambiguous=resubmit_ambiguous, on_change=on_change, stop=stop,
             retry_failed=retry_failed,
+            max_spend=max_spend,
         )
 
 

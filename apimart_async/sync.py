@@ -31,6 +31,7 @@ import anyio
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
 from ._batch.runner import BatchItem, BatchReport, ItemResult
+from ._core.balance import Balance
 from ._core.config import DownloadPolicy, Timeout
 from ._core.errors import APIMartError
 from ._core.events import BatchEvent, TaskUpdate
@@ -210,7 +211,7 @@ class Session:
     loop, and this one runs its own. Bad arguments are refused here, as there.
 
     The methods are those of the async session, blocking: `submit`, `submit_many`,
-    `get_task`, `wait`, `download`, `run_batch`, and `watch` / `stream` returning
+    `get_task`, `balance`, `wait`, `download`, `run_batch`, and `watch` / `stream` returning
     blocking iterators. They raise the same error classes (not wrapped). The session's
     event loop runs in a private thread, started by ``with`` or the first call and
     stopped (the thread joined) by `close` or leaving ``with``; `close` is idempotent. A
@@ -394,6 +395,11 @@ class Session:
         session = self._live()
         return self._loop.run(session.get_task, task_id)
 
+    def balance(self) -> Balance:
+        """The API key's balance (``GET /v1/balance``); see `apimart_async.Session.balance`."""
+        session = self._live()
+        return self._loop.run(session.balance)
+
     def wait(self, task_id: str | Submission, *, timeout: float | None = None) -> Task:
         """Poll until the task ends; see `apimart_async.Session.wait`."""
         session = self._live()
@@ -455,6 +461,7 @@ class Session:
         on_change: Callable[[ItemResult], None] | None = None,
         stop: threading.Event | None = None,
         retry_failed: bool = False,
+        max_spend: float | None = None,
     ) -> BatchReport:
         """Generate and download a whole batch, durably; see
         `apimart_async.Session.run_batch`. `stop` is a `threading.Event` here (set it
@@ -462,7 +469,7 @@ class Session:
         session = self._live()
         options: dict[str, Any] = dict(
             out_dir=out_dir, journal=journal, resubmit_ambiguous=resubmit_ambiguous,
-            on_change=on_change, retry_failed=retry_failed,
+            on_change=on_change, retry_failed=retry_failed, max_spend=max_spend,
         )
 
         async def run() -> BatchReport:

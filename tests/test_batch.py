@@ -46,7 +46,7 @@ async def test_outcomes_in_input_order_and_one_failure_cancels_nothing(
     server: EmulatorServer,
 ) -> None:
     reqs = requests(30)
-    reqs[7] = VideoRequest("rejected by the server", duration=99)
+    reqs[7] = VideoRequest("rejected by the server", model="kling-9", duration=99)
     async with session_for(server, max_concurrency=8) as s:
         outcomes = await s.submit_many(reqs)
     assert len(outcomes) == 30
@@ -253,7 +253,8 @@ async def test_wrong_estimates_are_caught_promptly(
 async def test_stream_reports_every_item_to_exactly_one_end(make_server: MakeServer) -> None:
     plans = {"doomed": TaskPlan(duration=5, outcome="failed")}
     server = await make_server(EmulatorConfig(planner=by_prompt(plans)))
-    reqs = [*requests(12), VideoRequest("doomed"), VideoRequest("bad", duration=99)]
+    reqs = [*requests(12), VideoRequest("doomed"),
+            VideoRequest("bad", model="kling-9", duration=99)]
     kinds: defaultdict[int, list[EventKind]] = defaultdict(list)
     async with session_for(server) as s, s.stream(reqs) as events:
         async for event in events:

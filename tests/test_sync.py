@@ -123,6 +123,19 @@ def test_run_batch_and_submit_many(threaded: Threaded, tmp_path: Path) -> None:
         assert set(seen) == {LOOP_THREAD}  # on_change runs on the session's loop thread
 
 
+def test_balance_and_max_spend(tmp_path: Path) -> None:
+    from apimart_async import Balance
+
+    for threaded in _serve(EmulatorConfig(balance=10)):  # 1 per task by default
+        with threaded.session() as s:
+            balance = s.balance()
+            assert isinstance(balance, Balance) and balance.remain == 10
+            requests = [VideoRequest(f"item {i}") for i in range(3)]
+            report = s.run_batch(requests, out_dir=tmp_path, max_spend=2)
+        assert threaded.server.stats.submissions == 2  # the cap held: one item left pending
+        assert sum(item.path is not None for item in report.items) == 2
+
+
 def test_hooks_and_progress_every_reach_the_async_session(threaded: Threaded) -> None:
     from apimart_async import Hooks
 
@@ -268,16 +281,19 @@ def test_close_cancels_calls_in_flight_in_other_threads(threaded: Threaded) -> N
     assert _loop_threads() == []
 
 
-@pytest.mark.parametrize("name", [
-    "__init__", "submit", "submit_many", "get_task", "wait", "download", "watch", "stream",
-    "run_batch", "base_url", "max_concurrency", "rps", "timeout", "retry", "poll", "clock",
-    "stats",
-])
+def _public_names() -> list[str]:
+    from apimart_async import Session as AsyncSession
+
+    return ["__init__", *sorted(n for n in dir(AsyncSession) if not n.startswith("_"))]
+
+
+@pytest.mark.parametrize("name", _public_names())
 def test_same_names_and_arguments_as_the_async_session(name: str) -> None:
     import inspect
 
     from apimart_async import Session as AsyncSession
 
+    assert hasattr(Session, name), f"sync Session lacks {name}"
     mine, theirs = getattr(Session, name), getattr(AsyncSession, name)
     if isinstance(theirs, property):
         assert isinstance(mine, property)

@@ -44,7 +44,7 @@ from .notice import ConnectNotice
 
 __all__ = ["main"]
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_ACCOUNT = 0, 1, 2, 3
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_ACCOUNT, EXIT_SPEND_CAP = 0, 1, 2, 3, 4
 # The overall --timeout passed, as timeout(1) reports it.
 EXIT_TIMEOUT = 124
 # An interrupted batch exits 128 + the signal's number, as shells do: 130 for SIGINT
@@ -61,6 +61,8 @@ exit status:
        nothing was sent
   3    account problem: API key rejected (401), balance exhausted (402) or
        permission denied (403); fix the account, re-run the same command to resume
+  4    stopped at the --max-spend cap: items that could have crossed it were not
+       sent (tasks already sent were finished); re-run with a larger cap to send them
   124  --timeout passed: nothing more was sent, requests on the wire landed; the
        summary says what was left; re-run the same command to resume
   130  interrupted (Ctrl-C, SIGINT); 143: terminated (SIGTERM); the summary
@@ -120,7 +122,13 @@ def build_parser() -> argparse.ArgumentParser:
                      help="fraction of tasks that fail (default 0; kind profile only)")
     emu.add_argument("--latency", type=float, default=0.0, help="seconds added to each answer")
     emu.add_argument("--rate-limit", type=float, default=None, help="requests per second")
-    emu.add_argument("--balance", type=int, default=None, help="submissions allowed (402 after)")
+    emu.add_argument("--balance", type=float, default=None,
+                     help="what the key can spend (402 after; default: unlimited quota);"
+                          " each submission costs 1 unless --price says otherwise")
+    emu.add_argument("--price", action="append", default=[], type=_price,
+                     metavar="[MODEL=]PER_TASK[+PER_SECOND]",
+                     help="what a submission costs: per task plus per second of duration,"
+                          " for MODEL or (without MODEL=) every other model; repeatable")
     emu.add_argument("--video-size", type=int, default=64 * 1024, help="bytes per video")
     emu.add_argument("--url-ttl", type=float, default=86400.0, help="result link lifetime (s)")
     emu.add_argument("--submit-faults", type=float, default=0.0,
@@ -164,17 +172,23 @@ def build_parser() -> argparse.ArgumentParser:
                     help="send a request repeated in the file once (default: each line is a "
                          "video of its own, billed, and the repeats are listed before sending)")
 
-    gen = sub.add_parser("generate", help="generate one video and download it")
+    bal = sub.add_parser("balance", help="show the API key's balance (remain, used)")
+    bal.add_argument("--json", action="store_true", help="print the balance as JSON")
+    _add_client_options(bal)
+
+    gen = sub.add_parser("generate", help="generate one video and download it (every output)")
     gen.add_argument("prompt")
     _add_batch_options(gen, batch=False)
     # One video: one request at a time is all it ever needs.
     gen.set_defaults(concurrency=1, rps=None)
 
-    dl = sub.add_parser("download", help="download a completed task's video")
+    dl = sub.add_parser("download", help="download a completed task's videos and images "
+                                         "(DIR/TASK_ID.mp4, DIR/TASK_ID-2.mp4, ...)")
     dl.add_argument("task_id")
     dl.add_argument("--out", type=Path, required=True, metavar="DIR")
     dl.add_argument("--overwrite", action="store_true",
-                    help="replace an existing DIR/TASK_ID.mp4 that holds something else")
+                    help="replace an existing DIR/TASK_ID.mp4 (or -N file) that holds "
+                         "something else")
     _add_client_options(dl)
 
     demo = sub.add_parser("demo", help="run a batch against the built-in emulator (no key)")
@@ -199,16 +213,24 @@ def _add_batch_options(p: argparse.ArgumentParser, *, batch: bool) -> None:
         p.add_argument("--rps", type=float, default=None,
                        help="at most this many requests/second (default: no cap; the "
                             "session slows down by itself on 429)")
-    p.add_argument("--model", default=None, help=f"model{every} (default sora-2)")
+    p.add_argument("--model", default=None,
+                   help=f"model{every} (default sora-2; checked: sora-2, sora-2-pro, veo3, "
+                        "Omni-Flash-Ext; other names are sent as given)")
     p.add_argument("--duration", type=int, default=None, metavar="SECONDS",
                    help=f"video duration{every} (default: none sent, the model's own "
                         "default applies)")
-    p.add_argument("--aspect-ratio", default=None, choices=("16:9", "9:16"),
-                   help=f"aspect ratio{every} (default: none sent, the model's own)")
+    # Which ratios a model takes is the model registry's to say (veo3 takes 1:1).
+    p.add_argument("--aspect-ratio", default=None,
+                   help=f"aspect ratio{every}, e.g. 16:9 or 9:16, checked per model "
+                        "(default: none sent, the model's own)")
     p.add_argument("--json", action="store_true", help="print a machine-readable summary")
     p.add_argument("--timeout", type=_positive_float, default=None, metavar="SECONDS",
                    help="overall deadline: then stop as on Ctrl-C (nothing more is sent, "
                         "what is paid for stays in the journal), exit 124; re-run to resume")
+    p.add_argument("--max-spend", type=_money, default=None, metavar="AMOUNT",
+                   help="spend at most AMOUNT in this run (the balance's unit): items that "
+                        "could cross it stay pending in the journal, exit 4; re-run with a "
+                        "larger cap to send them")
     _add_client_options(p)
 
 
@@ -222,6 +244,16 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _money(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an amount, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be an amount > 0, got {text!r}")
+    return value
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -230,6 +262,21 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
     return value
+
+
+def _price(text: str) -> tuple[str | None, Any]:
+    from ..testing import Price
+
+    model, sep, amounts = text.rpartition("=")
+    per_task, _, per_second = amounts.partition("+")
+    try:
+        price = Price(per_task=float(per_task), per_second=float(per_second or 0))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected [MODEL=]PER_TASK[+PER_SECOND] with amounts >= 0, got {text!r}") from None
+    if sep and not model:
+        raise argparse.ArgumentTypeError(f"expected a model name before '=', got {text!r}")
+    return (model if sep else None), price
 
 
 def _profile_names() -> list[str]:
@@ -274,12 +321,19 @@ async def _run_emulator(args: argparse.Namespace) -> int:
                                              ("estimate_error", args.estimate_error),
                                              ("fail_rate", args.fail_rate))
              if value is not None}
+    # The last --price without a model is everyone else's; with MODEL=, that model's.
+    fallback = [price for model, price in args.price if model is None]
+    pricing: dict[str, Any] = {
+        "prices": {model: price for model, price in args.price if model is not None},
+        **({"price": fallback[-1]} if fallback else {}),
+    }
     config = EmulatorConfig(
         api_key=args.api_key,
         **knobs,
         latency=args.latency,
         rate_limit=args.rate_limit,
         balance=args.balance,
+        **pricing,
         video_size=args.video_size,
         url_ttl=args.url_ttl,
         submit_faults=args.submit_faults,
@@ -314,6 +368,9 @@ def task_json(task: Any) -> dict[str, Any]:
         "completed_at": task.completed_at,
         "actual_time": task.actual_time,
         "video_urls": list(task.video_urls),
+        "image_urls": list(task.image_urls),
+        "outputs": [{"kind": out.kind, "url": out.url, "expires_at": out.expires_at}
+                    for out in task.outputs],
         "expires_at": task.expires_at,
         "error": None if task.error is None else {
             "code": task.error.code, "message": task.error.message
@@ -333,8 +390,8 @@ async def _run_status(args: argparse.Namespace) -> int:
         print(json.dumps(task_json(task), indent=2))
     else:
         print(f"{task.id}: {task.status.value} {task.progress}%")
-        for url in task.video_urls:
-            print(f"  video: {url}")
+        for out in task.outputs:
+            print(f"  {out.kind}: {out.url}")
         if task.error:
             print(f"  error: {task.error.code}: {task.error.message}")
     return EXIT_FAILED if task.status.value in ("failed", "cancelled") else EXIT_OK
@@ -348,6 +405,19 @@ async def _noticed(notice: ConnectNotice, work: Callable[[], Awaitable[T]]) -> T
             result = await work()
             tg.cancel_scope.cancel()
     return result
+async def _run_balance(args: argparse.Namespace) -> int:
+    from .._session import Session
+
+    async with Session(args.api_key, base_url=args.base_url) as session:
+        balance = await session.balance()
+    if args.json:
+        print(json.dumps({"remain": balance.remain, "used": balance.used,
+                          "unlimited": balance.unlimited}))
+    elif balance.unlimited:
+        print(f"unlimited quota; used {balance.used:g}")
+    else:
+        print(f"remain {balance.remain:g}; used {balance.used:g}")
+    return EXIT_OK
 
 
 def _json_code(error: APIMartError | None) -> int | str | None:
@@ -377,10 +447,17 @@ def report_json(report: BatchReport) -> dict[str, Any]:
             "message": str(report.account_error),
         },
         "interrupted": report.interrupted,
+        "spend": None if report.spend is None else {
+            "cap": report.spend.cap, "spent": report.spend.spent,
+            "spent_before": report.spend.spent_before, "total": report.spend.total,
+            "left_pending": report.spend.left_pending,
+            "exact": report.spend.end is not None,
+        },
         "results": [
             {
                 "index": r.index, "name": r.name, "state": r.state.value, "task_id": r.task_id,
                 "path": str(r.path) if r.path else None, "size": r.size, "sha256": r.sha256,
+                "files": [str(path) for path in r.files],
                 "error": r.reason,
                 "error_type": None if r.error is None else type(r.error).__name__,
                 "status": getattr(r.error, "status", None),
@@ -435,6 +512,7 @@ async def _batch(
                         items, out_dir=args.out, journal=journal,
                         resubmit_ambiguous=resubmit_ambiguous, on_change=display, stop=stop,
                         retry_failed=retry_failed,
+                        max_spend=getattr(args, "max_spend", None),
                     )
                     tg.cancel_scope.cancel()
                 return report
@@ -455,12 +533,14 @@ async def _batch(
 
 
 def report_exit_status(report: BatchReport, signum: int | None = None) -> int:
-    """128 + the signal after an interrupt, 3 after an account failure, 0 when every
-    video is on disk, else 1."""
+    """128 + the signal after an interrupt, 3 after an account failure, 4 when the
+    spend cap left items unsent, 0 when every video is on disk, else 1."""
     if report.interrupted and signum is not None:
         return 128 + signum
     if report.account_error is not None:
         return EXIT_ACCOUNT
+    if report.spend is not None and report.spend.stopped_at_cap:
+        return EXIT_SPEND_CAP
     # A paid task of an earlier run still not on disk is unfinished business too.
     stuck = any(item.task_id and not item.ok and item.state is not ItemState.FAILED
                 for item in report.earlier)
@@ -556,7 +636,8 @@ async def _run_download(args: argparse.Namespace) -> int:
     async with session:
         result = await _noticed(notice, functools.partial(
             session.download, args.task_id, args.out, overwrite=args.overwrite))
-    print(f"{result.path} ({result.size:,} bytes, sha256 {result.sha256})")
+    for saved in result.files:  # every output: TASK_ID.mp4, TASK_ID-2.mp4, ...
+        print(f"{saved.path} ({saved.size:,} bytes, sha256 {saved.sha256})")
     return EXIT_OK
 
 
@@ -613,6 +694,7 @@ _COMMANDS = {
     "status": _run_status,
     "batch": _run_batch,
     "generate": _run_generate,
+    "balance": _run_balance,
     "download": _run_download,
     "demo": _run_demo,
 }

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 from anyio.abc import TaskGroup
 
+from .._core.balance import Balance, build_get_balance, parse_balance
 from .._core.config import ApiKey, DownloadPolicy, Timeout
 from .._core.groups import ungrouped
 from .._core.hooks import DownloadEvent, Hooks
@@ -223,14 +224,23 @@ class Engine:
         self.stats.get_task_calls += 1
         return task
 
+    async def balance(self) -> Balance:
+        """``GET /v1/balance``, retried on transient errors like any GET."""
+        self.require_open()
+        balance: Balance = await self.transport.call(build_get_balance(), parse_balance)
+        self.stats.balance_calls += 1
+        return balance
+
     async def download(
-        self, task: Task, path: Path, *, overwrite: bool = False
+        self, task: Task, path: Path, *, overwrite: bool = False, index: int = 0
     ) -> DownloadResult:
-        """Download completed `task`'s video to the file `path` (see `Downloader`)."""
+        """Download output `index` of completed `task` to the file `path` (see
+        `Downloader`)."""
         self.require_open()
         started = time.perf_counter()
         try:
-            result = await self.downloader.download(task, path, overwrite=overwrite)
+            result = await self.downloader.download(
+                task, path, overwrite=overwrite, index=index)
         except Exception as exc:  # told to the hook, then raised as it was
             log.debug("task %s: download to %s failed (%s)", task.id, path, type(exc).__name__)
             if self.hooks.on_download is not None:

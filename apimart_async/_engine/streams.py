@@ -293,9 +293,16 @@ class BatchHooks:
       sent or was refused without creating anything (back in line).
     - `task_group`: where the submitter runs, instead of the engine's, so that a
       failing hook reaches its owner.
+    - `admit(index)`: awaited before the item waits for a request slot (a spend cap
+      reserves its cost there); False leaves it unsent, as a closed gate does.
+    - `settle(index, charged)`: called exactly once for every item `admit` let
+      through, when its submission has ended: `charged` when it may be billed (a task
+      id came back, or it may have been created).
     """
 
     keys: Sequence[str] | None = None
+    admit: Callable[[int], Awaitable[bool]] | None = None
+    settle: Callable[[int, bool], None] | None = None
     before_submit: Callable[[int], Awaitable[None]] | None = None
     after_submit: Callable[[int, SubmitOutcome | None], Awaitable[None]] | None = None
     task_group: TaskGroup | None = None
@@ -326,6 +333,8 @@ class BatchStream(_EventStream[BatchEvent]):
         self._keys = hooks.keys
         self._before_submit = hooks.before_submit
         self._after_submit = hooks.after_submit
+        self._admit = hooks.admit
+        self._settle = hooks.settle
         # Where the submitter runs: the engine's task group, unless the caller owns one
         # (run_batch does, so a failing hook reaches it rather than the session).
         self._task_group = hooks.task_group
@@ -390,10 +399,16 @@ class BatchStream(_EventStream[BatchEvent]):
                 await self._after_submit(index, None)  # e.g. journal "pending" again
 
         submission: Submission | None = None
+        admitted = False
+        failure: APIMartError | None = None
         try:
             with waiting:
                 self._waiting[index] = waiting
                 try:
+                    if self._admit is not None:
+                        if not await self._admit(index):
+                            raise StreamClosed  # e.g. over the spend cap: left unsent
+                        admitted = True
                     submission = await self._engine.submit(
                         request, key=key, gate=gate, before_send=at_the_gate,
                         on_safe_retry=back_in_line,
@@ -406,6 +421,7 @@ class BatchStream(_EventStream[BatchEvent]):
             if isinstance(exc, NotSubmittedError) and maybe_sent:
                 # Stopped before a retry of an attempt that may have created it.
                 exc.submission_ambiguous = True
+            failure = exc
             if self._after_submit is not None:
                 await self._after_submit(index, exc)
             raise
@@ -415,6 +431,13 @@ class BatchStream(_EventStream[BatchEvent]):
             if self._after_submit is not None and not maybe_sent:
                 await self._after_submit(index, None)
             raise
+        finally:
+            if admitted and self._settle is not None:
+                # Billed, or maybe: a task id came back, the failure was ambiguous, or
+                # the item was on the wire when cancelled from outside.
+                charged = submission is not None or (
+                    failure.submission_ambiguous if failure is not None else maybe_sent)
+                self._settle(index, charged)
         # On a cancellation from outside nothing is recorded here: an item on the wire
         # stays as journaled ("submitting"), which is the truth.
         if self._after_submit is not None:

@@ -16,6 +16,7 @@ class SessionStats:
       the poller's and the caller's alike.
     - `retries`, `rate_limited` (429 answers met, from the API host or the file host,
       in the status or in the body), `downloads`, `bytes_downloaded`.
+    - `balance_calls`: successful ``balance`` calls (a spend-capped batch reads it too).
     """
 
     requests: int = 0
@@ -25,6 +26,7 @@ class SessionStats:
     rate_limited: int = 0
     downloads: int = 0
     bytes_downloaded: int = 0
+    balance_calls: int = 0
 
     @property
     def polls(self) -> int:

@@ -19,7 +19,7 @@ fixtures: ``apimart_server``, ``apimart_session``, ``apimart_sync_session`` and 
 """
 
 from .._io.clock import Clock, is_testing, set_testing
-from ._config import EmulatorConfig
+from ._config import PRICED_DURATION, EmulatorConfig, Price
 from ._emulator import Emulator
 from ._faults import Fault
 from ._process import emulator_process
@@ -38,7 +38,9 @@ __all__ = [
     "EmulatorStats",
     "Fault",
     "PRESETS",
+    "PRICED_DURATION",
     "PROFILES",
+    "Price",
     "ProgressMode",
     "RequestRecord",
     "SteppedClock",
