@@ -409,7 +409,7 @@ class Session:
         self, task: Task | str | Submission, dest: str | PathLike[str], *,
         overwrite: bool = False,
     ) -> DownloadResult:
-        """Download a completed task's video; see `apimart_async.Session.download`."""
+        """Download a completed task's outputs; see `apimart_async.Session.download`."""
         session = self._live()
         return self._loop.run(lambda: session.download(task, dest, overwrite=overwrite))
 
