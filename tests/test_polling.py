@@ -416,7 +416,7 @@ def test_a_pending_task_is_polled_at_a_share_of_the_models_short_renders() -> No
 def test_learned_estimate_bias_places_the_watch() -> None:
     # The estimate is always twice the real duration; no progress is reported.
     stats = ModelStats()
-    for _ in range(10):
+    for _ in range(20):
         state = PollState(started_at=0.0)
         observe(state, 1.0, task(0, estimate=20))
         stats.learn(state, 10.0, task(100, status=TaskStatus.COMPLETED, estimate=20))
@@ -427,6 +427,30 @@ def test_learned_estimate_bias_places_the_watch() -> None:
     # learned ratio, 0.475 of it (9.5 s).
     assert next_delay(POLICY, cold, 8.0) == pytest.approx(4.0)
     assert next_delay(POLICY, warm, 8.0, stats) == pytest.approx(1.5)
+
+
+def test_a_few_early_samples_do_not_move_the_estimates_window() -> None:
+    # The first tasks seen ending are those whose estimate was short (they were polled
+    # first): five of them, each 1.125x its estimate, must not push the watch of a task
+    # without progress past its own estimate's earliest credible end.
+    stats = ModelStats()
+    for _ in range(5):
+        done = PollState(started_at=0.0)
+        observe(done, 4.0, task(0, estimate=4))
+        stats.learn(done, 5.0, task(100, status=TaskStatus.COMPLETED, estimate=4))
+    assert stats.ratios[0] == pytest.approx(1.125)
+    state = PollState(started_at=0.0)
+    observe(state, 4.8, task(0, estimate=8))
+    assert next_delay(POLICY, state, 4.8, stats) == next_delay(POLICY, state, 4.8)
+    assert next_delay(POLICY, state, 4.8, stats) < 1.0  # not at 1.125 x 8 s = 9 s
+
+
+@pytest.mark.parametrize("seed", range(1, 9))
+@pytest.mark.parametrize("profile", ["no-progress", "stall-99"])
+def test_signal_less_scenarios_stay_under_the_loop_for_every_seed(profile: str,
+                                                                  seed: int) -> None:
+    polls, lag, _ = versus_loop(profile, seed=seed, stats=ModelStats())
+    assert polls <= 1.0 and lag <= 1.0, (polls, lag)
 
 
 def test_a_stall_is_not_watched_before_the_models_tasks_usually_end() -> None:

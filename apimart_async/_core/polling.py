@@ -53,6 +53,9 @@ _ESTIMATE_LOW, _ESTIMATE_HIGH = 0.6, 1.6
 # Samples kept per model: enough for stable quantiles, bounded memory per session.
 _SAMPLES = 256
 _MIN_SAMPLES = 5
+# The estimate's credible window, learned: the first tasks seen ending are those whose
+# estimate was short (they were polled first), so a few samples overstate the ratio.
+_RATIO_SAMPLES = 20
 
 
 def backoff(base: float, misses: int, cap: float) -> float:
@@ -364,7 +367,7 @@ class ModelStats:
             if duration > queue:
                 self.renders.append(duration - queue)
 
-    def quantile(self, which: str, q: float) -> float | None:
+    def quantile(self, which: str, q: float, least: int = _MIN_SAMPLES) -> float | None:
         """The `q` quantile of `which` ('durations', 'queues', 'renders' or 'ratios'), or
         None if few."""
         ordered = self._sorted.get(which)
@@ -373,6 +376,8 @@ class ModelStats:
             if len(values) < _MIN_SAMPLES:
                 return None
             ordered = self._sorted[which] = sorted(values)
+        if len(ordered) < least:
+            return None
         return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
     def note(self, state: PollState) -> None:
@@ -606,8 +611,9 @@ def _estimate_window(state: PollState, stats: ModelStats | None
         return None
     low, mid, high = _ESTIMATE_LOW, 1.0, _ESTIMATE_HIGH
     if stats is not None:
-        learned = (stats.quantile("ratios", 0.05), stats.quantile("ratios", 0.5),
-                   stats.quantile("ratios", 0.95))
+        learned = (stats.quantile("ratios", 0.05, _RATIO_SAMPLES),
+                   stats.quantile("ratios", 0.5, _RATIO_SAMPLES),
+                   stats.quantile("ratios", 0.95, _RATIO_SAMPLES))
         if learned[0] is not None and learned[1] is not None and learned[2] is not None:
             low, mid, high = learned[0], learned[1], learned[2]
     base = state.started_at
