@@ -10,6 +10,9 @@ change shows in figures that only the seeds move. Each scenario is a fresh sessi
 side by side with a 1-s loop on the same tasks.
 
     python benchmarks/sim_polling.py [--tasks 100] [--seeds 1-8] [--scenarios a,b]
+
+The default scenarios are the matrix's but `mix`; `--scenarios` also takes the extra
+queue-30-60, queue-30-60+, realistic+ and hostile+.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ LATENCY = 0.02
 SCENARIOS = ["linear", "pending-15", "pending-30-60", "queue-2-10", "s-curve", "long-tail",
              "stall-99", "no-progress", "fail-10", "fail-10+", "minutes", "steps-10",
              "realistic", "hostile"]
-EXTRA = ["queue-30-60", "queue-30-60+"]
+EXTRA = ["queue-30-60", "queue-30-60+", "realistic+", "hostile+"]
 _STATUS = {"pending": TaskStatus.PENDING, "processing": TaskStatus.PROCESSING,
            "completed": TaskStatus.COMPLETED, "failed": TaskStatus.FAILED}
 
