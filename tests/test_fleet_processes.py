@@ -263,4 +263,7 @@ async def test_a_worker_paused_within_its_lease_fires_no_burst_of_stale_slots(
     assert stats["submissions"] == n and stats["duplicate_submissions"] == 0
     assert stats["rate_limited"] == 0
     times = sorted(r["time"] / speed for r in log if r["route"] in ("submit", "task"))
-    assert peak_per_second(times) <= rate + 1
+    # A burst of stale slots adds a dozen requests to some second (32 measured with both
+    # stale-slot guards removed); the arrival jitter of a loaded machine, one or two (22
+    # seen once in a full run on 2 shared cores).
+    assert peak_per_second(times) <= rate + 3
