@@ -22,6 +22,7 @@ from .._core.errors import APIMartError, APIStatusError, DecodeError, Validation
 from .._core.events import TaskUpdate
 from .._core.models import Task, TaskStatus
 from .._core.polling import ModelStats, PollPolicy, PollState, missed, next_delay, observe
+from .._core.wire import TaskGet
 from .._io.clock import Clock
 
 __all__ = ["Poller", "Subscriber"]
@@ -40,7 +41,7 @@ _EXPECTED = 100_000
 
 
 class _Entry:
-    __slots__ = ("due", "error", "generation", "last", "model", "scope", "state",
+    __slots__ = ("due", "error", "generation", "get", "last", "model", "scope", "state",
                  "subscribers", "task_id")
 
     def __init__(self, task_id: str, state: PollState, model: str | None = None) -> None:
@@ -54,6 +55,8 @@ class _Entry:
         # The last poll's error while polls keep failing (None once one succeeds).
         self.error: APIMartError | None = None
         self.scope: anyio.CancelScope | None = None
+        # Its GET request, built at the first poll and sent again at every other.
+        self.get: TaskGet | None = None
 
 
 def _stops_watching(error: APIMartError) -> bool:
@@ -70,7 +73,7 @@ class Poller:
     def __init__(
         self,
         *,
-        fetch: Callable[[str], Awaitable[Task]],
+        fetch: Callable[[TaskGet], Awaitable[Task]],
         policy: PollPolicy,
         clock: Clock,
         workers: int,
@@ -230,7 +233,10 @@ class Poller:
         with anyio.CancelScope() as scope:
             entry.scope = scope
             try:
-                result = await self._fetch(entry.task_id)
+                get = entry.get
+                if get is None:
+                    get = entry.get = TaskGet(entry.task_id)  # a bad id: ValidationError
+                result = await self._fetch(get)
             except APIMartError as exc:
                 result = exc
         entry.scope = None
