@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import errno
+import importlib.util
 import json
+import logging
 import math
 import re
 import signal
@@ -41,6 +44,8 @@ from .._io.clock import Clock
 from .._version import __version__
 
 __all__ = ["main"]
+
+log = logging.getLogger("apimart_async")
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_ACCOUNT = 0, 1, 2, 3
 # The overall --timeout passed, as timeout(1) reports it.
@@ -173,7 +178,27 @@ def build_parser() -> argparse.ArgumentParser:
                       help="videos to generate (default 12)")
     demo.add_argument("--speed", type=float, default=1.0,
                       help="run the emulator's task time this many times faster (default 1)")
+    for command in sub.choices.values():
+        # On every subcommand (``apimart-async batch --loop uvloop ...``).
+        command.add_argument(
+            "--loop", choices=LOOPS, default="auto",
+            help="event loop: uvloop (the 'speed' extra), asyncio, or auto (default: "
+                 "uvloop when installed)",
+        )
     return parser
+
+
+LOOPS = ("auto", "asyncio", "uvloop")
+
+
+def loop_options(choice: str) -> dict[str, Any] | None:
+    """anyio's asyncio backend options for ``--loop CHOICE``; None when uvloop is asked
+    for and not installed."""
+    if choice == "asyncio":
+        return {}
+    if importlib.util.find_spec("uvloop") is None:
+        return None if choice == "uvloop" else {}
+    return {"use_uvloop": True}
 
 
 def _add_batch_options(p: argparse.ArgumentParser) -> None:
@@ -573,6 +598,12 @@ _COMMANDS = {
 }
 
 
+async def _run_command(args: argparse.Namespace) -> int:
+    loop = type(asyncio.get_running_loop())
+    log.debug("event loop: %s.%s", loop.__module__, loop.__qualname__)
+    return await _COMMANDS[args.command](args)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `apimart-async` and ``python -m apimart_async``."""
     parser = build_parser()
@@ -583,9 +614,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("the following arguments are required: command")
     if args.command == "emulator":
         _check_profile_flags(parser, args)
+    options = loop_options(args.loop)
+    if options is None:
+        parser.error("--loop uvloop: uvloop is not installed "
+                     "(pip install 'apimart-async[speed]', or use --loop asyncio)")
     try:
         _read_key(args)
-        return anyio.run(_COMMANDS[args.command], args)
+        return anyio.run(_run_command, args, backend_options=options)
     except (APIMartError, InputError, OSError, sqlite3.Error) as exc:
         status, message = explain(exc)
         print(f"apimart-async: {message}", file=sys.stderr)
