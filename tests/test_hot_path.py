@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import gc
+import weakref
 from collections import Counter
 
 import pytest
 
 from apimart_async import NotFoundError, Submission, VideoRequest
-from apimart_async.testing import EmulatorConfig, EmulatorServer
+from apimart_async.testing import EmulatorConfig, EmulatorServer, TaskPlan
 
 from .conftest import MakeServer, session_for
 
@@ -50,3 +52,21 @@ async def test_many_tasks_one_terminal_update_each(make_server: MakeServer) -> N
     assert finals == Counter({s.task_id: 1 for s in subs})
     assert after_final == 0
     assert all(t.status == "completed" for t in server.emulator.tasks.values())
+
+
+async def test_a_watch_keeps_no_ended_tasks_answer(server: EmulatorServer) -> None:
+    # 100,000 watched tasks: the watch held every final `Task` until it was dropped.
+    # Once handed on, an ended task's answer is the caller's alone.
+    async with session_for(server) as session:
+        quick = await session.submit(VideoRequest("quick"))
+        slow = await session.submit(VideoRequest("slow"))
+        server.emulator.replan(slow.task_id, TaskPlan(duration=10_000.0))
+        async with session.watch([quick, slow]) as updates:
+            async for update in updates:
+                if update.task_id == quick.task_id and update.final:
+                    assert update.task is not None
+                    answer = weakref.ref(update.task)
+                    break
+            del update
+            gc.collect()
+            assert answer() is None

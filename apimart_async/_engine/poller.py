@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import heapq
-import itertools
 import logging
 import math
 from collections.abc import Awaitable, Callable
@@ -48,7 +47,8 @@ class _Entry:
         self.task_id = task_id
         self.model = model
         self.state = state
-        self.subscribers: set[Subscriber] = set()
+        # A tuple, not a set: nearly always one subscriber, and 48 bytes against 216.
+        self.subscribers: tuple[Subscriber, ...] = ()
         self.generation = 0
         self.due = 0.0
         self.last: Task | None = None
@@ -87,9 +87,9 @@ class Poller:
         # tasks whose model is not known yet (before their first answer).
         self._stats: dict[str, ModelStats] = {}
         self._expected: dict[str, str] = {}
-        self._heap: list[tuple[float, int, str, int]] = []
-        self._seq = itertools.count()
+        self._heap: list[tuple[float, str, int]] = []
         self._wakeup = anyio.Event()
+        self._solo: tuple[Subscriber, ...] = ()
         self._started = False
         self._tg: TaskGroup | None = None
 
@@ -134,7 +134,14 @@ class Poller:
             self._push(entry, due)
         elif entry.last is not None:
             subscriber(_update(entry.last))
-        entry.subscribers.add(subscriber)
+        if not entry.subscribers:
+            # A watch subscribes each of its tasks with one subscriber: one tuple for all.
+            solo = self._solo
+            if not solo or solo[0] is not subscriber:
+                solo = self._solo = (subscriber,)
+            entry.subscribers = solo
+        elif subscriber not in entry.subscribers:
+            entry.subscribers += (subscriber,)
         self._start()
 
     def unsubscribe(self, subscriber: Subscriber, task_ids: list[str] | None = None) -> None:
@@ -143,7 +150,7 @@ class Poller:
             entry = self._entries.get(task_id)
             if entry is None or subscriber not in entry.subscribers:
                 continue
-            entry.subscribers.discard(subscriber)
+            entry.subscribers = tuple(s for s in entry.subscribers if s != subscriber)
             if not entry.subscribers:
                 self._drop(entry)
 
@@ -154,10 +161,10 @@ class Poller:
 
     def _still_watched(self, entry: _Entry) -> bool:
         """Forget subscribers that are gone (a dropped iterator); False if none is left."""
-        gone = [s for s in entry.subscribers if not getattr(s, "alive", True)]
-        if gone:
-            entry.subscribers.difference_update(gone)
-            if not entry.subscribers:
+        alive = tuple(s for s in entry.subscribers if getattr(s, "alive", True))
+        if len(alive) != len(entry.subscribers):
+            entry.subscribers = alive
+            if not alive:
                 self._drop(entry)
                 return False
         return True
@@ -165,14 +172,17 @@ class Poller:
     def _drop(self, entry: _Entry) -> None:
         del self._entries[entry.task_id]
         entry.generation += 1  # its heap item is now stale
+        # A worker's last entry lingers in its frame: it keeps no answer and no request.
+        entry.last = entry.get = None
         if entry.scope is not None:
             entry.scope.cancel()
 
     def _push(self, entry: _Entry, due: float) -> None:
         entry.generation += 1
         entry.due = due
-        heapq.heappush(self._heap, (due, next(self._seq), entry.task_id, entry.generation))
-        if self._heap[0][2] == entry.task_id:
+        # No tie-breaking counter: task ids are unique, and an int per entry is 28 bytes.
+        heapq.heappush(self._heap, (due, entry.task_id, entry.generation))
+        if self._heap[0][1] == entry.task_id:
             self._wakeup.set()
 
     def _start(self) -> None:
@@ -209,7 +219,7 @@ class Poller:
         while True:
             now = self._clock.now()
             while heap and heap[0][0] <= now:
-                _, _, task_id, generation = heapq.heappop(heap)
+                _, task_id, generation = heapq.heappop(heap)
                 entry = self._entries.get(task_id)
                 if entry is not None and entry.generation == generation:
                     # Blocks while every worker is busy: the heap is the only queue.
@@ -347,7 +357,7 @@ class Poller:
                 self._push(entry, due)
 
     def _deliver(self, entry: _Entry, update: TaskUpdate) -> None:
-        for subscriber in list(entry.subscribers):
+        for subscriber in entry.subscribers:  # a tuple: unsubscribing meanwhile is safe
             subscriber(update)
 
     def _finish(self, entry: _Entry, update: TaskUpdate) -> None:
