@@ -233,3 +233,14 @@ def test_parse_submit_direct_pass_equals_the_converter(item: Any) -> None:
     finally:
         wire.decode = original
     assert got == want
+
+
+@pytest.mark.parametrize("secret", ["process", "complete", "sora"])
+def test_a_secret_inside_a_known_status_or_model_is_still_scrubbed(secret: str) -> None:
+    # The direct pass reuses the status's own string: not when the key is inside it.
+    for data in (PROCESSING, COMPLETED):
+        body = json.dumps({"code": 200, "data": data}).encode()
+        got = outcome(parse_task, 200, body, secret=secret)
+        assert got == outcome(_general_parse_task, 200, body, secret=secret)
+        task = parse_task(200, body, secret=secret)
+        assert secret not in task.raw_status and secret not in (task.model or "")
