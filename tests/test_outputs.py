@@ -363,3 +363,25 @@ async def test_a_name_journaled_for_a_later_output_is_never_given_to_another_ite
     async with session_for(server) as s:
         again = await s.run_batch([fox, owl], out_dir=tmp_path)
     assert again.ok and [p.name for p in again.items[0].files] == ["a.mp4", "a-2.mp4"]
+
+
+@pytest.mark.anyio
+@pytest.mark.usefixtures("cli_env")
+async def test_cli_download_stopped_by_a_file_in_the_way_says_what_it_saved(
+    make_server: MakeServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from .conftest import cli
+
+    server = await make_server(planned(videos=2, images=1))
+    async with session_for(server) as s:
+        task = await s.wait(await s.submit(VideoRequest("a fox")))
+    out_dir = tmp_path / "d"
+    out_dir.mkdir()
+    (out_dir / f"{task.id}-3.png").write_bytes(b"mine")
+    status, out, err = await cli(capsys, "download", task.id, "--out", str(out_dir),
+                                 "--base-url", server.base_url)
+    assert status == 2 and f"{task.id}-3.png" in err and "exists" in err
+    assert (out_dir / f"{task.id}-3.png").read_bytes() == b"mine"
+    assert [line.split(" ")[0] for line in out.splitlines()] == [
+        str(out_dir / f"{task.id}.mp4"), str(out_dir / f"{task.id}-2.mp4")]
+    assert "saved 2 file(s)" in err

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import anyio
+import attrs
 from anyio.abc import TaskStatus
 
 from .._batch.inputs import InputError
@@ -38,6 +39,7 @@ from .._core.errors import (
     account_problem,
 )
 from .._core.groups import lone_exception, ungrouped
+from .._core.hooks import DownloadEvent
 from .._io.clock import Clock
 from .._version import __version__
 from .notice import ConnectNotice
@@ -650,11 +652,27 @@ async def _run_download(args: argparse.Namespace) -> int:
     _check_out(args.out)
     await anyio.Path(args.out).mkdir(parents=True, exist_ok=True)
     notice = ConnectNotice()
-    session = Session(args.api_key, base_url=args.base_url, hooks=notice.hooks)
+    done: list[DownloadEvent] = []
+
+    def on_download(event: DownloadEvent) -> None:
+        if event.error is None:
+            done.append(event)
+
+    hooks = attrs.evolve(notice.hooks, on_download=on_download)
+    session = Session(args.api_key, base_url=args.base_url, hooks=hooks)
     notice.base_url = session.base_url
-    async with session:
-        result = await _noticed(notice, functools.partial(
-            session.download, args.task_id, args.out, overwrite=args.overwrite))
+    try:
+        async with session:
+            result = await _noticed(notice, functools.partial(
+                session.download, args.task_id, args.out, overwrite=args.overwrite))
+    except Exception:
+        # The outputs before the one that failed are on disk: say so, not only the error.
+        for event in done:
+            print(f"{event.path} ({event.size:,} bytes)")
+        if done:
+            print(f"apimart-async: saved {len(done)} file(s) (listed above) before the "
+                  "error below; run the command again to fetch the rest", file=sys.stderr)
+        raise
     for saved in result.files:  # every output: TASK_ID.mp4, TASK_ID-2.mp4, ...
         print(f"{saved.path} ({saved.size:,} bytes, sha256 {saved.sha256})")
     return EXIT_OK
