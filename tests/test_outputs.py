@@ -385,3 +385,18 @@ async def test_cli_download_stopped_by_a_file_in_the_way_says_what_it_saved(
     assert [line.split(" ")[0] for line in out.splitlines()] == [
         str(out_dir / f"{task.id}.mp4"), str(out_dir / f"{task.id}-2.mp4")]
     assert "saved 2 file(s)" in err
+
+
+@pytest.mark.anyio
+async def test_stats_downloads_counts_every_file_saved_images_and_repeats_too(
+    make_server: MakeServer, tmp_path: Path
+) -> None:
+    # As README's SessionStats table says: files (not videos), each time one is fetched.
+    server = await make_server(planned(videos=2, images=1))
+    async with session_for(server) as s:
+        task = await s.wait(await s.submit(VideoRequest("a fox")))
+        first = await s.download(task, tmp_path / "fox.mp4")
+        assert s.stats.downloads == 3
+        assert s.stats.bytes_downloaded == sum(f.size for f in first.files)
+        await s.download(task, tmp_path / "fox.mp4")
+        assert s.stats.downloads == 6

@@ -14,7 +14,11 @@ class SessionStats:
     - `requests`: attempts sent to the API host, retries included.
     - `submissions`: tasks created. `get_task_calls`: successful ``get_task`` calls,
       the poller's and the caller's alike.
-    - `retries`, `rate_limited` (429 answers), `downloads`, `bytes_downloaded`.
+    - `retries`, `rate_limited` (429 answers).
+    - `downloads`: files saved whole, one per output (videos and images alike), each
+      time one is fetched: downloading the same output again counts again.
+      `bytes_downloaded`: the sizes of those files (one resumed from a ``.part`` counts
+      whole, not just the bytes fetched this time).
     - `balance_calls`: successful ``balance`` calls (a spend-capped batch reads it too).
     """
 
