@@ -9,12 +9,17 @@ there is ambiguous (it may exist, and be billed): it is reported as such and
 resubmitted only on request, with the same Idempotency-Key.
 
 Files: a named item goes to NAME.mp4, an unnamed one to SLUG-DIGEST.mp4 (a readable
-prefix of the prompt, and a digest of the whole request). Every output of the task is
-fetched: the first to that name, output N (from 1: videos, then images) to NAME-N.EXT
-(EXT from its link: NAME-2.mp4, NAME-3.png; see `_core.outputs`). A path is claimed in
-the journal before its download starts; a path that exists on disk, or that the
-journal has given to another item or output, is never written: the output takes the
-name with a further -2, -3, ... (NAME-2.mp4 for a first output whose NAME.mp4 is taken).
+prefix of the prompt, and a digest of the whole request; the second of identical
+unnamed requests to SLUG-DIGEST~2.mp4). Every output of the task is fetched: the first
+to that name, output N (from 1: videos, then images) to NAME-N.EXT (EXT from its link:
+NAME-2.mp4, NAME-3.png; see `_core.outputs`). A path is claimed in the journal before
+its download starts; a path that exists on disk, or that the journal has given to
+another item or output, is never written: the output takes its name on the stem
+NAME~2, NAME~3, ... (NAME~2.mp4 for a first output whose NAME.mp4 is taken, NAME~2-2.mp4
+for a second output whose NAME-2.mp4 is). So "-N" only ever numbers a task's outputs
+and "~N" only ever tells apart items (or files in the way): `boat~2.mp4` is never read
+as boat's second output. Later outputs follow the stem their item's first output got.
+Paths already in a journal (earlier versions used -N for both) keep their names.
 """
 
 from __future__ import annotations
@@ -260,7 +265,8 @@ def _file_stem(name: str | None, body: str, occurrence: int) -> str:
         return name
     prompt = json.loads(body).get("prompt", "")
     stem = f"{_slug(str(prompt))}-{request_digest(body)[:10]}"
-    return stem if occurrence == 1 else f"{stem}-{occurrence}"
+    # "~N", never "-N": "-N" numbers a task's outputs (see the module docstring).
+    return stem if occurrence == 1 else f"{stem}~{occurrence}"
 
 
 class _Item:
@@ -857,20 +863,23 @@ class _Run:
 
     async def _claim_path(self, item: _Item, index: int, output: TaskOutput) -> Path:
         """Where output `index` of the item's task goes: the path the journal gave it,
-        else the first of its name (see the module docstring) and that name with -2,
-        -3, ... that no file (whole or partial) and no other journaled item or output
-        has; claimed in the journal before any byte is written."""
+        else the first of its name (see the module docstring) and that name on the stem
+        STEM~2, STEM~3, ... that no file (whole or partial) and no other journaled item
+        or output has; claimed in the journal before any byte is written."""
         known = item.result.path if index == 0 else item.more.get(index, (None,))[0]
         if known is not None:
             return known
         # One claim at a time: between looking at a name and taking it, another
         # download (awaiting the disk) could take the same name.
         async with self._claiming:
-            first = Path(numbered_name(Path(item.filename).stem, index, output))
+            base = Path(item.filename).stem
+            if index > 0 and item.result.path is not None:
+                # An item's files share one stem: the first output's, "~N" and all.
+                base = item.result.path.stem
             n = 1
             while True:
-                path = self.out_dir / (first.name if n == 1
-                                       else f"{first.stem}-{n}{first.suffix}")
+                stem = base if n == 1 else f"{base}~{n}"
+                path = self.out_dir / numbered_name(stem, index, output)
                 if (path.name.casefold() not in self._claimed
                         and not await anyio.Path(path).exists()
                         and not await anyio.Path(part_path(path)).exists()):

@@ -114,7 +114,8 @@ def summary_lines(report: BatchReport) -> list[str]:
             if item.ok:
                 continue
             out = item.path.parent if item.path else report.journal.parent
-            lines.append(f"  {item.state.value:<10} task {item.task_id}: {item.error or ''} "
+            why = item.error or _why(item)
+            lines.append(f"  {item.state.value:<10} task {item.task_id}: {why} "
                          f"(re-run, or: apimart-async download {item.task_id} --out {out})")
     if report.spend is not None:
         spend = report.spend
@@ -145,5 +146,20 @@ def summary_lines(report: BatchReport) -> list[str]:
     for item in report.items:
         if not item.ok:
             task = f" (task {item.task_id})" if item.task_id else ""
-            lines.append(f"  {item.state.value:<10} {_label(item)}{task}: {item.reason or ''}")
+            why = item.reason or _why(item)
+            lines.append(f"  {item.state.value:<10} {_label(item)}{task}: {why}")
     return lines
+
+
+# Why an item without a recorded reason is where it is: a run stopped (Ctrl-C, --timeout)
+# before its next step, which a re-run takes.
+_UNFINISHED = {
+    ItemState.PENDING: "not sent",
+    ItemState.SUBMITTED: "task not finished",
+    ItemState.COMPLETED: "download not finished",
+}
+
+
+def _why(item: ItemResult) -> str:
+    what = _UNFINISHED.get(item.state)
+    return f"{what}; re-run to resume" if what else ""
