@@ -419,3 +419,109 @@ async def test_the_readme_snippet_runs_as_a_script(tmp_path: Path) -> None:
     assert result.stdout.decode().splitlines() == [
         "unlimited 0.0", "spent 5.0 (all runs: 5.0) of 5.0; 3 left pending because of the cap",
     ]
+
+
+# -- liveness: a capped batch never hangs (#10 review) -----------------------------------
+
+
+@pytest.mark.parametrize("groups", [2, 3])
+async def test_a_capped_mix_of_price_groups_ends_at_the_cap(
+    make_server: MakeServer, tmp_path: Path, groups: int,
+) -> None:
+    prices = {"veo3": Price(per_task=0.5, per_second=0.25),
+              "sora-2-pro": Price(per_task=0.75)}
+    server = await make_server(EmulatorConfig(prices=prices))
+    requests = [VideoRequest(f"a {i}") for i in range(3)]
+    requests += [VideoRequest(f"b {i}", model="veo3", duration=8) for i in range(3)]
+    if groups == 3:
+        requests += [VideoRequest(f"c {i}", model="sora-2-pro") for i in range(3)]
+    async with session_for(server, max_concurrency=4) as s:
+        with anyio.fail_after(10):  # it hung forever once the cap was reached
+            report = await s.run_batch(requests, out_dir=tmp_path, max_spend=2)
+    assert server.emulator.used_balance <= 2 + 1e-9
+    assert report.spend is not None and report.spend.left_pending == report.pending > 0
+    assert all(i.reason for i in report.items if not i.ok)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_budget_never_leaves_a_waiter_with_nothing_to_wake_it(seed: int) -> None:
+    """Random runs of reserve/settle/release/observe, driven as the runner drives them:
+    a waiter asks again only once `version` moved since its WAIT. At every step, a
+    waiter must have something that can move it: a reservation outstanding, a read to
+    make, or another waiter that is due to ask. And it all ends: nobody waits forever."""
+    import random
+
+    rng = random.Random(seed)
+    costs = {"a": 1.0, "b": 0.5 + rng.choice([0.0, 2.0]), "c": 3.0}
+    known = {c: v for c, v in costs.items() if rng.random() < 0.3}
+    budget = SpendBudget(rng.choice([1.5, 2, 5, 9]), start_used=0, estimates=known)
+    used = 0.0
+    unbilled: list[float] = []  # true costs of charged items the balance will show
+    waiting: dict[int, tuple[str, int]] = {}  # token -> (class, version at its WAIT)
+    granted: list[int] = []
+    tokens = list(range(rng.randint(3, 12)))
+    classes = {t: rng.choice("abc") for t in tokens}
+
+    def ask(t: int) -> None:
+        verdict = budget.reserve(classes[t], t)
+        if verdict is Verdict.WAIT:
+            waiting[t] = (classes[t], budget.version)
+            return
+        waiting.pop(t, None)
+        if verdict is Verdict.GRANTED:
+            granted.append(t)
+
+    for _ in range(400):
+        due = [t for t, (_, v) in waiting.items() if v != budget.version]
+        if waiting and not due:
+            # Stuck unless a reservation will settle or a read will be made.
+            assert granted or budget.needs_reading, (seed, budget.to_state(), waiting)
+        moves = []
+        if tokens:
+            moves.append("new")
+        if due:
+            moves.append("again")
+        if granted:
+            moves.append("settle")
+        if budget.needs_reading:
+            moves.append("read")
+        if not moves:
+            break
+        move = rng.choice(moves)
+        if move == "new":
+            ask(tokens.pop(0))
+        elif move == "again":
+            ask(rng.choice(due))
+        elif move == "settle":
+            t = granted.pop(rng.randrange(len(granted)))
+            charged = rng.random() < 0.8
+            if charged:
+                unbilled.append(costs[classes[t]])
+            if charged or rng.random() < 0.5:
+                budget.settle(t, charged=charged)
+            else:
+                budget.release(t)
+        else:
+            used += sum(unbilled)
+            unbilled.clear()
+            budget.observe(used)
+    assert not waiting and not granted and not tokens, (seed, budget.to_state())
+
+
+async def test_items_left_unsent_by_an_interrupt_say_why(
+    make_server: MakeServer, tmp_path: Path,
+) -> None:
+    server = await make_server(EmulatorConfig())
+    stop = anyio.Event()
+
+    def on_change(item: ItemResult) -> None:
+        if item.state is ItemState.SUBMITTED:
+            stop.set()
+
+    async with session_for(server, max_concurrency=1) as s:
+        report = await s.run_batch([VideoRequest(f"s {i}") for i in range(6)],
+                                   out_dir=tmp_path, max_spend=100, stop=stop,
+                                   on_change=on_change)
+    assert report.interrupted and report.pending > 0
+    assert all("interrupted" in (i.reason or "") for i in report.items
+               if i.state is ItemState.PENDING)

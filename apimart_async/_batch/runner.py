@@ -407,6 +407,7 @@ class _Run:
         self.budget: SpendBudget | None = None
         self.left_by_cap = 0
         self._budget_changed = anyio.Event()
+        self._budget_seen = 0  # the budget's `version` the waiters were last woken for
         self._reading = anyio.Lock()
         self._last_read = -math.inf
 
@@ -687,6 +688,21 @@ class _Run:
                 elif update.task is not None:
                     await self._ended(item, update.task)
 
+    def explain_unsent(self) -> None:
+        """Give every item left pending without a reason one: the summary and the report
+        say why each unsent item was not sent (an interrupt, the account, the journal)."""
+        if self.interrupted:
+            why = "not sent: the run was interrupted; re-run to send it"
+        elif self.account_error is not None:
+            why = f"not sent: the account stopped the batch: {self.account_error}"
+        elif self.journal_error is not None:
+            why = "not sent: the journal could not be written"
+        else:
+            why = "not sent; re-run to send it"
+        for item in self.items:
+            if item.result.state is ItemState.PENDING and not item.result.reason:
+                item.set(reason=why)
+
     # -- the spend cap -------------------------------------------------------------------
 
     async def read_balance(self) -> None:
@@ -717,6 +733,12 @@ class _Run:
             self._journal_failed(exc)
 
     def _wake(self) -> None:
+        """Wake every item waiting for room if the budget changed since they were last
+        woken. Called after every budget call (`reserve` included: a refused probe
+        reopens the gate for the items queued behind it)."""
+        if self.budget is None or self.budget.version == self._budget_seen:
+            return
+        self._budget_seen = self.budget.version
         self._budget_changed.set()
         self._budget_changed = anyio.Event()
 
@@ -731,6 +753,7 @@ class _Run:
         try:
             while True:
                 verdict = budget.reserve(cls, j)
+                self._wake()
                 if verdict is Verdict.GRANTED:
                     return True
                 if verdict is Verdict.REFUSED:
@@ -1022,6 +1045,7 @@ async def run_batch(
             if run.journal_error is None:
                 raise
             # Another write (a download's) met the broken journal first: same fault.
+        run.explain_unsent()
         spend = None if start is None else await _spend_report(run, start)
         if run.journal_error is not None:
             raise JournalWriteError(

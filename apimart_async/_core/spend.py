@@ -91,6 +91,7 @@ class SpendBudget:
         self._unobserved = 0.0
         self._probe: Hashable | None = None
         self.refused = 0
+        self._version = 0
 
     def __repr__(self) -> str:
         return (f"SpendBudget(cap={self.cap:g}, spent={self.spent:g}, "
@@ -118,6 +119,12 @@ class SpendBudget:
         """Reservations not settled yet."""
         return len(self._in_flight)
 
+    @property
+    def version(self) -> int:
+        """Grows whenever the state changed in a way that can change a verdict: waiters
+        that got WAIT ask again once it moved (see the class docstring)."""
+        return self._version
+
     def estimate(self, price_class: str) -> float | None:
         """The per-item cost estimate for `price_class`; None before it is learned."""
         return self._estimates.get(price_class)
@@ -126,6 +133,13 @@ class SpendBudget:
 
     def reserve(self, price_class: str, token: Hashable) -> Verdict:
         """Reserve room for one item of `price_class`, known by `token` (unique)."""
+        before = (self._probe, len(self._in_flight), self.refused)
+        verdict = self._reserve(price_class, token)
+        if (self._probe, len(self._in_flight), self.refused) != before:
+            self._version += 1
+        return verdict
+
+    def _reserve(self, price_class: str, token: Hashable) -> Verdict:
         if token in self._in_flight:
             raise ValueError(f"token {token!r} already holds a reservation")
         estimate = self._estimates.get(price_class)
@@ -159,6 +173,7 @@ class SpendBudget:
     def settle(self, token: Hashable, *, charged: bool) -> None:
         """The item `token` reserved for has ended its submission: `charged` when it
         may be billed (its estimate waits for the next read), else released."""
+        self._version += 1
         found = self._in_flight.pop(token, None)
         if found is None:
             if token == self._probe:
@@ -224,6 +239,7 @@ class SpendBudget:
     def observe(self, used: float, mark: int | None = None) -> None:
         """A balance read: ``used_balance`` is `used` now. Updates `spent`, and learns
         from the items settled before `mark` (see `read_mark`; None: all of them)."""
+        self._version += 1
         delta = max(0.0, used - self._last_used)
         self._last_used = max(self._last_used, used)
         self.spent = max(self.spent, self._before + self._last_used - self._start)
