@@ -441,7 +441,9 @@ class Session:
         tasks created but not journaled are printed to stderr and appended to
         ``JOURNAL.recovered-task-ids``.
 
-        `max_spend` caps what this run spends, in the balance's unit (see
+        `max_spend` caps what the batch spends, across all its runs on the journal
+        (capped or not: every run that sends reads the balance before and after), in
+        the balance's unit (see
         `Session.balance`): the balance is read before the first submission (a balance
         with nothing left refuses the run with `InsufficientBalanceError`, nothing
         sent), each item's estimated cost is reserved before it is sent (submissions at

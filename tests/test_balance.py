@@ -525,3 +525,69 @@ async def test_items_left_unsent_by_an_interrupt_say_why(
     assert report.interrupted and report.pending > 0
     assert all("interrupted" in (i.reason or "") for i in report.items
                if i.state is ItemState.PENDING)
+
+
+# -- the cap is the batch's across runs, capped or not (#10 review) ---------------------
+
+
+def _forget_the_ledger(journal: Path) -> None:
+    """Make the journal look like one written before the spend ledger existed."""
+    with sqlite3.connect(journal) as conn:
+        conn.execute("DELETE FROM meta WHERE name LIKE 'spen%'")
+
+
+async def test_an_uncapped_run_counts_against_a_later_cap(
+    make_server: MakeServer, tmp_path: Path,
+) -> None:
+    server = await make_server(EmulatorConfig())
+    first = [VideoRequest(f"s {i}") for i in range(4)]
+    async with session_for(server) as s:
+        report = await s.run_batch(first, out_dir=tmp_path)  # no cap: spends 4
+        assert report.ok and report.spend is None
+        more = [*first, *(VideoRequest(f"t {i}") for i in range(3))]
+        capped = await s.run_batch(more, out_dir=tmp_path, max_spend=3)
+    assert server.emulator.used_balance == 4  # was 7: the cap forgot the first run
+    assert capped.spend is not None and capped.spend.spent_before == 4
+    assert capped.spend.spent == 0 and capped.spend.left_pending == 3
+
+
+async def test_an_unfinished_account_is_closed_by_the_next_run(
+    make_server: MakeServer, tmp_path: Path,
+) -> None:
+    server = await make_server(EmulatorConfig())
+    emu = server.emulator
+
+    def on_change(item: ItemResult) -> None:
+        if item.state is ItemState.SUBMITTED and not emu.pending_faults("balance"):
+            emu.inject("balance", Fault.http(401))  # the read at the end fails
+
+    requests = [VideoRequest(f"s {i}") for i in range(2)]
+    async with session_for(server, max_concurrency=1) as s:
+        await s.run_batch(requests, out_dir=tmp_path, on_change=on_change)
+        assert emu.used_balance == 2
+        again = await s.run_batch([*requests, VideoRequest("t")], out_dir=tmp_path,
+                                  max_spend=2)
+    assert again.spend is not None and again.spend.spent_before == 2
+    assert emu.used_balance == 2 and again.pending == 1
+
+
+@pytest.mark.parametrize("unmeasured", ["older journal", "balance unreadable"])
+async def test_unmeasured_paid_items_count_at_their_estimate(
+    make_server: MakeServer, tmp_path: Path, unmeasured: str,
+) -> None:
+    server = await make_server(EmulatorConfig())
+    first = [VideoRequest(f"s {i}") for i in range(4)]
+    async with session_for(server) as s:
+        if unmeasured == "balance unreadable":
+            server.emulator.inject("balance", Fault.http(401))
+        report = await s.run_batch(first, out_dir=tmp_path)
+        assert report.ok  # an uncapped run is not stopped by a balance it cannot read
+        if unmeasured == "older journal":
+            _forget_the_ledger(tmp_path / ".apimart-journal.sqlite3")
+        more = [*first, *(VideoRequest(f"t {i}") for i in range(3))]
+        capped = await s.run_batch(more, out_dir=tmp_path, max_spend=3)
+    # Their price is unknown until one item of their kind is read: one probe goes out,
+    # then the 4 older items count at its price and nothing more is sent.
+    assert server.emulator.used_balance == 5
+    assert capped.spend is not None and capped.spend.total == 5
+    assert capped.spend.left_pending == 2

@@ -226,9 +226,10 @@ def _add_batch_options(p: argparse.ArgumentParser, *, batch: bool) -> None:
                    help="overall deadline: then stop as on Ctrl-C (nothing more is sent, "
                         "what is paid for stays in the journal), exit 124; re-run to resume")
     p.add_argument("--max-spend", type=_money, default=None, metavar="AMOUNT",
-                   help="spend at most AMOUNT in this run (the balance's unit): items that "
-                        "could cross it stay pending in the journal, exit 4; re-run with a "
-                        "larger cap to send them")
+                   help="spend at most AMOUNT on this batch, across all its runs on the "
+                        "journal, capped or not (the balance's unit): items that could cross "
+                        "it stay pending in the journal, exit 4; re-run with a larger cap to "
+                        "send them")
     _add_client_options(p)
 
 

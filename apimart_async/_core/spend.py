@@ -47,6 +47,9 @@ class SpendBudget:
       last `observe`, whose charge the balance has not been read for yet;
     - in flight: the estimates reserved for items about to be sent, or on the wire.
 
+    Plus the `debt`: items earlier runs sent that no balance read measured (`unpriced`,
+    counted by class), each at its class's estimate once known.
+
     `committed` is their sum, and a reservation is granted only while ``committed +
     estimate <= cap``: with many submissions at once, each counts the others.
 
@@ -73,7 +76,7 @@ class SpendBudget:
 
     def __init__(
         self, cap: float, *, start_used: float, spent_before: float = 0.0,
-        estimates: dict[str, float] | None = None,
+        estimates: dict[str, float] | None = None, unpriced: Mapping[str, int] | None = None,
     ) -> None:
         if isinstance(cap, bool) or not isinstance(cap, (int, float)) \
                 or not math.isfinite(cap) or cap <= 0:
@@ -84,6 +87,8 @@ class SpendBudget:
         self._before = max(0.0, float(spent_before))
         self.spent = self._before
         self._estimates: dict[str, float] = dict(estimates or {})
+        # Items earlier runs sent whose cost no balance read measured, by class.
+        self._unpriced = {c: int(n) for c, n in (unpriced or {}).items() if n > 0}
         self._in_flight: dict[Hashable, tuple[str, float]] = {}
         # Items charged (maybe) since the last read: (class, estimate or None).
         self._window: list[tuple[str, float | None]] = []
@@ -101,8 +106,22 @@ class SpendBudget:
 
     @property
     def committed(self) -> float:
-        """Spent, plus unobserved, plus in-flight estimates."""
-        return self.spent + self._unobserved + sum(a for _, a in self._in_flight.values())
+        """Spent, plus `debt`, plus unobserved, plus in-flight estimates."""
+        return (self.spent + self.debt + self._unobserved
+                + sum(a for _, a in self._in_flight.values()))
+
+    @property
+    def debt(self) -> float:
+        """The estimated cost of the `unpriced` items of earlier runs (sent while no
+        balance read measured them): each at its class's estimate, or at the dearest
+        estimate known before its class has one (0 before any price is known)."""
+        dearest = max(self._estimates.values(), default=0.0)
+        return sum(n * self._estimates.get(c, dearest) for c, n in self._unpriced.items())
+
+    @property
+    def last_used(self) -> float:
+        """``used_balance`` as of the last `observe` (or the start)."""
+        return self._last_used
 
     @property
     def spent_before(self) -> float:
@@ -149,7 +168,7 @@ class SpendBudget:
             if self._in_flight or self._window:
                 self._probe = token  # claim it: nothing else is granted meanwhile
                 return Verdict.WAIT
-            room = self.cap - self.spent
+            room = self.cap - self.spent - self.debt
             # Before its first price, a class is taken to cost at least the dearest
             # class seen so far.
             prior = max(self._estimates.values(), default=0.0)
@@ -214,13 +233,15 @@ class SpendBudget:
             "window": [[c, e] for c, e in self._window],
             "unobserved": self._unobserved, "probe": self._probe,
             "probe_amount": self._probe_amount, "refused": self.refused,
+            "unpriced": dict(self._unpriced),
         }
 
     @classmethod
     def from_state(cls, state: Mapping[str, Any]) -> SpendBudget:
         """The budget `to_state` described."""
         budget = cls(state["cap"], start_used=state["start_used"],
-                     spent_before=state["spent_before"], estimates=dict(state["estimates"]))
+                     spent_before=state["spent_before"], estimates=dict(state["estimates"]),
+                     unpriced=dict(state.get("unpriced") or {}))
         budget._last_used = float(state["last_used"])
         budget.spent = float(state["spent"])
         budget._in_flight = {t: (str(c), float(a)) for t, c, a in state["in_flight"]}
