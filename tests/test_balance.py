@@ -366,7 +366,7 @@ async def test_cli_batch_max_spend_stops_with_exit_4_and_resumes(
     assert status == 4  # the cap is the batch's: the first run spent it all
     spend = json.loads(stdout)["spend"]
     assert spend == {"cap": 5, "spent": 0, "spent_before": 5, "total": 5,
-                     "left_pending": 3, "exact": True}
+                     "left_pending": 3, "over_cap": False, "exact": True}
     status, stdout, _ = await cli(capsys, *args, "--max-spend", "20")
     assert status == 0 and "spent 3 (8 in all runs of this batch) of the 20 cap" in stdout
     assert server.stats.submissions == 8 and server.emulator.used_balance == 8
@@ -591,3 +591,44 @@ async def test_unmeasured_paid_items_count_at_their_estimate(
     assert server.emulator.used_balance == 5
     assert capped.spend is not None and capped.spend.total == 5
     assert capped.spend.left_pending == 2
+
+
+# -- a crossed cap is never reported as success (#10 review) ----------------------------
+
+
+async def test_a_crossed_cap_is_flagged_and_exits_4(
+    make_server: MakeServer, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    cli_env: None,
+) -> None:
+    server = await make_server(EmulatorConfig(price=Price(per_task=1.0)))
+    args = ("generate", "a fox", "--base-url", server.base_url, "--max-spend", "0.5")
+    status, stdout, _ = await cli(capsys, *args, "--out", str(tmp_path / "a"), "--json")
+    summary = json.loads(stdout)
+    assert server.emulator.used_balance == 1  # the lone first item costs what it costs
+    assert status == 4 and summary["ok"] is False and summary["spend"]["over_cap"] is True
+    status, stdout, _ = await cli(capsys, *args, "--out", str(tmp_path / "b"))
+    assert status == 4 and "OVER THE CAP by 0.5" in stdout
+
+
+async def test_item_cost_holds_the_cap_from_the_first_item(
+    make_server: MakeServer, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    cli_env: None,
+) -> None:
+    server = await make_server(EmulatorConfig(price=Price(per_task=1.0)))
+    status, stdout, _ = await cli(
+        capsys, "generate", "a fox", "--base-url", server.base_url, "--max-spend", "0.5",
+        "--item-cost", "1", "--out", str(tmp_path), "--json")
+    assert status == 4 and server.emulator.used_balance == 0
+    assert json.loads(stdout)["spend"]["left_pending"] == 1
+    requests = [VideoRequest(f"s {i}", model=m) for i in range(4) for m in ("sora-2", "veo3")]
+    async with session_for(server, max_concurrency=8) as s:
+        report = await s.run_batch(requests, out_dir=tmp_path / "b", max_spend=5,
+                                   item_cost=1)
+        with pytest.raises(ValidationError, match="item_cost"):
+            await s.run_batch(requests, out_dir=tmp_path / "c", item_cost=1)
+    assert report.spend is not None and not report.spend.over_cap
+    assert server.emulator.used_balance == 5 and report.spend.left_pending == 3
+    # No lone first item per group (a read after each): 2 reads for `generate`, then
+    # start, one once the cap is full (could the rest cost less?), end.
+    reads = [r for r in server.emulator.request_log if r.route == "balance"]
+    assert len(reads) == 2 + 3

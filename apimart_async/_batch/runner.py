@@ -159,6 +159,13 @@ class BatchSpend:
         """True when the cap left items unsent."""
         return self.left_pending > 0
 
+    @property
+    def over_cap(self) -> bool:
+        """True when the batch spent more than the cap: a first item of a price group
+        not priced yet cost more than all the room left (``item_cost=`` rules it out),
+        or another client spent on the same key meanwhile."""
+        return self.total > self.cap + 1e-9
+
 
 @attrs.frozen(kw_only=True)
 class BatchReport:
@@ -1021,9 +1028,11 @@ async def run_batch(
     stop: anyio.Event | None = None,
     retry_failed: bool = False,
     max_spend: float | None = None,
+    item_cost: float | None = None,
 ) -> BatchReport:
     """See `Session.run_batch`."""
     cap = check_max_spend(max_spend)
+    cost = check_item_cost(item_cost, cap)
     occurrences: dict[str, int] = {}
     items = [_Item(index, item, occurrences) for index, item in enumerate(requests)]
     names = [item.name for item in items if item.name]
@@ -1045,7 +1054,7 @@ async def run_batch(
         sending = {item.key for item in items if item.result.state is ItemState.PENDING}
         start: Balance | None = None
         if cap is not None:
-            start = await _start_budget(run, cap)
+            start = await _start_budget(run, cap, cost)
         elif sending:
             start = await _open_ledger(run)
         try:
@@ -1093,7 +1102,21 @@ def check_max_spend(value: object) -> float | None:
     return float(value)
 
 
-async def _start_budget(run: _Run, cap: float) -> Balance:
+def check_item_cost(value: object, cap: float | None) -> float | None:
+    """`value` as a known per-item cost (a finite number > 0) for a capped run, or None;
+    else `ValidationError`."""
+    if value is None:
+        return None
+    if (isinstance(value, bool) or not isinstance(value, (int, float))
+            or not math.isfinite(value) or value <= 0):
+        raise ValidationError(
+            "item_cost", f"must be a finite number > 0 (in the balance's unit), got {value!r}")
+    if cap is None:
+        raise ValidationError("item_cost", "is a price hint for max_spend: give max_spend too")
+    return float(value)
+
+
+async def _start_budget(run: _Run, cap: float, item_cost: float | None = None) -> Balance:
     """Read the balance before the first submission; refuse to start with nothing left
     for even one item. Sets `run.budget`."""
     balance = await run.engine.balance()
@@ -1104,7 +1127,7 @@ async def _start_budget(run: _Run, cap: float) -> Balance:
             "was sent", status=402)
     before, unpriced = await _ledger_start(run, balance)
     run.budget = SpendBudget(cap, start_used=balance.used, spent_before=before,
-                             unpriced=unpriced)
+                             unpriced=unpriced, item_cost=item_cost)
     run._last_read = run.engine.clock.now()
     return balance
 

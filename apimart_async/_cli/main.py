@@ -62,7 +62,8 @@ exit status:
   3    account problem: API key rejected (401), balance exhausted (402) or
        permission denied (403); fix the account, re-run the same command to resume
   4    stopped at the --max-spend cap: items that could have crossed it were not
-       sent (tasks already sent were finished); re-run with a larger cap to send them
+       sent (tasks already sent were finished); re-run with a larger cap to send them;
+       or the cap was crossed (see --item-cost): the summary says by how much
   124  --timeout passed: nothing more was sent, requests on the wire landed; the
        summary says what was left; re-run the same command to resume
   130  interrupted (Ctrl-C, SIGINT); 143: terminated (SIGTERM); the summary
@@ -230,6 +231,10 @@ def _add_batch_options(p: argparse.ArgumentParser, *, batch: bool) -> None:
                         "journal, capped or not (the balance's unit): items that could cross "
                         "it stay pending in the journal, exit 4; re-run with a larger cap to "
                         "send them")
+    p.add_argument("--item-cost", type=_money, default=None, metavar="AMOUNT",
+                   help="with --max-spend: what one item costs, if known; the cap then "
+                        "holds from the first item (default: learned from the balance, "
+                        "so a first item may cost more than the room left)")
     _add_client_options(p)
 
 
@@ -427,7 +432,7 @@ def _json_code(error: APIMartError | None) -> int | str | None:
 def report_json(report: BatchReport) -> dict[str, Any]:
     """A `BatchReport` as JSON-ready data."""
     return {
-        "ok": report.ok,
+        "ok": report.ok and not (report.spend is not None and report.spend.over_cap),
         "items": len(report.items),
         "completed": report.completed,
         "failed": report.failed,
@@ -449,6 +454,7 @@ def report_json(report: BatchReport) -> dict[str, Any]:
             "cap": report.spend.cap, "spent": report.spend.spent,
             "spent_before": report.spend.spent_before, "total": report.spend.total,
             "left_pending": report.spend.left_pending,
+            "over_cap": report.spend.over_cap,
             "exact": report.spend.end is not None,
         },
         "results": [
@@ -511,6 +517,7 @@ async def _batch(
                         resubmit_ambiguous=resubmit_ambiguous, on_change=display, stop=stop,
                         retry_failed=retry_failed,
                         max_spend=getattr(args, "max_spend", None),
+                        item_cost=getattr(args, "item_cost", None),
                     )
                     tg.cancel_scope.cancel()
                 return report
@@ -537,7 +544,7 @@ def report_exit_status(report: BatchReport, signum: int | None = None) -> int:
         return 128 + signum
     if report.account_error is not None:
         return EXIT_ACCOUNT
-    if report.spend is not None and report.spend.stopped_at_cap:
+    if report.spend is not None and (report.spend.stopped_at_cap or report.spend.over_cap):
         return EXIT_SPEND_CAP
     # A paid task of an earlier run still not on disk is unfinished business too.
     stuck = any(item.task_id and not item.ok and item.state is not ItemState.FAILED

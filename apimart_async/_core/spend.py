@@ -65,7 +65,8 @@ class SpendBudget:
     flight or unobserved, nothing else granted meanwhile) and reserves all the room
     left, so the next read tells exactly what one such item costs. The cap therefore
     holds for every item but a probe whose single cost exceeds all the room left:
-    pass `estimates` (e.g. a known price) to rule that out.
+    pass `item_cost` (a known price per item, the estimate of every class until its
+    own is learned: no probes) or `estimates` (per class) to rule that out.
 
     Protocol: ``reserve(cls, token)`` -> GRANTED, then exactly one ``settle(token,
     charged=...)``: `charged` True when the item may be billed (accepted, or an
@@ -77,6 +78,7 @@ class SpendBudget:
     def __init__(
         self, cap: float, *, start_used: float, spent_before: float = 0.0,
         estimates: dict[str, float] | None = None, unpriced: Mapping[str, int] | None = None,
+        item_cost: float | None = None,
     ) -> None:
         if isinstance(cap, bool) or not isinstance(cap, (int, float)) \
                 or not math.isfinite(cap) or cap <= 0:
@@ -87,6 +89,11 @@ class SpendBudget:
         self._before = max(0.0, float(spent_before))
         self.spent = self._before
         self._estimates: dict[str, float] = dict(estimates or {})
+        if item_cost is not None and (isinstance(item_cost, bool) or not isinstance(
+                item_cost, (int, float)) or not math.isfinite(item_cost) or item_cost <= 0):
+            raise ValueError(f"item_cost must be a finite number > 0, got {item_cost!r}")
+        # The estimate of a class before it has its own: no probe needed.
+        self._default = None if item_cost is None else float(item_cost)
         # Items earlier runs sent whose cost no balance read measured, by class.
         self._unpriced = {c: int(n) for c, n in (unpriced or {}).items() if n > 0}
         self._in_flight: dict[Hashable, tuple[str, float]] = {}
@@ -115,7 +122,7 @@ class SpendBudget:
         """The estimated cost of the `unpriced` items of earlier runs (sent while no
         balance read measured them): each at its class's estimate, or at the dearest
         estimate known before its class has one (0 before any price is known)."""
-        dearest = max(self._estimates.values(), default=0.0)
+        dearest = max([*self._estimates.values(), self._default or 0.0])
         return sum(n * self._estimates.get(c, dearest) for c, n in self._unpriced.items())
 
     @property
@@ -146,7 +153,7 @@ class SpendBudget:
 
     def estimate(self, price_class: str) -> float | None:
         """The per-item cost estimate for `price_class`; None before it is learned."""
-        return self._estimates.get(price_class)
+        return self._estimates.get(price_class, self._default)
 
     # -- asking -----------------------------------------------------------------------
 
@@ -161,7 +168,7 @@ class SpendBudget:
     def _reserve(self, price_class: str, token: Hashable) -> Verdict:
         if token in self._in_flight:
             raise ValueError(f"token {token!r} already holds a reservation")
-        estimate = self._estimates.get(price_class)
+        estimate = self._estimates.get(price_class, self._default)
         if self._probe is not None and self._probe != token:
             return Verdict.WAIT  # a probe is waiting or out: its window must be alone
         if estimate is None:
@@ -233,7 +240,7 @@ class SpendBudget:
             "window": [[c, e] for c, e in self._window],
             "unobserved": self._unobserved, "probe": self._probe,
             "probe_amount": self._probe_amount, "refused": self.refused,
-            "unpriced": dict(self._unpriced),
+            "unpriced": dict(self._unpriced), "item_cost": self._default,
         }
 
     @classmethod
@@ -241,7 +248,8 @@ class SpendBudget:
         """The budget `to_state` described."""
         budget = cls(state["cap"], start_used=state["start_used"],
                      spent_before=state["spent_before"], estimates=dict(state["estimates"]),
-                     unpriced=dict(state.get("unpriced") or {}))
+                     unpriced=dict(state.get("unpriced") or {}),
+                     item_cost=state.get("item_cost"))
         budget._last_used = float(state["last_used"])
         budget.spent = float(state["spent"])
         budget._in_flight = {t: (str(c), float(a)) for t, c, a in state["in_flight"]}
@@ -276,9 +284,10 @@ class SpendBudget:
         if len(classes) == 1:
             (only,) = classes
             per_item = delta / len(window)
-            self._estimates[only] = max(self._estimates.get(only, 0.0), per_item)
+            self._estimates[only] = max(self._estimates.get(only, self._default or 0.0),
+                                        per_item)
             return
-        known = sum(self._estimates.get(c, 0.0) for c, _ in window)
+        known = sum(self._estimates.get(c, self._default or 0.0) for c, _ in window)
         if known <= 0:
             for c in classes:  # nothing to split by: each could have cost it all
                 self._estimates[c] = max(self._estimates.get(c, 0.0), delta)
@@ -287,5 +296,7 @@ class SpendBudget:
             for c in classes:
                 if c in self._estimates:
                     self._estimates[c] *= factor
+                elif self._default is not None:
+                    self._estimates[c] = self._default * factor
                 else:
                     self._estimates[c] = delta
