@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import sqlite3
 import sys
 from pathlib import Path
@@ -32,6 +33,7 @@ from apimart_async._core.spend import SpendBudget, Verdict
 from apimart_async.testing import EmulatorConfig, Fault, Price, emulator_process
 
 from .conftest import KEY, MakeServer, cli, session_for
+from .test_cli_polish import _first_stderr_line
 
 pytestmark = pytest.mark.anyio
 
@@ -632,3 +634,16 @@ async def test_item_cost_holds_the_cap_from_the_first_item(
     # start, one once the cap is full (could the rest cost less?), end.
     reads = [r for r in server.emulator.request_log if r.route == "balance"]
     assert len(reads) == 2 + 3
+
+
+@pytest.mark.parametrize("host", ["refused", "silent"])
+async def test_cli_balance_tells_at_once_when_the_host_does_not_answer(host: str) -> None:
+    with socket.socket() as sock:  # takes connections (kernel backlog), never answers
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(8)
+        silent = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        url = "http://127.0.0.1:1" if host == "refused" else silent
+        line, running = await _first_stderr_line("balance", "--base-url", url)
+    told = "cannot connect to 127.0.0.1:1 yet" if host == "refused" else "no answer from"
+    assert line.startswith(f"apimart-async: {told}"), line
+    assert running is None  # told while still retrying or waiting

@@ -411,8 +411,11 @@ async def _noticed(notice: ConnectNotice, work: Callable[[], Awaitable[T]]) -> T
 async def _run_balance(args: argparse.Namespace) -> int:
     from .._session import Session
 
-    async with Session(args.api_key, base_url=args.base_url) as session:
-        balance = await session.balance()
+    notice = ConnectNotice()
+    session = Session(args.api_key, base_url=args.base_url, hooks=notice.hooks)
+    notice.base_url = session.base_url
+    async with session:
+        balance = await _noticed(notice, session.balance)
     if args.json:
         print(json.dumps({"remain": balance.remain, "used": balance.used,
                           "unlimited": balance.unlimited}))
