@@ -551,6 +551,10 @@ async def test_an_uncapped_run_counts_against_a_later_cap(
     assert server.emulator.used_balance == 4  # was 7: the cap forgot the first run
     assert capped.spend is not None and capped.spend.spent_before == 4
     assert capped.spend.spent == 0 and capped.spend.left_pending == 3
+    assert capped.spend.over_cap  # the batch did spend more than this cap: said plainly
+    from apimart_async._cli.progress import summary_lines
+
+    assert "OVER THE CAP by 1: earlier runs of this batch" in summary_lines(capped)[0]
 
 
 async def test_an_unfinished_account_is_closed_by_the_next_run(
