@@ -69,7 +69,8 @@ exit status:
   3    account problem: API key rejected (401), balance exhausted (402) or
        permission denied (403); fix the account, re-run the same command to resume
   4    stopped at the --max-spend cap: items that could have crossed it were not
-       sent (tasks already sent were finished); re-run with a larger cap to send them
+       sent (tasks already sent were finished); re-run with a larger cap to send them;
+       or the cap was crossed (see --item-cost): the summary says by how much
   124  --timeout passed: nothing more was sent, requests on the wire landed; the
        summary says what was left; re-run the same command to resume
   130  interrupted (Ctrl-C, SIGINT); 143: terminated (SIGTERM); the summary
@@ -254,9 +255,14 @@ def _add_batch_options(p: argparse.ArgumentParser, *, batch: bool) -> None:
                    help="overall deadline: then stop as on Ctrl-C (nothing more is sent, "
                         "what is paid for stays in the journal), exit 124; re-run to resume")
     p.add_argument("--max-spend", type=_money, default=None, metavar="AMOUNT",
-                   help="spend at most AMOUNT in this run (the balance's unit): items that "
-                        "could cross it stay pending in the journal, exit 4; re-run with a "
-                        "larger cap to send them")
+                   help="spend at most AMOUNT on this batch, across all its runs on the "
+                        "journal, capped or not (the balance's unit): items that could cross "
+                        "it stay pending in the journal, exit 4; re-run with a larger cap to "
+                        "send them")
+    p.add_argument("--item-cost", type=_money, default=None, metavar="AMOUNT",
+                   help="with --max-spend: what one item costs, if known; the cap then "
+                        "holds from the first item (default: learned from the balance, "
+                        "so a first item may cost more than the room left)")
     _add_client_options(p)
 
 
@@ -434,8 +440,11 @@ async def _noticed(notice: ConnectNotice, work: Callable[[], Awaitable[T]]) -> T
 async def _run_balance(args: argparse.Namespace) -> int:
     from .._session import Session
 
-    async with Session(args.api_key, base_url=args.base_url) as session:
-        balance = await session.balance()
+    notice = ConnectNotice()
+    session = Session(args.api_key, base_url=args.base_url, hooks=notice.hooks)
+    notice.base_url = session.base_url
+    async with session:
+        balance = await _noticed(notice, session.balance)
     if args.json:
         print(json.dumps({"remain": balance.remain, "used": balance.used,
                           "unlimited": balance.unlimited}))
@@ -455,7 +464,7 @@ def _json_code(error: APIMartError | None) -> int | str | None:
 def report_json(report: BatchReport) -> dict[str, Any]:
     """A `BatchReport` as JSON-ready data."""
     return {
-        "ok": report.ok,
+        "ok": report.ok and not (report.spend is not None and report.spend.over_cap),
         "items": len(report.items),
         "completed": report.completed,
         "failed": report.failed,
@@ -477,6 +486,7 @@ def report_json(report: BatchReport) -> dict[str, Any]:
             "cap": report.spend.cap, "spent": report.spend.spent,
             "spent_before": report.spend.spent_before, "total": report.spend.total,
             "left_pending": report.spend.left_pending,
+            "over_cap": report.spend.over_cap,
             "exact": report.spend.end is not None,
         },
         "results": [
@@ -539,6 +549,7 @@ async def _batch(
                         resubmit_ambiguous=resubmit_ambiguous, on_change=display, stop=stop,
                         retry_failed=retry_failed,
                         max_spend=getattr(args, "max_spend", None),
+                        item_cost=getattr(args, "item_cost", None),
                     )
                     tg.cancel_scope.cancel()
                 return report
@@ -565,7 +576,7 @@ def report_exit_status(report: BatchReport, signum: int | None = None) -> int:
         return 128 + signum
     if report.account_error is not None:
         return EXIT_ACCOUNT
-    if report.spend is not None and report.spend.stopped_at_cap:
+    if report.spend is not None and (report.spend.stopped_at_cap or report.spend.over_cap):
         return EXIT_SPEND_CAP
     # A paid task of an earlier run still not on disk is unfinished business too.
     stuck = any(item.task_id and not item.ok and item.state is not ItemState.FAILED

@@ -123,6 +123,13 @@ def summary_lines(report: BatchReport) -> list[str]:
         earlier = (f" ({spend.total:g} in all runs of this batch)"
                    if spend.spent_before else "")
         line = f"spent {spend.spent:g}{earlier} of the {spend.cap:g} cap{estimate}"
+        if spend.over_cap and spend.spent_before > spend.cap + 1e-9:
+            line += (f"; OVER THE CAP by {spend.total - spend.cap:g}: earlier runs of this "
+                     "batch had already spent more than this cap")
+        elif spend.over_cap:
+            line += (f"; OVER THE CAP by {spend.total - spend.cap:g}: a first item of a "
+                     "kind not priced yet cost more than the room left (or another client "
+                     "spent on the key); --item-cost makes the cap hold from the first item")
         if spend.stopped_at_cap:
             line += (f"; {spend.left_pending} items left pending because of the cap: re-run "
                      "with a larger --max-spend to send them")
