@@ -465,6 +465,7 @@ class Session:
         lease: float = 30.0,
         retry_failed: bool = False,
         max_spend: float | None = None,
+        item_cost: float | None = None,
     ) -> BatchReport:
         """Generate and download a whole batch, durably; see
         `apimart_async.Session.run_batch`. `stop` is a `threading.Event` here (set it
@@ -474,6 +475,7 @@ class Session:
             out_dir=out_dir, journal=journal, resubmit_ambiguous=resubmit_ambiguous,
             on_change=on_change, retry_failed=retry_failed, max_spend=max_spend,
             batch=batch, lease=lease,
+            item_cost=item_cost,
         )
 
         async def run() -> BatchReport:

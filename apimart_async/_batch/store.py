@@ -70,3 +70,9 @@ class JournalStore(Protocol):
 
     async def release_file(self, key: str, index: int) -> None:
         """Forget output `index` of item `key`'s file (it takes a new one)."""
+
+    async def meta(self, name: str) -> str | None:
+        """A bookkeeping value (the spend ledger's), None if absent."""
+
+    async def set_meta(self, name: str, value: str | None) -> None:
+        """Set (None: delete) a bookkeeping value."""
