@@ -14,6 +14,7 @@
 Everything public is re-exported here; the modules behind it are private.
 """
 
+from ._batch.fleet import WorkerOutcome
 from ._batch.journal import ItemState
 from ._batch.runner import BatchItem, BatchReport, BatchSpend, ItemResult
 from ._core.balance import Balance
@@ -39,6 +40,7 @@ from ._core.errors import (
     TaskFailedError,
     TaskTimeoutError,
     ValidationError,
+    WorkerFencedError,
 )
 from ._core.events import BatchEvent, EventKind, TaskUpdate
 from ._core.hooks import DownloadEvent, Hooks, RateChangeEvent, RequestEvent, RetryEvent
@@ -113,6 +115,8 @@ __all__ = [
     "ValidationError",
     "VideoRequest",
     "Watch",
+    "WorkerFencedError",
+    "WorkerOutcome",
     "__version__",
     "get_model_spec",
     "known_models",

@@ -12,7 +12,9 @@ from typing import TYPE_CHECKING
 import anyio
 import attrs
 
-from ._batch.runner import BatchItem, BatchReport, ItemResult, run_batch
+from ._batch.fleet import WorkerOutcome, run_worker
+from ._batch.pg import PgJournal, is_pg_url
+from ._batch.runner import BatchItem, BatchReport, ItemResult, check_max_spend, run_batch
 from ._core.balance import Balance
 from ._core.config import (
     DEFAULT_BASE_URL,
@@ -414,6 +416,8 @@ class Session:
         resubmit_ambiguous: bool = False,
         on_change: Callable[[ItemResult], None] | None = None,
         stop: anyio.Event | None = None,
+        batch: str = "default",
+        lease: float = 30.0,
         retry_failed: bool = False,
         max_spend: float | None = None,
         item_cost: float | None = None,
@@ -456,15 +460,70 @@ class Session:
         price per item: every item is counted at it (or at more, once the balance shows
         more) from the first, so the cap holds exactly, with no lone first item per
         group.
+
+
+        A ``postgresql://`` URL as `journal` (needs ``apimart-async[postgres]``) shares
+        batch `batch` with every other process running it (a fleet): items are enqueued
+        by content identity, claimed one at a time, and this call works until the whole
+        batch is done. `rps` (the session's) is then the key's rate for the whole fleet.
+        A worker silent for longer than `lease` seconds is declared dead: what it was
+        submitting becomes ambiguous, the rest is adopted; if it wakes, its writes are
+        refused and it raises `WorkerFencedError`. `on_change` then follows the journal
+        (twice a second), whichever worker moves an item.
         """
         self._engine.require_open()
+        where: Path | str | None = None
+        if is_pg_url(journal):
+            where = str(journal)
+        elif journal is not None:
+            where = Path(journal)
         return await run_batch(
-            self._engine, requests, out_dir=Path(out_dir),
-            journal=None if journal is None else Path(journal),
+            self._engine, requests, out_dir=Path(out_dir), journal=where,
             resubmit_ambiguous=resubmit_ambiguous, on_change=on_change, stop=stop,
+            batch=batch, lease=lease,
             retry_failed=retry_failed,
             max_spend=max_spend, item_cost=item_cost,
         )
+
+    async def run_worker(
+        self,
+        *,
+        journal: str,
+        batch: str = "default",
+        out_dir: str | PathLike[str],
+        lease: float = 30.0,
+        resubmit_ambiguous: bool = False,
+        stop: anyio.Event | None = None,
+        max_spend: float | None = None,
+    ) -> WorkerOutcome:
+        """Join batch `batch` of the PostgreSQL journal `journal` (a ``postgresql://``
+        URL) as one more worker, without its input file; work until the whole batch is
+        done, the fleet is stopped by an account failure, or `stop` is set.
+
+        Videos this worker downloads go to `out_dir`. The session's `rps` is the key's
+        rate shared by the whole fleet. Raises `WorkerFencedError` if the fleet declared
+        this worker dead (it was silent for longer than `lease` seconds). A batch started
+        with `max_spend` keeps its cap for every worker; `max_spend` here sets it anew.
+        """
+        self._engine.require_open()
+        if not is_pg_url(journal):
+            raise ValidationError(
+                "journal", f"must be a postgresql:// URL (workers share a batch through "
+                f"PostgreSQL), got {journal!r}")
+        async with PgJournal(journal, batch, lease=lease) as jr:
+            # Started together with the `batch` command that fills it: give that a moment.
+            with anyio.move_on_after(min(lease, 10.0)):
+                while not await jr.counts():  # noqa: ASYNC110 - another process fills it
+                    await anyio.sleep(0.2)
+            if not (await jr.counts()):
+                raise ValidationError(
+                    "batch", f"{batch!r} has no items on {jr.label}: start it with "
+                    f"'apimart-async batch FILE --journal URL --batch {batch}'")
+            return await run_worker(
+                self._engine, jr, out_dir=Path(out_dir), rps=self._engine.limits.rate.ceiling,
+                resubmit_ambiguous=resubmit_ambiguous, stop=stop,
+                max_spend=check_max_spend(max_spend),
+            )
 
 
 def _task_id(task: object) -> str:

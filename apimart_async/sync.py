@@ -30,6 +30,7 @@ from typing import Any, Generic, TypeVar
 import anyio
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
+from ._batch.fleet import WorkerOutcome
 from ._batch.runner import BatchItem, BatchReport, ItemResult
 from ._core.balance import Balance
 from ._core.config import DownloadPolicy, Timeout
@@ -460,6 +461,8 @@ class Session:
         resubmit_ambiguous: bool = False,
         on_change: Callable[[ItemResult], None] | None = None,
         stop: threading.Event | None = None,
+        batch: str = "default",
+        lease: float = 30.0,
         retry_failed: bool = False,
         max_spend: float | None = None,
         item_cost: float | None = None,
@@ -471,6 +474,7 @@ class Session:
         options: dict[str, Any] = dict(
             out_dir=out_dir, journal=journal, resubmit_ambiguous=resubmit_ambiguous,
             on_change=on_change, retry_failed=retry_failed, max_spend=max_spend,
+            batch=batch, lease=lease,
             item_cost=item_cost,
         )
 
@@ -489,6 +493,45 @@ class Session:
                 tg.start_soon(relay)
                 try:
                     return await session.run_batch(requests, stop=stopped, **options)
+                finally:
+                    tg.cancel_scope.cancel()
+            raise AssertionError("unreachable")  # pragma: no cover
+
+        return self._loop.run(run)
+
+    def run_worker(
+        self,
+        *,
+        journal: str,
+        batch: str = "default",
+        out_dir: str | PathLike[str],
+        lease: float = 30.0,
+        resubmit_ambiguous: bool = False,
+        stop: threading.Event | None = None,
+        max_spend: float | None = None,
+    ) -> WorkerOutcome:
+        """Join a batch kept in PostgreSQL as one more worker; see
+        `apimart_async.Session.run_worker`. `stop` is a `threading.Event` here."""
+        session = self._live()
+        options: dict[str, Any] = dict(
+            journal=journal, batch=batch, out_dir=out_dir, lease=lease,
+            resubmit_ambiguous=resubmit_ambiguous, max_spend=max_spend,
+        )
+
+        async def run() -> WorkerOutcome:
+            if stop is None:
+                return await session.run_worker(**options)
+            stopped = anyio.Event()
+            async with anyio.create_task_group() as tg:
+
+                async def relay() -> None:
+                    while not stop.is_set():  # noqa: ASYNC110 - see _STOP_CHECK
+                        await anyio.sleep(_STOP_CHECK)
+                    stopped.set()
+
+                tg.start_soon(relay)
+                try:
+                    return await session.run_worker(stop=stopped, **options)
                 finally:
                     tg.cancel_scope.cancel()
             raise AssertionError("unreachable")  # pragma: no cover

@@ -83,3 +83,38 @@ async def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str,
     status = await anyio.to_thread.run_sync(main, list(args))
     out, err = capsys.readouterr()
     return status, out, err
+
+
+# -- PostgreSQL (the fleet journal) ----------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[Any]:
+    """One throwaway PostgreSQL cluster for the session (see tests/pgcluster.py)."""
+    import os
+
+    from tests.pgcluster import Cluster, find_bindir
+
+    missing = None
+    bindir = find_bindir()
+    if bindir is None:
+        missing = "PostgreSQL is not installed (no initdb found)"
+    else:
+        try:
+            import asyncpg  # noqa: F401
+        except ImportError:
+            missing = "asyncpg is not installed (pip install -e '.[dev]')"
+    if missing is not None:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"CI=true: {missing}; no PostgreSQL test may be skipped")
+        pytest.skip(missing)
+    assert bindir is not None
+    with Cluster(bindir) as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def pg_url(pg_cluster: Any) -> str:
+    """A fresh, empty database on the session's cluster: its postgresql:// URL."""
+    url: str = pg_cluster.new_database()
+    return url

@@ -57,6 +57,8 @@ EXPECTED = [
     "ValidationError",
     "VideoRequest",
     "Watch",
+    "WorkerFencedError",
+    "WorkerOutcome",
     "__version__",
     "get_model_spec",
     "known_models",

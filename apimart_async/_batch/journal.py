@@ -132,6 +132,20 @@ class Journal:
     def __repr__(self) -> str:
         return f"Journal({str(self.path)!r})"
 
+    @property
+    def label(self) -> str:
+        """The journal's path, as messages name it."""
+        return str(self.path)
+
+    @property
+    def folder(self) -> Path:
+        """The folder the journal file is in."""
+        return self.path.parent
+
+    def sidecar(self, suffix: str) -> Path:
+        """``JOURNAL + suffix``, beside the journal."""
+        return self.path.with_name(self.path.name + suffix)
+
     async def __aenter__(self) -> Journal:
         try:
             await anyio.to_thread.run_sync(self._open)

@@ -69,6 +69,8 @@ from .._engine.streams import BatchHooks, BatchStream, Watch
 from .._engine.submit import StreamClosed
 from .._io.download import part_path
 from .journal import ItemState, Journal, JournalRow, item_key, request_digest, request_json
+from .pg import is_pg_url
+from .store import JournalStore
 
 __all__ = [
     "BALANCE_READ_INTERVAL", "JOURNAL_NAME", "BatchItem", "BatchReport", "BatchSpend",
@@ -177,7 +179,8 @@ class BatchReport:
     """The outcome of `run_batch`: one `ItemResult` per item, in input order, and totals."""
 
     items: tuple[ItemResult, ...]
-    journal: Path
+    #: The journal file; for a PostgreSQL journal, its URL (no password) and batch.
+    journal: Path | str
     #: True when `run_batch`'s `stop` was set: unsent items are left pending.
     interrupted: bool = False
     bytes_downloaded: int
@@ -381,7 +384,7 @@ def _error_of(row: JournalRow) -> APIMartError | None:
     return APIMartError(row.error) if row.error else None
 
 
-def _refuse_changed_names(items: list[_Item], rows: dict[str, JournalRow], journal: Path) -> None:
+def _refuse_changed_names(items: list[_Item], rows: dict[str, JournalRow], journal: str) -> None:
     """A named item whose request changed is refused, before anything is sent: its
     name is its file, and that file holds the video paid for under the old request."""
     for item in items:
@@ -396,7 +399,7 @@ def _refuse_changed_names(items: list[_Item], rows: dict[str, JournalRow], journ
 
 class _Run:
     def __init__(
-        self, engine: Engine, items: list[_Item], out_dir: Path, journal: Journal,
+        self, engine: Engine, items: list[_Item], out_dir: Path, journal: JournalStore,
         on_change: OnChange | None,
     ) -> None:
         self.engine = engine
@@ -417,8 +420,8 @@ class _Run:
         # nothing more is written there; task ids it could not record go to `recovery`.
         self.journal_error: OSError | sqlite3.Error | None = None
         self.lost: list[str] = []
-        self.recovery: Path | None = journal.path.with_name(
-            journal.path.name + ".recovered-task-ids")
+        self.recovery: Path | None = (
+            journal.sidecar(".recovered-task-ids") or out_dir / ".apimart-recovered-task-ids")
         self.budget: SpendBudget | None = None
         self.left_by_cap = 0
         self._budget_changed = anyio.Event()
@@ -458,7 +461,7 @@ class _Run:
         """The first failed journal write: stop sending at once (the gate closes before
         any other item goes out), then end the run; `run_batch` raises the error."""
         self.journal_error = exc
-        log.error("journal %s: a write failed (%s): stopping", self.journal.path, exc)
+        log.error("journal %s: a write failed (%s): stopping", self.journal.label, exc)
         if self._stream is not None:
             self._stream.close_gate()  # see _submit's before()
         if self._tg is not None:
@@ -509,11 +512,12 @@ class _Run:
         inside its folder moves with it, so only one kept elsewhere can be mismatched."""
         out = await anyio.to_thread.run_sync(self.out_dir.resolve)
         recorded = await self.journal.out_dir()
-        beside = await anyio.to_thread.run_sync(self.journal.path.parent.resolve)
+        folder = self.journal.folder
+        beside = None if folder is None else await anyio.to_thread.run_sync(folder.resolve)
         if recorded is not None and recorded != str(out) and beside != out:
             raise ValidationError(
                 "out_dir", f"{self.out_dir} is not the output folder of journal "
-                f"{self.journal.path} ({recorded}): use --out {recorded}, or another journal",
+                f"{self.journal.label} ({recorded}): use --out {recorded}, or another journal",
             )
         if recorded != str(out):
             await self.journal.set_out_dir(str(out))
@@ -545,7 +549,7 @@ class _Run:
     async def reconcile(self, resubmit_ambiguous: bool, retry_failed: bool = False) -> None:
         await self._check_out_dir()
         rows = await self.journal.load()
-        _refuse_changed_names(self.items, rows, self.journal.path)
+        _refuse_changed_names(self.items, rows, self.journal.label)
         await self._share_no_paths(rows)
         more = await self.journal.load_files()
         # Case-folded: two names differing only in case are one file on macOS and Windows.
@@ -1035,6 +1039,8 @@ async def run_batch(
     resubmit_ambiguous: bool = False,
     on_change: OnChange | None = None,
     stop: anyio.Event | None = None,
+    batch: str = "default",
+    lease: float = 30.0,
     retry_failed: bool = False,
     max_spend: float | None = None,
     item_cost: float | None = None,
@@ -1051,6 +1057,16 @@ async def run_batch(
     out = Path(out_dir)
     if await anyio.Path(out).exists() and not await anyio.Path(out).is_dir():
         raise ValidationError("out_dir", f"{out} is a file, not a folder")
+    if is_pg_url(journal):
+        from .fleet import run_fleet_batch
+
+        assert isinstance(journal, str)
+        await anyio.to_thread.run_sync(_probe_writable, out)
+        return await run_fleet_batch(
+            engine, items, out_dir=out, url=journal, batch=batch, lease=lease,
+            resubmit_ambiguous=resubmit_ambiguous, stop=stop, retry_failed=retry_failed,
+            on_change=on_change, max_spend=cap,
+        )
     path = Path(journal) if journal is not None else out / JOURNAL_NAME
     before = attrs.evolve(engine.stats)
     # Before anything is paid for: a folder the videos cannot be written to fails now

@@ -23,6 +23,7 @@ import anyio
 import attrs
 from anyio.abc import TaskStatus
 
+from .._batch.fleet import WorkerOutcome
 from .._batch.inputs import InputError
 from .._batch.journal import ItemState
 from .._batch.runner import BatchItem, BatchReport
@@ -39,6 +40,7 @@ from .._core.errors import (
     ResultExpiredError,
     ServerError,
     ValidationError,
+    WorkerFencedError,
     account_problem,
 )
 from .._core.groups import lone_exception, ungrouped
@@ -168,8 +170,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bt.add_argument("file", type=Path, help=".jsonl (one request object a line) or .txt")
     _add_batch_options(bt, batch=True)
-    bt.add_argument("--journal", type=Path, default=None,
-                    help="journal file (default: DIR/.apimart-journal.sqlite3)")
+    bt.add_argument("--journal", type=_journal, default=None, metavar="PATH|URL",
+                    help="journal file (default: DIR/.apimart-journal.sqlite3), or a "
+                         "postgresql:// URL: the batch is then shared by every process "
+                         "running it (see 'worker')")
+    _add_fleet_options(bt)
     bt.add_argument("--resubmit-ambiguous", action="store_true",
                     help="resubmit items a crash left mid-submission (they may be billed twice)")
     bt.add_argument("--retry-failed", action="store_true",
@@ -179,6 +184,38 @@ def build_parser() -> argparse.ArgumentParser:
     bt.add_argument("--skip-duplicates", action="store_true",
                     help="send a request repeated in the file once (default: each line is a "
                          "video of its own, billed, and the repeats are listed before sending)")
+
+    wk = sub.add_parser(
+        "worker", help="join a batch kept in PostgreSQL as one more worker (no input file)",
+        description="Works on batch NAME of the PostgreSQL journal until every item is done: "
+        "claims pending items, adopts those of dead workers, downloads into DIR. --rps is "
+        "the key's rate shared by the whole fleet.",
+    )
+    wk.add_argument("--journal", type=str, required=True, metavar="URL",
+                    help="the postgresql:// URL of the fleet's journal")
+    wk.add_argument("--out", type=Path, required=True, metavar="DIR", help="output directory")
+    wk.add_argument("--concurrency", type=_positive_int, default=16,
+                    help="requests in flight from this worker (default 16)")
+    wk.add_argument("--rps", type=_positive_float, default=None,
+                    help="the key's rate, requests/second, shared by every worker")
+    wk.add_argument("--resubmit-ambiguous", action="store_true",
+                    help="resubmit items a dead worker left mid-submission (they may be "
+                         "billed twice)")
+    wk.add_argument("--json", action="store_true", help="print a machine-readable summary")
+    wk.add_argument("--max-spend", type=_positive_float, default=None, metavar="AMOUNT",
+                    help="set the batch's spend cap (the balance's unit), shared by every "
+                         "worker; a batch started with one keeps it without this flag")
+    _add_fleet_options(wk)
+    _add_client_options(wk)
+
+    jn = sub.add_parser("journal", help="inspect a journal")
+    jsub = jn.add_subparsers(dest="journal_command", metavar="ACTION", required=True)
+    js = jsub.add_parser("status", help="items by state, workers and their heartbeats, "
+                                        "ambiguous items")
+    js.add_argument("--journal", type=_journal, required=True, metavar="PATH|URL")
+    js.add_argument("--batch", default=None, metavar="NAME",
+                    help="one batch (default: every batch in the journal)")
+    js.add_argument("--json", action="store_true", help="print JSON for scripts")
 
     bal = sub.add_parser("balance", help="show the API key's balance (remain, used)")
     bal.add_argument("--json", action="store_true", help="print the balance as JSON")
@@ -215,6 +252,21 @@ def build_parser() -> argparse.ArgumentParser:
                  "uvloop when installed)",
         )
     return parser
+
+
+def _journal(text: str) -> Path | str:
+    """A postgresql:// URL stays a URL; anything else is an SQLite journal's path."""
+    from .._batch.pg import is_pg_url
+
+    return text if is_pg_url(text) else Path(text)
+
+
+def _add_fleet_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--batch", default="default", metavar="NAME",
+                   help="the batch's name in a postgresql:// journal (default: default)")
+    p.add_argument("--lease", type=_positive_float, default=30.0, metavar="SECONDS",
+                   help="a worker silent this long is declared dead: what it was submitting "
+                        "becomes ambiguous, the rest is adopted (default 30)")
 
 
 LOOPS = ("auto", "asyncio", "uvloop")
@@ -512,7 +564,7 @@ def report_json(report: BatchReport) -> dict[str, Any]:
 
 async def _batch(
     args: argparse.Namespace, items: list[BatchItem], *, base_url: str | None,
-    api_key: str | None, journal: Path | None = None, resubmit_ambiguous: bool = False,
+    api_key: str | None, journal: Path | str | None = None, resubmit_ambiguous: bool = False,
     clock: Clock | None = None, retry_failed: bool = False,
 ) -> int:
     from .._session import Session
@@ -550,6 +602,8 @@ async def _batch(
                         retry_failed=retry_failed,
                         max_spend=getattr(args, "max_spend", None),
                         item_cost=getattr(args, "item_cost", None),
+                        batch=getattr(args, "batch", "default"),
+                        lease=getattr(args, "lease", 30.0),
                     )
                     tg.cancel_scope.cancel()
                 return report
@@ -764,6 +818,102 @@ async def _run_demo(args: argparse.Namespace) -> int:
     return code
 
 
+async def _run_worker(args: argparse.Namespace) -> int:
+    from .._session import Session
+
+    _check_out(args.out)
+
+    async def go(stop: anyio.Event) -> WorkerOutcome:
+        async with Session(
+            args.api_key, base_url=args.base_url, max_concurrency=args.concurrency,
+            rps=args.rps,
+        ) as session:
+            return await session.run_worker(
+                journal=args.journal, batch=args.batch, out_dir=args.out, lease=args.lease,
+                resubmit_ambiguous=args.resubmit_ambiguous, stop=stop,
+                max_spend=args.max_spend,
+            )
+
+    outcome, signum = await _interruptible(go)
+    if outcome is None:
+        print("apimart-async: interrupted twice: stopped at once; the fleet declares this "
+              "worker dead after its lease (what it was sending becomes ambiguous)",
+              file=sys.stderr)
+        return 128 + (signum or signal.SIGINT)
+    counts = outcome.counts
+    total = sum(counts.values())
+    if args.json:
+        print(json.dumps(attrs.asdict(outcome, filter=lambda a, _: a.name != "account_error"),
+                         indent=2, sort_keys=True))
+    else:
+        states = ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
+        print(f"worker {outcome.worker}: submitted {outcome.submitted}, downloaded "
+              f"{outcome.downloaded} (adopted {outcome.adopted}) into {args.out}"
+              + (f"; declared dead: {', '.join(map(str, outcome.declared_dead))}"
+                 if outcome.declared_dead else ""))
+        print(f"batch {args.batch}: {total} items: {states}")
+        if outcome.stopped:
+            print(f"the fleet is stopped: {outcome.stopped}")
+        if outcome.stopped_at_cap:
+            print("stopped at the batch's spend cap: the next item could cross it; run "
+                  "with a larger --max-spend to send the rest")
+    if outcome.interrupted and signum is not None:
+        return 128 + signum
+    if outcome.stopped:
+        return EXIT_ACCOUNT
+    return EXIT_OK if counts.get(ItemState.DOWNLOADED.value, 0) == total else EXIT_FAILED
+
+
+async def _run_journal(args: argparse.Namespace) -> int:
+    from .._batch.pg import fleet_status
+
+    if isinstance(args.journal, Path):
+        status = await anyio.to_thread.run_sync(_sqlite_status, args.journal)
+    else:
+        try:
+            status = await fleet_status(args.journal, args.batch)
+        except (OSError, ImportError) as exc:
+            raise ValidationError("--journal", f"cannot read it: {exc}") from None
+    if args.json:
+        print(json.dumps(status, indent=2, sort_keys=True, default=str))
+        return EXIT_OK
+    print(f"journal {status['journal']} (schema version {status['schema_version']})")
+    for batch in status["batches"]:
+        counts = ", ".join(f"{n} {state}" for state, n in sorted(batch["counts"].items()))
+        print(f"batch {batch['batch']}: {batch['total']} items: {counts or 'none'}")
+        if batch.get("stopped"):
+            print(f"  stopped: {batch['stopped']}")
+        if batch.get("spend"):
+            spend = batch["spend"]
+            print(f"  spend: {spend['spent']:g} spent, {spend['reserved']:g} reserved "
+                  f"({spend['in_flight']} in flight) of a cap of {spend['cap']:g}")
+        for w in batch.get("workers", []):
+            life = "alive" if w["alive"] else f"dead ({w['dead_reason'] or 'lease passed'})"
+            print(f"  worker {w['id']} {w['host']} pid {w['pid']}: {life}, heartbeat "
+                  f"{w['heartbeat_age_s']:.1f}s ago (lease {w['lease_s']:g}s), "
+                  f"{w['items']} items held")
+        for a in batch["ambiguous"]:
+            print(f"  ambiguous {a['name'] or a['key']}: {a['reason'] or ''}")
+    return EXIT_OK
+
+
+def _sqlite_status(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ValidationError("--journal", f"{path} does not exist")
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        counts = dict(conn.execute("SELECT state, count(*) FROM items GROUP BY state"))
+        version = conn.execute(
+            "SELECT value FROM meta WHERE name = 'schema_version'").fetchone()[0]
+        ambiguous = [{"key": k, "name": n, "reason": e} for k, n, e in conn.execute(
+            "SELECT key, name, error FROM items WHERE state = 'ambiguous' ORDER BY position")]
+    finally:
+        conn.close()
+    return {"journal": str(path), "schema_version": version, "batches": [{
+        "batch": None, "counts": counts, "total": sum(counts.values()),
+        "workers": [], "ambiguous": ambiguous, "stopped": None}]}
+
+
 _COMMANDS = {
     "emulator": _run_emulator,
     "status": _run_status,
@@ -772,6 +922,8 @@ _COMMANDS = {
     "balance": _run_balance,
     "download": _run_download,
     "demo": _run_demo,
+    "worker": _run_worker,
+    "journal": _run_journal,
 }
 
 
@@ -805,6 +957,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return status
     except KeyboardInterrupt:
         return 128 + signal.SIGINT
+    except Exception as exc:
+        # The PostgreSQL journal's driver (an optional extra, not imported here): the
+        # server went away, refused a login... One line, not a traceback.
+        if not type(exc).__module__.startswith("asyncpg"):
+            raise
+        print(f"apimart-async: journal: {type(exc).__name__}: {exc} (check the "
+              "postgresql:// URL and the server; a re-run resumes)", file=sys.stderr)
+        return EXIT_FAILED
 
 
 def _read_key(args: argparse.Namespace) -> None:
@@ -859,6 +1019,8 @@ def _explain(exc: Exception) -> tuple[int, str]:
                             "standard input)")
     if isinstance(exc, ValidationError):
         return EXIT_USAGE, f"error: {exc}"
+    if isinstance(exc, WorkerFencedError):
+        return EXIT_FAILED, str(exc)
     if isinstance(exc, JournalWriteError):
         # Paid tasks may be known only to the recovery file (or the lines above).
         return EXIT_FAILED, (f"{exc}. Keep that file: a re-run with this journal cannot "

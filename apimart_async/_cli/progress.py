@@ -113,7 +113,8 @@ def summary_lines(report: BatchReport) -> list[str]:
         for item in report.earlier:
             if item.ok:
                 continue
-            out = item.path.parent if item.path else report.journal.parent
+            out = (item.path.parent if item.path
+                   else getattr(report.journal, "parent", "DIR"))
             why = item.error or _why(item)
             lines.append(f"  {item.state.value:<10} task {item.task_id}: {why} "
                          f"(re-run, or: apimart-async download {item.task_id} --out {out})")

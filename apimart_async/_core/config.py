@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import os
 import re
@@ -132,6 +133,12 @@ class ApiKey:
     def reveal(self) -> str:
         """The key itself; only the transport calls this, to build the header."""
         return self._value
+
+    def fingerprint(self) -> str:
+        """A hash naming this key in shared tables (a fleet's rate), never the key: a
+        salted sha256, truncated; it cannot be turned back into the key."""
+        digest = hashlib.sha256(b"apimart-async/key-fingerprint\0" + self._value.encode())
+        return digest.hexdigest()[:32]
 
     def __repr__(self) -> str:
         return "ApiKey('***')"

@@ -40,6 +40,7 @@ __all__ = [
     "TaskFailedError",
     "TaskTimeoutError",
     "ValidationError",
+    "WorkerFencedError",
     "scrub",
 ]
 
@@ -90,6 +91,22 @@ class JournalBusyError(ValidationError):
             "journal",
             f"{path} is in use by {holder} (another run of this batch); wait for it to "
             "end or stop it, then re-run",
+        )
+
+
+class WorkerFencedError(APIMartError):
+    """This fleet worker's lease ran out (it was paused, or lost the database longer
+    than the lease): the fleet declared it dead, its writes are refused, and it exits.
+    Its items were handed on (submitting ones as ambiguous), so nothing is paid twice.
+    """
+
+    def __init__(self, worker: int, journal: str) -> None:
+        self.worker = worker
+        self.journal = journal
+        super().__init__(
+            f"worker {worker} lost its lease on {journal} (paused or cut off longer than "
+            "the lease): the fleet declared it dead and refuses its writes; it exits. "
+            "Start a new worker to rejoin"
         )
 
 

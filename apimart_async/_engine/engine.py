@@ -81,6 +81,8 @@ class Engine:
         hooks: Hooks | None = None,
     ) -> None:
         self.clock = clock
+        #: Names the key in shared tables (a fleet's rate), never the key itself.
+        self.key_fingerprint = key.fingerprint()
         self.hooks = hooks = hooks or Hooks()
         self.poll_policy = poll
         self.max_concurrency = max_concurrency

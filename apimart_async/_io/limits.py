@@ -7,7 +7,11 @@ coroutine retrying on its own.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from contextvars import ContextVar
 
 import anyio
 
@@ -16,7 +20,15 @@ from .._core.hooks import Hooks, RateChangeEvent
 from .clock import Clock, Timer
 from .hooks import fire
 
-__all__ = ["Limits"]
+__all__ = ["Limits", "SharedPacer"]
+
+#: Waits for a send slot of a rate shared with other processes (a fleet's key rate).
+SharedPacer = Callable[[], Awaitable[None]]
+# Set by `Limits.prepaid` around a request whose slot its caller already took: when
+# that slot is due (`time.monotonic()`).
+_prepaid: ContextVar[float | None] = ContextVar("apimart_async_prepaid_slot", default=None)
+# Set while such a request is in flight: it took no request slot, so gives none back.
+_unmetered: ContextVar[bool] = ContextVar("apimart_async_unmetered", default=False)
 
 log = logging.getLogger("apimart_async")
 # A recovering rate is reported when it moved this much since the last report.
@@ -44,8 +56,27 @@ class Limits:
         self._next_slot = 0.0
         self._paused_until = 0.0
         self._last_success = self._time.now()
+        #: When set, every request waits for a slot of this shared rate instead of the
+        #: local one (a fleet of workers on one key: `_batch.fleet`).
+        self.shared: SharedPacer | None = None
+        #: Called on each 429 when `shared` is set, with the Retry-After hint (seconds).
+        self.on_shared_throttle: Callable[[float | None], None] | None = None
+        #: A prepaid slot reached later than this (real seconds) is not used: a request
+        #: sent late bunches with those sent on time.
+        self.shared_tolerance = 0.0
         # The rate last reported (log, `on_rate_change`), to report recovery in steps.
         self._reported = self.rate.rate
+
+    @contextlib.contextmanager
+    def prepaid(self, due: float) -> Iterator[None]:
+        """Within the block, the next request's first attempt uses the shared slot its
+        caller took already (due at `due`, `time.monotonic()`), so the caller could
+        claim its item in between; if the request slot frees too late, a fresh one."""
+        token = _prepaid.set(due)
+        try:
+            yield
+        finally:
+            _prepaid.reset(token)
 
     def claim(self) -> tuple[float, int]:
         """Claim the next send slot: (clock time it may go at, the epoch it is paced under).
@@ -74,7 +105,7 @@ class Limits:
 
     def try_acquire(self) -> int | None:
         """Take a slot without waiting, if one is free and nothing needs pacing."""
-        if self.rate.rate is not None or self._paused_until > 0.0:
+        if self.rate.rate is not None or self._paused_until > 0.0 or self.shared is not None:
             return None
         try:
             self.concurrency.acquire_nowait()
@@ -87,9 +118,24 @@ class Limits:
         epoch = self.try_acquire()
         if epoch is not None:
             return epoch
+        if self.shared is not None and _prepaid.get() is not None:
+            # A fleet's submission holding its shared slot: it goes now, not after polls
+            # that hold request slots while they wait for slots of their own (it would
+            # arrive late, bunched with requests sent on time). Its submitter is its
+            # concurrency bound.
+            due = _prepaid.get()
+            _prepaid.set(None)  # one attempt only: a retry takes a slot of its own
+            _unmetered.set(True)
+            if due is not None and time.monotonic() - due > self.shared_tolerance:
+                await self.shared()
+            return self._started(self.rate.epoch)
         await self.concurrency.acquire()
         try:
-            epoch = await self._pace()
+            if self.shared is not None:
+                await self.shared()
+                epoch = self.rate.epoch
+            else:
+                epoch = await self._pace()
         except BaseException:
             self.concurrency.release()
             raise
@@ -101,10 +147,17 @@ class Limits:
 
     def release(self) -> None:
         """Give back a slot taken by `acquire`."""
+        if _unmetered.get():
+            _unmetered.set(False)
+            return
         self.concurrency.release()
 
     def throttled(self, epoch: int, retry_after: float | None) -> None:
         """Record a 429 for a request paced under `epoch`; honour a hint for everyone."""
+        if self.shared is not None:
+            if self.on_shared_throttle is not None:
+                self.on_shared_throttle(retry_after)
+            return
         now = self._time.now()
         before, previous = self.rate.epoch, self.rate.rate
         self.rate.on_throttled(epoch, now)
