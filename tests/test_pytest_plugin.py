@@ -119,3 +119,16 @@ def test_readme_plugin_example_passes_as_written(pytester: pytest.Pytester) -> N
     code = section.split("```python\n", 1)[1].split("```", 1)[0]
     pytester.makepyfile(test_readme=code)
     _run(pytester).assert_outcomes(passed=2)
+
+
+def test_readme_stepped_clock_with_the_sync_fixtures_passes(pytester: pytest.Pytester) -> None:
+    # advance() from the test thread, the waits on the sync session's loop thread: it
+    # used to raise "no running event loop" and leave the fixture's close() hanging.
+    from pathlib import Path
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    section = readme.split("`advance` may be called from any thread.", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    assert "def apimart_clock" in code and "apimart_sync_session" in code
+    pytester.makepyfile(test_readme_stepped=code)
+    _run(pytester, "--timeout", "60").assert_outcomes(passed=1)
