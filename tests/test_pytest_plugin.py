@@ -189,3 +189,23 @@ def test_under_pytest_asyncio_auto_mode_the_fixtures_are_refused_clearly(
     result.assert_outcomes(passed=1, errors=1)  # the sync test is unaffected
     result.stdout.fnmatch_lines(["*pytest-asyncio runs in auto mode (asyncio_mode=auto)*"])
     assert "Timeout context manager" not in result.stdout.str()
+
+
+def test_the_same_seed_gives_the_same_task_ids_whatever_the_rootdir(
+    pytester: pytest.Pytester,
+) -> None:
+    # The per-test seed came from the node id, which is relative to the rootdir: run
+    # from the project or from its tests folder, --apimart-seed 7 replayed other ids.
+    pytester.mkdir("proj")
+    pytester.mkdir("proj/tests")
+    (pytester.path / "proj" / "tests" / "test_user.py").write_text(USER_TESTS)
+    test_file = str(pytester.path / "proj" / "tests" / "test_user.py")
+    runs = [
+        _run(pytester, "--apimart-seed", "7", "--rootdir", str(pytester.path / where),
+             test_file)
+        for where in ("proj", "proj/tests")
+    ]
+    for result in runs:
+        result.assert_outcomes(passed=4)
+    first, second = (_ids(result) for result in runs)
+    assert len(first) == 2 and first == second

@@ -9,8 +9,9 @@ pytest-asyncio runs (``@pytest.mark.asyncio``, or its auto mode) is on another e
 than the async fixtures: they refuse it at setup, saying what to do.
 
 Each run draws a seed (``--apimart-seed N`` sets it; the pytest header shows it); each
-test's emulator is seeded from it and the test's id, so task ids and fault draws differ
-from run to run and test to test, and ``--apimart-seed N`` replays a failure.
+test's emulator is seeded from it and the test's name and file (not pytest's rootdir), so
+task ids and fault draws differ from run to run and test to test, and ``--apimart-seed N``
+replays a failure.
 
 The module imports nothing of the SDK until a fixture is used: every pytest run of a
 project with the SDK installed loads it.
@@ -102,11 +103,27 @@ def _marker_kwargs(request: pytest.FixtureRequest) -> dict[str, Any]:
     return kwargs
 
 
+def _test_key(node: pytest.Item | pytest.Collector) -> str:
+    """The test's name within its file and the file's path from the top of its package
+    (``pkg/tests/test_x.py::TestA::test_b[1]``): unlike the node id, the same whatever
+    pytest's rootdir (and the directory it is run from)."""
+    path = node.path
+    parts = [path.name]
+    parent = path.parent
+    while (parent / "__init__.py").is_file() and parent.parent != parent:
+        parts.insert(0, parent.name)
+        parent = parent.parent
+    name = node.nodeid.split("::", 1)[1] if "::" in node.nodeid else node.name
+    return "/".join(parts) + "::" + name
+
+
 @pytest.fixture
 def apimart_seed(request: pytest.FixtureRequest) -> int:
-    """This test's emulator seed: from the run's seed and the test's id."""
+    """This test's emulator seed: from the run's seed and the test's name and file (its
+    path from the top of its package, so the seed does not depend on pytest's rootdir)."""
     run_seed = request.config.stash[_RUN_SEED]
-    digest = hashlib.sha256(f"{run_seed}:{request.node.nodeid}".encode()).digest()
+    key = _test_key(request.node)
+    digest = hashlib.sha256(f"{run_seed}:{key}".encode()).digest()
     return int.from_bytes(digest[:8], "big")
 
 
