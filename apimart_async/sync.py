@@ -34,7 +34,7 @@ from ._batch.fleet import WorkerOutcome
 from ._batch.runner import BatchItem, BatchReport, ItemResult
 from ._core.balance import Balance
 from ._core.config import DownloadPolicy, Timeout
-from ._core.errors import APIMartError
+from ._core.errors import APIMartError, ValidationError
 from ._core.events import BatchEvent, TaskUpdate
 from ._core.hooks import Hooks
 from ._core.models import Submission, Task, VideoRequest
@@ -62,6 +62,12 @@ CALL_TASK = "apimart-sync-call"
 
 LOOP_THREAD = "apimart-sync-loop"
 """The name of a sync session's event loop thread."""
+
+CLOSE_THREAD = "apimart-sync-close"
+"""The name of the thread `Session.close` stops the loop from (joined with a timeout)."""
+
+CLOSE_TIMEOUT = 30.0
+"""`Session.close`'s default bound, in real seconds, on stopping the calls in flight."""
 
 
 def _name_thread() -> int:
@@ -326,19 +332,53 @@ class Session:
             self._state = "open"
         return self
 
-    def close(self) -> None:
-        """Close the session and stop its loop thread (joined). Idempotent."""
+    def close(self, *, timeout: float | None = CLOSE_TIMEOUT) -> None:
+        """Close the session and stop its loop thread (joined). Idempotent.
+
+        Calls in flight are cancelled and waited for, at most `timeout` real seconds
+        (None: no limit) for the whole close: a call that does not unwind (a hook or
+        `on_change` callback blocking the loop thread) makes `close` raise `RuntimeError`
+        rather than hang; the session is closed to new calls all the same, and its loop
+        thread stops by itself once the stuck call returns.
+        """
+        if timeout is not None and (
+            isinstance(timeout, bool) or not isinstance(timeout, (int, float))
+            or not timeout > 0
+        ):
+            raise ValidationError("timeout", f"must be a number of seconds > 0 or None, "
+                                             f"got {timeout!r}")
         with self._lock:
             if self._state == "closed":
                 return
             self._state = "closed"
             context, self._context = self._context, None
-            try:
-                self._loop.cancel_calls()
-                if context is not None:
-                    context.__exit__(None, None, None)
-            finally:
-                self._loop.stop()
+            failed: list[BaseException] = []
+
+            def shut_down() -> None:
+                try:
+                    try:
+                        self._loop.cancel_calls()
+                        if context is not None:
+                            context.__exit__(None, None, None)
+                    finally:
+                        self._loop.stop()
+                except BaseException as exc:  # handed to close's caller below
+                    failed.append(exc)
+
+            # In a thread of its own, so that a call which never unwinds bounds close()
+            # instead of hanging it (and whoever calls it: a fixture's teardown).
+            closer = threading.Thread(target=shut_down, name=CLOSE_THREAD, daemon=True)
+            closer.start()
+            closer.join(timeout)
+            if closer.is_alive():
+                raise RuntimeError(
+                    f"the sync session did not stop within {timeout} s of close(): a call "
+                    "in flight did not unwind when cancelled (a hook or on_change callback "
+                    f"blocking the loop thread?); its thread {LOOP_THREAD!r} stops once "
+                    "that call returns"
+                )
+            if failed:
+                raise failed[0]
 
     def __del__(self) -> None:
         # Dropped open, it would keep its loop thread and connections for good.

@@ -104,3 +104,18 @@ async def test_standalone_emulator_seed_is_fresh_unless_given() -> None:
     seeded = await first_id("--seed", "9")
     assert await first_id("--seed", "9") == seeded
     assert await first_id() != await first_id()
+
+
+async def test_an_unknown_path_is_404_with_or_without_a_key(make_server: MakeServer) -> None:
+    # Auth is checked on the API's routes only: a mistyped path used to answer 401.
+    server = await make_server()
+    async with aiohttp.ClientSession() as http:
+        for headers in ({}, {"Authorization": "Bearer sk-any-key-0123456789"}):
+            async with http.get(f"{server.base_url}/v1/taskz/x", headers=headers) as resp:
+                assert resp.status == 404
+                body = await resp.json()
+                assert body["error"]["message"] == "no such endpoint: GET /v1/taskz/x"
+                assert "x-request-id" in resp.headers
+        async with http.get(f"{server.base_url}/v1/tasks/task_x") as resp:
+            assert resp.status == 401  # a known route still asks for the key
+    assert [r.status for r in server.emulator.request_log] == [404, 404, 401]

@@ -3,7 +3,9 @@ project would run it: the entry point loads it, nothing else is configured."""
 
 from __future__ import annotations
 
+import os
 import re
+from pathlib import Path
 
 import pytest
 
@@ -51,10 +53,13 @@ def _ids(result: pytest.RunResult) -> list[str]:
     return re.findall(r"TASK-ID (\S+)", result.stdout.str())
 
 
-def _run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
+def _run(pytester: pytest.Pytester, *args: str, asyncio: bool = False) -> pytest.RunResult:
     # A subprocess: a user's run shares no module, global or fixture with this one.
+    # pytest-asyncio (a test extra) stays out unless the test is about it.
+    plugin = ("-o", "asyncio_default_fixture_loop_scope=function") if asyncio else (
+        "-p", "no:asyncio")
     return pytester.runpytest_subprocess("-p", "no:randomly", "-p", "no:cacheprovider", "-W", "error",
-                              "-s", *args)
+                              "-s", *plugin, *args)
 
 
 def test_fixtures_work_in_a_fresh_test_file(pytester: pytest.Pytester) -> None:
@@ -119,3 +124,88 @@ def test_readme_plugin_example_passes_as_written(pytester: pytest.Pytester) -> N
     code = section.split("```python\n", 1)[1].split("```", 1)[0]
     pytester.makepyfile(test_readme=code)
     _run(pytester).assert_outcomes(passed=2)
+
+
+def test_readme_stepped_clock_with_the_sync_fixtures_passes(pytester: pytest.Pytester) -> None:
+    # advance() from the test thread, the waits on the sync session's loop thread: it
+    # used to raise "no running event loop" and leave the fixture's close() hanging.
+    from pathlib import Path
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    section = readme.split("`advance` may be called from any thread.", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    assert "def apimart_clock" in code and "apimart_sync_session" in code
+    pytester.makepyfile(test_readme_stepped=code)
+    _run(pytester, "--timeout", "60").assert_outcomes(passed=1)
+
+
+def _needs_pytest_asyncio() -> None:
+    try:
+        import pytest_asyncio  # noqa: F401
+    except ImportError:
+        # It is in the test extra: CI must run these, never skip them.
+        if os.environ.get("CI") == "true":
+            raise
+        pytest.skip("pytest-asyncio is not installed (pip install -e '.[test]')")
+
+
+PYTEST_ASYNCIO_TESTS = '''
+import pytest
+from apimart_async import VideoRequest
+
+@pytest.mark.asyncio
+async def test_asyncio_marker(apimart_session):
+    await apimart_session.submit(VideoRequest("a"))
+
+@pytest.mark.anyio
+async def test_anyio_marker(apimart_session):
+    sub = await apimart_session.submit(VideoRequest("a"))
+    assert (await apimart_session.wait(sub)).status == "completed"
+'''
+
+
+def test_under_pytest_asyncio_strict_an_asyncio_test_is_refused_clearly(
+    pytester: pytest.Pytester,
+) -> None:
+    # The fixtures run on anyio's loop, an asyncio-marked test on pytest-asyncio's: it
+    # failed deep in aiohttp ("Timeout context manager should be used inside a task").
+    _needs_pytest_asyncio()
+    pytester.makepyfile(test_user=PYTEST_ASYNCIO_TESTS)
+    result = _run(pytester, "-o", "asyncio_mode=strict", asyncio=True)
+    result.assert_outcomes(passed=1, errors=1)  # @pytest.mark.anyio works beside it
+    result.stdout.fnmatch_lines(["*the test is marked @pytest.mark.asyncio*"
+                                 "Mark the test @pytest.mark.anyio*strict mode*"])
+    assert "Timeout context manager" not in result.stdout.str()
+
+
+def test_under_pytest_asyncio_auto_mode_the_fixtures_are_refused_clearly(
+    pytester: pytest.Pytester,
+) -> None:
+    _needs_pytest_asyncio()
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    code = readme.split("### The pytest plugin", 1)[1].split("```python\n", 1)[1]
+    pytester.makepyfile(test_readme=code.split("```", 1)[0])
+    result = _run(pytester, "-o", "asyncio_mode=auto", asyncio=True)
+    result.assert_outcomes(passed=1, errors=1)  # the sync test is unaffected
+    result.stdout.fnmatch_lines(["*pytest-asyncio runs in auto mode (asyncio_mode=auto)*"])
+    assert "Timeout context manager" not in result.stdout.str()
+
+
+def test_the_same_seed_gives_the_same_task_ids_whatever_the_rootdir(
+    pytester: pytest.Pytester,
+) -> None:
+    # The per-test seed came from the node id, which is relative to the rootdir: run
+    # from the project or from its tests folder, --apimart-seed 7 replayed other ids.
+    pytester.mkdir("proj")
+    pytester.mkdir("proj/tests")
+    (pytester.path / "proj" / "tests" / "test_user.py").write_text(USER_TESTS)
+    test_file = str(pytester.path / "proj" / "tests" / "test_user.py")
+    runs = [
+        _run(pytester, "--apimart-seed", "7", "--rootdir", str(pytester.path / where),
+             test_file)
+        for where in ("proj", "proj/tests")
+    ]
+    for result in runs:
+        result.assert_outcomes(passed=4)
+    first, second = (_ids(result) for result in runs)
+    assert len(first) == 2 and first == second

@@ -7,6 +7,7 @@ The emulator runs on its own event loop in a thread (as the pytest plugin's
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import threading
 from collections.abc import Iterator
@@ -28,7 +29,7 @@ from apimart_async import (
     ValidationError,
     VideoRequest,
 )
-from apimart_async.sync import CALL_TASK, LOOP_THREAD, Session
+from apimart_async.sync import CALL_TASK, CLOSE_THREAD, LOOP_THREAD, Session
 from apimart_async.testing import Clock, EmulatorConfig, EmulatorServer, TaskPlan
 
 from .conftest import KEY
@@ -337,3 +338,60 @@ def test_keyboard_interrupt_in_a_blocking_watch_stops_its_polling(threaded: Thre
         s.wait(other)
         assert emulator.stats.polls[sub.task_id] <= after + 1  # at most one in flight
         assert list(updates) == []  # and the iterator is over
+
+
+def test_a_stepped_clock_advanced_from_the_test_thread_ends_the_sessions_waits() -> None:
+    # The waits run on the session's loop thread; advance() comes from this one. It used
+    # to cancel their scopes from here (RuntimeError: no running event loop) after having
+    # forgotten them, so the wait slept for good and close() hung.
+    from concurrent.futures import ThreadPoolExecutor
+    from concurrent.futures import wait as wait_for
+
+    from apimart_async.testing import SteppedClock
+
+    clock = SteppedClock()
+    config = EmulatorConfig(planner=lambda body, index: TaskPlan(duration=10, queue_time=2))
+    with start_blocking_portal("asyncio") as portal:
+        server = EmulatorServer(config, clock=clock)
+        with portal.wrap_async_context_manager(server), Session(
+            KEY, base_url=server.base_url, clock=clock
+        ) as s, ThreadPoolExecutor(1) as pool:
+            sub = s.submit(VideoRequest("fox"))
+            done = pool.submit(s.wait, sub, timeout=600)
+            while not done.done() and clock.now() < 600:
+                clock.advance(0.5)
+                wait_for([done], timeout=0.01)  # real time for the loop thread to react
+            task = done.result(timeout=5)
+            assert task.status is TaskStatus.COMPLETED
+            assert 10 <= clock.now() < 600  # woken by the poller's waits, not the timeout
+
+
+def test_close_is_bounded_when_a_call_never_unwinds(threaded: Threaded) -> None:
+    from apimart_async import Hooks
+
+    entered, release = threading.Event(), threading.Event()
+
+    def stuck(event: object) -> None:
+        entered.set()
+        release.wait()  # blocks the session's loop thread: nothing can cancel it
+
+    s = threaded.session(hooks=Hooks(on_request=stuck))
+    caller = threading.Thread(target=lambda: suppress_all(s.submit, VideoRequest("fox")))
+    caller.start()
+    assert entered.wait(10)
+    with pytest.raises(ValidationError, match="timeout"):
+        s.close(timeout=0)
+    with pytest.raises(RuntimeError, match=r"did not stop within 0\.2 s of close\(\)"):
+        s.close(timeout=0.2)
+    s.close()  # closed already: nothing more to do
+    release.set()
+    caller.join(10)
+    for thread in threading.enumerate():
+        if thread.name in (LOOP_THREAD, CLOSE_THREAD):
+            thread.join(10)
+    assert _loop_threads() == []
+
+
+def suppress_all(fn: object, *args: object) -> None:
+    with contextlib.suppress(BaseException):
+        fn(*args)  # type: ignore[operator]

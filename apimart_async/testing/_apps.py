@@ -230,6 +230,14 @@ class _ApiHost:
                 stats.rate_limited += 1
                 return _error(429, "Rate limit exceeded", "rate_limit_error",
                               headers={"Retry-After": str(max(1, math.ceil(wait)))})
+            unmatched = request.match_info.http_exception
+            if unmatched is not None:
+                # No such endpoint (or method): say so, whatever the key; a 401 here sent
+                # users looking for a key problem on a mistyped path.
+                return _error(unmatched.status,
+                              f"no such endpoint: {request.method} {request.path}",
+                              "not_found_error" if unmatched.status == 404
+                              else "invalid_request_error")
             token = authorized(request, emulator.config.api_key)
             if token is None:
                 presented = request.headers.get("Authorization", "").partition(" ")[2]

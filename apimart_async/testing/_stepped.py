@@ -13,8 +13,10 @@ network I/O, `EmulatorConfig.latency`, `Fault.slow` and the rate limit run in re
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import math
+import threading
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
 
@@ -32,7 +34,10 @@ class _Steps:
 
     def __init__(self) -> None:
         self.now = 0.0
-        self.waiters: dict[anyio.CancelScope, float] = {}
+        # Each wait's deadline and the event loop it waits on: a cancel scope may be
+        # cancelled only on its own loop's thread, and `advance` may come from another.
+        self.waiters: dict[anyio.CancelScope, tuple[float, asyncio.AbstractEventLoop]] = {}
+        self.lock = threading.Lock()
 
 
 @attrs.frozen
@@ -63,17 +68,32 @@ class SteppedClock(Clock):
     def advance(self, seconds: float) -> None:
         """Move time forward by `seconds` (>= 0); waits whose deadline is reached end.
 
-        The woken tasks run at the caller's next checkpoint (its next ``await``).
+        Callable from any thread: from the thread of the event loop the waits run on
+        (an async test), the woken tasks run at the caller's next checkpoint (its next
+        ``await``); from another thread (a sync test driving ``apimart_sync_session``,
+        whose waits run on the session's loop thread), each wait's end is handed to its
+        own loop and happens there soon after this returns.
         """
         if (isinstance(seconds, bool) or not isinstance(seconds, (int, float))
                 or not math.isfinite(seconds) or seconds < 0):
             raise ValidationError("seconds", f"must be a finite number >= 0, got {seconds!r}")
         steps = self._steps
-        steps.now += seconds
-        for scope, when in list(steps.waiters.items()):
-            if when <= steps.now:
+        try:
+            here: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            here = None
+        with steps.lock:
+            steps.now += seconds
+            due = [(scope, loop) for scope, (when, loop) in steps.waiters.items()
+                   if when <= steps.now]
+            for scope, loop in due:
+                # Ended first, forgotten after: a wait is never dropped without being woken
+                # (a waiter lost here would keep its task asleep for good).
+                if loop is here:
+                    scope.cancel()
+                elif not loop.is_closed():
+                    loop.call_soon_threadsafe(scope.cancel)
                 del steps.waiters[scope]
-                scope.cancel()
 
     def move_on_at(self, when: float) -> AbstractContextManager[anyio.CancelScope]:
         """A cancel scope that ends when `advance` brings time to `when` (at once if it is
@@ -83,16 +103,18 @@ class SteppedClock(Clock):
     @contextlib.contextmanager
     def _move_on_at(self, when: float) -> Iterator[anyio.CancelScope]:
         steps = self._steps
-        if when <= steps.now:
-            scope = anyio.CancelScope(deadline=-math.inf)
-        else:
-            scope = anyio.CancelScope()
-            steps.waiters[scope] = when
+        with steps.lock:
+            if when <= steps.now:
+                scope = anyio.CancelScope(deadline=-math.inf)
+            else:
+                scope = anyio.CancelScope()
+                steps.waiters[scope] = (when, asyncio.get_running_loop())
         try:
             with scope:
                 yield scope
         finally:
-            steps.waiters.pop(scope, None)
+            with steps.lock:
+                steps.waiters.pop(scope, None)
 
     async def sleep(self, api_seconds: float) -> None:
         """Wait until time has advanced by `api_seconds`."""
@@ -115,7 +137,8 @@ class SteppedClock(Clock):
             await anyio.sleep(0.005)  # real time: answers already in the kernel arrive
             await anyio.wait_all_tasks_blocked()
             steps = self._steps
-            state = (steps.now, sorted(steps.waiters.values()))
+            with steps.lock:
+                state = (steps.now, sorted(when for when, _ in steps.waiters.values()))
             if state == before:
                 return
             before = state
@@ -146,5 +169,6 @@ class SteppedClock(Clock):
 
         Read it after `settle` (or use `step`): a wait just started may not be registered.
         """
-        finite = [when for when in self._steps.waiters.values() if when != math.inf]
+        with self._steps.lock:
+            finite = [when for when, _ in self._steps.waiters.values() if when != math.inf]
         return min(finite, default=None)

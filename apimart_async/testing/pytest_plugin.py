@@ -4,11 +4,14 @@ Async tests (``@pytest.mark.anyio``) use `apimart_server` and `apimart_session`;
 tests use `apimart_sync_server` (the emulator on its own loop thread) and
 `apimart_sync_session`. All of them turn testing mode on (zero retry delays) for the
 test. Configure the emulator with ``@pytest.mark.apimart(speed=..., **EmulatorConfig
-fields)`` or by overriding the `apimart_config` / `apimart_clock` fixtures.
+fields)`` or by overriding the `apimart_config` / `apimart_clock` fixtures. A test
+pytest-asyncio runs (``@pytest.mark.asyncio``, or its auto mode) is on another event loop
+than the async fixtures: they refuse it at setup, saying what to do.
 
 Each run draws a seed (``--apimart-seed N`` sets it; the pytest header shows it); each
-test's emulator is seeded from it and the test's id, so task ids and fault draws differ
-from run to run and test to test, and ``--apimart-seed N`` replays a failure.
+test's emulator is seeded from it and the test's name and file (not pytest's rootdir), so
+task ids and fault draws differ from run to run and test to test, and ``--apimart-seed N``
+replays a failure.
 
 The module imports nothing of the SDK until a fixture is used: every pytest run of a
 project with the SDK installed loads it.
@@ -100,11 +103,27 @@ def _marker_kwargs(request: pytest.FixtureRequest) -> dict[str, Any]:
     return kwargs
 
 
+def _test_key(node: pytest.Item | pytest.Collector) -> str:
+    """The test's name within its file and the file's path from the top of its package
+    (``pkg/tests/test_x.py::TestA::test_b[1]``): unlike the node id, the same whatever
+    pytest's rootdir (and the directory it is run from)."""
+    path = node.path
+    parts = [path.name]
+    parent = path.parent
+    while (parent / "__init__.py").is_file() and parent.parent != parent:
+        parts.insert(0, parent.name)
+        parent = parent.parent
+    name = node.nodeid.split("::", 1)[1] if "::" in node.nodeid else node.name
+    return "/".join(parts) + "::" + name
+
+
 @pytest.fixture
 def apimart_seed(request: pytest.FixtureRequest) -> int:
-    """This test's emulator seed: from the run's seed and the test's id."""
+    """This test's emulator seed: from the run's seed and the test's name and file (its
+    path from the top of its package, so the seed does not depend on pytest's rootdir)."""
     run_seed = request.config.stash[_RUN_SEED]
-    digest = hashlib.sha256(f"{run_seed}:{request.node.nodeid}".encode()).digest()
+    key = _test_key(request.node)
+    digest = hashlib.sha256(f"{run_seed}:{key}".encode()).digest()
     return int.from_bytes(digest[:8], "big")
 
 
@@ -139,6 +158,36 @@ def apimart_testing() -> Iterator[None]:
         yield
 
 
+def _pytest_asyncio_runs(request: pytest.FixtureRequest) -> str | None:
+    """Why pytest-asyncio, not anyio, runs this test (None: it does not)."""
+    config = request.config
+    if not config.pluginmanager.has_plugin("asyncio"):
+        return None
+    mode = config.getoption("asyncio_mode", default=None) or config.getini("asyncio_mode")
+    if mode == "auto":
+        return "pytest-asyncio runs in auto mode (asyncio_mode=auto)"
+    if request.node.get_closest_marker("asyncio") is not None:
+        return "the test is marked @pytest.mark.asyncio"
+    return None
+
+
+def _refuse_pytest_asyncio(request: pytest.FixtureRequest) -> None:
+    # The fixtures run on anyio's runner loop; a test pytest-asyncio runs is on another
+    # loop, where the session's aiohttp objects fail deep inside the first request
+    # ("Timeout context manager should be used inside a task").
+    reason = _pytest_asyncio_runs(request)
+    if reason is not None:
+        pytest.fail(
+            f"apimart_server / apimart_session run on anyio's pytest plugin, but {reason}: "
+            "the test would run on pytest-asyncio's event loop, not the fixtures'. Mark "
+            "the test @pytest.mark.anyio with pytest-asyncio in strict mode (its default; "
+            "-o asyncio_mode=strict), or build the emulator and session in the test "
+            "(async with EmulatorServer(...) as server, Session(...)), or use the sync "
+            "fixtures (apimart_sync_server, apimart_sync_session) in a plain test",
+            pytrace=False,
+        )
+
+
 def _require_asyncio(backend: object) -> None:
     name = backend if isinstance(backend, str) else backend[0]  # type: ignore[index]
     if name != "asyncio":
@@ -147,11 +196,13 @@ def _require_asyncio(backend: object) -> None:
 
 @pytest.fixture
 async def apimart_server(
-    anyio_backend: object, apimart_config: EmulatorConfig, apimart_clock: Clock,
-    apimart_testing: None,
+    request: pytest.FixtureRequest, anyio_backend: object, apimart_config: EmulatorConfig,
+    apimart_clock: Clock, apimart_testing: None,
 ) -> AsyncIterator[EmulatorServer]:
     """The emulator on 127.0.0.1 (free ports), on the test's event loop (async tests:
-    ``@pytest.mark.anyio``). Its controls are ``apimart_server.emulator``."""
+    ``@pytest.mark.anyio``; a test pytest-asyncio runs is refused with a clear error).
+    Its controls are ``apimart_server.emulator``."""
+    _refuse_pytest_asyncio(request)
     _require_asyncio(anyio_backend)
     from ._server import EmulatorServer
 
