@@ -48,8 +48,11 @@ class Session:
       https, or plain http to a loopback host (the emulator).
     - `max_concurrency`: requests in flight to the API host at any moment, all
       coroutines of this session together.
-    - `rps`: an optional ceiling on requests per second to the API host; the session
-      also slows down by itself when the server answers 429.
+    - `rps`: the key's rate limit in requests per second, if you know it: every request
+      is paced to it from the start, so none meets a 429. Without it the session learns
+      the limit from the server's 429s (a few learning costs) and paces at it.
+    - `burst`: with `rps`, how many requests the key's limit lets through at once (its
+      token bucket's size): they go at once before pacing starts. Default 1.
     - `timeout`, `retry`, `poll`: see `Timeout`, `RetryPolicy` and `PollPolicy`.
     - `http_session`: an `aiohttp.ClientSession` of yours to send on; it is not
       closed. Without one the session owns and closes its own.
@@ -75,6 +78,7 @@ class Session:
         base_url: str | None = None,
         max_concurrency: int = 16,
         rps: float | None = None,
+        burst: int | None = None,
         timeout: Timeout | None = None,
         retry: RetryPolicy | None = None,
         poll: PollPolicy | None = None,
@@ -89,6 +93,11 @@ class Session:
         )
         self._max_concurrency = require_whole_number("max_concurrency", max_concurrency)
         self._rps = require_positive_or_none("rps", rps)
+        if burst is not None:
+            require_whole_number("burst", burst)
+            if rps is None:
+                raise ValidationError("burst", "needs rps: a burst is the rate limit's, give both")
+        self._burst = burst
         require_whole_number("download_concurrency", download_concurrency)
         self._timeout = timeout or Timeout()
         self._retry = retry or RetryPolicy()
@@ -98,6 +107,7 @@ class Session:
         self._engine = Engine(
             base_url=self._base_url, key=key, timeout=self._timeout, retry=self._retry,
             poll=self._poll, clock=self._clock, max_concurrency=self._max_concurrency, rps=rps,
+            burst=self._burst,
             download_concurrency=download_concurrency, http_session=http_session,
             downloads=downloads,
         )
@@ -127,6 +137,11 @@ class Session:
     def max_concurrency(self) -> int:
         """Requests in flight to the API host at once, at most."""
         return self._max_concurrency
+
+    @property
+    def burst(self) -> int | None:
+        """The key's burst given with `rps`, if any."""
+        return self._burst
 
     @property
     def rps(self) -> float | None:

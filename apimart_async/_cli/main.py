@@ -118,6 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="fraction of tasks that fail (default 0; kind profile only)")
     emu.add_argument("--latency", type=float, default=0.0, help="seconds added to each answer")
     emu.add_argument("--rate-limit", type=float, default=None, help="requests per second")
+    emu.add_argument("--burst", type=int, default=None,
+                     help="requests the rate limit lets through at once (default: the rate)")
     emu.add_argument("--balance", type=int, default=None, help="submissions allowed (402 after)")
     emu.add_argument("--video-size", type=int, default=64 * 1024, help="bytes per video")
     emu.add_argument("--url-ttl", type=float, default=86400.0, help="result link lifetime (s)")
@@ -180,7 +182,11 @@ def _add_batch_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, required=True, metavar="DIR", help="output directory")
     p.add_argument("--concurrency", type=_positive_int, default=16,
                    help="requests in flight at once (default 16)")
-    p.add_argument("--rps", type=float, default=None, help="at most this many requests/second")
+    p.add_argument("--rps", type=_positive_float, default=None,
+                   help="the key's rate limit, if known: pace every request to it (no 429s); "
+                        "without it the limit is learned from the server's 429s")
+    p.add_argument("--burst", type=_positive_int, default=None,
+                   help="with --rps: requests the limit lets through at once (default 1)")
     p.add_argument("--model", default=None, help="default model (default sora-2)")
     p.add_argument("--duration", type=int, default=None, help="default duration in seconds")
     p.add_argument("--aspect-ratio", default=None, choices=("16:9", "9:16"))
@@ -258,6 +264,7 @@ async def _run_emulator(args: argparse.Namespace) -> int:
         **knobs,
         latency=args.latency,
         rate_limit=args.rate_limit,
+        burst=args.burst,
         balance=args.balance,
         video_size=args.video_size,
         url_ttl=args.url_ttl,
@@ -386,7 +393,7 @@ async def _batch(
     async def go(stop: anyio.Event) -> BatchReport:
         async with Session(
             api_key, base_url=base_url, max_concurrency=args.concurrency, rps=args.rps,
-            clock=clock,
+            burst=args.burst, clock=clock,
         ) as session:
             with BatchDisplay(len(items), stream=sys.stderr) as display:
                 async with anyio.create_task_group() as tg:
@@ -548,7 +555,7 @@ async def _run_demo(args: argparse.Namespace) -> int:
             BatchItem(request=VideoRequest(p, duration=5), name=f"demo-{i + 1:02d}")
             for i, p in enumerate(prompts)
         ]
-        args.concurrency, args.rps, args.json = 8, None, False
+        args.concurrency, args.rps, args.burst, args.json = 8, None, None, False
         # The emulator lives only as long as this command: start a fresh journal.
         journal = args.out / ".apimart-demo-journal.sqlite3"
         for stale in (journal, *(journal.with_name(journal.name + s) for s in ("-wal", "-shm"))):

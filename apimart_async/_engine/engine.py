@@ -75,6 +75,7 @@ class Engine:
         download_concurrency: int,
         http_session: aiohttp.ClientSession | None,
         downloads: DownloadPolicy | None = None,
+        burst: int | None = None,
     ) -> None:
         self.clock = clock
         self.poll_policy = poll
@@ -83,7 +84,9 @@ class Engine:
         self.http = Http(
             timeout=timeout, session=http_session, connections=max(100, max_concurrency)
         )
-        self.limits = Limits(max_concurrency=max_concurrency, rps=rps, clock=clock)
+        self.limits = Limits(
+            max_concurrency=max_concurrency, rps=rps, burst=burst, clock=clock
+        )
         self.transport = Transport(
             base_url=base_url, key=key, http=self.http, limits=self.limits, retry=retry,
             stats=self.stats, clock=clock,

@@ -112,6 +112,8 @@ class Transport:
                 if isinstance(exc, RateLimitError):
                     self.stats.rate_limited += 1
                     limits.throttled(epoch, exc.retry_after)
+                elif raw is not None:
+                    limits.succeeded(epoch)  # answered: it took a token all the same
                 decision = decide(
                     self.retry, exc, attempt=attempt, idempotent=request.idempotent
                 )
@@ -128,6 +130,9 @@ class Transport:
                     "%s %s attempt %d failed (%s); retrying in %.2fs",
                     request.method, request.path, attempt, type(exc).__name__, decision.delay,
                 )
+                delay = decision.delay
+                if isinstance(exc, RateLimitError):
+                    delay = limits.retry_delay(exc.retry_after, delay)
                 if on_safe_retry is not None and not is_ambiguous(exc):
                     await on_safe_retry()
             except BaseException:
@@ -135,6 +140,6 @@ class Transport:
                 raise
             else:
                 limits.release()
-                limits.succeeded()
+                limits.succeeded(epoch)
                 return result
-            await self._clock.delay(decision.delay)
+            await self._clock.delay(delay)

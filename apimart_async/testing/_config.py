@@ -40,7 +40,13 @@ class EmulatorConfig:
     - `estimate_error`: `estimated_time` is off by up to this fraction either way.
     - `fail_rate`: fraction of tasks that end failed.
     - `latency`: real seconds added to every API answer.
-    - `rate_limit`, `burst`: requests per real second the API host allows (429 beyond).
+    - `rate_limit`, `burst`: requests per second the API host allows, as a token
+      bucket of `burst` (default: the rate, rounded up) refilled at `rate_limit`; beyond,
+      429 with ``Retry-After`` (whole seconds until a token is free, at least 1).
+    - `rate_limit_clock`: run the rate limit on the emulator's `Clock` (compressed or
+      stepped, like task time) instead of real time, for tests that pace on the same
+      clock without sleeping. Real time (False) is the default: a server's load does not
+      compress.
     - `balance`: submissions the account can pay for (402 beyond); None is unlimited.
     - `url_ttl`: how long result links live, in API seconds.
     - `honour_idempotency_key`: answer a repeated `Idempotency-Key` with the first task.
@@ -66,6 +72,7 @@ class EmulatorConfig:
     latency: float = 0.0
     rate_limit: float | None = None
     burst: int | None = None
+    rate_limit_clock: bool = False
     balance: int | None = None
     url_ttl: float = 86400.0
     video_size: int = 64 * 1024
