@@ -59,6 +59,7 @@ class RateLearner:
         min_rate: float = 0.2,
         jitter: float = 0.002,
         margin: float = 0.005,
+        creep: float = 0.0,
     ) -> None:
         #: The rate the user gave (a ceiling: never paced above it), or None.
         self.given = rate
@@ -69,6 +70,7 @@ class RateLearner:
         # How far apart the server may see two requests sent together (seconds).
         self.jitter = jitter
         self.margin = margin
+        self.creep = creep
         self.max_window = max_window
         #: Requests accepted so far, and 429s met.
         self.accepted = 0
@@ -131,10 +133,11 @@ class RateLearner:
             # Probe upward: fast enough that a rate learned `uncertainty` too low is
             # caught up with before the bucket overflows, slow enough that the next 429
             # comes after a span several times longer.
-            u = self._uncertainty
-            p = self.rate + self.drift * u * u * max(0.0, now - self._last) / (self.burst + 1)
-        if self.given is not None:
-            p = min(p, self.given)
+            # And at least `creep` of the rate per second, should the estimate be wrong
+            # with all its confidence (a network stall can fake any single bound).
+            u, since = self._uncertainty, max(0.0, now - self._last)
+            p = self.rate * (1.0 + self.creep * since) + (
+                self.drift * u * u * since / (self.burst + 1))
         return max(p, self.min_rate)
 
     def claim(self, now: float) -> tuple[float, float, int]:
@@ -229,20 +232,24 @@ class RateLearner:
         if ticket < self._reacted_at:
             return
         self._reacted_at = now
+        if self.given is not None:
+            # The rate was given: trust it. A 429 at it is the network bunching requests
+            # (jitter): keep a wider berth from the rate, up to a tenth, and let the
+            # bucket refill one token before the next request.
+            self.margin = min(0.1, self.margin + 0.01)
+            self._anchor, self._window = False, None
+            # (Slots claimed before are claimed again: the epoch changes.)
+            self._tat = ticket + self._interval(self.given) + self._tolerance(self.given)
+            self.epoch += 1
+            return
         if self._ref is None:
             # The burst is spent: what was accepted so far is about its size.
             self._window = None
-            if self.given is None:
-                self.burst = max(1, self.accepted)
+            self.burst = max(1, self.accepted)
             self._ref, self._since_ref = ticket, 0
-            if self.given is not None:
-                self.rate = self.given
-                self._span = max(1.0, self.accepted / self.given)
-                self._uncertainty = 1.0 / self._span
-            else:
-                hint = retry_after if retry_after is not None and retry_after > 0 else 1.0
-                # A first guess: a burst is often about a second's worth of the rate.
-                self._ramp_pace = max(self.min_rate, 1.0 / hint, float(self.burst))
+            hint = retry_after if retry_after is not None and retry_after > 0 else 1.0
+            # A first guess: a burst is often about a second's worth of the rate.
+            self._ramp_pace = max(self.min_rate, 1.0 / hint, float(self.burst))
             self._settle(ticket)
             return
         if ticket <= self._ref:
@@ -267,7 +274,7 @@ class RateLearner:
             self._ref, self._since_ref, self._max_gap = ticket, 0, 0.0
             lo, hi, span, valid = low, high, 0.0, False
             estimate = 0.5 * (max(lo, 0.5 * hi) + hi) if math.isfinite(hi) else lo
-        if self.rate is not None and self.given is None:
+        if self.rate is not None:
             # What earlier 429s taught still holds where it agrees with this one.
             old_lo, old_hi = self.rate - self._uncertainty, self.rate + self._uncertainty
             if max(lo, old_lo) <= min(hi, old_hi):
@@ -275,13 +282,14 @@ class RateLearner:
         estimate = min(max(estimate, lo), hi)
         if not estimate > 0:
             estimate = self.min_rate
-        self.rate = estimate if self.given is None else min(estimate, self.given)
+        self.rate = estimate
         # How far off the estimate may be sets how fast the pace probes upward.
         self._span = span
         width = 0.5 * (hi - lo) if hi < math.inf else estimate
         if valid:
             width = min(width, 1.0 / span)
-        self._uncertainty = max(width, 0.01 * estimate)
+        # (Bounds from a few accepts alone are at the mercy of the network's jitter.)
+        self._uncertainty = max(width, (0.01 if valid else 0.025) * estimate)
         self._uncertainty = min(self._uncertainty, estimate)
         self._settle(ticket)
 
