@@ -83,6 +83,29 @@ def test_a_given_burst_goes_at_once_less_one_spare_token() -> None:
     assert starts[9:] == pytest.approx([0.1, 0.2, 0.3])
 
 
+def test_a_given_pace_starts_from_the_bursts_first_answer() -> None:
+    # The server's bucket stays full (its refill lost) until the burst arrives, which a
+    # new connection can delay: pacing from the claim would run ahead of the server.
+    learner = RateLearner(rate=50.0, burst=30, margin=0.0)
+    assert learner.window == 29  # the burst, and no more until an answer
+    starts = [learner.claim(0.0)[0] for _ in range(29)]
+    assert max(starts) < 0.01
+    learner.on_accepted(0.0, now=0.030)  # the first answer, 30 ms later
+    assert learner.window is None
+    assert learner.claim(0.031)[0] == pytest.approx(0.030 + 1 / 50)
+
+
+def test_a_429_at_a_given_rate_widens_the_margin_and_keeps_the_rate() -> None:
+    learner = RateLearner(rate=20.0, burst=1, margin=0.0)
+    _, ticket, epoch = learner.claim(0.0)
+    learner.on_accepted(ticket, now=0.01)
+    _, ticket, _ = learner.claim(0.01)
+    learner.on_throttled(ticket, 0.07, 1.0)
+    assert learner.epoch != epoch and learner.pace(1.0) == 20.0
+    start = learner.claim(0.08)[0]
+    assert start == pytest.approx(ticket + 1 / (20.0 * 0.99))  # one interval, 1 % wider
+
+
 @pytest.mark.parametrize(("rate", "burst"), [(5, 10), (20, 10), (50, 30), (10, 1)])
 def test_a_given_rate_and_burst_reach_the_floor_without_a_429(rate: int, burst: int) -> None:
     n = 300
@@ -247,3 +270,12 @@ def test_no_sleep_at_all_when_the_clock_is_already_past_the_slot() -> None:
     later, _, _ = limits.claim()
     assert (start, later) == (100.0, 200.0)
     assert math.isfinite(later)
+
+
+def test_a_429d_request_waits_for_its_paced_slot_not_a_one_second_hint() -> None:
+    limits = Limits(max_concurrency=4, clock=FakeClock())
+    # Whole seconds are all Retry-After can say: "1" from a token bucket means "soon".
+    assert limits.retry_delay(1.0, 1.0) == 0.0
+    assert limits.retry_delay(None, 0.4) == 0.0
+    # A longer hint is the server's word, and the retry policy's delay honours it.
+    assert limits.retry_delay(5.0, 5.0) == 5.0

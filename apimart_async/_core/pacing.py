@@ -12,21 +12,32 @@ within a span `d` need ``rate >= (k - burst) / d``.)
 `RateLearner` runs in three phases:
 
 - *rate given* (`rate=`, and `burst=` if known): a mirror token bucket paces every
-  request, so the server's burst is spent at once and nothing goes beyond its rate.
+  request: the burst (less one token kept spare for the network's jitter) goes at once,
+  and the pace starts from its first answer, a hair (`margin`) under the rate. A 429
+  then can only be jitter: the margin widens (up to 10 %); the rate is not relearned.
 - *slow start* (nothing known): requests in flight are capped by a window that grows by
   `growth` per accepted request, so the burst is spent within a few dozen round trips
   while few requests are on the wire when it runs out (those few meet the 429s learning
   costs). A server without a limit sees the window outgrow the concurrency cap.
 - *tracking* (after the first 429): until the next 429 the pace doubles every `ramp`
-  seconds of sending from a first guess (the `Retry-After` hint's rate); from then on it
-  is the estimate from the first 429 to the latest, raised slowly between 429s (by
-  `drift` times the estimate's uncertainty per span), so a rate learned too low is
-  raised back: the next 429 then comes after a span several times longer and narrows
-  the estimate again. The 429s this costs grow with the logarithm of the batch's length.
+  seconds of sending from a first guess (``1 / Retry-After``, or the burst per second);
+  from then on it is the estimate from the first 429 to the latest, clamped by what the
+  latest accepts prove (``rate < 1 / gap`` for a 429 a gap after the last accept), and
+  intersected with what earlier 429s taught. Between 429s the pace rises by `drift`
+  times the square of the estimate's uncertainty per second, over the burst (a bigger
+  bucket absorbs a longer lag), so a rate learned too low is raised back before the
+  bucket overflows; the next 429 then comes after a span several times longer and
+  narrows the estimate again. The 429s this costs grow with the logarithm of the batch's
+  length.
 
 A `Retry-After` hint longer than the header's one-second granularity pauses every
 request until it passes; a hint of one second is what any token bucket answers (the next
-token is less than a second away), so it only seeds the first guess of the rate.
+token is less than a second away), so it only seeds the first guess of the rate (and
+the request that met it waits for its paced slot: `Limits.retry_delay`).
+
+Times are the caller's clock readings; a request's ticket is the time its slot was
+claimed for (`jitter` allows for how far apart the server may see two requests sent
+together).
 """
 
 from __future__ import annotations
@@ -59,9 +70,8 @@ class RateLearner:
         min_rate: float = 0.2,
         jitter: float = 0.002,
         margin: float = 0.005,
-        creep: float = 0.0,
     ) -> None:
-        #: The rate the user gave (a ceiling: never paced above it), or None.
+        #: The rate the user gave (trusted: paced at, never relearned), or None.
         self.given = rate
         self.growth = growth
         self.ramp = ramp
@@ -69,8 +79,9 @@ class RateLearner:
         self.min_rate = min_rate
         # How far apart the server may see two requests sent together (seconds).
         self.jitter = jitter
+        # How far under the rate the pace keeps (a fraction): a request right on a
+        # token's edge meets a 429.
         self.margin = margin
-        self.creep = creep
         self.max_window = max_window
         #: Requests accepted so far, and 429s met.
         self.accepted = 0
@@ -133,11 +144,8 @@ class RateLearner:
             # Probe upward: fast enough that a rate learned `uncertainty` too low is
             # caught up with before the bucket overflows, slow enough that the next 429
             # comes after a span several times longer.
-            # And at least `creep` of the rate per second, should the estimate be wrong
-            # with all its confidence (a network stall can fake any single bound).
-            u, since = self._uncertainty, max(0.0, now - self._last)
-            p = self.rate * (1.0 + self.creep * since) + (
-                self.drift * u * u * since / (self.burst + 1))
+            u = self._uncertainty
+            p = self.rate + self.drift * u * u * max(0.0, now - self._last) / (self.burst + 1)
         return max(p, self.min_rate)
 
     def claim(self, now: float) -> tuple[float, float, int]:

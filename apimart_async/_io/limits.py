@@ -40,6 +40,7 @@ class Limits:
         self._in_flight = 0
         # Set when a request ends: a sender held back by the slow-start window retries.
         self._freed = anyio.Event()
+        self._held_back = 0
 
     def claim(self) -> tuple[float, float, int]:
         """Claim the next send slot: (clock time it may go at, its ticket, its epoch)."""
@@ -76,7 +77,11 @@ class Limits:
             window = rate.window
             if window is not None and self._in_flight >= window:
                 # Finding the burst: wait for a request on the wire to end.
-                await self._freed.wait()
+                self._held_back += 1
+                try:
+                    await self._freed.wait()
+                finally:
+                    self._held_back -= 1
                 continue
             start, ticket, epoch = self.claim()
             wait = start - self._time.now()
@@ -94,8 +99,9 @@ class Limits:
         self._wake()
 
     def _wake(self) -> None:
-        freed, self._freed = self._freed, anyio.Event()
-        freed.set()
+        if self._held_back:  # (an Event per request would cost every request)
+            freed, self._freed = self._freed, anyio.Event()
+            freed.set()
 
     def throttled(self, ticket: float, retry_after: float | None) -> None:
         """Record a 429 for the request sent at `ticket`; a long hint pauses everyone."""
