@@ -216,11 +216,12 @@ def test_a_batch_against_an_unknown_limit_runs_at_the_floor(rate: int, burst: in
 @pytest.mark.parametrize("rate", [5, 10, 20, 50])
 def test_without_a_burst_learning_costs_a_little_more(rate: int) -> None:
     # A bucket of one token overflows at any pace under the rate, so the ramp's count
-    # says less and each probe above the rate is a 429: looser bounds, still near.
+    # says less, and with no token spare each 429 widens the pace's berth from the
+    # rate (jitter would bunch requests): looser bounds, still near.
     n = 300
     makespan, throttled = run_batch(RateLearner(), Bucket(rate, 1), n)
-    assert throttled <= 15
-    assert makespan <= 1.08 * (n - 1) / rate
+    assert throttled <= 10
+    assert makespan <= 1.10 * (n - 1) / rate
 
 
 def test_the_learned_rate_converges_on_the_servers() -> None:

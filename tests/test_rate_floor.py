@@ -11,12 +11,10 @@ from __future__ import annotations
 import anyio
 import pytest
 
-from apimart_async import Session, Submission, VideoRequest
+from apimart_async import Session, Submission, ValidationError, VideoRequest
 from apimart_async.testing import EmulatorConfig, EmulatorServer, SteppedClock
 
 from .conftest import KEY
-
-pytestmark = pytest.mark.anyio
 
 N = 60
 
@@ -43,6 +41,7 @@ async def run(limit: float, size: int, **session: object) -> tuple[float, int, i
     return clock.now(), throttled, sum(isinstance(o, Submission) for o in outcomes)
 
 
+@pytest.mark.anyio
 @pytest.mark.parametrize(("rate", "burst"), [(20, 10), (5, 30)])
 async def test_a_batch_learns_an_unstated_limit_and_runs_near_the_floor(
     rate: float, burst: int
@@ -54,6 +53,7 @@ async def test_a_batch_learns_an_unstated_limit_and_runs_near_the_floor(
     assert floor <= makespan <= 1.08 * floor
 
 
+@pytest.mark.anyio
 async def test_a_given_rate_and_burst_meet_no_429_and_reach_the_floor() -> None:
     makespan, throttled, ok = await run(20, 10, rps=20, burst=10)
     floor = (N - 10) / 20
@@ -61,3 +61,12 @@ async def test_a_given_rate_and_burst_meet_no_429_and_reach_the_floor() -> None:
     # One token of the burst is kept spare (the network's jitter), and the pace is a
     # hair (0.5 %) under the rate: over 300 requests that is within 1.01x the floor.
     assert floor <= makespan <= 1.01 * (floor + 1 / 20)
+
+
+def test_a_burst_needs_a_rate_and_is_a_whole_number() -> None:
+    with pytest.raises(ValidationError, match=r"burst.*needs rps"):
+        Session(KEY, burst=10)
+    with pytest.raises(ValidationError, match="burst"):
+        Session(KEY, rps=5, burst=0)
+    session = Session(KEY, rps=5, burst=10)
+    assert (session.rps, session.burst) == (5, 10)

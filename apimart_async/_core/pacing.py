@@ -28,7 +28,8 @@ within a span `d` need ``rate >= (k - burst) / d``.)
   bucket absorbs a longer lag), so a rate learned too low is raised back before the
   bucket overflows; the next 429 then comes after a span several times longer and
   narrows the estimate again. The 429s this costs grow with the logarithm of the batch's
-  length.
+  length. A bucket of one or two tokens has none spare for the network's jitter, so
+  there each 429 also widens the pace's berth from the rate (`margin`, up to 5 %).
 
 A `Retry-After` hint longer than the header's one-second granularity pauses every
 request until it passes; a hint of one second is what any token bucket answers (the next
@@ -262,6 +263,10 @@ class RateLearner:
             return
         if ticket <= self._ref:
             return
+        if self.burst <= 2:
+            # No token spare: a 429 near the rate may be the network bunching two
+            # requests, so keep a wider berth from the rate, as with a rate given.
+            self.margin = min(0.05, self.margin + 0.005)
         # Above: since the latest accept (or 429) the bucket held under one token more
         # than it refilled, and it cannot have overflowed (a full bucket accepts).
         since = ticket - max(self._last_accept, self._last)
