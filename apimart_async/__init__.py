@@ -15,7 +15,8 @@ Everything public is re-exported here; the modules behind it are private.
 """
 
 from ._batch.journal import ItemState
-from ._batch.runner import BatchItem, BatchReport, ItemResult
+from ._batch.runner import BatchItem, BatchReport, BatchSpend, ItemResult
+from ._core.balance import Balance
 from ._core.config import DownloadPolicy, Timeout
 from ._core.errors import (
     APIConnectionError,
@@ -40,8 +41,17 @@ from ._core.errors import (
     ValidationError,
 )
 from ._core.events import BatchEvent, EventKind, TaskUpdate
-from ._core.models import Submission, Task, TaskError, TaskStatus, VideoRequest
+from ._core.hooks import DownloadEvent, Hooks, RateChangeEvent, RequestEvent, RetryEvent
+from ._core.models import Submission, Task, TaskError, TaskOutput, TaskStatus, VideoRequest
 from ._core.polling import PollPolicy
+from ._core.registry import (
+    ModelName,
+    ModelSpec,
+    get_model_spec,
+    known_models,
+    register_model,
+    unregister_model,
+)
 from ._core.retry import RetryPolicy
 from ._engine.streams import BatchStream, Watch
 from ._io.clock import Clock
@@ -57,27 +67,36 @@ __all__ = [
     "APITimeoutError",
     "AuthenticationError",
     "BadRequestError",
+    "Balance",
     "BatchEvent",
     "BatchItem",
     "BatchReport",
+    "BatchSpend",
     "BatchStream",
     "Clock",
     "DecodeError",
     "DownloadError",
+    "DownloadEvent",
     "DownloadPolicy",
     "DownloadResult",
     "EventKind",
+    "Hooks",
     "InsufficientBalanceError",
     "ItemResult",
     "ItemState",
     "JournalBusyError",
     "JournalWriteError",
+    "ModelName",
+    "ModelSpec",
     "NotFoundError",
     "NotSubmittedError",
     "PermissionDeniedError",
     "PollPolicy",
+    "RateChangeEvent",
     "RateLimitError",
+    "RequestEvent",
     "ResultExpiredError",
+    "RetryEvent",
     "RetryPolicy",
     "ServerError",
     "Session",
@@ -86,6 +105,7 @@ __all__ = [
     "Task",
     "TaskError",
     "TaskFailedError",
+    "TaskOutput",
     "TaskStatus",
     "TaskTimeoutError",
     "TaskUpdate",
@@ -94,4 +114,8 @@ __all__ = [
     "VideoRequest",
     "Watch",
     "__version__",
+    "get_model_spec",
+    "known_models",
+    "register_model",
+    "unregister_model",
 ]

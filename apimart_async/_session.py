@@ -13,6 +13,7 @@ import anyio
 import attrs
 
 from ._batch.runner import BatchItem, BatchReport, ItemResult, run_batch
+from ._core.balance import Balance
 from ._core.config import (
     DEFAULT_BASE_URL,
     ENV_BASE_URL,
@@ -22,10 +23,16 @@ from ._core.config import (
     check_base_url,
 )
 from ._core.errors import APIMartError, TaskFailedError, TaskTimeoutError, ValidationError
-from ._core.models import Submission, Task, VideoRequest
+from ._core.hooks import Hooks
+from ._core.models import Submission, Task, TaskOutput, VideoRequest
+from ._core.outputs import numbered_name
 from ._core.polling import PollPolicy
 from ._core.retry import RetryPolicy
-from ._core.validation import require_positive_or_none, require_whole_number
+from ._core.validation import (
+    require_finite_positive_or_none,
+    require_positive_or_none,
+    require_whole_number,
+)
 from ._core.wire import check_task_id
 from ._engine.engine import Engine
 from ._engine.streams import BatchStream, Watch
@@ -59,6 +66,8 @@ class Session:
     - `download_concurrency`: video downloads at once (separate from API requests).
     - `downloads`: what a file host may do before a download is given up on (size cap,
       low-speed limit, deadline, allowed hosts): see `DownloadPolicy`.
+    - `hooks`: callables told of each request, retry, rate change, task update and
+      download (`Hooks`), e.g. for metrics; a hook that raises is logged, never raised.
     - `clock`: API time; only tests with a compressed emulator clock change it.
       Every wait of the session (polls, deadlines, retry delays, `rps` pacing) is on it.
 
@@ -86,8 +95,11 @@ class Session:
         download_concurrency: int = 4,
         clock: Clock | None = None,
         downloads: DownloadPolicy | None = None,
+        hooks: Hooks | None = None,
     ) -> None:
         key = ApiKey.resolve(api_key)
+        if hooks is not None and not isinstance(hooks, Hooks):
+            raise ValidationError("hooks", f"must be a Hooks, got {type(hooks).__name__}")
         self._base_url = check_base_url(
             base_url if base_url is not None else os.environ.get(ENV_BASE_URL) or DEFAULT_BASE_URL
         )
@@ -109,7 +121,7 @@ class Session:
             poll=self._poll, clock=self._clock, max_concurrency=self._max_concurrency, rps=rps,
             burst=self._burst,
             download_concurrency=download_concurrency, http_session=http_session,
-            downloads=downloads,
+            downloads=downloads, hooks=hooks,
         )
         self._sealed = True
 
@@ -257,12 +269,22 @@ class Session:
         tid = task_id.task_id if isinstance(task_id, Submission) else task_id
         return await self._engine.get_task(tid)
 
+    async def balance(self) -> Balance:
+        """The API key's balance (``GET /v1/balance``), retried on transient errors.
+
+        `Balance.remain` is None when the key has no quota limit (`Balance.unlimited`).
+        A 401 raises `AuthenticationError`; an answer with ``"success": false`` raises
+        `APIStatusError` with the server's message; a malformed one `DecodeError`.
+        """
+        return await self._engine.balance()
+
     def watch(
         self,
         tasks: Iterable[str | Submission],
         *,
         timeout: float | None = None,
         task_timeout: float | None = None,
+        progress_every: float | None = None,
     ) -> Watch:
         """Follow tasks to their end: an async iterator of `TaskUpdate`.
 
@@ -272,12 +294,22 @@ class Session:
         seconds); a task past either gets a final update with `timed_out` set. Use it as
         ``async with session.watch(ids) as updates: async for u in updates: ...``; plain
         ``async for`` works too, and leaving the loop stops the polling at once.
+
+        `progress_every` (API seconds, finite and > 0) asks for a progress resolution:
+        while this watch follows a task, it is polled at least that often (never more
+        often than the poll policy's `min_interval`), so a task whose progress moves
+        gets an update about every `progress_every` seconds. It costs polls: a 60 s
+        task at ``progress_every=2`` takes about 30 polls instead of the handful the
+        default (frugal) schedule spends. Other watchers of the same task are not
+        affected, and when this watch ends the task goes back to the policy's schedule.
         """
         require_positive_or_none("timeout", timeout)
         require_positive_or_none("task_timeout", task_timeout)
+        every = require_finite_positive_or_none("progress_every", progress_every)
         ids = list(dict.fromkeys(_task_id(t) for t in tasks))
         self._engine.require_open()
-        return Watch(self._engine, ids, timeout=timeout, task_timeout=task_timeout)
+        return Watch(self._engine, ids, timeout=timeout, task_timeout=task_timeout,
+                     progress_every=every)
 
     def stream(
         self,
@@ -285,18 +317,22 @@ class Session:
         *,
         timeout: float | None = None,
         task_timeout: float | None = None,
+        progress_every: float | None = None,
     ) -> BatchStream:
         """Submit `requests` and follow each to its end, as one stream of `BatchEvent`.
 
         ``async with session.stream(requests) as events: async for e in events: ...``
         Each item gets SUBMITTED, PROGRESS events, then exactly one final event:
         COMPLETED, FAILED, SUBMIT_FAILED or TIMED_OUT (`e.index` is its input position).
+        `progress_every`: as for `watch`, for every task of the stream.
         """
         items = [_check_request(f"requests[{i}]", r) for i, r in enumerate(requests)]
         require_positive_or_none("timeout", timeout)
         require_positive_or_none("task_timeout", task_timeout)
+        every = require_finite_positive_or_none("progress_every", progress_every)
         self._engine.require_open()
-        return BatchStream(self._engine, items, timeout=timeout, task_timeout=task_timeout)
+        return BatchStream(self._engine, items, timeout=timeout, task_timeout=task_timeout,
+                           progress_every=every)
 
     # `timeout` is in API seconds on the session's clock, so anyio.fail_after would not do.
     async def wait(
@@ -332,7 +368,16 @@ class Session:
         self, task: Task | str | Submission, dest: str | PathLike[str], *,
         overwrite: bool = False,
     ) -> DownloadResult:
-        """Download a completed task's video to `dest` (a file path, or a directory).
+        """Download every output of a completed task (its videos and images) to `dest`
+        (a file path, or a directory).
+
+        The first output goes to `dest` itself; the others beside it, numbered:
+        ``fox.mp4``, ``fox-2.mp4``, ``fox-3.png`` (see `Task.outputs`; an extension comes
+        from the output's link, else ``.mp4`` for a video, ``.png`` for an image). The
+        result describes the first file; `DownloadResult.paths` (and `.files`) lists all.
+        The outputs are fetched one after another; if one fails, the error is raised and
+        the files already saved stay (calling again fetches the rest: a file that holds
+        the same bytes is kept as it is).
 
         The bytes stream into a hidden ``.NAME.part`` file beside `dest`; a cut
         connection resumes with a Range request (and starts over if the host ignores
@@ -349,8 +394,9 @@ class Session:
         image container, of a provable length within ``max_bytes``; a ``.part`` left by
         another task or link is never resumed. Such failures raise `DownloadError`.
 
-        Into a directory, the file is named after the task id you passed (a `Task`'s
-        own id), never after the id in the server's answer, and must stay inside it.
+        Into a directory, the files are named after the task id you passed (a `Task`'s
+        own id), never after the id in the server's answer, and must stay inside it:
+        ``TASK_ID.mp4``, ``TASK_ID-2.mp4``...
         """
         self._engine.require_open()
         if isinstance(task, Task):
@@ -359,13 +405,20 @@ class Session:
             asked = check_task_id(task.task_id if isinstance(task, Submission) else task)
             task = await self.get_task(task)
         path = Path(dest)
+        outputs = task.outputs or (TaskOutput(kind="video", url=""),)
         if await anyio.Path(path).is_dir():
-            name = f"{asked}.mp4"
+            name = numbered_name(asked, 0, outputs[0])
             # One plain name, never a path: the file stays inside `dest`.
             if Path(name).name != name or "\\" in name:
                 raise ValidationError("task_id", f"{asked!r} does not name a file in {dest}")
             path = path / name
-        return await self._engine.download(task, path, overwrite=overwrite)
+        first = await self._engine.download(task, path, overwrite=overwrite)
+        more = []
+        for index in range(1, len(outputs)):
+            beside = path.with_name(numbered_name(path.stem, index, outputs[index]))
+            more.append(await self._engine.download(task, beside, overwrite=overwrite,
+                                                    index=index))
+        return attrs.evolve(first, more=tuple(more))
 
     async def run_batch(
         self,
@@ -376,6 +429,8 @@ class Session:
         resubmit_ambiguous: bool = False,
         on_change: Callable[[ItemResult], None] | None = None,
         stop: anyio.Event | None = None,
+        retry_failed: bool = False,
+        max_spend: float | None = None,
     ) -> BatchReport:
         """Generate and download a whole batch, durably; returns a `BatchReport`.
 
@@ -388,6 +443,10 @@ class Session:
         kept in `BatchReport.account_error`; the items it stopped stay in the journal, so
         a re-run after fixing the account resumes them.
 
+        Items that ended FAILED in an earlier run (the task failed, or the API refused
+        the request) stay failed on a re-run; with `retry_failed` True they are
+        submitted again as new tasks, under new Idempotency-Keys: each is billed again.
+
         Setting `stop` (e.g. from a signal handler) stops sending at once: submissions
         already on the wire land and are journaled, polling and downloads end, and the
         report comes back with `interrupted` set; a re-run resumes. Items are known by
@@ -396,12 +455,24 @@ class Session:
         write that fails mid-run stops sending at once and raises `JournalWriteError`;
         tasks created but not journaled are printed to stderr and appended to
         ``JOURNAL.recovered-task-ids``.
+
+        `max_spend` caps what this run spends, in the balance's unit (see
+        `Session.balance`): the balance is read before the first submission (a balance
+        with nothing left refuses the run with `InsufficientBalanceError`, nothing
+        sent), each item's estimated cost is reserved before it is sent (submissions at
+        once count each other), and an item that could cross the cap is left pending
+        in the journal: a re-run with a larger cap sends it. Tasks already submitted are
+        still followed and downloaded. What was spent is in `BatchReport.spend`
+        (a `BatchSpend`); see the README's "Balance and spend caps" for how costs are
+        learned.
         """
         self._engine.require_open()
         return await run_batch(
             self._engine, requests, out_dir=Path(out_dir),
             journal=None if journal is None else Path(journal),
             resubmit_ambiguous=resubmit_ambiguous, on_change=on_change, stop=stop,
+            retry_failed=retry_failed,
+            max_spend=max_spend,
         )
 
 

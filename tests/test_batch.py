@@ -46,7 +46,7 @@ async def test_outcomes_in_input_order_and_one_failure_cancels_nothing(
     server: EmulatorServer,
 ) -> None:
     reqs = requests(30)
-    reqs[7] = VideoRequest("rejected by the server", duration=99)
+    reqs[7] = VideoRequest("rejected by the server", model="kling-9", duration=99)
     async with session_for(server, max_concurrency=8) as s:
         outcomes = await s.submit_many(reqs)
     assert len(outcomes) == 30
@@ -70,7 +70,7 @@ async def test_a_429_storm_is_survived_with_every_item_submitted_once(
     make_server: MakeServer,
 ) -> None:
     # 200 items against a server allowing 200 requests/s with a burst of 10. Retry
-    # delays are zero in tests, so without the shared AIMD rate every 429 would be
+    # delays are zero in tests, so without the shared learned pace every 429 would be
     # retried at once and items would run out of attempts.
     server = await make_server(EmulatorConfig(rate_limit=200, burst=10))
     # The emulator's token bucket refills in real time, so this session paces on a
@@ -83,9 +83,9 @@ async def test_a_429_storm_is_survived_with_every_item_submitted_once(
     assert server.stats.submissions == 200
     assert server.stats.duplicate_submissions == 0
     assert len(set(server.stats.idempotency_keys)) == 200
-    # A few halvings, not a storm.
+    # A few learning 429s, not a storm.
     assert server.stats.rate_limited <= 60, server.stats.rate_limited
-    limits = s._engine.limits  # internal: the AIMD rate the session drives
+    limits = s._engine.limits  # internal: the pace the session learned
     assert limits.rate.rate is not None and limits.rate.rate < 200
 
 
@@ -253,7 +253,8 @@ async def test_wrong_estimates_are_caught_promptly(
 async def test_stream_reports_every_item_to_exactly_one_end(make_server: MakeServer) -> None:
     plans = {"doomed": TaskPlan(duration=5, outcome="failed")}
     server = await make_server(EmulatorConfig(planner=by_prompt(plans)))
-    reqs = [*requests(12), VideoRequest("doomed"), VideoRequest("bad", duration=99)]
+    reqs = [*requests(12), VideoRequest("doomed"),
+            VideoRequest("bad", model="kling-9", duration=99)]
     kinds: defaultdict[int, list[EventKind]] = defaultdict(list)
     async with session_for(server) as s, s.stream(reqs) as events:
         async for event in events:

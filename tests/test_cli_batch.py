@@ -160,7 +160,7 @@ async def test_killed_while_submitting_then_rerun_names_the_ambiguous(
         ('{"prompt": "ok"}\n{"prompt": "broken"\n', 2, "not valid JSON"),
         ('{"prompt": "ok"}\n\n{"prompt": "x", "resolution": "1080p"}\n', 3, "resolution: unknown field"),
         ('{"prompt": ""}\n', 1, "prompt: must not be empty"),
-        ('{"prompt": "x", "aspect_ratio": "4:3"}\n', 1, "aspect_ratio: must be '16:9' or '9:16'"),
+        ('{"prompt": "x", "aspect_ratio": "4:3"}\n', 1, "aspect_ratio: '4:3' is not supported by model 'sora-2'"),
         ('{"prompt": "x", "duration": -1}\n', 1, "duration: must be positive"),
         ('{"prompt": "x", "name": "a"}\n{"prompt": "y", "name": "a"}\n', 2, "already used on line 1"),
         ('["prompt"]\n', 1, "expected a JSON object"),

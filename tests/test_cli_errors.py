@@ -50,7 +50,11 @@ async def test_dead_port_is_one_line_and_exit_1(
     extra = ["--out", str(tmp_path)] if command[0] == "download" else []
     status, _, err = await cli(capsys, *command, *extra, "--base-url", DEAD)
     assert status == 1
-    line = one_line(err)
+    # A notice at the first retry (not after the retries' silence), then the verdict.
+    notice, line = err.strip().splitlines()
+    assert notice.startswith("apimart-async: cannot connect to 127.0.0.1:1 yet"), notice
+    assert "retrying" in notice
+    line = one_line(line)
     assert "cannot reach the API" in line and "--base-url" in line, line
 
 

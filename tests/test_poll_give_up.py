@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TypeVar
 
 import anyio
 import pytest
@@ -35,6 +37,27 @@ pytestmark = pytest.mark.anyio
 
 # One request per poll, so a test can count what it injected.
 ONCE = RetryPolicy(max_attempts=1)
+E = TypeVar("E", bound=BaseException)
+
+async def stepped_until_raised(
+    clock: SteppedClock, call: Callable[[], Awaitable[object]], expected: type[E],
+) -> E:
+    """Run `call` while stepping `clock` from wait to wait; return what it raised."""
+    caught: list[E] = []
+
+    async def run() -> None:
+        try:
+            await call()
+        except expected as exc:
+            caught.append(exc)
+
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(run)
+            while not caught:
+                assert await clock.step() is not None, "the poller stopped waiting"
+    return caught[0]
+
 
 
 async def test_wait_raises_the_last_poll_error_once_polls_failed_for_give_up_after() -> None:
@@ -44,20 +67,8 @@ async def test_wait_raises_the_last_poll_error_once_polls_failed_for_give_up_aft
     ) as s:
         server.emulator.inject("task", *[Fault.http(500)] * 5000)
         sub = await s.submit(VideoRequest("x"))
-        caught: list[ServerError] = []
-
-        async def wait() -> None:
-            try:
-                await s.wait(sub)
-            except ServerError as exc:
-                caught.append(exc)
-
-        with anyio.fail_after(30):
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(wait)
-                while not caught:
-                    assert await clock.step() is not None, "the poller stopped waiting"
-    assert caught[0].status == 500
+        error = await stepped_until_raised(clock, lambda: s.wait(sub), ServerError)
+    assert error.status == 500
     polls = [r.time for r in server.emulator.request_log if r.route == "task"]
     # The default give_up_after (600 API s) from the first failed poll; the last try
     # lands on that deadline, not a whole backoff (up to 30 s) past it.
@@ -73,20 +84,7 @@ async def test_wait_against_a_closed_port_gives_up_with_the_connection_error() -
         url = server.base_url  # closed when this block ends: nothing listens there now
     policy = PollPolicy(give_up_after=120)
     async with Session(KEY, base_url=url, clock=clock, poll=policy, retry=ONCE) as s:
-        caught: list[BaseException] = []
-
-        async def wait() -> None:
-            try:
-                await s.wait("task_abc")
-            except APIConnectionError as exc:
-                caught.append(exc)
-
-        with anyio.fail_after(30):
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(wait)
-                while not caught:
-                    assert await clock.step() is not None, "the poller stopped waiting"
-        assert isinstance(caught[0], APIConnectionError)
+        await stepped_until_raised(clock, lambda: s.wait("task_abc"), APIConnectionError)
         assert 120 <= clock.now() <= 135, clock.now()
 
 
@@ -226,19 +224,20 @@ async def test_a_bug_in_the_poller_comes_out_of_the_session_once_not_as_a_group(
 
 
 async def test_a_status_unknown_on_every_poll_gives_up_with_a_decode_error_naming_it(
-    make_server: MakeServer,
 ) -> None:
     # #12: a task whose status is never one this SDK knows was polled forever, silently.
     # Consecutive unknown statuses count as failed polls for give_up_after (120 API s).
-    server = await make_server(speed=500)
-    server.emulator.inject("task", *[Fault.task_status("rendering-v9")] * 5000)
+    clock = SteppedClock()  # API time moves between polls only: the machine's load is not in it
     policy = PollPolicy(give_up_after=120)
-    async with session_for(server, retry=ONCE, poll=policy) as s:
+    async with EmulatorServer(EmulatorConfig(), clock=clock) as server, Session(
+        KEY, base_url=server.base_url, clock=clock, retry=ONCE, poll=policy
+    ) as s:
+        server.emulator.inject("task", *[Fault.task_status("rendering-v9")] * 5000)
         sub = await s.submit(VideoRequest("x"))
-        with anyio.fail_after(30), pytest.raises(DecodeError, match="rendering-v9"):
-            await s.wait(sub)
+        error = await stepped_until_raised(clock, lambda: s.wait(sub), DecodeError)
+    assert "rendering-v9" in str(error)
     polls = [r.time for r in server.emulator.request_log if r.route == "task"]
-    assert 119 <= polls[-1] - polls[0] <= 123, polls[-1] - polls[0]
+    assert 119 <= polls[-1] - polls[0] <= 121, polls[-1] - polls[0]
 
 
 async def test_a_single_unknown_status_between_known_ones_is_tolerated(

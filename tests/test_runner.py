@@ -149,7 +149,7 @@ async def test_failed_tasks_and_rejected_requests_are_reported(
         return TaskPlan(outcome="failed" if body["prompt"] == "doomed" else "completed")
 
     server = await make_server(EmulatorConfig(planner=planner))
-    items = [VideoRequest("fine"), VideoRequest("doomed"), VideoRequest("too long", duration=99)]
+    items = [VideoRequest("fine"), VideoRequest("doomed"), VideoRequest("too long", model="kling-9", duration=99)]
     async with session_for(server) as s:
         report = await s.run_batch(items, out_dir=tmp_path)
     states = [i.state for i in report.items]

@@ -94,8 +94,9 @@ async def test_error_mapping_on_submit(
 
 async def test_server_side_validation_error(server: EmulatorServer) -> None:
     async with session_for(server) as s:
+        # A model the SDK does not know is sent unchecked: the server refuses it.
         with pytest.raises(BadRequestError, match="duration 99 is not supported"):
-            await s.submit(VideoRequest("x", duration=99))
+            await s.submit(VideoRequest("x", model="kling-9", duration=99))
 
 
 async def test_bad_key_is_authentication_error(make_server: MakeServer) -> None:

@@ -35,13 +35,17 @@ import attrs
 
 from .._core.errors import JournalBusyError, ValidationError
 
-__all__ = ["ItemState", "Journal", "JournalRow", "item_key", "request_digest"]
+__all__ = ["FileRow", "ItemState", "Journal", "JournalRow", "item_key", "request_digest"]
 
 #: 1: unnamed items keyed by input position. 2: keyed by content (`item_key`).
 #: 3: `path` is a file name in the output folder (was relative to the working directory),
 #: unique; the output folder is recorded in `meta`.
 #: 4: the typed error of each item (`error_record`, JSON), beside its text (`error`).
-SCHEMA_VERSION = 4
+#: 5: every output of a task (its videos and images): the first stays in `items`
+#: (`path`, `size`, `sha256`), the others are rows of `files` (`key`, `idx` from 1,
+#: `path`, `size`, `sha256`); `items.outputs` is how many outputs the task had once all
+#: were on disk (NULL for rows a version before 5 downloaded: only their first output).
+SCHEMA_VERSION = 5
 
 if sys.platform == "win32":  # pragma: no cover - no Windows CI here
     import msvcrt
@@ -72,7 +76,7 @@ class ItemState(str, enum.Enum):
     SUBMITTED = "submitted"  # the task exists: task_id is set
     COMPLETED = "completed"  # the task completed; the video is not on disk yet
     FAILED = "failed"  # the task failed, or the API rejected the request
-    DOWNLOADED = "downloaded"  # the video is on disk: path, size, sha256
+    DOWNLOADED = "downloaded"  # every output is on disk: path, size, sha256 (and `files`)
     AMBIGUOUS = "ambiguous"  # may or may not have been created (and billed)
 
 
@@ -80,7 +84,7 @@ class ItemState(str, enum.Enum):
 # had when first recorded; version 1's migration sorts by it) and `updated` (a
 # timestamp), written for people inspecting the file and never read back.
 _COLUMNS = ("key", "name", "request", "idempotency_key", "state", "task_id",
-            "error", "error_record", "path", "size", "sha256")
+            "error", "error_record", "path", "size", "sha256", "outputs")
 _WRITABLE = frozenset(_COLUMNS) - {"key"}
 
 
@@ -98,6 +102,20 @@ class JournalRow:
     error: str | None = None
     error_record: str | None = None
     path: str | None = None
+    size: int | None = None
+    sha256: str | None = None
+    #: How many outputs the task had, once every one is on disk (None: not known yet).
+    outputs: int | None = None
+
+
+@attrs.frozen(kw_only=True)
+class FileRow:
+    """An output of an item's task after its first (`index` from 1): its file name in
+    the output folder, and its size and sha256 once it is whole on disk."""
+
+    key: str
+    index: int
+    path: str
     size: int | None = None
     sha256: str | None = None
 
@@ -202,7 +220,15 @@ class Journal:
                 " key TEXT PRIMARY KEY, position INTEGER NOT NULL, name TEXT,"
                 " request TEXT NOT NULL, idempotency_key TEXT NOT NULL, state TEXT NOT NULL,"
                 " task_id TEXT, error TEXT, path TEXT, size INTEGER, sha256 TEXT,"
-                " updated REAL NOT NULL, error_record TEXT)"
+                " updated REAL NOT NULL, error_record TEXT, outputs INTEGER)"
+            )
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS files ("
+                " key TEXT NOT NULL, idx INTEGER NOT NULL, path TEXT NOT NULL, size INTEGER,"
+                " sha256 TEXT, updated REAL NOT NULL, PRIMARY KEY (key, idx))"
+            )
+            conn.execute(
+                "CREATE UNIQUE INDEX IF NOT EXISTS files_path ON files (path COLLATE NOCASE)"
             )
             conn.execute("CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT)")
             conn.execute(
@@ -233,6 +259,10 @@ class Journal:
                 columns = {row[1] for row in conn.execute("PRAGMA table_info(items)")}
                 if "error_record" not in columns:
                     conn.execute("ALTER TABLE items ADD COLUMN error_record TEXT")
+                if "outputs" not in columns:
+                    # Left NULL: such a row's task may have had more outputs than the
+                    # one file an older version fetched (the runner checks it).
+                    conn.execute("ALTER TABLE items ADD COLUMN outputs INTEGER")
                 conn.execute(
                     "UPDATE meta SET value = ? WHERE name = 'schema_version'",
                     (str(SCHEMA_VERSION),),
@@ -282,6 +312,25 @@ class Journal:
             self._run, "INSERT OR REPLACE INTO meta VALUES ('out_dir', ?)", (folder,)
         )
 
+    async def spent(self) -> float:
+        """What runs of this batch spent so far, as recorded (0 if never recorded).
+
+        A ``meta`` row, not a column: journals of every schema version can hold it."""
+        rows = await anyio.to_thread.run_sync(
+            self._run, "SELECT value FROM meta WHERE name = 'spent'"
+        )
+        try:
+            value = float(rows[0][0]) if rows else 0.0
+        except (TypeError, ValueError):
+            value = 0.0
+        return value if value >= 0 and value != float("inf") else 0.0
+
+    async def set_spent(self, amount: float) -> None:
+        """Record what runs of this batch spent so far (see `spent`)."""
+        await anyio.to_thread.run_sync(
+            self._run, "INSERT OR REPLACE INTO meta VALUES ('spent', ?)", (repr(float(amount)),)
+        )
+
     def _close(self) -> None:
         with self._lock:
             if self._conn is not None:
@@ -307,6 +356,33 @@ class Journal:
             data["state"] = ItemState(data["state"])
             out[data["key"]] = JournalRow(**data)
         return out
+
+    async def load_files(self) -> dict[str, dict[int, FileRow]]:
+        """Every recorded output after the first, by item key, then output index."""
+        rows = await anyio.to_thread.run_sync(
+            self._run, "SELECT key, idx, path, size, sha256 FROM files ORDER BY key, idx")
+        out: dict[str, dict[int, FileRow]] = {}
+        for key, index, path, size, sha256 in rows:
+            out.setdefault(key, {})[index] = FileRow(
+                key=key, index=index, path=path, size=size, sha256=sha256)
+        return out
+
+    async def set_file(
+        self, key: str, index: int, path: str, *, size: int | None = None,
+        sha256: str | None = None,
+    ) -> None:
+        """Record output `index` (from 1) of item `key`: claimed (`path` alone) or whole
+        on disk (with its `size` and `sha256`)."""
+        if index < 1:
+            raise ValueError("output 0 is recorded in the item's own row")
+        await anyio.to_thread.run_sync(
+            self._run, "INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?)",
+            (key, index, path, size, sha256, time.time()))
+
+    async def release_file(self, key: str, index: int) -> None:
+        """Forget output `index` of item `key`'s file (it takes a new one)."""
+        await anyio.to_thread.run_sync(
+            self._run, "DELETE FROM files WHERE key = ? AND idx = ?", (key, index))
 
     async def add(self, rows: Iterable[tuple[int, JournalRow]]) -> None:
         """Record new items, each with its input position (in one transaction)."""

@@ -9,9 +9,12 @@ there is ambiguous (it may exist, and be billed): it is reported as such and
 resubmitted only on request, with the same Idempotency-Key.
 
 Files: a named item goes to NAME.mp4, an unnamed one to SLUG-DIGEST.mp4 (a readable
-prefix of the prompt, and a digest of the whole request). A path is claimed in the
-journal before its download starts; a path that exists on disk, or that the journal
-has given to another item, is never written: the item takes NAME-2.mp4, -3, ...
+prefix of the prompt, and a digest of the whole request). Every output of the task is
+fetched: the first to that name, output N (from 1: videos, then images) to NAME-N.EXT
+(EXT from its link: NAME-2.mp4, NAME-3.png; see `_core.outputs`). A path is claimed in
+the journal before its download starts; a path that exists on disk, or that the
+journal has given to another item or output, is never written: the output takes the
+name with a further -2, -3, ... (NAME-2.mp4 for a first output whose NAME.mp4 is taken).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 import sqlite3
@@ -33,11 +37,13 @@ import anyio
 import attrs
 from anyio.abc import TaskGroup
 
+from .._core.balance import Balance
 from .._core.errors import (
     APIConnectionError,
     APIMartError,
     BadRequestError,
     DecodeError,
+    InsufficientBalanceError,
     JournalWriteError,
     NotSubmittedError,
     RateLimitError,
@@ -49,14 +55,19 @@ from .._core.errors import (
 )
 from .._core.events import BatchEvent, EventKind
 from .._core.groups import ungrouped
-from .._core.models import Submission, Task, TaskStatus, VideoRequest
+from .._core.models import Submission, Task, TaskOutput, TaskStatus, VideoRequest
+from .._core.outputs import numbered_name
+from .._core.spend import SpendBudget, Verdict
 from .._engine.engine import Engine
 from .._engine.streams import BatchHooks, BatchStream, Watch
 from .._engine.submit import StreamClosed
 from .._io.download import part_path
 from .journal import ItemState, Journal, JournalRow, item_key, request_digest, request_json
 
-__all__ = ["JOURNAL_NAME", "BatchItem", "BatchReport", "ItemResult", "ItemState", "run_batch"]
+__all__ = [
+    "BALANCE_READ_INTERVAL", "JOURNAL_NAME", "BatchItem", "BatchReport", "BatchSpend",
+    "ItemResult", "ItemState", "run_batch",
+]
 
 log = logging.getLogger("apimart_async")
 JOURNAL_NAME = ".apimart-journal.sqlite3"
@@ -64,6 +75,9 @@ JOURNAL_NAME = ".apimart-journal.sqlite3"
 # about the task, which a re-run polls again.
 _TRANSIENT = (ServerError, RateLimitError, APIConnectionError, DecodeError)
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+#: A spend-capped run reads the balance at most once per this many API seconds while
+#: items wait for room (plus once before the first submission and once at the end).
+BALANCE_READ_INTERVAL = 1.0
 
 
 def _check_name(_: object, __: object, value: str | None) -> None:
@@ -95,6 +109,9 @@ class ItemResult:
     path: Path | None = None
     size: int | None = None
     sha256: str | None = None
+    #: Every output of the task that is on disk, in output order (`path` is the first):
+    #: all of them once the item is downloaded.
+    files: tuple[Path, ...] = ()
     #: The typed error that put the item where it is (`TaskFailedError`, a
     #: `RateLimitError` with its status, code and request id...), else None. Rebuilt from
     #: the journal on a re-run, as its own type.
@@ -104,8 +121,41 @@ class ItemResult:
 
     @property
     def ok(self) -> bool:
-        """True when the video is downloaded."""
+        """True when every output of the task is downloaded."""
         return self.state is ItemState.DOWNLOADED
+
+
+@attrs.frozen(kw_only=True)
+class BatchSpend:
+    """What a run with ``max_spend`` spent, in the account's unit.
+
+    - `cap`: the ``max_spend`` given, for the whole batch: all runs on its journal
+      together. `spent_before`: what earlier runs spent (recorded in the journal);
+      `spent`: this run's spending, ``used_balance`` at the end minus at the start (the
+      whole key's: another client spending on the same key meanwhile is counted too,
+      and held against the cap). `total` is their sum.
+    - `start`, `end`: the balance read before the first submission and after the last
+      (`end` is None when that last read failed: `spent` is then the run's estimate).
+    - `left_pending`: items not sent because sending them could have crossed the cap;
+      they stay pending in the journal, and a re-run (with a larger cap) sends them.
+    """
+
+    cap: float
+    spent: float
+    spent_before: float = 0.0
+    start: Balance
+    end: Balance | None
+    left_pending: int = 0
+
+    @property
+    def total(self) -> float:
+        """What the batch spent in all its runs: `spent_before` + `spent`."""
+        return self.spent_before + self.spent
+
+    @property
+    def stopped_at_cap(self) -> bool:
+        """True when the cap left items unsent."""
+        return self.left_pending > 0
 
 
 @attrs.frozen(kw_only=True)
@@ -126,6 +176,8 @@ class BatchReport:
     #: `InsufficientBalanceError` or `PermissionDeniedError`), else None. The items it
     #: stopped keep their place in the journal: a re-run after fixing the account resumes them.
     account_error: APIMartError | None = None
+    #: With ``max_spend``: what this run spent and what the cap left unsent, else None.
+    spend: BatchSpend | None = None
 
     def _count(self, *states: ItemState) -> int:
         return sum(item.state in states for item in self.items)
@@ -147,7 +199,8 @@ class BatchReport:
 
     @property
     def pending(self) -> int:
-        """Items not sent (interrupted, or stopped by the account): a re-run sends them."""
+        """Items not sent (interrupted, stopped by the account or the spend cap): a
+        re-run sends them."""
         return self._count(ItemState.PENDING)
 
     @property
@@ -211,7 +264,8 @@ def _file_stem(name: str | None, body: str, occurrence: int) -> str:
 
 
 class _Item:
-    __slots__ = ("filename", "idem", "index", "key", "name", "request", "result")
+    __slots__ = ("filename", "idem", "index", "key", "more", "name", "recheck", "request",
+                 "result")
 
     def __init__(
         self, index: int, item: VideoRequest | BatchItem, occurrences: dict[str, int]
@@ -232,6 +286,10 @@ class _Item:
         self.key = item_key(item.name, body, occurrence)
         self.filename = f"{_file_stem(item.name, body, occurrence)}.mp4"
         self.idem = ""
+        # Outputs after the first, by index: (path, size, sha256); size None = claimed.
+        self.more: dict[int, tuple[Path, int | None, str | None]] = {}
+        # Downloaded by a version that fetched only the first output: look again.
+        self.recheck = False
         self.result = ItemResult(
             index=index, key=self.key, name=item.name, request=item.request,
             state=ItemState.PENDING,
@@ -245,6 +303,7 @@ class _Item:
         self.request = _request_from_body(json.loads(row.request))
         occurrence = int(row.key.rsplit(":", 1)[1]) if row.key.startswith("req:") else 1
         self.filename = f"{_file_stem(row.name, row.request, occurrence)}.mp4"
+        self.more, self.recheck = {}, False
         self.result = ItemResult(
             index=index, key=row.key, name=row.name, request=self.request, state=row.state,
             task_id=row.task_id, error=_error_of(row), reason=row.error,
@@ -253,6 +312,13 @@ class _Item:
 
     def set(self, **changes: object) -> ItemResult:
         self.result = attrs.evolve(self.result, **changes)  # type: ignore[arg-type]
+        if "files" not in changes:
+            # Outputs whole on disk, in order: the first (the row's own), then the others.
+            first = self.result.path if self.result.sha256 is not None else None
+            files = [first] if first is not None else []
+            files += [path for _, (path, size, _) in sorted(self.more.items())
+                      if size is not None]
+            self.result = attrs.evolve(self.result, files=tuple(files))
         return self.result
 
 
@@ -271,6 +337,16 @@ def _request_from_body(body: dict[str, Any]) -> VideoRequest:
     except ValidationError:
         log.warning("journal: an earlier item's request no longer validates: %r", body)
         return VideoRequest(str(prompt or "(unknown prompt)").strip() or "(unknown prompt)")
+
+
+def price_class(request: VideoRequest) -> str:
+    """What decides an item's price, as a key: its request without the prompt (the
+    model, duration, resolution...), image URLs counted, not named."""
+    body = request.to_body()
+    body.pop("prompt", None)
+    if "image_urls" in body:
+        body["image_urls"] = len(body["image_urls"])
+    return json.dumps(body, sort_keys=True, separators=(",", ":"))
 
 
 class _Keep:
@@ -328,6 +404,11 @@ class _Run:
         self.lost: list[str] = []
         self.recovery: Path | None = journal.path.with_name(
             journal.path.name + ".recovered-task-ids")
+        self.budget: SpendBudget | None = None
+        self.left_by_cap = 0
+        self._budget_changed = anyio.Event()
+        self._reading = anyio.Lock()
+        self._last_read = -math.inf
 
     async def _move(
         self, item: _Item, state: ItemState, *, error: APIMartError | _Keep | None = _KEEP,
@@ -337,7 +418,7 @@ class _Run:
         giving either replaces both (a reason without an error clears the error)."""
         # A path is journaled as a file name in the output folder (see `journal`).
         columns = {k: (v.name if isinstance(v, Path) else v) for k, v in fields.items()
-                   if k in ("task_id", "path", "size", "sha256")}
+                   if k in ("task_id", "path", "size", "sha256", "outputs")}
         if not isinstance(error, _Keep) or not isinstance(reason, _Keep):
             error = None if isinstance(error, _Keep) else error
             reason = None if isinstance(reason, _Keep) else reason
@@ -354,6 +435,7 @@ class _Run:
         if self.journal_error is not None and state is ItemState.SUBMITTED \
                 and "task_id" in columns:
             await self._recover(item, str(columns["task_id"]))
+        fields.pop("outputs", None)
         self._notify(item.set(state=state, **fields))
 
     def _journal_failed(self, exc: OSError | sqlite3.Error) -> None:
@@ -444,21 +526,26 @@ class _Run:
                                              sha256=None)
         await self.journal.enforce_unique_paths()
 
-    async def reconcile(self, resubmit_ambiguous: bool) -> None:
+    async def reconcile(self, resubmit_ambiguous: bool, retry_failed: bool = False) -> None:
         await self._check_out_dir()
         rows = await self.journal.load()
         _refuse_changed_names(self.items, rows, self.journal.path)
         await self._share_no_paths(rows)
+        more = await self.journal.load_files()
         # Case-folded: two names differing only in case are one file on macOS and Windows.
         self._claimed = {row.path.casefold() for row in rows.values() if row.path}
+        self._claimed |= {f.path.casefold() for files in more.values() for f in files.values()}
         keys = {item.key for item in self.items}
         for old in rows.values():  # in input order (`Journal.load`)
             if (old.key not in keys and old.task_id
                     and old.state in (ItemState.SUBMITTED, ItemState.COMPLETED)):
                 # Paid for, then its line was edited or removed: still fetch its video.
                 earlier = _Item.earlier(len(self.items) + len(self.earlier), old)
+                earlier.more = {i: (self.out_dir / f.path, f.size, f.sha256)
+                                for i, f in more.get(old.key, {}).items()}
                 if old.path:
-                    earlier.set(path=self.out_dir / old.path)
+                    earlier.set(path=self.out_dir / old.path, size=old.size,
+                                sha256=old.sha256)
                 self.earlier.append(earlier)
         fresh: list[tuple[int, JournalRow]] = []
         for item in self.items:
@@ -474,6 +561,8 @@ class _Run:
             item.idem = row.idempotency_key
             state = row.state
             path = self.out_dir / row.path if row.path else None
+            item.more = {i: (self.out_dir / f.path, f.size, f.sha256)
+                         for i, f in more.get(item.key, {}).items()}
             if state is ItemState.DOWNLOADED:
                 size = await _file_size(path)
                 if size is None:
@@ -485,8 +574,24 @@ class _Run:
                                 "downloaded again to a new file", path, row.task_id)
                     state, path = ItemState.COMPLETED, None
                     await self.journal.release_path(item.key, state)
+                if not await self._more_intact(item):
+                    state = ItemState.COMPLETED
+                # A version before 5 fetched only the first output: look at the task again.
+                item.recheck = state is ItemState.DOWNLOADED and row.outputs is None
             elif state is ItemState.SUBMITTING:
                 state = ItemState.AMBIGUOUS  # a crash left it on the wire
+            elif state is ItemState.FAILED and retry_failed:
+                # A new task, billed again: under a new Idempotency-Key, or the server
+                # would answer with the failed task once more.
+                log.info("item %s: %s; submitting it again (retry_failed)",
+                         item.name or item.index, f"task {row.task_id} failed"
+                         if row.task_id else "its request was refused")
+                item.idem = uuid.uuid4().hex
+                await self.journal.update(item.key, ItemState.PENDING,
+                                          idempotency_key=item.idem, task_id=None,
+                                          error=None, error_record=None)
+                item.set(state=ItemState.PENDING)
+                continue
             if state is ItemState.AMBIGUOUS and resubmit_ambiguous:
                 state = ItemState.PENDING
             if state is not row.state:
@@ -501,6 +606,26 @@ class _Run:
                          "may exist and be billed; to send it again, re-run with "
                          "--resubmit-ambiguous (resubmit_ambiguous=True)")
         await self.journal.add(fresh)
+
+    async def _more_intact(self, item: _Item) -> bool:
+        """Whether the item's outputs after the first are all on disk as journaled; one
+        missing is fetched again to its name, one changed (by its owner?) is kept and
+        fetched again to a new name."""
+        intact = True
+        for index, (path, size, _) in list(item.more.items()):
+            now = await _file_size(path)
+            if size is not None and now == size:
+                continue
+            intact = False
+            if now is not None and size is not None:
+                log.warning("%s changed since it was downloaded: kept; output %d of task %s "
+                            "is downloaded again to a new file", path, index + 1,
+                            item.result.task_id)
+                await self.journal.release_file(item.key, index)
+                del item.more[index]
+            else:
+                item.more[index] = (path, None, None)
+        return intact
 
     # -- running --------------------------------------------------------------------------
 
@@ -541,6 +666,9 @@ class _Run:
             self._tg = tg
             for item in by_state.get(ItemState.COMPLETED, []):
                 tg.start_soon(self._download, item, None)
+            for item in by_state.get(ItemState.DOWNLOADED, []):
+                if item.recheck:
+                    tg.start_soon(self._recheck, item)
             if ItemState.SUBMITTED in by_state:
                 tg.start_soon(self._watch, by_state[ItemState.SUBMITTED])
             if ItemState.PENDING in by_state:
@@ -558,6 +686,74 @@ class _Run:
                     await self._watch_failed(item, update.error)
                 elif update.task is not None:
                     await self._ended(item, update.task)
+
+    # -- the spend cap -------------------------------------------------------------------
+
+    async def read_balance(self) -> None:
+        """Read the balance and tell the budget (at most once per
+        `BALANCE_READ_INTERVAL` API seconds while items wait)."""
+        assert self.budget is not None
+        async with self._reading:
+            if not self.budget.needs_reading:
+                return  # another waiter read it meanwhile
+            clock = self.engine.clock
+            wait = self._last_read + BALANCE_READ_INTERVAL - clock.now()
+            if wait > 0:
+                await clock.sleep(wait)
+            mark = self.budget.read_mark()
+            balance = await self.engine.balance()
+            self._last_read = clock.now()
+            self.budget.observe(balance.used, mark)
+            self._wake()
+            await self._record_spent()
+
+    async def _record_spent(self) -> None:
+        """Keep the batch's spending in the journal, so a re-run's cap counts it."""
+        if self.budget is None or self.journal_error is not None:
+            return
+        try:
+            await self.journal.set_spent(self.budget.spent)
+        except (OSError, sqlite3.Error) as exc:
+            self._journal_failed(exc)
+
+    def _wake(self) -> None:
+        self._budget_changed.set()
+        self._budget_changed = anyio.Event()
+
+    async def _admit(self, items: list[_Item], j: int) -> bool:
+        """Reserve item j's estimated cost under the cap (see `SpendBudget`): True to
+        send it, False to leave it pending (it could cross the cap)."""
+        budget = self.budget
+        if budget is None:
+            return True
+        item = items[j]
+        cls = price_class(item.request)
+        try:
+            while True:
+                verdict = budget.reserve(cls, j)
+                if verdict is Verdict.GRANTED:
+                    return True
+                if verdict is Verdict.REFUSED:
+                    break
+                changed = self._budget_changed
+                if budget.needs_reading and not self._reading.locked():
+                    await self.read_balance()
+                else:
+                    await changed.wait()
+        except BaseException:
+            budget.release(j)
+            self._wake()
+            raise
+        self.left_by_cap += 1
+        await self._move(item, ItemState.PENDING, reason=(
+            f"not sent: the spend cap {budget.cap:g} could be crossed (this batch spent "
+            f"{budget.spent:g}); re-run with a larger --max-spend (max_spend=) to send it"))
+        return False
+
+    def _settle(self, j: int, charged: bool) -> None:
+        if self.budget is not None:
+            self.budget.settle(j, charged=charged)
+            self._wake()
 
     async def _submit(self, items: list[_Item]) -> None:
         # Called at the gate, holding a request slot and a rate token: the row says
@@ -583,8 +779,13 @@ class _Run:
 
         if self.interrupted:
             return
+        async def admit(j: int) -> bool:
+            return await self._admit(items, j)
+
         hooks = BatchHooks(keys=[item.idem for item in items], before_submit=before,
-                           after_submit=after, task_group=self._tg)
+                           after_submit=after, task_group=self._tg,
+                           admit=admit if self.budget is not None else None,
+                           settle=self._settle if self.budget is not None else None)
         stream = BatchStream(self.engine, [item.request for item in items], timeout=None,
                              task_timeout=None, hooks=hooks)
         self._stream = stream
@@ -654,54 +855,131 @@ class _Run:
             await self._move(item, ItemState.FAILED, error=TaskFailedError(task),
                              reason=f"task {task.status.value}: {message}")
 
-    async def _claim_path(self, item: _Item) -> Path:
-        """Where the item's video goes: the path the journal gave it, else the first of
-        NAME.mp4, NAME-2.mp4, ... that no file (whole or partial) and no other journaled
-        item has; claimed in the journal before any byte is written."""
-        if item.result.path is not None:
-            return item.result.path
+    async def _claim_path(self, item: _Item, index: int, output: TaskOutput) -> Path:
+        """Where output `index` of the item's task goes: the path the journal gave it,
+        else the first of its name (see the module docstring) and that name with -2,
+        -3, ... that no file (whole or partial) and no other journaled item or output
+        has; claimed in the journal before any byte is written."""
+        known = item.result.path if index == 0 else item.more.get(index, (None,))[0]
+        if known is not None:
+            return known
         # One claim at a time: between looking at a name and taking it, another
         # download (awaiting the disk) could take the same name.
         async with self._claiming:
-            stem, n = Path(item.filename).stem, 1
+            first = Path(numbered_name(Path(item.filename).stem, index, output))
+            n = 1
             while True:
-                path = self.out_dir / (item.filename if n == 1 else f"{stem}-{n}.mp4")
+                path = self.out_dir / (first.name if n == 1
+                                       else f"{first.stem}-{n}{first.suffix}")
                 if (path.name.casefold() not in self._claimed
                         and not await anyio.Path(path).exists()
                         and not await anyio.Path(part_path(path)).exists()):
                     break
                 n += 1
             self._claimed.add(path.name.casefold())
-            await self._move(item, item.result.state, path=path)
+            if index == 0:
+                await self._move(item, item.result.state, path=path)
+            else:
+                await self._journal_file(item, index, path)
         return path
 
+    async def _journal_file(
+        self, item: _Item, index: int, path: Path, size: int | None = None,
+        sha256: str | None = None,
+    ) -> None:
+        """Record output `index` (from 1) of the item: claimed, or whole with its hash."""
+        if self.journal_error is None:
+            try:
+                await self.journal.set_file(item.key, index, path.name, size=size,
+                                            sha256=sha256)
+            except (OSError, sqlite3.Error) as exc:
+                self._journal_failed(exc)
+        item.more[index] = (path, size, sha256)
+        self._notify(item.set())
+
+    async def _forget_file(self, item: _Item, index: int) -> None:
+        """Output `index`'s file is not the item's (someone else's file is there)."""
+        if index == 0:
+            await self.journal.release_path(item.key, item.result.state)
+            item.set(path=None, size=None, sha256=None)
+        else:
+            await self.journal.release_file(item.key, index)
+            item.more.pop(index, None)
+
+    async def _on_disk(self, item: _Item, index: int) -> bool:
+        """Whether output `index` is whole on disk already (journaled with its hash, and
+        the file has its size); a journaled file that changed since is kept as it is,
+        and the output takes a new name."""
+        if index == 0:
+            path, size, digest = item.result.path, item.result.size, item.result.sha256
+        else:
+            path, size, digest = item.more.get(index, (None, None, None))
+        if path is None or size is None or digest is None:
+            return False
+        now = await _file_size(path)
+        if now == size:
+            return True
+        if now is not None:
+            log.warning("%s changed since it was downloaded: kept; output %d of task %s is "
+                        "downloaded again to a new file", path, index + 1, item.result.task_id)
+            await self._forget_file(item, index)
+        return False
+
     async def _download(self, item: _Item, task: Task | None) -> None:
+        """Fetch every output of the item's task, each journaled (claimed, then whole
+        with its hash) before the next: a re-run fetches only what is missing."""
         try:
             if task is None:
                 assert item.result.task_id is not None
                 task = await self.engine.get_task(item.result.task_id)
-            while True:
-                path = await self._claim_path(item)
-                try:
-                    result = await self.engine.download(task, path)
-                    break
-                except ValidationError as exc:
-                    if exc.field != "dest":
-                        raise
-                    # Somebody put a file at the claimed path meanwhile: it stays; the
-                    # video takes the next free name.
-                    log.warning("%s appeared meanwhile: kept; task %s takes a new name",
-                                path, task.id)
-                    await self.journal.release_path(item.key, item.result.state)
-                    item.set(path=None)
+            outputs = task.outputs or (TaskOutput(kind="video", url=""),)
+            for index, output in enumerate(outputs):
+                if await self._on_disk(item, index):
+                    continue
+                while True:
+                    path = await self._claim_path(item, index, output)
+                    try:
+                        result = await self.engine.download(task, path, index=index)
+                        break
+                    except ValidationError as exc:
+                        if exc.field != "dest":
+                            raise
+                        # Somebody put a file at the claimed path meanwhile: it stays;
+                        # the output takes the next free name.
+                        log.warning("%s appeared meanwhile: kept; task %s takes a new name",
+                                    path, task.id)
+                        await self._forget_file(item, index)
+                if index == 0:
+                    await self._move(item, item.result.state, path=result.path,
+                                     size=result.size, sha256=result.sha256)
+                else:
+                    await self._journal_file(item, index, result.path, result.size,
+                                             result.sha256)
         except APIMartError as exc:
             self._account_failure(exc)
-            # Stays "completed" in the journal: a re-run tries the download again.
+            # Stays "completed" in the journal: a re-run fetches what is missing.
             await self._move(item, ItemState.COMPLETED, error=exc,
                              reason=f"download failed: {exc}")
             return
-        await self._move(item, ItemState.DOWNLOADED, path=result.path, size=result.size,
-                         sha256=result.sha256, error=None, reason=None)
+        await self._move(item, ItemState.DOWNLOADED, outputs=len(task.outputs) or 1,
+                         error=None, reason=None)
+
+    async def _recheck(self, item: _Item) -> None:
+        """An item a version before 5 downloaded (its first output only): fetch the
+        task's other outputs, if it has any. If the task cannot be read now, the item
+        stays downloaded (its first file is there) and a later run looks again."""
+        assert item.result.task_id is not None
+        try:
+            task = await self.engine.get_task(item.result.task_id)
+        except APIMartError as exc:
+            log.warning("task %s: could not check for outputs after its first (%s); a "
+                        "later run looks again", item.result.task_id, exc)
+            return
+        if len(task.outputs) > 1:
+            await self._move(item, ItemState.COMPLETED)
+            await self._download(item, task)
+        else:
+            await self._move(item, ItemState.DOWNLOADED, outputs=len(task.outputs) or 1)
 
 
 async def run_batch(
@@ -713,8 +991,11 @@ async def run_batch(
     resubmit_ambiguous: bool = False,
     on_change: OnChange | None = None,
     stop: anyio.Event | None = None,
+    retry_failed: bool = False,
+    max_spend: float | None = None,
 ) -> BatchReport:
     """See `Session.run_batch`."""
+    cap = check_max_spend(max_spend)
     occurrences: dict[str, int] = {}
     items = [_Item(index, item, occurrences) for index, item in enumerate(requests)]
     names = [item.name for item in items if item.name]
@@ -732,7 +1013,8 @@ async def run_batch(
     await anyio.to_thread.run_sync(_probe_writable, out)
     async with Journal(path) as jr:
         run = _Run(engine, items, out, jr, on_change)
-        await run.reconcile(resubmit_ambiguous)
+        await run.reconcile(resubmit_ambiguous, retry_failed)
+        start = None if cap is None else await _start_budget(run, cap)
         try:
             with ungrouped():  # a failing on_change (or journal) comes out as itself
                 await run.execute(stop)
@@ -740,6 +1022,7 @@ async def run_batch(
             if run.journal_error is None:
                 raise
             # Another write (a download's) met the broken journal first: same fault.
+        spend = None if start is None else await _spend_report(run, start)
         if run.journal_error is not None:
             raise JournalWriteError(
                 str(path), task_ids=tuple(run.lost),
@@ -756,4 +1039,56 @@ async def run_batch(
         retries=stats.retries - before.retries,
         rate_limited=stats.rate_limited - before.rate_limited,
         account_error=run.account_error,
+        spend=spend,
     )
+
+
+def check_max_spend(value: object) -> float | None:
+    """`value` as a spend cap (a finite number > 0), or None; else `ValidationError`."""
+    if value is None:
+        return None
+    if (isinstance(value, bool) or not isinstance(value, (int, float))
+            or not math.isfinite(value) or value <= 0):
+        raise ValidationError(
+            "max_spend", f"must be a finite number > 0 (in the balance's unit), got {value!r}")
+    return float(value)
+
+
+async def _start_budget(run: _Run, cap: float) -> Balance:
+    """Read the balance before the first submission; refuse to start with nothing left
+    for even one item. Sets `run.budget`."""
+    balance = await run.engine.balance()
+    sending = any(item.result.state is ItemState.PENDING for item in run.items)
+    if sending and not balance.covers(1e-9):
+        raise InsufficientBalanceError(
+            f"the balance has {balance.remain:g} left, not enough for one item; nothing "
+            "was sent", status=402)
+    before = await run.journal.spent()
+    run.budget = SpendBudget(cap, start_used=balance.used, spent_before=before)
+    run._last_read = run.engine.clock.now()
+    return balance
+
+
+async def _spend_report(run: _Run, start: Balance) -> BatchSpend:
+    """The run's spending, from one last balance read (the budget's estimate if that
+    read fails: the run's outcome is not lost over it)."""
+    budget = run.budget
+    assert budget is not None
+    before = budget.spent_before
+    end: Balance | None
+    try:
+        end = await run.engine.balance()
+        budget.observe(end.used)
+    except APIMartError as exc:
+        log.warning("could not read the balance at the end of the run (%s): the spend "
+                    "reported is an estimate", exc)
+        end = None
+    # Without the last read, what was sent is counted at its estimate.
+    total = budget.spent if end is not None else budget.committed
+    if run.journal_error is None:
+        try:
+            await run.journal.set_spent(total)
+        except (OSError, sqlite3.Error) as exc:
+            run._journal_failed(exc)
+    return BatchSpend(cap=budget.cap, spent=max(0.0, total - before), spent_before=before,
+                      start=start, end=end, left_pending=run.left_by_cap)

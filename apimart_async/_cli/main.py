@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import functools
 import json
 import math
 import re
@@ -36,13 +37,14 @@ from .._core.errors import (
     ValidationError,
     account_problem,
 )
-from .._core.groups import lone_exception
+from .._core.groups import lone_exception, ungrouped
 from .._io.clock import Clock
 from .._version import __version__
+from .notice import ConnectNotice
 
 __all__ = ["main"]
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_ACCOUNT = 0, 1, 2, 3
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_ACCOUNT, EXIT_SPEND_CAP = 0, 1, 2, 3, 4
 # The overall --timeout passed, as timeout(1) reports it.
 EXIT_TIMEOUT = 124
 # An interrupted batch exits 128 + the signal's number, as shells do: 130 for SIGINT
@@ -59,6 +61,8 @@ exit status:
        nothing was sent
   3    account problem: API key rejected (401), balance exhausted (402) or
        permission denied (403); fix the account, re-run the same command to resume
+  4    stopped at the --max-spend cap: items that could have crossed it were not
+       sent (tasks already sent were finished); re-run with a larger cap to send them
   124  --timeout passed: nothing more was sent, requests on the wire landed; the
        summary says what was left; re-run the same command to resume
   130  interrupted (Ctrl-C, SIGINT); 143: terminated (SIGTERM); the summary
@@ -120,7 +124,13 @@ def build_parser() -> argparse.ArgumentParser:
     emu.add_argument("--rate-limit", type=float, default=None, help="requests per second")
     emu.add_argument("--burst", type=int, default=None,
                      help="requests the rate limit lets through at once (default: the rate)")
-    emu.add_argument("--balance", type=int, default=None, help="submissions allowed (402 after)")
+    emu.add_argument("--balance", type=float, default=None,
+                     help="what the key can spend (402 after; default: unlimited quota);"
+                          " each submission costs 1 unless --price says otherwise")
+    emu.add_argument("--price", action="append", default=[], type=_price,
+                     metavar="[MODEL=]PER_TASK[+PER_SECOND]",
+                     help="what a submission costs: per task plus per second of duration,"
+                          " for MODEL or (without MODEL=) every other model; repeatable")
     emu.add_argument("--video-size", type=int, default=64 * 1024, help="bytes per video")
     emu.add_argument("--url-ttl", type=float, default=86400.0, help="result link lifetime (s)")
     emu.add_argument("--submit-faults", type=float, default=0.0,
@@ -149,24 +159,36 @@ def build_parser() -> argparse.ArgumentParser:
         "every item, so nothing already submitted is submitted (or paid for) again.",
     )
     bt.add_argument("file", type=Path, help=".jsonl (one request object a line) or .txt")
-    _add_batch_options(bt)
+    _add_batch_options(bt, batch=True)
     bt.add_argument("--journal", type=Path, default=None,
                     help="journal file (default: DIR/.apimart-journal.sqlite3)")
     bt.add_argument("--resubmit-ambiguous", action="store_true",
                     help="resubmit items a crash left mid-submission (they may be billed twice)")
+    bt.add_argument("--retry-failed", action="store_true",
+                    help="submit again the items whose task failed (or whose request was "
+                         "refused) in an earlier run: each is a new task, billed again "
+                         "(default: they stay failed)")
     bt.add_argument("--skip-duplicates", action="store_true",
                     help="send a request repeated in the file once (default: each line is a "
                          "video of its own, billed, and the repeats are listed before sending)")
 
-    gen = sub.add_parser("generate", help="generate one video and download it")
-    gen.add_argument("prompt")
-    _add_batch_options(gen)
+    bal = sub.add_parser("balance", help="show the API key's balance (remain, used)")
+    bal.add_argument("--json", action="store_true", help="print the balance as JSON")
+    _add_client_options(bal)
 
-    dl = sub.add_parser("download", help="download a completed task's video")
+    gen = sub.add_parser("generate", help="generate one video and download it (every output)")
+    gen.add_argument("prompt")
+    _add_batch_options(gen, batch=False)
+    # One video: one request at a time is all it ever needs.
+    gen.set_defaults(concurrency=1, rps=None, burst=None)
+
+    dl = sub.add_parser("download", help="download a completed task's videos and images "
+                                         "(DIR/TASK_ID.mp4, DIR/TASK_ID-2.mp4, ...)")
     dl.add_argument("task_id")
     dl.add_argument("--out", type=Path, required=True, metavar="DIR")
     dl.add_argument("--overwrite", action="store_true",
-                    help="replace an existing DIR/TASK_ID.mp4 that holds something else")
+                    help="replace an existing DIR/TASK_ID.mp4 (or -N file) that holds "
+                         "something else")
     _add_client_options(dl)
 
     demo = sub.add_parser("demo", help="run a batch against the built-in emulator (no key)")
@@ -175,25 +197,42 @@ def build_parser() -> argparse.ArgumentParser:
                       help="videos to generate (default 12)")
     demo.add_argument("--speed", type=float, default=1.0,
                       help="run the emulator's task time this many times faster (default 1)")
+    for command in sub.choices.values():
+        # A stray flag after a command is reported with that command's usage.
+        command.set_defaults(command_parser=command)
     return parser
 
 
-def _add_batch_options(p: argparse.ArgumentParser) -> None:
+def _add_batch_options(p: argparse.ArgumentParser, *, batch: bool) -> None:
+    """The options of `batch` and `generate`; those about many requests for `batch` only."""
     p.add_argument("--out", type=Path, required=True, metavar="DIR", help="output directory")
-    p.add_argument("--concurrency", type=_positive_int, default=16,
-                   help="requests in flight at once (default 16)")
-    p.add_argument("--rps", type=_positive_float, default=None,
-                   help="the key's rate limit, if known: pace every request to it (no 429s); "
-                        "without it the limit is learned from the server's 429s")
-    p.add_argument("--burst", type=_positive_int, default=None,
-                   help="with --rps: requests the limit lets through at once (default 1)")
-    p.add_argument("--model", default=None, help="default model (default sora-2)")
-    p.add_argument("--duration", type=int, default=None, help="default duration in seconds")
-    p.add_argument("--aspect-ratio", default=None, choices=("16:9", "9:16"))
+    every = " for lines that do not set it" if batch else ""
+    if batch:
+        p.add_argument("--concurrency", type=_positive_int, default=16,
+                       help="requests in flight at once (default 16)")
+        p.add_argument("--rps", type=_positive_float, default=None,
+                       help="the key's rate limit, if known: pace every request to it (no "
+                            "429s); without it the limit is learned from the server's 429s")
+        p.add_argument("--burst", type=_positive_int, default=None,
+                       help="with --rps: requests the limit lets through at once (default 1)")
+    p.add_argument("--model", default=None,
+                   help=f"model{every} (default sora-2; checked: sora-2, sora-2-pro, veo3, "
+                        "Omni-Flash-Ext; other names are sent as given)")
+    p.add_argument("--duration", type=int, default=None, metavar="SECONDS",
+                   help=f"video duration{every} (default: none sent, the model's own "
+                        "default applies)")
+    # Which ratios a model takes is the model registry's to say (veo3 takes 1:1).
+    p.add_argument("--aspect-ratio", default=None,
+                   help=f"aspect ratio{every}, e.g. 16:9 or 9:16, checked per model "
+                        "(default: none sent, the model's own)")
     p.add_argument("--json", action="store_true", help="print a machine-readable summary")
     p.add_argument("--timeout", type=_positive_float, default=None, metavar="SECONDS",
                    help="overall deadline: then stop as on Ctrl-C (nothing more is sent, "
                         "what is paid for stays in the journal), exit 124; re-run to resume")
+    p.add_argument("--max-spend", type=_money, default=None, metavar="AMOUNT",
+                   help="spend at most AMOUNT in this run (the balance's unit): items that "
+                        "could cross it stay pending in the journal, exit 4; re-run with a "
+                        "larger cap to send them")
     _add_client_options(p)
 
 
@@ -207,6 +246,16 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _money(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an amount, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be an amount > 0, got {text!r}")
+    return value
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -215,6 +264,21 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
     return value
+
+
+def _price(text: str) -> tuple[str | None, Any]:
+    from ..testing import Price
+
+    model, sep, amounts = text.rpartition("=")
+    per_task, _, per_second = amounts.partition("+")
+    try:
+        price = Price(per_task=float(per_task), per_second=float(per_second or 0))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected [MODEL=]PER_TASK[+PER_SECOND] with amounts >= 0, got {text!r}") from None
+    if sep and not model:
+        raise argparse.ArgumentTypeError(f"expected a model name before '=', got {text!r}")
+    return (model if sep else None), price
 
 
 def _profile_names() -> list[str]:
@@ -259,6 +323,12 @@ async def _run_emulator(args: argparse.Namespace) -> int:
                                              ("estimate_error", args.estimate_error),
                                              ("fail_rate", args.fail_rate))
              if value is not None}
+    # The last --price without a model is everyone else's; with MODEL=, that model's.
+    fallback = [price for model, price in args.price if model is None]
+    pricing: dict[str, Any] = {
+        "prices": {model: price for model, price in args.price if model is not None},
+        **({"price": fallback[-1]} if fallback else {}),
+    }
     config = EmulatorConfig(
         api_key=args.api_key,
         **knobs,
@@ -266,6 +336,7 @@ async def _run_emulator(args: argparse.Namespace) -> int:
         rate_limit=args.rate_limit,
         burst=args.burst,
         balance=args.balance,
+        **pricing,
         video_size=args.video_size,
         url_ttl=args.url_ttl,
         submit_faults=args.submit_faults,
@@ -299,6 +370,9 @@ def task_json(task: Any) -> dict[str, Any]:
         "completed_at": task.completed_at,
         "actual_time": task.actual_time,
         "video_urls": list(task.video_urls),
+        "image_urls": list(task.image_urls),
+        "outputs": [{"kind": out.kind, "url": out.url, "expires_at": out.expires_at}
+                    for out in task.outputs],
         "expires_at": task.expires_at,
         "error": None if task.error is None else {
             "code": task.error.code, "message": task.error.message
@@ -309,17 +383,43 @@ def task_json(task: Any) -> dict[str, Any]:
 async def _run_status(args: argparse.Namespace) -> int:
     from .._session import Session
 
-    async with Session(args.api_key, base_url=args.base_url) as session:
-        task = await session.get_task(args.task_id)
+    notice = ConnectNotice()
+    session = Session(args.api_key, base_url=args.base_url, hooks=notice.hooks)
+    notice.base_url = session.base_url
+    async with session:
+        task = await _noticed(notice, functools.partial(session.get_task, args.task_id))
     if args.json:
         print(json.dumps(task_json(task), indent=2))
     else:
         print(f"{task.id}: {task.status.value} {task.progress}%")
-        for url in task.video_urls:
-            print(f"  video: {url}")
+        for out in task.outputs:
+            print(f"  {out.kind}: {out.url}")
         if task.error:
             print(f"  error: {task.error.code}: {task.error.message}")
     return EXIT_FAILED if task.status.value in ("failed", "cancelled") else EXIT_OK
+
+
+async def _noticed(notice: ConnectNotice, work: Callable[[], Awaitable[T]]) -> T:
+    """`work()`, with `notice` watching for a host that does not answer."""
+    with ungrouped():  # the command's error comes out as itself
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(notice.watch)
+            result = await work()
+            tg.cancel_scope.cancel()
+    return result
+async def _run_balance(args: argparse.Namespace) -> int:
+    from .._session import Session
+
+    async with Session(args.api_key, base_url=args.base_url) as session:
+        balance = await session.balance()
+    if args.json:
+        print(json.dumps({"remain": balance.remain, "used": balance.used,
+                          "unlimited": balance.unlimited}))
+    elif balance.unlimited:
+        print(f"unlimited quota; used {balance.used:g}")
+    else:
+        print(f"remain {balance.remain:g}; used {balance.used:g}")
+    return EXIT_OK
 
 
 def _json_code(error: APIMartError | None) -> int | str | None:
@@ -349,10 +449,17 @@ def report_json(report: BatchReport) -> dict[str, Any]:
             "message": str(report.account_error),
         },
         "interrupted": report.interrupted,
+        "spend": None if report.spend is None else {
+            "cap": report.spend.cap, "spent": report.spend.spent,
+            "spent_before": report.spend.spent_before, "total": report.spend.total,
+            "left_pending": report.spend.left_pending,
+            "exact": report.spend.end is not None,
+        },
         "results": [
             {
                 "index": r.index, "name": r.name, "state": r.state.value, "task_id": r.task_id,
                 "path": str(r.path) if r.path else None, "size": r.size, "sha256": r.sha256,
+                "files": [str(path) for path in r.files],
                 "error": r.reason,
                 "error_type": None if r.error is None else type(r.error).__name__,
                 "status": getattr(r.error, "status", None),
@@ -372,7 +479,7 @@ def report_json(report: BatchReport) -> dict[str, Any]:
 async def _batch(
     args: argparse.Namespace, items: list[BatchItem], *, base_url: str | None,
     api_key: str | None, journal: Path | None = None, resubmit_ambiguous: bool = False,
-    clock: Clock | None = None,
+    clock: Clock | None = None, retry_failed: bool = False,
 ) -> int:
     from .._session import Session
     from .progress import BatchDisplay, summary_lines
@@ -391,17 +498,23 @@ async def _batch(
             stop.set()
 
     async def go(stop: anyio.Event) -> BatchReport:
-        async with Session(
+        notice = ConnectNotice()
+        session = Session(
             api_key, base_url=base_url, max_concurrency=args.concurrency, rps=args.rps,
-            burst=args.burst, clock=clock,
-        ) as session:
+            burst=args.burst, clock=clock, hooks=notice.hooks,
+        )
+        notice.base_url = session.base_url
+        async with session:
             with BatchDisplay(len(items), stream=sys.stderr) as display:
                 async with anyio.create_task_group() as tg:
+                    tg.start_soon(notice.watch)
                     if timeout is not None:
                         tg.start_soon(deadline, stop, timeout)
                     report = await session.run_batch(
                         items, out_dir=args.out, journal=journal,
                         resubmit_ambiguous=resubmit_ambiguous, on_change=display, stop=stop,
+                        retry_failed=retry_failed,
+                        max_spend=getattr(args, "max_spend", None),
                     )
                     tg.cancel_scope.cancel()
                 return report
@@ -422,12 +535,14 @@ async def _batch(
 
 
 def report_exit_status(report: BatchReport, signum: int | None = None) -> int:
-    """128 + the signal after an interrupt, 3 after an account failure, 0 when every
-    video is on disk, else 1."""
+    """128 + the signal after an interrupt, 3 after an account failure, 4 when the
+    spend cap left items unsent, 0 when every video is on disk, else 1."""
     if report.interrupted and signum is not None:
         return 128 + signum
     if report.account_error is not None:
         return EXIT_ACCOUNT
+    if report.spend is not None and report.spend.stopped_at_cap:
+        return EXIT_SPEND_CAP
     # A paid task of an earlier run still not on disk is unfinished business too.
     stuck = any(item.task_id and not item.ok and item.state is not ItemState.FAILED
                 for item in report.earlier)
@@ -494,7 +609,8 @@ async def _run_batch(args: argparse.Namespace) -> int:
     items, lines = batch.select(skip_duplicates=args.skip_duplicates)
     try:
         return await _batch(args, items, base_url=args.base_url, api_key=args.api_key,
-                            journal=args.journal, resubmit_ambiguous=args.resubmit_ambiguous)
+                            journal=args.journal, resubmit_ambiguous=args.resubmit_ambiguous,
+                            retry_failed=args.retry_failed)
     except ValidationError as exc:
         # An item refused by the journal: name its line, not its index in the list.
         match = re.fullmatch(r"requests\[(\d+)\]", exc.field)
@@ -516,9 +632,14 @@ async def _run_download(args: argparse.Namespace) -> int:
 
     _check_out(args.out)
     await anyio.Path(args.out).mkdir(parents=True, exist_ok=True)
-    async with Session(args.api_key, base_url=args.base_url) as session:
-        result = await session.download(args.task_id, args.out, overwrite=args.overwrite)
-    print(f"{result.path} ({result.size:,} bytes, sha256 {result.sha256})")
+    notice = ConnectNotice()
+    session = Session(args.api_key, base_url=args.base_url, hooks=notice.hooks)
+    notice.base_url = session.base_url
+    async with session:
+        result = await _noticed(notice, functools.partial(
+            session.download, args.task_id, args.out, overwrite=args.overwrite))
+    for saved in result.files:  # every output: TASK_ID.mp4, TASK_ID-2.mp4, ...
+        print(f"{saved.path} ({saved.size:,} bytes, sha256 {saved.sha256})")
     return EXIT_OK
 
 
@@ -575,6 +696,7 @@ _COMMANDS = {
     "status": _run_status,
     "batch": _run_batch,
     "generate": _run_generate,
+    "balance": _run_balance,
     "download": _run_download,
     "demo": _run_demo,
 }
@@ -585,7 +707,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
     if unknown:
-        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+        owner: argparse.ArgumentParser = getattr(args, "command_parser", None) or parser
+        owner.error(f"unrecognized arguments: {' '.join(unknown)}")
     if args.command is None:
         parser.error("the following arguments are required: command")
     if args.command == "emulator":
@@ -631,6 +754,11 @@ def explain(exc: Exception) -> tuple[int, str]:
     """The exit status for an error that stopped a command, and one line saying what to do."""
     if isinstance(exc, InputError):
         return EXIT_USAGE, f"error: {exc}"
+    if isinstance(exc, ValidationError) and exc.field == "api_key" and "no API key" in str(exc):
+        # The library's wording names api_key=; on the command line these are the ways.
+        return EXIT_USAGE, (f"error: no API key: set the {ENV_API_KEY} environment variable, "
+                            "or pass --api-key-file PATH (or --api-key - to read it from "
+                            "standard input)")
     if isinstance(exc, ValidationError):
         return EXIT_USAGE, f"error: {exc}"
     if isinstance(exc, JournalWriteError):

@@ -86,6 +86,9 @@ class BatchDisplay:
             detail = f"task {result.task_id}"
         elif result.state is ItemState.DOWNLOADED:
             detail = f"{result.path} ({result.size:,} bytes)"
+            if len(result.files) > 1:
+                detail += f" and {len(result.files) - 1} more: " + ", ".join(
+                    path.name for path in result.files[1:])
         elif result.reason:
             detail = result.reason
         print(f"[{finished:>{len(str(self.total))}}/{self.total}] {result.state.value:<10} "
@@ -113,6 +116,16 @@ def summary_lines(report: BatchReport) -> list[str]:
             out = item.path.parent if item.path else report.journal.parent
             lines.append(f"  {item.state.value:<10} task {item.task_id}: {item.error or ''} "
                          f"(re-run, or: apimart-async download {item.task_id} --out {out})")
+    if report.spend is not None:
+        spend = report.spend
+        estimate = "" if spend.end is not None else " (estimated: the last balance read failed)"
+        earlier = (f" ({spend.total:g} in all runs of this batch)"
+                   if spend.spent_before else "")
+        line = f"spent {spend.spent:g}{earlier} of the {spend.cap:g} cap{estimate}"
+        if spend.stopped_at_cap:
+            line += (f"; {spend.left_pending} items left pending because of the cap: re-run "
+                     "with a larger --max-spend to send them")
+        lines.insert(0, line)
     if report.interrupted:
         unsent = sum(item.state is ItemState.PENDING for item in report.items)
         going = sum(item.state in (ItemState.SUBMITTED, ItemState.COMPLETED)

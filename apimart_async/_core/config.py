@@ -189,7 +189,12 @@ def check_file_url(url: str, allowed_hosts: frozenset[str] | None = None) -> str
 
 
 def check_base_url(url: str) -> str:
-    """Validate an API base URL: https anywhere, plain http only to loopback."""
+    """Validate an API base URL: https anywhere, plain http only to loopback.
+
+    A URL ending in ``/v1`` (as often copied from API docs) is normalised to the URL
+    without it: every API path already starts with ``/v1``, and ``/v1/v1/...`` would
+    only ever answer 404.
+    """
     if not isinstance(url, str):
         raise ValidationError("base_url", f"must be a string, got {type(url).__name__}")
     parts = urlsplit(url)
@@ -208,4 +213,7 @@ def check_base_url(url: str) -> str:
             f"plain http is refused for {parts.hostname!r}: the API key would travel "
             "unencrypted; use https (http is allowed only to loopback)",
         )
-    return url.rstrip("/")
+    url = url.rstrip("/")
+    if url.endswith("/v1"):
+        url = url.removesuffix("/v1").rstrip("/")
+    return url

@@ -11,11 +11,11 @@ from typing import Any
 import attrs
 
 from .errors import ValidationError
-from .validation import check_http_url
+from .registry import ModelName, check_model_fields
+from .validation import check_image_url
 
-__all__ = ["Submission", "Task", "TaskError", "TaskStatus", "VideoRequest"]
+__all__ = ["Submission", "Task", "TaskError", "TaskOutput", "TaskStatus", "VideoRequest"]
 
-ASPECT_RATIOS = ("16:9", "9:16")
 # Fields the SDK sends itself; `extra` may not shadow them.
 _NAMED_FIELDS = frozenset({"model", "prompt", "duration", "aspect_ratio", "image_urls"})
 
@@ -84,8 +84,9 @@ def _check_duration(_: object, __: object, value: Any) -> None:
 
 
 def _check_aspect_ratio(_: object, __: object, value: Any) -> None:
-    if value is not None and value not in ASPECT_RATIOS:
-        raise ValidationError("aspect_ratio", f"must be '16:9' or '9:16', got {value!r}")
+    # Which ratios: the model's spec (`registry`), checked once every field is in.
+    if value is not None and not isinstance(value, str):
+        raise ValidationError("aspect_ratio", f"must be a string like '16:9', got {value!r}")
 
 
 def _image_urls(value: object) -> tuple[str, ...]:
@@ -96,7 +97,7 @@ def _image_urls(value: object) -> tuple[str, ...]:
         raise ValidationError(
             "image_urls", f"must be a list of URLs, not a {type(value).__name__}"
         )
-    return tuple(check_http_url(f"image_urls[{i}]", url) for i, url in enumerate(value))
+    return tuple(check_image_url(f"image_urls[{i}]", url) for i, url in enumerate(value))
 
 
 def _extra(value: object) -> Mapping[str, Any] | None:
@@ -123,10 +124,15 @@ class VideoRequest:
 
     `extra` carries model-specific fields (e.g. ``{"resolution": "1080p"}``) into the
     JSON body unchanged. Any problem raises `ValidationError` naming the field.
+
+    A known `model` (see `register_model`) has its `aspect_ratio`, `duration`,
+    `image_urls` and known `extra` fields checked against its `ModelSpec`; an unknown one
+    is sent as given. `image_urls` takes http(s) URLs and base64 ``data:`` URIs of
+    JPEG, PNG or WebP images of at most 10 MB.
     """
 
     prompt: str = attrs.field(validator=_check_prompt)
-    model: str = attrs.field(default="sora-2", validator=_check_model, kw_only=True)
+    model: ModelName = attrs.field(default="sora-2", validator=_check_model, kw_only=True)
     duration: int | None = attrs.field(default=None, validator=_check_duration, kw_only=True)
     aspect_ratio: str | None = attrs.field(
         default=None, validator=_check_aspect_ratio, kw_only=True
@@ -135,6 +141,12 @@ class VideoRequest:
     extra: Mapping[str, Any] | None = attrs.field(
         default=None, converter=_extra, hash=False, kw_only=True
     )
+
+    def __attrs_post_init__(self) -> None:
+        check_model_fields(
+            self.model, duration=self.duration, aspect_ratio=self.aspect_ratio,
+            image_count=len(self.image_urls), extra=self.extra,
+        )
 
     def to_body(self) -> dict[str, Any]:
         """The JSON body for ``POST /v1/videos/generations``."""
@@ -159,12 +171,32 @@ class TaskError:
 
 
 @attrs.frozen(kw_only=True)
+class TaskOutput:
+    """One file a completed task produced: a video or an image, its (temporary) link and
+    when that link expires (Unix seconds, if the server said)."""
+
+    kind: str  # "video" or "image"
+    url: str
+    expires_at: int | None = None
+
+
+#: The `Task.extra` of a task whose answer had no field the SDK does not model: one
+#: shared read-only mapping, so tasks without extras hold nothing more.
+NO_EXTRA: Mapping[str, Any] = types.MappingProxyType({})
+
+
+@attrs.frozen(kw_only=True)
 class Task:
     """A task's state as last reported by ``GET /v1/tasks/{id}``.
 
     Times are Unix seconds as the server gave them; `raw_status` keeps the wire
     string, which matters when `status` is `TaskStatus.UNKNOWN`; `model` is the model
     the server names, if it does.
+
+    `outputs` is every file the task produced, in the server's order: its videos
+    (``result.videos``), then its images (``result.images``); `video_urls` and
+    `image_urls` are their links. `extra` holds the answer's fields this class does not
+    model (e.g. ``usage``), read-only, as the server sent them.
     """
 
     id: str
@@ -179,6 +211,20 @@ class Task:
     expires_at: int | None = None
     error: TaskError | None = None
     model: str | None = None
+    outputs: tuple[TaskOutput, ...] = ()
+    extra: Mapping[str, Any] = attrs.field(default=NO_EXTRA, hash=False)
+
+    def __attrs_post_init__(self) -> None:
+        if not self.outputs and self.video_urls:
+            # Built by hand from links alone (as before outputs existed): they are videos.
+            outputs = tuple(TaskOutput(kind="video", url=url, expires_at=self.expires_at)
+                            for url in self.video_urls)
+            object.__setattr__(self, "outputs", outputs)
+
+    @property
+    def image_urls(self) -> tuple[str, ...]:
+        """The links of the task's images (``result.images``)."""
+        return tuple(out.url for out in self.outputs if out.kind == "image")
 
     @property
     def is_terminal(self) -> bool:

@@ -6,12 +6,22 @@ and the value's problem.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import math
+import re
 from urllib.parse import urlsplit
 
 from .errors import ValidationError
 
-__all__ = ["check_http_url", "require_positive_or_none", "require_whole_number"]
+__all__ = [
+    "MAX_IMAGE_BYTES",
+    "check_http_url",
+    "check_image_url",
+    "require_finite_positive_or_none",
+    "require_positive_or_none",
+    "require_whole_number",
+]
 
 
 def check_http_url(field: str, value: object) -> str:
@@ -44,4 +54,64 @@ def require_positive_or_none(
         raise ValidationError(field, f"must be a number, got {value!r}")
     if value < 0 or (value == 0 and not allow_zero):
         raise ValidationError(field, f"must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
+    return value
+
+
+def require_finite_positive_or_none(field: str, value: object) -> float | None:
+    """`value` if it is None or a finite number > 0, else a `ValidationError`."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+        raise ValidationError(field, f"must be a number of seconds, got {value!r}")
+    if value <= 0 or math.isinf(value):
+        raise ValidationError(field, f"must be a finite number of seconds > 0, got {value!r}")
+    return float(value)
+
+
+#: The largest reference image, as documented ("each image at most 10 MB").
+MAX_IMAGE_BYTES = 10 * 1024 * 1024
+# The documented formats (.jpeg, .jpg, .png, .webp), by media type and first bytes.
+_IMAGE_TYPES = {
+    "image/jpeg": (b"\xff\xd8\xff",),
+    "image/jpg": (b"\xff\xd8\xff",),
+    "image/png": (b"\x89PNG\r\n\x1a\n",),
+    "image/webp": (b"RIFF",),
+}
+_DATA_URI = re.compile(r"data:([^;,]*)((?:;[^;,]*)*),", re.IGNORECASE)
+
+
+def check_image_url(field: str, value: object) -> str:
+    """An image input: an absolute http(s) URL, or a ``data:`` URI of a documented format
+    (``image/jpeg``, ``image/png``, ``image/webp``), base64, whose bytes decode, are at
+    most `MAX_IMAGE_BYTES` and start as that format does. Else `ValidationError`."""
+    if not isinstance(value, str) or value[:5].lower() != "data:":
+        return check_http_url(field, value)
+    match = _DATA_URI.match(value)
+    if match is None:
+        raise ValidationError(field, "is a data: URI without a ',' before its data")
+    media = match.group(1).strip().lower()
+    params = [p.strip().lower() for p in match.group(2).split(";") if p.strip()]
+    if media not in _IMAGE_TYPES:
+        raise ValidationError(field, f"is a data: URI of type {media or 'text/plain'!r}; "
+                              "allowed: 'image/jpeg', 'image/png', 'image/webp'")
+    if "base64" not in params:
+        raise ValidationError(field, "is a data: URI that is not base64 (';base64,' expected)")
+    payload = value[match.end():]
+    # Checked before decoding: 4 characters carry 3 bytes.
+    if len(payload) > (MAX_IMAGE_BYTES + 2) // 3 * 4 + 4:
+        raise ValidationError(field, f"is a data: URI of more than {MAX_IMAGE_BYTES:,} bytes "
+                              "(the documented limit per image is 10 MB)")
+    try:
+        data = base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValidationError(field, "is a data: URI whose base64 does not decode") from None
+    if not data:
+        raise ValidationError(field, "is a data: URI with no data")
+    if len(data) > MAX_IMAGE_BYTES:
+        raise ValidationError(field, f"is a data: URI of {len(data):,} bytes; the documented "
+                              f"limit per image is {MAX_IMAGE_BYTES:,}")
+    if not data.startswith(_IMAGE_TYPES[media]) or (
+            media == "image/webp" and data[8:12] != b"WEBP"):
+        raise ValidationError(field, f"is a data: URI labelled {media!r} whose bytes are not "
+                              "that format")
     return value

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import types
 from collections.abc import Mapping
 from typing import Any, NewType
 from urllib.parse import quote
@@ -28,7 +29,7 @@ from .errors import (
     ValidationError,
     scrub,
 )
-from .models import Task, TaskError, TaskStatus, VideoRequest
+from .models import NO_EXTRA, Task, TaskError, TaskOutput, TaskStatus, VideoRequest
 
 __all__ = [
     "SUBMIT_PATH",
@@ -326,9 +327,9 @@ def task_from_data(data: Any, secret: str | None = None) -> Task:
     """A `Task` from a task answer's ``data`` object; raises on a wrong shape. The
     server's failure text is scrubbed of `secret`: it reaches journals and terminals."""
     wire = converter.structure(data, _WireTask)
-    videos = wire.result.videos or wire.result.images if wire.result else ()
-    urls = tuple(url for video in videos for url in video.url)
-    expiries = [v.expires_at for v in videos if v.expires_at is not None]
+    outputs = _outputs(wire.result) if wire.result else ()
+    urls = tuple(out.url for out in outputs if out.kind == "video")
+    expiries = [out.expires_at for out in outputs if out.expires_at is not None]
     return Task(
         id=wire.id,
         status=TaskStatus.parse(wire.status),
@@ -346,7 +347,44 @@ def task_from_data(data: Any, secret: str | None = None) -> Task:
             message=scrub(wire.error.message, secret),
         ) if wire.error else None,
         model=None if wire.model is None else scrub(wire.model, secret),
+        outputs=outputs,
+        extra=_extra(data, secret),
     )
+
+
+def _outputs(result: _WireResult) -> tuple[TaskOutput, ...]:
+    """Every file of a result: each video link, then each image link, in answer order."""
+    return tuple(
+        TaskOutput(kind=kind, url=url, expires_at=entry.expires_at)
+        for kind, entries in (("video", result.videos), ("image", result.images))
+        for entry in entries for url in entry.url
+    )
+
+
+_MODELLED = frozenset(field.name for field in attrs.fields(_WireTask))
+# Documented fields whose documented value says nothing: not kept per task.
+_CONSTANT = {"object": "video.generation.task", "type": "video"}
+
+
+def _extra(data: Mapping[str, Any], secret: str | None) -> Mapping[str, Any]:
+    """The answer's fields `Task` does not model, scrubbed of `secret`; the shared
+    empty mapping when there are none (the common case costs nothing per task)."""
+    extra = {key: _scrub_deep(value, secret) for key, value in data.items()
+             if key not in _MODELLED and _CONSTANT.get(key, _NOTHING) != value}
+    return types.MappingProxyType(extra) if extra else NO_EXTRA
+
+
+_NOTHING = object()
+
+
+def _scrub_deep(value: Any, secret: str | None) -> Any:
+    if isinstance(value, str):
+        return scrub(value, secret)
+    if isinstance(value, Mapping):
+        return {scrub(str(k), secret): _scrub_deep(v, secret) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_scrub_deep(v, secret) for v in value]
+    return value
 
 
 def parse_task(

@@ -15,6 +15,7 @@ import enum
 import functools
 import logging
 import sys
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine
 from contextlib import AsyncExitStack
@@ -25,14 +26,17 @@ from typing import TYPE_CHECKING, Any
 import anyio
 from anyio.abc import TaskGroup
 
+from .._core.balance import Balance, build_get_balance, parse_balance
 from .._core.config import ApiKey, DownloadPolicy, Timeout
 from .._core.groups import ungrouped
+from .._core.hooks import DownloadEvent, Hooks
 from .._core.models import Submission, Task, VideoRequest
 from .._core.polling import PollPolicy
 from .._core.retry import RetryPolicy
 from .._core.wire import build_get_task, build_submit, parse_submit, parse_task
 from .._io.clock import Clock
 from .._io.download import Downloader, DownloadResult
+from .._io.hooks import fire
 from .._io.http import Http
 from .._io.limits import Limits
 from .._io.stats import SessionStats
@@ -75,9 +79,11 @@ class Engine:
         download_concurrency: int,
         http_session: aiohttp.ClientSession | None,
         downloads: DownloadPolicy | None = None,
+        hooks: Hooks | None = None,
         burst: int | None = None,
     ) -> None:
         self.clock = clock
+        self.hooks = hooks = hooks or Hooks()
         self.poll_policy = poll
         self.max_concurrency = max_concurrency
         self.stats = SessionStats()
@@ -85,11 +91,11 @@ class Engine:
             timeout=timeout, session=http_session, connections=max(100, max_concurrency)
         )
         self.limits = Limits(
-            max_concurrency=max_concurrency, rps=rps, burst=burst, clock=clock
+            max_concurrency=max_concurrency, rps=rps, burst=burst, clock=clock, hooks=hooks
         )
         self.transport = Transport(
             base_url=base_url, key=key, http=self.http, limits=self.limits, retry=retry,
-            stats=self.stats, clock=clock,
+            stats=self.stats, clock=clock, hooks=hooks,
         )
         self.downloader = Downloader(
             http=self.http, concurrency=download_concurrency, retry=retry,
@@ -166,7 +172,7 @@ class Engine:
             assert self._tg is not None
             self._poller = Poller(
                 fetch=self.get_task, policy=self.poll_policy, clock=self.clock,
-                workers=self.max_concurrency,
+                workers=self.max_concurrency, hooks=self.hooks,
             )
             self._poller.bind(self._tg)
         return self._poller
@@ -207,7 +213,8 @@ class Engine:
         self.poller.expect(task_id, request.model)
         if len(self._submitted_at) > _SUBMITTED_AT_LIMIT:
             del self._submitted_at[next(iter(self._submitted_at))]  # the oldest
-        log.info("submitted task %s", task_id)
+        # DEBUG: a batch of hundreds would flood INFO; the batch's story is told at DEBUG.
+        log.debug("submitted task %s (model %s)", task_id, request.model)
         return Submission(task_id=task_id, request=request, idempotency_key=key)
 
     async def get_task(self, task_id: str) -> Task:
@@ -220,9 +227,34 @@ class Engine:
         self.stats.get_task_calls += 1
         return task
 
-    async def download(
-        self, task: Task, path: Path, *, overwrite: bool = False
-    ) -> DownloadResult:
-        """Download completed `task`'s video to the file `path` (see `Downloader`)."""
+    async def balance(self) -> Balance:
+        """``GET /v1/balance``, retried on transient errors like any GET."""
         self.require_open()
-        return await self.downloader.download(task, path, overwrite=overwrite)
+        balance: Balance = await self.transport.call(build_get_balance(), parse_balance)
+        self.stats.balance_calls += 1
+        return balance
+
+    async def download(
+        self, task: Task, path: Path, *, overwrite: bool = False, index: int = 0
+    ) -> DownloadResult:
+        """Download output `index` of completed `task` to the file `path` (see
+        `Downloader`)."""
+        self.require_open()
+        started = time.perf_counter()
+        try:
+            result = await self.downloader.download(
+                task, path, overwrite=overwrite, index=index)
+        except Exception as exc:  # told to the hook, then raised as it was
+            log.debug("task %s: download to %s failed (%s)", task.id, path, type(exc).__name__)
+            if self.hooks.on_download is not None:
+                fire(self.hooks.on_download, DownloadEvent(
+                    task_id=task.id, path=path, size=0,
+                    elapsed=time.perf_counter() - started, error=type(exc).__name__))
+            raise
+        log.debug("task %s: saved %s (%d bytes%s)", task.id, result.path, result.size,
+                  f", resumed {result.resumed}x" if result.resumed else "")
+        if self.hooks.on_download is not None:
+            fire(self.hooks.on_download, DownloadEvent(
+                task_id=task.id, path=result.path, size=result.size,
+                elapsed=time.perf_counter() - started, resumed=result.resumed))
+        return result

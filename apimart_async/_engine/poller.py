@@ -20,9 +20,11 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from .._core.errors import APIMartError, APIStatusError, DecodeError, ValidationError
 from .._core.events import TaskUpdate
+from .._core.hooks import Hooks
 from .._core.models import Task, TaskStatus
 from .._core.polling import ModelStats, PollPolicy, PollState, missed, next_delay, observe
 from .._io.clock import Clock
+from .._io.hooks import fire
 
 __all__ = ["Poller", "Subscriber"]
 
@@ -40,8 +42,20 @@ _EXPECTED = 100_000
 
 
 class _Entry:
-    __slots__ = ("due", "error", "generation", "last", "model", "scope", "state",
-                 "subscribers", "task_id")
+    __slots__ = (
+        "due",
+        "error",
+        "every",
+        "generation",
+        "last",
+        "model",
+        "policy_due",
+        "polled_at",
+        "scope",
+        "state",
+        "subscribers",
+        "task_id",
+    )
 
     def __init__(self, task_id: str, state: PollState, model: str | None = None) -> None:
         self.task_id = task_id
@@ -54,6 +68,19 @@ class _Entry:
         # The last poll's error while polls keep failing (None once one succeeds).
         self.error: APIMartError | None = None
         self.scope: anyio.CancelScope | None = None
+        # Subscribers that asked for a progress resolution -> their `progress_every`:
+        # the task is polled no later than the tightest one after its last poll.
+        self.every: dict[Subscriber, float] = {}
+        # When the policy alone would poll next, and when the last poll was sent.
+        self.policy_due = 0.0
+        self.polled_at: float | None = None
+
+    def bound(self) -> float:
+        """The latest the next poll may go out at for the subscribers' resolutions."""
+        if not self.every:
+            return math.inf
+        since = self.polled_at if self.polled_at is not None else self.state.started_at
+        return since + min(self.every.values())
 
 
 def _stops_watching(error: APIMartError) -> bool:
@@ -74,8 +101,10 @@ class Poller:
         policy: PollPolicy,
         clock: Clock,
         workers: int,
+        hooks: Hooks | None = None,
     ) -> None:
         self._fetch = fetch
+        self._on_update = (hooks or Hooks()).on_task_update
         self._policy = policy
         self._clock = clock
         self._workers = workers
@@ -111,11 +140,14 @@ class Poller:
             return self._first_stats()
         return self._stats.get(model)
 
-    def subscribe(self, subscriber: Subscriber, task_id: str, *, started_at: float | None) -> None:
+    def subscribe(self, subscriber: Subscriber, task_id: str, *, started_at: float | None,
+                  every: float | None = None) -> None:
         """Deliver `task_id`'s updates to `subscriber`.
 
         `started_at` is when the task was submitted (clock time), if known: the first
         poll then waits for the policy's first delay; an unknown task is polled at once.
+        `every` (API seconds), if given, bounds the gap between the task's polls while
+        this subscriber watches it; other subscribers' schedule is the policy's.
         """
         entry = self._entries.get(task_id)
         if entry is None:
@@ -128,9 +160,15 @@ class Poller:
                 due = started_at + next_delay(self._policy, entry.state, started_at,
                                               self._stats_for(model))
             self._entries[task_id] = entry
-            self._push(entry, due)
-        elif entry.last is not None:
-            subscriber(_update(entry.last))
+            if every is not None:
+                entry.every[subscriber] = every
+            self._schedule_at(entry, due)
+        else:
+            if entry.last is not None:
+                subscriber(_update(entry.last))
+            if every is not None:
+                entry.every[subscriber] = every
+                self._reschedule(entry)  # sooner, if it asks so
         entry.subscribers.add(subscriber)
         self._start()
 
@@ -143,6 +181,9 @@ class Poller:
             entry.subscribers.discard(subscriber)
             if not entry.subscribers:
                 self._drop(entry)
+            elif entry.every.pop(subscriber, None) is not None:
+                # Back to the policy's schedule (or the next tightest resolution).
+                self._reschedule(entry)
 
     def failing(self, task_id: str) -> APIMartError | None:
         """The error of `task_id`'s last poll if its polls are failing, else None."""
@@ -154,6 +195,8 @@ class Poller:
         gone = [s for s in entry.subscribers if not getattr(s, "alive", True)]
         if gone:
             entry.subscribers.difference_update(gone)
+            for subscriber in gone:
+                entry.every.pop(subscriber, None)
             if not entry.subscribers:
                 self._drop(entry)
                 return False
@@ -164,6 +207,29 @@ class Poller:
         entry.generation += 1  # its heap item is now stale
         if entry.scope is not None:
             entry.scope.cancel()
+
+    def _schedule_at(self, entry: _Entry, policy_due: float) -> None:
+        """Poll `entry` at `policy_due` (the policy's choice), or sooner if a subscriber's
+        progress resolution asks for it (never sooner than `min_interval` after the
+        last poll)."""
+        entry.policy_due = policy_due
+        self._push(entry, self._due(entry))
+
+    def _reschedule(self, entry: _Entry) -> None:
+        """A subscriber with a resolution came or went: move the next poll if it changes
+        (not while a poll is in flight or polls are failing: those set it themselves)."""
+        if entry.scope is None and entry.error is None:
+            due = self._due(entry)
+            if due != entry.due:
+                self._push(entry, due)
+
+    def _due(self, entry: _Entry) -> float:
+        due, bound = entry.policy_due, entry.bound()
+        if bound >= due:
+            return due
+        if entry.polled_at is not None:
+            bound = max(bound, entry.polled_at + self._policy.min_interval)
+        return bound
 
     def _push(self, entry: _Entry, due: float) -> None:
         entry.generation += 1
@@ -226,7 +292,7 @@ class Poller:
 
     async def _poll(self, entry: _Entry) -> None:
         result: Task | APIMartError | None = None
-        sent_at = self._clock.now()
+        sent_at = entry.polled_at = self._clock.now()
         with anyio.CancelScope() as scope:
             entry.scope = scope
             try:
@@ -274,7 +340,7 @@ class Poller:
             # Learned while the model's tasks still run, not only once they end.
             stats = stats or self._model_stats(entry.model or "")
             stats.note(entry.state)
-        self._push(entry, now + next_delay(self._policy, entry.state, now, stats))
+        self._schedule_at(entry, now + next_delay(self._policy, entry.state, now, stats))
 
     def _missed(self, entry: _Entry, error: APIMartError, sent_at: float, now: float) -> None:
         """A transient failure (left over after the transport's retries): poll again
@@ -338,13 +404,25 @@ class Poller:
             if (last is not None and (entry.model or "") == model
                     and last.status is TaskStatus.PROCESSING and entry.due > due
                     and entry.scope is None):
-                self._push(entry, due)
+                self._schedule_at(entry, due)
 
     def _deliver(self, entry: _Entry, update: TaskUpdate) -> None:
         for subscriber in list(entry.subscribers):
             subscriber(update)
+        if self._on_update is not None:
+            fire(self._on_update, update)
 
     def _finish(self, entry: _Entry, update: TaskUpdate) -> None:
+        if update.error is not None:
+            log.debug("task %s: watching it ended with %s", entry.task_id,
+                      type(update.error).__name__)
+        elif update.status is TaskStatus.COMPLETED:
+            log.debug("task %s completed after %d polls", entry.task_id,
+                      entry.state.polls)
+        else:
+            error = update.task.error if update.task is not None else None
+            log.debug("task %s ended %s%s", entry.task_id, update.status.value,
+                      f" ({error.code})" if error is not None and error.code else "")
         self._deliver(entry, update)
         if self._entries.get(entry.task_id) is entry:
             self._drop(entry)

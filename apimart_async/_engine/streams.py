@@ -41,9 +41,11 @@ class _EventStream(Generic[E]):
     """Shared machinery: an unbounded channel from the poller, per-task deadlines."""
 
     def __init__(
-        self, engine: Engine, *, timeout: float | None, task_timeout: float | None
+        self, engine: Engine, *, timeout: float | None, task_timeout: float | None,
+        progress_every: float | None = None,
     ) -> None:
         self._engine = engine
+        self._progress_every = progress_every
         self._clock = clock = engine.clock
         self._task_timeout = task_timeout
         self._end = clock.now() + timeout if timeout is not None else math.inf
@@ -86,7 +88,8 @@ class _EventStream(Generic[E]):
         self._deadlines[task_id] = deadline
         if deadline != math.inf:
             heapq.heappush(self._deadline_heap, (deadline, task_id))
-        self._engine.poller.subscribe(self._deliver, task_id, started_at=started_at)
+        self._engine.poller.subscribe(self._deliver, task_id, started_at=started_at,
+                                      every=self._progress_every)
 
     def _emit(self, event: E) -> None:
         if not self._closed:
@@ -241,8 +244,10 @@ class Watch(_EventStream[TaskUpdate]):
         *,
         timeout: float | None,
         task_timeout: float | None,
+        progress_every: float | None = None,
     ) -> None:
-        super().__init__(engine, timeout=timeout, task_timeout=task_timeout)
+        super().__init__(engine, timeout=timeout, task_timeout=task_timeout,
+                         progress_every=progress_every)
         self._task_ids = list(task_ids)
         self._open_items = len(self._task_ids)
         self._last: dict[str, TaskUpdate] = {}
@@ -288,9 +293,16 @@ class BatchHooks:
       sent or was refused without creating anything (back in line).
     - `task_group`: where the submitter runs, instead of the engine's, so that a
       failing hook reaches its owner.
+    - `admit(index)`: awaited before the item waits for a request slot (a spend cap
+      reserves its cost there); False leaves it unsent, as a closed gate does.
+    - `settle(index, charged)`: called exactly once for every item `admit` let
+      through, when its submission has ended: `charged` when it may be billed (a task
+      id came back, or it may have been created).
     """
 
     keys: Sequence[str] | None = None
+    admit: Callable[[int], Awaitable[bool]] | None = None
+    settle: Callable[[int, bool], None] | None = None
     before_submit: Callable[[int], Awaitable[None]] | None = None
     after_submit: Callable[[int, SubmitOutcome | None], Awaitable[None]] | None = None
     task_group: TaskGroup | None = None
@@ -313,12 +325,16 @@ class BatchStream(_EventStream[BatchEvent]):
         timeout: float | None,
         task_timeout: float | None,
         hooks: BatchHooks | None = None,
+        progress_every: float | None = None,
     ) -> None:
-        super().__init__(engine, timeout=timeout, task_timeout=task_timeout)
+        super().__init__(engine, timeout=timeout, task_timeout=task_timeout,
+                         progress_every=progress_every)
         hooks = hooks or BatchHooks()
         self._keys = hooks.keys
         self._before_submit = hooks.before_submit
         self._after_submit = hooks.after_submit
+        self._admit = hooks.admit
+        self._settle = hooks.settle
         # Where the submitter runs: the engine's task group, unless the caller owns one
         # (run_batch does, so a failing hook reaches it rather than the session).
         self._task_group = hooks.task_group
@@ -383,10 +399,16 @@ class BatchStream(_EventStream[BatchEvent]):
                 await self._after_submit(index, None)  # e.g. journal "pending" again
 
         submission: Submission | None = None
+        admitted = False
+        failure: APIMartError | None = None
         try:
             with waiting:
                 self._waiting[index] = waiting
                 try:
+                    if self._admit is not None:
+                        if not await self._admit(index):
+                            raise StreamClosed  # e.g. over the spend cap: left unsent
+                        admitted = True
                     submission = await self._engine.submit(
                         request, key=key, gate=gate, before_send=at_the_gate,
                         on_safe_retry=back_in_line,
@@ -399,6 +421,7 @@ class BatchStream(_EventStream[BatchEvent]):
             if isinstance(exc, NotSubmittedError) and maybe_sent:
                 # Stopped before a retry of an attempt that may have created it.
                 exc.submission_ambiguous = True
+            failure = exc
             if self._after_submit is not None:
                 await self._after_submit(index, exc)
             raise
@@ -408,6 +431,13 @@ class BatchStream(_EventStream[BatchEvent]):
             if self._after_submit is not None and not maybe_sent:
                 await self._after_submit(index, None)
             raise
+        finally:
+            if admitted and self._settle is not None:
+                # Billed, or maybe: a task id came back, the failure was ambiguous, or
+                # the item was on the wire when cancelled from outside.
+                charged = submission is not None or (
+                    failure.submission_ambiguous if failure is not None else maybe_sent)
+                self._settle(index, charged)
         # On a cancellation from outside nothing is recorded here: an item on the wire
         # stays as journaled ("submitting"), which is the truth.
         if self._after_submit is not None:

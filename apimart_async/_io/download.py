@@ -45,7 +45,12 @@ _UNSATISFIED = re.compile(r"bytes \*/(\d+)")
 
 @attrs.frozen(kw_only=True)
 class DownloadResult:
-    """A video on disk: where, how big, its sha256, and what it took to get it."""
+    """A task's files on disk: where, how big, their sha256, and what it took to get them.
+
+    `path`, `size`, `sha256`, `kind` and `index` describe the task's first output (for a
+    one-video task, the whole result); `more` holds one `DownloadResult` per further
+    output (a task's second video, its images...), and `files` / `paths` list them all.
+    """
 
     task_id: str
     path: Path
@@ -54,6 +59,21 @@ class DownloadResult:
     resumed: int = 0
     restarted: int = 0
     refreshed: bool = False
+    #: "video" or "image" (see `Task.outputs`).
+    kind: str = "video"
+    #: The output's position in `Task.outputs`.
+    index: int = 0
+    more: tuple[DownloadResult, ...] = ()
+
+    @property
+    def files(self) -> tuple[DownloadResult, ...]:
+        """One result per file saved, the first output first."""
+        return (attrs.evolve(self, more=()), *self.more)
+
+    @property
+    def paths(self) -> tuple[Path, ...]:
+        """Every file saved, in output order."""
+        return (self.path, *(f.path for f in self.more))
 
 
 def part_path(dest: Path) -> Path:
@@ -177,8 +197,11 @@ class Downloader:
         self._stats = stats
         self._policy = policy or DownloadPolicy()
 
-    async def download(self, task: Task, dest: Path, *, overwrite: bool = False) -> DownloadResult:
-        """Fetch `task`'s video into `dest` (see `Session.download`)."""
+    async def download(
+        self, task: Task, dest: Path, *, overwrite: bool = False, index: int = 0
+    ) -> DownloadResult:
+        """Fetch output `index` of `task` (see `Task.outputs`) into `dest`
+        (see `Session.download`)."""
         if task.status is not TaskStatus.COMPLETED:
             ended = task.status.is_terminal
             raise DownloadError(
@@ -190,7 +213,7 @@ class Downloader:
             deadline = self._policy.deadline
             with self._clock.move_on_at(self._clock.now() + (deadline or math.inf)) as scope:
                 try:
-                    return await self._download(task, dest, overwrite)
+                    return await self._download(task, dest, overwrite, index)
                 except DownloadError:
                     # Nothing kept of a refused body (an HTML page, an unwanted encoding).
                     if await _size(part_path(dest)) == 0:
@@ -201,9 +224,9 @@ class Downloader:
             assert scope.cancelled_caught
             raise DownloadError(task.id, f"not finished within its deadline of {deadline:g} s")
 
-    async def _fresh(self, task: Task) -> Task:
+    async def _fresh(self, task: Task, index: int) -> Task:
         fresh = await self._refresh(task.id)
-        if not fresh.video_urls or fresh.is_expired(self._clock.wall()):
+        if len(fresh.outputs) <= index or fresh.is_expired(self._clock.wall()):
             raise ResultExpiredError(task.id, "result link expired and no fresh one was given")
         log.info("task %s: result link refreshed", task.id)
         return fresh
@@ -213,17 +236,19 @@ class Downloader:
         if problem is not None:
             raise DownloadError(task_id, f"result link {_safe_url(url)!r} {problem}")
 
-    async def _download(self, task: Task, dest: Path, overwrite: bool) -> DownloadResult:
+    async def _download(
+        self, task: Task, dest: Path, overwrite: bool, index: int
+    ) -> DownloadResult:
         refreshed = False
-        if not task.video_urls or task.is_expired(self._clock.wall()):
-            task, refreshed = await self._fresh(task), True
-        self._check_url(task.id, task.video_urls[0])
+        if len(task.outputs) <= index or task.is_expired(self._clock.wall()):
+            task, refreshed = await self._fresh(task, index), True
+        self._check_url(task.id, task.outputs[index].url)
         await anyio.to_thread.run_sync(lambda: dest.parent.mkdir(parents=True, exist_ok=True))
         part, meta = part_path(dest), meta_path(dest)
         validator, known_total = await anyio.to_thread.run_sync(
-            self._claim_partial, task.id, task.video_urls[0], part, meta
+            self._claim_partial, task.id, task.outputs[index].url, part, meta
         )
-        url, hops = task.video_urls[0], 0
+        url, hops = task.outputs[index].url, 0
         resumed = restarted = failures = 0
         while True:
             offset = await _size(part)
@@ -249,8 +274,8 @@ class Downloader:
                     if resp.status in (401, 403, 410):
                         if refreshed:
                             raise ResultExpiredError(task.id, f"file host answered {resp.status}")
-                        task, refreshed = await self._fresh(task), True
-                        url, hops = task.video_urls[0], 0
+                        task, refreshed = await self._fresh(task, index), True
+                        url, hops = task.outputs[index].url, 0
                         continue
                     if offset and resp.status == 206:
                         resumed += 1  # the host continues where the last attempt stopped
@@ -262,7 +287,8 @@ class Downloader:
                         # No await between the headers and the body: bytes that come
                         # just before a cut must be read before the cut is seen (a tiny
                         # write, like the chunk writes).
-                        _write_meta(meta, task.id, task.video_urls[0], validator, known_total)
+                        _write_meta(meta, task.id, task.outputs[index].url, validator,
+                                    known_total)
                     elif offset and resp.status in (206, 416):
                         # A resume continues one version of one file: If-Range is the
                         # host's promise of that, and a host may not keep it. Bytes of
@@ -318,6 +344,7 @@ class Downloader:
         return DownloadResult(
             task_id=task.id, path=dest, size=size, sha256=digest,
             resumed=resumed, restarted=restarted, refreshed=refreshed,
+            kind=task.outputs[index].kind, index=index,
         )
 
     @staticmethod

@@ -8,12 +8,20 @@ may go) is pure, in `_core.pacing`; this module only waits for it.
 
 from __future__ import annotations
 
+import logging
+
 import anyio
 
+from .._core.hooks import Hooks, RateChangeEvent
 from .._core.pacing import RateLearner
 from .clock import Clock, Timer
+from .hooks import fire
 
 __all__ = ["Limits"]
+
+log = logging.getLogger("apimart_async")
+# A recovering rate is reported when it moved this much since the last report.
+_REPORT_STEP = 0.10
 
 
 class Limits:
@@ -30,7 +38,9 @@ class Limits:
         rps: float | None = None,
         burst: int | None = None,
         clock: Timer | None = None,
+        hooks: Hooks | None = None,
     ) -> None:
+        self._hooks = hooks or Hooks()
         # fast_acquire: no checkpoint when a slot is free; this sits on every request.
         self.concurrency = anyio.Semaphore(max_concurrency, fast_acquire=True)
         self.rate = RateLearner(rate=rps, burst=burst, max_window=max_concurrency)
@@ -41,6 +51,8 @@ class Limits:
         # Set when a request ends: a sender held back by the slow-start window retries.
         self._freed = anyio.Event()
         self._held_back = 0
+        # The pace last reported (log, `on_rate_change`), to report its rises in steps.
+        self._reported: float | None = rps
 
     def claim(self) -> tuple[float, float, int]:
         """Claim the next send slot: (clock time it may go at, its ticket, its epoch)."""
@@ -105,8 +117,12 @@ class Limits:
 
     def throttled(self, ticket: float, retry_after: float | None) -> None:
         """Record a 429 for the request sent at `ticket`; a long hint pauses everyone."""
+        rate, now = self.rate, self._time.now()
+        before, previous = rate.epoch, rate.pace(now)
         hint = self._time.delay_length(retry_after) if retry_after is not None else None
-        self.rate.on_throttled(ticket, self._time.now(), hint or None)
+        rate.on_throttled(ticket, now, hint or None)
+        if rate.epoch != before:
+            self._report(previous, rate.pace(now), "throttled", retry_after)
         self._wake()
 
     def retry_delay(self, retry_after: float | None, delay: float) -> float:
@@ -126,3 +142,20 @@ class Limits:
         else:
             rate.on_accepted(ticket, self._time.now())
             self._wake()
+        reported = self._reported
+        if reported is not None and rate.rate is not None:
+            # The learned pace creeps up between 429s: report it in steps.
+            pace = rate.pace(self._time.now())
+            if pace is not None and pace - reported >= _REPORT_STEP * reported:
+                self._report(reported, pace, "recovered", None)
+
+    def _report(self, previous: float | None, pace: float | None, reason: str,
+                retry_after: float | None) -> None:
+        self._reported = pace
+        log.debug("request rate %s: %s -> %s requests/s%s", reason,
+                  "unlimited" if previous is None else f"{previous:.2f}",
+                  "unlimited" if pace is None else f"{pace:.2f}",
+                  f" (Retry-After {retry_after:g}s)" if retry_after else "")
+        if self._hooks.on_rate_change is not None:
+            fire(self._hooks.on_rate_change, RateChangeEvent(
+                rate=pace, previous=previous, reason=reason, retry_after=retry_after))

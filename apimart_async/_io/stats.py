@@ -15,6 +15,7 @@ class SessionStats:
     - `submissions`: tasks created. `get_task_calls`: successful ``get_task`` calls,
       the poller's and the caller's alike.
     - `retries`, `rate_limited` (429 answers), `downloads`, `bytes_downloaded`.
+    - `balance_calls`: successful ``balance`` calls (a spend-capped batch reads it too).
     """
 
     requests: int = 0
@@ -24,6 +25,7 @@ class SessionStats:
     rate_limited: int = 0
     downloads: int = 0
     bytes_downloaded: int = 0
+    balance_calls: int = 0
 
     @property
     def polls(self) -> int:

@@ -6,14 +6,17 @@ The retry *decisions* are pure (`_retry`); this module only carries them out.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from .._core.config import ApiKey
-from .._core.errors import APIMartError, RateLimitError, with_response
+from .._core.errors import APIMartError, APIStatusError, RateLimitError, with_response
+from .._core.hooks import Hooks, RequestEvent, RetryEvent
 from .._core.retry import RetryPolicy, decide, is_ambiguous, parse_retry_after
 from .._core.wire import HttpRequest
 from .clock import Clock
+from .hooks import fire
 from .http import USER_AGENT, Http
 from .limits import Limits
 from .stats import SessionStats
@@ -40,8 +43,10 @@ class Transport:
         retry: RetryPolicy,
         stats: SessionStats,
         clock: Clock,
+        hooks: Hooks | None = None,
     ) -> None:
         self.base_url = base_url
+        self.hooks = hooks or Hooks()
         self._key = key
         self.http = http
         self.limits = limits
@@ -85,6 +90,7 @@ class Transport:
         url = self.base_url + request.path
         headers = self._headers(request)
         limits = self.limits
+        hooks = self.hooks
         attempt = 0
         while True:
             attempt += 1
@@ -93,6 +99,7 @@ class Transport:
             if epoch is None:
                 epoch = await limits.acquire()
             raw = None
+            started = time.perf_counter()
             try:
                 if gate is not None:
                     gate()  # the last moment to decide not to send
@@ -109,6 +116,12 @@ class Transport:
                 limits.release()
                 if raw is not None:
                     with_response(exc, raw.headers, secret)
+                status = raw.status if raw is not None else _status(exc)
+                if hooks.on_request is not None:
+                    fire(hooks.on_request, RequestEvent(
+                        method=request.method, path=request.path, attempt=attempt,
+                        status=status, error=type(exc).__name__,
+                        elapsed=time.perf_counter() - started))
                 if isinstance(exc, RateLimitError):
                     self.stats.rate_limited += 1
                     limits.throttled(epoch, exc.retry_after)
@@ -126,13 +139,18 @@ class Transport:
                     )
                     raise
                 self.stats.retries += 1
-                log.info(
-                    "%s %s attempt %d failed (%s); retrying in %.2fs",
-                    request.method, request.path, attempt, type(exc).__name__, decision.delay,
-                )
                 delay = decision.delay
                 if isinstance(exc, RateLimitError):
                     delay = limits.retry_delay(exc.retry_after, delay)
+                # DEBUG, not INFO: a faulty batch retries often, and each one is routine.
+                log.debug(
+                    "%s %s attempt %d failed (%s); retrying in %.2fs",
+                    request.method, request.path, attempt, type(exc).__name__, delay,
+                )
+                if hooks.on_retry is not None:
+                    fire(hooks.on_retry, RetryEvent(
+                        method=request.method, path=request.path, attempt=attempt,
+                        error=type(exc).__name__, status=status, delay=delay))
                 if on_safe_retry is not None and not is_ambiguous(exc):
                     await on_safe_retry()
             except BaseException:
@@ -141,5 +159,14 @@ class Transport:
             else:
                 limits.release()
                 limits.succeeded(epoch)
+                if hooks.on_request is not None:
+                    fire(hooks.on_request, RequestEvent(
+                        method=request.method, path=request.path, attempt=attempt,
+                        status=raw.status, error=None,
+                        elapsed=time.perf_counter() - started))
                 return result
             await self._clock.delay(delay)
+
+
+def _status(exc: APIMartError) -> int | None:
+    return exc.status if isinstance(exc, APIStatusError) else None

@@ -17,7 +17,7 @@ hand with a `SteppedClock` shared with the `Session`.
 """
 
 from .._io.clock import Clock, is_testing, set_testing
-from ._config import EmulatorConfig
+from ._config import PRICED_DURATION, EmulatorConfig, Price
 from ._emulator import Emulator
 from ._faults import Fault
 from ._process import emulator_process
@@ -36,7 +36,9 @@ __all__ = [
     "EmulatorStats",
     "Fault",
     "PRESETS",
+    "PRICED_DURATION",
     "PROFILES",
+    "Price",
     "ProgressMode",
     "RequestRecord",
     "SteppedClock",

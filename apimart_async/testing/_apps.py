@@ -15,7 +15,7 @@ import re
 import socket
 import struct
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -24,6 +24,7 @@ from aiohttp import web
 
 from ._faults import Fault
 from ._stats import EmulatorStats, RequestRecord
+from ._tasks import output_names, task_of_file
 
 if TYPE_CHECKING:
     from ._emulator import Emulator
@@ -59,7 +60,8 @@ _REASONS = {
 
 
 def api_app(emulator: Emulator) -> web.Application:
-    """The API host: ``POST /v1/videos/generations`` and ``GET /v1/tasks/{id}``."""
+    """The API host: ``POST /v1/videos/generations``, ``GET /v1/tasks/{id}`` and
+    ``GET /v1/balance`` (also at ``/balance``)."""
     host = _ApiHost(emulator)
     # The log is outermost: it sees the 401s and 429s the host's middleware answers.
     app = web.Application(middlewares=[_request_logger(emulator, request_ids=True),
@@ -68,6 +70,8 @@ def api_app(emulator: Emulator) -> web.Application:
     app.on_response_prepare.append(_send_request_id)
     app.router.add_post("/v1/videos/generations", host.submit, name="submit")
     app.router.add_get("/v1/tasks/{task_id}", host.get_task, name="task")
+    app.router.add_get("/v1/balance", host.balance, name="balance")
+    app.router.add_get("/balance", host.balance, name="balance_alias")
     app.router.add_get(STATS_PATH, host.stats)
     app.router.add_post(STATS_PATH + "/reset", host.reset_stats)
     app.router.add_get(REQUESTS_PATH, host.requests)
@@ -115,7 +119,9 @@ def _request_logger(emulator: Emulator, *, request_ids: bool = False) -> Any:
             raise
         finally:
             emulator.log_request(RequestRecord(
-                route=request.match_info.route.name,
+                # /balance is /v1/balance under another name (aiohttp names are unique).
+                route="balance" if request.match_info.route.name == "balance_alias"
+                else request.match_info.route.name,
                 method=request.method,
                 path=request.path,
                 status=status,
@@ -272,6 +278,16 @@ class _ApiHost:
         return web.json_response({"code": 200, "data": data})
 
 
+    async def balance(self, request: web.Request) -> web.StreamResponse:
+        emulator = self.emulator
+        emulator.stats.requests["balance"] += 1
+        fault = request[_FAULT] = emulator.next_fault("balance")
+        answer = await apply(emulator, request, fault)
+        if answer is not None:
+            return answer
+        return web.json_response(emulator.balance_answer())
+
+
 class _FileHost:
     def __init__(self, emulator: Emulator) -> None:
         self.emulator = emulator
@@ -300,13 +316,14 @@ class _FileHost:
             stats.credential_leaks += 1
         stats.downloads += 1
         name = request.match_info["name"]
-        task = emulator.record(name.removesuffix(".mp4"))
-        if task is None or emulator.status_of(task)[0] != "completed":
+        task = emulator.record(task_of_file(name))
+        if task is None or emulator.status_of(task)[0] != "completed" \
+                or name not in [*videos_and_images(task.id, task.plan)]:
             return web.Response(status=404, text="not found")
         if (request.query.get("token") != task.token
                 or emulator.clock.wall() >= task.expires_wall):
             return web.Response(status=403, text="link expired")
-        data = emulator.video(task)
+        data = emulator.output(task, name)
         etag = '"' + hashlib.sha256(data).hexdigest()[:16] + '"'
         range_header = request.headers.get("Range")
         fault = request[_FAULT] = emulator.next_fault("download", ranged=range_header is not None)
@@ -343,7 +360,7 @@ class _FileHost:
                 # make a file of the right size and the wrong content.
                 start, end = 0, end - start
         headers = {
-            "Content-Type": "video/mp4",
+            "Content-Type": "image/png" if name.endswith(".png") else "video/mp4",
             "Content-Length": str(end - start + 1),
             "ETag": etag,
             "Accept-Ranges": "bytes",
@@ -498,6 +515,13 @@ def _drop(request: web.Request, *, hard: bool = False) -> None:
     transport.abort()
 
 
+def videos_and_images(task_id: str, plan: Any) -> Iterator[str]:
+    """Every file name the file host serves for a task (see `output_names`)."""
+    videos, images = output_names(task_id, plan)
+    yield from videos
+    yield from images
+
+
 def validate(body: Any) -> str | None:
     """The documented parameter checks; a message for the first problem found."""
     if not isinstance(body, dict):
@@ -514,13 +538,16 @@ def validate(body: Any) -> str | None:
     ):
         return f"duration {duration!r} is not supported by model {model}"
     ratio = body.get("aspect_ratio")
-    if ratio is not None and ratio not in ("16:9", "9:16"):
+    if ratio is not None and (not isinstance(ratio, str)
+                              or re.fullmatch(r"[1-9][0-9]*:[1-9][0-9]*", ratio) is None):
         return f"aspect_ratio {ratio!r} is not supported"
     urls = body.get("image_urls")
     if urls is not None:
         if not isinstance(urls, list):
             return "image_urls must be an array"
         for url in urls:
+            if isinstance(url, str) and url.startswith("data:image/") and ";base64," in url:
+                continue
             parts = urlsplit(url) if isinstance(url, str) else None
             if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
                 return f"image_urls entry {url!r} is not a public http(s) URL"

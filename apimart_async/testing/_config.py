@@ -2,14 +2,62 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
+from typing import Any
 
 import attrs
 
 from ._profiles import TimingProfile, resolve_profile
 from ._tasks import Planner
 
-__all__ = ["EmulatorConfig"]
+__all__ = ["PRICED_DURATION", "EmulatorConfig", "Price"]
+
+PRICED_DURATION = 10
+"""The seconds a submission without ``duration`` is priced at."""
+
+
+def _price_part(_: object, attribute: attrs.Attribute[float], value: float) -> None:
+    if (isinstance(value, bool) or not isinstance(value, (int, float))
+            or not math.isfinite(value) or value < 0):
+        raise ValueError(f"Price.{attribute.name} must be a finite number >= 0, got {value!r}")
+
+
+@attrs.frozen(kw_only=True)
+class Price:
+    """What the emulator charges for one accepted submission of a model:
+    ``per_task + per_second * duration`` (``duration`` from the request, else
+    `PRICED_DURATION`). The default, 1 per task, makes ``EmulatorConfig(balance=N)``
+    pay for N submissions."""
+
+    per_task: float = attrs.field(default=1.0, validator=_price_part)
+    per_second: float = attrs.field(default=0.0, validator=_price_part)
+
+    def cost(self, body: Mapping[str, Any]) -> float:
+        """The charge for the submission `body`."""
+        duration = body.get("duration")
+        seconds = duration if isinstance(duration, int) and not isinstance(duration, bool) \
+            else PRICED_DURATION
+        return self.per_task + self.per_second * seconds
+
+
+def _balance(_: object, __: object, value: float | None) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                              or not math.isfinite(value)):
+        raise ValueError(f"balance must be a finite number or None (unlimited), got {value!r}")
+
+
+def _price(_: object, __: object, value: Price) -> None:
+    if not isinstance(value, Price):
+        raise ValueError(f"price must be a Price, got {value!r}")
+
+
+def _prices(_: object, __: object, value: Mapping[str, Price]) -> None:
+    for model, price in value.items():
+        if not isinstance(model, str) or not model:
+            raise ValueError(f"prices: keys must be model names, got {model!r}")
+        if not isinstance(price, Price):
+            raise ValueError(f"prices[{model!r}] must be a Price, got {price!r}")
 
 
 def _unit(_: object, attribute: attrs.Attribute[float], value: float) -> None:
@@ -47,7 +95,12 @@ class EmulatorConfig:
       stepped, like task time) instead of real time, for tests that pace on the same
       clock without sleeping. Real time (False) is the default: a server's load does not
       compress.
-    - `balance`: submissions the account can pay for (402 beyond); None is unlimited.
+    - `balance`: what the key has left to spend (``remain_balance``); a submission
+      that costs more than what is left gets 402. None is an unlimited quota
+      (``remain_balance`` -1, ``unlimited_quota`` true); spending is counted either way.
+    - `price`, `prices`: what an accepted submission costs (a `Price`: per task plus
+      per second of ``duration``), `prices` per model, `price` for the others. The
+      default, 1 per task, makes ``balance=N`` pay for exactly N submissions.
     - `url_ttl`: how long result links live, in API seconds.
     - `honour_idempotency_key`: answer a repeated `Idempotency-Key` with the first task.
     - `submit_faults`, `poll_faults`, `download_faults`: probabilities of a random fault
@@ -73,7 +126,9 @@ class EmulatorConfig:
     rate_limit: float | None = None
     burst: int | None = None
     rate_limit_clock: bool = False
-    balance: int | None = None
+    balance: float | None = attrs.field(default=None, validator=_balance)
+    price: Price = attrs.field(factory=Price, validator=_price)
+    prices: Mapping[str, Price] = attrs.field(factory=dict, validator=_prices)
     url_ttl: float = 86400.0
     video_size: int = 64 * 1024
     honour_idempotency_key: bool = False

@@ -28,6 +28,8 @@ from ._tasks import (
     TaskPlan,
     TaskRecord,
     TaskView,
+    image_bytes,
+    output_names,
     plan_task,
     task_id_for,
     task_state,
@@ -36,7 +38,8 @@ from ._tasks import (
 
 __all__ = ["Emulator", "EmulatorConfig", "EmulatorStats", "Fault", "Route", "TaskPlan"]
 
-_RATES = {"submit": "submit_faults", "task": "poll_faults", "download": "download_faults"}
+_RATES = {"submit": "submit_faults", "task": "poll_faults", "download": "download_faults",
+          "balance": "poll_faults"}
 
 
 class Emulator:
@@ -60,6 +63,7 @@ class Emulator:
         self._faults = FaultQueue(random.Random(self.config.seed))
         self._keys: dict[str, str] = {}
         self._balance = self.config.balance
+        self._used = 0.0
         #: Answer a repeated Idempotency-Key with the first task (settable at run time).
         self.honour_idempotency_key = self.config.honour_idempotency_key
         rate = self.config.rate_limit
@@ -131,9 +135,32 @@ class Emulator:
             raise KeyError(f"the emulator has no task {task_id!r}")
         record.plan = plan
 
-    def set_balance(self, balance: int | None) -> None:
-        """Change the account's remaining balance (None: unlimited)."""
+    def set_balance(self, balance: float | None) -> None:
+        """Change the account's remaining balance (None: unlimited quota)."""
         self._balance = balance
+
+    @property
+    def remain_balance(self) -> float | None:
+        """What the key has left (None: unlimited quota)."""
+        return self._balance
+
+    @property
+    def used_balance(self) -> float:
+        """What accepted submissions were charged in all (``used_balance``)."""
+        return self._used
+
+    def cost(self, body: Mapping[str, Any]) -> float:
+        """What submitting `body` costs (`EmulatorConfig.prices`, else `price`)."""
+        model = body.get("model")
+        price = self.config.prices.get(model, self.config.price) if isinstance(model, str) \
+            else self.config.price
+        return price.cost(body)
+
+    def balance_answer(self) -> dict[str, Any]:
+        """The body of ``GET /v1/balance`` now."""
+        unlimited = self._balance is None
+        return {"success": True, "remain_balance": -1 if unlimited else self._balance,
+                "used_balance": self._used, "unlimited_quota": unlimited}
 
     def complete_all(self) -> None:
         """Make every task reach its end now (for tests that do not care about timing)."""
@@ -165,14 +192,15 @@ class Emulator:
         self, body: Mapping[str, Any], idempotency_key: str | None
     ) -> tuple[str, bool] | None:
         """Accept a valid submission: (task id, whether a task was created), or None when
-        the balance is spent. A repeated key gets its first task when
-        `honour_idempotency_key` is set."""
-        if self._balance is not None and self._balance <= 0:
-            self.stats.rejected_submissions += 1
-            return None
+        the balance cannot pay for it. A repeated key gets its first task (at no charge)
+        when `honour_idempotency_key` is set."""
         key = idempotency_key
         if key and key in self._keys and self.honour_idempotency_key:
             return self._keys[key], False
+        # A hair of slack: float sums of prices must not refuse an exact fit.
+        if self._balance is not None and self.cost(body) > self._balance + 1e-9:
+            self.stats.rejected_submissions += 1
+            return None
         if key and key in self._keys:
             self.stats.duplicate_submissions += 1
         return self._create(body, key).id, True
@@ -196,8 +224,10 @@ class Emulator:
     def _create(self, body: Mapping[str, Any], key: str | None) -> TaskRecord:
         index = self.stats.submissions
         self.stats.submissions += 1
+        cost = self.cost(body)
+        self._used += cost
         if self._balance is not None:
-            self._balance -= 1
+            self._balance -= cost
         task_id = task_id_for(self.config.seed, index)
         now, wall = self.clock.now(), self.clock.wall()
         task = TaskRecord(
@@ -209,6 +239,7 @@ class Emulator:
             idempotency_key=key,
             token=secrets.token_hex(8),
             expires_wall=wall + self.config.url_ttl,
+            cost=cost,
         )
         # Links expire relative to completion, not creation.
         task.expires_wall += task.plan.duration
@@ -243,24 +274,37 @@ class Emulator:
                 task.expires_wall = self.clock.wall() + self.config.url_ttl
             data["completed"] = int(task.created_wall + plan.duration)
             data["actual_time"] = max(1, round(plan.duration))
-            data["result"] = {
-                "videos": [
-                    {
-                        "url": [f"{self.file_base_url}/files/{task.id}.mp4?token={task.token}"],
-                        "expires_at": int(task.expires_wall),
-                    }
-                ]
-            }
-            data["usage"] = {"credits": 1}
+            expires = int(task.expires_wall)
+            link = f"{self.file_base_url}/files/{{}}?token={task.token}"
+            result: dict[str, Any] = {"videos": [{
+                "url": [link.format(name) for name in output_names(task.id, plan)[0]],
+                "expires_at": expires,
+            }]}
+            if plan.images:
+                result["images"] = [{"url": link.format(name), "expires_at": expires}
+                                    for name in output_names(task.id, plan)[1]]
+            data["result"] = result
+            # Emulator behaviour (the API documents `usage` only as "billing
+            # information"): what the submission was charged, in the balance's unit.
+            data["usage"] = {"credits": 1, "cost": task.cost}
         elif status in ("failed", "cancelled"):
             data["error"] = {"code": plan.error_code, "message": plan.error_message}
         return data
 
     def video(self, task: TaskRecord) -> bytes:
-        """The video file of `task` (deterministic bytes)."""
-        if task.id not in self._videos:
-            self._videos[task.id] = video_bytes(task.id, task.plan.size)
-        return self._videos[task.id]
+        """The (first) video file of `task` (deterministic bytes)."""
+        return self.output(task, f"{task.id}.mp4")
+
+    def output(self, task: TaskRecord, name: str) -> bytes:
+        """The file the file host serves as `name` for `task` (see `output_names`):
+        deterministic bytes, a video's or an image's."""
+        if name not in self._videos:
+            if name.endswith(".png"):
+                self._videos[name] = image_bytes(name, max(64, task.plan.size // 4))
+            else:
+                seed = task.id if name == f"{task.id}.mp4" else name
+                self._videos[name] = video_bytes(seed, task.plan.size)
+        return self._videos[name]
 
     # -- applications -----------------------------------------------------------------
 

@@ -17,8 +17,8 @@ import attrs
 
 __all__ = ["Fault", "FaultQueue", "Route"]
 
-Route = Literal["submit", "task", "download"]
-ROUTES: tuple[Route, ...] = ("submit", "task", "download")
+Route = Literal["submit", "task", "download", "balance"]
+ROUTES: tuple[Route, ...] = ("submit", "task", "download", "balance")
 
 _EVERY_ROUTE = frozenset(ROUTES)
 _ROUTES_OF_KIND: dict[str, frozenset[str]] = {
@@ -269,8 +269,10 @@ RANDOM_FAULTS: dict[str, tuple[Fault, ...]] = {
     "submit": (Fault.http(429, retry_after="1"), Fault.http(503)),
     "task": (Fault.http(500), Fault.http(502), Fault.reset(), Fault.html(200)),
     "download": (Fault.cut(0.5),),
+    "balance": (Fault.http(500), Fault.http(502), Fault.reset()),
 }
-"""What `EmulatorConfig`'s ``submit_faults``, ``poll_faults`` and ``download_faults`` draw."""
+"""What `EmulatorConfig`'s ``submit_faults``, ``poll_faults`` and ``download_faults`` draw
+(``poll_faults`` also on the balance route)."""
 
 
 class FaultQueue:
@@ -286,7 +288,8 @@ class FaultQueue:
         Refuses (ValueError, nothing queued) a fault that would have no effect on `route`.
         """
         if route not in self._queues:
-            raise ValueError(f"route must be 'submit', 'task' or 'download', got {route!r}")
+            raise ValueError(
+                f"route must be 'submit', 'task', 'download' or 'balance', got {route!r}")
         for fault in faults:
             if not isinstance(fault, Fault):
                 raise TypeError(f"faults must be Fault objects (see Fault.http(...)), "

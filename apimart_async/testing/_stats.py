@@ -50,8 +50,8 @@ def stats_dict(stats: EmulatorStats) -> dict[str, Any]:
 class RequestRecord:
     """One request the emulator answered (or dropped), as `Emulator.request_log` keeps it.
 
-    - `route`: ``submit``, ``task`` or ``download``; None for a path the hosts do not
-      serve (answered 404).
+    - `route`: ``submit``, ``task``, ``download`` or ``balance``; None for a path the
+      hosts do not serve (answered 404).
     - `method`, `path`: the request line's method and path (without the query string,
       which holds the file host's link token).
     - `status`: the HTTP status answered; None when the connection was dropped before an

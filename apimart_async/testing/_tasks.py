@@ -22,8 +22,8 @@ if TYPE_CHECKING:
     from ._config import EmulatorConfig
 
 __all__ = [
-    "EmulatedTask", "Outcome", "Planner", "TaskPlan", "TaskRecord", "TaskView", "plan_task",
-    "task_id_for", "task_state", "video_bytes",
+    "EmulatedTask", "Outcome", "Planner", "TaskPlan", "TaskRecord", "TaskView", "image_bytes",
+    "output_names", "plan_task", "task_id_for", "task_of_file", "task_state", "video_bytes",
 ]
 
 Outcome = Literal["completed", "failed", "cancelled"]
@@ -47,6 +47,12 @@ def _one_of(choices: tuple[str, ...]) -> Callable[[object, attrs.Attribute[Any],
     return check
 
 
+def _outputs(_: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 100:
+        raise ValueError(f"TaskPlan: {attribute.name} must be a whole number from 0 to 100, "
+                         f"got {value!r}")
+
+
 @attrs.frozen(kw_only=True)
 class TaskPlan:
     """How one emulated task behaves, in API seconds from its creation.
@@ -58,6 +64,10 @@ class TaskPlan:
     Progress runs over `render_time` (default: the time from the
     queue's end to `duration`; longer when the task fails mid-run) in `progress_mode`
     (see `ProgressMode`; `report_progress=False` is mode ``none``).
+
+    A completed task yields `videos` videos (MP4, `size` bytes each; ``result.videos``:
+    one entry whose ``url`` lists them all) and `images` PNG images (``result.images``:
+    one entry per image, its ``url`` a plain string, as some answers have it).
     """
 
     duration: float = attrs.field(default=6.0, validator=_seconds)
@@ -72,6 +82,8 @@ class TaskPlan:
     progress_mode: str = attrs.field(default="linear", validator=_one_of(PROGRESS_MODES))
     stall_at: float = 0.5
     step: int = 10
+    videos: int = attrs.field(default=1, validator=_outputs)
+    images: int = attrs.field(default=0, validator=_outputs)
 
     def __attrs_post_init__(self) -> None:
         if self.queue_time > self.duration:
@@ -148,6 +160,8 @@ class TaskRecord:
     token: str
     expires_wall: float
     observed_terminal: bool = False
+    #: What the submission was charged (see `Price`).
+    cost: float = 0.0
 
 
 @attrs.frozen(kw_only=True)
@@ -230,6 +244,34 @@ class TaskView(Mapping[str, EmulatedTask]):
 
     def __repr__(self) -> str:
         return f"<TaskView of {len(self)} emulated tasks>"
+
+
+def output_names(task_id: str, plan: TaskPlan) -> tuple[list[str], list[str]]:
+    """The file host's names for a task's videos (``ID.mp4``, ``ID-2.mp4``, ...) and
+    images (``ID-image-1.png``, ...)."""
+    videos = [f"{task_id}.mp4" if n == 1 else f"{task_id}-{n}.mp4"
+              for n in range(1, plan.videos + 1)]
+    return videos, [f"{task_id}-image-{n}.png" for n in range(1, plan.images + 1)]
+
+
+def task_of_file(name: str) -> str:
+    """The task id a file host name (see `output_names`) belongs to."""
+    stem = name.rsplit(".", 1)[0]
+    head, _, tail = stem.rpartition("-image-")
+    if head and tail.isdigit():
+        return head
+    head, _, tail = stem.rpartition("-")
+    return head if head and tail.isdigit() else stem
+
+
+def image_bytes(seed: str, size: int) -> bytes:
+    """The deterministic content of an emulated image: a PNG signature, then noise."""
+    out = bytearray(b"\x89PNG\r\n\x1a\n")
+    counter = 0
+    while len(out) < size:
+        out += hashlib.sha256(f"{seed}:{counter}".encode()).digest()
+        counter += 1
+    return bytes(out[:size])
 
 
 def video_bytes(task_id: str, size: int) -> bytes:
