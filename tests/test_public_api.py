@@ -1,6 +1,7 @@
 """The public contract: names importable from the facade."""
 
 import apimart_async
+import apimart_async.sync
 import apimart_async.testing
 
 EXPECTED = [
@@ -103,3 +104,13 @@ def test_error_tree() -> None:
         e.PermissionDeniedError, e.NotFoundError, e.RateLimitError, e.ServerError,
     ):
         assert issubclass(cls, e.APIStatusError)
+
+
+def test_sync_names_are_pinned_and_documented() -> None:
+    assert apimart_async.sync.__all__ == ["BatchStream", "Session", "Watch"]
+    for name in apimart_async.sync.__all__:
+        assert getattr(apimart_async.sync, name).__doc__, name
+    # The same operations as the async session.
+    for method in ("submit", "submit_many", "get_task", "wait", "download", "watch", "stream",
+                   "run_batch", "close", "__enter__", "__exit__"):
+        assert callable(getattr(apimart_async.sync.Session, method)), method

@@ -141,7 +141,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="probability of a cut download")
     emu.add_argument("--speed", type=float, default=1.0,
                      help="run task time this many times faster than real time")
-    emu.add_argument("--seed", type=int, default=0)
+    emu.add_argument("--seed", type=int, default=None,
+                     help="seed of task ids, timings and random faults (default: a fresh one, "
+                          "printed at start)")
     emu.add_argument("--profile", default="kind", type=_profile_name, metavar="PROFILE",
                      help="task timing: kind (default), realistic, hostile, or a benchmark"
                           " scenario such as s-curve or stall-99")
@@ -354,6 +356,7 @@ async def _run_emulator(args: argparse.Namespace) -> int:
         print(f"APIMart emulator on {server.base_url} (files on {server.file_base_url})")
         print(f"  export APIMART_BASE_URL={server.base_url}")
         print("  any API key is accepted" if args.api_key is None else "  one API key accepted")
+        print(f"  seed {server.emulator.seed} (replay with --seed {server.emulator.seed})")
         sys.stdout.flush()
         await anyio.sleep_forever()
     return EXIT_OK

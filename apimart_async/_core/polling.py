@@ -16,9 +16,11 @@ s-curve, jump in coarse steps or sit at 99 %). The policy combines them:
   any moment, it is polled every `watch_interval`, or a fraction of its age for long
   tasks (never faster: no poll storm, never slower: bounded lag).
 - Readings are truncated integers (or coarse steps): the middle of each step is used.
-- What a session learns about a model's tasks (`ModelStats`: queue times, how the
-  estimate compares with the real duration, the spread of durations, whether they sit
-  at 99 %, failures) places the first poll of later tasks, watches a first 99 % as a
+- What a session learns about a model's tasks (`ModelStats`: queue times, render times,
+  how the estimate compares with the real duration, the spread of durations, whether
+  they sit at 99 %, failures) places the first poll of later tasks, polls a pending
+  task at a share of the model's short renders however long it has queued (so long
+  queues cost polls in proportion to the queue, never lag), watches a first 99 % as a
   stall for a model whose tasks sit there, and holds a model that had a task fail to
   `failure_interval` (a 1-s loop's pace) while its tasks render.
 
@@ -51,6 +53,9 @@ _ESTIMATE_LOW, _ESTIMATE_HIGH = 0.6, 1.6
 # Samples kept per model: enough for stable quantiles, bounded memory per session.
 _SAMPLES = 256
 _MIN_SAMPLES = 5
+# The estimate's credible window, learned: the first tasks seen ending are those whose
+# estimate was short (they were polled first), so a few samples overstate the ratio.
+_RATIO_SAMPLES = 20
 
 
 def backoff(base: float, misses: int, cap: float) -> float:
@@ -324,6 +329,8 @@ class ModelStats:
     top_ends: int = 0
     durations: deque[float] = attrs.field(factory=lambda: deque(maxlen=_SAMPLES))
     queues: deque[float] = attrs.field(factory=lambda: deque(maxlen=_SAMPLES))
+    # Render times (the duration less the queue), per task whose render start is known.
+    renders: deque[float] = attrs.field(factory=lambda: deque(maxlen=_SAMPLES))
     # actual duration / estimated_time, per task that had an estimate.
     ratios: deque[float] = attrs.field(factory=lambda: deque(maxlen=_SAMPLES))
     # Each measure sorted, until the next task ends: several quantiles are read per poll.
@@ -355,16 +362,22 @@ class ModelStats:
             self.ratios.append(duration / state.estimated_time)
         prediction = _start_from_readings(state)
         if prediction is not None:
-            self.queues.append(max(0.0, prediction - state.started_at))
+            queue = max(0.0, prediction - state.started_at)
+            self.queues.append(queue)
+            if duration > queue:
+                self.renders.append(duration - queue)
 
-    def quantile(self, which: str, q: float) -> float | None:
-        """The `q` quantile of `which` ('durations', 'queues' or 'ratios'), or None if few."""
+    def quantile(self, which: str, q: float, least: int = _MIN_SAMPLES) -> float | None:
+        """The `q` quantile of `which` ('durations', 'queues', 'renders' or 'ratios'), or
+        None if few."""
         ordered = self._sorted.get(which)
         if ordered is None:
             values: deque[float] = getattr(self, which)
             if len(values) < _MIN_SAMPLES:
                 return None
             ordered = self._sorted[which] = sorted(values)
+        if len(ordered) < least:
+            return None
         return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
     def note(self, state: PollState) -> None:
@@ -404,7 +417,28 @@ def _first_delay(policy: PollPolicy, stats: ModelStats | None) -> float:
     queue = (stats.quantile("queues", 0.5) if stats is not None else None) or 0.0
     # A first reading part-way into the shortest renders: early enough not to miss
     # them, late enough for the reading to say something.
-    return max(0.4 * short, queue + 0.3 * max(0.0, short - queue))
+    first = max(0.4 * short, queue + 0.3 * max(0.0, short - queue))
+    learned = _queue_and_render(stats)
+    if learned is not None:
+        # Long queues vary more than renders: a render may begin as early as the
+        # shortest queues end, and a first poll aimed past the typical queue would
+        # miss the tasks that start early and render quickly.
+        first = min(first, learned[0] + _PENDING_SHARE * learned[1])
+    return first
+
+
+# While a task may begin rendering, it is polled at this share of its model's short
+# renders: one poll at least lands in every render, whose reading places the end.
+_PENDING_SHARE = 0.8
+
+
+def _queue_and_render(stats: ModelStats | None) -> tuple[float, float] | None:
+    """(a short queue, a short render) of this model's tasks (5th and 10th
+    percentiles), once learned."""
+    if stats is None:
+        return None
+    queue, render = stats.quantile("queues", 0.05), stats.quantile("renders", 0.1)
+    return (queue, render) if queue is not None and render is not None else None
 
 
 def next_delay(policy: PollPolicy, state: PollState, now: float,
@@ -459,6 +493,13 @@ def next_delay(policy: PollPolicy, state: PollState, now: float,
                 # progress; the estimate bounds what a render has left.
                 left = (1 - state.last[1] / 100) * state.estimated_time * _ratio(stats)
                 remaining = min(remaining, max(policy.min_interval, left))
+            learned = _queue_and_render(stats)
+            if learned is not None:
+                # This model's short renders end this soon after the render began (no
+                # earlier than the last poll without progress): the second reading
+                # must come before such an end, whatever a queue-blind estimate says.
+                remaining = min(remaining, max(policy.min_interval,
+                                               _render_start(state) + learned[1] - now))
             if remaining <= 0:
                 delay = watch
             elif remaining <= watch:
@@ -477,6 +518,11 @@ def next_delay(policy: PollPolicy, state: PollState, now: float,
         delay = min(untrusted, max(lo, 0.5 * age))
         if estimate is not None:
             delay = min(delay, max(watch, 0.5 * (estimate[0] - state.started_at)))
+        learned = _queue_and_render(stats)
+        if learned is not None:
+            # However long it has queued (the queue's length is no clue to the
+            # render's), a poll lands in its render: bounded lag at any age.
+            delay = min(delay, max(policy.watch_interval, _PENDING_SHARE * learned[1]))
     else:
         # Rendering, no progress reported: nothing can be due before the earliest
         # credible end the estimate (or this model's earlier tasks) gives; from then on,
@@ -565,8 +611,9 @@ def _estimate_window(state: PollState, stats: ModelStats | None
         return None
     low, mid, high = _ESTIMATE_LOW, 1.0, _ESTIMATE_HIGH
     if stats is not None:
-        learned = (stats.quantile("ratios", 0.05), stats.quantile("ratios", 0.5),
-                   stats.quantile("ratios", 0.95))
+        learned = (stats.quantile("ratios", 0.05, _RATIO_SAMPLES),
+                   stats.quantile("ratios", 0.5, _RATIO_SAMPLES),
+                   stats.quantile("ratios", 0.95, _RATIO_SAMPLES))
         if learned[0] is not None and learned[1] is not None and learned[2] is not None:
             low, mid, high = learned[0], learned[1], learned[2]
     base = state.started_at

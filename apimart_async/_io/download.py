@@ -383,6 +383,8 @@ class Downloader:
             if match and int(match.group(1)) == offset:
                 return offset  # already whole: a previous run was cut after the last byte
             raise _Restart
+        if status == 429:
+            self._stats.rate_limited += 1  # a 429 met, as on the API host
         if status == 429 or status >= 500:
             raise ServerError(f"file host answered {status}", status=status)
         if status not in (200, 206):

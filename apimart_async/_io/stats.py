@@ -14,7 +14,8 @@ class SessionStats:
     - `requests`: attempts sent to the API host, retries included.
     - `submissions`: tasks created. `get_task_calls`: successful ``get_task`` calls,
       the poller's and the caller's alike.
-    - `retries`, `rate_limited` (429 answers), `downloads`, `bytes_downloaded`.
+    - `retries`, `rate_limited` (429 answers met, from the API host or the file host,
+      in the status or in the body), `downloads`, `bytes_downloaded`.
     - `balance_calls`: successful ``balance`` calls (a spend-capped batch reads it too).
     """
 

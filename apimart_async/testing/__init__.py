@@ -13,7 +13,9 @@ have no effect), read tasks as `EmulatedTask` snapshots (`Emulator.tasks`,
 `Emulator.task`), assert on `Emulator.request_log` (`RequestRecord`), and step time by
 hand with a `SteppedClock` shared with the `Session`.
 
-`apimart-async emulator --port 8089` runs the same emulator standalone.
+`apimart-async emulator --port 8089` runs the same emulator standalone, and the pytest
+plugin (`apimart_async.testing.pytest_plugin`, loaded by entry point) hands it out as
+fixtures: ``apimart_server``, ``apimart_session``, ``apimart_sync_session`` and the like.
 """
 
 from .._io.clock import Clock, is_testing, set_testing

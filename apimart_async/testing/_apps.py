@@ -29,10 +29,13 @@ from ._tasks import output_names, task_of_file
 if TYPE_CHECKING:
     from ._emulator import Emulator
 
-__all__ = ["REQUESTS_PATH", "STATS_PATH", "api_app", "file_app"]
+__all__ = ["CLOCK_PATH", "REQUESTS_PATH", "STATS_PATH", "TIME_HEADER", "api_app", "file_app"]
 
 STATS_PATH = "/_emulator/stats"
 REQUESTS_PATH = "/_emulator/requests"
+CLOCK_PATH = "/_emulator/clock"
+TIME_HEADER = "X-Emulator-Time"
+"""On every answer of both hosts: the emulator's clock (`Clock.now`, API seconds) then."""
 CONTROL_PREFIX = "/_emulator/"
 
 # Per-request notes from the handlers for the request log.
@@ -68,6 +71,7 @@ def api_app(emulator: Emulator) -> web.Application:
                                        host.middleware])
     # On every answer the API host sends, faults and aiohttp's own 500s included.
     app.on_response_prepare.append(_send_request_id)
+    app.on_response_prepare.append(_send_time(emulator))
     app.router.add_post("/v1/videos/generations", host.submit, name="submit")
     app.router.add_get("/v1/tasks/{task_id}", host.get_task, name="task")
     app.router.add_get("/v1/balance", host.balance, name="balance")
@@ -75,6 +79,7 @@ def api_app(emulator: Emulator) -> web.Application:
     app.router.add_get(STATS_PATH, host.stats)
     app.router.add_post(STATS_PATH + "/reset", host.reset_stats)
     app.router.add_get(REQUESTS_PATH, host.requests)
+    app.router.add_get(CLOCK_PATH, host.clock)
     return app
 
 
@@ -82,8 +87,16 @@ def file_app(emulator: Emulator) -> web.Application:
     """The file host serving result videos, with Range, ETag and expiry."""
     host = _FileHost(emulator)
     app = web.Application(middlewares=[_request_logger(emulator)])
+    app.on_response_prepare.append(_send_time(emulator))
     app.router.add_get("/files/{name}", host.download, name="download")
     return app
+
+
+def _send_time(emulator: Emulator) -> Any:
+    async def send_time(request: web.Request, response: web.StreamResponse) -> None:
+        response.headers[TIME_HEADER] = f"{emulator.clock.now():.6f}"
+
+    return send_time
 
 
 async def _send_request_id(request: web.Request, response: web.StreamResponse) -> None:
@@ -188,6 +201,11 @@ class _ApiHost:
             {**attrs.asdict(r, recurse=False), "fault": r.fault.describe() if r.fault else None}
             for r in self.emulator.request_log
         ])
+
+    async def clock(self, request: web.Request) -> web.Response:
+        clock = self.emulator.clock
+        return web.json_response({"now": clock.now(), "wall": clock.wall(),
+                                  "speed": clock.speed})
 
     async def reset_stats(self, request: web.Request) -> web.Response:
         self.emulator.stats = EmulatorStats()

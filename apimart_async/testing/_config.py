@@ -106,6 +106,9 @@ class EmulatorConfig:
     - `submit_faults`, `poll_faults`, `download_faults`: probabilities of a random fault
       on each such request (429/503 on submission; 5xx, reset or HTML on polling; a cut
       download), drawn from a generator seeded with `seed`.
+    - `seed`: seeds task ids, task timings and random faults. None (the default) draws a
+      fresh one for each `Emulator` (read it back as `Emulator.seed`, and pass it here to
+      replay a run); the same seed gives the same ids, plans and fault draws.
     - `profile`: how tasks are timed: a `TimingProfile` or a name (``kind``, the default,
       uses `duration`, `queue_time`, `estimate_error` and `fail_rate` above; ``realistic``,
       ``hostile`` and the benchmark scenarios are in `PROFILES`). Setting one of those four
@@ -135,7 +138,7 @@ class EmulatorConfig:
     submit_faults: float = attrs.field(default=0.0, validator=_unit)
     poll_faults: float = attrs.field(default=0.0, validator=_unit)
     download_faults: float = attrs.field(default=0.0, validator=_unit)
-    seed: int = 0
+    seed: int | None = None
     profile: str | TimingProfile = attrs.field(default="kind", validator=_profile)
     profiles: Mapping[str, str | TimingProfile] = attrs.field(factory=dict, validator=_profiles)
     planner: Planner | None = None

@@ -15,6 +15,7 @@ from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
+import attrs
 from aiohttp import web
 
 from .._io.clock import Clock
@@ -53,14 +54,18 @@ class Emulator:
     """
 
     def __init__(self, config: EmulatorConfig | None = None, *, clock: Clock | None = None):
-        self.config = config or EmulatorConfig()
+        config = config or EmulatorConfig()
+        #: The seed of this emulator's task ids, plans and fault draws: the config's, or a
+        #: fresh one drawn here (so two emulators, or two runs, never share task ids).
+        self.seed: int = config.seed if config.seed is not None else secrets.randbits(64)
+        self.config = attrs.evolve(config, seed=self.seed)
         self.clock = clock or Clock()
         self.stats = EmulatorStats()
         self.file_base_url = "http://127.0.0.1"
         self._tasks: dict[str, TaskRecord] = {}
         # The id the last submission was answered with (`Fault.repeat_id` sends it again).
         self.last_task_id: str | None = None
-        self._faults = FaultQueue(random.Random(self.config.seed))
+        self._faults = FaultQueue(random.Random(self.seed))
         self._keys: dict[str, str] = {}
         self._balance = self.config.balance
         self._used = 0.0
@@ -181,6 +186,9 @@ class Emulator:
         fault = self._faults.next(route, RANDOM_FAULTS[route], rate, ranged=ranged)
         if fault is not None:
             self.stats.faults_injected[f"{route}:{fault.kind}:{fault.status}"] += 1
+            if fault.kind == "status" and 429 in (fault.status, fault.body_code):
+                # A 429 is a 429 to the client, whoever decided to send it.
+                self.stats.rate_limited += 1
         return fault
 
     def admit(self) -> float | None:
@@ -228,7 +236,7 @@ class Emulator:
         self._used += cost
         if self._balance is not None:
             self._balance -= cost
-        task_id = task_id_for(self.config.seed, index)
+        task_id = task_id_for(self.seed, index)
         now, wall = self.clock.now(), self.clock.wall()
         task = TaskRecord(
             id=task_id,

@@ -187,6 +187,7 @@ SCENARIOS: dict[str, TimingProfile] = {
     "no-progress": TimingProfile(render=_RENDER, progress=("none",)),
     "fail-10": TimingProfile(render=_RENDER, fail_rate=0.1),
     "minutes": TimingProfile(render=(30.0, 60.0)),
+    "queue-30-60": TimingProfile(render=_RENDER, queue_time=(30.0, 60.0)),
     "steps-10": TimingProfile(render=_RENDER, progress=("steps",), step=10),
 }
 """One profile per timing scenario of the polling benchmark (4-8 s renders unless named)."""
