@@ -157,7 +157,7 @@ class Session:
 
     @property
     def rps(self) -> float | None:
-        """The ceiling on requests per second to the API host (None: none set)."""
+        """The key's rate limit given, requests per second (None: learned from 429s)."""
         return self._rps
 
     @property
