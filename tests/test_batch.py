@@ -86,7 +86,9 @@ async def test_a_429_storm_is_survived_with_every_item_submitted_once(
     # A few learning 429s, not a storm.
     assert server.stats.rate_limited <= 60, server.stats.rate_limited
     limits = s._engine.limits  # internal: the pace the session learned
-    assert limits.rate.rate is not None and limits.rate.rate < 200
+    # The server's rate, learned from the accepts between 429s (real-time jitter at
+    # 5 ms a request blurs it a little).
+    assert limits.rate.rate == pytest.approx(200, rel=0.15), limits.rate.rate
 
 
 async def test_balance_running_out_stops_the_rest_promptly(make_server: MakeServer) -> None:
