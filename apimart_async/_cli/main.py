@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import errno
 import functools
+import importlib.util
 import json
+import logging
 import math
 import re
 import signal
@@ -43,6 +46,8 @@ from .._version import __version__
 from .notice import ConnectNotice
 
 __all__ = ["main"]
+
+log = logging.getLogger("apimart_async")
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_ACCOUNT, EXIT_SPEND_CAP = 0, 1, 2, 3, 4
 # The overall --timeout passed, as timeout(1) reports it.
@@ -202,7 +207,26 @@ def build_parser() -> argparse.ArgumentParser:
     for command in sub.choices.values():
         # A stray flag after a command is reported with that command's usage.
         command.set_defaults(command_parser=command)
+        # On every subcommand (``apimart-async batch --loop uvloop ...``).
+        command.add_argument(
+            "--loop", choices=LOOPS, default="auto",
+            help="event loop: uvloop (the 'speed' extra), asyncio, or auto (default: "
+                 "uvloop when installed)",
+        )
     return parser
+
+
+LOOPS = ("auto", "asyncio", "uvloop")
+
+
+def loop_options(choice: str) -> dict[str, Any] | None:
+    """anyio's asyncio backend options for ``--loop CHOICE``; None when uvloop is asked
+    for and not installed."""
+    if choice == "asyncio":
+        return {}
+    if importlib.util.find_spec("uvloop") is None:
+        return None if choice == "uvloop" else {}
+    return {"use_uvloop": True}
 
 
 def _add_batch_options(p: argparse.ArgumentParser, *, batch: bool) -> None:
@@ -705,6 +729,12 @@ _COMMANDS = {
 }
 
 
+async def _run_command(args: argparse.Namespace) -> int:
+    loop = type(asyncio.get_running_loop())
+    log.debug("event loop: %s.%s", loop.__module__, loop.__qualname__)
+    return await _COMMANDS[args.command](args)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `apimart-async` and ``python -m apimart_async``."""
     parser = build_parser()
@@ -716,9 +746,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("the following arguments are required: command")
     if args.command == "emulator":
         _check_profile_flags(parser, args)
+    options = loop_options(args.loop)
+    if options is None:
+        parser.error("--loop uvloop: uvloop is not installed "
+                     "(pip install 'apimart-async[speed]', or use --loop asyncio)")
     try:
         _read_key(args)
-        return anyio.run(_COMMANDS[args.command], args)
+        return anyio.run(_run_command, args, backend_options=options)
     except (APIMartError, InputError, OSError, sqlite3.Error) as exc:
         status, message = explain(exc)
         print(f"apimart-async: {message}", file=sys.stderr)

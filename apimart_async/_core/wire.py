@@ -6,10 +6,12 @@ unit-tested without a socket. The one cattrs converter for the wire lives here.
 
 from __future__ import annotations
 
+import importlib
 import json
 import re
+import string
 import types
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, NewType
 from urllib.parse import quote
 
@@ -34,12 +36,15 @@ from .models import NO_EXTRA, Task, TaskError, TaskOutput, TaskStatus, VideoRequ
 __all__ = [
     "SUBMIT_PATH",
     "HttpRequest",
+    "TaskGet",
     "build_get_task",
     "build_submit",
     "converter",
     "parse_submit",
     "parse_task",
     "snippet",
+    "task_path",
+    "use_orjson",
 ]
 
 SUBMIT_PATH = "/v1/videos/generations"
@@ -53,8 +58,9 @@ class HttpRequest:
     method: str
     path: str
     json: Mapping[str, Any] | None = None
-    params: Mapping[str, str] = attrs.field(factory=dict)
-    headers: Mapping[str, str] = attrs.field(factory=dict)
+    # One shared empty mapping, not two new dicts per request.
+    params: Mapping[str, str] = attrs.field(default=types.MappingProxyType({}))
+    headers: Mapping[str, str] = attrs.field(default=types.MappingProxyType({}))
     # A GET can be repeated freely; a submission bills, so it cannot.
     idempotent: bool = True
 
@@ -75,10 +81,15 @@ def build_submit(request: VideoRequest, *, idempotency_key: str) -> HttpRequest:
 
 
 _BAD_ID = re.compile(r"[\s/]")
+# Ids made of these alone (every id the API hands out) need neither the regex nor
+# `quote`: `quote(id, safe="")` returns them unchanged.
+_PLAIN_ID = frozenset(string.ascii_letters + string.digits + "_-.~")
 
 
 def check_task_id(task_id: object) -> str:
     """Return a usable task id or raise `ValidationError`."""
+    if type(task_id) is str and task_id and _PLAIN_ID.issuperset(task_id):
+        return task_id  # the usual id: runs for every poll
     if not isinstance(task_id, str) or not task_id.strip():
         raise ValidationError("task_id", f"must be a non-empty string, got {task_id!r}")
     if _BAD_ID.search(task_id):
@@ -86,10 +97,40 @@ def check_task_id(task_id: object) -> str:
     return task_id
 
 
+def task_path(task_id: str) -> str:
+    """The path of ``GET /v1/tasks/{task_id}``; a bad id raises `ValidationError`."""
+    if type(task_id) is str and task_id and _PLAIN_ID.issuperset(task_id):
+        return "/v1/tasks/" + task_id
+    return "/v1/tasks/" + quote(check_task_id(task_id), safe="")
+
+
 def build_get_task(task_id: str) -> HttpRequest:
     """``GET /v1/tasks/{task_id}``; a bad id raises `ValidationError`."""
-    path = "/v1/tasks/" + quote(check_task_id(task_id), safe="")
-    return HttpRequest(method="GET", path=path)
+    return HttpRequest(method="GET", path=task_path(task_id))
+
+
+class TaskGet:
+    """``GET /v1/tasks/{task_id}`` built once, to be sent again and again (a watched
+    task's polls), and `parse`, which reads an answer and refuses one about another
+    task. A bad id raises `ValidationError` here, before anything is sent."""
+
+    __slots__ = ("request", "task_id")
+
+    def __init__(self, task_id: str) -> None:
+        self.request = build_get_task(task_id)
+        self.task_id = task_id
+
+    def parse(
+        self,
+        status: int,
+        body: bytes,
+        *,
+        retry_after: float | None = None,
+        secret: str | None = None,
+    ) -> Task:
+        """`parse_task` expecting this task's id."""
+        return parse_task(status, body, retry_after=retry_after, secret=secret,
+                          expected_id=self.task_id)
 
 
 # --- answers -------------------------------------------------------------------------
@@ -171,6 +212,33 @@ converter.register_structure_hook(_WireError, _wire_error)
 converter.register_structure_hook(str, _strict_str)
 
 
+def _loads_stdlib(body: bytes) -> Any:
+    # JSON is UTF-8 (RFC 8259): decoding it as such skips `json.loads`'s encoding
+    # detection on bytes, a third of its time on a task answer.
+    return json.loads(body.decode())
+
+
+_loads: Callable[[bytes], Any] = _loads_stdlib
+
+
+def use_orjson(enabled: bool = True) -> bool:
+    """Decode answers with orjson (the ``speed`` extra) when `enabled` and importable,
+    else with the standard library; return whether orjson is now used. The results are
+    the same either way: what orjson refuses goes to the standard decoder."""
+    global _loads
+    module: Any = None
+    if enabled:
+        try:
+            module = importlib.import_module("orjson")
+        except ImportError:
+            module = None
+    _loads = module.loads if module is not None else _loads_stdlib
+    return module is not None
+
+
+use_orjson()
+
+
 def snippet(body: bytes, secret: str | None = None) -> str:
     """The first characters of a body, for error messages, with `secret` scrubbed."""
     text = body[: SNIPPET_CHARS * 4].decode("utf-8", "replace")
@@ -236,6 +304,7 @@ def decode(
     *,
     retry_after: float | None = None,
     secret: str | None = None,
+    exact: bool = False,
 ) -> Any:
     """The ``data`` of a successful answer, or raise the matching error.
 
@@ -243,14 +312,25 @@ def decode(
     ``{"code": 402}`` is an `InsufficientBalanceError`. A body that is not JSON
     raises `ServerError` under a 5xx status (a gateway page) and `DecodeError`
     otherwise. Server text is scrubbed of `secret` before it goes into an error.
+
+    The usual answer is decoded by the fastest decoder at hand; `exact` (and every
+    unusual answer) uses the standard library's ``json.loads(bytes)`` alone, which
+    orjson does not match on integers past 64 bits (it reads them as floats).
     """
-    try:
-        payload = json.loads(body) if body else None
-    except ValueError:
-        payload = None
-        parsed = False
-    else:
-        parsed = True
+    parsed = True
+    payload: Any = None
+    if body:
+        try:
+            payload = json.loads(body) if exact else _loads(body)
+        except ValueError:
+            try:
+                # What the fast decoders refuse (a BOM, UTF-16, NaN, a lone surrogate)
+                # goes to the standard decoder, encoding detection and all, so every
+                # body decodes exactly as it always did.
+                payload = json.loads(body)
+            except ValueError:
+                parsed = False
+    if parsed:
         # The common case first: this runs for every poll.
         if (
             status == 200
@@ -260,6 +340,8 @@ def decode(
             and "error" not in payload
         ):
             return payload["data"]
+        if body and not exact and _loads is not _loads_stdlib:
+            payload = json.loads(body)  # an unusual answer is read exactly as ever
 
     message, code = _error_message(payload)
     message = scrub(message, secret) if message else None
@@ -299,15 +381,20 @@ def parse_submit(
     """The task id from a submission answer (``data`` is a one-item list)."""
     data = decode(status, body, retry_after=retry_after, secret=secret)
     item = data[0] if isinstance(data, list) and data else data
-    try:
-        wire = converter.structure(item, _WireSubmitted)
-    except Exception:
-        raise DecodeError(
-            "submission answer has no task_id", status=status, snippet=snippet(body, secret)
-        ) from None
-    if not wire.task_id:
+    if (type(item) is dict and type(item.get("task_id")) is str
+            and type(item.get("status", "")) is str):
+        task_id: str = item["task_id"]  # the usual answer: what the converter would give
+    else:
+        try:
+            task_id = converter.structure(item, _WireSubmitted).task_id
+        except Exception:
+            raise DecodeError(
+                "submission answer has no task_id", status=status,
+                snippet=snippet(body, secret),
+            ) from None
+    if not task_id:
         raise DecodeError("submission answer has an empty task_id", status=status, snippet="")
-    return _answered_id(wire.task_id, status, secret)
+    return _answered_id(task_id, status, secret)
 
 
 def _answered_id(task_id: str, status: int, secret: str | None) -> str:
@@ -323,9 +410,153 @@ def _answered_id(task_id: str, status: int, secret: str | None) -> str:
                           status=status, snippet="") from None
 
 
+# The JSON types the direct pass takes for a field; any other (a bool, a numeric
+# string, a float where an int goes) is left to the converter, which decides it.
+_INT = int
+_NUMBER = (int, float)
+# Progress within this range goes through `int(float(p))` unchanged.
+_EXACT = 1 << 53
+
+
+def _urls_fast(value: object) -> tuple[str, ...] | None:
+    if type(value) is list:
+        for url in value:
+            if type(url) is not str:
+                return None
+        return tuple(value)
+    if type(value) is str:
+        return (value,)
+    return None
+
+
+def _outputs_fast(kind: str, value: object, into: list[TaskOutput]) -> bool:
+    """Append the outputs of a list of ``{"url", "expires_at"}`` objects to `into`, as
+    the converter's path would; False for anything unusual."""
+    if type(value) is not list:
+        return False
+    for item in value:
+        if type(item) is not dict:
+            return False
+        urls = _urls_fast(item["url"]) if "url" in item else ()
+        if urls is None:
+            return False
+        expires = item.get("expires_at")
+        if expires is not None and type(expires) is not _INT:
+            return False
+        into.extend(TaskOutput(kind=kind, url=url, expires_at=expires) for url in urls)
+    return True
+
+
+# Strings every answer repeats, kept once: a watched task's `Task` then holds no copy
+# of its id, its status or its model name (100,000 watched tasks, 100,000 copies).
+_KNOWN_STATUS = {status.value: (status, status.value) for status in TaskStatus}
+_MODEL_NAMES: dict[str, str] = {}
+_MODEL_NAMES_MAX = 256
+
+
+def _task_fast(data: Any, secret: str | None, expected_id: str | None = None) -> Task | None:
+    """The usual task answer, read in one direct pass; None for anything unusual.
+
+    Every field is taken only when it has exactly the JSON type the converter would
+    turn into the same value; anything else (an error object, a bool, a numeric
+    string, a missing id) returns None and `_task_general` decides, so both give the
+    same `Task` or the same error (pinned by tests/test_fast_path.py).
+    """
+    if type(data) is not dict:
+        return None
+    get = data.get
+    task_id = get("id")
+    status = get("status")
+    if type(task_id) is not str or type(status) is not str or get("error") is not None:
+        return None
+    progress = get("progress", 0)
+    if type(progress) is not _INT or not -_EXACT < progress < _EXACT:
+        return None
+    created = get("created")
+    completed = get("completed")
+    if (created is not None and type(created) is not _INT) or (
+        completed is not None and type(completed) is not _INT
+    ):
+        return None
+    estimated = get("estimated_time")
+    actual = get("actual_time")
+    if (estimated is not None and type(estimated) not in _NUMBER) or (
+        actual is not None and type(actual) not in _NUMBER
+    ):
+        return None
+    model = get("model")
+    if model is not None and type(model) is not str:
+        return None
+    if task_id == expected_id:
+        task_id = expected_id
+    known = _KNOWN_STATUS.get(status)
+    if known is not None and not (secret and secret in status):
+        parsed, raw_status = known
+    else:
+        parsed, raw_status = TaskStatus.parse(status), scrub(status, secret)
+    if model is not None:
+        model = scrub(model, secret)
+        name = _MODEL_NAMES.get(model)
+        if name is not None:
+            model = name
+        elif len(_MODEL_NAMES) < _MODEL_NAMES_MAX:
+            _MODEL_NAMES[model] = model
+    outputs: tuple[TaskOutput, ...] = ()
+    urls: tuple[str, ...] = ()
+    expires_at = None
+    result = get("result")
+    if result is not None:
+        if type(result) is not dict:
+            return None
+        found: list[TaskOutput] = []
+        if not (_outputs_fast("video", result.get("videos", []), found)
+                and _outputs_fast("image", result.get("images", []), found)):
+            return None
+        outputs = tuple(found)
+        urls = tuple(out.url for out in outputs if out.kind == "video")
+        expiries = [out.expires_at for out in outputs if out.expires_at is not None]
+        expires_at = min(expiries) if expiries else None
+    # Most answers hold only modelled fields: no per-answer dict built for them. orjson
+    # reads integers past 64 bits as floats: unknown fields other than strings are left
+    # to the general path, which decodes such answers again, exactly.
+    extra = NO_EXTRA
+    unknown = data.keys() - _MODELLED
+    if unknown:
+        if _loads is not _loads_stdlib and any(type(data[key]) is not str for key in unknown):
+            return None
+        extra = _extra(data, secret)
+    try:
+        estimated = None if estimated is None else float(estimated)
+        actual = None if actual is None else float(actual)
+    except OverflowError:  # an integer too large for a float: the converter's error
+        return None
+    return Task(
+        id=task_id,
+        status=parsed,
+        raw_status=raw_status,
+        progress=0 if progress < 0 else 100 if progress > 100 else progress,
+        created=created,
+        estimated_time=estimated,
+        completed_at=completed,
+        actual_time=actual,
+        video_urls=urls,
+        expires_at=expires_at,
+        error=None,
+        model=model,
+        outputs=outputs,
+        extra=extra,
+    )
+
+
 def task_from_data(data: Any, secret: str | None = None) -> Task:
     """A `Task` from a task answer's ``data`` object; raises on a wrong shape. The
     server's failure text is scrubbed of `secret`: it reaches journals and terminals."""
+    task = _task_fast(data, secret)
+    return task if task is not None else _task_general(data, secret)
+
+
+def _task_general(data: Any, secret: str | None = None) -> Task:
+    """`task_from_data` through the converter: every answer, usual or not."""
     wire = converter.structure(data, _WireTask)
     outputs = _outputs(wire.result) if wire.result else ()
     urls = tuple(out.url for out in outputs if out.kind == "video")
@@ -403,8 +634,15 @@ def parse_task(
     it says a status.
     """
     data = decode(status, body, retry_after=retry_after, secret=secret)
+    task = _task_fast(data, secret, expected_id)
     try:
-        task = task_from_data(data, secret)
+        if task is None:
+            if _loads is not _loads_stdlib:
+                # orjson reads integers past 64 bits as floats: an unusual answer is
+                # decoded again, exactly, before the converter reads it.
+                data = decode(status, body, retry_after=retry_after, secret=secret,
+                              exact=True)
+            task = _task_general(data, secret)
     except Exception:
         raise DecodeError(
             "task answer is not the documented shape", status=status, snippet=snippet(body, secret)

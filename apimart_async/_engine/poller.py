@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import heapq
-import itertools
 import logging
 import math
 from collections.abc import Awaitable, Callable
@@ -23,6 +22,7 @@ from .._core.events import TaskUpdate
 from .._core.hooks import Hooks
 from .._core.models import Task, TaskStatus
 from .._core.polling import ModelStats, PollPolicy, PollState, missed, next_delay, observe
+from .._core.wire import TaskGet
 from .._io.clock import Clock
 from .._io.hooks import fire
 
@@ -42,26 +42,15 @@ _EXPECTED = 100_000
 
 
 class _Entry:
-    __slots__ = (
-        "due",
-        "error",
-        "every",
-        "generation",
-        "last",
-        "model",
-        "policy_due",
-        "polled_at",
-        "scope",
-        "state",
-        "subscribers",
-        "task_id",
-    )
+    __slots__ = ("due", "error", "every", "generation", "get", "last", "model", "policy_due",
+                 "polled_at", "scope", "state", "subscribers", "task_id")
 
     def __init__(self, task_id: str, state: PollState, model: str | None = None) -> None:
         self.task_id = task_id
         self.model = model
         self.state = state
-        self.subscribers: set[Subscriber] = set()
+        # A tuple, not a set: nearly always one subscriber, and 48 bytes against 216.
+        self.subscribers: tuple[Subscriber, ...] = ()
         self.generation = 0
         self.due = 0.0
         self.last: Task | None = None
@@ -69,11 +58,14 @@ class _Entry:
         self.error: APIMartError | None = None
         self.scope: anyio.CancelScope | None = None
         # Subscribers that asked for a progress resolution -> their `progress_every`:
-        # the task is polled no later than the tightest one after its last poll.
-        self.every: dict[Subscriber, float] = {}
+        # the task is polled no later than the tightest one after its last poll (None
+        # while nobody asked: most tasks, and a dict is 64 bytes each).
+        self.every: dict[Subscriber, float] | None = None
         # When the policy alone would poll next, and when the last poll was sent.
         self.policy_due = 0.0
         self.polled_at: float | None = None
+        # Its GET request, built at the first poll and sent again at every other.
+        self.get: TaskGet | None = None
 
     def bound(self) -> float:
         """The latest the next poll may go out at for the subscribers' resolutions."""
@@ -97,7 +89,7 @@ class Poller:
     def __init__(
         self,
         *,
-        fetch: Callable[[str], Awaitable[Task]],
+        fetch: Callable[[TaskGet], Awaitable[Task]],
         policy: PollPolicy,
         clock: Clock,
         workers: int,
@@ -113,9 +105,9 @@ class Poller:
         # tasks whose model is not known yet (before their first answer).
         self._stats: dict[str, ModelStats] = {}
         self._expected: dict[str, str] = {}
-        self._heap: list[tuple[float, int, str, int]] = []
-        self._seq = itertools.count()
+        self._heap: list[tuple[float, str, int]] = []
         self._wakeup = anyio.Event()
+        self._solo: tuple[Subscriber, ...] = ()
         self._started = False
         self._tg: TaskGroup | None = None
 
@@ -161,15 +153,24 @@ class Poller:
                                               self._stats_for(model))
             self._entries[task_id] = entry
             if every is not None:
-                entry.every[subscriber] = every
+                entry.every = {subscriber: every}
             self._schedule_at(entry, due)
         else:
             if entry.last is not None:
                 subscriber(_update(entry.last))
             if every is not None:
+                if entry.every is None:
+                    entry.every = {}
                 entry.every[subscriber] = every
                 self._reschedule(entry)  # sooner, if it asks so
-        entry.subscribers.add(subscriber)
+        if not entry.subscribers:
+            # A watch subscribes each of its tasks with one subscriber: one tuple for all.
+            solo = self._solo
+            if not solo or solo[0] is not subscriber:
+                solo = self._solo = (subscriber,)
+            entry.subscribers = solo
+        elif subscriber not in entry.subscribers:
+            entry.subscribers += (subscriber,)
         self._start()
 
     def unsubscribe(self, subscriber: Subscriber, task_ids: list[str] | None = None) -> None:
@@ -178,10 +179,10 @@ class Poller:
             entry = self._entries.get(task_id)
             if entry is None or subscriber not in entry.subscribers:
                 continue
-            entry.subscribers.discard(subscriber)
+            entry.subscribers = tuple(s for s in entry.subscribers if s != subscriber)
             if not entry.subscribers:
                 self._drop(entry)
-            elif entry.every.pop(subscriber, None) is not None:
+            elif entry.every and entry.every.pop(subscriber, None) is not None:
                 # Back to the policy's schedule (or the next tightest resolution).
                 self._reschedule(entry)
 
@@ -192,12 +193,14 @@ class Poller:
 
     def _still_watched(self, entry: _Entry) -> bool:
         """Forget subscribers that are gone (a dropped iterator); False if none is left."""
-        gone = [s for s in entry.subscribers if not getattr(s, "alive", True)]
-        if gone:
-            entry.subscribers.difference_update(gone)
-            for subscriber in gone:
-                entry.every.pop(subscriber, None)
-            if not entry.subscribers:
+        alive = tuple(s for s in entry.subscribers if getattr(s, "alive", True))
+        if len(alive) != len(entry.subscribers):
+            if entry.every:
+                for subscriber in entry.subscribers:
+                    if subscriber not in alive:
+                        entry.every.pop(subscriber, None)
+            entry.subscribers = alive
+            if not alive:
                 self._drop(entry)
                 return False
         return True
@@ -205,6 +208,8 @@ class Poller:
     def _drop(self, entry: _Entry) -> None:
         del self._entries[entry.task_id]
         entry.generation += 1  # its heap item is now stale
+        # A worker's last entry lingers in its frame: it keeps no answer and no request.
+        entry.last = entry.get = None
         if entry.scope is not None:
             entry.scope.cancel()
 
@@ -234,8 +239,9 @@ class Poller:
     def _push(self, entry: _Entry, due: float) -> None:
         entry.generation += 1
         entry.due = due
-        heapq.heappush(self._heap, (due, next(self._seq), entry.task_id, entry.generation))
-        if self._heap[0][2] == entry.task_id:
+        # No tie-breaking counter: task ids are unique, and an int per entry is 28 bytes.
+        heapq.heappush(self._heap, (due, entry.task_id, entry.generation))
+        if self._heap[0][1] == entry.task_id:
             self._wakeup.set()
 
     def _start(self) -> None:
@@ -272,7 +278,7 @@ class Poller:
         while True:
             now = self._clock.now()
             while heap and heap[0][0] <= now:
-                _, _, task_id, generation = heapq.heappop(heap)
+                _, task_id, generation = heapq.heappop(heap)
                 entry = self._entries.get(task_id)
                 if entry is not None and entry.generation == generation:
                     # Blocks while every worker is busy: the heap is the only queue.
@@ -296,7 +302,10 @@ class Poller:
         with anyio.CancelScope() as scope:
             entry.scope = scope
             try:
-                result = await self._fetch(entry.task_id)
+                get = entry.get
+                if get is None:
+                    get = entry.get = TaskGet(entry.task_id)  # a bad id: ValidationError
+                result = await self._fetch(get)
             except APIMartError as exc:
                 result = exc
         entry.scope = None
@@ -407,7 +416,7 @@ class Poller:
                 self._schedule_at(entry, due)
 
     def _deliver(self, entry: _Entry, update: TaskUpdate) -> None:
-        for subscriber in list(entry.subscribers):
+        for subscriber in entry.subscribers:  # a tuple: unsubscribing meanwhile is safe
             subscriber(update)
         if self._on_update is not None:
             fire(self._on_update, update)

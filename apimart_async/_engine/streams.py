@@ -35,6 +35,8 @@ __all__ = ["BatchHooks", "BatchStream", "Watch"]
 
 log = logging.getLogger("apimart_async")
 E = TypeVar("E", TaskUpdate, BatchEvent)
+# Queued events handed on between two yields to the event loop.
+_EVENTS_PER_YIELD = 64
 
 
 class _EventStream(Generic[E]):
@@ -62,6 +64,7 @@ class _EventStream(Generic[E]):
         self._open_items = 0
         self._closed = False
         self._deliver = _WeakSubscriber(self)
+        self._unyielded = 0
 
     # -- subclass hooks ------------------------------------------------------------------
 
@@ -147,8 +150,17 @@ class _EventStream(Generic[E]):
             deadline = self._earliest_deadline()
             try:
                 if self._queue:
-                    await anyio.lowlevel.checkpoint()
+                    # A real checkpoint only every so many events: one per event let the
+                    # poller's workers queue updates faster than the consumer took them
+                    # (100,000 final `Task`s waiting at once).
+                    self._unyielded += 1
+                    if self._unyielded >= _EVENTS_PER_YIELD:
+                        self._unyielded = 0
+                        await anyio.lowlevel.checkpoint()
+                    else:
+                        await anyio.lowlevel.checkpoint_if_cancelled()
                 else:
+                    self._unyielded = 0
                     with self._clock.move_on_at(deadline):
                         await self._arrived.wait()
                     self._arrived = anyio.Event()
@@ -256,7 +268,8 @@ class Watch(_EventStream[TaskUpdate]):
     def _start(self) -> None:
         if not self._started:
             self._started = True
-            for task_id in self._task_ids:
+            task_ids, self._task_ids = self._task_ids, []  # the poller has them now
+            for task_id in task_ids:
                 self._watch(task_id, started_at=self._engine.take_submitted_at(task_id))
 
     def _on_update(self, update: TaskUpdate) -> None:
@@ -265,7 +278,12 @@ class Watch(_EventStream[TaskUpdate]):
     def _accept(self, event: TaskUpdate) -> bool:
         if not super()._accept(event):
             return False
-        self._last[event.task_id] = event
+        # The latest update of a task still open, for its timeout event; an ended task's
+        # is the caller's now (100,000 watched tasks kept their final `Task`s here).
+        if event.final:
+            self._last.pop(event.task_id, None)
+        else:
+            self._last[event.task_id] = event
         return True
 
     def _timeout_event(self, task_id: str) -> TaskUpdate:

@@ -179,9 +179,13 @@ class Http:
         costs at most one cap (plus a chunk) of memory, never its inflated size."""
         cap = self._max_answer
         length = resp.content_length
-        if length is not None and length > cap and not resp.headers.get("Content-Encoding"):
-            resp.close()  # refused unread: the connection is not reused
-            return None
+        if length is not None and not resp.headers.get("Content-Encoding"):
+            if length > cap:
+                resp.close()  # refused unread: the connection is not reused
+                return None
+            # The usual answer: an identity body of a stated length within the cap, which
+            # aiohttp reads to that length and no further; one read, no chunk loop.
+            return await resp.read()
         parts: list[bytes] = []
         size = 0
         async for chunk in resp.content.iter_chunked(1 << 16):

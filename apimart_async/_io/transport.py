@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TypeVar
 
 from .._core.config import ApiKey
@@ -53,12 +53,22 @@ class Transport:
         self.retry = retry
         self.stats = stats
         self._clock = clock
+        self._plain_headers: dict[str, str] | None = None
 
     def __repr__(self) -> str:
         return f"Transport(base_url={self.base_url!r})"
 
     def _headers(self, request: HttpRequest) -> dict[str, str]:
-        headers = dict(request.headers)
+        if not request.headers:
+            # Every poll: one dict for all of them (aiohttp copies what it is given).
+            plain = self._plain_headers
+            if plain is None:
+                plain = self._plain_headers = self._headers_for({})
+            return plain
+        return self._headers_for(request.headers)
+
+    def _headers_for(self, extra: Mapping[str, str]) -> dict[str, str]:
+        headers = dict(extra)
         headers["Authorization"] = f"Bearer {self._key.reveal()}"
         headers["User-Agent"] = USER_AGENT
         headers["Accept"] = "application/json"

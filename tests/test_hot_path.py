@@ -1,0 +1,72 @@
+"""The hot path over real sockets: reused per-task requests, many tasks in one watch."""
+
+from __future__ import annotations
+
+import gc
+import weakref
+from collections import Counter
+
+import pytest
+
+from apimart_async import NotFoundError, Submission, VideoRequest
+from apimart_async.testing import EmulatorConfig, EmulatorServer, TaskPlan
+
+from .conftest import MakeServer, session_for
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_an_id_that_needs_quoting_is_asked_for_as_itself(server: EmulatorServer) -> None:
+    # Plain ids skip `quote`; this one may not: sent unquoted, "%41" would reach the
+    # server as "A". The real task beside it is polled on its reused request to its end.
+    odd = "a%41"
+    async with session_for(server) as session:
+        real = await session.submit(VideoRequest("x"))
+        with pytest.raises(NotFoundError, match="a%41"):
+            await session.get_task(odd)
+        updates = [u async for u in session.watch([odd, real])]
+    finals = {u.task_id: u for u in updates if u.final}
+    assert set(finals) == {odd, real.task_id}
+    assert isinstance(finals[odd].error, NotFoundError)
+    assert finals[real.task_id].task is not None and finals[real.task_id].task.is_terminal
+    polls = server.emulator.stats.polls
+    assert polls[odd] == 2 and "aA" not in polls
+    assert polls[real.task_id] >= 2  # the same prepared request, sent again
+
+
+async def test_many_tasks_one_terminal_update_each(make_server: MakeServer) -> None:
+    n = 400
+    server = await make_server(EmulatorConfig(profile="linear"), speed=200)
+    async with session_for(server, max_concurrency=32) as session:
+        outcomes = await session.submit_many([VideoRequest(f"clip {i}") for i in range(n)])
+        subs = [o for o in outcomes if isinstance(o, Submission)]
+        assert len(subs) == n
+        finals: Counter[str] = Counter()
+        after_final = 0
+        async for update in session.watch(subs):
+            if update.task_id in finals:
+                after_final += 1
+            finals[update.task_id] += update.final
+        poller = session._engine.poller_started
+        assert poller is not None and poller.watched == 0  # ended tasks left the poller
+    assert finals == Counter({s.task_id: 1 for s in subs})
+    assert after_final == 0
+    assert all(t.status == "completed" for t in server.emulator.tasks.values())
+
+
+async def test_a_watch_keeps_no_ended_tasks_answer(server: EmulatorServer) -> None:
+    # 100,000 watched tasks: the watch held every final `Task` until it was dropped.
+    # Once handed on, an ended task's answer is the caller's alone.
+    async with session_for(server) as session:
+        quick = await session.submit(VideoRequest("quick"))
+        slow = await session.submit(VideoRequest("slow"))
+        server.emulator.replan(slow.task_id, TaskPlan(duration=10_000.0))
+        async with session.watch([quick, slow]) as updates:
+            async for update in updates:
+                if update.task_id == quick.task_id and update.final:
+                    assert update.task is not None
+                    answer = weakref.ref(update.task)
+                    break
+            del update
+            gc.collect()
+            assert answer() is None
