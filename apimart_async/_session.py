@@ -431,6 +431,7 @@ class Session:
         stop: anyio.Event | None = None,
         retry_failed: bool = False,
         max_spend: float | None = None,
+        item_cost: float | None = None,
     ) -> BatchReport:
         """Generate and download a whole batch, durably; returns a `BatchReport`.
 
@@ -456,15 +457,20 @@ class Session:
         tasks created but not journaled are printed to stderr and appended to
         ``JOURNAL.recovered-task-ids``.
 
-        `max_spend` caps what this run spends, in the balance's unit (see
+        `max_spend` caps what the batch spends, across all its runs on the journal
+        (capped or not: every run that sends reads the balance before and after), in
+        the balance's unit (see
         `Session.balance`): the balance is read before the first submission (a balance
         with nothing left refuses the run with `InsufficientBalanceError`, nothing
         sent), each item's estimated cost is reserved before it is sent (submissions at
         once count each other), and an item that could cross the cap is left pending
         in the journal: a re-run with a larger cap sends it. Tasks already submitted are
         still followed and downloaded. What was spent is in `BatchReport.spend`
-        (a `BatchSpend`); see the README's "Balance and spend caps" for how costs are
-        learned.
+        (a `BatchSpend`; `over_cap` when it was crossed); see the README's "Balance and
+        spend caps" for how costs are learned. `item_cost` (with `max_spend`) is a known
+        price per item: every item is counted at it (or at more, once the balance shows
+        more) from the first, so the cap holds exactly, with no lone first item per
+        group.
         """
         self._engine.require_open()
         return await run_batch(
@@ -472,7 +478,7 @@ class Session:
             journal=None if journal is None else Path(journal),
             resubmit_ambiguous=resubmit_ambiguous, on_change=on_change, stop=stop,
             retry_failed=retry_failed,
-            max_spend=max_spend,
+            max_spend=max_spend, item_cost=item_cost,
         )
 
 

@@ -468,6 +468,7 @@ class Session:
         stop: threading.Event | None = None,
         retry_failed: bool = False,
         max_spend: float | None = None,
+        item_cost: float | None = None,
     ) -> BatchReport:
         """Generate and download a whole batch, durably; see
         `apimart_async.Session.run_batch`. `stop` is a `threading.Event` here (set it
@@ -476,6 +477,7 @@ class Session:
         options: dict[str, Any] = dict(
             out_dir=out_dir, journal=journal, resubmit_ambiguous=resubmit_ambiguous,
             on_change=on_change, retry_failed=retry_failed, max_spend=max_spend,
+            item_cost=item_cost,
         )
 
         async def run() -> BatchReport:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import sqlite3
 import sys
 from pathlib import Path
@@ -32,6 +33,7 @@ from apimart_async._core.spend import SpendBudget, Verdict
 from apimart_async.testing import EmulatorConfig, Fault, Price, emulator_process
 
 from .conftest import KEY, MakeServer, cli, session_for
+from .test_cli_polish import _first_stderr_line
 
 pytestmark = pytest.mark.anyio
 
@@ -366,7 +368,7 @@ async def test_cli_batch_max_spend_stops_with_exit_4_and_resumes(
     assert status == 4  # the cap is the batch's: the first run spent it all
     spend = json.loads(stdout)["spend"]
     assert spend == {"cap": 5, "spent": 0, "spent_before": 5, "total": 5,
-                     "left_pending": 3, "exact": True}
+                     "left_pending": 3, "over_cap": False, "exact": True}
     status, stdout, _ = await cli(capsys, *args, "--max-spend", "20")
     assert status == 0 and "spent 3 (8 in all runs of this batch) of the 20 cap" in stdout
     assert server.stats.submissions == 8 and server.emulator.used_balance == 8
@@ -419,3 +421,233 @@ async def test_the_readme_snippet_runs_as_a_script(tmp_path: Path) -> None:
     assert result.stdout.decode().splitlines() == [
         "unlimited 0.0", "spent 5.0 (all runs: 5.0) of 5.0; 3 left pending because of the cap",
     ]
+
+
+# -- liveness: a capped batch never hangs (#10 review) -----------------------------------
+
+
+@pytest.mark.parametrize("groups", [2, 3])
+async def test_a_capped_mix_of_price_groups_ends_at_the_cap(
+    make_server: MakeServer, tmp_path: Path, groups: int,
+) -> None:
+    prices = {"veo3": Price(per_task=0.5, per_second=0.25),
+              "sora-2-pro": Price(per_task=0.75)}
+    server = await make_server(EmulatorConfig(prices=prices))
+    requests = [VideoRequest(f"a {i}") for i in range(3)]
+    requests += [VideoRequest(f"b {i}", model="veo3", duration=8) for i in range(3)]
+    if groups == 3:
+        requests += [VideoRequest(f"c {i}", model="sora-2-pro") for i in range(3)]
+    async with session_for(server, max_concurrency=4) as s:
+        with anyio.fail_after(10):  # it hung forever once the cap was reached
+            report = await s.run_batch(requests, out_dir=tmp_path, max_spend=2)
+    assert server.emulator.used_balance <= 2 + 1e-9
+    assert report.spend is not None and report.spend.left_pending == report.pending > 0
+    assert all(i.reason for i in report.items if not i.ok)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_budget_never_leaves_a_waiter_with_nothing_to_wake_it(seed: int) -> None:
+    """Random runs of reserve/settle/release/observe, driven as the runner drives them:
+    a waiter asks again only once `version` moved since its WAIT. At every step, a
+    waiter must have something that can move it: a reservation outstanding, a read to
+    make, or another waiter that is due to ask. And it all ends: nobody waits forever."""
+    import random
+
+    rng = random.Random(seed)
+    costs = {"a": 1.0, "b": 0.5 + rng.choice([0.0, 2.0]), "c": 3.0}
+    known = {c: v for c, v in costs.items() if rng.random() < 0.3}
+    budget = SpendBudget(rng.choice([1.5, 2, 5, 9]), start_used=0, estimates=known)
+    used = 0.0
+    unbilled: list[float] = []  # true costs of charged items the balance will show
+    waiting: dict[int, tuple[str, int]] = {}  # token -> (class, version at its WAIT)
+    granted: list[int] = []
+    tokens = list(range(rng.randint(3, 12)))
+    classes = {t: rng.choice("abc") for t in tokens}
+
+    def ask(t: int) -> None:
+        verdict = budget.reserve(classes[t], t)
+        if verdict is Verdict.WAIT:
+            waiting[t] = (classes[t], budget.version)
+            return
+        waiting.pop(t, None)
+        if verdict is Verdict.GRANTED:
+            granted.append(t)
+
+    for _ in range(400):
+        due = [t for t, (_, v) in waiting.items() if v != budget.version]
+        if waiting and not due:
+            # Stuck unless a reservation will settle or a read will be made.
+            assert granted or budget.needs_reading, (seed, budget.to_state(), waiting)
+        moves = []
+        if tokens:
+            moves.append("new")
+        if due:
+            moves.append("again")
+        if granted:
+            moves.append("settle")
+        if budget.needs_reading:
+            moves.append("read")
+        if not moves:
+            break
+        move = rng.choice(moves)
+        if move == "new":
+            ask(tokens.pop(0))
+        elif move == "again":
+            ask(rng.choice(due))
+        elif move == "settle":
+            t = granted.pop(rng.randrange(len(granted)))
+            charged = rng.random() < 0.8
+            if charged:
+                unbilled.append(costs[classes[t]])
+            if charged or rng.random() < 0.5:
+                budget.settle(t, charged=charged)
+            else:
+                budget.release(t)
+        else:
+            used += sum(unbilled)
+            unbilled.clear()
+            budget.observe(used)
+    assert not waiting and not granted and not tokens, (seed, budget.to_state())
+
+
+async def test_items_left_unsent_by_an_interrupt_say_why(
+    make_server: MakeServer, tmp_path: Path,
+) -> None:
+    server = await make_server(EmulatorConfig())
+    stop = anyio.Event()
+
+    def on_change(item: ItemResult) -> None:
+        if item.state is ItemState.SUBMITTED:
+            stop.set()
+
+    async with session_for(server, max_concurrency=1) as s:
+        report = await s.run_batch([VideoRequest(f"s {i}") for i in range(6)],
+                                   out_dir=tmp_path, max_spend=100, stop=stop,
+                                   on_change=on_change)
+    assert report.interrupted and report.pending > 0
+    assert all("interrupted" in (i.reason or "") for i in report.items
+               if i.state is ItemState.PENDING)
+
+
+# -- the cap is the batch's across runs, capped or not (#10 review) ---------------------
+
+
+def _forget_the_ledger(journal: Path) -> None:
+    """Make the journal look like one written before the spend ledger existed."""
+    with sqlite3.connect(journal) as conn:
+        conn.execute("DELETE FROM meta WHERE name LIKE 'spen%'")
+
+
+async def test_an_uncapped_run_counts_against_a_later_cap(
+    make_server: MakeServer, tmp_path: Path,
+) -> None:
+    server = await make_server(EmulatorConfig())
+    first = [VideoRequest(f"s {i}") for i in range(4)]
+    async with session_for(server) as s:
+        report = await s.run_batch(first, out_dir=tmp_path)  # no cap: spends 4
+        assert report.ok and report.spend is None
+        more = [*first, *(VideoRequest(f"t {i}") for i in range(3))]
+        capped = await s.run_batch(more, out_dir=tmp_path, max_spend=3)
+    assert server.emulator.used_balance == 4  # was 7: the cap forgot the first run
+    assert capped.spend is not None and capped.spend.spent_before == 4
+    assert capped.spend.spent == 0 and capped.spend.left_pending == 3
+    assert capped.spend.over_cap  # the batch did spend more than this cap: said plainly
+    from apimart_async._cli.progress import summary_lines
+
+    assert "OVER THE CAP by 1: earlier runs of this batch" in summary_lines(capped)[0]
+
+
+async def test_an_unfinished_account_is_closed_by_the_next_run(
+    make_server: MakeServer, tmp_path: Path,
+) -> None:
+    server = await make_server(EmulatorConfig())
+    emu = server.emulator
+
+    def on_change(item: ItemResult) -> None:
+        if item.state is ItemState.SUBMITTED and not emu.pending_faults("balance"):
+            emu.inject("balance", Fault.http(401))  # the read at the end fails
+
+    requests = [VideoRequest(f"s {i}") for i in range(2)]
+    async with session_for(server, max_concurrency=1) as s:
+        await s.run_batch(requests, out_dir=tmp_path, on_change=on_change)
+        assert emu.used_balance == 2
+        again = await s.run_batch([*requests, VideoRequest("t")], out_dir=tmp_path,
+                                  max_spend=2)
+    assert again.spend is not None and again.spend.spent_before == 2
+    assert emu.used_balance == 2 and again.pending == 1
+
+
+@pytest.mark.parametrize("unmeasured", ["older journal", "balance unreadable"])
+async def test_unmeasured_paid_items_count_at_their_estimate(
+    make_server: MakeServer, tmp_path: Path, unmeasured: str,
+) -> None:
+    server = await make_server(EmulatorConfig())
+    first = [VideoRequest(f"s {i}") for i in range(4)]
+    async with session_for(server) as s:
+        if unmeasured == "balance unreadable":
+            server.emulator.inject("balance", Fault.http(401))
+        report = await s.run_batch(first, out_dir=tmp_path)
+        assert report.ok  # an uncapped run is not stopped by a balance it cannot read
+        if unmeasured == "older journal":
+            _forget_the_ledger(tmp_path / ".apimart-journal.sqlite3")
+        more = [*first, *(VideoRequest(f"t {i}") for i in range(3))]
+        capped = await s.run_batch(more, out_dir=tmp_path, max_spend=3)
+    # Their price is unknown until one item of their kind is read: one probe goes out,
+    # then the 4 older items count at its price and nothing more is sent.
+    assert server.emulator.used_balance == 5
+    assert capped.spend is not None and capped.spend.total == 5
+    assert capped.spend.left_pending == 2
+
+
+# -- a crossed cap is never reported as success (#10 review) ----------------------------
+
+
+async def test_a_crossed_cap_is_flagged_and_exits_4(
+    make_server: MakeServer, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    cli_env: None,
+) -> None:
+    server = await make_server(EmulatorConfig(price=Price(per_task=1.0)))
+    args = ("generate", "a fox", "--base-url", server.base_url, "--max-spend", "0.5")
+    status, stdout, _ = await cli(capsys, *args, "--out", str(tmp_path / "a"), "--json")
+    summary = json.loads(stdout)
+    assert server.emulator.used_balance == 1  # the lone first item costs what it costs
+    assert status == 4 and summary["ok"] is False and summary["spend"]["over_cap"] is True
+    status, stdout, _ = await cli(capsys, *args, "--out", str(tmp_path / "b"))
+    assert status == 4 and "OVER THE CAP by 0.5" in stdout
+
+
+async def test_item_cost_holds_the_cap_from_the_first_item(
+    make_server: MakeServer, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    cli_env: None,
+) -> None:
+    server = await make_server(EmulatorConfig(price=Price(per_task=1.0)))
+    status, stdout, _ = await cli(
+        capsys, "generate", "a fox", "--base-url", server.base_url, "--max-spend", "0.5",
+        "--item-cost", "1", "--out", str(tmp_path), "--json")
+    assert status == 4 and server.emulator.used_balance == 0
+    assert json.loads(stdout)["spend"]["left_pending"] == 1
+    requests = [VideoRequest(f"s {i}", model=m) for i in range(4) for m in ("sora-2", "veo3")]
+    async with session_for(server, max_concurrency=8) as s:
+        report = await s.run_batch(requests, out_dir=tmp_path / "b", max_spend=5,
+                                   item_cost=1)
+        with pytest.raises(ValidationError, match="item_cost"):
+            await s.run_batch(requests, out_dir=tmp_path / "c", item_cost=1)
+    assert report.spend is not None and not report.spend.over_cap
+    assert server.emulator.used_balance == 5 and report.spend.left_pending == 3
+    # No lone first item per group (a read after each): 2 reads for `generate`, then
+    # start, one once the cap is full (could the rest cost less?), end.
+    reads = [r for r in server.emulator.request_log if r.route == "balance"]
+    assert len(reads) == 2 + 3
+
+
+@pytest.mark.parametrize("host", ["refused", "silent"])
+async def test_cli_balance_tells_at_once_when_the_host_does_not_answer(host: str) -> None:
+    with socket.socket() as sock:  # takes connections (kernel backlog), never answers
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(8)
+        silent = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        url = "http://127.0.0.1:1" if host == "refused" else silent
+        line, running = await _first_stderr_line("balance", "--base-url", url)
+    told = "cannot connect to 127.0.0.1:1 yet" if host == "refused" else "no answer from"
+    assert line.startswith(f"apimart-async: {told}"), line
+    assert running is None  # told while still retrying or waiting

@@ -190,3 +190,21 @@ async def test_a_file_put_at_a_claimed_path_is_kept(
     assert again.ok and again.items[0].path not in (None, claimed)
     assert claimed.read_bytes() == b"a file of the user's, put there meanwhile"
     assert again.items[0].path.read_bytes() == video_bytes(again.items[0].task_id or "", 65536)  # type: ignore[union-attr]
+
+
+def test_the_summary_gives_a_reason_to_unfinished_items_without_one(tmp_path: Path) -> None:
+    from apimart_async._batch.runner import BatchReport, ItemResult
+
+    def item(index: int, state: ItemState, task_id: str | None) -> ItemResult:
+        return ItemResult(index=index, key=f"k{index}", name=None, request=VideoRequest("x"),
+                          state=state, task_id=task_id)
+
+    report = BatchReport(
+        items=(item(0, ItemState.COMPLETED, "task_a"), item(1, ItemState.SUBMITTED, "task_b"),
+               item(2, ItemState.PENDING, None)),
+        journal=tmp_path / "j", interrupted=True, bytes_downloaded=0, retries=0,
+        rate_limited=0)
+    lines = [line for line in summary_lines(report) if line.startswith("  ")]
+    assert [line.rsplit(": ", 1)[1] for line in lines] == [
+        "download not finished; re-run to resume", "task not finished; re-run to resume",
+        "not sent; re-run to resume"]

@@ -181,3 +181,41 @@ async def test_retry_failed_submits_failed_items_again_and_only_with_the_flag(
     assert again["a bad fox"][1] != first["a bad fox"][1]
     assert again["a good fox"] == first["a good fox"]
     assert server.emulator.stats.submissions == 3  # only the failed item again
+
+
+# -- a bad --model/--duration/--aspect-ratio default: once, as the flag's error ----------
+
+@pytest.mark.parametrize(("flags", "flag", "says"), [
+    (["--model", "Sora-2"], "--model", "did you mean 'sora-2'? Model names are exact: use "
+                                       "'sora-2'"),
+    (["--duration", "7"], "--duration", "7 is not supported by model 'sora-2'"),
+    (["--model", "veo3", "--aspect-ratio", "4:3"], "--aspect-ratio", "'4:3' is not supported"),
+])
+async def test_a_bad_default_flag_is_told_once_naming_the_flag(
+    server: EmulatorServer, capsys: pytest.CaptureFixture[str], cli_env: None,
+    tmp_path: Path, flags: list[str], flag: str, says: str,
+) -> None:
+    prompts = tmp_path / "p8.txt"
+    prompts.write_text("".join(f"prompt {n}\n" for n in range(8)))
+    status, _, err = await cli(capsys, "batch", str(prompts), "--out", str(tmp_path / "o"),
+                               "--base-url", server.base_url, *flags)
+    assert status == 2
+    assert len(err.strip().splitlines()) == 1, err
+    assert err.startswith(f"apimart-async: error: {flag}: "), err
+    assert says in err and "p8.txt" not in err and "register_model" not in err
+    status, _, err = await cli(capsys, "generate", "a fox", "--out", str(tmp_path / "o"),
+                               "--base-url", server.base_url, *flags)
+    assert status == 2 and f"error: {flag}: " in err and "register_model" not in err
+    assert not server.emulator.tasks
+
+
+async def test_a_duration_flag_for_jsonl_lines_naming_their_model_is_theirs_to_check(
+    server: EmulatorServer, capsys: pytest.CaptureFixture[str], cli_env: None, tmp_path: Path
+) -> None:
+    # 7 s is wrong for the default model but these lines ask for veo3, which takes it.
+    lines = tmp_path / "v.jsonl"
+    lines.write_text('{"prompt": "a fox", "model": "veo3"}\n')
+    status, _, err = await cli(capsys, "batch", str(lines), "--out", str(tmp_path / "o"),
+                               "--base-url", server.base_url, "--duration", "7")
+    assert status == 0, err
+    assert [t.body["duration"] for t in server.emulator.tasks.values()] == [7]

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from apimart_async import (
+    DownloadError,
     DownloadEvent,
     Hooks,
     RateChangeEvent,
@@ -149,3 +150,23 @@ async def test_the_debug_log_tells_a_batch_s_story_and_info_stays_quiet(
     # Retries are routine: nothing at INFO for them.
     assert not [r for r in ours if r.levelno == logging.INFO and "retrying" in r.getMessage()]
     assert KEY not in caplog.text
+
+
+async def test_a_hook_failing_on_a_failed_download_logs_its_own_traceback_only(
+    make_server: MakeServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(event: DownloadEvent) -> None:
+        raise RuntimeError("a metrics bug")
+
+    server = await make_server()
+    async with session_for(server, hooks=Hooks(on_download=broken)) as s:
+        task = await s.wait(await s.submit(VideoRequest("a fox")))
+        server.emulator.inject("download", Fault.http(404))
+        with pytest.raises(DownloadError) as info:
+            await s.download(task, tmp_path / "fox.mp4")
+    assert "a metrics bug" not in str(info.value)
+    (record,) = [r for r in caplog.records if "hook" in r.getMessage()]
+    text = logging.Formatter().format(record)
+    assert "RuntimeError: a metrics bug" in text
+    # Not chained to the download's own error, which the hook was only told about.
+    assert "During handling of the above exception" not in text

@@ -164,3 +164,34 @@ async def test_veo3_square_with_a_data_uri_reaches_the_server(server: EmulatorSe
                                           image_urls=[uri]))
     body = server.emulator.tasks[sub.task_id].body
     assert body["aspect_ratio"] == "1:1" and tuple(body["image_urls"]) == (uri,)
+
+
+@pytest.mark.parametrize("model", ["Omni-Flash-Ext", "kling-9"])
+@pytest.mark.parametrize("ratio", ["abc", "16:", "0:9", "16:-9", "16x9", " 16:9"])
+def test_an_aspect_ratio_is_w_h_whole_numbers_for_every_model(model: str, ratio: str) -> None:
+    with pytest.raises(ValidationError) as info:
+        VideoRequest("a fox", model=model, aspect_ratio=ratio)
+    assert info.value.field == "aspect_ratio" and "'W:H'" in str(info.value)
+    assert VideoRequest("a fox", model=model, aspect_ratio="21:9").aspect_ratio == "21:9"
+
+
+@pytest.mark.parametrize("model", ["sora-2-pro", "veo3", "Omni-Flash-Ext"])
+def test_a_resolution_has_the_shape_of_one(model: str) -> None:
+    for good in ("720p", "1080p", "2160p", "4K"):
+        assert VideoRequest("a fox", model=model, extra={"resolution": good}).extra
+    for bad in ("9999p", "1080", "hd", "0p", 1080):
+        with pytest.raises(ValidationError) as info:
+            VideoRequest("a fox", model=model, extra={"resolution": bad})
+        assert info.value.field == "extra['resolution']"
+        assert "'720p'" in str(info.value) and repr(bad) in str(info.value)
+    # A model without that field listed leaves it alone: its values are its own.
+    assert VideoRequest("a fox", model="kling-9", extra={"resolution": "hd"}).extra
+
+
+def test_a_data_uri_with_surrounding_whitespace_is_sent_without_it() -> None:
+    uri = data_uri("image/png", PNG)
+    assert VideoRequest("a fox", image_urls=[f"{uri}\n"]).image_urls == (uri,)
+    assert VideoRequest("a fox", image_urls=[f"  {uri} \r\n"]).image_urls == (uri,)
+    wrapped = uri[:40] + "\n" + uri[40:]
+    with pytest.raises(ValidationError, match=r"image_urls\[0\].*contains whitespace"):
+        VideoRequest("a fox", image_urls=[wrapped])

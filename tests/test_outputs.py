@@ -199,7 +199,38 @@ async def test_a_file_in_the_way_of_a_second_output_is_never_overwritten(
     async with session_for(server) as s:
         report = await s.run_batch([request], out_dir=tmp_path)
     assert report.ok and mine.read_bytes() == b"mine"
-    assert [p.name for p in report.items[0].files] == [f"{stem}.mp4", f"{stem}-2-2.mp4"]
+    assert [p.name for p in report.items[0].files] == [f"{stem}.mp4", f"{stem}~2-2.mp4"]
+
+
+@pytest.mark.anyio
+async def test_identical_unnamed_requests_get_names_never_read_as_each_others_outputs(
+    make_server: MakeServer, tmp_path: Path
+) -> None:
+    server = await make_server(planned(videos=2, images=1))
+    from apimart_async._batch.runner import _file_stem
+
+    request = VideoRequest("boat")
+    stem = _file_stem(None, request_json(request.to_body()), 1)
+    async with session_for(server) as s:
+        report = await s.run_batch([request, request], out_dir=tmp_path)
+    assert report.ok
+    first, second = ([p.name for p in item.files] for item in report.items)
+    # "-N" numbers one task's outputs, "~N" tells items apart: no crossing.
+    assert first == [f"{stem}.mp4", f"{stem}-2.mp4", f"{stem}-3.png"]
+    assert second == [f"{stem}~2.mp4", f"{stem}~2-2.mp4", f"{stem}~2-3.png"]
+
+
+@pytest.mark.anyio
+async def test_an_item_whose_first_name_is_taken_keeps_its_outputs_on_one_stem(
+    make_server: MakeServer, tmp_path: Path
+) -> None:
+    server = await make_server(planned(videos=2, images=1))
+    (tmp_path / "fox.mp4").write_bytes(b"mine")
+    async with session_for(server) as s:
+        report = await s.run_batch([_named(VideoRequest("a fox"), "fox")], out_dir=tmp_path)
+    assert report.ok and (tmp_path / "fox.mp4").read_bytes() == b"mine"
+    assert [p.name for p in report.items[0].files] == ["fox~2.mp4", "fox~2-2.mp4",
+                                                       "fox~2-3.png"]
 
 
 def v4_journal(path: Path, rows: list[tuple[Any, ...]]) -> None:
@@ -305,7 +336,7 @@ async def test_a_missing_or_changed_later_output_is_fetched_again_and_keeps_its_
         report = await s.run_batch([fox, owl], out_dir=tmp_path)
     assert report.ok
     a, b = report.items
-    assert [p.name for p in a.files] == ["a.mp4", "a-2.mp4", "a-3-2.mp4"]
+    assert [p.name for p in a.files] == ["a.mp4", "a-2.mp4", "a~2-3.mp4"]
     assert (tmp_path / "a-3.mp4").read_bytes() == b"edited"
     assert a.task_id is not None
     assert (tmp_path / "a-2.mp4").read_bytes() == served(server, a.task_id, f"{a.task_id}-2.mp4")
@@ -328,7 +359,44 @@ async def test_a_name_journaled_for_a_later_output_is_never_given_to_another_ite
         report = await s.run_batch([fox, owl], out_dir=tmp_path)
     a, b = report.items
     assert a.state is ItemState.COMPLETED and "404" in str(a.reason)
-    assert b.ok and [p.name for p in b.files] == ["a-2-2.mp4", "a-2-2-2.mp4"]
+    assert b.ok and [p.name for p in b.files] == ["a-2~2.mp4", "a-2~2-2.mp4"]
     async with session_for(server) as s:
         again = await s.run_batch([fox, owl], out_dir=tmp_path)
     assert again.ok and [p.name for p in again.items[0].files] == ["a.mp4", "a-2.mp4"]
+
+
+@pytest.mark.anyio
+@pytest.mark.usefixtures("cli_env")
+async def test_cli_download_stopped_by_a_file_in_the_way_says_what_it_saved(
+    make_server: MakeServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from .conftest import cli
+
+    server = await make_server(planned(videos=2, images=1))
+    async with session_for(server) as s:
+        task = await s.wait(await s.submit(VideoRequest("a fox")))
+    out_dir = tmp_path / "d"
+    out_dir.mkdir()
+    (out_dir / f"{task.id}-3.png").write_bytes(b"mine")
+    status, out, err = await cli(capsys, "download", task.id, "--out", str(out_dir),
+                                 "--base-url", server.base_url)
+    assert status == 2 and f"{task.id}-3.png" in err and "exists" in err
+    assert (out_dir / f"{task.id}-3.png").read_bytes() == b"mine"
+    assert [line.split(" ")[0] for line in out.splitlines()] == [
+        str(out_dir / f"{task.id}.mp4"), str(out_dir / f"{task.id}-2.mp4")]
+    assert "saved 2 file(s)" in err
+
+
+@pytest.mark.anyio
+async def test_stats_downloads_counts_every_file_saved_images_and_repeats_too(
+    make_server: MakeServer, tmp_path: Path
+) -> None:
+    # As README's SessionStats table says: files (not videos), each time one is fetched.
+    server = await make_server(planned(videos=2, images=1))
+    async with session_for(server) as s:
+        task = await s.wait(await s.submit(VideoRequest("a fox")))
+        first = await s.download(task, tmp_path / "fox.mp4")
+        assert s.stats.downloads == 3
+        assert s.stats.bytes_downloaded == sum(f.size for f in first.files)
+        await s.download(task, tmp_path / "fox.mp4")
+        assert s.stats.downloads == 6

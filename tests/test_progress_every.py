@@ -145,5 +145,6 @@ async def test_progress_every_is_validated(server: EmulatorServer, bad: object) 
         for call in (lambda: session.watch(["task_1"], progress_every=bad),  # type: ignore[arg-type]
                      lambda: session.stream([VideoRequest("x")],
                                             progress_every=bad)):  # type: ignore[arg-type]
-            with pytest.raises(ValidationError, match="progress_every"):
+            with pytest.raises(ValidationError, match="progress_every") as info:
                 call()
+            assert f"must be a finite number of seconds > 0, got {bad!r}" in str(info.value)

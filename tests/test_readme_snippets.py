@@ -86,3 +86,22 @@ async def test_readme_snippet_runs(snippet: Snippet, tmp_path: Path) -> None:
         f"\n--- stderr\n{err[-3000:]}"
     )
     assert KEY not in out + err
+
+
+@pytest.mark.anyio
+async def test_the_every_output_snippet_runs_twice_in_one_folder(tmp_path: Path) -> None:
+    # Users re-run examples: a second run must not trip over the first one's files.
+    text = README.read_text(encoding="utf-8")
+    start = text.index("## Every output")
+    snippet = next(s for s in SNIPPETS if text.count("\n", 0, start) < s.line)
+    script = tmp_path / "every_output.py"
+    script.write_text(snippet.code, encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("APIMART_")}
+    async with EmulatorServer(EmulatorConfig(api_key=KEY), clock=Clock(speed=SPEED)) as server:
+        env.update(APIMART_API_KEY=KEY, APIMART_BASE_URL=server.base_url)
+        for run in (1, 2):
+            with anyio.fail_after(DEADLINE):
+                done = await anyio.run_process(
+                    [sys.executable, "-W", "error", str(script)], cwd=tmp_path, env=env,
+                    check=False)
+            assert done.returncode == 0, (run, done.stderr.decode(errors="replace")[-3000:])

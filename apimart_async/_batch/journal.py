@@ -331,6 +331,22 @@ class Journal:
             self._run, "INSERT OR REPLACE INTO meta VALUES ('spent', ?)", (repr(float(amount)),)
         )
 
+    async def meta(self, name: str) -> str | None:
+        """A ``meta`` row's value (the spend ledger's bookkeeping), None if absent."""
+        rows = await anyio.to_thread.run_sync(
+            self._run, "SELECT value FROM meta WHERE name = ?", (name,)
+        )
+        return None if not rows or rows[0][0] is None else str(rows[0][0])
+
+    async def set_meta(self, name: str, value: str | None) -> None:
+        """Set (None: delete) a ``meta`` row."""
+        if value is None:
+            await anyio.to_thread.run_sync(
+                self._run, "DELETE FROM meta WHERE name = ?", (name,))
+        else:
+            await anyio.to_thread.run_sync(
+                self._run, "INSERT OR REPLACE INTO meta VALUES (?, ?)", (name, value))
+
     def _close(self) -> None:
         with self._lock:
             if self._conn is not None:

@@ -9,16 +9,22 @@ there is ambiguous (it may exist, and be billed): it is reported as such and
 resubmitted only on request, with the same Idempotency-Key.
 
 Files: a named item goes to NAME.mp4, an unnamed one to SLUG-DIGEST.mp4 (a readable
-prefix of the prompt, and a digest of the whole request). Every output of the task is
-fetched: the first to that name, output N (from 1: videos, then images) to NAME-N.EXT
-(EXT from its link: NAME-2.mp4, NAME-3.png; see `_core.outputs`). A path is claimed in
-the journal before its download starts; a path that exists on disk, or that the
-journal has given to another item or output, is never written: the output takes the
-name with a further -2, -3, ... (NAME-2.mp4 for a first output whose NAME.mp4 is taken).
+prefix of the prompt, and a digest of the whole request; the second of identical
+unnamed requests to SLUG-DIGEST~2.mp4). Every output of the task is fetched: the first
+to that name, output N (from 1: videos, then images) to NAME-N.EXT (EXT from its link:
+NAME-2.mp4, NAME-3.png; see `_core.outputs`). A path is claimed in the journal before
+its download starts; a path that exists on disk, or that the journal has given to
+another item or output, is never written: the output takes its name on the stem
+NAME~2, NAME~3, ... (NAME~2.mp4 for a first output whose NAME.mp4 is taken, NAME~2-2.mp4
+for a second output whose NAME-2.mp4 is). So "-N" only ever numbers a task's outputs
+and "~N" only ever tells apart items (or files in the way): `boat~2.mp4` is never read
+as boat's second output. Later outputs follow the stem their item's first output got.
+Paths already in a journal (earlier versions used -N for both) keep their names.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -29,7 +35,7 @@ import sqlite3
 import sys
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -130,7 +136,8 @@ class BatchSpend:
     """What a run with ``max_spend`` spent, in the account's unit.
 
     - `cap`: the ``max_spend`` given, for the whole batch: all runs on its journal
-      together. `spent_before`: what earlier runs spent (recorded in the journal);
+      together, capped or not. `spent_before`: what earlier runs spent (recorded in the
+      journal, plus the estimated cost of paid items no balance read measured);
       `spent`: this run's spending, ``used_balance`` at the end minus at the start (the
       whole key's: another client spending on the same key meanwhile is counted too,
       and held against the cap). `total` is their sum.
@@ -156,6 +163,13 @@ class BatchSpend:
     def stopped_at_cap(self) -> bool:
         """True when the cap left items unsent."""
         return self.left_pending > 0
+
+    @property
+    def over_cap(self) -> bool:
+        """True when the batch spent more than the cap: a first item of a price group
+        not priced yet cost more than all the room left (``item_cost=`` rules it out),
+        or another client spent on the same key meanwhile."""
+        return self.total > self.cap + 1e-9
 
 
 @attrs.frozen(kw_only=True)
@@ -260,7 +274,8 @@ def _file_stem(name: str | None, body: str, occurrence: int) -> str:
         return name
     prompt = json.loads(body).get("prompt", "")
     stem = f"{_slug(str(prompt))}-{request_digest(body)[:10]}"
-    return stem if occurrence == 1 else f"{stem}-{occurrence}"
+    # "~N", never "-N": "-N" numbers a task's outputs (see the module docstring).
+    return stem if occurrence == 1 else f"{stem}~{occurrence}"
 
 
 class _Item:
@@ -407,6 +422,7 @@ class _Run:
         self.budget: SpendBudget | None = None
         self.left_by_cap = 0
         self._budget_changed = anyio.Event()
+        self._budget_seen = 0  # the budget's `version` the waiters were last woken for
         self._reading = anyio.Lock()
         self._last_read = -math.inf
 
@@ -687,6 +703,21 @@ class _Run:
                 elif update.task is not None:
                     await self._ended(item, update.task)
 
+    def explain_unsent(self) -> None:
+        """Give every item left pending without a reason one: the summary and the report
+        say why each unsent item was not sent (an interrupt, the account, the journal)."""
+        if self.interrupted:
+            why = "not sent: the run was interrupted; re-run to send it"
+        elif self.account_error is not None:
+            why = f"not sent: the account stopped the batch: {self.account_error}"
+        elif self.journal_error is not None:
+            why = "not sent: the journal could not be written"
+        else:
+            why = "not sent; re-run to send it"
+        for item in self.items:
+            if item.result.state is ItemState.PENDING and not item.result.reason:
+                item.set(reason=why)
+
     # -- the spend cap -------------------------------------------------------------------
 
     async def read_balance(self) -> None:
@@ -712,11 +743,20 @@ class _Run:
         if self.budget is None or self.journal_error is not None:
             return
         try:
+            # Measured up to this read; the open mark lets a later run measure the rest
+            # should this one never get to its last read.
             await self.journal.set_spent(self.budget.spent)
+            await self.journal.set_meta(_OPEN, repr(self.budget.last_used))
         except (OSError, sqlite3.Error) as exc:
             self._journal_failed(exc)
 
     def _wake(self) -> None:
+        """Wake every item waiting for room if the budget changed since they were last
+        woken. Called after every budget call (`reserve` included: a refused probe
+        reopens the gate for the items queued behind it)."""
+        if self.budget is None or self.budget.version == self._budget_seen:
+            return
+        self._budget_seen = self.budget.version
         self._budget_changed.set()
         self._budget_changed = anyio.Event()
 
@@ -731,6 +771,7 @@ class _Run:
         try:
             while True:
                 verdict = budget.reserve(cls, j)
+                self._wake()
                 if verdict is Verdict.GRANTED:
                     return True
                 if verdict is Verdict.REFUSED:
@@ -857,20 +898,23 @@ class _Run:
 
     async def _claim_path(self, item: _Item, index: int, output: TaskOutput) -> Path:
         """Where output `index` of the item's task goes: the path the journal gave it,
-        else the first of its name (see the module docstring) and that name with -2,
-        -3, ... that no file (whole or partial) and no other journaled item or output
-        has; claimed in the journal before any byte is written."""
+        else the first of its name (see the module docstring) and that name on the stem
+        STEM~2, STEM~3, ... that no file (whole or partial) and no other journaled item
+        or output has; claimed in the journal before any byte is written."""
         known = item.result.path if index == 0 else item.more.get(index, (None,))[0]
         if known is not None:
             return known
         # One claim at a time: between looking at a name and taking it, another
         # download (awaiting the disk) could take the same name.
         async with self._claiming:
-            first = Path(numbered_name(Path(item.filename).stem, index, output))
+            base = Path(item.filename).stem
+            if index > 0 and item.result.path is not None:
+                # An item's files share one stem: the first output's, "~N" and all.
+                base = item.result.path.stem
             n = 1
             while True:
-                path = self.out_dir / (first.name if n == 1
-                                       else f"{first.stem}-{n}{first.suffix}")
+                stem = base if n == 1 else f"{base}~{n}"
+                path = self.out_dir / numbered_name(stem, index, output)
                 if (path.name.casefold() not in self._claimed
                         and not await anyio.Path(path).exists()
                         and not await anyio.Path(part_path(path)).exists()):
@@ -993,9 +1037,11 @@ async def run_batch(
     stop: anyio.Event | None = None,
     retry_failed: bool = False,
     max_spend: float | None = None,
+    item_cost: float | None = None,
 ) -> BatchReport:
     """See `Session.run_batch`."""
     cap = check_max_spend(max_spend)
+    cost = check_item_cost(item_cost, cap)
     occurrences: dict[str, int] = {}
     items = [_Item(index, item, occurrences) for index, item in enumerate(requests)]
     names = [item.name for item in items if item.name]
@@ -1014,7 +1060,12 @@ async def run_batch(
     async with Journal(path) as jr:
         run = _Run(engine, items, out, jr, on_change)
         await run.reconcile(resubmit_ambiguous, retry_failed)
-        start = None if cap is None else await _start_budget(run, cap)
+        sending = {item.key for item in items if item.result.state is ItemState.PENDING}
+        start: Balance | None = None
+        if cap is not None:
+            start = await _start_budget(run, cap, cost)
+        elif sending:
+            start = await _open_ledger(run)
         try:
             with ungrouped():  # a failing on_change (or journal) comes out as itself
                 await run.execute(stop)
@@ -1022,7 +1073,13 @@ async def run_batch(
             if run.journal_error is None:
                 raise
             # Another write (a download's) met the broken journal first: same fault.
-        spend = None if start is None else await _spend_report(run, start)
+        run.explain_unsent()
+        spend = None
+        if cap is not None:
+            assert start is not None
+            spend = await _spend_report(run, start)
+        elif sending:
+            await _close_ledger(run, start, sending)
         if run.journal_error is not None:
             raise JournalWriteError(
                 str(path), task_ids=tuple(run.lost),
@@ -1054,7 +1111,21 @@ def check_max_spend(value: object) -> float | None:
     return float(value)
 
 
-async def _start_budget(run: _Run, cap: float) -> Balance:
+def check_item_cost(value: object, cap: float | None) -> float | None:
+    """`value` as a known per-item cost (a finite number > 0) for a capped run, or None;
+    else `ValidationError`."""
+    if value is None:
+        return None
+    if (isinstance(value, bool) or not isinstance(value, (int, float))
+            or not math.isfinite(value) or value <= 0):
+        raise ValidationError(
+            "item_cost", f"must be a finite number > 0 (in the balance's unit), got {value!r}")
+    if cap is None:
+        raise ValidationError("item_cost", "is a price hint for max_spend: give max_spend too")
+    return float(value)
+
+
+async def _start_budget(run: _Run, cap: float, item_cost: float | None = None) -> Balance:
     """Read the balance before the first submission; refuse to start with nothing left
     for even one item. Sets `run.budget`."""
     balance = await run.engine.balance()
@@ -1063,10 +1134,104 @@ async def _start_budget(run: _Run, cap: float) -> Balance:
         raise InsufficientBalanceError(
             f"the balance has {balance.remain:g} left, not enough for one item; nothing "
             "was sent", status=402)
-    before = await run.journal.spent()
-    run.budget = SpendBudget(cap, start_used=balance.used, spent_before=before)
+    before, unpriced = await _ledger_start(run, balance)
+    run.budget = SpendBudget(cap, start_used=balance.used, spent_before=before,
+                             unpriced=unpriced, item_cost=item_cost)
     run._last_read = run.engine.clock.now()
     return balance
+
+
+# The spend ledger, in the journal's ``meta`` table (see README "Balance and spend caps"):
+# 'spent' is what runs of the batch spent as measured by balance reads; _OPEN the
+# ``used_balance`` of the last read of a run that has not closed its account (a crash, a
+# failed last read): the next run's first read closes it, counting everything the key
+# spent meanwhile (the safe side); _UNPRICED the items sent while no read could measure
+# them ({price class: count}), counted at estimates by capped runs; _LEDGER marks a
+# journal kept by this ledger (an older journal's paid items are taken as unpriced).
+_OPEN, _UNPRICED, _LEDGER = "spend_open", "spend_unpriced", "spend_ledger"
+
+
+def _billed(item: _Item) -> bool:
+    """The item was (maybe) created, so maybe billed."""
+    return item.result.task_id is not None or item.result.state in (
+        ItemState.AMBIGUOUS, ItemState.SUBMITTING)
+
+
+async def _unpriced(run: _Run) -> dict[str, int]:
+    text = await run.journal.meta(_UNPRICED)
+    try:
+        loaded = json.loads(text) if text else {}
+    except ValueError:
+        loaded = {}
+    if not isinstance(loaded, dict):
+        return {}
+    return {str(c): int(n) for c, n in loaded.items()
+            if isinstance(n, int) and not isinstance(n, bool) and n > 0}
+
+
+async def _add_unpriced(run: _Run, items: Iterable[_Item]) -> None:
+    unpriced = await _unpriced(run)
+    for item in items:
+        cls = price_class(item.request)
+        unpriced[cls] = unpriced.get(cls, 0) + 1
+    await run.journal.set_meta(_UNPRICED, json.dumps(unpriced, sort_keys=True))
+
+
+async def _ledger_start(run: _Run, balance: Balance | None) -> tuple[float, dict[str, int]]:
+    """Open this run's account in the journal's spend ledger before anything is sent:
+    close an earlier run's open account with `balance`, and open this one at it.
+    Returns (what earlier runs spent as measured, their unpriced items by class)."""
+    journal = run.journal
+    if await journal.meta(_LEDGER) is None:
+        # A journal from before the ledger: what its runs sent is priced only when a
+        # capped run recorded it ('spent'); otherwise every paid item is unpriced.
+        if await journal.meta("spent") is None:
+            await _add_unpriced(run, [i for i in (*run.items, *run.earlier) if _billed(i)])
+        await journal.set_meta(_LEDGER, "1")
+    spent = await journal.spent()
+    if balance is not None:
+        opened = await journal.meta(_OPEN)
+        if opened is not None:
+            with contextlib.suppress(ValueError):  # unreadable: nothing to add
+                spent += max(0.0, balance.used - float(opened))
+            await journal.set_spent(spent)
+        await journal.set_meta(_OPEN, repr(balance.used))
+    return spent, await _unpriced(run)
+
+
+async def _open_ledger(run: _Run) -> Balance | None:
+    """An uncapped run that will send: read the balance so its spend is measured (a
+    capped run later on this journal counts it). A failed read does not stop the run:
+    what it sends is recorded as unpriced instead."""
+    try:
+        balance: Balance | None = await run.engine.balance()
+    except APIMartError as exc:
+        log.info("could not read the balance (%s): this run's spend is recorded as "
+                 "unpriced items", exc)
+        balance = None
+    await _ledger_start(run, balance)
+    return balance
+
+
+async def _close_ledger(run: _Run, start: Balance | None, sending: set[str]) -> None:
+    """An uncapped run's end: record what it spent (one more balance read)."""
+    if run.journal_error is not None:
+        return
+    try:
+        if start is None:
+            await _add_unpriced(run, [i for i in run.items if i.key in sending and _billed(i)])
+            return
+        try:
+            end = await run.engine.balance()
+        except APIMartError as exc:
+            # The open account stays: the next run's first read closes it.
+            log.info("could not read the balance at the end of the run (%s)", exc)
+            return
+        spent = await run.journal.spent() + max(0.0, end.used - start.used)
+        await run.journal.set_spent(spent)
+        await run.journal.set_meta(_OPEN, None)
+    except (OSError, sqlite3.Error) as exc:
+        run._journal_failed(exc)
 
 
 async def _spend_report(run: _Run, start: Balance) -> BatchSpend:
@@ -1083,12 +1248,16 @@ async def _spend_report(run: _Run, start: Balance) -> BatchSpend:
         log.warning("could not read the balance at the end of the run (%s): the spend "
                     "reported is an estimate", exc)
         end = None
-    # Without the last read, what was sent is counted at its estimate.
-    total = budget.spent if end is not None else budget.committed
+    # Without the last read, what was sent is counted at its estimate (the journal keeps
+    # what was measured, and its open account: the next run's first read measures the rest).
+    debt = budget.debt
+    total = budget.spent if end is not None else budget.committed - debt
     if run.journal_error is None:
         try:
-            await run.journal.set_spent(total)
+            await run.journal.set_spent(budget.spent)
+            await run.journal.set_meta(_OPEN, None if end is not None else repr(budget.last_used))
         except (OSError, sqlite3.Error) as exc:
             run._journal_failed(exc)
-    return BatchSpend(cap=budget.cap, spent=max(0.0, total - before), spent_before=before,
-                      start=start, end=end, left_pending=run.left_by_cap)
+    return BatchSpend(cap=budget.cap, spent=max(0.0, total - before),
+                      spent_before=before + debt, start=start, end=end,
+                      left_pending=run.left_by_cap)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import anyio
+import attrs
 from anyio.abc import TaskStatus
 
 from .._batch.inputs import InputError
@@ -41,6 +42,7 @@ from .._core.errors import (
     account_problem,
 )
 from .._core.groups import lone_exception, ungrouped
+from .._core.hooks import DownloadEvent
 from .._io.clock import Clock
 from .._version import __version__
 from .notice import ConnectNotice
@@ -67,7 +69,8 @@ exit status:
   3    account problem: API key rejected (401), balance exhausted (402) or
        permission denied (403); fix the account, re-run the same command to resume
   4    stopped at the --max-spend cap: items that could have crossed it were not
-       sent (tasks already sent were finished); re-run with a larger cap to send them
+       sent (tasks already sent were finished); re-run with a larger cap to send them;
+       or the cap was crossed (see --item-cost): the summary says by how much
   124  --timeout passed: nothing more was sent, requests on the wire landed; the
        summary says what was left; re-run the same command to resume
   130  interrupted (Ctrl-C, SIGINT); 143: terminated (SIGTERM); the summary
@@ -256,9 +259,14 @@ def _add_batch_options(p: argparse.ArgumentParser, *, batch: bool) -> None:
                    help="overall deadline: then stop as on Ctrl-C (nothing more is sent, "
                         "what is paid for stays in the journal), exit 124; re-run to resume")
     p.add_argument("--max-spend", type=_money, default=None, metavar="AMOUNT",
-                   help="spend at most AMOUNT in this run (the balance's unit): items that "
-                        "could cross it stay pending in the journal, exit 4; re-run with a "
-                        "larger cap to send them")
+                   help="spend at most AMOUNT on this batch, across all its runs on the "
+                        "journal, capped or not (the balance's unit): items that could cross "
+                        "it stay pending in the journal, exit 4; re-run with a larger cap to "
+                        "send them")
+    p.add_argument("--item-cost", type=_money, default=None, metavar="AMOUNT",
+                   help="with --max-spend: what one item costs, if known; the cap then "
+                        "holds from the first item (default: learned from the balance, "
+                        "so a first item may cost more than the room left)")
     _add_client_options(p)
 
 
@@ -437,8 +445,11 @@ async def _noticed(notice: ConnectNotice, work: Callable[[], Awaitable[T]]) -> T
 async def _run_balance(args: argparse.Namespace) -> int:
     from .._session import Session
 
-    async with Session(args.api_key, base_url=args.base_url) as session:
-        balance = await session.balance()
+    notice = ConnectNotice()
+    session = Session(args.api_key, base_url=args.base_url, hooks=notice.hooks)
+    notice.base_url = session.base_url
+    async with session:
+        balance = await _noticed(notice, session.balance)
     if args.json:
         print(json.dumps({"remain": balance.remain, "used": balance.used,
                           "unlimited": balance.unlimited}))
@@ -458,7 +469,7 @@ def _json_code(error: APIMartError | None) -> int | str | None:
 def report_json(report: BatchReport) -> dict[str, Any]:
     """A `BatchReport` as JSON-ready data."""
     return {
-        "ok": report.ok,
+        "ok": report.ok and not (report.spend is not None and report.spend.over_cap),
         "items": len(report.items),
         "completed": report.completed,
         "failed": report.failed,
@@ -480,6 +491,7 @@ def report_json(report: BatchReport) -> dict[str, Any]:
             "cap": report.spend.cap, "spent": report.spend.spent,
             "spent_before": report.spend.spent_before, "total": report.spend.total,
             "left_pending": report.spend.left_pending,
+            "over_cap": report.spend.over_cap,
             "exact": report.spend.end is not None,
         },
         "results": [
@@ -542,6 +554,7 @@ async def _batch(
                         resubmit_ambiguous=resubmit_ambiguous, on_change=display, stop=stop,
                         retry_failed=retry_failed,
                         max_spend=getattr(args, "max_spend", None),
+                        item_cost=getattr(args, "item_cost", None),
                     )
                     tg.cancel_scope.cancel()
                 return report
@@ -568,7 +581,7 @@ def report_exit_status(report: BatchReport, signum: int | None = None) -> int:
         return 128 + signum
     if report.account_error is not None:
         return EXIT_ACCOUNT
-    if report.spend is not None and report.spend.stopped_at_cap:
+    if report.spend is not None and (report.spend.stopped_at_cap or report.spend.over_cap):
         return EXIT_SPEND_CAP
     # A paid task of an earlier run still not on disk is unfinished business too.
     stuck = any(item.task_id and not item.ok and item.state is not ItemState.FAILED
@@ -627,9 +640,30 @@ def _defaults(args: argparse.Namespace) -> dict[str, Any]:
     return {"model": args.model, "duration": args.duration, "aspect_ratio": args.aspect_ratio}
 
 
+_FLAGS = {"model": "--model", "duration": "--duration", "aspect_ratio": "--aspect-ratio"}
+
+
+def _check_defaults(args: argparse.Namespace, *, lines_may_set_model: bool = False) -> None:
+    """Refuse a bad --model, --duration or --aspect-ratio once, naming the flag, rather
+    than once per input line. A duration or ratio is checked against --model (else the
+    default model); when no --model is given and lines may name their own model, the
+    lines' own checks decide, as the flag may be right for their model."""
+    from .._core.models import VideoRequest
+
+    given = {k: v for k, v in _defaults(args).items() if v is not None}
+    try:
+        VideoRequest("probe", **given)
+    except ValidationError as exc:
+        if exc.field not in _FLAGS or (exc.field != "model" and args.model is None
+                                       and lines_may_set_model):
+            return
+        raise ValidationError(_FLAGS[exc.field], exc.problem) from None
+
+
 async def _run_batch(args: argparse.Namespace) -> int:
     from .._batch.inputs import read_batch
 
+    _check_defaults(args, lines_may_set_model=args.file.suffix.lower() == ".jsonl")
     batch = read_batch(args.file, _defaults(args))
     for notice in batch.duplicate_notices(skipping=args.skip_duplicates):
         print(notice, file=sys.stderr)
@@ -649,6 +683,7 @@ async def _run_batch(args: argparse.Namespace) -> int:
 async def _run_generate(args: argparse.Namespace) -> int:
     from .._core.models import VideoRequest
 
+    _check_defaults(args)
     fields = {k: v for k, v in _defaults(args).items() if v is not None}
     item = BatchItem(request=VideoRequest(args.prompt, **fields))
     return await _batch(args, [item], base_url=args.base_url, api_key=args.api_key)
@@ -660,11 +695,27 @@ async def _run_download(args: argparse.Namespace) -> int:
     _check_out(args.out)
     await anyio.Path(args.out).mkdir(parents=True, exist_ok=True)
     notice = ConnectNotice()
-    session = Session(args.api_key, base_url=args.base_url, hooks=notice.hooks)
+    done: list[DownloadEvent] = []
+
+    def on_download(event: DownloadEvent) -> None:
+        if event.error is None:
+            done.append(event)
+
+    hooks = attrs.evolve(notice.hooks, on_download=on_download)
+    session = Session(args.api_key, base_url=args.base_url, hooks=hooks)
     notice.base_url = session.base_url
-    async with session:
-        result = await _noticed(notice, functools.partial(
-            session.download, args.task_id, args.out, overwrite=args.overwrite))
+    try:
+        async with session:
+            result = await _noticed(notice, functools.partial(
+                session.download, args.task_id, args.out, overwrite=args.overwrite))
+    except Exception:
+        # The outputs before the one that failed are on disk: say so, not only the error.
+        for event in done:
+            print(f"{event.path} ({event.size:,} bytes)")
+        if done:
+            print(f"apimart-async: saved {len(done)} file(s) (listed above) before the "
+                  "error below; run the command again to fetch the rest", file=sys.stderr)
+        raise
     for saved in result.files:  # every output: TASK_ID.mp4, TASK_ID-2.mp4, ...
         print(f"{saved.path} ({saved.size:,} bytes, sha256 {saved.sha256})")
     return EXIT_OK
@@ -787,8 +838,23 @@ def _read_key(args: argparse.Namespace) -> None:
               f"(ps); use ${ENV_API_KEY}, --api-key-file PATH or --api-key -", file=sys.stderr)
 
 
+# The library's hint for a mistyped model name (register_model(...)) is Python; on the
+# command line the way is the exact name.
+_REGISTER_HINT = re.compile(r"did you mean ('[^']*')\? \(to send this name as it is, register "
+                            r"it: register_model\(ModelSpec\(.*?\)\)\)")
+
+
+def _cli_hints(message: str) -> str:
+    return _REGISTER_HINT.sub(r"did you mean \1? Model names are exact: use \1", message)
+
+
 def explain(exc: Exception) -> tuple[int, str]:
     """The exit status for an error that stopped a command, and one line saying what to do."""
+    status, message = _explain(exc)
+    return status, _cli_hints(message)
+
+
+def _explain(exc: Exception) -> tuple[int, str]:
     if isinstance(exc, InputError):
         return EXIT_USAGE, f"error: {exc}"
     if isinstance(exc, ValidationError) and exc.field == "api_key" and "no API key" in str(exc):

@@ -114,7 +114,8 @@ def summary_lines(report: BatchReport) -> list[str]:
             if item.ok:
                 continue
             out = item.path.parent if item.path else report.journal.parent
-            lines.append(f"  {item.state.value:<10} task {item.task_id}: {item.error or ''} "
+            why = item.error or _why(item)
+            lines.append(f"  {item.state.value:<10} task {item.task_id}: {why} "
                          f"(re-run, or: apimart-async download {item.task_id} --out {out})")
     if report.spend is not None:
         spend = report.spend
@@ -122,6 +123,13 @@ def summary_lines(report: BatchReport) -> list[str]:
         earlier = (f" ({spend.total:g} in all runs of this batch)"
                    if spend.spent_before else "")
         line = f"spent {spend.spent:g}{earlier} of the {spend.cap:g} cap{estimate}"
+        if spend.over_cap and spend.spent_before > spend.cap + 1e-9:
+            line += (f"; OVER THE CAP by {spend.total - spend.cap:g}: earlier runs of this "
+                     "batch had already spent more than this cap")
+        elif spend.over_cap:
+            line += (f"; OVER THE CAP by {spend.total - spend.cap:g}: a first item of a "
+                     "kind not priced yet cost more than the room left (or another client "
+                     "spent on the key); --item-cost makes the cap hold from the first item")
         if spend.stopped_at_cap:
             line += (f"; {spend.left_pending} items left pending because of the cap: re-run "
                      "with a larger --max-spend to send them")
@@ -145,5 +153,20 @@ def summary_lines(report: BatchReport) -> list[str]:
     for item in report.items:
         if not item.ok:
             task = f" (task {item.task_id})" if item.task_id else ""
-            lines.append(f"  {item.state.value:<10} {_label(item)}{task}: {item.reason or ''}")
+            why = item.reason or _why(item)
+            lines.append(f"  {item.state.value:<10} {_label(item)}{task}: {why}")
     return lines
+
+
+# Why an item without a recorded reason is where it is: a run stopped (Ctrl-C, --timeout)
+# before its next step, which a re-run takes.
+_UNFINISHED = {
+    ItemState.PENDING: "not sent",
+    ItemState.SUBMITTED: "task not finished",
+    ItemState.COMPLETED: "download not finished",
+}
+
+
+def _why(item: ItemResult) -> str:
+    what = _UNFINISHED.get(item.state)
+    return f"{what}; re-run to resume" if what else ""

@@ -11,12 +11,14 @@ Where the values come from (the API documentation, ``apimart-api.md``, is thin):
   only the example ``5`` and says models "reject others with an error"; the set here is
   the union of the lengths Sora 2 is offered in (4, 8, 12 s; 10 and 15 s on gateways)
   and that example: 4, 5, 8, 10, 12, 15. A union, so a length the server takes is not
-  refused here; 7 or 999 are. ``sora-2-pro`` also takes ``resolution`` (any string).
+  refused here; 7 or 999 are. ``sora-2-pro`` also takes ``resolution`` (values not
+  documented: any of the shape ``720p``, 144p to 4320p, or ``2K``/``4K``/``8K``).
 - ``veo3``: ``16:9``, ``9:16`` and ``1:1`` (the square format users send it, issue #10);
   durations are not documented, so none is refused (None: any positive whole number);
-  ``resolution`` (any string).
+  ``resolution`` (as for ``sora-2-pro``).
 - ``Omni-Flash-Ext``: named by the documentation with "its own extra fields such as
-  resolution" and nothing else: only the shape checks every request gets.
+  resolution" and nothing else: only the shape checks every request gets (an
+  ``aspect_ratio`` is ``W:H``, whole numbers > 0; a ``resolution`` as above).
 
 Every model here accepts ``image_urls`` (the endpoint documents image-to-video, up to
 10 MB per image). A value that turns out wrong is overridden without waiting for a
@@ -89,7 +91,8 @@ class ModelSpec:
     - `accepts_images`: whether ``image_urls`` may be given.
     - `max_images`: how many ``image_urls`` at most.
     - `extra_fields`: model-specific fields known to it (passed in `VideoRequest.extra`),
-      each with its allowed values (None: any value). Fields not listed pass through.
+      each with its allowed values (None: any value; for ``resolution``, any of its
+      shape, e.g. ``720p``). Fields not listed pass through.
     - `source`: where the values come from, for people reading errors and docs.
     """
 
@@ -184,6 +187,7 @@ def check_model_fields(
             and aspect_ratio not in spec.aspect_ratios:
         raise ValidationError("aspect_ratio", f"{aspect_ratio!r} is not supported by model "
                               f"{model!r}; allowed: {_allowed(spec.aspect_ratios)}")
+    _check_ratio_shape(aspect_ratio)
     if duration is not None and spec.durations is not None and duration not in spec.durations:
         raise ValidationError("duration", f"{duration!r} is not supported by model {model!r}; "
                               f"allowed: {_allowed(spec.durations)} (seconds)")
@@ -197,6 +201,32 @@ def check_model_fields(
         if allowed is not None and not _member(value, allowed):
             raise ValidationError(f"extra[{name!r}]", f"{value!r} is not supported by model "
                                   f"{model!r}; allowed: {_allowed(allowed)}")
+        if allowed is None and name in spec.extra_fields and name in _SHAPES:
+            shape, like = _SHAPES[name]
+            if not isinstance(value, str) or not shape(value):
+                raise ValidationError(f"extra[{name!r}]", f"must be {like}, got {value!r}")
+
+
+def _check_ratio_shape(aspect_ratio: str | None) -> None:
+    if aspect_ratio is not None and not _RATIO.fullmatch(aspect_ratio):
+        raise ValidationError("aspect_ratio", "must look like 'W:H' with whole numbers > 0 "
+                              f"(e.g. '16:9'), got {aspect_ratio!r}")
+
+
+def _resolution(value: str) -> bool:
+    match = re.fullmatch(r"([1-9][0-9]{2,3})[pP]|([248])[kK]", value)
+    return match is not None and (match.group(2) is not None
+                                  or 144 <= int(match.group(1)) <= 4320)
+
+
+# Fields a spec lists with "any value" whose values still have a shape: the API does not
+# document the values (``resolution``: "its own extra fields such as resolution"), so a
+# set could refuse one the server takes; a shape catches the typos (9999p, 1080, hd)
+# without that. A spec listing a set of values uses the set.
+_SHAPES = {
+    "resolution": (_resolution, "a video resolution like '720p' or '1080p' (144p to 4320p), "
+                                "or '2K', '4K', '8K'"),
+}
 
 
 def _member(value: object, allowed: frozenset[Any]) -> bool:
@@ -219,6 +249,4 @@ def _unknown(model: str, aspect_ratio: str | None) -> None:
                     model, close[0])
     else:
         log.debug("model %r is not known to this SDK: sent unchecked", model)
-    if aspect_ratio is not None and not _RATIO.fullmatch(aspect_ratio):
-        raise ValidationError("aspect_ratio", f"must look like 'W:H' (e.g. '16:9'), "
-                              f"got {aspect_ratio!r}")
+    _check_ratio_shape(aspect_ratio)

@@ -47,6 +47,9 @@ class SpendBudget:
       last `observe`, whose charge the balance has not been read for yet;
     - in flight: the estimates reserved for items about to be sent, or on the wire.
 
+    Plus the `debt`: items earlier runs sent that no balance read measured (`unpriced`,
+    counted by class), each at its class's estimate once known.
+
     `committed` is their sum, and a reservation is granted only while ``committed +
     estimate <= cap``: with many submissions at once, each counts the others.
 
@@ -62,7 +65,8 @@ class SpendBudget:
     flight or unobserved, nothing else granted meanwhile) and reserves all the room
     left, so the next read tells exactly what one such item costs. The cap therefore
     holds for every item but a probe whose single cost exceeds all the room left:
-    pass `estimates` (e.g. a known price) to rule that out.
+    pass `item_cost` (a known price per item, the estimate of every class until its
+    own is learned: no probes) or `estimates` (per class) to rule that out.
 
     Protocol: ``reserve(cls, token)`` -> GRANTED, then exactly one ``settle(token,
     charged=...)``: `charged` True when the item may be billed (accepted, or an
@@ -73,7 +77,8 @@ class SpendBudget:
 
     def __init__(
         self, cap: float, *, start_used: float, spent_before: float = 0.0,
-        estimates: dict[str, float] | None = None,
+        estimates: dict[str, float] | None = None, unpriced: Mapping[str, int] | None = None,
+        item_cost: float | None = None,
     ) -> None:
         if isinstance(cap, bool) or not isinstance(cap, (int, float)) \
                 or not math.isfinite(cap) or cap <= 0:
@@ -84,6 +89,13 @@ class SpendBudget:
         self._before = max(0.0, float(spent_before))
         self.spent = self._before
         self._estimates: dict[str, float] = dict(estimates or {})
+        if item_cost is not None and (isinstance(item_cost, bool) or not isinstance(
+                item_cost, (int, float)) or not math.isfinite(item_cost) or item_cost <= 0):
+            raise ValueError(f"item_cost must be a finite number > 0, got {item_cost!r}")
+        # The estimate of a class before it has its own: no probe needed.
+        self._default = None if item_cost is None else float(item_cost)
+        # Items earlier runs sent whose cost no balance read measured, by class.
+        self._unpriced = {c: int(n) for c, n in (unpriced or {}).items() if n > 0}
         self._in_flight: dict[Hashable, tuple[str, float]] = {}
         # Items charged (maybe) since the last read: (class, estimate or None).
         self._window: list[tuple[str, float | None]] = []
@@ -91,6 +103,7 @@ class SpendBudget:
         self._unobserved = 0.0
         self._probe: Hashable | None = None
         self.refused = 0
+        self._version = 0
 
     def __repr__(self) -> str:
         return (f"SpendBudget(cap={self.cap:g}, spent={self.spent:g}, "
@@ -100,8 +113,22 @@ class SpendBudget:
 
     @property
     def committed(self) -> float:
-        """Spent, plus unobserved, plus in-flight estimates."""
-        return self.spent + self._unobserved + sum(a for _, a in self._in_flight.values())
+        """Spent, plus `debt`, plus unobserved, plus in-flight estimates."""
+        return (self.spent + self.debt + self._unobserved
+                + sum(a for _, a in self._in_flight.values()))
+
+    @property
+    def debt(self) -> float:
+        """The estimated cost of the `unpriced` items of earlier runs (sent while no
+        balance read measured them): each at its class's estimate, or at the dearest
+        estimate known before its class has one (0 before any price is known)."""
+        dearest = max([*self._estimates.values(), self._default or 0.0])
+        return sum(n * self._estimates.get(c, dearest) for c, n in self._unpriced.items())
+
+    @property
+    def last_used(self) -> float:
+        """``used_balance`` as of the last `observe` (or the start)."""
+        return self._last_used
 
     @property
     def spent_before(self) -> float:
@@ -118,24 +145,37 @@ class SpendBudget:
         """Reservations not settled yet."""
         return len(self._in_flight)
 
+    @property
+    def version(self) -> int:
+        """Grows whenever the state changed in a way that can change a verdict: waiters
+        that got WAIT ask again once it moved (see the class docstring)."""
+        return self._version
+
     def estimate(self, price_class: str) -> float | None:
         """The per-item cost estimate for `price_class`; None before it is learned."""
-        return self._estimates.get(price_class)
+        return self._estimates.get(price_class, self._default)
 
     # -- asking -----------------------------------------------------------------------
 
     def reserve(self, price_class: str, token: Hashable) -> Verdict:
         """Reserve room for one item of `price_class`, known by `token` (unique)."""
+        before = (self._probe, len(self._in_flight), self.refused)
+        verdict = self._reserve(price_class, token)
+        if (self._probe, len(self._in_flight), self.refused) != before:
+            self._version += 1
+        return verdict
+
+    def _reserve(self, price_class: str, token: Hashable) -> Verdict:
         if token in self._in_flight:
             raise ValueError(f"token {token!r} already holds a reservation")
-        estimate = self._estimates.get(price_class)
+        estimate = self._estimates.get(price_class, self._default)
         if self._probe is not None and self._probe != token:
             return Verdict.WAIT  # a probe is waiting or out: its window must be alone
         if estimate is None:
             if self._in_flight or self._window:
                 self._probe = token  # claim it: nothing else is granted meanwhile
                 return Verdict.WAIT
-            room = self.cap - self.spent
+            room = self.cap - self.spent - self.debt
             # Before its first price, a class is taken to cost at least the dearest
             # class seen so far.
             prior = max(self._estimates.values(), default=0.0)
@@ -159,6 +199,7 @@ class SpendBudget:
     def settle(self, token: Hashable, *, charged: bool) -> None:
         """The item `token` reserved for has ended its submission: `charged` when it
         may be billed (its estimate waits for the next read), else released."""
+        self._version += 1
         found = self._in_flight.pop(token, None)
         if found is None:
             if token == self._probe:
@@ -199,13 +240,16 @@ class SpendBudget:
             "window": [[c, e] for c, e in self._window],
             "unobserved": self._unobserved, "probe": self._probe,
             "probe_amount": self._probe_amount, "refused": self.refused,
+            "unpriced": dict(self._unpriced), "item_cost": self._default,
         }
 
     @classmethod
     def from_state(cls, state: Mapping[str, Any]) -> SpendBudget:
         """The budget `to_state` described."""
         budget = cls(state["cap"], start_used=state["start_used"],
-                     spent_before=state["spent_before"], estimates=dict(state["estimates"]))
+                     spent_before=state["spent_before"], estimates=dict(state["estimates"]),
+                     unpriced=dict(state.get("unpriced") or {}),
+                     item_cost=state.get("item_cost"))
         budget._last_used = float(state["last_used"])
         budget.spent = float(state["spent"])
         budget._in_flight = {t: (str(c), float(a)) for t, c, a in state["in_flight"]}
@@ -224,6 +268,7 @@ class SpendBudget:
     def observe(self, used: float, mark: int | None = None) -> None:
         """A balance read: ``used_balance`` is `used` now. Updates `spent`, and learns
         from the items settled before `mark` (see `read_mark`; None: all of them)."""
+        self._version += 1
         delta = max(0.0, used - self._last_used)
         self._last_used = max(self._last_used, used)
         self.spent = max(self.spent, self._before + self._last_used - self._start)
@@ -239,9 +284,10 @@ class SpendBudget:
         if len(classes) == 1:
             (only,) = classes
             per_item = delta / len(window)
-            self._estimates[only] = max(self._estimates.get(only, 0.0), per_item)
+            self._estimates[only] = max(self._estimates.get(only, self._default or 0.0),
+                                        per_item)
             return
-        known = sum(self._estimates.get(c, 0.0) for c, _ in window)
+        known = sum(self._estimates.get(c, self._default or 0.0) for c, _ in window)
         if known <= 0:
             for c in classes:  # nothing to split by: each could have cost it all
                 self._estimates[c] = max(self._estimates.get(c, 0.0), delta)
@@ -250,5 +296,7 @@ class SpendBudget:
             for c in classes:
                 if c in self._estimates:
                     self._estimates[c] *= factor
+                elif self._default is not None:
+                    self._estimates[c] = self._default * factor
                 else:
                     self._estimates[c] = delta

@@ -61,9 +61,8 @@ def require_finite_positive_or_none(field: str, value: object) -> float | None:
     """`value` if it is None or a finite number > 0, else a `ValidationError`."""
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
-        raise ValidationError(field, f"must be a number of seconds, got {value!r}")
-    if value <= 0 or math.isinf(value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value) \
+            or value <= 0 or math.isinf(value):
         raise ValidationError(field, f"must be a finite number of seconds > 0, got {value!r}")
     return float(value)
 
@@ -83,7 +82,11 @@ _DATA_URI = re.compile(r"data:([^;,]*)((?:;[^;,]*)*),", re.IGNORECASE)
 def check_image_url(field: str, value: object) -> str:
     """An image input: an absolute http(s) URL, or a ``data:`` URI of a documented format
     (``image/jpeg``, ``image/png``, ``image/webp``), base64, whose bytes decode, are at
-    most `MAX_IMAGE_BYTES` and start as that format does. Else `ValidationError`."""
+    most `MAX_IMAGE_BYTES` and start as that format does. Else `ValidationError`.
+    Returns the value to send: a data: URI without surrounding whitespace."""
+    if isinstance(value, str) and value.strip()[:5].lower() == "data:":
+        # A copied data: URI often ends in a newline: not part of the data, not sent.
+        value = value.strip()
     if not isinstance(value, str) or value[:5].lower() != "data:":
         return check_http_url(field, value)
     match = _DATA_URI.match(value)
@@ -101,6 +104,9 @@ def check_image_url(field: str, value: object) -> str:
     if len(payload) > (MAX_IMAGE_BYTES + 2) // 3 * 4 + 4:
         raise ValidationError(field, f"is a data: URI of more than {MAX_IMAGE_BYTES:,} bytes "
                               "(the documented limit per image is 10 MB)")
+    if any(c.isspace() for c in payload):
+        raise ValidationError(field, "is a data: URI whose base64 contains whitespace (a "
+                              "line break?): remove it")
     try:
         data = base64.b64decode(payload, validate=True)
     except (binascii.Error, ValueError):

@@ -19,9 +19,13 @@ def fire(hook: Callable[[E], object] | None, event: E) -> None:
         return
     try:
         result = hook(event)
-    except Exception:
+    except Exception as exc:
         # The observer's bug is not the session's: the work goes on, the trace is kept.
-        log.exception("hook %s raised on %s; ignored", _name(hook), type(event).__name__)
+        # A hook told of a failure runs while that error is handled: its traceback is
+        # the hook's own, not "During handling of the above exception" the session's.
+        exc.__suppress_context__ = True
+        log.error("hook %s raised on %s; ignored", _name(hook), type(event).__name__,
+                  exc_info=exc)
         return
     if inspect.isawaitable(result):
         # A sync callable that returned a coroutine: it would never run, and would warn

@@ -15,7 +15,11 @@ class SessionStats:
     - `submissions`: tasks created. `get_task_calls`: successful ``get_task`` calls,
       the poller's and the caller's alike.
     - `retries`, `rate_limited` (429 answers met, from the API host or the file host,
-      in the status or in the body), `downloads`, `bytes_downloaded`.
+      in the status or in the body).
+    - `downloads`: files saved whole, one per output (videos and images alike), each
+      time one is fetched: downloading the same output again counts again.
+      `bytes_downloaded`: the sizes of those files (one resumed from a ``.part`` counts
+      whole, not just the bytes fetched this time).
     - `balance_calls`: successful ``balance`` calls (a spend-capped batch reads it too).
     """
 
