@@ -117,11 +117,11 @@ def test_a_given_rate_and_burst_reach_the_floor_without_a_429(rate: int, burst: 
 # -- slow start -----------------------------------------------------------------------------
 
 def test_slow_start_grows_the_window_per_accept_until_the_first_429() -> None:
-    learner = RateLearner(growth=0.25, max_window=100)
-    assert learner.free is False and learner.window == 1
+    learner = RateLearner(initial_window=2, growth=0.25, max_window=100)
+    assert learner.free is False and learner.window == 2
     for i in range(8):
         learner.on_accepted(float(i))
-    assert learner.window == 3  # 1 + 8 * 0.25
+    assert learner.window == 4  # 2 + 8 * 0.25
     learner.on_throttled(8.0, 8.1, None)
     assert learner.window is None  # pacing from here on
     assert learner.burst == 8  # what went through before the first 429

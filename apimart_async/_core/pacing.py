@@ -15,10 +15,11 @@ within a span `d` need ``rate >= (k - burst) / d``.)
   request: the burst (less one token kept spare for the network's jitter) goes at once,
   and the pace starts from its first answer, a hair (`margin`) under the rate. A 429
   then can only be jitter: the margin widens (up to 10 %); the rate is not relearned.
-- *slow start* (nothing known): requests in flight are capped by a window that grows by
-  `growth` per accepted request, so the burst is spent within a few dozen round trips
-  while few requests are on the wire when it runs out (those few meet the 429s learning
-  costs). A server without a limit sees the window outgrow the concurrency cap.
+- *slow start* (nothing known): requests in flight are capped by a window that starts at
+  `initial_window` and grows by `growth` per accepted request, so the burst is spent
+  within a few dozen round trips while few requests are on the wire when it runs out
+  (those few meet the 429s learning costs). A server without a limit sees the window
+  outgrow the concurrency cap.
 - *tracking* (after the first 429): until the next 429 the pace doubles every `ramp`
   seconds of sending from a first guess (``1 / Retry-After``, or the burst per second);
   from then on it is the estimate from the first 429 to the latest, clamped by what the
@@ -65,6 +66,7 @@ class RateLearner:
         rate: float | None = None,
         burst: int | None = None,
         max_window: int = 1 << 30,
+        initial_window: int = 4,
         growth: float = 0.125,
         ramp: float = 0.05,
         drift: float = 2.0,
@@ -93,7 +95,7 @@ class RateLearner:
         self.rate: float | None = None
         #: Bumped whenever the pace changes at a 429: slots claimed before are claimed again.
         self.epoch = 0
-        self._window: float | None = 1.0
+        self._window: float | None = float(initial_window)
         # With a rate given, the burst goes at once and the pace starts at its first
         # answer: the server's bucket stays full (its refill lost) until the burst
         # arrives, which a new connection can delay by tens of milliseconds.
