@@ -53,7 +53,8 @@ async def test_a_failure_mid_run_tightens_the_watch_of_that_model(
             pass
     polls = [server.stats.polls[sub.task_id] for sub in subs]
     # 30-60 s renders polled every ~0.95 s of API time: dozens of polls each ...
-    assert min(polls) >= 20, polls
+    # (>= 12, not ~30: at x100 a loaded machine stretches each poll by API seconds.)
+    assert min(polls) >= 12, polls
     # ... while a model never seen failing gets a handful.
     assert server.stats.polls[steady.task_id] <= 8
 
