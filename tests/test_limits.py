@@ -128,7 +128,8 @@ def test_slow_start_grows_the_window_per_accept_until_the_first_429() -> None:
 
 
 def test_without_a_limit_the_window_opens_past_the_concurrency_cap() -> None:
-    learner = RateLearner(max_window=4)
+    assert RateLearner(max_window=4).window is None  # a cap of 4 holds nothing back
+    learner = RateLearner(max_window=6)
     for i in range(24):
         learner.on_accepted(float(i))
     assert learner.window is None and learner.free
@@ -252,9 +253,9 @@ async def test_limits_pace_on_the_clock_and_reclaim_a_slot_after_a_429() -> None
 @pytest.mark.anyio
 async def test_an_unlimited_session_takes_the_fast_path_once_the_window_is_open() -> None:
     clock = FakeClock(100.0)
-    limits = Limits(max_concurrency=2, clock=clock)
+    limits = Limits(max_concurrency=8, clock=clock)
     assert limits.try_acquire() is None  # slow start: the window decides
-    for _ in range(20):
+    for _ in range(40):
         ticket = await limits.acquire()
         limits.release()
         limits.succeeded(ticket)

@@ -95,7 +95,9 @@ class RateLearner:
         self.rate: float | None = None
         #: Bumped whenever the pace changes at a 429: slots claimed before are claimed again.
         self.epoch = 0
-        self._window: float | None = float(initial_window)
+        # (A window no smaller than the concurrency cap would hold nothing back.)
+        self._window: float | None = (
+            float(initial_window) if initial_window < max_window else None)
         # With a rate given, the burst goes at once and the pace starts at its first
         # answer: the server's bucket stays full (its refill lost) until the burst
         # arrives, which a new connection can delay by tens of milliseconds.
