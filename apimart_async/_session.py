@@ -57,8 +57,11 @@ class Session:
       https, or plain http to a loopback host (the emulator).
     - `max_concurrency`: requests in flight to the API host at any moment, all
       coroutines of this session together.
-    - `rps`: an optional ceiling on requests per second to the API host; the session
-      also slows down by itself when the server answers 429.
+    - `rps`: the key's rate limit in requests per second, if you know it: every request
+      is paced to it from the start, so none meets a 429. Without it the session learns
+      the limit from the server's 429s (a few learning costs) and paces at it.
+    - `burst`: with `rps`, how many requests the key's limit lets through at once (its
+      token bucket's size): they go at once before pacing starts. Default 1.
     - `timeout`, `retry`, `poll`: see `Timeout`, `RetryPolicy` and `PollPolicy`.
     - `http_session`: an `aiohttp.ClientSession` of yours to send on; it is not
       closed. Without one the session owns and closes its own.
@@ -86,6 +89,7 @@ class Session:
         base_url: str | None = None,
         max_concurrency: int = 16,
         rps: float | None = None,
+        burst: int | None = None,
         timeout: Timeout | None = None,
         retry: RetryPolicy | None = None,
         poll: PollPolicy | None = None,
@@ -103,6 +107,11 @@ class Session:
         )
         self._max_concurrency = require_whole_number("max_concurrency", max_concurrency)
         self._rps = require_positive_or_none("rps", rps)
+        if burst is not None:
+            require_whole_number("burst", burst)
+            if rps is None:
+                raise ValidationError("burst", "needs rps: a burst is the rate limit's, give both")
+        self._burst = burst
         require_whole_number("download_concurrency", download_concurrency)
         self._timeout = timeout or Timeout()
         self._retry = retry or RetryPolicy()
@@ -112,6 +121,7 @@ class Session:
         self._engine = Engine(
             base_url=self._base_url, key=key, timeout=self._timeout, retry=self._retry,
             poll=self._poll, clock=self._clock, max_concurrency=self._max_concurrency, rps=rps,
+            burst=self._burst,
             download_concurrency=download_concurrency, http_session=http_session,
             downloads=downloads, hooks=hooks,
         )
@@ -143,8 +153,13 @@ class Session:
         return self._max_concurrency
 
     @property
+    def burst(self) -> int | None:
+        """The key's burst given with `rps`, if any."""
+        return self._burst
+
+    @property
     def rps(self) -> float | None:
-        """The ceiling on requests per second to the API host (None: none set)."""
+        """The key's rate limit given, requests per second (None: learned from 429s)."""
         return self._rps
 
     @property
@@ -520,7 +535,7 @@ class Session:
                     "batch", f"{batch!r} has no items on {jr.label}: start it with "
                     f"'apimart-async batch FILE --journal URL --batch {batch}'")
             return await run_worker(
-                self._engine, jr, out_dir=Path(out_dir), rps=self._engine.limits.rate.ceiling,
+                self._engine, jr, out_dir=Path(out_dir), rps=self._engine.limits.rate.given,
                 resubmit_ambiguous=resubmit_ambiguous, stop=stop,
                 max_spend=check_max_spend(max_spend),
             )

@@ -213,7 +213,7 @@ class Session:
     """A blocking connection to the APIMart API: ``with Session() as s: ...``.
 
     The arguments are those of `apimart_async.Session` (`api_key`, `base_url`,
-    `max_concurrency`, `rps`, `timeout`, `retry`, `poll`, `download_concurrency`,
+    `max_concurrency`, `rps`, `burst`, `timeout`, `retry`, `poll`, `download_concurrency`,
     `clock`, `downloads`, `hooks`) except `http_session`: an aiohttp session belongs to one event
     loop, and this one runs its own. Bad arguments are refused here, as there.
 
@@ -235,6 +235,7 @@ class Session:
         base_url: str | None = None,
         max_concurrency: int = 16,
         rps: float | None = None,
+        burst: int | None = None,
         timeout: Timeout | None = None,
         retry: RetryPolicy | None = None,
         poll: PollPolicy | None = None,
@@ -246,7 +247,7 @@ class Session:
         def make() -> AsyncSession:
             return AsyncSession(
                 api_key, base_url=base_url, max_concurrency=max_concurrency, rps=rps,
-                timeout=timeout, retry=retry, poll=poll,
+                burst=burst, timeout=timeout, retry=retry, poll=poll,
                 download_concurrency=download_concurrency, clock=clock, downloads=downloads,
                 hooks=hooks,
             )
@@ -275,8 +276,13 @@ class Session:
 
     @property
     def rps(self) -> float | None:
-        """The ceiling on requests per second to the API host (None: none set)."""
+        """The key's rate limit given, requests per second (None: learned from 429s)."""
         return self._config.rps
+
+    @property
+    def burst(self) -> int | None:
+        """The key's burst given with `rps`, if any."""
+        return self._config.burst
 
     @property
     def timeout(self) -> Timeout:

@@ -1,14 +1,17 @@
-"""`Limits` and `AIMDRate` as pure objects: exact expectations on an injected clock.
+"""`RateLearner` and `Limits` as pure objects: exact expectations on an injected clock.
 
-Nothing here sleeps: `Limits.claim` says when a slot may go, and the clock is a
-number the test moves.
+Nothing here sleeps: `claim` says when a slot may go, and the clock is a number the
+test moves. The last tests run the learner against a model server (a token bucket on
+the same numbers) to pin what it is for: a batch at the floor with few 429s.
 """
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
-from apimart_async._core.aimd import AIMDRate
+from apimart_async._core.pacing import RateLearner
 from apimart_async._io.limits import Limits
 
 
@@ -30,131 +33,251 @@ class FakeClock:
         return seconds
 
 
-# -- AIMDRate ------------------------------------------------------------------------------
+class Bucket:
+    """The model server: `rate` tokens a second, at most `burst` kept, full at 0."""
 
-def test_a_429_multiplies_the_rate_by_decrease() -> None:
-    aimd = AIMDRate(ceiling=10.0)
-    assert (aimd.rate, aimd.epoch) == (10.0, 0)
-    aimd.on_throttled(0, now=0.0)
-    assert aimd.rate == pytest.approx(7.0)
-    assert aimd.epoch == 1
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate, self.burst = rate, burst
+        self.tokens, self.at = float(burst), 0.0
 
-
-def test_a_burst_of_429s_costs_one_decrease() -> None:
-    aimd = AIMDRate(ceiling=10.0)
-    # Five requests paced under epoch 0 all meet a 429: one decrease, not five.
-    for _ in range(5):
-        aimd.on_throttled(0, now=0.0)
-    assert aimd.rate == pytest.approx(7.0)
-    assert aimd.epoch == 1
-    # A request paced at the new rate that still meets a 429 decreases it again.
-    aimd.on_throttled(1, now=0.5)
-    assert aimd.rate == pytest.approx(4.9)
-    assert aimd.epoch == 2
+    def take(self, now: float) -> bool:
+        self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
+        self.at = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return True
+        return False
 
 
-def test_the_rate_never_falls_below_the_floor() -> None:
-    aimd = AIMDRate(ceiling=1.0, floor=0.5)
-    for epoch in range(10):
-        aimd.on_throttled(epoch, now=float(epoch))
-    assert aimd.rate == pytest.approx(0.5)
+def run_batch(learner: RateLearner, server: Bucket, n: int) -> tuple[float, int]:
+    """Send `n` requests as the learner allows: as many at once as its window lets
+    (one at a time once it has none), each answered the moment it arrives; a 429'd
+    request goes again in a later slot. Returns (makespan, 429s)."""
+    now, done, throttled = 0.0, 0, 0
+    while done < n:
+        wave = [learner.claim(now) for _ in range(min(learner.window or 1, n - done))]
+        for start, ticket, _ in wave:
+            now = max(now, start)
+            if server.take(now):
+                learner.on_accepted(ticket, now)
+                done += 1
+            else:
+                throttled += 1
+                learner.on_throttled(ticket, now, 1.0)
+    return now, throttled
 
 
-def test_successes_recover_fast_then_slowly_up_to_the_ceiling() -> None:
-    aimd = AIMDRate(ceiling=10.0)
-    aimd.on_throttled(0, now=0.0)  # 10 -> 7
-    # Below 85 % of where the 429 was met: fast, 30 % of the rate per second.
-    aimd.on_success(1.0)
-    assert aimd.rate == pytest.approx(7.0 + 0.3 * 7.0)  # 9.1
-    # Past 85 % (8.5): slow, 3 % per second.
-    aimd.on_success(1.0)
-    assert aimd.rate == pytest.approx(9.1 + 0.03 * 9.1)
-    for _ in range(100):
-        aimd.on_success(1.0)
-    assert aimd.rate == 10.0  # never above the ceiling
+# -- rate given -----------------------------------------------------------------------------
 
-
-def test_recovery_is_proportional_to_the_time_since_the_last_success() -> None:
-    aimd = AIMDRate(ceiling=10.0)
-    aimd.on_throttled(0, now=0.0)
-    aimd.on_success(0.5)
-    assert aimd.rate == pytest.approx(7.0 + 0.3 * 7.0 * 0.5)
-
-
-def test_without_a_ceiling_the_first_429_starts_from_the_measured_rate() -> None:
-    aimd = AIMDRate()
-    for i in range(20):
-        aimd.observe_start(i * 0.05)  # 20 requests in one second
-    aimd.on_success(1.0)
-    assert aimd.rate is None  # no limit known yet: nothing to recover
-    aimd.on_throttled(0, now=1.0)
-    assert aimd.measured(1.0) == pytest.approx(20.0)
-    assert aimd.rate == pytest.approx(14.0)
-    aimd.on_success(1.0)
-    assert aimd.rate == pytest.approx(14.0 + 0.3 * 14.0)
-
-
-def test_a_short_burst_does_not_read_as_thousands_per_second() -> None:
-    aimd = AIMDRate()
-    for _ in range(10):
-        aimd.observe_start(5.0)
-    # Ten starts at one instant count over a quarter window, not over zero seconds.
-    assert aimd.measured(5.0) == pytest.approx(40.0)
-
-
-# -- Limits --------------------------------------------------------------------------------
-
-def test_slots_are_spaced_at_the_rate() -> None:
-    clock = FakeClock(100.0)
-    limits = Limits(max_concurrency=4, rps=10.0, clock=clock)
-    starts = [limits.claim()[0] for _ in range(3)]
+def test_a_given_rate_spaces_the_slots() -> None:
+    learner = RateLearner(rate=10.0, margin=0.0)
+    starts = [learner.claim(100.0)[0] for _ in range(3)]
     assert starts == pytest.approx([100.0, 100.1, 100.2])
 
 
-def test_retry_after_pauses_every_sender_until_it_passes() -> None:
+def test_a_given_burst_goes_at_once_less_one_spare_token() -> None:
+    learner = RateLearner(rate=10.0, burst=10, margin=0.0)
+    starts = [learner.claim(0.0)[0] for _ in range(12)]
+    # Nine at once (one token kept for the network's jitter), then one per 0.1 s.
+    assert starts[:9] == [0.0] * 9
+    assert starts[9:] == pytest.approx([0.1, 0.2, 0.3])
+
+
+def test_a_given_pace_starts_from_the_bursts_first_answer() -> None:
+    # The server's bucket stays full (its refill lost) until the burst arrives, which a
+    # new connection can delay: pacing from the claim would run ahead of the server.
+    learner = RateLearner(rate=50.0, burst=30, margin=0.0)
+    assert learner.window == 29  # the burst, and no more until an answer
+    starts = [learner.claim(0.0)[0] for _ in range(29)]
+    assert max(starts) < 0.01
+    learner.on_accepted(0.0, now=0.030)  # the first answer, 30 ms later
+    assert learner.window is None
+    assert learner.claim(0.031)[0] == pytest.approx(0.030 + 1 / 50)
+
+
+def test_a_429_at_a_given_rate_widens_the_margin_and_keeps_the_rate() -> None:
+    learner = RateLearner(rate=20.0, burst=1, margin=0.0)
+    _, ticket, epoch = learner.claim(0.0)
+    learner.on_accepted(ticket, now=0.01)
+    _, ticket, _ = learner.claim(0.01)
+    learner.on_throttled(ticket, 0.07, 1.0)
+    assert learner.epoch != epoch and learner.pace(1.0) == 20.0
+    start = learner.claim(0.08)[0]
+    assert start == pytest.approx(ticket + 1 / (20.0 * 0.99))  # one interval, 1 % wider
+
+
+@pytest.mark.parametrize(("rate", "burst"), [(5, 10), (20, 10), (50, 30), (10, 1)])
+def test_a_given_rate_and_burst_reach_the_floor_without_a_429(rate: int, burst: int) -> None:
+    n = 300
+    makespan, throttled = run_batch(RateLearner(rate=rate, burst=burst), Bucket(rate, burst), n)
+    assert throttled == 0
+    assert makespan <= 1.02 * (n - burst) / rate
+
+
+# -- slow start -----------------------------------------------------------------------------
+
+def test_slow_start_grows_the_window_per_accept_until_the_first_429() -> None:
+    learner = RateLearner(initial_window=2, growth=0.25, max_window=100)
+    assert learner.free is False and learner.window == 2
+    for i in range(8):
+        learner.on_accepted(float(i))
+    assert learner.window == 4  # 2 + 8 * 0.25
+    learner.on_throttled(8.0, 8.1, None)
+    assert learner.window is None  # pacing from here on
+    assert learner.burst == 8  # what went through before the first 429
+
+
+def test_without_a_limit_the_window_opens_past_the_concurrency_cap() -> None:
+    assert RateLearner(max_window=4).window is None  # a cap of 4 holds nothing back
+    learner = RateLearner(max_window=6)
+    for i in range(24):
+        learner.on_accepted(float(i))
+    assert learner.window is None and learner.free
+    start, _, _ = learner.claim(50.0)
+    assert start == 50.0
+
+
+# -- Retry-After ------------------------------------------------------------------------------
+
+def test_a_long_retry_after_pauses_every_sender_until_it_passes() -> None:
+    learner = RateLearner(rate=10.0)
+    _, ticket, epoch = learner.claim(100.0)
+    learner.on_throttled(ticket, 100.01, 5.0)
+    assert learner.epoch != epoch  # slots claimed before are claimed again
+    assert learner.claim(100.02)[0] >= 105.0
+    # A shorter hint later does not cut the pause short.
+    learner.on_throttled(101.0, 101.01, 2.0)
+    assert learner.claim(101.02)[0] >= 105.0
+
+
+def test_a_one_second_hint_is_a_token_bucket_talking_and_does_not_stall_everyone() -> None:
+    learner = RateLearner(rate=10.0)
+    _, ticket, _ = learner.claim(100.0)
+    learner.on_throttled(ticket, 100.01, 1.0)
+    assert learner.claim(100.02)[0] < 100.5
+
+
+def test_the_first_guess_of_the_rate_comes_from_the_hint() -> None:
+    def first_slot(hint: float) -> float:
+        learner = RateLearner()  # nothing accepted before the 429: a burst of 1
+        learner.on_throttled(0.0, 0.0, hint)
+        return learner.claim(0.0)[0]
+
+    # The pace ramps up from 1 / hint: the next token is at most that far away.
+    assert 0.0 < first_slot(0.1) < first_slot(0.5) < first_slot(1.0)
+
+
+# -- the estimate -----------------------------------------------------------------------------
+
+def test_accepts_between_two_429s_give_the_rate() -> None:
+    learner = RateLearner(rate=None, jitter=0.0)
+    learner.on_throttled(0.0, 0.0, None)  # the burst is spent at t=0
+    learner.on_throttled(0.5, 0.5, None)  # the ramp's end: estimate from the latest accepts
+    # 40 accepts in the next 2 s, then a 429: the bucket refilled 40 +- 1 tokens.
+    for i in range(40):
+        learner.on_accepted(0.5 + (i + 1) * 0.05)
+    learner.on_throttled(2.55, 2.56, None)
+    assert learner.rate == pytest.approx(20.0, rel=0.05)
+
+
+def test_429s_already_on_the_wire_when_one_was_heard_teach_nothing_new() -> None:
+    learner = RateLearner()
+    learner.on_throttled(1.0, 1.01, None)
+    epoch, pace = learner.epoch, learner.pace(1.0)
+    for ticket in (1.001, 1.002, 1.005):  # sent before the first 429 was answered
+        learner.on_throttled(ticket, 1.02, None)
+    assert (learner.epoch, learner.pace(1.0)) == (epoch, pace)
+    assert learner.throttled == 4
+
+
+def test_a_rate_learned_too_low_is_raised_back_between_429s() -> None:
+    learner = RateLearner(jitter=0.0)
+    learner.on_throttled(0.0, 0.0, None)
+    learner.on_throttled(0.5, 0.5, None)
+    for i in range(10):
+        learner.on_accepted(0.5 + (i + 1) * 0.1)
+    learner.on_throttled(1.55, 1.55, None)
+    learned = learner.rate
+    assert learned is not None
+    # No 429 since: the pace creeps above the estimate, faster the longer it lasts.
+    assert learner.pace(1.55) == pytest.approx(learned)
+    assert learned < learner.pace(2.55) < learner.pace(4.55)  # type: ignore[operator]
+
+
+@pytest.mark.parametrize("rate", [5, 10, 20, 50])
+@pytest.mark.parametrize("burst", [10, 30])
+def test_a_batch_against_an_unknown_limit_runs_at_the_floor(rate: int, burst: int) -> None:
+    n = 300
+    makespan, throttled = run_batch(RateLearner(), Bucket(rate, burst), n)
+    floor = (n - burst) / rate
+    assert throttled <= 10
+    assert makespan <= 1.05 * floor
+
+
+@pytest.mark.parametrize("rate", [5, 10, 20, 50])
+def test_without_a_burst_learning_costs_a_little_more(rate: int) -> None:
+    # A bucket of one token overflows at any pace under the rate, so the ramp's count
+    # says less, and with no token spare each 429 widens the pace's berth from the
+    # rate (jitter would bunch requests): looser bounds, still near.
+    n = 300
+    makespan, throttled = run_batch(RateLearner(), Bucket(rate, 1), n)
+    assert throttled <= 10
+    assert makespan <= 1.10 * (n - 1) / rate
+
+
+def test_the_learned_rate_converges_on_the_servers() -> None:
+    learner = RateLearner()
+    run_batch(learner, Bucket(20.0, 10), 300)
+    assert learner.rate == pytest.approx(20.0, rel=0.02)
+
+
+# -- Limits -------------------------------------------------------------------------------
+
+@pytest.mark.anyio
+async def test_limits_pace_on_the_clock_and_reclaim_a_slot_after_a_429() -> None:
     clock = FakeClock(100.0)
     limits = Limits(max_concurrency=4, rps=10.0, clock=clock)
-    _, epoch = limits.claim()
-    limits.throttled(epoch, retry_after=5.0)
-    start, new_epoch = limits.claim()
-    assert start == pytest.approx(105.0)
-    assert new_epoch == epoch + 1
-    # The next one is spaced at the decreased rate (7/s) after the pause.
-    assert limits.claim()[0] == pytest.approx(105.0 + 1 / 7.0)
-    # A shorter hint later does not cut the pause short.
-    clock.t = 101.0
-    limits.throttled(new_epoch, retry_after=1.0)
-    assert limits.claim()[0] >= 105.0
+    first = await limits.acquire()
+    limits.release()
+    limits.succeeded(first)
+    second = await limits.acquire()  # paced: slept until its slot
+    assert second - first == pytest.approx(0.1, rel=0.01)
+    assert clock.slept
+    limits.release()
+    limits.throttled(second, retry_after=3.0)
+    assert limits.try_acquire() is None
+    third = await limits.acquire()
+    assert third >= second + 3.0
 
 
 @pytest.mark.anyio
-async def test_retry_after_pauses_an_unpaced_session_too() -> None:
-    # async only because the semaphore in try_acquire wants an event loop
+async def test_an_unlimited_session_takes_the_fast_path_once_the_window_is_open() -> None:
     clock = FakeClock(100.0)
-    limits = Limits(max_concurrency=4, clock=clock)
-    epoch = limits.try_acquire()
-    assert epoch == 0  # no rate known: a free slot goes at once
+    limits = Limits(max_concurrency=8, clock=clock)
+    assert limits.try_acquire() is None  # slow start: the window decides
+    for _ in range(40):
+        ticket = await limits.acquire()
+        limits.release()
+        limits.succeeded(ticket)
+    ticket = limits.try_acquire()
+    assert ticket == 100.0 and not clock.slept
     limits.release()
-    limits.throttled(epoch, retry_after=3.0)
-    assert limits.try_acquire() is None  # must wait now
-    assert limits.claim()[0] == pytest.approx(103.0)
 
 
-def test_no_hint_means_no_pause_only_the_new_spacing() -> None:
+def test_no_sleep_at_all_when_the_clock_is_already_past_the_slot() -> None:
     clock = FakeClock(100.0)
     limits = Limits(max_concurrency=4, rps=10.0, clock=clock)
-    for _ in range(5):
-        limits.claim()  # slots claimed up to 100.4 at the old rate
-    limits.throttled(0, retry_after=None)
-    # Slots claimed at the old rate are re-claimed one new interval from now.
-    assert limits.claim()[0] == pytest.approx(100.0 + 1 / 7.0)
+    start, _, _ = limits.claim()
+    clock.t = 200.0
+    later, _, _ = limits.claim()
+    assert (start, later) == (100.0, 200.0)
+    assert math.isfinite(later)
 
 
-def test_successes_recover_the_rate_by_elapsed_clock_time() -> None:
-    clock = FakeClock(100.0)
-    limits = Limits(max_concurrency=4, rps=10.0, clock=clock)
-    limits.throttled(0, retry_after=None)
-    assert limits.rate.rate == pytest.approx(7.0)
-    clock.t = 101.0  # one second after the Limits was made
-    limits.succeeded()
-    assert limits.rate.rate == pytest.approx(9.1)
+def test_a_429d_request_waits_for_its_paced_slot_not_a_one_second_hint() -> None:
+    limits = Limits(max_concurrency=4, clock=FakeClock())
+    # Whole seconds are all Retry-After can say: "1" from a token bucket means "soon".
+    assert limits.retry_delay(1.0, 1.0) == 0.0
+    assert limits.retry_delay(None, 0.4) == 0.0
+    # A longer hint is the server's word, and the retry policy's delay honours it.
+    assert limits.retry_delay(5.0, 5.0) == 5.0

@@ -621,7 +621,7 @@ async def run_fleet_batch(
             if on_change is not None:
                 tg.start_soon(_mirror, journal, items, out_dir, on_change, seen)
             outcome = await run_worker(
-                engine, journal, out_dir=out_dir, rps=engine.limits.rate.ceiling,
+                engine, journal, out_dir=out_dir, rps=engine.limits.rate.given,
                 resubmit_ambiguous=resubmit_ambiguous, stop=stop, max_spend=max_spend,
             )
             tg.cancel_scope.cancel()

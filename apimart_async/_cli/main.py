@@ -132,6 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="fraction of tasks that fail (default 0; kind profile only)")
     emu.add_argument("--latency", type=float, default=0.0, help="seconds added to each answer")
     emu.add_argument("--rate-limit", type=float, default=None, help="requests per second")
+    emu.add_argument("--burst", type=int, default=None,
+                     help="requests the rate limit lets through at once (default: the rate)")
     emu.add_argument("--balance", type=float, default=None,
                      help="what the key can spend (402 after; default: unlimited quota);"
                           " each submission costs 1 unless --price says otherwise")
@@ -225,7 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("prompt")
     _add_batch_options(gen, batch=False)
     # One video: one request at a time is all it ever needs.
-    gen.set_defaults(concurrency=1, rps=None)
+    gen.set_defaults(concurrency=1, rps=None, burst=None)
 
     dl = sub.add_parser("download", help="download a completed task's videos and images "
                                          "(DIR/TASK_ID.mp4, DIR/TASK_ID-2.mp4, ...)")
@@ -289,9 +291,11 @@ def _add_batch_options(p: argparse.ArgumentParser, *, batch: bool) -> None:
     if batch:
         p.add_argument("--concurrency", type=_positive_int, default=16,
                        help="requests in flight at once (default 16)")
-        p.add_argument("--rps", type=float, default=None,
-                       help="at most this many requests/second (default: no cap; the "
-                            "session slows down by itself on 429)")
+        p.add_argument("--rps", type=_positive_float, default=None,
+                       help="the key's rate limit, if known: pace every request to it (no "
+                            "429s); without it the limit is learned from the server's 429s")
+        p.add_argument("--burst", type=_positive_int, default=None,
+                       help="with --rps: requests the limit lets through at once (default 1)")
     p.add_argument("--model", default=None,
                    help=f"model{every} (default sora-2; checked: sora-2, sora-2-pro, veo3, "
                         "Omni-Flash-Ext; other names are sent as given)")
@@ -416,6 +420,7 @@ async def _run_emulator(args: argparse.Namespace) -> int:
         **knobs,
         latency=args.latency,
         rate_limit=args.rate_limit,
+        burst=args.burst,
         balance=args.balance,
         **pricing,
         video_size=args.video_size,
@@ -587,7 +592,7 @@ async def _batch(
         notice = ConnectNotice()
         session = Session(
             api_key, base_url=base_url, max_concurrency=args.concurrency, rps=args.rps,
-            clock=clock, hooks=notice.hooks,
+            burst=args.burst, clock=clock, hooks=notice.hooks,
         )
         notice.base_url = session.base_url
         async with session:
@@ -803,7 +808,7 @@ async def _run_demo(args: argparse.Namespace) -> int:
             BatchItem(request=VideoRequest(p, duration=5), name=f"demo-{i + 1:02d}")
             for i, p in enumerate(prompts)
         ]
-        args.concurrency, args.rps, args.json = 8, None, False
+        args.concurrency, args.rps, args.burst, args.json = 8, None, None, False
         # The emulator lives only as long as this command: start a fresh journal.
         journal = args.out / ".apimart-demo-journal.sqlite3"
         for stale in (journal, *(journal.with_name(journal.name + s) for s in ("-wal", "-shm"))):

@@ -79,6 +79,7 @@ class Engine:
         http_session: aiohttp.ClientSession | None,
         downloads: DownloadPolicy | None = None,
         hooks: Hooks | None = None,
+        burst: int | None = None,
     ) -> None:
         self.clock = clock
         #: Names the key in shared tables (a fleet's rate), never the key itself.
@@ -90,7 +91,9 @@ class Engine:
         self.http = Http(
             timeout=timeout, session=http_session, connections=max(100, max_concurrency)
         )
-        self.limits = Limits(max_concurrency=max_concurrency, rps=rps, clock=clock, hooks=hooks)
+        self.limits = Limits(
+            max_concurrency=max_concurrency, rps=rps, burst=burst, clock=clock, hooks=hooks
+        )
         self.transport = Transport(
             base_url=base_url, key=key, http=self.http, limits=self.limits, retry=retry,
             stats=self.stats, clock=clock, hooks=hooks,

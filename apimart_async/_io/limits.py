@@ -1,8 +1,9 @@
-"""Shared request limits: a concurrency cap and an AIMD request rate.
+"""Shared request limits: a concurrency cap and the learned request pace.
 
 Every request to the API host, submission or poll, passes through one `Limits`,
-so a session slows down as a whole when the server pushes back instead of every
-coroutine retrying on its own.
+so a session paces itself as a whole against the key's rate limit instead of every
+coroutine retrying on its own. The policy (what the limit is, when the next request
+may go) is pure, in `_core.pacing`; this module only waits for it.
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ from contextvars import ContextVar
 
 import anyio
 
-from .._core.aimd import AIMDRate
 from .._core.hooks import Hooks, RateChangeEvent
+from .._core.pacing import RateLearner
 from .clock import Clock, Timer
 from .hooks import fire
 
@@ -36,36 +37,42 @@ _REPORT_STEP = 0.10
 
 
 class Limits:
-    """The session-wide gate in front of the API host: concurrency, then pacing."""
+    """The session-wide gate in front of the API host: concurrency, then pacing.
+
+    `acquire` returns a ticket (the request's send time on the session's clock); hand
+    it back with the answer: `succeeded(ticket)` or `throttled(ticket, retry_after)`.
+    """
 
     def __init__(
         self,
         *,
         max_concurrency: int,
         rps: float | None = None,
+        burst: int | None = None,
         clock: Timer | None = None,
         hooks: Hooks | None = None,
     ) -> None:
         self._hooks = hooks or Hooks()
         # fast_acquire: no checkpoint when a slot is free; this sits on every request.
         self.concurrency = anyio.Semaphore(max_concurrency, fast_acquire=True)
-        self.rate = AIMDRate(ceiling=rps)
+        self.rate = RateLearner(rate=rps, burst=burst, max_window=max_concurrency)
         # Pacing runs on the session's clock: a compressed clock paces in API seconds,
         # and a test's stepped clock paces without sleeping at all.
         self._time: Timer = clock or Clock()
-        self._next_slot = 0.0
-        self._paused_until = 0.0
-        self._last_success = self._time.now()
+        self._in_flight = 0
+        # Set when a request ends: a sender held back by the slow-start window retries.
+        self._freed = anyio.Event()
+        self._held_back = 0
+        # The pace last reported (log, `on_rate_change`), to report its rises in steps.
+        self._reported: float | None = rps
         #: When set, every request waits for a slot of this shared rate instead of the
-        #: local one (a fleet of workers on one key: `_batch.fleet`).
+        #: local pace (a fleet of workers on one key: `_batch.fleet`).
         self.shared: SharedPacer | None = None
         #: Called on each 429 when `shared` is set, with the Retry-After hint (seconds).
         self.on_shared_throttle: Callable[[float | None], None] | None = None
         #: A prepaid slot reached later than this (real seconds) is not used: a request
         #: sent late bunches with those sent on time.
         self.shared_tolerance = 0.0
-        # The rate last reported (log, `on_rate_change`), to report recovery in steps.
-        self._reported = self.rate.rate
 
     @contextlib.contextmanager
     def prepaid(self, due: float) -> Iterator[None]:
@@ -78,46 +85,26 @@ class Limits:
         finally:
             _prepaid.reset(token)
 
-    def claim(self) -> tuple[float, int]:
-        """Claim the next send slot: (clock time it may go at, the epoch it is paced under).
+    def claim(self) -> tuple[float, float, int]:
+        """Claim the next send slot: (clock time it may go at, its ticket, its epoch)."""
+        return self.rate.claim(self._time.now())
 
-        Pure bookkeeping, O(1) and without a lock: a `Retry-After` pause and the
-        current rate's spacing both push the slot later.
-        """
-        epoch = self.rate.epoch
-        start = max(self._time.now(), self._paused_until)
-        rate = self.rate.rate
-        if rate is not None:
-            start = max(start, self._next_slot)
-            self._next_slot = start + 1.0 / rate
-        return start, epoch
-
-    async def _pace(self) -> int:
-        """Wait for a send slot at the current rate; return the epoch it was paced under."""
-        while True:
-            start, epoch = self.claim()
-            wait = start - self._time.now()
-            if wait > 0:
-                await self._time.sleep(wait)
-            if self.rate.epoch == epoch:
-                return epoch
-            # The rate fell while we waited: that slot was spaced for the old rate.
-
-    def try_acquire(self) -> int | None:
+    def try_acquire(self) -> float | None:
         """Take a slot without waiting, if one is free and nothing needs pacing."""
-        if self.rate.rate is not None or self._paused_until > 0.0 or self.shared is not None:
+        if not self.rate.free or self.shared is not None:
             return None
         try:
             self.concurrency.acquire_nowait()
         except anyio.WouldBlock:
             return None
-        return self._started(self.rate.epoch)
+        self._in_flight += 1
+        return self._time.now()
 
-    async def acquire(self) -> int:
-        """Take one request slot (call `release` after); returns the pacing epoch."""
-        epoch = self.try_acquire()
-        if epoch is not None:
-            return epoch
+    async def acquire(self) -> float:
+        """Take one request slot (call `release` after); returns the request's ticket."""
+        ticket = self.try_acquire()
+        if ticket is not None:
+            return ticket
         if self.shared is not None and _prepaid.get() is not None:
             # A fleet's submission holding its shared slot: it goes now, not after polls
             # that hold request slots while they wait for slots of their own (it would
@@ -128,66 +115,100 @@ class Limits:
             _unmetered.set(True)
             if due is not None and time.monotonic() - due > self.shared_tolerance:
                 await self.shared()
-            return self._started(self.rate.epoch)
+            return self._time.now()
         await self.concurrency.acquire()
         try:
             if self.shared is not None:
                 await self.shared()
-                epoch = self.rate.epoch
+                ticket = self._time.now()
             else:
-                epoch = await self._pace()
+                ticket = await self._pace()
         except BaseException:
             self.concurrency.release()
             raise
-        return self._started(epoch)
+        self._in_flight += 1
+        return ticket
 
-    def _started(self, epoch: int) -> int:
-        self.rate.observe_start(self._time.now())
-        return epoch
+    async def _pace(self) -> float:
+        rate = self.rate
+        while True:
+            window = rate.window
+            if window is not None and self._in_flight >= window:
+                # Finding the burst: wait for a request on the wire to end.
+                self._held_back += 1
+                try:
+                    await self._freed.wait()
+                finally:
+                    self._held_back -= 1
+                continue
+            start, ticket, epoch = self.claim()
+            wait = start - self._time.now()
+            if wait <= 0:
+                return ticket
+            await self._time.sleep(wait)
+            if rate.epoch == epoch:
+                return ticket
+            # A 429 changed the pace while we waited: that slot was spaced for the old one.
 
     def release(self) -> None:
         """Give back a slot taken by `acquire`."""
         if _unmetered.get():
             _unmetered.set(False)
             return
+        self._in_flight -= 1
         self.concurrency.release()
+        self._wake()
 
-    def throttled(self, epoch: int, retry_after: float | None) -> None:
-        """Record a 429 for a request paced under `epoch`; honour a hint for everyone."""
+    def _wake(self) -> None:
+        if self._held_back:  # (an Event per request would cost every request)
+            freed, self._freed = self._freed, anyio.Event()
+            freed.set()
+
+    def throttled(self, ticket: float, retry_after: float | None) -> None:
+        """Record a 429 for the request sent at `ticket`; a long hint pauses everyone."""
         if self.shared is not None:
             if self.on_shared_throttle is not None:
                 self.on_shared_throttle(retry_after)
             return
-        now = self._time.now()
-        before, previous = self.rate.epoch, self.rate.rate
-        self.rate.on_throttled(epoch, now)
-        if self.rate.epoch != before and self.rate.rate is not None:
-            # Slots claimed at the old rate are re-claimed at the new one, starting one
-            # interval from now: the server has just said its budget is spent.
-            self._next_slot = now + 1.0 / self.rate.rate
-            self._report(previous, "throttled", retry_after)
-        pause = self._time.delay_length(retry_after or 0.0)
-        if pause:
-            self._paused_until = max(self._paused_until, now + pause)
+        rate, now = self.rate, self._time.now()
+        before, previous = rate.epoch, rate.pace(now)
+        hint = self._time.delay_length(retry_after) if retry_after is not None else None
+        rate.on_throttled(ticket, now, hint or None)
+        if rate.epoch != before:
+            self._report(previous, rate.pace(now), "throttled", retry_after)
+        self._wake()
 
-    def succeeded(self) -> None:
-        """Record a successful answer (lets the rate recover)."""
-        now = self._time.now()
-        previous = self.rate.rate
-        self.rate.on_success(now - self._last_success)
-        self._last_success = now
-        rate, reported = self.rate.rate, self._reported
-        if rate is not None and rate != previous and reported is not None \
-                and abs(rate - reported) >= _REPORT_STEP * reported:
-            self._report(reported, "recovered", None)
+    def retry_delay(self, retry_after: float | None, delay: float) -> float:
+        """How long a request that met a 429 waits before it queues for a slot again.
 
-    def _report(self, previous: float | None, reason: str, retry_after: float | None) -> None:
-        rate = self.rate.rate
-        self._reported = rate
+        A hint of a second or less (or none) is a token bucket's: its next token is
+        nearer than the header's whole seconds can say, and the learned pace spaces the
+        retry. A longer hint is the server's word: `delay` (which honours it).
+        """
+        return delay if retry_after is not None and retry_after > 1.0 else 0.0
+
+    def succeeded(self, ticket: float) -> None:
+        """Record that the request sent at `ticket` got an answer other than a 429."""
+        rate = self.rate
+        if rate.window is None:
+            rate.on_accepted(ticket)
+        else:
+            rate.on_accepted(ticket, self._time.now())
+            self._wake()
+        reported = self._reported
+        if reported is not None and rate.rate is not None:
+            # The learned pace creeps up between 429s: report it in steps.
+            pace = rate.pace(self._time.now())
+            if pace is not None and pace - reported >= _REPORT_STEP * reported:
+                self._report(reported, pace, "recovered", None)
+
+    def _report(self, previous: float | None, pace: float | None, reason: str,
+                retry_after: float | None) -> None:
+        self._reported = pace
         log.debug("request rate %s: %s -> %s requests/s%s", reason,
                   "unlimited" if previous is None else f"{previous:.2f}",
-                  "unlimited" if rate is None else f"{rate:.2f}",
+                  "unlimited" if pace is None else f"{pace:.2f}",
                   f" (Retry-After {retry_after:g}s)" if retry_after else "")
         if self._hooks.on_rate_change is not None:
             fire(self._hooks.on_rate_change, RateChangeEvent(
-                rate=rate, previous=previous, reason=reason, retry_after=retry_after))
+                rate=pace, previous=previous, reason=reason, retry_after=retry_after))

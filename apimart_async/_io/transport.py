@@ -135,6 +135,8 @@ class Transport:
                 if isinstance(exc, RateLimitError):
                     self.stats.rate_limited += 1
                     limits.throttled(epoch, exc.retry_after)
+                elif raw is not None:
+                    limits.succeeded(epoch)  # answered: it took a token all the same
                 decision = decide(
                     self.retry, exc, attempt=attempt, idempotent=request.idempotent
                 )
@@ -147,15 +149,18 @@ class Transport:
                     )
                     raise
                 self.stats.retries += 1
+                delay = decision.delay
+                if isinstance(exc, RateLimitError):
+                    delay = limits.retry_delay(exc.retry_after, delay)
                 # DEBUG, not INFO: a faulty batch retries often, and each one is routine.
                 log.debug(
                     "%s %s attempt %d failed (%s); retrying in %.2fs",
-                    request.method, request.path, attempt, type(exc).__name__, decision.delay,
+                    request.method, request.path, attempt, type(exc).__name__, delay,
                 )
                 if hooks.on_retry is not None:
                     fire(hooks.on_retry, RetryEvent(
                         method=request.method, path=request.path, attempt=attempt,
-                        error=type(exc).__name__, status=status, delay=decision.delay))
+                        error=type(exc).__name__, status=status, delay=delay))
                 if on_safe_retry is not None and not is_ambiguous(exc):
                     await on_safe_retry()
             except BaseException:
@@ -163,14 +168,14 @@ class Transport:
                 raise
             else:
                 limits.release()
-                limits.succeeded()
+                limits.succeeded(epoch)
                 if hooks.on_request is not None:
                     fire(hooks.on_request, RequestEvent(
                         method=request.method, path=request.path, attempt=attempt,
                         status=raw.status, error=None,
                         elapsed=time.perf_counter() - started))
                 return result
-            await self._clock.delay(decision.delay)
+            await self._clock.delay(delay)
 
 
 def _status(exc: APIMartError) -> int | None:

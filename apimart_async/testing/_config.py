@@ -88,7 +88,13 @@ class EmulatorConfig:
     - `estimate_error`: `estimated_time` is off by up to this fraction either way.
     - `fail_rate`: fraction of tasks that end failed.
     - `latency`: real seconds added to every API answer.
-    - `rate_limit`, `burst`: requests per real second the API host allows (429 beyond).
+    - `rate_limit`, `burst`: requests per second the API host allows, as a token
+      bucket of `burst` (default: the rate, rounded up) refilled at `rate_limit`; beyond,
+      429 with ``Retry-After`` (whole seconds until a token is free, at least 1).
+    - `rate_limit_clock`: run the rate limit on the emulator's `Clock` (compressed or
+      stepped, like task time) instead of real time, for tests that pace on the same
+      clock without sleeping. Real time (False) is the default: a server's load does not
+      compress.
     - `balance`: what the key has left to spend (``remain_balance``); a submission
       that costs more than what is left gets 402. None is an unlimited quota
       (``remain_balance`` -1, ``unlimited_quota`` true); spending is counted either way.
@@ -122,6 +128,7 @@ class EmulatorConfig:
     latency: float = 0.0
     rate_limit: float | None = None
     burst: int | None = None
+    rate_limit_clock: bool = False
     balance: float | None = attrs.field(default=None, validator=_balance)
     price: Price = attrs.field(factory=Price, validator=_price)
     prices: Mapping[str, Price] = attrs.field(factory=dict, validator=_prices)

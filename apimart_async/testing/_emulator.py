@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import random
 import secrets
+import time
 from collections import Counter
 from collections.abc import Mapping
 from typing import Any
@@ -71,7 +72,11 @@ class Emulator:
         #: Answer a repeated Idempotency-Key with the first task (settable at run time).
         self.honour_idempotency_key = self.config.honour_idempotency_key
         rate = self.config.rate_limit
-        self._bucket = TokenBucket(rate, self.config.burst) if rate else None
+        self._bucket = (
+            TokenBucket(rate, self.config.burst, clock=self.clock.now
+                        if self.config.rate_limit_clock else time.monotonic)
+            if rate else None
+        )
         self._videos: dict[str, bytes] = {}
         self._per_model: Counter[str] = Counter()
         self._log = RequestLog(self.config.request_log_size)
@@ -187,8 +192,8 @@ class Emulator:
         return fault
 
     def admit(self) -> float | None:
-        """Take a rate-limit token: None if a request may go now, else the real seconds
-        until one is free."""
+        """Take a rate-limit token: None if a request may go now, else the seconds until
+        one is free (real seconds, or the clock's with `rate_limit_clock`)."""
         return self._bucket.take() if self._bucket is not None else None
 
     def accept(

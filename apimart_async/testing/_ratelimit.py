@@ -1,4 +1,4 @@
-"""The API host's rate limit: a token bucket refilled in real time."""
+"""The API host's rate limit: a token bucket refilled in real time (or on a given clock)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ class TokenBucket:
     """`rate` requests per second with bursts of up to `burst` (default: the rate, rounded up).
 
     `clock` reads seconds (real time by default: a rate limit is about the server's load,
-    which does not compress with the task clock).
+    which does not compress with the task clock; `EmulatorConfig.rate_limit_clock` passes
+    the emulator's clock instead).
     """
 
     def __init__(

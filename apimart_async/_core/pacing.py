@@ -1,0 +1,323 @@
+"""Request pacing under a per-key rate limit, sans I/O: pure state on the caller's clock.
+
+The server is modelled as what rate limits almost always are, a token bucket: `rate`
+tokens a second, at most `burst` kept. A 429 says the bucket held less than one token
+when that request arrived; an accepted request says it held one. So between two 429s
+sent at `t0` and `t1`, with `A` requests accepted in between, the bucket refilled
+``A + x`` tokens for some ``x`` in (-1, 1): ``rate ~ (A + 0.5) / (t1 - t0)``, closer the
+longer the span, whatever the rate's scale. (Unless the bucket overflowed meanwhile,
+which only a pace below the rate allows; the accepts then show it: k requests accepted
+within a span `d` need ``rate >= (k - burst) / d``.)
+
+`RateLearner` runs in three phases:
+
+- *rate given* (`rate=`, and `burst=` if known): a mirror token bucket paces every
+  request: the burst (less one token kept spare for the network's jitter) goes at once,
+  and the pace starts from its first answer, a hair (`margin`) under the rate. A 429
+  then can only be jitter: the margin widens (up to 10 %); the rate is not relearned.
+- *slow start* (nothing known): requests in flight are capped by a window that starts at
+  `initial_window` and grows by `growth` per accepted request, so the burst is spent
+  within a few dozen round trips while few requests are on the wire when it runs out
+  (those few meet the 429s learning costs). A server without a limit sees the window
+  outgrow the concurrency cap.
+- *tracking* (after the first 429): until the next 429 the pace doubles every `ramp`
+  seconds of sending from a first guess (``1 / Retry-After``, or the burst per second);
+  from then on it is the estimate from the first 429 to the latest, clamped by what the
+  latest accepts prove (``rate < 1 / gap`` for a 429 a gap after the last accept), and
+  intersected with what earlier 429s taught. Between 429s the pace rises by `drift`
+  times the square of the estimate's uncertainty per second, over the burst (a bigger
+  bucket absorbs a longer lag), so a rate learned too low is raised back before the
+  bucket overflows; the next 429 then comes after a span several times longer and
+  narrows the estimate again. The 429s this costs grow with the logarithm of the batch's
+  length. A bucket of one or two tokens has none spare for the network's jitter, so
+  there each 429 also widens the pace's berth from the rate (`margin`, up to 5 %).
+
+A `Retry-After` hint longer than the header's one-second granularity pauses every
+request until it passes; a hint of one second is what any token bucket answers (the next
+token is less than a second away), so it only seeds the first guess of the rate (and
+the request that met it waits for its paced slot: `Limits.retry_delay`).
+
+Times are the caller's clock readings; a request's ticket is the time its slot was
+claimed for (`jitter` allows for how far apart the server may see two requests sent
+together).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+
+__all__ = ["RateLearner"]
+
+
+class RateLearner:
+    """What the session knows of the API host's rate limit, and when a request may go.
+
+    Pure state driven by the caller's clock readings (seconds). Before sending, the
+    caller checks `window` (a cap on requests in flight, or None) and claims a slot with
+    `claim(now)`, which returns when the request may go and its ticket; it reports each
+    answer with `on_accepted(ticket)` or `on_throttled(ticket, now, retry_after)`. A
+    slot claimed before `epoch` changed is claimed again: the pace changed meanwhile.
+    """
+
+    def __init__(
+        self,
+        *,
+        rate: float | None = None,
+        burst: int | None = None,
+        max_window: int = 1 << 30,
+        initial_window: int = 4,
+        growth: float = 0.125,
+        ramp: float = 0.05,
+        drift: float = 2.0,
+        min_rate: float = 0.2,
+        jitter: float = 0.002,
+        margin: float = 0.005,
+    ) -> None:
+        #: The rate the user gave (trusted: paced at, never relearned), or None.
+        self.given = rate
+        self.growth = growth
+        self.ramp = ramp
+        self.drift = drift
+        self.min_rate = min_rate
+        # How far apart the server may see two requests sent together (seconds).
+        self.jitter = jitter
+        # How far under the rate the pace keeps (a fraction): a request right on a
+        # token's edge meets a 429.
+        self.margin = margin
+        self.max_window = max_window
+        #: Requests accepted so far, and 429s met.
+        self.accepted = 0
+        self.throttled = 0
+        #: The server's burst as known: given, or what was accepted before the first 429.
+        self.burst = burst if burst is not None else 1
+        #: The learned rate (None until a second 429 bounds it).
+        self.rate: float | None = None
+        #: Bumped whenever the pace changes at a 429: slots claimed before are claimed again.
+        self.epoch = 0
+        # (A window no smaller than the concurrency cap would hold nothing back.)
+        self._window: float | None = (
+            float(initial_window) if initial_window < max_window else None)
+        # With a rate given, the burst goes at once and the pace starts at its first
+        # answer: the server's bucket stays full (its refill lost) until the burst
+        # arrives, which a new connection can delay by tens of milliseconds.
+        self._anchor = rate is not None
+        if rate is not None:
+            self._window = float(max(1, self.burst - 1))
+        # The mirror bucket (GCRA): the time the next request may go at the pace.
+        self._tat = -math.inf
+        self._paused_until = -math.inf
+        # The reference 429 (send time) and the accepts sent since: the long span.
+        self._ref: float | None = None
+        self._since_ref = 0
+        # The latest 429 used, the span from the reference to it, the accepts since.
+        self._last = -math.inf
+        self._span = 0.0
+        self._uncertainty = 0.0
+        self._recent: deque[float] = deque()
+        # 429s for requests sent before this were already on the wire when the session
+        # reacted to a 429: they say nothing new.
+        self._reacted_at = -math.inf
+        # Until the second 429: the ramp's pace.
+        self._ramp_pace = 1.0
+        # The latest accept since the latest 429 (send time), and the longest pause
+        # between slots since the reference (in which the bucket may have overflowed).
+        self._last_accept = -math.inf
+        self._prev_slot = -math.inf
+        self._max_gap = 0.0
+
+    # -- what the caller asks ------------------------------------------------------------
+
+    @property
+    def window(self) -> int | None:
+        """How many requests may be in flight while the burst is being found (None: no cap)."""
+        return None if self._window is None else int(self._window)
+
+    @property
+    def free(self) -> bool:
+        """Whether a request may go at once, unpaced (no limit given, met or paused for)."""
+        return (self._window is None and self._ref is None and self.given is None
+                and self._paused_until == -math.inf)
+
+    def pace(self, now: float) -> float | None:
+        """The rate requests are paced at, at time `now` (None: not paced)."""
+        if self._ref is None:
+            return self.given
+        if self.rate is None:
+            p = self._ramp_pace
+        else:
+            # Probe upward: fast enough that a rate learned `uncertainty` too low is
+            # caught up with before the bucket overflows, slow enough that the next 429
+            # comes after a span several times longer.
+            u = self._uncertainty
+            p = self.rate + self.drift * u * u * max(0.0, now - self._last) / (self.burst + 1)
+        return max(p, self.min_rate)
+
+    def claim(self, now: float) -> tuple[float, float, int]:
+        """Claim the next slot: (when it may go, its ticket, the epoch it was paced under).
+
+        The ticket is the send time; pass it back with the answer.
+        """
+        start = max(now, self._paused_until)
+        p = self.pace(start)
+        if p is None:
+            return start, start, self.epoch
+        start = max(start, self._tat - self._tolerance(p))
+        # The gap to the next slot is at the pace of this slot's time (it may drift).
+        p = self.pace(start) or p
+        if self._ref is not None:
+            self._max_gap = max(self._max_gap, start - max(self._prev_slot, self._ref))
+            self._prev_slot = start
+        self._tat = max(self._tat, start) + self._interval(p)
+        if self._ramping:
+            self._ramp_pace = p + math.log(2.0) / self.ramp
+        return start, start, self.epoch
+
+    def _tolerance(self, p: float) -> float:
+        # Before any 429 the mirror bucket holds `burst` tokens: the server's burst.
+        # (Less one, when it has more: a spare token absorbs the network's jitter.)
+        if self._ref is not None:
+            return 0.0
+        spare = 2 if self.burst > 2 else 1
+        return (self.burst - spare) / p
+
+    @property
+    def _ramping(self) -> bool:
+        return self._ref is not None and self.rate is None
+
+    def _interval(self, p: float) -> float:
+        if not self._ramping:
+            # A hair under the rate: a request right on the token's edge meets a 429.
+            return 1.0 / (p * (1.0 - self.margin))
+        # A pace doubling every `ramp` seconds: the next slot is where its integral
+        # reaches one request (and the pace there is `ln 2 / ramp` higher).
+        growth = math.log(2.0) / self.ramp
+        return math.log1p(growth / p) / growth
+
+    # -- what the caller reports ---------------------------------------------------------
+
+    def on_accepted(self, ticket: float, now: float | None = None) -> None:
+        """The request sent at `ticket` was accepted (it took a token), answered at `now`
+        (needed while `window` is not None)."""
+        self.accepted += 1
+        if self._anchor:
+            self._anchor = False
+            self._window = None
+            answered = ticket if now is None else now
+            p = self.pace(answered) or 1.0
+            # The server's bucket was full until the burst arrived, by the answer at the
+            # latest: the next token (the spare one kept aside) is due an interval later.
+            self._tat = max(self._tat, answered + self._interval(p) + self._tolerance(p))
+        elif self._window is not None:
+            self._window += self.growth
+            if self._window >= self.max_window:
+                self._window = None  # no limit met while filling the concurrency cap
+        if self._ref is None:
+            return
+        if ticket > self._ref:
+            self._since_ref += 1
+        if ticket > self._last:
+            self._last_accept = max(self._last_accept, ticket)
+            recent = self._recent
+            recent.append(ticket)
+            while len(recent) > 4 * self.burst + 16:
+                recent.popleft()
+
+    def _recent_floor(self) -> float:
+        # k accepts within a span d needed at least k - burst tokens refilled in it.
+        recent = self._recent
+        best = 0.0
+        for i, first in enumerate(recent):
+            k = len(recent) - i
+            d = recent[-1] - first
+            if k > self.burst and d > 0:
+                best = max(best, (k - self.burst) / (d + self.jitter))
+        return best
+
+    def on_throttled(self, ticket: float, now: float, retry_after: float | None) -> None:
+        """The request sent at `ticket` met a 429 answered at `now` (hint in seconds)."""
+        self.throttled += 1
+        if retry_after is not None and retry_after > 1.0:
+            # Longer than the header's granularity: the server means it; nobody sends
+            # before it passes.
+            self._paused_until = max(self._paused_until, ticket + retry_after)
+            self.epoch += 1
+        if ticket < self._reacted_at:
+            return
+        self._reacted_at = now
+        if self.given is not None:
+            # The rate was given: trust it. A 429 at it is the network bunching requests
+            # (jitter): keep a wider berth from the rate, up to a tenth, and let the
+            # bucket refill one token before the next request.
+            self.margin = min(0.1, self.margin + 0.01)
+            self._anchor, self._window = False, None
+            # (Slots claimed before are claimed again: the epoch changes.)
+            self._tat = ticket + self._interval(self.given) + self._tolerance(self.given)
+            self.epoch += 1
+            return
+        if self._ref is None:
+            # The burst is spent: what was accepted so far is about its size.
+            self._window = None
+            self.burst = max(1, self.accepted)
+            self._ref, self._since_ref = ticket, 0
+            hint = retry_after if retry_after is not None and retry_after > 0 else 1.0
+            # A first guess: a burst is often about a second's worth of the rate.
+            self._ramp_pace = max(self.min_rate, 1.0 / hint, float(self.burst))
+            self._settle(ticket)
+            return
+        if ticket <= self._ref:
+            return
+        if self.burst <= 2:
+            # No token spare: a 429 near the rate may be the network bunching two
+            # requests, so keep a wider berth from the rate, as with a rate given.
+            self.margin = min(0.05, self.margin + 0.005)
+        # Above: since the latest accept (or 429) the bucket held under one token more
+        # than it refilled, and it cannot have overflowed (a full bucket accepts).
+        since = ticket - max(self._last_accept, self._last)
+        high = 1.0 / (since - self.jitter) if since > self.jitter else math.inf
+        low = self._recent_floor()
+        span = ticket - self._ref
+        count = self._since_ref
+        estimate = (count + 0.5) / span
+        # (Pacing a hair under the rate lets a small bucket overflow by `margin` a
+        # request: the count may undershoot by that much.)
+        lo = max(low, (count - 1) / span)
+        hi = min(high, (count + 1 + 2 * self.margin * count) / span)
+        valid = True
+        if lo > hi or self._max_gap * min(high, 2 * hi) >= self.burst + 1:
+            # The span had a pause long enough for the bucket to overflow, or it
+            # disagrees with the latest accepts: its count undershoots. Measure from
+            # this 429 on, and estimate from the latest accepts alone.
+            self._ref, self._since_ref, self._max_gap = ticket, 0, 0.0
+            lo, hi, span, valid = low, high, 0.0, False
+            estimate = 0.5 * (max(lo, 0.5 * hi) + hi) if math.isfinite(hi) else lo
+        if self.rate is not None:
+            # What earlier 429s taught still holds where it agrees with this one.
+            old_lo, old_hi = self.rate - self._uncertainty, self.rate + self._uncertainty
+            if max(lo, old_lo) <= min(hi, old_hi):
+                lo, hi = max(lo, old_lo), min(hi, old_hi)
+        estimate = min(max(estimate, lo), hi)
+        if not estimate > 0:
+            estimate = self.min_rate
+        self.rate = estimate
+        # How far off the estimate may be sets how fast the pace probes upward.
+        self._span = span
+        width = 0.5 * (hi - lo) if hi < math.inf else estimate
+        if valid:
+            width = min(width, 1.0 / span)
+        # (Bounds from a few accepts alone are at the mercy of the network's jitter.)
+        self._uncertainty = max(width, (0.01 if valid else 0.025) * estimate)
+        self._uncertainty = min(self._uncertainty, estimate)
+        self._settle(ticket)
+
+    def _settle(self, ticket: float) -> None:
+        # The bucket was empty at `ticket`: the next token comes about one interval later.
+        self.epoch += 1
+        self._last = ticket
+        self._recent.clear()
+        self._last_accept = -math.inf
+        self._prev_slot = ticket
+        p = self.pace(ticket) or self.min_rate
+        self._tat = ticket + self._interval(p)
+        if self._ramping:
+            self._ramp_pace = p + math.log(2.0) / self.ramp
