@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import sys
 import weakref
 from collections import Counter
 
@@ -70,3 +71,30 @@ async def test_a_watch_keeps_no_ended_tasks_answer(server: EmulatorServer) -> No
             del update
             gc.collect()
             assert answer() is None
+
+
+async def test_a_big_watch_leaves_no_tables_behind(make_server: MakeServer) -> None:
+    # 100,000 watched tasks: a task's poll state waits for its first answer, and the
+    # hand-over tables (submission time, model) and the poller's entries give back
+    # their memory once emptied (a dict keeps its table after its last pop).
+    n = 300
+    empty = sys.getsizeof({})
+    server = await make_server(EmulatorConfig(profile="linear"), speed=200)
+    async with session_for(server, max_concurrency=16) as session:
+        subs = [o for o in await session.submit_many([VideoRequest(f"c{i}") for i in range(n)])
+                if isinstance(o, Submission)]
+        engine = session._engine
+        poller = engine.poller
+        assert len(engine._submitted_at) == len(poller._expected) == n
+        finals = 0
+        async with session.watch(subs) as updates:
+            entries = list(poller._entries.values())
+            assert len(entries) == n
+            assert all(e._state is None for e in entries)  # nothing answered yet
+            del entries
+            async for update in updates:
+                finals += update.final
+        assert finals == n
+        assert poller.watched == 0
+        for table in (engine._submitted_at, poller._expected, poller._entries):
+            assert not table and sys.getsizeof(table) == empty
