@@ -98,3 +98,29 @@ async def test_a_big_watch_leaves_no_tables_behind(make_server: MakeServer) -> N
         assert poller.watched == 0
         for table in (engine._submitted_at, poller._expected, poller._entries):
             assert not table and sys.getsizeof(table) == empty
+
+
+async def test_a_watch_without_deadlines_keeps_nothing_per_task(make_server: MakeServer) -> None:
+    # No timeout, no task_timeout: the watch holds no table of its tasks (the poller's
+    # entry is the record), and still hands on exactly one final update per task and
+    # nothing after it. With a deadline it tracks its tasks, and forgets each at its end.
+    n = 200
+    server = await make_server(EmulatorConfig(duration=(30.0, 40.0)), speed=20)
+    async with session_for(server, max_concurrency=16) as session:
+        for timeout in (None, 10_000.0):
+            subs = [o for o in await session.submit_many(
+                [VideoRequest(f"c{i}") for i in range(n)]) if isinstance(o, Submission)]
+            finals: Counter[str] = Counter()
+            after_final = progress = 0
+            async with session.watch(subs, timeout=timeout) as updates:
+                async for update in updates:
+                    after_final += finals[update.task_id] > 0
+                    finals[update.task_id] += update.final
+                    progress += not update.final
+                    tracked, last = len(updates._deadlines), len(updates._last)
+                    if timeout is None:
+                        assert tracked == last == 0
+                    else:  # ended tasks leave
+                        assert tracked == n - sum(finals.values()) >= last
+            assert finals == Counter({s.task_id: 1 for s in subs}) and after_final == 0
+            assert progress > 0  # the tasks were watched while running, not only at the end
