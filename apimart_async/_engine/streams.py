@@ -285,10 +285,10 @@ class Watch(_EventStream[TaskUpdate]):
     def _accept(self, event: TaskUpdate) -> bool:
         if not super()._accept(event):
             return False
+        if not self._tracked:
+            return True  # no timeout event to build: keep nothing
         # The latest update of a task still open, for its timeout event; an ended task's
         # is the caller's now (100,000 watched tasks kept their final `Task`s here).
-        if not self._tracked:
-            return True
         if event.final:
             self._last.pop(event.task_id, None)
         else:
