@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterable, Sequence
 from os import PathLike
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import anyio
 import attrs
@@ -250,7 +250,8 @@ class Session:
                 "idempotency_keys", f"has {len(idempotency_keys)} keys for {len(items)} requests"
             )
         self._engine.require_open()
-        outcomes: dict[int, Submission | APIMartError] = {}
+        # A list, not a dict by index: 100,000 outcomes cost 8 bytes each, not ~50.
+        outcomes: list[Submission | APIMartError | None] = [None] * len(items)
 
         async def submit_one(
             index: int, request: VideoRequest, gate: Callable[[], None]
@@ -264,7 +265,8 @@ class Session:
             outcomes[index] = outcome
 
         await submit_each(items, submit_one, done, workers=self.max_concurrency)
-        return [outcomes[i] for i in range(len(items))]
+        # `submit_each` ends every index exactly once, and never with None here (`done`).
+        return cast("list[Submission | APIMartError]", outcomes)
 
     async def get_task(self, task_id: str | Submission) -> Task:
         """The task's current state (``GET /v1/tasks/{id}``), retried on transient errors."""

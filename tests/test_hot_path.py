@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import sys
 import weakref
 from collections import Counter
 
@@ -70,3 +71,56 @@ async def test_a_watch_keeps_no_ended_tasks_answer(server: EmulatorServer) -> No
             del update
             gc.collect()
             assert answer() is None
+
+
+async def test_a_big_watch_leaves_no_tables_behind(make_server: MakeServer) -> None:
+    # 100,000 watched tasks: a task's poll state waits for its first answer, and the
+    # hand-over tables (submission time, model) and the poller's entries give back
+    # their memory once emptied (a dict keeps its table after its last pop).
+    n = 300
+    empty = sys.getsizeof({})
+    server = await make_server(EmulatorConfig(profile="linear"), speed=200)
+    async with session_for(server, max_concurrency=16) as session:
+        subs = [o for o in await session.submit_many([VideoRequest(f"c{i}") for i in range(n)])
+                if isinstance(o, Submission)]
+        engine = session._engine
+        poller = engine.poller
+        assert len(engine._submitted_at) == len(poller._expected) == n
+        finals = 0
+        async with session.watch(subs) as updates:
+            entries = list(poller._entries.values())
+            assert len(entries) == n
+            assert all(e._state is None for e in entries)  # nothing answered yet
+            del entries
+            async for update in updates:
+                finals += update.final
+        assert finals == n
+        assert poller.watched == 0
+        for table in (engine._submitted_at, poller._expected, poller._entries):
+            assert not table and sys.getsizeof(table) == empty
+
+
+async def test_a_watch_without_deadlines_keeps_nothing_per_task(make_server: MakeServer) -> None:
+    # No timeout, no task_timeout: the watch holds no table of its tasks (the poller's
+    # entry is the record), and still hands on exactly one final update per task and
+    # nothing after it. With a deadline it tracks its tasks, and forgets each at its end.
+    n = 200
+    server = await make_server(EmulatorConfig(duration=(30.0, 40.0)), speed=20)
+    async with session_for(server, max_concurrency=16) as session:
+        for timeout in (None, 10_000.0):
+            subs = [o for o in await session.submit_many(
+                [VideoRequest(f"c{i}") for i in range(n)]) if isinstance(o, Submission)]
+            finals: Counter[str] = Counter()
+            after_final = progress = 0
+            async with session.watch(subs, timeout=timeout) as updates:
+                async for update in updates:
+                    after_final += finals[update.task_id] > 0
+                    finals[update.task_id] += update.final
+                    progress += not update.final
+                    tracked, last = len(updates._deadlines), len(updates._last)
+                    if timeout is None:
+                        assert tracked == last == 0
+                    else:  # ended tasks leave
+                        assert tracked == n - sum(finals.values()) >= last
+            assert finals == Counter({s.task_id: 1 for s in subs}) and after_final == 0
+            assert progress > 0  # the tasks were watched while running, not only at the end

@@ -42,13 +42,16 @@ _EXPECTED = 100_000
 
 
 class _Entry:
-    __slots__ = ("due", "error", "every", "generation", "get", "last", "model", "policy_due",
-                 "polled_at", "scope", "state", "subscribers", "task_id")
+    __slots__ = ("_state", "due", "error", "every", "generation", "get", "last", "model",
+                 "policy_due", "polled_at", "scope", "started_at", "subscribers", "task_id")
 
-    def __init__(self, task_id: str, state: PollState, model: str | None = None) -> None:
+    def __init__(self, task_id: str, started_at: float, model: str | None = None) -> None:
         self.task_id = task_id
         self.model = model
-        self.state = state
+        self.started_at = started_at
+        # Its `PollState` (184 bytes), made at its first answer or failed poll: 100,000
+        # tasks waiting for their first poll need none.
+        self._state: PollState | None = None
         # A tuple, not a set: nearly always one subscriber, and 48 bytes against 216.
         self.subscribers: tuple[Subscriber, ...] = ()
         self.generation = 0
@@ -67,11 +70,19 @@ class _Entry:
         # Its GET request, built at the first poll and sent again at every other.
         self.get: TaskGet | None = None
 
+    @property
+    def state(self) -> PollState:
+        """What the poll policy has learned about this task (made on first use)."""
+        state = self._state
+        if state is None:
+            state = self._state = PollState(started_at=self.started_at)
+        return state
+
     def bound(self) -> float:
         """The latest the next poll may go out at for the subscribers' resolutions."""
         if not self.every:
             return math.inf
-        since = self.polled_at if self.polled_at is not None else self.state.started_at
+        since = self.polled_at if self.polled_at is not None else self.started_at
         return since + min(self.every.values())
 
 
@@ -145,12 +156,15 @@ class Poller:
         if entry is None:
             now = self._clock.now()
             model = self._expected.pop(task_id, None)
+            if model is not None and not self._expected:
+                self._expected = {}  # a dict never shrinks: let the table of 100,000 go
             if started_at is None:
-                entry, due = _Entry(task_id, PollState(started_at=now), model), now  # at once
+                entry, due = _Entry(task_id, now, model), now  # at once
             else:
-                entry = _Entry(task_id, PollState(started_at=started_at), model)
-                due = started_at + next_delay(self._policy, entry.state, started_at,
-                                              self._stats_for(model))
+                entry = _Entry(task_id, started_at, model)
+                # A throwaway state: the entry's own is made at its first answer.
+                due = started_at + next_delay(self._policy, PollState(started_at=started_at),
+                                              started_at, self._stats_for(model))
             self._entries[task_id] = entry
             if every is not None:
                 entry.every = {subscriber: every}
@@ -207,6 +221,8 @@ class Poller:
 
     def _drop(self, entry: _Entry) -> None:
         del self._entries[entry.task_id]
+        if not self._entries:
+            self._entries = {}  # a dict never shrinks: let a big watch's table go
         entry.generation += 1  # its heap item is now stale
         # A worker's last entry lingers in its frame: it keeps no answer and no request.
         entry.last = entry.get = None

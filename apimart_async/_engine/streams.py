@@ -60,6 +60,10 @@ class _EventStream(Generic[E]):
         # O(log n) (stale items, for tasks already ended, are skipped when met).
         self._deadlines: dict[str, float] = {}
         self._deadline_heap: list[tuple[float, str]] = []
+        # Whether `_deadlines` lists every open task. A `Watch` without deadlines keeps
+        # nothing per task (~50 bytes each at 100,000): the poller delivers a task's
+        # final update once and then forgets the task, so nothing can follow it.
+        self._tracked = True
         self._ready: deque[E] = deque()
         self._open_items = 0
         self._closed = False
@@ -88,7 +92,8 @@ class _EventStream(Generic[E]):
         deadline = now + self._task_timeout if self._task_timeout is not None else math.inf
         # After the whole deadline, a late arrival times out at once.
         deadline = -math.inf if self._ended else min(deadline, self._end)
-        self._deadlines[task_id] = deadline
+        if self._tracked:
+            self._deadlines[task_id] = deadline
         if deadline != math.inf:
             heapq.heappush(self._deadline_heap, (deadline, task_id))
         self._engine.poller.subscribe(self._deliver, task_id, started_at=started_at,
@@ -116,7 +121,7 @@ class _EventStream(Generic[E]):
 
     def _forget(self, task_id: str) -> None:
         """The task has had its final event here: stop tracking and polling it."""
-        del self._deadlines[task_id]
+        self._deadlines.pop(task_id, None)
         self._engine.poller.unsubscribe(self._deliver, [task_id])
 
     def _expire(self) -> None:
@@ -181,7 +186,7 @@ class _EventStream(Generic[E]):
         task_id = event.task_id
         if task_id is None:
             return True  # an item that never became a task (BatchStream)
-        if task_id not in self._deadlines:
+        if self._tracked and task_id not in self._deadlines:
             return False  # that task already ended here (it timed out)
         if event.final:
             self._forget(task_id)
@@ -264,6 +269,8 @@ class Watch(_EventStream[TaskUpdate]):
         self._open_items = len(self._task_ids)
         self._last: dict[str, TaskUpdate] = {}
         self._started = False
+        # No deadline, no timeout event: nothing to keep per task here.
+        self._tracked = timeout is not None or task_timeout is not None
 
     def _start(self) -> None:
         if not self._started:
@@ -278,6 +285,8 @@ class Watch(_EventStream[TaskUpdate]):
     def _accept(self, event: TaskUpdate) -> bool:
         if not super()._accept(event):
             return False
+        if not self._tracked:
+            return True  # no timeout event to build: keep nothing
         # The latest update of a task still open, for its timeout event; an ended task's
         # is the caller's now (100,000 watched tasks kept their final `Task`s here).
         if event.final:
