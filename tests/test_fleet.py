@@ -468,3 +468,58 @@ async def test_every_output_of_a_task_is_downloaded_by_the_fleet(
         for entry in [{"path": row["path"], "sha256": row["sha256"]}, *more]:
             data = (tmp_path / entry["path"]).read_bytes()
             assert hashlib.sha256(data).hexdigest() == entry["sha256"]
+
+
+async def test_a_fenced_worker_keeps_the_task_ids_it_gets_after_losing_its_lease(
+    make_server: MakeServer, pg_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A worker declared dead while its POST is on the wire gets the task id back: its
+    journal write is refused, yet the id is printed, appended to the recovery file and
+    recorded for the fleet, which adopts the (ambiguous) item as submitted: downloaded
+    by the next run, paid once."""
+    from apimart_async import WorkerFencedError
+
+    # Real seconds on every answer: the POST is on the wire while the worker dies.
+    server = await make_server(EmulatorConfig(latency=1.5))
+    out = tmp_path / "out"
+
+    async def zombie() -> None:
+        with pytest.raises(WorkerFencedError):
+            async with session_for(server) as s:
+                await s.run_batch(reqs(1), out_dir=out, journal=pg_url, lease=5)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(zombie)
+        with anyio.fail_after(10):
+            while True:
+                if any(r["state"] == "submitting" for r in await rows_or_none(pg_url)):
+                    break
+                await anyio.sleep(0.01)
+        async with PgJournal(pg_url, "default", lease=5) as reaper:
+            await reaper.register()
+            conn = await asyncpg.connect(pg_url)
+            # As if paused past its lease: its heartbeat is an hour old.
+            await conn.execute("UPDATE apimart_workers SET heartbeat = heartbeat "
+                               "- interval '1 hour' WHERE id <> $1", reaper.worker)
+            await conn.close()
+            assert len(await reaper.reap()) == 1
+            assert [r["state"] for r in await rows(pg_url)] == ["ambiguous"]
+            await reaper.leave("done")
+    assert server.stats.submissions == 1
+    [task] = list(server.emulator.tasks)
+    err = capsys.readouterr().err
+    assert task in err and "lost its lease" in err
+    [line] = (out / ".apimart-recovered-task-ids").read_text().splitlines()
+    assert f'"task_id": "{task}"' in line
+    # The next run adopts the item with its task: downloaded, not sent again.
+    async with session_for(server) as s:
+        report = await s.run_batch(reqs(1), out_dir=out, journal=pg_url, lease=5)
+    assert report.ok and report.items[0].task_id == task
+    assert server.stats.submissions == 1
+
+
+async def rows_or_none(url: str) -> list[Any]:
+    try:
+        return await rows(url)
+    except asyncpg.UndefinedTableError:
+        return []

@@ -22,6 +22,7 @@ import contextlib
 import json
 import logging
 import os
+import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -164,7 +165,47 @@ class _Worker:
             log.error("%s", exc)
         self.halted = True
         if self._tg is not None:
+            if self.sending:
+                # POSTs on the wire may answer with task ids (paid): let them land, so
+                # `_late` keeps them, then stop (the gate sends nothing new).
+                self._tg.start_soon(self._cancel_when_sent)
+            else:
+                self._tg.cancel_scope.cancel()
+
+    async def _cancel_when_sent(self) -> None:
+        while self.sending:  # noqa: ASYNC110 - a count, polled briefly once, at the end
+            await anyio.sleep(0.01)
+        if self._tg is not None:
             self._tg.cancel_scope.cancel()
+
+    async def _late(self, row: JournalRow, task_id: str) -> None:
+        """A task created after this worker lost its lease: its journal write is refused,
+        but the task id must not be lost. Recorded for the fleet (`record_late_task_id`:
+        the item, ambiguous, is adopted as submitted), printed, and appended to the
+        recovery file, as the SQLite runner does."""
+        print(f"apimart-async: worker {self.journal.worker} lost its lease: task {task_id} "
+              f"was created (and may be billed) for item {row.key} (idempotency key "
+              f"{row.idempotency_key})", file=sys.stderr, flush=True)
+        try:
+            await self.journal.record_late_task_id(row.key, task_id)
+        except Exception as exc:  # the database may be what cut this worker off
+            log.error("could not record task %s in the journal: %s", task_id, exc)
+        line = json.dumps({"task_id": task_id, "item_key": row.key,
+                           "idempotency_key": row.idempotency_key,
+                           "batch": self.journal.batch, "time": time.time()},
+                          sort_keys=True) + "\n"
+        path = self.out_dir / ".apimart-recovered-task-ids"
+
+        def append() -> None:
+            with open(path, "a", encoding="utf-8") as handle:
+                handle.write(line)
+                handle.flush()
+                os.fsync(handle.fileno())
+
+        try:
+            await anyio.to_thread.run_sync(append)
+        except OSError as exc:
+            log.error("cannot write the recovery file %s: %s", path, exc)
 
     # -- the loop --------------------------------------------------------------------------
 
@@ -205,6 +246,7 @@ class _Worker:
                     log.warning("worker %s: declared dead workers %s (lease %gs passed)",
                                 journal.worker, dead, journal.lease)
                 if not self.halted:
+                    await journal.adopt_late()
                     for row in await journal.adopt():
                         self.adopted += 1
                         self._follow(row)
@@ -313,9 +355,14 @@ class _Worker:
             await self._settle(row.key, charged=exc.submission_ambiguous)
             await self._submit_failed(row, exc)
             return
-        await self._settle(row.key, charged=True)
-        await self._guard(self.journal.write(row.key, ItemState.SUBMITTED,
-                                             task_id=submission.task_id))
+        try:
+            await self._settle(row.key, charged=True)
+            await self._guard(self.journal.write(row.key, ItemState.SUBMITTED,
+                                                 task_id=submission.task_id))
+        except WorkerFencedError:
+            with anyio.CancelScope(shield=True):
+                await self._late(row, submission.task_id)
+            raise
         self.submitted += 1
         self._follow(attrs.evolve(row, state=ItemState.SUBMITTED, task_id=submission.task_id))
 
@@ -472,6 +519,7 @@ async def run_worker(
     # A run started after fixing the account resumes the fleet.
     await journal.clear_stop()
     await journal.retry_downloads()
+    await journal.adopt_late()
     # Heartbeats well within the lease; at least once a second, so the end of the batch
     # is noticed soon.
     state = _Worker(engine, journal, out_dir, tick=max(0.02, min(1.0, journal.lease / 5)))

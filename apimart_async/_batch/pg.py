@@ -90,6 +90,16 @@ CREATE TABLE IF NOT EXISTS apimart_items (
 );
 CREATE INDEX IF NOT EXISTS apimart_items_by_state ON apimart_items (batch, state, position);
 CREATE INDEX IF NOT EXISTS apimart_items_by_worker ON apimart_items (worker);
+-- Task ids a fenced worker received too late to journal (append-only, unfenced): the
+-- item, ambiguous by then, is adopted as submitted with its task (`adopt_late`).
+CREATE TABLE IF NOT EXISTS apimart_late_task_ids (
+    batch text NOT NULL,
+    key text NOT NULL,
+    task_id text NOT NULL,
+    worker bigint,
+    recorded timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (batch, key, task_id)
+);
 CREATE TABLE IF NOT EXISTS apimart_budgets (
     batch text PRIMARY KEY,
     state text NOT NULL
@@ -511,6 +521,28 @@ class PgJournal:
                                  *(fields[n] for n in names))
         if not rows and worker is not None:
             raise self._fenced()
+
+    async def record_late_task_id(self, key: str, task_id: str) -> None:
+        """Unfenced, append-only: a task id this (fenced) worker received for item `key`
+        after losing its lease. The item is ambiguous by then (nobody sends it again
+        without `--resubmit-ambiguous`), and the task id proves it was created, so a live
+        worker adopts it as submitted (`adopt_late`)."""
+        await self._fetch(
+            "INSERT INTO apimart_late_task_ids (batch, key, task_id, worker) "
+            "VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+            self.batch, key, task_id, self.worker)
+
+    async def adopt_late(self) -> list[str]:
+        """Ambiguous items whose task id a fenced worker recorded late become submitted
+        with that task (ownerless, for any live worker to adopt). Returns their keys."""
+        rows = await self._fetch(
+            "UPDATE apimart_items i SET state = 'submitted', task_id = l.task_id, "
+            "worker = NULL, error = NULL, error_record = NULL, updated = now() "
+            "FROM (SELECT DISTINCT ON (key) key, task_id FROM apimart_late_task_ids "
+            "WHERE batch = $1 ORDER BY key, recorded) AS l "
+            "WHERE i.batch = $1 AND i.key = l.key AND i.state = 'ambiguous' RETURNING i.key",
+            self.batch)
+        return [str(row["key"]) for row in rows]
 
     async def stop_fleet(self, reason: str, record: str | None) -> None:
         """Record an account failure on the batch: every worker stops claiming."""
