@@ -523,3 +523,25 @@ async def rows_or_none(url: str) -> list[Any]:
         return await rows(url)
     except asyncpg.UndefinedTableError:
         return []
+
+
+async def test_a_file_in_the_way_gets_the_next_tilde_name_and_is_kept(
+    make_server: MakeServer, pg_url: str, tmp_path: Path
+) -> None:
+    """The SQLite runner's naming: a file in the way (or another item's) makes the item
+    `NAME~2`, its other outputs `NAME~2-2...`; `-N` numbers only one task's outputs.
+    The file in the way is never overwritten."""
+    from apimart_async import BatchItem
+    from apimart_async.testing import TaskPlan
+
+    server = await make_server(EmulatorConfig(
+        planner=lambda body, index: TaskPlan(duration=2, videos=2, images=0)))
+    (tmp_path / "fox.mp4").write_bytes(b"mine")
+    async with session_for(server) as s:
+        report = await s.run_batch([BatchItem(request=VideoRequest("a fox"), name="fox")],
+                                   out_dir=tmp_path, journal=pg_url, lease=LEASE)
+    assert report.ok
+    assert (tmp_path / "fox.mp4").read_bytes() == b"mine"
+    assert sorted(p.name for p in tmp_path.glob("*.mp4")) == [
+        "fox.mp4", "fox~2-2.mp4", "fox~2.mp4"]
+    assert report.items[0].path == tmp_path / "fox~2.mp4"

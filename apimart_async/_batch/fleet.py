@@ -44,11 +44,12 @@ from .._core.errors import (
     error_record,
 )
 from .._core.models import Task, TaskOutput, TaskStatus
-from .._core.outputs import numbered_name
+from .._core.outputs import numbered_name, output_suffix, variant_stem
 from .._core.spend import SpendBudget, Verdict
 from .._engine.engine import Engine
 from .._engine.streams import Watch
 from .._engine.submit import StreamClosed
+from .._io.download import part_path
 from .journal import ItemState, JournalRow, request_json
 from .pg import Claimed, PgJournal
 from .runner import (
@@ -480,14 +481,14 @@ class _Worker:
         # Still this worker's item? Checked right before the files appear.
         await self._guard(self.journal.write(row.key, ItemState.COMPLETED))
         placed = []
-        for index, (name, result) in enumerate(staged):
-            final, n = self.out_dir / name, 1
-            while await anyio.Path(final).exists():
-                # A file this worker did not put there (paid for elsewhere, or moved in
-                # by a zombie): never overwritten.
-                n += 1
-                final = self.out_dir / f"{Path(name).stem}-{n}{Path(name).suffix}"
-            await anyio.to_thread.run_sync(os.replace, result.path, final)
+        base = stem
+        for index, (_, result) in enumerate(staged):
+            output = outputs[index]
+            final = await anyio.to_thread.run_sync(
+                _place, result.path, self.out_dir, base, index, output)
+            if index == 0:
+                # An item's files share one stem: the first output's, "~N" and all.
+                base = final.name[: -len(output_suffix(output))]
             placed.append({"index": index, "path": final.name, "size": result.size,
                            "sha256": result.sha256})
         first = placed[0]
@@ -496,6 +497,34 @@ class _Worker:
             sha256=first["sha256"], error=None, error_record=None, folder=self.folder,
             outputs=json.dumps(placed[1:]) if len(placed) > 1 else None))
         self.downloaded += 1
+
+
+def _place(staged: Path, out_dir: Path, base: str, index: int, output: TaskOutput) -> Path:
+    """Move a staged output into `out_dir` under the first name the SQLite runner's rules
+    give it (`variant_stem`: ``STEM~N`` past a file in the way) that is free, taken
+    atomically: a hard link fails if the name exists, so two workers (or a zombie) never
+    both take it and no file there is ever overwritten."""
+    n = 1
+    while True:
+        final = out_dir / numbered_name(variant_stem(base, n), index, output)
+        n += 1
+        if os.path.lexists(part_path(final)):
+            continue  # a download in progress (a single run's) holds that name
+        try:
+            os.link(staged, final)
+        except FileExistsError:
+            continue
+        except OSError:
+            # No hard links here (some network or FUSE file systems): claim the name
+            # with an exclusive create, then move the file over that placeholder.
+            try:
+                os.close(os.open(final, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+            except FileExistsError:
+                continue
+            os.replace(staged, final)
+            return final
+        os.unlink(staged)
+        return final
 
 
 async def run_worker(
