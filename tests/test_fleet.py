@@ -545,3 +545,21 @@ async def test_a_file_in_the_way_gets_the_next_tilde_name_and_is_kept(
     assert sorted(p.name for p in tmp_path.glob("*.mp4")) == [
         "fox.mp4", "fox~2-2.mp4", "fox~2.mp4"]
     assert report.items[0].path == tmp_path / "fox~2.mp4"
+
+
+async def test_a_rerun_downloads_again_a_deleted_video(
+    make_server: MakeServer, pg_url: str, tmp_path: Path
+) -> None:
+    """As in SQLite mode: a finished batch re-run notices a video deleted from its
+    folder and downloads it again (the task is paid: nothing is sent)."""
+    server = await make_server()
+    async with session_for(server) as s:
+        first = await s.run_batch(reqs(2), out_dir=tmp_path, journal=pg_url, lease=LEASE)
+    assert first.ok
+    gone = first.items[0].path
+    gone.unlink()
+    async with session_for(server) as s:
+        again = await s.run_batch(reqs(2), out_dir=tmp_path, journal=pg_url, lease=LEASE)
+    assert again.ok and server.stats.submissions == 2
+    assert again.items[0].path == gone
+    assert_videos(again)

@@ -554,6 +554,12 @@ async def run_worker(
     state = _Worker(engine, journal, out_dir, tick=max(0.02, min(1.0, journal.lease / 5)))
     state.tmp = out_dir / f".fleet-w{worker_id}"
     state.folder = str(await anyio.Path(out_dir).resolve())
+    # A re-run notices a deleted (or changed) video, as the SQLite runner does: those
+    # of this folder are downloaded again (the task is paid; nothing is sent).
+    gone = await journal.refetch_missing(state.folder, out_dir)
+    if gone:
+        log.warning("worker %s: %d downloaded item(s) missing or changed in %s: "
+                    "downloading again", worker_id, len(gone), out_dir)
     if max_spend is not None:
         await journal.start_budget(max_spend, (await engine.balance()).used)
     # A batch started with a cap keeps it for every worker, flag or not.

@@ -35,6 +35,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
+import anyio
 import attrs
 
 from .._core.errors import ValidationError, WorkerFencedError
@@ -521,6 +522,35 @@ class PgJournal:
                                  *(fields[n] for n in names))
         if not rows and worker is not None:
             raise self._fenced()
+
+    async def refetch_missing(self, folder: str, root: Path) -> list[str]:
+        """Items downloaded into `folder` (resolved; it is `root`) whose file, or one of
+        their other outputs' files, is missing or changed size: back to completed,
+        ownerless, so a worker downloads them again (a changed file is kept: the new one
+        takes the next free name). Returns their keys."""
+        rows = await self._fetch(
+            "SELECT key, path, size, outputs FROM apimart_items WHERE batch = $1 "
+            "AND state = 'downloaded' AND folder = $2", self.batch, folder)
+
+        def intact(row: Any) -> bool:
+            files = [(row["path"], row["size"])]
+            files += [(o["path"], o["size"]) for o in json.loads(row["outputs"] or "[]")]
+            for name, size in files:
+                try:
+                    if not name or (root / name).stat().st_size != size:
+                        return False
+                except OSError:
+                    return False
+            return True
+
+        gone = await anyio.to_thread.run_sync(
+            lambda: [str(row["key"]) for row in rows if not intact(row)])
+        if gone:
+            await self._fetch(
+                "UPDATE apimart_items SET state = 'completed', worker = NULL, error = NULL, "
+                "error_record = NULL, updated = now() WHERE batch = $1 AND key = ANY($2) "
+                "AND state = 'downloaded'", self.batch, gone)
+        return gone
 
     async def record_late_task_id(self, key: str, task_id: str) -> None:
         """Unfenced, append-only: a task id this (fenced) worker received for item `key`
