@@ -62,16 +62,19 @@ async def test_one_worker_runs_a_batch_on_postgres(
 
 
 async def test_two_workers_share_one_batch_without_paying_twice(
-    make_server: MakeServer, pg_url: str, tmp_path: Path
+    make_server: MakeServer, pg_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     server = await make_server()
     reports: list[Any] = []
 
     seen: dict[str, dict[str, ItemState]] = {"a": {}, "b": {}}
+    paths: list[Path] = []
 
     async def worker(out: Path) -> None:
         def on_change(result: Any) -> None:
             seen[out.name][result.key] = result.state
+            if result.path is not None:
+                paths.append(result.path)
 
         async with session_for(server, max_concurrency=4) as s:
             reports.append(await s.run_batch(reqs(40), out_dir=out, journal=pg_url,
@@ -91,6 +94,9 @@ async def test_two_workers_share_one_batch_without_paying_twice(
     # Each one's progress callback followed the whole batch, the other's items too.
     for mine in seen.values():
         assert len(mine) == 40 and set(mine.values()) == {ItemState.DOWNLOADED}
+    # Each progress report names the folder the video is in, whichever worker fetched it.
+    assert len(paths) == 80 and all(p.is_file() for p in paths)
+    assert "is not the batch's folder" in caplog.text
 
 
 async def test_a_newer_schema_is_refused_in_one_line(pg_url: str) -> None:

@@ -556,6 +556,11 @@ async def run_worker(
     state.folder = str(await anyio.Path(out_dir).resolve())
     # A re-run notices a deleted (or changed) video, as the SQLite runner does: those
     # of this folder are downloaded again (the task is paid; nothing is sent).
+    recorded = await journal.out_dir()
+    if recorded is not None and recorded != state.folder:
+        log.warning("worker %s: --out %s is not the batch's folder (%s): this worker's "
+                    "videos go to %s; each item's folder is in the journal (journal "
+                    "status --json)", worker_id, state.folder, recorded, state.folder)
     gone = await journal.refetch_missing(state.folder, out_dir)
     if gone:
         log.warning("worker %s: %d downloaded item(s) missing or changed in %s: "
@@ -615,11 +620,14 @@ async def _mirror(
     journal is read twice a second (one query), the way the fleet sees it."""
     while True:
         rows = await journal.load()
-        for item in items:
-            row = rows.get(item.key)
-            if row is not None and seen.get(item.key) is not row.state:
-                seen[item.key] = row.state
-                on_change(_result(item, row, {}, out_dir))
+        changed = [(item, rows[item.key]) for item in items
+                   if item.key in rows and seen.get(item.key) is not rows[item.key].state]
+        # A downloaded item's file is in the folder of the worker that fetched it.
+        folders = (await journal.folders()
+                   if any(row.state is ItemState.DOWNLOADED for _, row in changed) else {})
+        for item, row in changed:
+            seen[item.key] = row.state
+            on_change(_result(item, row, folders, out_dir))
         await anyio.sleep(0.5)
 
 
