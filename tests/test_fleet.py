@@ -569,3 +569,30 @@ async def test_a_rerun_downloads_again_a_deleted_video(
     assert again.ok and server.stats.submissions == 2
     assert again.items[0].path == gone
     assert_videos(again)
+
+
+async def test_journal_status_refuses_a_newer_schema_and_an_unknown_batch(
+    pg_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from .conftest import cli
+
+    async with PgJournal(pg_url, "june"):
+        pass
+    code, out, err = await cli(capsys, "journal", "status", "--journal", pg_url,
+                               "--batch", "juen")
+    assert code == 2 and "no batch 'juen'" in err and "'june'" in err
+    code, out, err = await cli(capsys, "journal", "status", "--journal", pg_url,
+                               "--batch", "june")
+    assert code == 0 and "batch june" in out
+    conn = await asyncpg.connect(pg_url)
+    await conn.execute("UPDATE apimart_meta SET value = $1 WHERE name = 'schema_version'",
+                       str(PG_SCHEMA_VERSION + 1))
+    await conn.close()
+    code, out, err = await cli(capsys, "journal", "status", "--journal", pg_url)
+    assert code == 2 and "newer apimart-async" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("name", ["june\n", "ju\x1bne", ""])
+def test_a_batch_name_with_control_characters_is_refused(name: str) -> None:
+    with pytest.raises(ValidationError, match="batch"):
+        PgJournal("postgresql://localhost/x", name)

@@ -162,6 +162,25 @@ def _label(url: str) -> str:
     return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
 
 
+def _refuse_newer(url: str, text: object) -> None:
+    """Refuse, in one line, tables written by a newer version (read or written alike)."""
+    version = int(text) if str(text).isdigit() else PG_SCHEMA_VERSION + 1
+    if version > PG_SCHEMA_VERSION:
+        raise ValidationError(
+            "journal",
+            f"{_label(url)} was written by a newer apimart-async (journal version "
+            f"{text}, this one reads up to {PG_SCHEMA_VERSION}); upgrade it",
+        )
+
+
+def _check_batch(batch: object) -> None:
+    if (not isinstance(batch, str) or not batch or len(batch) > 200
+            or not batch.isprintable()):
+        raise ValidationError(
+            "batch", f"must be 1-200 printable characters (no control characters), "
+            f"got {batch!r}")
+
+
 @attrs.frozen(kw_only=True)
 class Claimed:
     """An item a worker holds: its row as recorded."""
@@ -184,8 +203,7 @@ class PgJournal:
     """
 
     def __init__(self, url: str, batch: str = "default", *, lease: float = 30.0) -> None:
-        if not batch or len(batch) > 200:
-            raise ValidationError("batch", f"must be 1-200 characters, got {batch!r}")
+        _check_batch(batch)
         if lease <= 0:
             raise ValidationError("lease", f"must be a positive number of seconds, got {lease!r}")
         self.url = url
@@ -257,13 +275,7 @@ class PgJournal:
                 "ON CONFLICT (name) DO NOTHING", str(PG_SCHEMA_VERSION))
             text = await conn.fetchval(
                 "SELECT value FROM apimart_meta WHERE name = 'schema_version'")
-            version = int(text) if str(text).isdigit() else PG_SCHEMA_VERSION + 1
-            if version > PG_SCHEMA_VERSION:
-                raise ValidationError(
-                    "journal",
-                    f"{_label(self.url)} was written by a newer apimart-async (journal version "
-                    f"{text}, this one reads up to {PG_SCHEMA_VERSION}); upgrade it",
-                )
+            _refuse_newer(self.url, text)
             # Version 1 is the first: later versions migrate here, then record theirs.
             await conn.execute(
                 "INSERT INTO apimart_batches (name) VALUES ($1) ON CONFLICT DO NOTHING",
@@ -696,19 +708,29 @@ async def fleet_status(url: str, batch: str | None) -> dict[str, Any]:
     (alive or dead, heartbeat age on the server's clock), the ambiguous items."""
     import asyncpg
 
+    if batch is not None:
+        _check_batch(batch)
     conn = await asyncpg.connect(url, statement_cache_size=0)
     try:
         tables = await conn.fetchval("SELECT to_regclass('apimart_items') IS NOT NULL")
-        if not tables:
-            return {"journal": _label(url), "schema_version": None, "batches": []}
-        version = await conn.fetchval(
-            "SELECT value FROM apimart_meta WHERE name = 'schema_version'")
+        version = None
+        if tables:
+            version = await conn.fetchval(
+                "SELECT value FROM apimart_meta WHERE name = 'schema_version'")
+            _refuse_newer(url, version)
+        known: Sequence[str] = [r["name"] for r in await conn.fetch(
+            "SELECT name FROM apimart_batches ORDER BY created, name")] if tables else []
         names: Sequence[str]
         if batch is None:
-            names = [r["name"] for r in await conn.fetch(
-                "SELECT name FROM apimart_batches ORDER BY created, name")]
-        else:
+            names = known
+        elif batch in known:
             names = [batch]
+        else:
+            raise ValidationError(
+                "batch", f"no batch {batch!r} in {_label(url)} (batches: "
+                f"{', '.join(map(repr, known)) or 'none'})")
+        if not tables:
+            return {"journal": _label(url), "schema_version": None, "batches": []}
         out = []
         for name in names:
             info = await conn.fetchrow(
