@@ -164,7 +164,7 @@ def _label(url: str) -> str:
 
 def _refuse_newer(url: str, text: object) -> None:
     """Refuse, in one line, tables written by a newer version (read or written alike)."""
-    version = int(text) if str(text).isdigit() else PG_SCHEMA_VERSION + 1
+    version = int(str(text)) if str(text).isdigit() else PG_SCHEMA_VERSION + 1
     if version > PG_SCHEMA_VERSION:
         raise ValidationError(
             "journal",
