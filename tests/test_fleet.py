@@ -596,3 +596,45 @@ async def test_journal_status_refuses_a_newer_schema_and_an_unknown_batch(
 def test_a_batch_name_with_control_characters_is_refused(name: str) -> None:
     with pytest.raises(ValidationError, match="batch"):
         PgJournal("postgresql://localhost/x", name)
+
+
+async def test_a_database_gone_mid_run_is_one_error_naming_it(
+    make_server: MakeServer, pg_cluster: Any, tmp_path: Path
+) -> None:
+    """The journal's server stops while the worker follows its tasks: one
+    `JournalUnavailableError` naming the database, not asyncpg's internals."""
+    from apimart_async import JournalUnavailableError
+
+    from .pgcluster import Cluster
+
+    server = await make_server(EmulatorConfig(duration=(30, 40)), speed=10)
+    own = Cluster(pg_cluster.bindir).__enter__()
+    stopped = False
+    try:
+        url = own.new_database()
+
+        async def stop_when_submitted() -> None:
+            nonlocal stopped
+            with anyio.fail_after(30):
+                while True:
+                    if any(r["state"] == "submitted" for r in await rows_or_none(url)):
+                        break
+                    await anyio.sleep(0.01)
+            stopped = True
+            await anyio.to_thread.run_sync(own.__exit__)
+
+        caught: Exception | None = None
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(stop_when_submitted)
+            try:
+                async with session_for(server) as s:
+                    await s.run_batch(reqs(2), out_dir=tmp_path, journal=url, lease=5)
+            except JournalUnavailableError as exc:
+                caught = exc
+    finally:
+        if not stopped:
+            own.__exit__()
+    assert isinstance(caught, JournalUnavailableError)
+    message = str(caught)
+    assert "cannot be reached" in message and str(own.port) in message
+    assert "\n" not in message

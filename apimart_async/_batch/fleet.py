@@ -37,6 +37,7 @@ from .._core.balance import Balance
 from .._core.errors import (
     APIMartError,
     BadRequestError,
+    JournalUnavailableError,
     NotSubmittedError,
     TaskFailedError,
     ValidationError,
@@ -70,6 +71,8 @@ log = logging.getLogger("apimart_async")
 # rate's interval (a paused worker, a busy loop) is dropped for a fresh one: requests
 # sent late would bunch with those sent on time, above the key's rate in some second.
 _STALE_SLOT = 0.5
+# What stops a worker at once: the fleet declared it dead, or its database is gone.
+_STOPS = (WorkerFencedError, JournalUnavailableError)
 
 
 @attrs.frozen(kw_only=True)
@@ -109,7 +112,7 @@ class _Worker:
         self.downloaded = 0
         self.adopted = 0
         self.declared_dead: list[int] = []
-        self.fenced: WorkerFencedError | None = None
+        self.fenced: WorkerFencedError | JournalUnavailableError | None = None
         self.account_error: APIMartError | None = None
         self.stopped: str | None = None
         self._tg: TaskGroup | None = None
@@ -156,11 +159,11 @@ class _Worker:
         """Await a journal operation; a refused write stops this worker at once."""
         try:
             return await coro
-        except WorkerFencedError as exc:
+        except _STOPS as exc:
             self._fence(exc)
             raise
 
-    def _fence(self, exc: WorkerFencedError) -> None:
+    def _fence(self, exc: WorkerFencedError | JournalUnavailableError) -> None:
         if self.fenced is None:
             self.fenced = exc
             log.error("%s", exc)
@@ -179,12 +182,14 @@ class _Worker:
         if self._tg is not None:
             self._tg.cancel_scope.cancel()
 
-    async def _late(self, row: JournalRow, task_id: str) -> None:
+    async def _late(self, row: JournalRow, task_id: str, why: Exception) -> None:
         """A task created after this worker lost its lease: its journal write is refused,
         but the task id must not be lost. Recorded for the fleet (`record_late_task_id`:
         the item, ambiguous, is adopted as submitted), printed, and appended to the
         recovery file, as the SQLite runner does."""
-        print(f"apimart-async: worker {self.journal.worker} lost its lease: task {task_id} "
+        lost = ("lost its lease" if isinstance(why, WorkerFencedError)
+                else "cannot reach its journal")
+        print(f"apimart-async: worker {self.journal.worker} {lost}: task {task_id} "
               f"was created (and may be billed) for item {row.key} (idempotency key "
               f"{row.idempotency_key})", file=sys.stderr, flush=True)
         try:
@@ -263,7 +268,7 @@ class _Worker:
                     self._done.set()
                     return
                 await anyio.sleep(self.tick)
-        except WorkerFencedError as exc:
+        except _STOPS as exc:
             self._fence(exc)
 
     async def _submitter(self) -> None:
@@ -296,7 +301,7 @@ class _Worker:
                     await self._send(claimed, due)
                 finally:
                     self.sending -= 1
-        except WorkerFencedError as exc:
+        except _STOPS as exc:
             self._fence(exc)
 
     # -- the spend cap -----------------------------------------------------------------
@@ -360,9 +365,9 @@ class _Worker:
             await self._settle(row.key, charged=True)
             await self._guard(self.journal.write(row.key, ItemState.SUBMITTED,
                                                  task_id=submission.task_id))
-        except WorkerFencedError:
+        except _STOPS as exc:
             with anyio.CancelScope(shield=True):
-                await self._late(row, submission.task_id)
+                await self._late(row, submission.task_id, exc)
             raise
         self.submitted += 1
         self._follow(attrs.evolve(row, state=ItemState.SUBMITTED, task_id=submission.task_id))
@@ -412,7 +417,7 @@ class _Worker:
     async def _follower(self, row: JournalRow) -> None:
         try:
             await self._follow_one(row)
-        except WorkerFencedError as exc:
+        except _STOPS as exc:
             self._fence(exc)
         finally:
             self.followers -= 1
@@ -619,12 +624,19 @@ async def _mirror(
     """Tell `on_change` how this input's items move, whichever worker moves them: the
     journal is read twice a second (one query), the way the fleet sees it."""
     while True:
-        rows = await journal.load()
+        try:
+            rows = await journal.load()
+        except JournalUnavailableError:
+            return  # the worker says so (one error, not two)
         changed = [(item, rows[item.key]) for item in items
                    if item.key in rows and seen.get(item.key) is not rows[item.key].state]
         # A downloaded item's file is in the folder of the worker that fetched it.
-        folders = (await journal.folders()
-                   if any(row.state is ItemState.DOWNLOADED for _, row in changed) else {})
+        try:
+            folders = (await journal.folders()
+                       if any(row.state is ItemState.DOWNLOADED for _, row in changed)
+                       else {})
+        except JournalUnavailableError:
+            return
         for item, row in changed:
             seen[item.key] = row.state
             on_change(_result(item, row, folders, out_dir))

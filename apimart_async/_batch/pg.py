@@ -25,12 +25,13 @@ Schema version 1 is recorded in `apimart_meta`; a newer one is refused in one li
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
 import time
 import urllib.parse
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
@@ -38,7 +39,7 @@ from typing import Any, TypeVar
 import anyio
 import attrs
 
-from .._core.errors import ValidationError, WorkerFencedError
+from .._core.errors import JournalUnavailableError, ValidationError, WorkerFencedError
 from .._core.spend import SpendBudget
 from .journal import ItemState, JournalRow
 
@@ -173,6 +174,15 @@ def _refuse_newer(url: str, text: object) -> None:
         )
 
 
+def _unreachable(exc: BaseException) -> bool:
+    """Whether `exc` says the database cannot be reached (as opposed to a bad query)."""
+    import asyncpg
+
+    return isinstance(exc, (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
+                            asyncpg.InternalClientError,
+                            asyncpg.exceptions.OperatorInterventionError))
+
+
 def _check_batch(batch: object) -> None:
     if (not isinstance(batch, str) or not batch or len(batch) > 200
             or not batch.isprintable()):
@@ -281,10 +291,34 @@ class PgJournal:
                 "INSERT INTO apimart_batches (name) VALUES ($1) ON CONFLICT DO NOTHING",
                 self.batch)
 
+    @contextlib.contextmanager
+    def _reaching(self) -> Iterator[None]:
+        """The one place a lost database becomes one line naming it
+        (`JournalUnavailableError`), not asyncpg's internals."""
+        try:
+            yield
+        except JournalUnavailableError:
+            raise
+        except Exception as exc:
+            if not _unreachable(exc):
+                raise
+            reason = str(exc) or type(exc).__name__
+            raise JournalUnavailableError(self.label, reason) from None
+
+    @contextlib.asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[Any]:
+        """A pooled connection in a transaction, a lost database translated."""
+        if self._pool is None:
+            raise RuntimeError("the journal is not open")
+        with self._reaching():
+            async with self._pool.acquire() as conn, conn.transaction():
+                yield conn
+
     async def _fetch(self, sql: str, *args: Any) -> list[Any]:
         if self._pool is None:
             raise RuntimeError("the journal is not open")
-        rows: list[Any] = await self._pool.fetch(sql, *args)
+        with self._reaching():
+            rows: list[Any] = await self._pool.fetch(sql, *args)
         return rows
 
     async def out_dir(self) -> str | None:
@@ -318,11 +352,12 @@ class PgJournal:
                    r.state.value, r.path) for position, r in rows]
         if not values or self._pool is None:
             return
-        async with self._pool.acquire() as conn:
-            await conn.executemany(
-                "INSERT INTO apimart_items (batch, key, position, name, request, "
-                "idempotency_key, state, path) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) "
-                "ON CONFLICT (batch, key) DO NOTHING", values)
+        with self._reaching():
+            async with self._pool.acquire() as conn:
+                await conn.executemany(
+                    "INSERT INTO apimart_items (batch, key, position, name, request, "
+                    "idempotency_key, state, path) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) "
+                    "ON CONFLICT (batch, key) DO NOTHING", values)
 
     async def update(self, key: str, state: ItemState, **fields: Any) -> None:
         """Move item `key` to `state` (unfenced: for a process that is no worker)."""
@@ -432,7 +467,7 @@ class PgJournal:
             return None
         if self._pool is None:
             raise RuntimeError("the journal is not open")
-        async with self._pool.acquire() as conn, conn.transaction():
+        async with self._transaction() as conn:
             found = await conn.fetchrow(
                 f"WITH me AS ({_ALIVE}) "  # noqa: S608
                 f"SELECT position, {', '.join(_COLUMNS)} FROM apimart_items WHERE key = "
@@ -621,7 +656,7 @@ class PgJournal:
         `cap` (the latest run's cap holds for the whole batch)."""
         if self._pool is None:
             raise RuntimeError("the journal is not open")
-        async with self._pool.acquire() as conn, conn.transaction():
+        async with self._transaction() as conn:
             text = await conn.fetchval(
                 "SELECT state FROM apimart_budgets WHERE batch = $1 FOR UPDATE", self.batch)
             if text is None:
@@ -640,7 +675,7 @@ class PgJournal:
         if conn is None:
             if self._pool is None:
                 raise RuntimeError("the journal is not open")
-            async with self._pool.acquire() as own, own.transaction():
+            async with self._transaction() as own:
                 return await self.with_budget(change, own)
         text = await conn.fetchval(
             "SELECT state FROM apimart_budgets WHERE batch = $1 FOR UPDATE", self.batch)
