@@ -62,16 +62,19 @@ async def test_one_worker_runs_a_batch_on_postgres(
 
 
 async def test_two_workers_share_one_batch_without_paying_twice(
-    make_server: MakeServer, pg_url: str, tmp_path: Path
+    make_server: MakeServer, pg_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     server = await make_server()
     reports: list[Any] = []
 
     seen: dict[str, dict[str, ItemState]] = {"a": {}, "b": {}}
+    paths: list[Path] = []
 
     async def worker(out: Path) -> None:
         def on_change(result: Any) -> None:
             seen[out.name][result.key] = result.state
+            if result.path is not None:
+                paths.append(result.path)
 
         async with session_for(server, max_concurrency=4) as s:
             reports.append(await s.run_batch(reqs(40), out_dir=out, journal=pg_url,
@@ -91,6 +94,9 @@ async def test_two_workers_share_one_batch_without_paying_twice(
     # Each one's progress callback followed the whole batch, the other's items too.
     for mine in seen.values():
         assert len(mine) == 40 and set(mine.values()) == {ItemState.DOWNLOADED}
+    # Each progress report names the folder the video is in, whichever worker fetched it.
+    assert len(paths) == 80 and all(p.is_file() for p in paths)
+    assert "is not the batch's folder" in caplog.text
 
 
 async def test_a_newer_schema_is_refused_in_one_line(pg_url: str) -> None:
@@ -468,3 +474,167 @@ async def test_every_output_of_a_task_is_downloaded_by_the_fleet(
         for entry in [{"path": row["path"], "sha256": row["sha256"]}, *more]:
             data = (tmp_path / entry["path"]).read_bytes()
             assert hashlib.sha256(data).hexdigest() == entry["sha256"]
+
+
+async def test_a_fenced_worker_keeps_the_task_ids_it_gets_after_losing_its_lease(
+    make_server: MakeServer, pg_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A worker declared dead while its POST is on the wire gets the task id back: its
+    journal write is refused, yet the id is printed, appended to the recovery file and
+    recorded for the fleet, which adopts the (ambiguous) item as submitted: downloaded
+    by the next run, paid once."""
+    from apimart_async import WorkerFencedError
+
+    # Real seconds on every answer: the POST is on the wire while the worker dies.
+    server = await make_server(EmulatorConfig(latency=1.5))
+    out = tmp_path / "out"
+
+    async def zombie() -> None:
+        with pytest.raises(WorkerFencedError):
+            async with session_for(server) as s:
+                await s.run_batch(reqs(1), out_dir=out, journal=pg_url, lease=5)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(zombie)
+        with anyio.fail_after(10):
+            while True:
+                if any(r["state"] == "submitting" for r in await rows_or_none(pg_url)):
+                    break
+                await anyio.sleep(0.01)
+        async with PgJournal(pg_url, "default", lease=5) as reaper:
+            await reaper.register()
+            conn = await asyncpg.connect(pg_url)
+            # As if paused past its lease: its heartbeat is an hour old.
+            await conn.execute("UPDATE apimart_workers SET heartbeat = heartbeat "
+                               "- interval '1 hour' WHERE id <> $1", reaper.worker)
+            await conn.close()
+            assert len(await reaper.reap()) == 1
+            assert [r["state"] for r in await rows(pg_url)] == ["ambiguous"]
+            await reaper.leave("done")
+    assert server.stats.submissions == 1
+    [task] = list(server.emulator.tasks)
+    err = capsys.readouterr().err
+    assert task in err and "lost its lease" in err
+    [line] = (out / ".apimart-recovered-task-ids").read_text().splitlines()
+    assert f'"task_id": "{task}"' in line
+    # The next run adopts the item with its task: downloaded, not sent again.
+    async with session_for(server) as s:
+        report = await s.run_batch(reqs(1), out_dir=out, journal=pg_url, lease=5)
+    assert report.ok and report.items[0].task_id == task
+    assert server.stats.submissions == 1
+
+
+async def rows_or_none(url: str) -> list[Any]:
+    try:
+        return await rows(url)
+    except asyncpg.UndefinedTableError:
+        return []
+
+
+async def test_a_file_in_the_way_gets_the_next_tilde_name_and_is_kept(
+    make_server: MakeServer, pg_url: str, tmp_path: Path
+) -> None:
+    """The SQLite runner's naming: a file in the way (or another item's) makes the item
+    `NAME~2`, its other outputs `NAME~2-2...`; `-N` numbers only one task's outputs.
+    The file in the way is never overwritten."""
+    from apimart_async import BatchItem
+    from apimart_async.testing import TaskPlan
+
+    server = await make_server(EmulatorConfig(
+        planner=lambda body, index: TaskPlan(duration=2, videos=2, images=0)))
+    (tmp_path / "fox.mp4").write_bytes(b"mine")
+    async with session_for(server) as s:
+        report = await s.run_batch([BatchItem(request=VideoRequest("a fox"), name="fox")],
+                                   out_dir=tmp_path, journal=pg_url, lease=LEASE)
+    assert report.ok
+    assert (tmp_path / "fox.mp4").read_bytes() == b"mine"
+    assert sorted(p.name for p in tmp_path.glob("*.mp4")) == [
+        "fox.mp4", "fox~2-2.mp4", "fox~2.mp4"]
+    assert report.items[0].path == tmp_path / "fox~2.mp4"
+
+
+async def test_a_rerun_downloads_again_a_deleted_video(
+    make_server: MakeServer, pg_url: str, tmp_path: Path
+) -> None:
+    """As in SQLite mode: a finished batch re-run notices a video deleted from its
+    folder and downloads it again (the task is paid: nothing is sent)."""
+    server = await make_server()
+    async with session_for(server) as s:
+        first = await s.run_batch(reqs(2), out_dir=tmp_path, journal=pg_url, lease=LEASE)
+    assert first.ok
+    gone = first.items[0].path
+    gone.unlink()
+    async with session_for(server) as s:
+        again = await s.run_batch(reqs(2), out_dir=tmp_path, journal=pg_url, lease=LEASE)
+    assert again.ok and server.stats.submissions == 2
+    assert again.items[0].path == gone
+    assert_videos(again)
+
+
+async def test_journal_status_refuses_a_newer_schema_and_an_unknown_batch(
+    pg_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from .conftest import cli
+
+    async with PgJournal(pg_url, "june"):
+        pass
+    code, out, err = await cli(capsys, "journal", "status", "--journal", pg_url,
+                               "--batch", "juen")
+    assert code == 2 and "no batch 'juen'" in err and "'june'" in err
+    code, out, err = await cli(capsys, "journal", "status", "--journal", pg_url,
+                               "--batch", "june")
+    assert code == 0 and "batch june" in out
+    conn = await asyncpg.connect(pg_url)
+    await conn.execute("UPDATE apimart_meta SET value = $1 WHERE name = 'schema_version'",
+                       str(PG_SCHEMA_VERSION + 1))
+    await conn.close()
+    code, out, err = await cli(capsys, "journal", "status", "--journal", pg_url)
+    assert code == 2 and "newer apimart-async" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("name", ["june\n", "ju\x1bne", ""])
+def test_a_batch_name_with_control_characters_is_refused(name: str) -> None:
+    with pytest.raises(ValidationError, match="batch"):
+        PgJournal("postgresql://localhost/x", name)
+
+
+async def test_a_database_gone_mid_run_is_one_error_naming_it(
+    make_server: MakeServer, pg_cluster: Any, tmp_path: Path
+) -> None:
+    """The journal's server stops while the worker follows its tasks: one
+    `JournalUnavailableError` naming the database, not asyncpg's internals."""
+    from apimart_async import JournalUnavailableError
+
+    from .pgcluster import Cluster
+
+    server = await make_server(EmulatorConfig(duration=(30, 40)), speed=10)
+    own = Cluster(pg_cluster.bindir).__enter__()
+    stopped = False
+    try:
+        url = own.new_database()
+
+        async def stop_when_submitted() -> None:
+            nonlocal stopped
+            with anyio.fail_after(30):
+                while True:
+                    if any(r["state"] == "submitted" for r in await rows_or_none(url)):
+                        break
+                    await anyio.sleep(0.01)
+            stopped = True
+            await anyio.to_thread.run_sync(own.__exit__)
+
+        caught: Exception | None = None
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(stop_when_submitted)
+            try:
+                async with session_for(server) as s:
+                    await s.run_batch(reqs(2), out_dir=tmp_path, journal=url, lease=5)
+            except JournalUnavailableError as exc:
+                caught = exc
+    finally:
+        if not stopped:
+            own.__exit__()
+    assert isinstance(caught, JournalUnavailableError)
+    message = str(caught)
+    assert "cannot be reached" in message and str(own.port) in message
+    assert "\n" not in message

@@ -29,6 +29,7 @@ EXPECTED = [
     "ItemResult",
     "ItemState",
     "JournalBusyError",
+    "JournalUnavailableError",
     "JournalWriteError",
     "ModelName",
     "ModelSpec",

@@ -22,6 +22,7 @@ import contextlib
 import json
 import logging
 import os
+import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -36,6 +37,7 @@ from .._core.balance import Balance
 from .._core.errors import (
     APIMartError,
     BadRequestError,
+    JournalUnavailableError,
     NotSubmittedError,
     TaskFailedError,
     ValidationError,
@@ -43,11 +45,12 @@ from .._core.errors import (
     error_record,
 )
 from .._core.models import Task, TaskOutput, TaskStatus
-from .._core.outputs import numbered_name
+from .._core.outputs import numbered_name, output_suffix, variant_stem
 from .._core.spend import SpendBudget, Verdict
 from .._engine.engine import Engine
 from .._engine.streams import Watch
 from .._engine.submit import StreamClosed
+from .._io.download import part_path
 from .journal import ItemState, JournalRow, request_json
 from .pg import Claimed, PgJournal
 from .runner import (
@@ -68,6 +71,8 @@ log = logging.getLogger("apimart_async")
 # rate's interval (a paused worker, a busy loop) is dropped for a fresh one: requests
 # sent late would bunch with those sent on time, above the key's rate in some second.
 _STALE_SLOT = 0.5
+# What stops a worker at once: the fleet declared it dead, or its database is gone.
+_STOPS = (WorkerFencedError, JournalUnavailableError)
 
 
 @attrs.frozen(kw_only=True)
@@ -107,7 +112,7 @@ class _Worker:
         self.downloaded = 0
         self.adopted = 0
         self.declared_dead: list[int] = []
-        self.fenced: WorkerFencedError | None = None
+        self.fenced: WorkerFencedError | JournalUnavailableError | None = None
         self.account_error: APIMartError | None = None
         self.stopped: str | None = None
         self._tg: TaskGroup | None = None
@@ -154,17 +159,59 @@ class _Worker:
         """Await a journal operation; a refused write stops this worker at once."""
         try:
             return await coro
-        except WorkerFencedError as exc:
+        except _STOPS as exc:
             self._fence(exc)
             raise
 
-    def _fence(self, exc: WorkerFencedError) -> None:
+    def _fence(self, exc: WorkerFencedError | JournalUnavailableError) -> None:
         if self.fenced is None:
             self.fenced = exc
             log.error("%s", exc)
         self.halted = True
         if self._tg is not None:
+            if self.sending:
+                # POSTs on the wire may answer with task ids (paid): let them land, so
+                # `_late` keeps them, then stop (the gate sends nothing new).
+                self._tg.start_soon(self._cancel_when_sent)
+            else:
+                self._tg.cancel_scope.cancel()
+
+    async def _cancel_when_sent(self) -> None:
+        while self.sending:  # noqa: ASYNC110 - a count, polled briefly once, at the end
+            await anyio.sleep(0.01)
+        if self._tg is not None:
             self._tg.cancel_scope.cancel()
+
+    async def _late(self, row: JournalRow, task_id: str, why: Exception) -> None:
+        """A task created after this worker lost its lease: its journal write is refused,
+        but the task id must not be lost. Recorded for the fleet (`record_late_task_id`:
+        the item, ambiguous, is adopted as submitted), printed, and appended to the
+        recovery file, as the SQLite runner does."""
+        lost = ("lost its lease" if isinstance(why, WorkerFencedError)
+                else "cannot reach its journal")
+        print(f"apimart-async: worker {self.journal.worker} {lost}: task {task_id} "
+              f"was created (and may be billed) for item {row.key} (idempotency key "
+              f"{row.idempotency_key})", file=sys.stderr, flush=True)
+        try:
+            await self.journal.record_late_task_id(row.key, task_id)
+        except Exception as exc:  # the database may be what cut this worker off
+            log.error("could not record task %s in the journal: %s", task_id, exc)
+        line = json.dumps({"task_id": task_id, "item_key": row.key,
+                           "idempotency_key": row.idempotency_key,
+                           "batch": self.journal.batch, "time": time.time()},
+                          sort_keys=True) + "\n"
+        path = self.out_dir / ".apimart-recovered-task-ids"
+
+        def append() -> None:
+            with open(path, "a", encoding="utf-8") as handle:
+                handle.write(line)
+                handle.flush()
+                os.fsync(handle.fileno())
+
+        try:
+            await anyio.to_thread.run_sync(append)
+        except OSError as exc:
+            log.error("cannot write the recovery file %s: %s", path, exc)
 
     # -- the loop --------------------------------------------------------------------------
 
@@ -205,6 +252,7 @@ class _Worker:
                     log.warning("worker %s: declared dead workers %s (lease %gs passed)",
                                 journal.worker, dead, journal.lease)
                 if not self.halted:
+                    await journal.adopt_late()
                     for row in await journal.adopt():
                         self.adopted += 1
                         self._follow(row)
@@ -220,7 +268,7 @@ class _Worker:
                     self._done.set()
                     return
                 await anyio.sleep(self.tick)
-        except WorkerFencedError as exc:
+        except _STOPS as exc:
             self._fence(exc)
 
     async def _submitter(self) -> None:
@@ -253,7 +301,7 @@ class _Worker:
                     await self._send(claimed, due)
                 finally:
                     self.sending -= 1
-        except WorkerFencedError as exc:
+        except _STOPS as exc:
             self._fence(exc)
 
     # -- the spend cap -----------------------------------------------------------------
@@ -313,9 +361,14 @@ class _Worker:
             await self._settle(row.key, charged=exc.submission_ambiguous)
             await self._submit_failed(row, exc)
             return
-        await self._settle(row.key, charged=True)
-        await self._guard(self.journal.write(row.key, ItemState.SUBMITTED,
-                                             task_id=submission.task_id))
+        try:
+            await self._settle(row.key, charged=True)
+            await self._guard(self.journal.write(row.key, ItemState.SUBMITTED,
+                                                 task_id=submission.task_id))
+        except _STOPS as exc:
+            with anyio.CancelScope(shield=True):
+                await self._late(row, submission.task_id, exc)
+            raise
         self.submitted += 1
         self._follow(attrs.evolve(row, state=ItemState.SUBMITTED, task_id=submission.task_id))
 
@@ -364,7 +417,7 @@ class _Worker:
     async def _follower(self, row: JournalRow) -> None:
         try:
             await self._follow_one(row)
-        except WorkerFencedError as exc:
+        except _STOPS as exc:
             self._fence(exc)
         finally:
             self.followers -= 1
@@ -433,14 +486,14 @@ class _Worker:
         # Still this worker's item? Checked right before the files appear.
         await self._guard(self.journal.write(row.key, ItemState.COMPLETED))
         placed = []
-        for index, (name, result) in enumerate(staged):
-            final, n = self.out_dir / name, 1
-            while await anyio.Path(final).exists():
-                # A file this worker did not put there (paid for elsewhere, or moved in
-                # by a zombie): never overwritten.
-                n += 1
-                final = self.out_dir / f"{Path(name).stem}-{n}{Path(name).suffix}"
-            await anyio.to_thread.run_sync(os.replace, result.path, final)
+        base = stem
+        for index, (_, result) in enumerate(staged):
+            output = outputs[index]
+            final = await anyio.to_thread.run_sync(
+                _place, result.path, self.out_dir, base, index, output)
+            if index == 0:
+                # An item's files share one stem: the first output's, "~N" and all.
+                base = final.name[: -len(output_suffix(output))]
             placed.append({"index": index, "path": final.name, "size": result.size,
                            "sha256": result.sha256})
         first = placed[0]
@@ -449,6 +502,34 @@ class _Worker:
             sha256=first["sha256"], error=None, error_record=None, folder=self.folder,
             outputs=json.dumps(placed[1:]) if len(placed) > 1 else None))
         self.downloaded += 1
+
+
+def _place(staged: Path, out_dir: Path, base: str, index: int, output: TaskOutput) -> Path:
+    """Move a staged output into `out_dir` under the first name the SQLite runner's rules
+    give it (`variant_stem`: ``STEM~N`` past a file in the way) that is free, taken
+    atomically: a hard link fails if the name exists, so two workers (or a zombie) never
+    both take it and no file there is ever overwritten."""
+    n = 1
+    while True:
+        final = out_dir / numbered_name(variant_stem(base, n), index, output)
+        n += 1
+        if os.path.lexists(part_path(final)):
+            continue  # a download in progress (a single run's) holds that name
+        try:
+            os.link(staged, final)
+        except FileExistsError:
+            continue
+        except OSError:
+            # No hard links here (some network or FUSE file systems): claim the name
+            # with an exclusive create, then move the file over that placeholder.
+            try:
+                os.close(os.open(final, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+            except FileExistsError:
+                continue
+            os.replace(staged, final)
+            return final
+        os.unlink(staged)
+        return final
 
 
 async def run_worker(
@@ -472,11 +553,23 @@ async def run_worker(
     # A run started after fixing the account resumes the fleet.
     await journal.clear_stop()
     await journal.retry_downloads()
+    await journal.adopt_late()
     # Heartbeats well within the lease; at least once a second, so the end of the batch
     # is noticed soon.
     state = _Worker(engine, journal, out_dir, tick=max(0.02, min(1.0, journal.lease / 5)))
     state.tmp = out_dir / f".fleet-w{worker_id}"
     state.folder = str(await anyio.Path(out_dir).resolve())
+    # A re-run notices a deleted (or changed) video, as the SQLite runner does: those
+    # of this folder are downloaded again (the task is paid; nothing is sent).
+    recorded = await journal.out_dir()
+    if recorded is not None and recorded != state.folder:
+        log.warning("worker %s: --out %s is not the batch's folder (%s): this worker's "
+                    "videos go to %s; each item's folder is in the journal (journal "
+                    "status --json)", worker_id, state.folder, recorded, state.folder)
+    gone = await journal.refetch_missing(state.folder, out_dir)
+    if gone:
+        log.warning("worker %s: %d downloaded item(s) missing or changed in %s: "
+                    "downloading again", worker_id, len(gone), out_dir)
     if max_spend is not None:
         await journal.start_budget(max_spend, (await engine.balance()).used)
     # A batch started with a cap keeps it for every worker, flag or not.
@@ -531,12 +624,22 @@ async def _mirror(
     """Tell `on_change` how this input's items move, whichever worker moves them: the
     journal is read twice a second (one query), the way the fleet sees it."""
     while True:
-        rows = await journal.load()
-        for item in items:
-            row = rows.get(item.key)
-            if row is not None and seen.get(item.key) is not row.state:
-                seen[item.key] = row.state
-                on_change(_result(item, row, {}, out_dir))
+        try:
+            rows = await journal.load()
+        except JournalUnavailableError:
+            return  # the worker says so (one error, not two)
+        changed = [(item, rows[item.key]) for item in items
+                   if item.key in rows and seen.get(item.key) is not rows[item.key].state]
+        # A downloaded item's file is in the folder of the worker that fetched it.
+        try:
+            folders = (await journal.folders()
+                       if any(row.state is ItemState.DOWNLOADED for _, row in changed)
+                       else {})
+        except JournalUnavailableError:
+            return
+        for item, row in changed:
+            seen[item.key] = row.state
+            on_change(_result(item, row, folders, out_dir))
         await anyio.sleep(0.5)
 
 

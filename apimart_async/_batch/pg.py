@@ -25,19 +25,21 @@ Schema version 1 is recorded in `apimart_meta`; a newer one is refused in one li
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
 import time
 import urllib.parse
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
+import anyio
 import attrs
 
-from .._core.errors import ValidationError, WorkerFencedError
+from .._core.errors import JournalUnavailableError, ValidationError, WorkerFencedError
 from .._core.spend import SpendBudget
 from .journal import ItemState, JournalRow
 
@@ -90,6 +92,16 @@ CREATE TABLE IF NOT EXISTS apimart_items (
 );
 CREATE INDEX IF NOT EXISTS apimart_items_by_state ON apimart_items (batch, state, position);
 CREATE INDEX IF NOT EXISTS apimart_items_by_worker ON apimart_items (worker);
+-- Task ids a fenced worker received too late to journal (append-only, unfenced): the
+-- item, ambiguous by then, is adopted as submitted with its task (`adopt_late`).
+CREATE TABLE IF NOT EXISTS apimart_late_task_ids (
+    batch text NOT NULL,
+    key text NOT NULL,
+    task_id text NOT NULL,
+    worker bigint,
+    recorded timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (batch, key, task_id)
+);
 CREATE TABLE IF NOT EXISTS apimart_budgets (
     batch text PRIMARY KEY,
     state text NOT NULL
@@ -151,6 +163,34 @@ def _label(url: str) -> str:
     return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
 
 
+def _refuse_newer(url: str, text: object) -> None:
+    """Refuse, in one line, tables written by a newer version (read or written alike)."""
+    version = int(str(text)) if str(text).isdigit() else PG_SCHEMA_VERSION + 1
+    if version > PG_SCHEMA_VERSION:
+        raise ValidationError(
+            "journal",
+            f"{_label(url)} was written by a newer apimart-async (journal version "
+            f"{text}, this one reads up to {PG_SCHEMA_VERSION}); upgrade it",
+        )
+
+
+def _unreachable(exc: BaseException) -> bool:
+    """Whether `exc` says the database cannot be reached (as opposed to a bad query)."""
+    import asyncpg
+
+    return isinstance(exc, (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
+                            asyncpg.InternalClientError,
+                            asyncpg.exceptions.OperatorInterventionError))
+
+
+def _check_batch(batch: object) -> None:
+    if (not isinstance(batch, str) or not batch or len(batch) > 200
+            or not batch.isprintable()):
+        raise ValidationError(
+            "batch", f"must be 1-200 printable characters (no control characters), "
+            f"got {batch!r}")
+
+
 @attrs.frozen(kw_only=True)
 class Claimed:
     """An item a worker holds: its row as recorded."""
@@ -173,8 +213,7 @@ class PgJournal:
     """
 
     def __init__(self, url: str, batch: str = "default", *, lease: float = 30.0) -> None:
-        if not batch or len(batch) > 200:
-            raise ValidationError("batch", f"must be 1-200 characters, got {batch!r}")
+        _check_batch(batch)
         if lease <= 0:
             raise ValidationError("lease", f"must be a positive number of seconds, got {lease!r}")
         self.url = url
@@ -246,22 +285,40 @@ class PgJournal:
                 "ON CONFLICT (name) DO NOTHING", str(PG_SCHEMA_VERSION))
             text = await conn.fetchval(
                 "SELECT value FROM apimart_meta WHERE name = 'schema_version'")
-            version = int(text) if str(text).isdigit() else PG_SCHEMA_VERSION + 1
-            if version > PG_SCHEMA_VERSION:
-                raise ValidationError(
-                    "journal",
-                    f"{_label(self.url)} was written by a newer apimart-async (journal version "
-                    f"{text}, this one reads up to {PG_SCHEMA_VERSION}); upgrade it",
-                )
+            _refuse_newer(self.url, text)
             # Version 1 is the first: later versions migrate here, then record theirs.
             await conn.execute(
                 "INSERT INTO apimart_batches (name) VALUES ($1) ON CONFLICT DO NOTHING",
                 self.batch)
 
+    @contextlib.contextmanager
+    def _reaching(self) -> Iterator[None]:
+        """The one place a lost database becomes one line naming it
+        (`JournalUnavailableError`), not asyncpg's internals."""
+        try:
+            yield
+        except JournalUnavailableError:
+            raise
+        except Exception as exc:
+            if not _unreachable(exc):
+                raise
+            reason = str(exc) or type(exc).__name__
+            raise JournalUnavailableError(self.label, reason) from None
+
+    @contextlib.asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[Any]:
+        """A pooled connection in a transaction, a lost database translated."""
+        if self._pool is None:
+            raise RuntimeError("the journal is not open")
+        with self._reaching():
+            async with self._pool.acquire() as conn, conn.transaction():
+                yield conn
+
     async def _fetch(self, sql: str, *args: Any) -> list[Any]:
         if self._pool is None:
             raise RuntimeError("the journal is not open")
-        rows: list[Any] = await self._pool.fetch(sql, *args)
+        with self._reaching():
+            rows: list[Any] = await self._pool.fetch(sql, *args)
         return rows
 
     async def out_dir(self) -> str | None:
@@ -295,11 +352,12 @@ class PgJournal:
                    r.state.value, r.path) for position, r in rows]
         if not values or self._pool is None:
             return
-        async with self._pool.acquire() as conn:
-            await conn.executemany(
-                "INSERT INTO apimart_items (batch, key, position, name, request, "
-                "idempotency_key, state, path) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) "
-                "ON CONFLICT (batch, key) DO NOTHING", values)
+        with self._reaching():
+            async with self._pool.acquire() as conn:
+                await conn.executemany(
+                    "INSERT INTO apimart_items (batch, key, position, name, request, "
+                    "idempotency_key, state, path) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) "
+                    "ON CONFLICT (batch, key) DO NOTHING", values)
 
     async def update(self, key: str, state: ItemState, **fields: Any) -> None:
         """Move item `key` to `state` (unfenced: for a process that is no worker)."""
@@ -409,7 +467,7 @@ class PgJournal:
             return None
         if self._pool is None:
             raise RuntimeError("the journal is not open")
-        async with self._pool.acquire() as conn, conn.transaction():
+        async with self._transaction() as conn:
             found = await conn.fetchrow(
                 f"WITH me AS ({_ALIVE}) "  # noqa: S608
                 f"SELECT position, {', '.join(_COLUMNS)} FROM apimart_items WHERE key = "
@@ -512,6 +570,57 @@ class PgJournal:
         if not rows and worker is not None:
             raise self._fenced()
 
+    async def refetch_missing(self, folder: str, root: Path) -> list[str]:
+        """Items downloaded into `folder` (resolved; it is `root`) whose file, or one of
+        their other outputs' files, is missing or changed size: back to completed,
+        ownerless, so a worker downloads them again (a changed file is kept: the new one
+        takes the next free name). Returns their keys."""
+        rows = await self._fetch(
+            "SELECT key, path, size, outputs FROM apimart_items WHERE batch = $1 "
+            "AND state = 'downloaded' AND folder = $2", self.batch, folder)
+
+        def intact(row: Any) -> bool:
+            files = [(row["path"], row["size"])]
+            files += [(o["path"], o["size"]) for o in json.loads(row["outputs"] or "[]")]
+            for name, size in files:
+                try:
+                    if not name or (root / name).stat().st_size != size:
+                        return False
+                except OSError:
+                    return False
+            return True
+
+        gone = await anyio.to_thread.run_sync(
+            lambda: [str(row["key"]) for row in rows if not intact(row)])
+        if gone:
+            await self._fetch(
+                "UPDATE apimart_items SET state = 'completed', worker = NULL, error = NULL, "
+                "error_record = NULL, updated = now() WHERE batch = $1 AND key = ANY($2) "
+                "AND state = 'downloaded'", self.batch, gone)
+        return gone
+
+    async def record_late_task_id(self, key: str, task_id: str) -> None:
+        """Unfenced, append-only: a task id this (fenced) worker received for item `key`
+        after losing its lease. The item is ambiguous by then (nobody sends it again
+        without `--resubmit-ambiguous`), and the task id proves it was created, so a live
+        worker adopts it as submitted (`adopt_late`)."""
+        await self._fetch(
+            "INSERT INTO apimart_late_task_ids (batch, key, task_id, worker) "
+            "VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+            self.batch, key, task_id, self.worker)
+
+    async def adopt_late(self) -> list[str]:
+        """Ambiguous items whose task id a fenced worker recorded late become submitted
+        with that task (ownerless, for any live worker to adopt). Returns their keys."""
+        rows = await self._fetch(
+            "UPDATE apimart_items i SET state = 'submitted', task_id = l.task_id, "
+            "worker = NULL, error = NULL, error_record = NULL, updated = now() "
+            "FROM (SELECT DISTINCT ON (key) key, task_id FROM apimart_late_task_ids "
+            "WHERE batch = $1 ORDER BY key, recorded) AS l "
+            "WHERE i.batch = $1 AND i.key = l.key AND i.state = 'ambiguous' RETURNING i.key",
+            self.batch)
+        return [str(row["key"]) for row in rows]
+
     async def stop_fleet(self, reason: str, record: str | None) -> None:
         """Record an account failure on the batch: every worker stops claiming."""
         await self._fetch(
@@ -547,7 +656,7 @@ class PgJournal:
         `cap` (the latest run's cap holds for the whole batch)."""
         if self._pool is None:
             raise RuntimeError("the journal is not open")
-        async with self._pool.acquire() as conn, conn.transaction():
+        async with self._transaction() as conn:
             text = await conn.fetchval(
                 "SELECT state FROM apimart_budgets WHERE batch = $1 FOR UPDATE", self.batch)
             if text is None:
@@ -566,7 +675,7 @@ class PgJournal:
         if conn is None:
             if self._pool is None:
                 raise RuntimeError("the journal is not open")
-            async with self._pool.acquire() as own, own.transaction():
+            async with self._transaction() as own:
                 return await self.with_budget(change, own)
         text = await conn.fetchval(
             "SELECT state FROM apimart_budgets WHERE batch = $1 FOR UPDATE", self.batch)
@@ -634,19 +743,29 @@ async def fleet_status(url: str, batch: str | None) -> dict[str, Any]:
     (alive or dead, heartbeat age on the server's clock), the ambiguous items."""
     import asyncpg
 
+    if batch is not None:
+        _check_batch(batch)
     conn = await asyncpg.connect(url, statement_cache_size=0)
     try:
         tables = await conn.fetchval("SELECT to_regclass('apimart_items') IS NOT NULL")
-        if not tables:
-            return {"journal": _label(url), "schema_version": None, "batches": []}
-        version = await conn.fetchval(
-            "SELECT value FROM apimart_meta WHERE name = 'schema_version'")
+        version = None
+        if tables:
+            version = await conn.fetchval(
+                "SELECT value FROM apimart_meta WHERE name = 'schema_version'")
+            _refuse_newer(url, version)
+        known: Sequence[str] = [r["name"] for r in await conn.fetch(
+            "SELECT name FROM apimart_batches ORDER BY created, name")] if tables else []
         names: Sequence[str]
         if batch is None:
-            names = [r["name"] for r in await conn.fetch(
-                "SELECT name FROM apimart_batches ORDER BY created, name")]
-        else:
+            names = known
+        elif batch in known:
             names = [batch]
+        else:
+            raise ValidationError(
+                "batch", f"no batch {batch!r} in {_label(url)} (batches: "
+                f"{', '.join(map(repr, known)) or 'none'})")
+        if not tables:
+            return {"journal": _label(url), "schema_version": None, "batches": []}
         out = []
         for name in names:
             info = await conn.fetchrow(

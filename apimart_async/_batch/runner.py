@@ -62,7 +62,7 @@ from .._core.errors import (
 from .._core.events import BatchEvent, EventKind
 from .._core.groups import ungrouped
 from .._core.models import Submission, Task, TaskOutput, TaskStatus, VideoRequest
-from .._core.outputs import numbered_name
+from .._core.outputs import numbered_name, variant_stem
 from .._core.spend import SpendBudget, Verdict
 from .._engine.engine import Engine
 from .._engine.streams import BatchHooks, BatchStream, Watch
@@ -917,7 +917,7 @@ class _Run:
                 base = item.result.path.stem
             n = 1
             while True:
-                stem = base if n == 1 else f"{base}~{n}"
+                stem = variant_stem(base, n)
                 path = self.out_dir / numbered_name(stem, index, output)
                 if (path.name.casefold() not in self._claimed
                         and not await anyio.Path(path).exists()

@@ -34,6 +34,7 @@ from .._core.errors import (
     BadRequestError,
     DecodeError,
     DownloadError,
+    JournalUnavailableError,
     JournalWriteError,
     NotFoundError,
     RateLimitError,
@@ -1024,7 +1025,7 @@ def _explain(exc: Exception) -> tuple[int, str]:
                             "standard input)")
     if isinstance(exc, ValidationError):
         return EXIT_USAGE, f"error: {exc}"
-    if isinstance(exc, WorkerFencedError):
+    if isinstance(exc, (WorkerFencedError, JournalUnavailableError)):
         return EXIT_FAILED, str(exc)
     if isinstance(exc, JournalWriteError):
         # Paid tasks may be known only to the recovery file (or the lines above).

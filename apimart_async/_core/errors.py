@@ -30,6 +30,7 @@ __all__ = [
     "DownloadError",
     "InsufficientBalanceError",
     "JournalBusyError",
+    "JournalUnavailableError",
     "JournalWriteError",
     "NotFoundError",
     "NotSubmittedError",
@@ -108,6 +109,18 @@ class WorkerFencedError(APIMartError):
             "the lease): the fleet declared it dead and refuses its writes; it exits. "
             "Start a new worker to rejoin"
         )
+
+
+class JournalUnavailableError(APIMartError):
+    """The fleet's PostgreSQL journal cannot be reached (server down, connection cut):
+    the worker stops. Task ids it received but could not record were printed and
+    appended to ``OUT/.apimart-recovered-task-ids``."""
+
+    def __init__(self, journal: str, reason: str) -> None:
+        self.journal = journal
+        super().__init__(
+            f"the journal database {journal} cannot be reached ({reason}): this worker "
+            "stopped; start it again once the database is back")
 
 
 class JournalWriteError(APIMartError):

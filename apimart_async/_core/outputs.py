@@ -14,7 +14,7 @@ from urllib.parse import unquote, urlsplit
 
 from .models import TaskOutput
 
-__all__ = ["numbered_name", "output_suffix"]
+__all__ = ["numbered_name", "output_suffix", "variant_stem"]
 
 _SUFFIXES = {
     "video": frozenset({".mp4", ".mov", ".webm", ".mkv", ".m4v"}),
@@ -37,3 +37,10 @@ def numbered_name(stem: str, index: int, output: TaskOutput) -> str:
     ``STEM.EXT`` for the first, ``STEM-N.EXT`` (N = `index` + 1) for the others."""
     number = "" if index == 0 else f"-{index + 1}"
     return f"{stem}{number}{output_suffix(output)}"
+
+
+def variant_stem(base: str, n: int) -> str:
+    """The `n`-th choice (from 1) of a stem for an item whose name is taken (a file in
+    the way, another item's): ``BASE``, then ``BASE~2``, ``BASE~3``... (``-N`` numbers
+    only one task's outputs, see `numbered_name`)."""
+    return base if n == 1 else f"{base}~{n}"
