@@ -61,6 +61,7 @@ from .runner import (
     _Item,
     _refuse_changed_names,
     _request_from_body,
+    append_recovery,
     price_class,
 )
 
@@ -196,22 +197,10 @@ class _Worker:
             await self.journal.record_late_task_id(row.key, task_id)
         except Exception as exc:  # the database may be what cut this worker off
             log.error("could not record task %s in the journal: %s", task_id, exc)
-        line = json.dumps({"task_id": task_id, "item_key": row.key,
-                           "idempotency_key": row.idempotency_key,
-                           "batch": self.journal.batch, "time": time.time()},
-                          sort_keys=True) + "\n"
-        path = self.out_dir / ".apimart-recovered-task-ids"
-
-        def append() -> None:
-            with open(path, "a", encoding="utf-8") as handle:
-                handle.write(line)
-                handle.flush()
-                os.fsync(handle.fileno())
-
-        try:
-            await anyio.to_thread.run_sync(append)
-        except OSError as exc:
-            log.error("cannot write the recovery file %s: %s", path, exc)
+        await append_recovery(self.out_dir / ".apimart-recovered-task-ids", {
+            "task_id": task_id, "item_key": row.key,
+            "idempotency_key": row.idempotency_key, "batch": self.journal.batch,
+        })
 
     # -- the loop --------------------------------------------------------------------------
 

@@ -374,6 +374,26 @@ class _Keep:
 _KEEP = _Keep()
 
 
+async def append_recovery(path: Path, record: dict[str, Any]) -> bool:
+    """Append `record` (a created task the journal could not take) with the time as one
+    JSON line to the recovery file `path`, synced to disk; False if it cannot be written
+    (logged: the task id was printed to stderr already)."""
+    line = json.dumps({**record, "time": time.time()}, sort_keys=True) + "\n"
+
+    def append() -> None:
+        with open(path, "a", encoding="utf-8") as handle:
+            handle.write(line)
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    try:
+        await anyio.to_thread.run_sync(append)
+    except OSError as exc:
+        log.error("cannot write the recovery file %s: %s", path, exc)
+        return False
+    return True
+
+
 def _error_of(row: JournalRow) -> APIMartError | None:
     if row.error_record:
         try:
@@ -482,23 +502,11 @@ class _Run:
         print(f"apimart-async: journal write failed: task {task_id} was created (and may "
               f"be billed) but is not journaled: item {item.key}, idempotency key "
               f"{item.idem}", file=sys.stderr, flush=True)
-        line = json.dumps({"task_id": task_id, "item_key": item.key,
-                           "idempotency_key": item.idem, "time": time.time()},
-                          sort_keys=True) + "\n"
-        path = self.recovery
-        if path is None:
+        if self.recovery is None:
             return
-
-        def append() -> None:
-            with open(path, "a", encoding="utf-8") as handle:
-                handle.write(line)
-                handle.flush()
-                os.fsync(handle.fileno())
-
-        try:
-            await anyio.to_thread.run_sync(append)
-        except OSError as exc:
-            log.error("cannot write the recovery file %s: %s", path, exc)
+        if not await append_recovery(self.recovery, {
+            "task_id": task_id, "item_key": item.key, "idempotency_key": item.idem,
+        }):
             self.recovery = None
 
     def _notify(self, result: ItemResult) -> None:
