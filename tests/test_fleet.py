@@ -476,13 +476,16 @@ async def test_every_output_of_a_task_is_downloaded_by_the_fleet(
             assert hashlib.sha256(data).hexdigest() == entry["sha256"]
 
 
+@pytest.mark.parametrize("database_lost_it", [False, True])
 async def test_a_fenced_worker_keeps_the_task_ids_it_gets_after_losing_its_lease(
-    make_server: MakeServer, pg_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    make_server: MakeServer, pg_url: str, tmp_path: Path,
+    capsys: pytest.CaptureFixture[str], database_lost_it: bool,
 ) -> None:
     """A worker declared dead while its POST is on the wire gets the task id back: its
     journal write is refused, yet the id is printed, appended to the recovery file and
     recorded for the fleet, which adopts the (ambiguous) item as submitted: downloaded
-    by the next run, paid once."""
+    by the next run, paid once. When the database could not take the record (it was
+    the database that went away), the next run reads it from the recovery file."""
     from apimart_async import WorkerFencedError
 
     # Real seconds on every answer: the POST is on the wire while the worker dies.
@@ -517,6 +520,10 @@ async def test_a_fenced_worker_keeps_the_task_ids_it_gets_after_losing_its_lease
     assert task in err and "lost its lease" in err
     [line] = (out / ".apimart-recovered-task-ids").read_text().splitlines()
     assert f'"task_id": "{task}"' in line
+    if database_lost_it:
+        conn = await asyncpg.connect(pg_url)
+        await conn.execute("DELETE FROM apimart_late_task_ids")
+        await conn.close()
     # The next run adopts the item with its task: downloaded, not sent again.
     async with session_for(server) as s:
         report = await s.run_batch(reqs(1), out_dir=out, journal=pg_url, lease=5)

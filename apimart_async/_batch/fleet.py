@@ -67,6 +67,9 @@ from .runner import (
 
 __all__ = ["WorkerOutcome", "run_fleet_batch", "run_worker"]
 
+#: In `--out`: task ids created but not journaled (the lease lost, the database gone).
+RECOVERY_NAME = ".apimart-recovered-task-ids"
+
 log = logging.getLogger("apimart_async")
 # A slot this worker reaches later than its time by more than this fraction of the
 # rate's interval (a paused worker, a busy loop) is dropped for a fresh one: requests
@@ -197,7 +200,7 @@ class _Worker:
             await self.journal.record_late_task_id(row.key, task_id)
         except Exception as exc:  # the database may be what cut this worker off
             log.error("could not record task %s in the journal: %s", task_id, exc)
-        await append_recovery(self.out_dir / ".apimart-recovered-task-ids", {
+        await append_recovery(self.out_dir / RECOVERY_NAME, {
             "task_id": task_id, "item_key": row.key,
             "idempotency_key": row.idempotency_key, "batch": self.journal.batch,
         })
@@ -521,6 +524,28 @@ def _place(staged: Path, out_dir: Path, base: str, index: int, output: TaskOutpu
         return final
 
 
+async def _recovered(path: Path, batch: str) -> list[tuple[str, str]]:
+    """(item key, task id) pairs of `batch` in the recovery file `path` (none if it is
+    missing); lines that are not such records are skipped (the file is untrusted)."""
+    try:
+        text = await anyio.Path(path).read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        return []
+    found: list[tuple[str, str]] = []
+    for line in text.splitlines()[-100_000:]:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if not isinstance(record, dict) or record.get("batch") != batch:
+            continue
+        key, task_id = record.get("item_key"), record.get("task_id")
+        if (isinstance(key, str) and isinstance(task_id, str)
+                and 0 < len(key) <= 512 and 0 < len(task_id) <= 256):
+            found.append((key, task_id))
+    return found
+
+
 async def run_worker(
     engine: Engine,
     journal: PgJournal,
@@ -542,6 +567,10 @@ async def run_worker(
     # A run started after fixing the account resumes the fleet.
     await journal.clear_stop()
     await journal.retry_downloads()
+    # Task ids a worker received while the database was out of reach are only in the
+    # folder's recovery file: hand them to the fleet before anything is resubmitted.
+    for key, task_id in await _recovered(out_dir / RECOVERY_NAME, journal.batch):
+        await journal.record_late_task_id(key, task_id)
     await journal.adopt_late()
     # Heartbeats well within the lease; at least once a second, so the end of the batch
     # is noticed soon.

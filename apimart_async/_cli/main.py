@@ -954,6 +954,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if options is None:
         parser.error("--loop uvloop: uvloop is not installed "
                      "(pip install 'apimart-async[speed]', or use --loop asyncio)")
+    # asyncpg's pool logs its reconnect attempts with a traceback when the journal's
+    # database goes away; the CLI says that in one line (JournalUnavailableError).
+    logging.getLogger("asyncpg").setLevel(logging.CRITICAL)
     try:
         _read_key(args)
         return anyio.run(_run_command, args, backend_options=options)
