@@ -219,3 +219,18 @@ async def test_a_duration_flag_for_jsonl_lines_naming_their_model_is_theirs_to_c
                                "--base-url", server.base_url, "--duration", "7")
     assert status == 0, err
     assert [t.body["duration"] for t in server.emulator.tasks.values()] == [7]
+
+
+@pytest.mark.parametrize(("args", "said"), [
+    (["worker", "--journal", "postgresql://x/y", "--batch", "b", "--out", "o",
+      "--max-spend", "0"], "--max-spend: must be an amount > 0, got '0'"),
+    (["batch", "f.txt", "--rps", "abc"], "--rps: must be a number of requests per second"),
+    (["batch", "f.txt", "--timeout", "-1"], "--timeout: must be a number of seconds > 0"),
+])
+def test_a_bad_number_flag_names_what_it_should_be(
+    args: list[str], said: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(args)
+    assert exit_.value.code == 2
+    assert said in capsys.readouterr().err

@@ -199,13 +199,13 @@ def build_parser() -> argparse.ArgumentParser:
     wk.add_argument("--out", type=Path, required=True, metavar="DIR", help="output directory")
     wk.add_argument("--concurrency", type=_positive_int, default=16,
                     help="requests in flight from this worker (default 16)")
-    wk.add_argument("--rps", type=_positive_float, default=None,
+    wk.add_argument("--rps", type=_rate, default=None,
                     help="the key's rate, requests/second, shared by every worker")
     wk.add_argument("--resubmit-ambiguous", action="store_true",
                     help="resubmit items a dead worker left mid-submission (they may be "
                          "billed twice)")
     wk.add_argument("--json", action="store_true", help="print a machine-readable summary")
-    wk.add_argument("--max-spend", type=_positive_float, default=None, metavar="AMOUNT",
+    wk.add_argument("--max-spend", type=_money, default=None, metavar="AMOUNT",
                     help="set the batch's spend cap (the balance's unit), shared by every "
                          "worker; a batch started with one keeps it without this flag")
     _add_fleet_options(wk)
@@ -267,7 +267,7 @@ def _journal(text: str) -> Path | str:
 def _add_fleet_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", default="default", metavar="NAME",
                    help="the batch's name in a postgresql:// journal (default: default)")
-    p.add_argument("--lease", type=_positive_float, default=30.0, metavar="SECONDS",
+    p.add_argument("--lease", type=_seconds, default=30.0, metavar="SECONDS",
                    help="a worker silent this long is declared dead: what it was submitting "
                         "becomes ambiguous, the rest is adopted (default 30)")
 
@@ -292,7 +292,7 @@ def _add_batch_options(p: argparse.ArgumentParser, *, batch: bool) -> None:
     if batch:
         p.add_argument("--concurrency", type=_positive_int, default=16,
                        help="requests in flight at once (default 16)")
-        p.add_argument("--rps", type=_positive_float, default=None,
+        p.add_argument("--rps", type=_rate, default=None,
                        help="the key's rate limit, if known: pace every request to it (no "
                             "429s); without it the limit is learned from the server's 429s")
         p.add_argument("--burst", type=_positive_int, default=None,
@@ -308,7 +308,7 @@ def _add_batch_options(p: argparse.ArgumentParser, *, batch: bool) -> None:
                    help=f"aspect ratio{every}, e.g. 16:9 or 9:16, checked per model "
                         "(default: none sent, the model's own)")
     p.add_argument("--json", action="store_true", help="print a machine-readable summary")
-    p.add_argument("--timeout", type=_positive_float, default=None, metavar="SECONDS",
+    p.add_argument("--timeout", type=_seconds, default=None, metavar="SECONDS",
                    help="overall deadline: then stop as on Ctrl-C (nothing more is sent, "
                         "what is paid for stays in the journal), exit 124; re-run to resume")
     p.add_argument("--max-spend", type=_money, default=None, metavar="AMOUNT",
@@ -323,24 +323,22 @@ def _add_batch_options(p: argparse.ArgumentParser, *, batch: bool) -> None:
     _add_client_options(p)
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number of seconds, got {text!r}") from None
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a number of seconds > 0, got {text!r}")
-    return value
+def _positive(what: str) -> Callable[[str], float]:
+    """An argparse type: a finite number > 0, refused naming `what` it should be."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}") from None
+        if not math.isfinite(value) or value <= 0:
+            raise argparse.ArgumentTypeError(f"must be {what} > 0, got {text!r}")
+        return value
+    return parse
 
 
-def _money(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an amount, got {text!r}") from None
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"must be an amount > 0, got {text!r}")
-    return value
+_seconds = _positive("a number of seconds")
+_money = _positive("an amount")
+_rate = _positive("a number of requests per second")
 
 
 def _positive_int(text: str) -> int:
