@@ -28,8 +28,10 @@ import random
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
@@ -45,6 +47,8 @@ LABELS = {
 }
 BODY = {"model": "sora-2", "prompt": "a lighthouse at dusk"}
 WARM_UP = 200
+CHILD_ENV = dict(os.environ)
+REPLAY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_replay.py")
 
 
 # -- the child: one client, one operation, one measurement -------------------------------
@@ -131,7 +135,7 @@ async def child(client: str, op: str, url: str, task_id: str, n: int, c: int) ->
 
 def run_child(client: str, op: str, url: str, task_id: str, n: int, c: int) -> dict[str, Any]:
     cmd = [sys.executable, __file__, "--child", client, op, url, task_id, str(n), str(c)]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=CHILD_ENV).stdout
     result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
     return result
 
@@ -148,6 +152,66 @@ async def first_task(url: str) -> str:
         return task_id
 
 
+async def recorded(url: str, task_id: str) -> tuple[bytes, bytes]:
+    """The emulator's answers to one GET and one POST, as bytes on the wire."""
+    import aiohttp
+
+    answers = []
+    async with aiohttp.ClientSession() as http:
+        for method, path in (("GET", f"/v1/tasks/{task_id}"), ("POST", "/v1/videos/generations")):
+            async with http.request(
+                method, url + path, json=BODY if method == "POST" else None,
+                headers={"Authorization": "Bearer bench"},
+            ) as r:
+                body = await r.read()
+                lines = [f"HTTP/1.1 {r.status} {r.reason}"]
+                lines += [f"{k}: {v}" for k, v in r.headers.items()
+                          if k.lower() not in ("content-length", "transfer-encoding")]
+                lines.append(f"Content-Length: {len(body)}")
+                answers.append(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
+    return answers[0], answers[1]
+
+
+def _write_answers(folder: str, get: bytes, post: bytes) -> list[str]:
+    files = [os.path.join(folder, name) for name in ("get", "post")]
+    for name, data in zip(files, (get, post), strict=True):
+        with open(name, "wb") as f:
+            f.write(data)
+    return files
+
+
+@asynccontextmanager
+async def replay_process(get: bytes, post: bytes) -> AsyncIterator[str]:
+    """`_replay.py` in its own process, answering with `get` and `post`; its base URL."""
+    with tempfile.TemporaryDirectory() as folder:
+        files = _write_answers(folder, get, post)
+        async with await anyio.open_process([sys.executable, REPLAY, *files]) as proc:
+            assert proc.stdout is not None
+            banner = b""
+            async for chunk in proc.stdout:
+                banner += chunk
+                if banner.endswith(b"\n"):
+                    break
+            try:
+                yield banner.decode().split()[-1]
+            finally:
+                proc.terminate()
+                await proc.wait()
+
+
+@asynccontextmanager
+async def server(kind: str) -> AsyncIterator[tuple[str, str]]:
+    """The server the clients run against, and a task id it knows."""
+    async with emulator_process() as url:
+        task_id = await first_task(url)
+        if kind == "emulator":
+            yield url, task_id
+            return
+        get, post = await recorded(url, task_id)
+    async with replay_process(get, post) as url:
+        yield url, task_id
+
+
 def spread(values: list[float]) -> str:
     return f"{min(values):.3g}-{max(values):.3g}"
 
@@ -158,8 +222,14 @@ async def main(args: argparse.Namespace) -> None:
         raise SystemExit("--clients must include raw: every ratio is to it")
     ops = {"get": (args.get, args.get_concurrency), "post": (args.post, args.post_concurrency)}
     rows = []
-    async with emulator_process() as url:
-        task_id = await first_task(url)
+    pinned = args.pin and hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) >= 2
+    if pinned:
+        # The emulator (started next) inherits core 0; every client child moves to core 1.
+        # Two processes on two cores otherwise trade places under the scheduler, and a
+        # client sharing a core with the server for part of a round skews that round.
+        os.sched_setaffinity(0, {0})
+        CHILD_ENV["BENCH_PIN"] = "1"
+    async with server(args.server) as (url, task_id):
         # results[op][client] -> one (requests/s, CPU us/request) per round
         results: dict[str, dict[str, list[tuple[float, float]]]] = {
             op: {c: [] for c in clients} for op in ops
@@ -213,6 +283,8 @@ async def main(args: argparse.Namespace) -> None:
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
         client, op, url, task_id, n, c = sys.argv[2:8]
+        if os.environ.get("BENCH_PIN") == "1":
+            os.sched_setaffinity(0, {1})
         backend_options = {"use_uvloop": True} if client.endswith("-speed") else {}
         result = anyio.run(child, client, op, url, task_id, int(n), int(c),
                            backend_options=backend_options)
@@ -226,4 +298,11 @@ if __name__ == "__main__":
     p.add_argument("--post-concurrency", type=int, default=32)
     p.add_argument("--clients", default=",".join(CLIENTS))
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--server", choices=("replay", "emulator"), default="replay",
+                   help="replay: the emulator's recorded answers sent back by a minimal server,"
+                        " so the client is the bottleneck (default); emulator: the emulator"
+                        " itself, whose own CPU per request caps every client alike")
+    p.add_argument("--no-pin", dest="pin", action="store_false",
+                   help="let the scheduler place the emulator and the clients (default: pinned"
+                        " to cores 0 and 1 where the OS allows)")
     anyio.run(main, p.parse_args())

@@ -34,6 +34,8 @@ COMPLETED: dict[str, Any] = {
     "result": {"videos": [{"url": ["https://files.example/v.mp4"], "expires_at": 1763260419}]},
     "model": "sora-2", "object": "video.generation.task", "usage": {"credits": 1},
 }
+# The usual answer as documented: two constant fields the Task does not keep.
+USUAL: dict[str, Any] = dict(PROCESSING, object="video.generation.task", type="video")
 FAILED: dict[str, Any] = {
     "id": "task_01", "status": "failed", "progress": 0,
     "error": {"code": 500, "message": f"upstream said {SECRET}"},
@@ -46,7 +48,7 @@ ODD: list[Any] = [
     [], ["https://a/1"], ["https://a/1", 2], {}, {"k": 1},
 ]
 FIELDS = ["id", "status", "progress", "created", "estimated_time", "completed",
-          "actual_time", "model", "error", "result", "object"]
+          "actual_time", "model", "error", "result", "object", "type"]
 RESULTS: list[Any] = [
     {"videos": []}, {"videos": [], "images": [{"url": "https://a/i.png"}]},
     {"images": [{"url": ["https://a/i.png"], "expires_at": 9}]},
@@ -63,7 +65,7 @@ RESULTS: list[Any] = [
 
 
 def corpus() -> Iterator[Any]:
-    for base in (PROCESSING, COMPLETED, FAILED):
+    for base in (PROCESSING, USUAL, COMPLETED, FAILED):
         yield base
         for field in FIELDS:
             without = dict(base)

@@ -10,7 +10,7 @@ from collections import Counter
 import pytest
 
 from apimart_async import NotFoundError, Submission, VideoRequest
-from apimart_async.testing import EmulatorConfig, EmulatorServer, TaskPlan
+from apimart_async.testing import EmulatorConfig, EmulatorServer, SteppedClock, TaskPlan
 
 from .conftest import MakeServer, session_for
 
@@ -124,3 +124,39 @@ async def test_a_watch_without_deadlines_keeps_nothing_per_task(make_server: Mak
                         assert tracked == n - sum(finals.values()) >= last
             assert finals == Counter({s.task_id: 1 for s in subs}) and after_final == 0
             assert progress > 0  # the tasks were watched while running, not only at the end
+
+
+async def test_get_task_reads_an_unchanged_answer_once_and_a_changed_one_again() -> None:
+    # A loop asking about one task gets the same bytes while nothing changes: the same
+    # (immutable) `Task` comes back without reading them again; any change is read.
+    clock = SteppedClock()
+    plan = TaskPlan(duration=10.0, queue_time=2.0, estimated_time=9.0)
+    config = EmulatorConfig(planner=lambda body, index: plan)
+    async with EmulatorServer(config, clock=clock) as server, session_for(
+        server, clock=clock
+    ) as session:
+        sub = await session.submit(VideoRequest("x"))
+        first = await session.get_task(sub)
+        again = await session.get_task(sub.task_id)
+        assert again is first and first.status == "pending"
+        clock.advance(2 + 4)  # 4 s into an 8 s render
+        moved = await session.get_task(sub)
+        assert moved is not first
+        assert (moved.status, moved.progress) == ("processing", 50)
+        assert await session.get_task(sub) is moved
+        clock.advance(10)
+        done = await session.get_task(sub)
+        assert done.status == "completed" and done.video_urls
+        assert server.emulator.stats.polls[sub.task_id] == 5  # every call was sent
+
+
+async def test_get_task_remembers_a_bounded_number_of_tasks(server: EmulatorServer) -> None:
+    # Remembered answers are for a loop over a few tasks: asking about 300 different
+    # tasks keeps the most recent 256, not all of them.
+    async with session_for(server) as session:
+        for i in range(300):
+            with pytest.raises(NotFoundError):
+                await session.get_task(f"task_{i}")
+        assert len(session._engine._recent_gets) == 256
+        assert "task_299" in session._engine._recent_gets
+        assert "task_0" not in session._engine._recent_gets

@@ -36,6 +36,7 @@ from .models import NO_EXTRA, Task, TaskError, TaskOutput, TaskStatus, VideoRequ
 __all__ = [
     "SUBMIT_PATH",
     "HttpRequest",
+    "RememberingTaskGet",
     "TaskGet",
     "build_get_task",
     "build_submit",
@@ -131,6 +132,37 @@ class TaskGet:
         """`parse_task` expecting this task's id."""
         return parse_task(status, body, retry_after=retry_after, secret=secret,
                           expected_id=self.task_id)
+
+
+class RememberingTaskGet(TaskGet):
+    """A `TaskGet` that remembers its last successful answer: the same bytes again
+    (a task polled while nothing changed, the usual poll) give the same `Task`
+    (immutable) without reading them again. It holds one answer's bytes, so it is for
+    the few tasks `get_task` was asked about recently, not for every watched task."""
+
+    __slots__ = ("_body", "_task")
+
+    def __init__(self, task_id: str) -> None:
+        super().__init__(task_id)
+        self._body: bytes | None = None
+        self._task: Task | None = None
+
+    def parse(
+        self,
+        status: int,
+        body: bytes,
+        *,
+        retry_after: float | None = None,
+        secret: str | None = None,
+    ) -> Task:
+        """`TaskGet.parse`, or the `Task` of the last answer when these are its bytes."""
+        if status == 200 and body == self._body and self._task is not None:
+            return self._task
+        task = parse_task(status, body, retry_after=retry_after, secret=secret,
+                          expected_id=self.task_id)
+        if status == 200:
+            self._body, self._task = body, task
+        return task
 
 
 # --- answers -------------------------------------------------------------------------
@@ -521,7 +553,7 @@ def _task_fast(data: Any, secret: str | None, expected_id: str | None = None) ->
     # to the general path, which decodes such answers again, exactly.
     extra = NO_EXTRA
     unknown = data.keys() - _MODELLED
-    if unknown:
+    if unknown and not (unknown == _CONSTANT_KEYS and _constants_documented(data)):
         if _loads is not _loads_stdlib and any(type(data[key]) is not str for key in unknown):
             return None
         extra = _extra(data, secret)
@@ -606,6 +638,12 @@ def _extra(data: Mapping[str, Any], secret: str | None) -> Mapping[str, Any]:
 
 
 _NOTHING = object()
+_CONSTANT_KEYS = frozenset(_CONSTANT)
+
+
+def _constants_documented(data: Mapping[str, Any]) -> bool:
+    # The usual answer's only unmodelled fields, with their documented values.
+    return all(data[key] == value for key, value in _CONSTANT.items())
 
 
 def _scrub_deep(value: Any, secret: str | None) -> Any:

@@ -32,7 +32,7 @@ from .._core.hooks import DownloadEvent, Hooks
 from .._core.models import Submission, Task, VideoRequest
 from .._core.polling import PollPolicy
 from .._core.retry import RetryPolicy
-from .._core.wire import TaskGet, build_submit, parse_submit
+from .._core.wire import RememberingTaskGet, TaskGet, build_submit, parse_submit
 from .._io.clock import Clock
 from .._io.download import Downloader, DownloadResult
 from .._io.hooks import fire
@@ -51,6 +51,9 @@ log = logging.getLogger("apimart_async")
 # Submission times kept for the poller's first poll; bounded, since tasks submitted
 # but never watched would otherwise pile up.
 _SUBMITTED_AT_LIMIT = 100_000
+# `get_task`'s requests for the tasks asked about most recently, each remembering its
+# last answer (a loop asking about one task sends and reads the same things again).
+_RECENT_GETS = 256
 
 
 class State(enum.Enum):
@@ -107,6 +110,7 @@ class Engine:
         self._tg: TaskGroup | None = None
         self._poller: Poller | None = None
         self._submitted_at: dict[str, float] = {}
+        self._recent_gets: dict[str, RememberingTaskGet] = {}
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -225,9 +229,17 @@ class Engine:
 
     async def get_task(self, task_id: str) -> Task:
         """``GET /v1/tasks/{id}``, retried on transient errors (the id is checked first)."""
-        get = TaskGet(task_id)
+        gets = self._recent_gets
+        get = gets.get(task_id)
+        if get is None:
+            get = RememberingTaskGet(task_id)  # a bad id: ValidationError, nothing sent
+            gets[task_id] = get
+            if len(gets) > _RECENT_GETS:
+                del gets[next(iter(gets))]  # the oldest
         self.require_open()
-        return await self.fetch_task(get)
+        task: Task = await self.transport.call(get.request, get.parse)
+        self.stats.get_task_calls += 1
+        return task
 
     async def fetch_task(self, get: TaskGet) -> Task:
         """Send a prepared ``GET /v1/tasks/{id}`` (the poller keeps one per watched task)."""

@@ -1,0 +1,69 @@
+"""A replay server for client-bound benchmarks: the emulator's own answers, sent back fast.
+
+An `aiohttp.web` server (the emulator) spends about as much CPU per request as a client
+does, so on a small machine it is the bottleneck, and every client's throughput converges
+to the server's: the client's overhead disappears into the server's queue, and the
+round-to-round spread swamps it. This server answers from bytes recorded off the
+emulator at start (a ``GET /v1/tasks/{id}`` answer and a ``POST /v1/videos/generations``
+answer, status line, headers and body as the emulator sent them) with a plain asyncio
+protocol: a few microseconds per request, so the client under test is what is measured.
+
+    python benchmarks/_replay.py GET_ANSWER_FILE POST_ANSWER_FILE
+
+prints ``listening on http://127.0.0.1:PORT`` and serves until killed. HTTP/1.1
+keep-alive, one request at a time per connection (what aiohttp and httpx send).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+_END = b"\r\n\r\n"
+
+
+class Replay(asyncio.Protocol):
+    def __init__(self, get: bytes, post: bytes) -> None:
+        self._get, self._post = get, post
+        self._buffer = b""
+        self._transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        buffer = self._buffer + data
+        out = []
+        while True:
+            end = buffer.find(_END)
+            if end < 0:
+                break
+            head = buffer[:end]
+            length = 0
+            for line in head.split(b"\r\n")[1:]:
+                name, _, value = line.partition(b":")
+                if name.strip().lower() == b"content-length":
+                    length = int(value)
+            total = end + len(_END) + length
+            if len(buffer) < total:
+                break
+            out.append(self._post if head.startswith(b"POST") else self._get)
+            buffer = buffer[total:]
+        self._buffer = buffer
+        if out and self._transport is not None:
+            self._transport.write(b"".join(out))
+
+
+async def serve(get: bytes, post: bytes) -> None:
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(lambda: Replay(get, post), "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    print(f"listening on http://127.0.0.1:{port}", flush=True)
+    async with server:
+        await server.serve_forever()
+
+
+if __name__ == "__main__":
+    with open(sys.argv[1], "rb") as g, open(sys.argv[2], "rb") as p:
+        asyncio.run(serve(g.read(), p.read()))
