@@ -8,23 +8,25 @@ emulator at start (a ``GET /v1/tasks/{id}`` answer and a ``POST /v1/videos/gener
 answer, status line, headers and body as the emulator sent them) with a plain asyncio
 protocol: a few microseconds per request, so the client under test is what is measured.
 
-    python benchmarks/_replay.py GET_ANSWER_FILE POST_ANSWER_FILE
+    python benchmarks/_replay.py POST_ANSWER_FILE GET_ANSWER_FILE [GET_ANSWER_FILE ...]
 
-prints ``listening on http://127.0.0.1:PORT`` and serves until killed. HTTP/1.1
-keep-alive, one request at a time per connection (what aiohttp and httpx send).
+prints ``listening on http://127.0.0.1:PORT`` and serves until killed. With several GET
+answers it sends them in turn, server-wide (a task whose answer changes at every poll).
+HTTP/1.1 keep-alive, one request at a time per connection (what aiohttp and httpx send).
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import sys
 
 _END = b"\r\n\r\n"
 
 
 class Replay(asyncio.Protocol):
-    def __init__(self, get: bytes, post: bytes) -> None:
-        self._get, self._post = get, post
+    def __init__(self, gets: itertools.cycle[bytes], post: bytes) -> None:
+        self._gets, self._post = gets, post
         self._buffer = b""
         self._transport: asyncio.Transport | None = None
 
@@ -48,22 +50,27 @@ class Replay(asyncio.Protocol):
             total = end + len(_END) + length
             if len(buffer) < total:
                 break
-            out.append(self._post if head.startswith(b"POST") else self._get)
+            out.append(self._post if head.startswith(b"POST") else next(self._gets))
             buffer = buffer[total:]
         self._buffer = buffer
         if out and self._transport is not None:
             self._transport.write(b"".join(out))
 
 
-async def serve(get: bytes, post: bytes) -> None:
+async def serve(post: bytes, gets: list[bytes]) -> None:
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(lambda: Replay(get, post), "127.0.0.1", 0)
+    turn = itertools.cycle(gets)
+    server = await loop.create_server(lambda: Replay(turn, post), "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     print(f"listening on http://127.0.0.1:{port}", flush=True)
     async with server:
         await server.serve_forever()
 
 
+def _read(name: str) -> bytes:
+    with open(name, "rb") as f:
+        return f.read()
+
+
 if __name__ == "__main__":
-    with open(sys.argv[1], "rb") as g, open(sys.argv[2], "rb") as p:
-        asyncio.run(serve(g.read(), p.read()))
+    asyncio.run(serve(_read(sys.argv[1]), [_read(name) for name in sys.argv[2:]]))

@@ -1,20 +1,35 @@
 """What the SDK costs over a hand-written raw aiohttp loop, GET and POST, told by ratios.
 
-Clients: a raw aiohttp loop, raw aiohttp on uvloop + orjson (the floor's headroom), the
-SDK on the stock asyncio loop with the standard library's JSON, the SDK with the
-``speed`` extra (uvloop + orjson), and httpx. Each makes N calls at concurrency C of
-``GET /v1/tasks/{id}`` (decoding the answer; the SDK also checks it into a `Task`) or
-``POST /v1/videos/generations`` (a JSON body and an Idempotency-Key; the SDK reads the
-task id) against one emulator in its own process.
+Clients: a raw aiohttp loop, the SDK, and httpx on the stock asyncio loop with the
+standard library's JSON; raw aiohttp and the SDK with the ``speed`` extra (uvloop +
+orjson). Each makes calls at concurrency C of ``GET /v1/tasks/{id}`` (decoding the
+answer; the SDK also checks it into a `Task`) or ``POST /v1/videos/generations`` (a JSON
+body and an Idempotency-Key; the SDK reads the task id). Operations:
 
-Every measurement is a fresh child process (so each client gets its own event loop,
-warmed up with 200 calls first), and the clients take turns within each round, in a new
-order every round: drift from the other work on the machine hits them alike. Per round,
-each client's throughput and CPU per request are divided by raw aiohttp's in that same
-round (a paired ratio); the table gives the median over rounds and the spread (min-max).
+- ``get``: one task whose answer does not change between polls (the usual poll);
+- ``get-changing``: the answer changes at every poll (status and progress move): no
+  client can reuse what it read last time;
+- ``post``: submissions.
 
-    python benchmarks/bench_overhead.py [--rounds 7] [--get 2000] [--post 500]
-        [--get-concurrency 64] [--post-concurrency 32] [--clients raw,sdk,sdk-speed,...]
+The server: by default a replay server (`_replay.py`, its own process) answering with
+the bytes the emulator sent for that GET and that POST; it costs a few microseconds a
+request, so the client under test is the bottleneck and what is measured. With
+``--server emulator`` the emulator answers itself; it spends as much CPU per request as
+a client, so every client's figure converges to the server's.
+
+Noise: this is meant for small shared machines (2 cores, a VM whose speed drifts by 2x
+over seconds). So (1) the server and the clients are pinned to different cores where
+the OS allows; (2) clients on the same event loop live in one process and take turns
+in short blocks (a few hundred calls each, in a new order every pair): each block is
+divided by raw aiohttp's adjacent block (a paired ratio), so drift over seconds cancels;
+(3) each round starts fresh processes. The table gives the median of the paired ratios
+and their 10th-90th percentile range. The speed-extra clients run on another loop, so
+they are in another process: their "x raw" is per round (the whole child against the
+stock-loop child of the same round), and their "x same-loop raw" pairs blocks with raw
+aiohttp on uvloop + orjson.
+
+    python benchmarks/bench_overhead.py [--rounds 5] [--pairs 10] [--block 400]
+        [--ops get,get-changing,post] [--server replay|emulator] [--no-pin]
 
 Needs the ``bench`` extra (``pip install -e '.[bench]'``: httpx, orjson, uvloop).
 """
@@ -31,29 +46,34 @@ import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 import anyio
 from _common import emulator_process, machine, table
 
-CLIENTS = ("raw", "raw-speed", "sdk", "sdk-speed", "httpx")
+LOOPS: dict[str, tuple[str, ...]] = {
+    "asyncio": ("raw", "sdk", "httpx"),
+    "uvloop": ("raw-speed", "sdk-speed"),
+}
 LABELS = {
     "raw": "raw aiohttp",
-    "raw-speed": "raw aiohttp + uvloop + orjson",
     "sdk": "apimart_async",
-    "sdk-speed": "apimart_async[speed] (uvloop + orjson)",
     "httpx": "httpx",
+    "raw-speed": "raw aiohttp + uvloop + orjson",
+    "sdk-speed": "apimart_async[speed] (uvloop + orjson)",
 }
+OPS = ("get", "get-changing", "post")
 BODY = {"model": "sora-2", "prompt": "a lighthouse at dusk"}
 WARM_UP = 200
 CHILD_ENV = dict(os.environ)
 REPLAY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_replay.py")
 
 
-# -- the child: one client, one operation, one measurement -------------------------------
+# -- the child: the clients of one event loop, taking turns -----------------------------
 
 async def drive(call: Callable[[], Awaitable[object]], n: int, c: int) -> tuple[float, float]:
+    """`n` calls, `c` at a time: (wall seconds, CPU seconds)."""
     left = n
 
     async def worker() -> None:
@@ -64,83 +84,112 @@ async def drive(call: Callable[[], Awaitable[object]], n: int, c: int) -> tuple[
 
     wall, cpu = time.perf_counter(), time.process_time()
     async with anyio.create_task_group() as tg:
-        for _ in range(c):
+        for _ in range(min(c, n)):
             tg.start_soon(worker)
     return time.perf_counter() - wall, time.process_time() - cpu
 
 
-async def child(client: str, op: str, url: str, task_id: str, n: int, c: int) -> dict[str, Any]:
-    speed = client.endswith("-speed")
+async def make_client(
+    stack: AsyncExitStack, client: str, op: str, url: str, task_id: str, c: int
+) -> Callable[[], Awaitable[object]]:
+    """One call of `op` by `client`, with its session opened on `stack`."""
     headers = {"Authorization": "Bearer bench", "Accept": "application/json"}
     task_url = f"{url}/v1/tasks/{task_id}"
     submit_url = f"{url}/v1/videos/generations"
     if client.startswith("raw"):
         import aiohttp
 
-        loads = json.loads
-        if speed:
+        loads: Callable[[bytes], Any] = json.loads
+        if client == "raw-speed":
             import orjson
 
             loads = orjson.loads
-        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=100)) as http:
-            async def raw_get() -> object:
-                async with http.get(task_url, headers=headers) as r:
-                    return loads(await r.read())["data"]
+        http = await stack.enter_async_context(
+            aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=100)))
 
-            async def raw_post() -> object:
-                h = dict(headers, **{"Idempotency-Key": os.urandom(16).hex()})
-                async with http.post(submit_url, json=BODY, headers=h) as r:
-                    return loads(await r.read())["data"][0]["task_id"]
+        async def raw_get() -> object:
+            async with http.get(task_url, headers=headers) as r:
+                return loads(await r.read())["data"]
 
-            call = raw_get if op == "get" else raw_post
-            await drive(call, WARM_UP, c)
-            wall, cpu = await drive(call, n, c)
-    elif client.startswith("sdk"):
+        async def raw_post() -> object:
+            h = dict(headers, **{"Idempotency-Key": os.urandom(16).hex()})
+            async with http.post(submit_url, json=BODY, headers=h) as r:
+                return loads(await r.read())["data"][0]["task_id"]
+
+        return raw_post if op == "post" else raw_get
+    if client.startswith("sdk"):
         from apimart_async import Session, VideoRequest
         from apimart_async._core import wire
 
-        wire.use_orjson(speed)
+        wire.use_orjson(client == "sdk-speed")
         request = VideoRequest(BODY["prompt"], model=BODY["model"])
-        async with Session("bench", base_url=url, max_concurrency=c) as session:
-            async def sdk_get() -> object:
-                return await session.get_task(task_id)
+        session = await stack.enter_async_context(
+            Session("bench", base_url=url, max_concurrency=c))
 
-            async def sdk_post() -> object:
-                return await session.submit(request)
+        async def sdk_get() -> object:
+            return await session.get_task(task_id)
 
-            call = sdk_get if op == "get" else sdk_post
-            await drive(call, WARM_UP, c)
-            wall, cpu = await drive(call, n, c)
-    elif client == "httpx":
+        async def sdk_post() -> object:
+            return await session.submit(request)
+
+        return sdk_post if op == "post" else sdk_get
+    if client == "httpx":
         import httpx
 
         limits = httpx.Limits(max_connections=100, max_keepalive_connections=100)
-        async with httpx.AsyncClient(limits=limits) as hx:
-            async def hx_get() -> object:
-                r = await hx.get(task_url, headers=headers)
-                return r.json()["data"]
+        hx = await stack.enter_async_context(httpx.AsyncClient(limits=limits))
 
-            async def hx_post() -> object:
-                h = dict(headers, **{"Idempotency-Key": os.urandom(16).hex()})
-                r = await hx.post(submit_url, json=BODY, headers=h)
-                return r.json()["data"][0]["task_id"]
+        async def hx_get() -> object:
+            r = await hx.get(task_url, headers=headers)
+            return r.json()["data"]
 
-            call = hx_get if op == "get" else hx_post
-            await drive(call, WARM_UP, c)
-            wall, cpu = await drive(call, n, c)
-    else:
-        raise SystemExit(f"unknown client {client!r}")
-    return {"wall": wall, "cpu": cpu}
+        async def hx_post() -> object:
+            h = dict(headers, **{"Idempotency-Key": os.urandom(16).hex()})
+            r = await hx.post(submit_url, json=BODY, headers=h)
+            return r.json()["data"][0]["task_id"]
+
+        return hx_post if op == "post" else hx_get
+    raise SystemExit(f"unknown client {client!r}")
 
 
-def run_child(client: str, op: str, url: str, task_id: str, n: int, c: int) -> dict[str, Any]:
-    cmd = [sys.executable, __file__, "--child", client, op, url, task_id, str(n), str(c)]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=CHILD_ENV).stdout
-    result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+async def child(
+    clients: list[str], op: str, url: str, task_id: str, block: int, pairs: int, c: int,
+    seed: int,
+) -> dict[str, list[tuple[int, float, float]]]:
+    """Per client, one (calls, wall, CPU) per block; the clients take turns."""
+    rng = random.Random(seed)
+    out: dict[str, list[tuple[int, float, float]]] = {client: [] for client in clients}
+    async with AsyncExitStack() as stack:
+        calls = {client: await make_client(stack, client, op, url, task_id, c)
+                 for client in clients}
+        for client in clients:
+            await drive(calls[client], WARM_UP, c)
+        for _ in range(pairs):
+            order = clients[:]
+            rng.shuffle(order)
+            for client in order:
+                # httpx is ~10x slower: a tenth of the calls keeps its turn as short.
+                n = max(c, block // 10) if client == "httpx" else block
+                wall, cpu = await drive(calls[client], n, c)
+                out[client].append((n, wall, cpu))
+    return out
+
+
+def run_child(
+    loop: str, clients: list[str], op: str, url: str, task_id: str, block: int, pairs: int,
+    c: int, seed: int,
+) -> dict[str, list[tuple[int, float, float]]]:
+    cmd = [sys.executable, __file__, "--child", loop, ",".join(clients), op, url, task_id,
+           str(block), str(pairs), str(c), str(seed)]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=CHILD_ENV)
+    if done.returncode:
+        raise SystemExit(f"a client process failed:\n{done.stderr[-3000:]}")
+    out = done.stdout
+    result: dict[str, list[tuple[int, float, float]]] = json.loads(out.strip().splitlines()[-1])
     return result
 
 
-# -- the parent: rounds, pairs, medians ------------------------------------------------
+# -- the servers --------------------------------------------------------------------------
 
 async def first_task(url: str) -> str:
     import aiohttp
@@ -152,39 +201,50 @@ async def first_task(url: str) -> str:
         return task_id
 
 
-async def recorded(url: str, task_id: str) -> tuple[bytes, bytes]:
-    """The emulator's answers to one GET and one POST, as bytes on the wire."""
+def _wire_answer(status: int, reason: str, headers: list[tuple[str, str]], body: bytes) -> bytes:
+    lines = [f"HTTP/1.1 {status} {reason}"]
+    lines += [f"{k}: {v}" for k, v in headers
+              if k.lower() not in ("content-length", "transfer-encoding")]
+    lines.append(f"Content-Length: {len(body)}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+async def recorded(url: str, task_id: str) -> tuple[bytes, list[bytes]]:
+    """The emulator's answers to one POST and one GET, as bytes on the wire, and a
+    second GET answer: the same with the task moved on (status and progress)."""
     import aiohttp
 
-    answers = []
     async with aiohttp.ClientSession() as http:
-        for method, path in (("GET", f"/v1/tasks/{task_id}"), ("POST", "/v1/videos/generations")):
-            async with http.request(
-                method, url + path, json=BODY if method == "POST" else None,
-                headers={"Authorization": "Bearer bench"},
-            ) as r:
-                body = await r.read()
-                lines = [f"HTTP/1.1 {r.status} {r.reason}"]
-                lines += [f"{k}: {v}" for k, v in r.headers.items()
-                          if k.lower() not in ("content-length", "transfer-encoding")]
-                lines.append(f"Content-Length: {len(body)}")
-                answers.append(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
-    return answers[0], answers[1]
+        async with http.post(url + "/v1/videos/generations", json=BODY,
+                             headers={"Authorization": "Bearer bench"}) as r:
+            post = _wire_answer(r.status, r.reason or "", list(r.headers.items()),
+                                await r.read())
+        async with http.get(f"{url}/v1/tasks/{task_id}",
+                            headers={"Authorization": "Bearer bench"}) as r:
+            status, reason, headers = r.status, r.reason or "", list(r.headers.items())
+            body = await r.read()
+    answer = json.loads(body)
+    answer["data"].update(status="processing", progress=37)
+    moved = json.dumps(answer).encode()
+    return post, [_wire_answer(status, reason, headers, body),
+                  _wire_answer(status, reason, headers, moved)]
 
 
-def _write_answers(folder: str, get: bytes, post: bytes) -> list[str]:
-    files = [os.path.join(folder, name) for name in ("get", "post")]
-    for name, data in zip(files, (get, post), strict=True):
+def _write_answers(folder: str, answers: list[bytes]) -> list[str]:
+    files = []
+    for i, data in enumerate(answers):
+        name = os.path.join(folder, f"answer-{i}")
         with open(name, "wb") as f:
             f.write(data)
+        files.append(name)
     return files
 
 
 @asynccontextmanager
-async def replay_process(get: bytes, post: bytes) -> AsyncIterator[str]:
-    """`_replay.py` in its own process, answering with `get` and `post`; its base URL."""
+async def replay_process(post: bytes, gets: list[bytes]) -> AsyncIterator[str]:
+    """`_replay.py` in its own process, answering with `post` and `gets`; its base URL."""
     with tempfile.TemporaryDirectory() as folder:
-        files = _write_answers(folder, get, post)
+        files = _write_answers(folder, [post, *gets])
         async with await anyio.open_process([sys.executable, REPLAY, *files]) as proc:
             assert proc.stdout is not None
             banner = b""
@@ -200,109 +260,150 @@ async def replay_process(get: bytes, post: bytes) -> AsyncIterator[str]:
 
 
 @asynccontextmanager
-async def server(kind: str) -> AsyncIterator[tuple[str, str]]:
-    """The server the clients run against, and a task id it knows."""
+async def servers(kind: str) -> AsyncIterator[dict[str, tuple[str, str]]]:
+    """Per operation, the base URL it runs against and a task id that server knows."""
     async with emulator_process() as url:
         task_id = await first_task(url)
         if kind == "emulator":
-            yield url, task_id
+            # The emulator's task moves on by itself; "get-changing" is the same here.
+            yield {op: (url, task_id) for op in OPS}
             return
-        get, post = await recorded(url, task_id)
-    async with replay_process(get, post) as url:
-        yield url, task_id
+        post, gets = await recorded(url, task_id)
+    async with replay_process(post, gets[:1]) as steady, replay_process(post, gets) as moving:
+        yield {"get": (steady, task_id), "get-changing": (moving, task_id),
+               "post": (steady, task_id)}
 
 
-def spread(values: list[float]) -> str:
-    return f"{min(values):.3g}-{max(values):.3g}"
+# -- the parent: rounds, pairs, medians ------------------------------------------------
+
+def _q(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(p * len(ordered)))]
+
+
+def _spread(values: list[float]) -> str:
+    return f"{_q(values, 0.1):.3g}-{_q(values, 0.9):.3g}"
+
+
+def _rate(blocks: list[tuple[int, float, float]]) -> tuple[float, float]:
+    """Requests/s and CPU us/request over `blocks`."""
+    calls = sum(n for n, _, _ in blocks)
+    return calls / sum(w for _, w, _ in blocks), sum(c for _, _, c in blocks) / calls * 1e6
+
+
+def _paired(mine: list[tuple[int, float, float]], base: list[tuple[int, float, float]]
+            ) -> tuple[list[float], list[float]]:
+    """Per pair of blocks: throughput ratio and CPU-per-request ratio."""
+    thr, cpu = [], []
+    for (n, w, c), (bn, bw, bc) in zip(mine, base, strict=True):
+        thr.append((n / w) / (bn / bw))
+        cpu.append((c / n) / (bc / bn))
+    return thr, cpu
 
 
 async def main(args: argparse.Namespace) -> None:
-    clients = [c for c in args.clients.split(",") if c]
-    if "raw" not in clients:
-        raise SystemExit("--clients must include raw: every ratio is to it")
-    ops = {"get": (args.get, args.get_concurrency), "post": (args.post, args.post_concurrency)}
-    rows = []
+    ops = [op for op in args.ops.split(",") if op]
+    for op in ops:
+        if op not in OPS:
+            raise SystemExit(f"--ops: unknown operation {op!r} (known: {', '.join(OPS)})")
+    loops = dict(LOOPS)
+    try:
+        import orjson  # noqa: F401
+        import uvloop  # noqa: F401
+    except ImportError:
+        print("uvloop or orjson missing: the speed-extra clients are skipped", file=sys.stderr)
+        del loops["uvloop"]
     pinned = args.pin and hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) >= 2
     if pinned:
-        # The emulator (started next) inherits core 0; every client child moves to core 1.
-        # Two processes on two cores otherwise trade places under the scheduler, and a
-        # client sharing a core with the server for part of a round skews that round.
+        # The servers (started next) inherit core 0; every client child moves to core 1.
         os.sched_setaffinity(0, {0})
         CHILD_ENV["BENCH_PIN"] = "1"
-    async with server(args.server) as (url, task_id):
-        # results[op][client] -> one (requests/s, CPU us/request) per round
-        results: dict[str, dict[str, list[tuple[float, float]]]] = {
-            op: {c: [] for c in clients} for op in ops
-        }
-        rng = random.Random(args.seed)
+    conc = {"get": args.get_concurrency, "get-changing": args.get_concurrency,
+            "post": args.post_concurrency}
+    # results[op][loop] -> one child result per round
+    results: dict[str, dict[str, list[dict[str, list[tuple[int, float, float]]]]]] = {
+        op: {loop: [] for loop in loops} for op in ops}
+    rng = random.Random(args.seed)
+    async with servers(args.server) as where:
         for round_no in range(args.rounds):
-            for op, (n, c) in ops.items():
-                order = clients[:]
+            for op in ops:
+                url, task_id = where[op]
+                block = args.block if op != "post" else max(args.post_concurrency,
+                                                           args.block // 2)
+                order = list(loops)
                 rng.shuffle(order)
-                for client in order:
-                    # httpx is ~10x slower: a tenth of the calls keeps a round short.
-                    calls = max(WARM_UP, n // 10) if client == "httpx" else n
+                for loop in order:
                     r = await anyio.to_thread.run_sync(
-                        run_child, client, op, url, task_id, calls, c
-                    )
-                    results[op][client].append((calls / r["wall"], r["cpu"] / calls * 1e6))
+                        run_child, loop, list(loops[loop]), op, url, task_id, block,
+                        args.pairs, conc[op], rng.randrange(1 << 30))
+                    results[op][loop].append(r)
             print(f"round {round_no + 1}/{args.rounds} done", file=sys.stderr)
-    for op, per_client in results.items():
-        raw = per_client["raw"]
-        for client in clients:
-            runs = per_client[client]
-            ratios = [rps / raw_rps for (rps, _), (raw_rps, _) in zip(runs, raw, strict=True)]
-            cpu_ratios = [cpu / raw_cpu for (_, cpu), (_, raw_cpu) in zip(runs, raw, strict=True)]
-            rows.append([
-                op.upper(), LABELS[client],
-                statistics.median(r for r, _ in runs),
-                statistics.median(cpu for _, cpu in runs),
-                statistics.median(ratios), spread(ratios),
-                statistics.median(cpu_ratios), spread(cpu_ratios),
-            ])
-    print(f"Overhead against raw aiohttp: {args.rounds} interleaved rounds, GET {args.get} calls"
-          f" at {args.get_concurrency}, POST {args.post} at {args.post_concurrency},"
-          f" each a fresh process ({machine()})")
-    print("Ratios are paired: each round's figure over raw aiohttp's in the same round.")
+
+    rows = []
+    for op in ops:
+        stock = results[op]["asyncio"]
+        for loop, clients in loops.items():
+            runs = results[op][loop]
+            base = "raw" if loop == "asyncio" else "raw-speed"
+            for client in clients:
+                blocks = [b for run in runs for b in run[client]]
+                rps, cpu = _rate(blocks)
+                same_thr: list[float] = []
+                same_cpu: list[float] = []
+                for run in runs:
+                    t, c = _paired(run[client], run[base])
+                    same_thr += t
+                    same_cpu += c
+                if loop == "asyncio":
+                    x_raw, x_cpu = same_thr, same_cpu
+                else:  # per round, this child against the stock-loop child's raw
+                    x_raw, x_cpu = [], []
+                    for run, stock_run in zip(runs, stock, strict=True):
+                        (r1, c1), (r0, c0) = _rate(run[client]), _rate(stock_run["raw"])
+                        x_raw.append(r1 / r0)
+                        x_cpu.append(c1 / c0)
+                rows.append([
+                    op.upper(), LABELS[client], rps, cpu,
+                    statistics.median(x_raw), _spread(x_raw),
+                    statistics.median(x_cpu),
+                    statistics.median(same_thr) if loop != "asyncio" else "",
+                ])
+    print(f"Overhead against raw aiohttp ({args.server} server): {args.rounds} rounds x"
+          f" {args.pairs} paired blocks of {args.block} GETs at {args.get_concurrency} /"
+          f" {max(args.post_concurrency, args.block // 2)} POSTs at {args.post_concurrency}"
+          f"{', cores pinned' if pinned else ''} ({machine()})")
+    print("x raw: median of paired ratios (stock-loop clients: adjacent blocks in one process;"
+          " speed-extra clients: per round, against the stock-loop process); p10-p90 range.")
     print(table(
-        ["op", "client", "requests/s (median)", "CPU/request us (median)",
-         "x raw throughput (median)", "spread", "x raw CPU (median)", "spread"],
+        ["op", "client", "requests/s", "CPU/request us", "x raw throughput (median)",
+         "p10-p90", "x raw CPU (median)", "x same-loop raw throughput"],
         rows,
     ))
-    print("\nPer round, x raw throughput:")
-    for op, per_client in results.items():
-        raw = per_client["raw"]
-        for client in clients:
-            if client == "raw":
-                continue
-            pairs = zip(per_client[client], raw, strict=True)
-            ratios = [rps / raw_rps for (rps, _), (raw_rps, _) in pairs]
-            print(f"  {op.upper()} {LABELS[client]}: " + " ".join(f"{x:.3f}" for x in ratios))
 
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
-        client, op, url, task_id, n, c = sys.argv[2:8]
+        loop, clients, op, url, task_id, block, pairs, c, seed = sys.argv[2:11]
         if os.environ.get("BENCH_PIN") == "1":
             os.sched_setaffinity(0, {1})
-        backend_options = {"use_uvloop": True} if client.endswith("-speed") else {}
-        result = anyio.run(child, client, op, url, task_id, int(n), int(c),
-                           backend_options=backend_options)
+        backend_options = {"use_uvloop": True} if loop == "uvloop" else {}
+        result = anyio.run(child, clients.split(","), op, url, task_id, int(block),
+                           int(pairs), int(c), int(seed), backend_options=backend_options)
         print(json.dumps(result))
         sys.exit(0)
-    p = argparse.ArgumentParser()
-    p.add_argument("--rounds", type=int, default=7)
-    p.add_argument("--get", type=int, default=2000)
-    p.add_argument("--post", type=int, default=500)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--pairs", type=int, default=10, help="turns each client takes per round")
+    p.add_argument("--block", type=int, default=400, help="GET calls per turn (POST: half)")
+    p.add_argument("--ops", default=",".join(OPS))
     p.add_argument("--get-concurrency", type=int, default=64)
     p.add_argument("--post-concurrency", type=int, default=32)
-    p.add_argument("--clients", default=",".join(CLIENTS))
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--server", choices=("replay", "emulator"), default="replay",
                    help="replay: the emulator's recorded answers sent back by a minimal server,"
                         " so the client is the bottleneck (default); emulator: the emulator"
                         " itself, whose own CPU per request caps every client alike")
     p.add_argument("--no-pin", dest="pin", action="store_false",
-                   help="let the scheduler place the emulator and the clients (default: pinned"
+                   help="let the scheduler place the server and the clients (default: pinned"
                         " to cores 0 and 1 where the OS allows)")
     anyio.run(main, p.parse_args())
