@@ -165,3 +165,23 @@ def test_download_concurrency_is_validated() -> None:
 
     with pytest.raises(ValidationError, match="download_concurrency"):
         Session(KEY, download_concurrency=0)
+
+
+@pytest.mark.parametrize("borrowed", [False, True], ids=["owned", "borrowed"])
+async def test_the_key_goes_to_the_api_host_only(
+    make_server: MakeServer, tmp_path: Path, borrowed: bool
+) -> None:
+    # Owned: the credentials live in a session of their own that only API requests
+    # use; borrowed: they are added per API request. Downloads carry none either way.
+    import aiohttp
+
+    server = await make_server(EmulatorConfig(api_key=KEY))  # any other key: 401
+    async with aiohttp.ClientSession() as http:
+        async with session_for(server, http_session=http if borrowed else None) as s:
+            task = await completed(s)
+            await s.download(task, tmp_path / "fox.mp4")
+            await s.get_task(task.id)
+        assert not http.closed
+    assert server.stats.credential_leaks == 0 and server.stats.authorization_headers == []
+    api = [r for r in server.emulator.request_log if r.route in ("submit", "task")]
+    assert len(api) >= 3 and all(r.authorization and r.status == 200 for r in api)

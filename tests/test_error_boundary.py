@@ -63,7 +63,7 @@ async def test_users_own_error_cancels_background_work_and_leaves_as_itself(
 
     async def raise_mid_stream() -> None:
         async with session_for(server, max_concurrency=2) as s:
-            https.append(s._engine.http.session)
+            https.extend([s._engine.http.session, s._engine.http._api])
             async with s.stream(requests) as events:
                 async for event in events:
                     if event.kind is EventKind.SUBMITTED:
@@ -75,7 +75,7 @@ async def test_users_own_error_cancels_background_work_and_leaves_as_itself(
     assert caught.value.args == ("mine",)
     assert caught.value.__cause__ is cause and caught.value.__context__ is None
     assert stray_tasks() == []
-    assert https[0].closed
+    assert all(http is not None and http.closed for http in https)
     assert server.stats.submissions < len(requests)
     gc.collect()  # an unclosed aiohttp session would warn here (warnings are errors)
 
@@ -86,12 +86,13 @@ async def test_cancelling_the_block_from_outside_is_clean(make_server: MakeServe
     with anyio.CancelScope() as scope:
         async with session_for(server, max_concurrency=2) as s:
             https.append(s._engine.http.session)
+            https.append(s._engine.http._api)  # the API requests' own session
             async with s.stream([VideoRequest(f"clip {i}") for i in range(20)]) as events:
                 async for event in events:
                     if event.kind is EventKind.SUBMITTED:
                         scope.cancel()  # e.g. an enclosing timeout firing
     assert scope.cancelled_caught
-    assert stray_tasks() == [] and https[0].closed
+    assert stray_tasks() == [] and all(http is not None and http.closed for http in https)
 
 
 async def test_run_batch_callback_error_comes_out_as_itself(

@@ -75,3 +75,28 @@ async def test_plain_install_decodes_with_the_standard_library(
     finally:
         monkeypatch.delitem(sys.modules, "orjson")
         wire.use_orjson()
+
+
+@pytest.mark.parametrize("orjson", [False, True], ids=["stdlib-json", "orjson"])
+async def test_a_submission_arrives_as_the_same_json_on_both_encoders(
+    server: EmulatorServer, orjson: bool
+) -> None:
+    # orjson writes UTF-8 where json.dumps escapes, and refuses integers past 64 bits
+    # (those go to the standard encoder): the server reads the same value either way.
+    if orjson:
+        pytest.importorskip("orjson")
+    extra = {"seed": 2**70, "tags": ["café", "🎬"], "nested": {"k": [1, 2.5, None, True]}}
+    request = VideoRequest("a café at dusk 🎬", extra=extra)
+    try:
+        assert wire.use_orjson(orjson) is orjson
+        async with session_for(server) as s:
+            sub = await s.submit(request)
+            plain = await s.submit(VideoRequest("x", extra={"resolution": "720p"}))
+    finally:
+        wire.use_orjson()
+    body = server.emulator.task(sub.task_id).body  # as the emulator keeps it: frozen
+    assert body["prompt"] == "a café at dusk 🎬" and body["seed"] == 2**70
+    assert body["tags"] == ("café", "🎬")
+    assert dict(body["nested"]) == {"k": (1, 2.5, None, True)}
+    assert dict(server.emulator.task(plain.task_id).body)["resolution"] == "720p"
+    assert wire.encode_json({"n": 2**70}) == b'{"n": 1180591620717411303424}'

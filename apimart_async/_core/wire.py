@@ -41,6 +41,7 @@ __all__ = [
     "build_get_task",
     "build_submit",
     "converter",
+    "encode_json",
     "parse_submit",
     "parse_task",
     "snippet",
@@ -76,7 +77,7 @@ def build_submit(request: VideoRequest, *, idempotency_key: str) -> HttpRequest:
         method="POST",
         path=SUBMIT_PATH,
         json=request.to_body(),
-        headers={"Idempotency-Key": idempotency_key},
+        headers={"Idempotency-Key": idempotency_key, "Content-Type": "application/json"},
         idempotent=False,
     )
 
@@ -257,7 +258,7 @@ def use_orjson(enabled: bool = True) -> bool:
     """Decode answers with orjson (the ``speed`` extra) when `enabled` and importable,
     else with the standard library; return whether orjson is now used. The results are
     the same either way: what orjson refuses goes to the standard decoder."""
-    global _loads
+    global _loads, _dumps
     module: Any = None
     if enabled:
         try:
@@ -265,7 +266,26 @@ def use_orjson(enabled: bool = True) -> bool:
         except ImportError:
             module = None
     _loads = module.loads if module is not None else _loads_stdlib
+    _dumps = module.dumps if module is not None else None
     return module is not None
+
+
+_dumps: Callable[[Any], bytes] | None = None
+
+
+def encode_json(value: Any) -> bytes:
+    """A request body: `value` as JSON (UTF-8), by orjson when it is in use.
+
+    Both encoders give the same JSON value (orjson writes non-ASCII characters as UTF-8
+    where the standard library escapes them); what orjson refuses (an integer past 64
+    bits, a key that is not a string) is encoded by the standard library.
+    """
+    if _dumps is not None:
+        try:
+            return _dumps(value)
+        except TypeError:  # orjson.JSONEncodeError is a TypeError
+            pass
+    return json.dumps(value).encode()
 
 
 use_orjson()

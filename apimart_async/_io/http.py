@@ -110,26 +110,44 @@ class Http:
         self._borrowed = session
         self._session: aiohttp.ClientSession | None = session
         self._connections = connections
+        #: The headers of every API request (credentials included), set by the transport
+        #: before `open`. An owned session keeps them in a session of its own that only
+        #: `request` uses: sent without being merged again per request, and never
+        #: within reach of `stream`, which fetches from file hosts.
+        self.api_headers: Mapping[str, str] = {}
+        self._api: aiohttp.ClientSession | None = None
+
+    def _new_session(self, headers: Mapping[str, str] | None = None) -> aiohttp.ClientSession:
+        return aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=self._connections),
+            timeout=self._timeout,
+            headers=headers,
+            # Never pick up proxy credentials or .netrc from the environment.
+            trust_env=False,
+            # The API needs no cookies, and cookie scope ignores ports: keep none, so
+            # nothing the API host sets can travel to the file host.
+            cookie_jar=aiohttp.DummyCookieJar(),
+            raise_for_status=False,
+        )
 
     async def open(self) -> None:
-        """Create the owned session (a borrowed one is used as given)."""
+        """Create the owned sessions (a borrowed one is used as given, for both)."""
         if self._session is None:
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=self._connections),
-                timeout=self._timeout,
-                # Never pick up proxy credentials or .netrc from the environment.
-                trust_env=False,
-                # The API needs no cookies, and cookie scope ignores ports: keep none, so
-                # nothing the API host sets can travel to the file host.
-                cookie_jar=aiohttp.DummyCookieJar(),
-                raise_for_status=False,
-            )
+            self._session = self._new_session()
+            self._api = self._new_session(self.api_headers)
 
     async def close(self) -> None:
-        """Close the owned session; a borrowed one stays open for its owner."""
+        """Close the owned sessions; a borrowed one stays open for its owner."""
+        api, self._api = self._api, None
         session, self._session = self._session, None
-        if session is not None and session is not self._borrowed:
-            await session.close()
+        # Each close shuts its connections before its first await: a cancelled close
+        # (the caller's scope cancelled) still closes the other session in `finally`.
+        try:
+            if api is not None:
+                await api.close()
+        finally:
+            if session is not None and session is not self._borrowed:
+                await session.close()
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -143,20 +161,28 @@ class Http:
         url: str,
         *,
         headers: Mapping[str, str],
-        json: Any = None,
+        body: bytes | None = None,
         params: Mapping[str, str] | None = None,
         secret: str | None = None,
     ) -> RawResponse:
-        """Send one request and read the whole answer. Redirects are not followed."""
-        # An owned session already has these timeouts; a borrowed one gets them per call.
-        extra: dict[str, Any] = {"timeout": self._timeout} if self._borrowed is not None else {}
+        """Send one request to the API host, with `api_headers` and `headers` (which win),
+        and read the whole answer. Redirects are not followed."""
+        api = self._api
+        extra: dict[str, Any]
+        if api is not None:
+            session, extra = api, {}
+            send: Mapping[str, str] | None = headers or None
+        else:
+            # A borrowed session gets the credentials and the timeouts per call.
+            session, extra = self.session, {"timeout": self._timeout}
+            send = {**self.api_headers, **headers} if headers else self.api_headers
         failure: APIMartError
         try:
-            async with self.session.request(
+            async with session.request(
                 method,
                 url,
-                headers=headers,
-                json=json,
+                headers=send,
+                data=body,
                 params=params or None,
                 # A redirect could carry the Authorization header elsewhere.
                 allow_redirects=False,

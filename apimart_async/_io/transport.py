@@ -7,14 +7,14 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from .._core.config import ApiKey
 from .._core.errors import APIMartError, APIStatusError, RateLimitError, with_response
 from .._core.hooks import Hooks, RequestEvent, RetryEvent
 from .._core.retry import RetryPolicy, decide, is_ambiguous, parse_retry_after
-from .._core.wire import HttpRequest
+from .._core.wire import HttpRequest, encode_json
 from .clock import Clock
 from .hooks import fire
 from .http import USER_AGENT, Http
@@ -53,26 +53,14 @@ class Transport:
         self.retry = retry
         self.stats = stats
         self._clock = clock
-        self._plain_headers: dict[str, str] | None = None
+        http.api_headers = {
+            "Authorization": f"Bearer {key.reveal()}",
+            "User-Agent": USER_AGENT,
+            "Accept": "application/json",
+        }
 
     def __repr__(self) -> str:
         return f"Transport(base_url={self.base_url!r})"
-
-    def _headers(self, request: HttpRequest) -> dict[str, str]:
-        if not request.headers:
-            # Every poll: one dict for all of them (aiohttp copies what it is given).
-            plain = self._plain_headers
-            if plain is None:
-                plain = self._plain_headers = self._headers_for({})
-            return plain
-        return self._headers_for(request.headers)
-
-    def _headers_for(self, extra: Mapping[str, str]) -> dict[str, str]:
-        headers = dict(extra)
-        headers["Authorization"] = f"Bearer {self._key.reveal()}"
-        headers["User-Agent"] = USER_AGENT
-        headers["Accept"] = "application/json"
-        return headers
 
     async def call(
         self,
@@ -98,7 +86,14 @@ class Transport:
         """
         secret = self._key.reveal()
         url = self.base_url + request.path
-        headers = self._headers(request)
+        # The credentials travel with `http.api_headers`; the request adds its own.
+        headers = request.headers
+        body = None
+        if request.json is not None:
+            # Encoded once for every attempt (by orjson with the speed extra).
+            body = encode_json(request.json)
+            if "Content-Type" not in headers:
+                headers = {**headers, "Content-Type": "application/json"}
         limits = self.limits
         hooks = self.hooks
         attempt = 0
@@ -118,7 +113,7 @@ class Transport:
                     await before_send()
                 self.stats.requests += 1
                 raw = await self.http.request(
-                    request.method, url, headers=headers, json=request.json,
+                    request.method, url, headers=headers, body=body,
                     params=request.params, secret=secret,
                 )
                 hint = parse_retry_after(raw.headers) if raw.status != 200 else None
