@@ -210,7 +210,8 @@ class Engine:
         `Transport.call`): a batch stops unsent items, journals "submitting" and puts a
         refused item back in line through them.
         """
-        self.require_open()
+        if self.state is not State.OPEN:
+            self.require_open()
         # 128 random bits, as uuid4's hex, at a quarter of its cost.
         key = key or os.urandom(16).hex()
         task_id: str = await self.transport.call(
@@ -224,7 +225,8 @@ class Engine:
         if len(self._submitted_at) > _SUBMITTED_AT_LIMIT:
             del self._submitted_at[next(iter(self._submitted_at))]  # the oldest
         # DEBUG: a batch of hundreds would flood INFO; the batch's story is told at DEBUG.
-        log.debug("submitted task %s (model %s)", task_id, request.model)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("submitted task %s (model %s)", task_id, request.model)
         return Submission(task_id=task_id, request=request, idempotency_key=key)
 
     async def get_task(self, task_id: str) -> Task:
@@ -236,7 +238,8 @@ class Engine:
             gets[task_id] = get
             if len(gets) > _RECENT_GETS:
                 del gets[next(iter(gets))]  # the oldest
-        self.require_open()
+        if self.state is not State.OPEN:
+            self.require_open()
         task: Task = await self.transport.call(get.request, get.parse)
         self.stats.get_task_calls += 1
         return task

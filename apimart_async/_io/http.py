@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import aiohttp
 import attrs
@@ -167,14 +167,12 @@ class Http:
     ) -> RawResponse:
         """Send one request to the API host, with `api_headers` and `headers` (which win),
         and read the whole answer. Redirects are not followed."""
-        api = self._api
-        extra: dict[str, Any]
-        if api is not None:
-            session, extra = api, {}
+        session = self._api
+        if session is not None:
             send: Mapping[str, str] | None = headers or None
         else:
-            # A borrowed session gets the credentials and the timeouts per call.
-            session, extra = self.session, {"timeout": self._timeout}
+            # A borrowed session gets the credentials per call (and the timeouts, below).
+            session = self.session
             send = {**self.api_headers, **headers} if headers else self.api_headers
         failure: APIMartError
         try:
@@ -186,7 +184,7 @@ class Http:
                 params=params or None,
                 # A redirect could carry the Authorization header elsewhere.
                 allow_redirects=False,
-                **extra,
+                timeout=self._timeout,
             ) as resp:
                 body = await self._read_capped(resp)
                 if body is None:

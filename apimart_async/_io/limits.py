@@ -91,7 +91,7 @@ class Limits:
 
     def try_acquire(self) -> float | None:
         """Take a slot without waiting, if one is free and nothing needs pacing."""
-        if not self.rate.free or self.shared is not None:
+        if self.shared is not None or not self.rate.free:
             return None
         try:
             self.concurrency.acquire_nowait()
@@ -186,6 +186,21 @@ class Limits:
         retry. A longer hint is the server's word: `delay` (which honours it).
         """
         return delay if retry_after is not None and retry_after > 1.0 else 0.0
+
+    def done(self, ticket: float) -> None:
+        """`release` and `succeeded` at once: an attempt answered with anything but a 429
+        (every poll's path)."""
+        if _unmetered.get():
+            _unmetered.set(False)
+        else:
+            self._in_flight -= 1
+            self.concurrency.release()
+        rate = self.rate
+        if rate.window is None and self._reported is None and not self._held_back:
+            rate.on_accepted(ticket)  # nothing paced, nobody waiting, nothing to report
+            return
+        self._wake()
+        self.succeeded(ticket)
 
     def succeeded(self, ticket: float) -> None:
         """Record that the request sent at `ticket` got an answer other than a 429."""

@@ -163,8 +163,7 @@ class Transport:
                 limits.release()
                 raise
             else:
-                limits.release()
-                limits.succeeded(epoch)
+                limits.done(epoch)
                 if hooks.on_request is not None:
                     fire(hooks.on_request, RequestEvent(
                         method=request.method, path=request.path, attempt=attempt,
