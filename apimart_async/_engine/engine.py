@@ -221,7 +221,7 @@ class Engine:
         self.stats.submissions += 1
         self._submitted_at[task_id] = self.clock.now()
         # The poller learns per model how long tasks take (#7): tell it what this is.
-        self.poller.expect(task_id, request.model)
+        (self._poller or self.poller).expect(task_id, request.model)
         if len(self._submitted_at) > _SUBMITTED_AT_LIMIT:
             del self._submitted_at[next(iter(self._submitted_at))]  # the oldest
         # DEBUG: a batch of hundreds would flood INFO; the batch's story is told at DEBUG.
