@@ -245,7 +245,9 @@ converter.register_structure_hook(_WireError, _wire_error)
 converter.register_structure_hook(str, _strict_str)
 
 
-_scan_once = json.JSONDecoder().scan_once
+# (Set in JSONDecoder.__init__; typeshed does not declare it.)
+_scan_once: Callable[[str, int], tuple[Any, int]] = (
+    json.JSONDecoder().scan_once)  # type: ignore[attr-defined]
 _TRAILING = " \t\n\r"  # the whitespace JSON allows after a value
 
 
