@@ -173,7 +173,8 @@ Reading = tuple[float, float]
 """(time, progress as reported)."""
 
 
-@attrs.define
+# No weak-reference slot: 176 bytes a running task instead of 192.
+@attrs.define(weakref_slot=False)
 class PollState:
     """What the poller has learned about one task (mutable; owned by one poller)."""
 
