@@ -15,7 +15,8 @@ import anyio
 import pytest
 
 from apimart_async import Submission, VideoRequest
-from apimart_async._core.polling import PollPolicy, PollState
+from apimart_async._core.models import Task, TaskStatus
+from apimart_async._core.polling import PollPolicy, PollState, observe
 from apimart_async._core.wire import build_get_task
 from apimart_async._engine import poller as poller_module
 from apimart_async._engine.poller import Poller, _Entry, _Polled
@@ -60,6 +61,17 @@ def test_per_task_objects_carry_no_weak_reference_slot() -> None:
     assert sys.getsizeof(VideoRequest("x")) <= 80
     assert sys.getsizeof(PollState(started_at=0.0)) <= 176
     assert sys.getsizeof(build_get_task("task_1")) <= 80
+
+
+def test_a_progress_reading_keeps_the_int_it_read() -> None:
+    # Up to three readings are kept per running task; a float made of each progress
+    # value was 32 bytes more each (the small int is shared, and the arithmetic on it is
+    # the same: the schedule replay gives identical polls).
+    state = PollState(started_at=0.0)
+    observe(state, 4.0, Task(id="t", status=TaskStatus.PROCESSING, progress=20))
+    observe(state, 8.0, Task(id="t", status=TaskStatus.PROCESSING, progress=40))
+    assert state.first == (4.0, 20) and state.last == (8.0, 40)
+    assert type(state.first[1]) is int and type(state.last[1]) is int
 
 
 def test_a_task_waiting_for_its_first_poll_holds_a_96_byte_entry() -> None:
