@@ -17,7 +17,7 @@ import pytest
 from apimart_async import Submission, VideoRequest
 from apimart_async._core.models import Task, TaskStatus
 from apimart_async._core.polling import PollPolicy, PollState, observe
-from apimart_async._core.wire import build_get_task
+from apimart_async._core.wire import TaskGet, build_get_task
 from apimart_async._engine import poller as poller_module
 from apimart_async._engine.poller import Poller, _Entry, _Polled
 from apimart_async.testing import SteppedClock
@@ -76,15 +76,18 @@ def test_a_progress_reading_keeps_the_int_it_read() -> None:
 
 def test_a_task_waiting_for_its_first_poll_holds_a_96_byte_entry() -> None:
     # 100,000 tasks waiting for their first poll: eight slots each, nothing else. What a
-    # poll leaves (request, poll state, last answer, error, cancel scope, when it was
-    # sent) comes with the first poll, in the GET request's own object, so a running
-    # task holds no more than before (entry 144 + GET 48).
+    # poll leaves (poll state, last answer, error, cancel scope, when it was sent) comes
+    # with the first poll, on the GET request itself, which is one object, not a holder
+    # and an `HttpRequest`: a running task's entry and GET are 224 bytes, were 272
+    # (entry 144, `TaskGet` 48, `HttpRequest` 80).
     entry = _Entry("task_1", 0.0, "sora-2")
     assert sys.getsizeof(entry) <= 96
     assert entry.polled is None and entry.res is None
     polled = _Polled("task_1")
-    assert sys.getsizeof(entry) + sys.getsizeof(polled) <= 192
-    assert polled.request.path == "/v1/tasks/task_1"
+    assert polled.request is polled and polled.path == "/v1/tasks/task_1"
+    assert sys.getsizeof(entry) + sys.getsizeof(polled) <= 224
+    get = TaskGet("task_1")
+    assert get.request is get and sys.getsizeof(get) <= 88  # get_task's, were 48 + 80
 
 
 @pytest.mark.anyio

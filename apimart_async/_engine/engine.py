@@ -223,13 +223,13 @@ class Engine:
             if len(gets) > _RECENT_GETS:
                 del gets[next(iter(gets))]  # the oldest
         self.require_open()
-        task: Task = await self.transport.call(get.request, get.parse)
+        task: Task = await self.transport.call(get, get.parse)
         self.stats.get_task_calls += 1
         return task
 
     async def fetch_task(self, get: TaskGet) -> Task:
         """Send a prepared ``GET /v1/tasks/{id}`` (the poller keeps one per watched task)."""
-        task: Task = await self.transport.call(get.request, get.parse)
+        task: Task = await self.transport.call(get, get.parse)
         self.stats.get_task_calls += 1
         return task
 
