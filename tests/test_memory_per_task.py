@@ -119,3 +119,15 @@ async def test_submitted_tasks_wait_in_the_poller_bounded(
         assert poller.watched == 1
         assert len(poller._heap) == 1  # nothing scheduled for unwatched tasks
         tg.cancel_scope.cancel()
+    # Past a bound of 128, the oldest go 2 (128 // 64) beyond it at a time: one scan
+    # past any watched entries per three submissions, not per submission.
+    monkeypatch.setattr(poller_module, "_EXPECTED", 128)
+    poller = Poller(fetch=fetch, policy=PollPolicy(), clock=clock, workers=2)  # type: ignore[arg-type]
+    for i in range(129):
+        poller.expect(f"u{i}", "m", 0.0)
+    assert len(poller._entries) == poller._unwatched == 126
+    assert next(iter(poller._entries)) == "u3"
+    for i in range(129, 132):
+        poller.expect(f"u{i}", "m", 0.0)
+        assert len(poller._entries) == (126 if i == 131 else i - 2)
+    assert next(iter(poller._entries)) == "u6"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import heapq
+import itertools
 import logging
 import math
 from collections.abc import Awaitable, Callable
@@ -168,10 +169,15 @@ class Poller:
         self._entries[task_id] = _Entry(task_id, submitted_at, model)
         self._unwatched += 1
         if self._unwatched > _EXPECTED:
-            # The oldest not watched (entries keep their order of arrival).
-            oldest = next(e for e in self._entries.values() if not e.subscribers)
-            del self._entries[oldest.task_id]
-            self._unwatched -= 1
+            # The oldest not watched (entries keep their order of arrival), a batch at a
+            # time: watched entries before them are scanned past once per batch, not
+            # once per submission.
+            excess = self._unwatched - _EXPECTED + _EXPECTED // 64
+            oldest = list(itertools.islice(
+                (e.task_id for e in self._entries.values() if not e.subscribers), excess))
+            for task_id in oldest:
+                del self._entries[task_id]
+            self._unwatched -= len(oldest)
 
     def _first_delay(self, entry: _Entry) -> float:
         # A throwaway state: the entry's own is made at its first answer.
