@@ -85,19 +85,24 @@ async def test_a_big_watch_leaves_no_tables_behind(make_server: MakeServer) -> N
                 if isinstance(o, Submission)]
         engine = session._engine
         poller = engine.poller
-        assert len(engine._submitted_at) == len(poller._expected) == n
+        # Submitted, not watched: one entry each is the whole hand-over (no tables of
+        # submission times and models beside it), and none is polled.
+        assert len(poller._entries) == n and poller.watched == 0 and not poller._heap
+        tables = [name for obj in (engine, poller, engine.transport, engine.limits)
+                  for name, value in vars(obj).items()
+                  if isinstance(value, (dict, list, set)) and len(value) >= n]
+        assert tables == ["_entries"]
         finals = 0
         async with session.watch(subs) as updates:
             entries = list(poller._entries.values())
             assert len(entries) == n
-            assert all(e._state is None for e in entries)  # nothing answered yet
+            assert all(e.polled is None for e in entries)  # nothing polled yet
             del entries
             async for update in updates:
                 finals += update.final
         assert finals == n
         assert poller.watched == 0
-        for table in (engine._submitted_at, poller._expected, poller._entries):
-            assert not table and sys.getsizeof(table) == empty
+        assert not poller._entries and sys.getsizeof(poller._entries) == empty
 
 
 async def test_a_watch_without_deadlines_keeps_nothing_per_task(make_server: MakeServer) -> None:

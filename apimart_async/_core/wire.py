@@ -53,7 +53,8 @@ SUBMIT_PATH = "/v1/videos/generations"
 SNIPPET_CHARS = 200
 
 
-@attrs.frozen(kw_only=True)
+# No weak-reference slot: 80 bytes instead of 96, kept per watched task (its GET).
+@attrs.frozen(kw_only=True, weakref_slot=False)
 class HttpRequest:
     """What to send, minus credentials (the I/O shell adds those for the API host only)."""
 
@@ -111,16 +112,27 @@ def build_get_task(task_id: str) -> HttpRequest:
     return HttpRequest(method="GET", path=task_path(task_id))
 
 
-class TaskGet:
+class TaskGet(HttpRequest):
     """``GET /v1/tasks/{task_id}`` built once, to be sent again and again (a watched
     task's polls), and `parse`, which reads an answer and refuses one about another
-    task. A bad id raises `ValidationError` here, before anything is sent."""
+    task. A bad id raises `ValidationError` here, before anything is sent.
 
-    __slots__ = ("request", "task_id")
+    It is its own `HttpRequest` (one object per watched task, not two: 96 bytes against
+    48 + 80), and unlike one it takes attributes after construction (the poller keeps a
+    task's poll state on its subclass)."""
+
+    __slots__ = ("task_id",)
+    __setattr__ = object.__setattr__
+    __delattr__ = object.__delattr__
 
     def __init__(self, task_id: str) -> None:
-        self.request = build_get_task(task_id)
+        super().__init__(method="GET", path=task_path(task_id))
         self.task_id = task_id
+
+    @property
+    def request(self) -> HttpRequest:
+        """The request to send: itself."""
+        return self
 
     def parse(
         self,

@@ -48,9 +48,6 @@ if TYPE_CHECKING:
 __all__ = ["Engine", "State"]
 
 log = logging.getLogger("apimart_async")
-# Submission times kept for the poller's first poll; bounded, since tasks submitted
-# but never watched would otherwise pile up.
-_SUBMITTED_AT_LIMIT = 100_000
 # `get_task`'s requests for the tasks asked about most recently, each remembering its
 # last answer (a loop asking about one task sends and reads the same things again).
 _RECENT_GETS = 256
@@ -109,7 +106,6 @@ class Engine:
         self._stack: AsyncExitStack | None = None
         self._tg: TaskGroup | None = None
         self._poller: Poller | None = None
-        self._submitted_at: dict[str, float] = {}
         self._recent_gets: dict[str, RememberingTaskGet] = {}
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -187,14 +183,6 @@ class Engine:
         """The poller if one was created, without creating it."""
         return self._poller
 
-    def take_submitted_at(self, task_id: str) -> float | None:
-        """When this engine submitted `task_id` (clock time), once; None if unknown."""
-        at = self._submitted_at.pop(task_id, None)
-        if at is not None and not self._submitted_at:
-            # A dict never shrinks: 100,000 submissions leave a 5 MB table behind.
-            self._submitted_at = {}
-        return at
-
     async def submit(
         self,
         request: VideoRequest,
@@ -219,11 +207,9 @@ class Engine:
             before_send=before_send, on_safe_retry=on_safe_retry,
         )
         self.stats.submissions += 1
-        self._submitted_at[task_id] = self.clock.now()
-        # The poller learns per model how long tasks take (#7): tell it what this is.
-        (self._poller or self.poller).expect(task_id, request.model)
-        if len(self._submitted_at) > _SUBMITTED_AT_LIMIT:
-            del self._submitted_at[next(iter(self._submitted_at))]  # the oldest
+        # A watch's first poll waits from the submission, and the poller learns per
+        # model how long tasks take (#7): it keeps both until the task is watched.
+        (self._poller or self.poller).expect(task_id, request.model, self.clock.now())
         # DEBUG: a batch of hundreds would flood INFO; the batch's story is told at DEBUG.
         if log.isEnabledFor(logging.DEBUG):
             log.debug("submitted task %s (model %s)", task_id, request.model)
@@ -240,13 +226,13 @@ class Engine:
                 del gets[next(iter(gets))]  # the oldest
         if self.state is not State.OPEN:
             self.require_open()
-        task: Task = await self.transport.call(get.request, get.parse)
+        task: Task = await self.transport.call(get, get.parse)
         self.stats.get_task_calls += 1
         return task
 
     async def fetch_task(self, get: TaskGet) -> Task:
         """Send a prepared ``GET /v1/tasks/{id}`` (the poller keeps one per watched task)."""
-        task: Task = await self.transport.call(get.request, get.parse)
+        task: Task = await self.transport.call(get, get.parse)
         self.stats.get_task_calls += 1
         return task
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import heapq
+import itertools
 import logging
 import math
 from collections.abc import Awaitable, Callable
@@ -37,53 +38,78 @@ Subscriber = Callable[[TaskUpdate], None]
 
 # What is learned is kept for this many models per session (the oldest is forgotten).
 _MODELS = 64
-# Models of submitted tasks not watched yet, kept for at most this many tasks.
+# Submitted tasks not watched yet (their submission time and model), kept for at most
+# this many tasks: tasks submitted but never watched would otherwise pile up.
 _EXPECTED = 100_000
 
 
 class _Entry:
-    __slots__ = ("_state", "due", "error", "every", "generation", "get", "last", "model",
-                 "policy_due", "polled_at", "scope", "started_at", "subscribers", "task_id")
+    """A watched (or submitted, not yet watched) task. Eight slots, 96 bytes: 100,000
+    tasks waiting for their first poll hold nothing else but their heap item; what
+    polls leave (the GET request, the poll state, the last answer) is on `polled`."""
+
+    __slots__ = ("due", "generation", "model", "polled", "res", "started_at",
+                 "subscribers", "task_id")
 
     def __init__(self, task_id: str, started_at: float, model: str | None = None) -> None:
         self.task_id = task_id
         self.model = model
         self.started_at = started_at
-        # Its `PollState` (184 bytes), made at its first answer or failed poll: 100,000
-        # tasks waiting for their first poll need none.
-        self._state: PollState | None = None
         # A tuple, not a set: nearly always one subscriber, and 48 bytes against 216.
         self.subscribers: tuple[Subscriber, ...] = ()
         self.generation = 0
         self.due = 0.0
+        # Made at its first poll (None again once dropped: a worker's last entry
+        # lingers in its frame, and keeps no request and no answer).
+        self.polled: _Polled | None = None
+        # Made when a subscriber asks for a progress resolution (most tasks: never).
+        self.res: _Resolutions | None = None
+
+    def bound(self) -> float:
+        """The latest the next poll may go out at for the subscribers' resolutions."""
+        res = self.res
+        if res is None or not res.every:
+            return math.inf
+        polled = self.polled
+        since = polled.polled_at if polled is not None else None
+        return (since if since is not None else self.started_at) + min(res.every.values())
+
+
+class _Polled(TaskGet):
+    """A watched task's GET request, built at its first poll and sent again at every
+    other (#14), and what its polls left."""
+
+    __slots__ = ("error", "last", "polled_at", "scope", "state")
+
+    def __init__(self, task_id: str) -> None:
+        super().__init__(task_id)  # a bad id: ValidationError, nothing sent
+        # Its `PollState` (176 bytes), made at its first answer or failed poll.
+        self.state: PollState | None = None
         self.last: Task | None = None
         # The last poll's error while polls keep failing (None once one succeeds).
         self.error: APIMartError | None = None
         self.scope: anyio.CancelScope | None = None
-        # Subscribers that asked for a progress resolution -> their `progress_every`:
-        # the task is polled no later than the tightest one after its last poll (None
-        # while nobody asked: most tasks, and a dict is 64 bytes each).
-        self.every: dict[Subscriber, float] | None = None
-        # When the policy alone would poll next, and when the last poll was sent.
-        self.policy_due = 0.0
         self.polled_at: float | None = None
-        # Its GET request, built at the first poll and sent again at every other.
-        self.get: TaskGet | None = None
 
-    @property
-    def state(self) -> PollState:
-        """What the poll policy has learned about this task (made on first use)."""
-        state = self._state
-        if state is None:
-            state = self._state = PollState(started_at=self.started_at)
-        return state
 
-    def bound(self) -> float:
-        """The latest the next poll may go out at for the subscribers' resolutions."""
-        if not self.every:
-            return math.inf
-        since = self.polled_at if self.polled_at is not None else self.started_at
-        return since + min(self.every.values())
+class _Resolutions:
+    """Subscribers that asked for a progress resolution -> their `progress_every` (the
+    task is polled no later than the tightest one after its last poll), and when the
+    policy alone would poll next."""
+
+    __slots__ = ("every", "policy_due")
+
+    def __init__(self, policy_due: float) -> None:
+        self.every: dict[Subscriber, float] = {}
+        self.policy_due = policy_due
+
+
+def _state(entry: _Entry, polled: _Polled) -> PollState:
+    """What the poll policy has learned about the task (made on first use)."""
+    state = polled.state
+    if state is None:
+        state = polled.state = PollState(started_at=entry.started_at)
+    return state
 
 
 def _stops_watching(error: APIMartError) -> bool:
@@ -115,7 +141,10 @@ class Poller:
         # Learned per model across this session's tasks; "" pools every model, for
         # tasks whose model is not known yet (before their first answer).
         self._stats: dict[str, ModelStats] = {}
-        self._expected: dict[str, str] = {}
+        # Entries of submitted tasks nobody watches yet (no subscribers, not scheduled):
+        # the hand-over from submitting to watching is the entry itself, not two more
+        # tables of 100,000 (submission time, model) beside the entries.
+        self._unwatched = 0
         self._heap: list[tuple[float, str, int]] = []
         self._wakeup = anyio.Event()
         self._solo: tuple[Subscriber, ...] = ()
@@ -125,23 +154,37 @@ class Poller:
     @property
     def watched(self) -> int:
         """How many tasks are being polled."""
-        return len(self._entries)
+        return len(self._entries) - self._unwatched
 
     def bind(self, tg: TaskGroup) -> None:
         """Run in `tg` (the session's task group) once there is something to poll."""
         self._tg = tg
 
-    def expect(self, task_id: str, model: str) -> None:
-        """This session submitted `task_id` for `model`: its first poll can use what the
-        session learned about that model."""
-        self._expected[task_id] = model
-        if len(self._expected) > _EXPECTED:
-            del self._expected[next(iter(self._expected))]  # the oldest
+    def expect(self, task_id: str, model: str, submitted_at: float) -> None:
+        """This session submitted `task_id` for `model` at `submitted_at` (clock time):
+        its first poll, once watched, waits for the policy's first delay from then and
+        uses what the session learned about that model."""
+        if task_id in self._entries:
+            return
+        self._entries[task_id] = _Entry(task_id, submitted_at, model)
+        self._unwatched += 1
+        if self._unwatched > _EXPECTED:
+            # The oldest not watched (entries keep their order of arrival), a batch at a
+            # time: watched entries before them are scanned past once per batch, not
+            # once per submission.
+            excess = self._unwatched - _EXPECTED + _EXPECTED // 64
+            oldest = list(itertools.islice(
+                (e.task_id for e in self._entries.values() if not e.subscribers), excess))
+            for task_id in oldest:
+                del self._entries[task_id]
+            self._unwatched -= len(oldest)
 
-    def _stats_for(self, model: str | None) -> ModelStats | None:
-        if model is None:
-            return self._first_stats()
-        return self._stats.get(model)
+    def _first_delay(self, entry: _Entry) -> float:
+        # A throwaway state: the entry's own is made at its first answer.
+        model = entry.model
+        stats = self._first_stats() if model is None else self._stats.get(model)
+        return next_delay(self._policy, PollState(started_at=entry.started_at),
+                          entry.started_at, stats)
 
     def subscribe(self, subscriber: Subscriber, task_id: str, *, started_at: float | None,
                   every: float | None = None) -> None:
@@ -153,29 +196,31 @@ class Poller:
         this subscriber watches it; other subscribers' schedule is the policy's.
         """
         entry = self._entries.get(task_id)
-        if entry is None:
-            now = self._clock.now()
-            model = self._expected.pop(task_id, None)
-            if model is not None and not self._expected:
-                self._expected = {}  # a dict never shrinks: let the table of 100,000 go
-            if started_at is None:
-                entry, due = _Entry(task_id, now, model), now  # at once
+        if entry is None or not entry.subscribers:
+            if entry is not None:
+                # Submitted by this session: its submission time and model are known.
+                self._unwatched -= 1
+                started_at = entry.started_at
+                due = started_at + self._first_delay(entry)
+            elif started_at is None:
+                entry = self._entries[task_id] = _Entry(task_id, self._clock.now())
+                due = entry.started_at  # at once
             else:
-                entry = _Entry(task_id, started_at, model)
-                # A throwaway state: the entry's own is made at its first answer.
-                due = started_at + next_delay(self._policy, PollState(started_at=started_at),
-                                              started_at, self._stats_for(model))
-            self._entries[task_id] = entry
+                entry = self._entries[task_id] = _Entry(task_id, started_at)
+                due = started_at + self._first_delay(entry)
             if every is not None:
-                entry.every = {subscriber: every}
+                entry.res = _Resolutions(due)
+                entry.res.every[subscriber] = every
             self._schedule_at(entry, due)
         else:
-            if entry.last is not None:
-                subscriber(_update(entry.last))
+            polled = entry.polled
+            if polled is not None and polled.last is not None:
+                subscriber(_update(polled.last))
             if every is not None:
-                if entry.every is None:
-                    entry.every = {}
-                entry.every[subscriber] = every
+                if entry.res is None:
+                    # Until now its next poll was the policy's alone.
+                    entry.res = _Resolutions(entry.due)
+                entry.res.every[subscriber] = every
                 self._reschedule(entry)  # sooner, if it asks so
         if not entry.subscribers:
             # A watch subscribes each of its tasks with one subscriber: one tuple for all.
@@ -196,23 +241,24 @@ class Poller:
             entry.subscribers = tuple(s for s in entry.subscribers if s != subscriber)
             if not entry.subscribers:
                 self._drop(entry)
-            elif entry.every and entry.every.pop(subscriber, None) is not None:
+            elif entry.res is not None and entry.res.every.pop(subscriber, None) is not None:
                 # Back to the policy's schedule (or the next tightest resolution).
                 self._reschedule(entry)
 
     def failing(self, task_id: str) -> APIMartError | None:
         """The error of `task_id`'s last poll if its polls are failing, else None."""
         entry = self._entries.get(task_id)
-        return entry.error if entry is not None else None
+        polled = entry.polled if entry is not None else None
+        return polled.error if polled is not None else None
 
     def _still_watched(self, entry: _Entry) -> bool:
         """Forget subscribers that are gone (a dropped iterator); False if none is left."""
         alive = tuple(s for s in entry.subscribers if getattr(s, "alive", True))
         if len(alive) != len(entry.subscribers):
-            if entry.every:
+            if entry.res is not None:
                 for subscriber in entry.subscribers:
                     if subscriber not in alive:
-                        entry.every.pop(subscriber, None)
+                        entry.res.every.pop(subscriber, None)
             entry.subscribers = alive
             if not alive:
                 self._drop(entry)
@@ -224,32 +270,37 @@ class Poller:
         if not self._entries:
             self._entries = {}  # a dict never shrinks: let a big watch's table go
         entry.generation += 1  # its heap item is now stale
-        # A worker's last entry lingers in its frame: it keeps no answer and no request.
-        entry.last = entry.get = None
-        if entry.scope is not None:
-            entry.scope.cancel()
+        polled, entry.polled = entry.polled, None
+        if polled is not None and polled.scope is not None:
+            polled.scope.cancel()
 
     def _schedule_at(self, entry: _Entry, policy_due: float) -> None:
         """Poll `entry` at `policy_due` (the policy's choice), or sooner if a subscriber's
         progress resolution asks for it (never sooner than `min_interval` after the
         last poll)."""
-        entry.policy_due = policy_due
-        self._push(entry, self._due(entry))
+        res = entry.res
+        if res is None:
+            self._push(entry, policy_due)
+        else:
+            res.policy_due = policy_due
+            self._push(entry, self._due(entry, res))
 
     def _reschedule(self, entry: _Entry) -> None:
         """A subscriber with a resolution came or went: move the next poll if it changes
         (not while a poll is in flight or polls are failing: those set it themselves)."""
-        if entry.scope is None and entry.error is None:
-            due = self._due(entry)
+        polled, res = entry.polled, entry.res
+        if res is not None and (polled is None or (polled.scope is None and polled.error is None)):
+            due = self._due(entry, res)
             if due != entry.due:
                 self._push(entry, due)
 
-    def _due(self, entry: _Entry) -> float:
-        due, bound = entry.policy_due, entry.bound()
+    def _due(self, entry: _Entry, res: _Resolutions) -> float:
+        due, bound = res.policy_due, entry.bound()
         if bound >= due:
             return due
-        if entry.polled_at is not None:
-            bound = max(bound, entry.polled_at + self._policy.min_interval)
+        polled_at = entry.polled.polled_at if entry.polled is not None else None
+        if polled_at is not None:
+            bound = max(bound, polled_at + self._policy.min_interval)
         return bound
 
     def _push(self, entry: _Entry, due: float) -> None:
@@ -313,18 +364,22 @@ class Poller:
                     await self._poll(entry)
 
     async def _poll(self, entry: _Entry) -> None:
-        result: Task | APIMartError | None = None
-        sent_at = entry.polled_at = self._clock.now()
-        with anyio.CancelScope() as scope:
-            entry.scope = scope
+        polled = entry.polled
+        if polled is None:
             try:
-                get = entry.get
-                if get is None:
-                    get = entry.get = TaskGet(entry.task_id)  # a bad id: ValidationError
-                result = await self._fetch(get)
+                polled = entry.polled = _Polled(entry.task_id)
+            except APIMartError as exc:  # a bad id (ValidationError): nothing is sent
+                self._fail(entry, exc)
+                return
+        result: Task | APIMartError | None = None
+        sent_at = polled.polled_at = self._clock.now()
+        with anyio.CancelScope() as scope:
+            polled.scope = scope
+            try:
+                result = await self._fetch(polled)
             except APIMartError as exc:
                 result = exc
-        entry.scope = None
+        polled.scope = None
         if result is None or self._entries.get(entry.task_id) is not entry:
             return  # nobody watches it any more
         now = self._clock.now()
@@ -332,27 +387,28 @@ class Poller:
             if _stops_watching(result):
                 self._fail(entry, result)
             else:
-                self._missed(entry, result, sent_at, now)
+                self._missed(entry, polled, result, sent_at, now)
             return
-        if entry.error is not None:
+        state = _state(entry, polled)
+        if polled.error is not None:
             log.warning("polls of task %s recovered after %d failed", entry.task_id,
-                        entry.state.misses)
-            entry.error = None
-        previous, entry.last = entry.last, result
+                        state.misses)
+            polled.error = None
+        previous, polled.last = polled.last, result
         if result.status is TaskStatus.UNKNOWN:
             # A status this SDK does not know: delivered (a newer server state must not
             # crash a watch), but counted as a failed poll, so one that never turns into
             # a known state ends under `give_up_after` instead of being polled forever.
             if previous is None or previous.raw_status != result.raw_status:
                 self._deliver(entry, _update(result))
-            self._missed(entry, DecodeError(
+            self._missed(entry, polled, DecodeError(
                 f"task {entry.task_id} answered with status {result.raw_status[:64]!r}, "
                 "unknown to this SDK", status=200, snippet=""), sent_at, now)
             return
-        observe(entry.state, now, result)
+        observe(state, now, result)
         if result.is_terminal:
-            self._learn(entry, now, result)
-            self._finish(entry, _update(result))
+            self._learn(entry, state, now, result)
+            self._finish(entry, _update(result), state.polls)
             return
         if previous is None or (previous.status, previous.progress) != (
             result.status, result.progress
@@ -361,25 +417,27 @@ class Poller:
         if result.model:
             entry.model = result.model
         stats = self._stats.get(entry.model or "")
-        if entry.state.top_reads == 2:
+        if state.top_reads == 2:
             # Learned while the model's tasks still run, not only once they end.
             stats = stats or self._model_stats(entry.model or "")
-            stats.note(entry.state)
-        self._schedule_at(entry, now + next_delay(self._policy, entry.state, now, stats))
+            stats.note(state)
+        self._schedule_at(entry, now + next_delay(self._policy, state, now, stats))
 
-    def _missed(self, entry: _Entry, error: APIMartError, sent_at: float, now: float) -> None:
+    def _missed(self, entry: _Entry, polled: _Polled, error: APIMartError, sent_at: float,
+                now: float) -> None:
         """A transient failure (left over after the transport's retries): poll again
         later, backing off, until the policy's `give_up_after`; then end the watch with
         the error."""
-        if entry.error is None:
+        if polled.error is None:
             # Once per run of failures, not per poll: an outage would flood the log.
             log.warning("polls of task %s are failing (%s: %s); trying again, backing off",
                         entry.task_id, type(error).__name__, error)
-        entry.error = error
-        delay = missed(self._policy, entry.state, sent_at, now)
+        polled.error = error
+        state = _state(entry, polled)
+        delay = missed(self._policy, state, sent_at, now)
         if delay is None:
             log.warning("gave up watching task %s: its polls failed for %gs (%s: %s)",
-                        entry.task_id, now - (entry.state.failing_since or sent_at),
+                        entry.task_id, now - (state.failing_since or sent_at),
                         type(error).__name__, error)
             self._fail(entry, error)
             return
@@ -387,7 +445,7 @@ class Poller:
 
     def _fail(self, entry: _Entry, error: APIMartError) -> None:
         """End the watch of `entry` with `error` (its last state, if read, goes along)."""
-        last = entry.last
+        last = entry.polled.last if entry.polled is not None else None
         self._finish(entry, TaskUpdate(
             task_id=entry.task_id, status=last.status if last else TaskStatus.UNKNOWN,
             progress=last.progress if last else 0, task=last, error=error,
@@ -398,17 +456,17 @@ class Poller:
         tasks so far if they were all of one model (another model's timing says nothing)."""
         return self._stats.get("") if len(self._stats) <= 2 else None
 
-    def _learn(self, entry: _Entry, now: float, task: Task) -> None:
+    def _learn(self, entry: _Entry, state: PollState, now: float, task: Task) -> None:
         """Fold a task's end into what the session knows about its model."""
         model = task.model or entry.model or ""
         stats = self._model_stats(model)
         warned = stats.fails_mid_run
-        stats.learn(entry.state, now, task)
+        stats.learn(state, now, task)
         if model:
             pooled = self._stats.get("")
             if pooled is None:
                 pooled = self._stats[""] = ModelStats()
-            pooled.learn(entry.state, now, task)
+            pooled.learn(state, now, task)
         if stats.fails_mid_run and not warned:
             self._tighten(model, now)
 
@@ -425,10 +483,11 @@ class Poller:
         to the pace `next_delay` now keeps for them."""
         due = now + self._policy.failure_interval
         for entry in self._entries.values():
-            last = entry.last
-            if (last is not None and (entry.model or "") == model
-                    and last.status is TaskStatus.PROCESSING and entry.due > due
-                    and entry.scope is None):
+            polled = entry.polled
+            if (polled is not None and polled.last is not None
+                    and (entry.model or "") == model
+                    and polled.last.status is TaskStatus.PROCESSING and entry.due > due
+                    and polled.scope is None):
                 self._schedule_at(entry, due)
 
     def _deliver(self, entry: _Entry, update: TaskUpdate) -> None:
@@ -437,13 +496,12 @@ class Poller:
         if self._on_update is not None:
             fire(self._on_update, update)
 
-    def _finish(self, entry: _Entry, update: TaskUpdate) -> None:
+    def _finish(self, entry: _Entry, update: TaskUpdate, polls: int = 0) -> None:
         if update.error is not None:
             log.debug("task %s: watching it ended with %s", entry.task_id,
                       type(update.error).__name__)
         elif update.status is TaskStatus.COMPLETED:
-            log.debug("task %s completed after %d polls", entry.task_id,
-                      entry.state.polls)
+            log.debug("task %s completed after %d polls", entry.task_id, polls)
         else:
             error = update.task.error if update.task is not None else None
             log.debug("task %s ended %s%s", entry.task_id, update.status.value,

@@ -87,7 +87,7 @@ class _EventStream(Generic[E]):
 
     # -- plumbing -----------------------------------------------------------------------
 
-    def _watch(self, task_id: str, *, started_at: float | None) -> None:
+    def _watch(self, task_id: str) -> None:
         now = self._clock.now()
         deadline = now + self._task_timeout if self._task_timeout is not None else math.inf
         # After the whole deadline, a late arrival times out at once.
@@ -96,7 +96,9 @@ class _EventStream(Generic[E]):
             self._deadlines[task_id] = deadline
         if deadline != math.inf:
             heapq.heappush(self._deadline_heap, (deadline, task_id))
-        self._engine.poller.subscribe(self._deliver, task_id, started_at=started_at,
+        # A task this session submitted waits for its first poll from its submission
+        # (the poller knows when); any other is polled at once.
+        self._engine.poller.subscribe(self._deliver, task_id, started_at=None,
                                       every=self._progress_every)
 
     def _emit(self, event: E) -> None:
@@ -277,7 +279,7 @@ class Watch(_EventStream[TaskUpdate]):
             self._started = True
             task_ids, self._task_ids = self._task_ids, []  # the poller has them now
             for task_id in task_ids:
-                self._watch(task_id, started_at=self._engine.take_submitted_at(task_id))
+                self._watch(task_id)
 
     def _on_update(self, update: TaskUpdate) -> None:
         self._emit(update)
@@ -513,7 +515,7 @@ class BatchStream(_EventStream[BatchEvent]):
         self._by_task[outcome.task_id] = (index, outcome)
         self._emit(BatchEvent(kind=EventKind.SUBMITTED, index=index, request=request,
                               submission=outcome))
-        self._watch(outcome.task_id, started_at=self._engine.take_submitted_at(outcome.task_id))
+        self._watch(outcome.task_id)
 
     def _on_update(self, update: TaskUpdate) -> None:
         found = self._by_task.get(update.task_id)

@@ -1,0 +1,135 @@
+"""What each submitted or watched task holds (#14: 100,000 tasks under 100 MB).
+
+Sizes are `sys.getsizeof` (object plus its GC header) on the CPython the suite runs on;
+each bound is the size after the saving, so undoing it fails the test.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import pickle
+import sys
+import weakref
+
+import anyio
+import pytest
+
+from apimart_async import Submission, VideoRequest
+from apimart_async._core.models import Task, TaskStatus
+from apimart_async._core.polling import PollPolicy, PollState, observe
+from apimart_async._core.wire import TaskGet, build_get_task
+from apimart_async._engine import poller as poller_module
+from apimart_async._engine.poller import Poller, _Entry, _Polled
+from apimart_async.testing import SteppedClock
+
+REQ = VideoRequest("a fox")
+
+
+def test_a_generated_idempotency_key_is_held_as_its_number() -> None:
+    # The SDK's keys (32 lower-case hex digits) are a 128-bit number (48 bytes), not a
+    # 96-byte string: 100,000 held Submissions hold 4.8 MB less. Everything public about
+    # the key is as before: the attribute, repr, equality, hashing, pickling, copying.
+    key = os.urandom(16).hex()
+    sub = Submission(task_id="task_1", request=REQ, idempotency_key=key)
+    assert sys.getsizeof(sub._key) <= 48 < sys.getsizeof(key)
+    assert sub.idempotency_key == key and type(sub.idempotency_key) is str
+    assert repr(sub) == (f"Submission(task_id='task_1', request={REQ!r}, "
+                         f"idempotency_key='{key}')")
+    twin = Submission(task_id="task_1", request=VideoRequest("a fox"), idempotency_key=key)
+    assert twin == sub and hash(twin) == hash(sub)
+    assert sub != Submission(task_id="task_1", request=REQ, idempotency_key=key[:-1] + "x")
+    for back in (pickle.loads(pickle.dumps(sub)), copy.copy(sub), copy.deepcopy(sub)):
+        assert back == sub and back.idempotency_key == key
+    with pytest.raises(AttributeError):
+        sub.idempotency_key = "other"  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("key", [
+    "", "k1", "0x" + "a" * 30, "A" * 32, "_" + "a" * 31, " " + "a" * 31, "a" * 33, "g" * 32,
+])
+def test_any_other_idempotency_key_is_kept_as_given(key: str) -> None:
+    # A key the caller chose (or an old journal's) is never rewritten: "0x..", upper
+    # case or padding would parse as a number but must come back exactly as sent.
+    sub = Submission(task_id="t", request=REQ, idempotency_key=key)
+    assert sub.idempotency_key == key and f"idempotency_key={key!r}" in repr(sub)
+    assert pickle.loads(pickle.dumps(sub)).idempotency_key == key
+
+
+def test_per_task_objects_carry_no_weak_reference_slot() -> None:
+    # One 8-byte slot less is 16 bytes less for each of these (allocations come in
+    # steps of 16): a running task's poll state and its GET. (`VideoRequest` is the
+    # caller's and public: it keeps its weak-reference slot.)
+    weakref.ref(VideoRequest("x"))
+    assert sys.getsizeof(PollState(started_at=0.0)) <= 176
+    assert sys.getsizeof(build_get_task("task_1")) <= 80
+
+
+def test_a_progress_reading_keeps_the_int_it_read() -> None:
+    # Up to three readings are kept per running task; a float made of each progress
+    # value was 32 bytes more each (the small int is shared, and the arithmetic on it is
+    # the same: the schedule replay gives identical polls).
+    state = PollState(started_at=0.0)
+    observe(state, 4.0, Task(id="t", status=TaskStatus.PROCESSING, progress=20))
+    observe(state, 8.0, Task(id="t", status=TaskStatus.PROCESSING, progress=40))
+    assert state.first == (4.0, 20) and state.last == (8.0, 40)
+    assert type(state.first[1]) is int and type(state.last[1]) is int
+
+
+def test_a_task_waiting_for_its_first_poll_holds_a_96_byte_entry() -> None:
+    # 100,000 tasks waiting for their first poll: eight slots each, nothing else. What a
+    # poll leaves (poll state, last answer, error, cancel scope, when it was sent) comes
+    # with the first poll, on the GET request itself, which is one object, not a holder
+    # and an `HttpRequest`: a running task's entry and GET are 224 bytes, were 272
+    # (entry 144, `TaskGet` 48, `HttpRequest` 80).
+    entry = _Entry("task_1", 0.0, "sora-2")
+    assert sys.getsizeof(entry) <= 96
+    assert entry.polled is None and entry.res is None
+    polled = _Polled("task_1")
+    assert polled.request is polled and polled.path == "/v1/tasks/task_1"
+    assert sys.getsizeof(entry) + sys.getsizeof(polled) <= 224
+    get = TaskGet("task_1")
+    assert get.request is get and sys.getsizeof(get) <= 88  # get_task's, were 48 + 80
+
+
+@pytest.mark.anyio
+async def test_submitted_tasks_wait_in_the_poller_bounded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The hand-over from submitting to watching is the poller's entry (submission time
+    # and model), not two tables beside it; tasks submitted and never watched are
+    # forgotten oldest first past the bound, watched ones never.
+    monkeypatch.setattr(poller_module, "_EXPECTED", 3)
+    clock = SteppedClock()
+
+    async def fetch(get: object) -> object:
+        await anyio.sleep_forever()
+
+    poller = Poller(fetch=fetch, policy=PollPolicy(), clock=clock, workers=2)  # type: ignore[arg-type]
+    async with anyio.create_task_group() as tg:
+        poller.bind(tg)
+        clock.advance(5.0)
+        poller.expect("t0", "m", 1.0)
+        poller.subscribe(lambda update: None, "t0", started_at=None)
+        entry = poller._entries["t0"]
+        # Its first poll waits from the submission (1.0), with the model known.
+        assert entry.started_at == 1.0 and entry.model == "m"
+        assert entry.due == 1.0 + PollPolicy().first_delay
+        for i in range(1, 5):
+            poller.expect(f"t{i}", "m", 5.0)
+        assert list(poller._entries) == ["t0", "t2", "t3", "t4"]  # t1 forgotten, t0 kept
+        assert poller.watched == 1
+        assert len(poller._heap) == 1  # nothing scheduled for unwatched tasks
+        tg.cancel_scope.cancel()
+    # Past a bound of 128, the oldest go 2 (128 // 64) beyond it at a time: one scan
+    # past any watched entries per three submissions, not per submission.
+    monkeypatch.setattr(poller_module, "_EXPECTED", 128)
+    poller = Poller(fetch=fetch, policy=PollPolicy(), clock=clock, workers=2)  # type: ignore[arg-type]
+    for i in range(129):
+        poller.expect(f"u{i}", "m", 0.0)
+    assert len(poller._entries) == poller._unwatched == 126
+    assert next(iter(poller._entries)) == "u3"
+    for i in range(129, 132):
+        poller.expect(f"u{i}", "m", 0.0)
+        assert len(poller._entries) == (126 if i == 131 else i - 2)
+    assert next(iter(poller._entries)) == "u6"
