@@ -133,3 +133,18 @@ async def test_submitted_tasks_wait_in_the_poller_bounded(
         poller.expect(f"u{i}", "m", 0.0)
         assert len(poller._entries) == (126 if i == 131 else i - 2)
     assert next(iter(poller._entries)) == "u6"
+
+
+def test_the_sdk_made_submission_equals_the_public_one() -> None:
+    # The engine builds the Submission of a key it made from the key's number; it must
+    # be the very value `Submission(...)` gives for the hex string.
+    from apimart_async._core.models import submission_for_key_number
+
+    request = VideoRequest("x")
+    for number in (0, 1, 2**127 + 5, 2**128 - 1):
+        made = submission_for_key_number("task_1", request, number)
+        public = Submission(task_id="task_1", request=request,
+                            idempotency_key=f"{number:032x}")
+        assert made == public and hash(made) == hash(public) and repr(made) == repr(public)
+        assert made.idempotency_key == f"{number:032x}"
+        assert pickle.loads(pickle.dumps(made)) == public and copy.copy(made) == public

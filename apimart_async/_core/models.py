@@ -276,3 +276,18 @@ class Submission:
     def __reduce__(self) -> tuple[object, tuple[str, VideoRequest, str]]:
         # Pickled by its public fields: the key travels as the string it is.
         return _submission, (self.task_id, self.request, self.idempotency_key)
+
+
+# A Submission of a key this SDK made, from the key's number: what `Submission(...)`
+# would hold for its hex string, without formatting and parsing it again per submission.
+_SUBMISSION_SLOTS = {name: Submission.__dict__[name].__set__
+                     for name in ("task_id", "request", "_key")}
+
+
+def submission_for_key_number(task_id: str, request: VideoRequest, number: int) -> Submission:
+    """The `Submission` of a task sent with the SDK-made key ``f"{number:032x}"``."""
+    made: Submission = object.__new__(Submission)
+    _SUBMISSION_SLOTS["task_id"](made, task_id)
+    _SUBMISSION_SLOTS["request"](made, request)
+    _SUBMISSION_SLOTS["_key"](made, number)
+    return made
