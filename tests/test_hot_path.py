@@ -165,3 +165,21 @@ async def test_get_task_remembers_a_bounded_number_of_tasks(server: EmulatorServ
         assert len(session._engine._recent_gets) == 256
         assert "task_299" in session._engine._recent_gets
         assert "task_0" not in session._engine._recent_gets
+
+
+async def test_a_remembered_task_cannot_be_changed_by_its_caller() -> None:
+    # `extra` is a read-only mapping, but the values in it are plain dicts: a Task with
+    # extras is read afresh every time, so one caller's change to `usage` never reaches
+    # the next call's answer.
+    clock = SteppedClock()
+    config = EmulatorConfig(planner=lambda body, index: TaskPlan(duration=10, queue_time=1))
+    async with EmulatorServer(config, clock=clock) as server, session_for(
+        server, clock=clock
+    ) as session:
+        sub = await session.submit(VideoRequest("x"))
+        clock.advance(20)
+        first = await session.get_task(sub)
+        assert first.status == "completed" and "usage" in first.extra
+        first.extra["usage"]["credits"] = 999
+        again = await session.get_task(sub)
+        assert again is not first and again.extra["usage"]["credits"] != 999

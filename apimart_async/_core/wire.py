@@ -150,7 +150,7 @@ class TaskGet(HttpRequest):
 class RememberingTaskGet(TaskGet):
     """A `TaskGet` that remembers its last successful answer: the same bytes again
     (a task polled while nothing changed, the usual poll) give the same `Task`
-    (immutable) without reading them again. It holds one answer's bytes, so it is for
+    (immutable, and without `extra`) without reading them again. It holds one answer's bytes, so it is for
     the few tasks `get_task` was asked about recently, not for every watched task."""
 
     __slots__ = ("_body", "_task")
@@ -173,8 +173,13 @@ class RememberingTaskGet(TaskGet):
             return self._task
         task = parse_task(status, body, retry_after=retry_after, secret=secret,
                           expected_id=self.task_id)
-        if status == 200:
+        # Only a Task without `extra` is handed out twice: the values inside `extra` are
+        # the caller's to change (a dict in a read-only mapping), and one caller's change
+        # must not reach the next call's answer.
+        if status == 200 and task.extra is NO_EXTRA:
             self._body, self._task = body, task
+        else:
+            self._body = self._task = None
         return task
 
 
