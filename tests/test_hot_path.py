@@ -162,9 +162,24 @@ async def test_get_task_remembers_a_bounded_number_of_tasks(server: EmulatorServ
         for i in range(300):
             with pytest.raises(NotFoundError):
                 await session.get_task(f"task_{i}")
-        assert len(session._engine._recent_gets) == 256
-        assert "task_299" in session._engine._recent_gets
-        assert "task_0" not in session._engine._recent_gets
+            if i >= 1:
+                with pytest.raises(NotFoundError):
+                    await session.get_task("task_0")  # asked again and again: kept
+        gets = session._engine._recent_gets
+        assert len(gets) == 256
+        assert "task_299" in gets and "task_0" in gets and "task_1" not in gets
+    assert session._engine._recent_gets == {}  # given back at close
+
+
+def test_only_a_small_usual_answer_is_remembered() -> None:
+    from apimart_async._core.wire import RememberingTaskGet
+
+    usual = (b'{"code": 200, "data": {"id": "task_1", "status": "processing",'
+             b' "progress": 5}}')
+    get = RememberingTaskGet("task_1")
+    assert get.parse(200, usual) is get.parse(200, usual)
+    padded = usual + b" " * 5000  # the same answer, 5 KB on the wire
+    assert get.parse(200, padded) is not get.parse(200, padded)
 
 
 async def test_a_remembered_task_cannot_be_changed_by_its_caller() -> None:

@@ -147,6 +147,9 @@ class TaskGet(HttpRequest):
                           expected_id=self.task_id)
 
 
+_REMEMBERED_BYTES = 4096
+
+
 class RememberingTaskGet(TaskGet):
     """A `TaskGet` that remembers its last successful answer: the same bytes again
     (a task polled while nothing changed, the usual poll) give the same `Task`
@@ -176,7 +179,9 @@ class RememberingTaskGet(TaskGet):
         # Only a Task without `extra` is handed out twice: the values inside `extra` are
         # the caller's to change (a dict in a read-only mapping), and one caller's change
         # must not reach the next call's answer.
-        if status == 200 and task.extra is NO_EXTRA:
+        # And only a usual answer's bytes are kept (a task answer is under 2 KB): a
+        # verbose or hostile server does not make the session hold megabytes.
+        if status == 200 and task.extra is NO_EXTRA and len(body) <= _REMEMBERED_BYTES:
             self._body, self._task = body, task
         else:
             self._body = self._task = None

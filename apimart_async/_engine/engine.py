@@ -148,6 +148,7 @@ class Engine:
         finally:
             self.state = State.CLOSED
             self._poller = None
+            self._recent_gets = {}
             self._tg = None
 
     def require_open(self) -> None:
@@ -224,12 +225,12 @@ class Engine:
     async def get_task(self, task_id: str) -> Task:
         """``GET /v1/tasks/{id}``, retried on transient errors (the id is checked first)."""
         gets = self._recent_gets
-        get = gets.get(task_id)
+        get = gets.pop(task_id, None)
         if get is None:
             get = RememberingTaskGet(task_id)  # a bad id: ValidationError, nothing sent
-            gets[task_id] = get
-            if len(gets) > _RECENT_GETS:
-                del gets[next(iter(gets))]  # the oldest
+            if len(gets) >= _RECENT_GETS:
+                del gets[next(iter(gets))]  # the one asked about least recently
+        gets[task_id] = get  # (last: the most recently asked)
         if self.state is not State.OPEN:
             self.require_open()
         task: Task = await self.transport.call(get, get.parse)
