@@ -153,8 +153,9 @@ _REMEMBERED_BYTES = 4096
 class RememberingTaskGet(TaskGet):
     """A `TaskGet` that remembers its last successful answer: the same bytes again
     (a task polled while nothing changed, the usual poll) give the same `Task`
-    (immutable, and without `extra`) without reading them again. It holds one answer's bytes, so it is for
-    the few tasks `get_task` was asked about recently, not for every watched task."""
+    (immutable, and without `extra`) without reading them again. It holds one answer's
+    bytes, so it is for the few tasks `get_task` was asked about recently, not for
+    every watched task."""
 
     __slots__ = ("_body", "_task")
 
