@@ -236,58 +236,10 @@ class Task:
         return self.expires_at is not None and now >= self.expires_at
 
 
-def _compact_key(key: object) -> object:
-    # The keys this SDK makes (32 lowercase hex digits, a 96-byte string) are kept as
-    # their 128-bit number (48 bytes): 100,000 held Submissions hold 4.8 MB less. Any
-    # other key is kept as given; the same key always takes the same form, so equality
-    # and hashing are those of the strings.
-    if type(key) is str and len(key) == 32:
-        try:
-            number = int(key, 16)
-        except ValueError:
-            return key
-        if f"{number:032x}" == key:  # not "0x...", "_", spaces or upper case
-            return number
-    return key
-
-
-def _submission(task_id: str, request: VideoRequest, idempotency_key: str) -> Submission:
-    return Submission(task_id=task_id, request=request, idempotency_key=idempotency_key)
-
-
-@attrs.frozen(kw_only=True, repr=False)
+@attrs.frozen(kw_only=True)
 class Submission:
     """An accepted submission: its task id, its request and the idempotency key it was sent with."""
 
     task_id: str
     request: VideoRequest
-    _key: object = attrs.field(default="", alias="idempotency_key", converter=_compact_key)
-
-    @property
-    def idempotency_key(self) -> str:
-        """The `Idempotency-Key` header the submission was sent with."""
-        key = self._key
-        return f"{key:032x}" if type(key) is int else key  # type: ignore[return-value]
-
-    def __repr__(self) -> str:
-        return (f"Submission(task_id={self.task_id!r}, request={self.request!r}, "
-                f"idempotency_key={self.idempotency_key!r})")
-
-    def __reduce__(self) -> tuple[object, tuple[str, VideoRequest, str]]:
-        # Pickled by its public fields: the key travels as the string it is.
-        return _submission, (self.task_id, self.request, self.idempotency_key)
-
-
-# A Submission of a key this SDK made, from the key's number: what `Submission(...)`
-# would hold for its hex string, without formatting and parsing it again per submission.
-_SUBMISSION_SLOTS = {name: Submission.__dict__[name].__set__
-                     for name in ("task_id", "request", "_key")}
-
-
-def submission_for_key_number(task_id: str, request: VideoRequest, number: int) -> Submission:
-    """The `Submission` of a task sent with the SDK-made key ``f"{number:032x}"``."""
-    made: Submission = object.__new__(Submission)
-    _SUBMISSION_SLOTS["task_id"](made, task_id)
-    _SUBMISSION_SLOTS["request"](made, request)
-    _SUBMISSION_SLOTS["_key"](made, number)
-    return made
+    idempotency_key: str = ""
