@@ -3,7 +3,9 @@ without it. (orjson decoding, on and off, is pinned in tests/test_fast_path.py.)
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 import sys
 
 import pytest
@@ -100,3 +102,21 @@ async def test_a_submission_arrives_as_the_same_json_on_both_encoders(
     assert dict(body["nested"]) == {"k": (1, 2.5, None, True)}
     assert dict(server.emulator.task(plain.task_id).body)["resolution"] == "720p"
     assert wire.encode_json({"n": 2**70}) == b'{"n": 1180591620717411303424}'
+
+
+def test_a_request_keeps_its_own_copy_of_extra() -> None:
+    # Changing the caller's nested dict after the request was built (to NaN, a datetime)
+    # cannot reach the request: it would make the body invalid JSON on one encoder and
+    # a silently different value on the other.
+    import datetime
+
+    inner: dict[str, object] = {"v": 1.5, "tags": ["a"]}
+    request = VideoRequest("x", extra={"inner": inner})
+    inner["v"] = math.nan
+    inner["when"] = datetime.datetime(2026, 1, 1)
+    inner["tags"].append("b")  # type: ignore[attr-defined]
+    assert request.to_body()["inner"] == {"v": 1.5, "tags": ["a"]}
+    for orjson in (False, True):
+        wire.use_orjson(orjson)
+        assert json.loads(wire.encode_json(request.to_body()))["inner"] == {"v": 1.5, "tags": ["a"]}
+    wire.use_orjson()

@@ -111,11 +111,13 @@ def _extra(value: object) -> Mapping[str, Any] | None:
         if key in _NAMED_FIELDS:
             raise ValidationError(f"extra[{key!r}]", "duplicates a named field; pass it directly")
     try:
-        json.dumps(dict(value), allow_nan=False)
+        text = json.dumps(dict(value), allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise ValidationError("extra", f"must be JSON-serialisable ({exc})") from None
-    # A read-only copy, so a frozen request cannot change under the caller's feet.
-    return types.MappingProxyType(dict(value))
+    # A read-only copy of the JSON value itself, nested values included: what the caller
+    # changes in its own dicts and lists later cannot reach the request (nor make its
+    # body differ between the JSON encoders, or stop being JSON).
+    return types.MappingProxyType(json.loads(text))
 
 
 @attrs.frozen
