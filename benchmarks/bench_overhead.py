@@ -6,7 +6,10 @@ orjson). Each makes calls at concurrency C of ``GET /v1/tasks/{id}`` (decoding t
 answer; the SDK also checks it into a `Task`) or ``POST /v1/videos/generations`` (a JSON
 body and an Idempotency-Key; the SDK reads the task id). Operations:
 
-- ``get``: one task whose answer does not change between polls (the usual poll);
+- ``get``: one task whose answer does not change between polls (the usual poll); the
+  SDK's `get_task` gives back the `Task` it read last time for the same bytes, where
+  raw aiohttp and httpx decode every answer (the session's watch/wait polls do not:
+  their answers are read each time);
 - ``get-changing``: the answer changes at every poll (status and progress move): no
   client can reuse what it read last time;
 - ``post``: submissions.
@@ -374,6 +377,9 @@ async def main(args: argparse.Namespace) -> None:
           f"{', cores pinned' if pinned else ''} ({machine()})")
     print("x raw: median of paired ratios (stock-loop clients: adjacent blocks in one process;"
           " speed-extra clients: per round, against the stock-loop process); p10-p90 range.")
+    print("GET polls one task whose answer does not change: get_task gives back the Task it"
+          " read last time (raw aiohttp and httpx decode every answer). GET-CHANGING: the"
+          " answer changes at every call, nothing can be reused.")
     print(table(
         ["op", "client", "requests/s", "CPU/request us", "x raw throughput (median)",
          "p10-p90", "x raw CPU (median)", "x same-loop raw throughput"],
