@@ -31,6 +31,7 @@ from ._core.outputs import numbered_name
 from ._core.polling import PollPolicy
 from ._core.retry import RetryPolicy
 from ._core.validation import (
+    check_idempotency_key,
     require_finite_positive_or_none,
     require_positive_or_none,
     require_whole_number,
@@ -228,7 +229,8 @@ class Session:
         exist and be billed, so look before submitting again.
         """
         request = _check_request("request", request)
-        return await self._engine.submit(request, key=idempotency_key)
+        key = check_idempotency_key("idempotency_key", idempotency_key)
+        return await self._engine.submit(request, key=key)
 
     async def submit_many(
         self,
@@ -249,6 +251,9 @@ class Session:
             raise ValidationError(
                 "idempotency_keys", f"has {len(idempotency_keys)} keys for {len(items)} requests"
             )
+        if idempotency_keys is not None:
+            for i, given in enumerate(idempotency_keys):
+                check_idempotency_key(f"idempotency_keys[{i}]", given)
         self._engine.require_open()
         # A list, not a dict by index: 100,000 outcomes cost 8 bytes each, not ~50.
         outcomes: list[Submission | APIMartError | None] = [None] * len(items)

@@ -301,3 +301,26 @@ def test_session_arguments_are_validated(kwargs: dict[str, object], field: str) 
     with pytest.raises(ValidationError) as info:
         Session(KEY, **kwargs)  # type: ignore[arg-type]
     assert info.value.field == field
+
+
+@pytest.mark.parametrize(("key", "problem"), [
+    ("", "must not be empty"),
+    (" k1", "must not start or end with a space"),
+    ("k1\r\nX-Evil: 1", "printable ASCII"),
+    ("clé", "printable ASCII"),
+    ("k" * 256, "at most 255"),
+    (5, "must be a string"),
+])
+async def test_a_bad_idempotency_key_is_refused_before_anything_is_sent(
+    server: EmulatorServer, key: object, problem: str
+) -> None:
+    async with session_for(server) as s:
+        with pytest.raises(ValidationError, match=problem) as caught:
+            await s.submit(REQ, idempotency_key=key)  # type: ignore[arg-type]
+        assert caught.value.field == "idempotency_key"
+        with pytest.raises(ValidationError, match=problem) as caught:
+            await s.submit_many([REQ, REQ], idempotency_keys=["ok-1", key])  # type: ignore[list-item]
+        assert caught.value.field == "idempotency_keys[1]"
+        sub = await s.submit(REQ, idempotency_key="my key-1")  # inner spaces are fine
+        assert sub.idempotency_key == "my key-1"
+    assert server.stats.submissions == 1

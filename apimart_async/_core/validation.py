@@ -16,6 +16,7 @@ from .errors import ValidationError
 
 __all__ = [
     "MAX_IMAGE_BYTES",
+    "check_idempotency_key",
     "check_http_url",
     "check_image_url",
     "require_finite_positive_or_none",
@@ -31,6 +32,27 @@ def check_http_url(field: str, value: object) -> str:
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValidationError(field, f"must be an absolute http(s) URL, got {value!r}")
+    return value
+
+
+def check_idempotency_key(field: str, value: object) -> str | None:
+    """`value` if it is None or a usable ``Idempotency-Key`` header value, else a
+    `ValidationError`: sent as given, so it must be printable ASCII (no line break could
+    add a header), without spaces at its ends (a header value loses them on the way,
+    and the key recorded must be the key sent), 1 to 255 characters."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ValidationError(field, f"must be a string, got {type(value).__name__}")
+    if not value:
+        raise ValidationError(field, "must not be empty (pass None for a new random key)")
+    if len(value) > 255:
+        raise ValidationError(field, f"must be at most 255 characters, got {len(value)}")
+    bad = next((c for c in value if not " " <= c <= "~"), None)
+    if bad is not None:
+        raise ValidationError(field, f"must be printable ASCII, got the character {bad!r}")
+    if value != value.strip():
+        raise ValidationError(field, f"must not start or end with a space, got {value!r}")
     return value
 
 
