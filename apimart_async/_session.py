@@ -227,6 +227,10 @@ class Session:
         Retried only when the server surely did not create the task. After an
         ambiguous failure the error has ``submission_ambiguous`` set: the task may
         exist and be billed, so look before submitting again.
+
+        `idempotency_key` (default: 128 random bits as hex) is sent as the
+        ``Idempotency-Key`` header of every attempt: printable ASCII, 1 to 255
+        characters, no spaces at its ends.
         """
         request = _check_request("request", request)
         key = check_idempotency_key("idempotency_key", idempotency_key)
