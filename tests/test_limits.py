@@ -231,6 +231,53 @@ def test_the_learned_rate_converges_on_the_servers() -> None:
     assert learner.rate == pytest.approx(20.0, rel=0.02)
 
 
+def test_after_a_storm_of_429s_the_pace_comes_back_within_a_few_requests() -> None:
+    # A gateway refused six requests in a row, none accepted between them, after a
+    # caller had sent nine at ~3/s; every request is accepted after. Read as a token
+    # bucket, each 429 said "slower than 1 / gap": the estimate fell under the 0.2/s
+    # floor, and the pace stayed there (a request every 5 s for minutes).
+    learner, now = RateLearner(), 0.0
+
+    def send(accepted: bool) -> float:
+        nonlocal now
+        start, ticket, _ = learner.claim(now)
+        now = max(now, start)
+        if accepted:
+            learner.on_accepted(ticket, now)
+        else:
+            learner.on_throttled(ticket, now, None)
+        return now
+
+    for _ in range(9):
+        send(True)
+        now += 0.33
+    for _ in range(6):
+        send(False)
+    gaps = []
+    for _ in range(10):
+        before = now
+        gaps.append(send(True) - before)
+    assert max(gaps[2:]) < 0.1, gaps
+
+
+@pytest.mark.parametrize(("rate", "burst"), [(0.5, 1), (0.5, 5), (1.0, 3)])
+def test_a_slow_bucket_above_the_floor_is_still_learned(rate: float, burst: int) -> None:
+    # Zero-accept spans against a truly slow bucket must not be mistaken for a storm
+    # for ever: the batch still finishes near the floor, with few 429s.
+    n = 40
+    makespan, throttled = run_batch(RateLearner(), Bucket(rate, burst), n)
+    assert makespan <= 1.25 * (n - burst) / rate
+    assert throttled <= 15
+
+
+def test_a_bucket_under_the_floor_restarts_learning_at_most_once_a_minute() -> None:
+    # 0.1/s is under the 0.2/s floor: every fresh start ramps into a few 429s, so they
+    # are a minute apart (restarting at every sub-floor estimate cost 76 429s here).
+    makespan, throttled = run_batch(RateLearner(), Bucket(0.1, 1), 10)
+    assert throttled <= 30
+    assert makespan <= 1.25 * 9 / 0.1
+
+
 # -- Limits -------------------------------------------------------------------------------
 
 @pytest.mark.anyio

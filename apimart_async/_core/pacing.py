@@ -29,8 +29,11 @@ within a span `d` need ``rate >= (k - burst) / d``.)
   bucket absorbs a longer lag), so a rate learned too low is raised back before the
   bucket overflows; the next 429 then comes after a span several times longer and
   narrows the estimate again. The 429s this costs grow with the logarithm of the batch's
-  length. A bucket of one or two tokens has none spare for the network's jitter, so
-  there each 429 also widens the pace's berth from the rate (`margin`, up to 5 %).
+  length. An estimate under `min_rate` (429s with nothing accepted between them: a
+  gateway's storm, likelier than a bucket that slow) starts learning afresh, as after a
+  first 429, at most once a minute. A bucket of one or two tokens has none spare for
+  the network's jitter, so there each 429 also widens the pace's berth from the rate
+  (`margin`, up to 5 %).
 
 A `Retry-After` hint longer than the header's one-second granularity pauses every
 request until it passes; a hint of one second is what any token bucket answers (the next
@@ -48,6 +51,9 @@ import math
 from collections import deque
 
 __all__ = ["RateLearner"]
+
+# Seconds between two fresh starts of learning from under the floor (a storm of 429s).
+_RESTART_EVERY = 60.0
 
 
 class RateLearner:
@@ -125,6 +131,8 @@ class RateLearner:
         self._last_accept = -math.inf
         self._prev_slot = -math.inf
         self._max_gap = 0.0
+        # When learning last started afresh from under the floor (a storm of 429s).
+        self._restarted_at = -math.inf
 
     # -- what the caller asks ------------------------------------------------------------
 
@@ -297,8 +305,22 @@ class RateLearner:
             if max(lo, old_lo) <= min(hi, old_hi):
                 lo, hi = max(lo, old_lo), min(hi, old_hi)
         estimate = min(max(estimate, lo), hi)
-        if not estimate > 0:
-            estimate = self.min_rate
+        if not estimate >= self.min_rate and ticket - self._restarted_at >= _RESTART_EVERY:
+            # Under the floor: 429s with (nearly) nothing accepted between them, each a
+            # longer gap after the one before. A bucket that slow is below what the
+            # session paces at anyway; far likelier the server refused everything for a
+            # while (a gateway's storm), which the growing gaps have waited out. Learn
+            # afresh from here, as after a first 429 (a ramp from the floor), instead of
+            # pacing at the floor and creeping up from it at the square of a tiny rate.
+            # (Once a minute at most: a bucket truly under the floor pays a ramp's
+            # 429s a minute, not one every few requests.)
+            self._restarted_at = ticket
+            self.rate = None
+            self._uncertainty = 0.0
+            self._ref, self._since_ref, self._max_gap = ticket, 0, 0.0
+            self._ramp_pace = self.min_rate
+            self._settle(ticket)
+            return
         self.rate = estimate
         # How far off the estimate may be sets how fast the pace probes upward.
         self._span = span
