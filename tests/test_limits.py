@@ -311,6 +311,21 @@ async def test_an_unlimited_session_takes_the_fast_path_once_the_window_is_open(
     limits.release()
 
 
+@pytest.mark.anyio
+async def test_done_counts_every_answer_on_the_fast_path_too() -> None:
+    # `done` (one call per answered attempt) skips the pacing bookkeeping when nothing is
+    # paced, but still counts the accept: the first 429 takes the burst from the count.
+    clock = FakeClock(100.0)
+    limits = Limits(max_concurrency=8, clock=clock)
+    for _ in range(40):
+        limits.done(await limits.acquire())
+    assert limits.rate.window is None and limits.try_acquire() is not None  # fast path
+    limits.done(100.0)
+    assert limits.rate.accepted == 41
+    limits.rate.on_throttled(100.0, 100.0, None)
+    assert limits.rate.burst == 41
+
+
 def test_no_sleep_at_all_when_the_clock_is_already_past_the_slot() -> None:
     clock = FakeClock(100.0)
     limits = Limits(max_concurrency=4, rps=10.0, clock=clock)

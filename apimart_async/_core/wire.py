@@ -175,8 +175,7 @@ class RememberingTaskGet(TaskGet):
         """`TaskGet.parse`, or the `Task` of the last answer when these are its bytes."""
         if status == 200 and body == self._body and self._task is not None:
             return self._task
-        task = parse_task(status, body, retry_after=retry_after, secret=secret,
-                          expected_id=self.task_id)
+        task = super().parse(status, body, retry_after=retry_after, secret=secret)
         # Only a Task without `extra` is handed out twice: the values inside `extra` are
         # the caller's to change (a dict in a read-only mapping), and one caller's change
         # must not reach the next call's answer.
@@ -717,14 +716,17 @@ def _extra(data: Mapping[str, Any], secret: str | None) -> Mapping[str, Any]:
 _NOTHING = object()
 # The fields of the usual answer: modelled, or constant.
 _USUAL_FIELDS = _MODELLED | frozenset(_CONSTANT)
-_OBJECT, _TYPE = _CONSTANT["object"], _CONSTANT["type"]
+_CONSTANT_ITEMS = tuple(_CONSTANT.items())
 
 
 def _constants_documented(data: Mapping[str, Any]) -> bool:
-    # The constant fields, where present, hold their documented values.
-    documented: bool = (data.get("object", _OBJECT) == _OBJECT
-                        and data.get("type", _TYPE) == _TYPE)
-    return documented
+    # The constant fields, where present, hold their documented values. (A loop, not
+    # all() over a generator: this runs for every answer, and the generator costs more
+    # than the two comparisons.)
+    for key, value in _CONSTANT_ITEMS:  # noqa: SIM110
+        if data.get(key, value) != value:
+            return False
+    return True
 
 
 def _scrub_deep(value: Any, secret: str | None) -> Any:
