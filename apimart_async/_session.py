@@ -232,9 +232,11 @@ class Session:
         ``Idempotency-Key`` header of every attempt: printable ASCII, 1 to 255
         characters, no spaces at its ends.
         """
-        request = _check_request("request", request)
-        key = check_idempotency_key("idempotency_key", idempotency_key)
-        return await self._engine.submit(request, key=key)
+        if type(request) is not VideoRequest:  # (the usual request: one check, inline)
+            request = _check_request("request", request)
+        if idempotency_key is not None:
+            check_idempotency_key("idempotency_key", idempotency_key)
+        return await self._engine.submit(request, key=idempotency_key)
 
     async def submit_many(
         self,

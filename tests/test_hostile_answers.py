@@ -59,6 +59,39 @@ async def test_a_gzip_bomb_answer_is_capped_after_inflation(server: EmulatorServ
     assert peak < 8 << 20, f"peak {peak / 2**20:.1f} MiB"
 
 
+async def test_a_stated_length_over_the_cap_is_refused_unread(server: EmulatorServer) -> None:
+    # The usual answer states its length: one over the cap is refused before a byte of
+    # its body is read (not read to the cap, nor whole).
+    async with session_for(server, retry=ONCE) as s:
+        task_id = await submitted(s)
+        server.emulator.inject("task", Fault.huge_answer(100 << 20, framed=True))
+        tracemalloc.start()
+        try:
+            with anyio.fail_after(HANG), pytest.raises(DecodeError, match="1048576-byte cap"):
+                await s.get_task(task_id)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    assert peak < 2 << 20, f"peak {peak / 2**20:.1f} MiB"
+
+
+async def test_a_gzip_bomb_under_the_cap_on_the_wire_is_capped_after_inflation(
+    server: EmulatorServer,
+) -> None:
+    # ~270 KB on the wire, stated, under the cap: only what it inflates to is counted.
+    async with session_for(server, retry=ONCE) as s:
+        task_id = await submitted(s)
+        server.emulator.inject("task", Fault.gzip(bomb=True, inflated=256 << 20))
+        tracemalloc.start()
+        try:
+            with anyio.fail_after(HANG), pytest.raises(DecodeError, match="cap"):
+                await s.get_task(task_id)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    assert peak < 8 << 20, f"peak {peak / 2**20:.1f} MiB"
+
+
 async def test_a_small_gzipped_answer_is_read(server: EmulatorServer) -> None:
     async with session_for(server, retry=ONCE) as s:
         task_id = await submitted(s)
@@ -129,3 +162,16 @@ async def test_one_task_id_for_two_batch_items_both_end_never_hang(
             )
     states = [item.state.value for item in report.items]
     assert len(states) == 2 and all(st in ("downloaded", "failed") for st in states), states
+
+
+def test_the_new_fault_options_are_checked_and_described() -> None:
+    assert Fault.huge_answer(5000, framed=True).describe() == (
+        "Fault.huge_answer(5000, framed=True)")
+    assert Fault.huge_answer(5000).describe() == "Fault.huge_answer(5000)"
+    assert Fault.gzip(bomb=True).describe() == "Fault.gzip(bomb=True)"
+    assert Fault.gzip(bomb=True, inflated=256 << 20).describe() == (
+        f"Fault.gzip(bomb=True, inflated={256 << 20})")
+    with pytest.raises(ValueError, match="inflated must be whole MiB"):
+        Fault.gzip(bomb=True, inflated=(1 << 20) + 1)
+    with pytest.raises(ValueError, match="size must be"):
+        Fault.huge_answer(0)

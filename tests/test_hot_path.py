@@ -7,6 +7,7 @@ import sys
 import weakref
 from collections import Counter
 
+import attrs
 import pytest
 
 from apimart_async import NotFoundError, Submission, VideoRequest
@@ -198,3 +199,20 @@ async def test_a_remembered_task_cannot_be_changed_by_its_caller() -> None:
         first.extra["usage"]["credits"] = 999
         again = await session.get_task(sub)
         assert again is not first and again.extra["usage"]["credits"] != 999
+
+
+def test_a_submission_request_built_by_its_slots_is_the_checked_constructors() -> None:
+    # build_submit fills the frozen class's slots itself: the result must be the very
+    # request the keyword constructor builds, still frozen.
+    from apimart_async._core.wire import SUBMIT_PATH, HttpRequest, build_submit
+
+    request = VideoRequest("a fox", duration=10, extra={"resolution": "1080p"})
+    built = build_submit(request, idempotency_key="k-1")
+    assert built == HttpRequest(
+        method="POST", path=SUBMIT_PATH, json=request.to_body(),
+        headers={"Idempotency-Key": "k-1", "Content-Type": "application/json"},
+        idempotent=False,
+    )
+    assert built.params == {}
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        built.path = "/elsewhere"  # type: ignore[misc]

@@ -74,13 +74,29 @@ def build_submit(request: VideoRequest, *, idempotency_key: str) -> HttpRequest:
     The `Idempotency-Key` header is stable across the retries of one submission, so
     a server or gateway that honours it can drop the duplicates.
     """
-    return HttpRequest(
-        method="POST",
-        path=SUBMIT_PATH,
-        json=request.to_body(),
-        headers={"Idempotency-Key": idempotency_key, "Content-Type": "application/json"},
-        idempotent=False,
-    )
+    # Built for every submission: the slots are filled directly (0.3 us against 0.8 for
+    # the frozen class's keyword __init__), with the same values it would check nothing of.
+    post = _new_request(HttpRequest)
+    _set_method(post, "POST")
+    _set_path(post, SUBMIT_PATH)
+    _set_json(post, request.to_body())
+    _set_params(post, _NO_PARAMS)
+    _set_headers(post, {"Idempotency-Key": idempotency_key, "Content-Type": "application/json"})
+    _set_idempotent(post, False)
+    return post
+
+
+_new_request = object.__new__
+_NO_PARAMS: Mapping[str, str] = types.MappingProxyType({})
+_REQUEST_SETTERS = {
+    field.name: HttpRequest.__dict__[field.name].__set__ for field in attrs.fields(HttpRequest)
+}
+_set_method, _set_path, _set_json = (
+    _REQUEST_SETTERS["method"], _REQUEST_SETTERS["path"], _REQUEST_SETTERS["json"])
+_set_params, _set_headers, _set_idempotent = (
+    _REQUEST_SETTERS["params"], _REQUEST_SETTERS["headers"], _REQUEST_SETTERS["idempotent"])
+if len(_REQUEST_SETTERS) != 6:
+    raise ImportError("HttpRequest's fields changed: update build_submit in _core/wire.py")
 
 
 _BAD_ID = re.compile(r"[\s/]")
@@ -471,9 +487,13 @@ def parse_submit(
     """The task id from a submission answer (``data`` is a one-item list)."""
     data = decode(status, body, retry_after=retry_after, secret=secret)
     item = data[0] if isinstance(data, list) and data else data
-    if (type(item) is dict and type(item.get("task_id")) is str
+    if (type(item) is dict and type(task_id := item.get("task_id")) is str
             and type(item.get("status", "")) is str):
-        task_id: str = item["task_id"]  # the usual answer: what the converter would give
+        # The usual answer (what the converter would give) with a plain id that does
+        # not hold the key: every check of `_answered_id` below, inline.
+        if task_id and _PLAIN_ID.issuperset(task_id) and not (
+                secret and len(secret) >= 8 and secret in task_id):
+            return task_id
     else:
         try:
             task_id = converter.structure(item, _WireSubmitted).task_id

@@ -412,15 +412,17 @@ _BOMB_MEMBER = 1 << 20
 _bomb_cache: list[bytes] = []
 
 
-def _gzip_bomb(head: bytes) -> bytes:
-    """~1 MB of gzip that inflates to 1 GiB: the video's first bytes, then zeros.
+def _gzip_bomb(head: bytes, inflated: int = 1 << 30) -> bytes:
+    """Gzip that inflates to `inflated` bytes (whole MiB; ~1 KB of gzip a MiB): the
+    video's first bytes, then zeros.
 
     Concatenated gzip members (RFC 1952 allows it) of one compressed MiB of zeros each,
     so building it costs one MiB of compression, not a GiB."""
     if not _bomb_cache:
-        zeros = gzip.compress(bytes(_BOMB_MEMBER), compresslevel=9, mtime=0)
-        _bomb_cache.append(zeros * 1023)
-    return gzip.compress(head + bytes(_BOMB_MEMBER - len(head)), mtime=0) + _bomb_cache[0]
+        _bomb_cache.append(gzip.compress(bytes(_BOMB_MEMBER), compresslevel=9, mtime=0))
+    members = max(1, inflated // _BOMB_MEMBER)
+    return (gzip.compress(head + bytes(_BOMB_MEMBER - len(head)), mtime=0)
+            + _bomb_cache[0] * (members - 1))
 
 
 def _hostile_answer(
@@ -454,12 +456,15 @@ async def _bulky_answer(
     streamed unframed by length, or a gzip bomb (~1 MB inflating to 1 GiB)."""
     text = json.dumps(answer).encode()
     if fault.kind == "gzip":
-        body = _gzip_bomb(text) if fault.hard else gzip.compress(text, mtime=0)
+        body = _gzip_bomb(text, fault.status) if fault.hard else gzip.compress(text, mtime=0)
         return web.Response(body=body, headers={
             "Content-Type": "application/json", "Content-Encoding": "gzip",
         })
     response = web.StreamResponse(status=200, headers={"Content-Type": "application/json"})
-    response.enable_chunked_encoding()
+    if fault.hard:  # framed: the length stated up front
+        response.content_length = max(fault.status, len(text))
+    else:
+        response.enable_chunked_encoding()
     await response.prepare(request)
     try:
         await response.write(text[:-1])
@@ -481,7 +486,7 @@ async def _hostile_body(
     """The file host's hostile bodies: gzip (or a gzip bomb), endless, drip, and a cut
     body without framing. Each answers 200 whatever Range asked for."""
     if fault.kind == "gzip":
-        body = _gzip_bomb(video[:64]) if fault.hard else gzip.compress(video, mtime=0)
+        body = _gzip_bomb(video[:64], fault.status) if fault.hard else gzip.compress(video, mtime=0)
         return web.Response(body=body, headers={
             "Content-Type": "video/mp4", "Content-Encoding": "gzip",
         })

@@ -50,6 +50,10 @@ _RANGE_KINDS = frozenset({"ignore_range", "short_range", "wrong_range"})
 _REDIRECTS = (301, 302, 303, 307, 308)
 
 
+# What a gzip bomb inflates to unless told: 1 GiB.
+_BOMB_INFLATED = 1 << 30
+
+
 def _check_int(name: str, value: object, low: int, high: int, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
         raise ValueError(f"{name} must be {what} ({low}..{high}), got {value!r}")
@@ -108,11 +112,15 @@ class Fault:
         if self.kind == "cut_unframed":
             return f"Fault.cut_unframed({self.fraction})"
         if self.kind == "gzip":
-            return "Fault.gzip(bomb=True)" if self.hard else "Fault.gzip()"
+            if not self.hard:
+                return "Fault.gzip()"
+            if self.status != _BOMB_INFLATED:
+                return f"Fault.gzip(bomb=True, inflated={self.status})"
+            return "Fault.gzip(bomb=True)"
         if self.kind in ("result_url", "answer_id"):
             return f"Fault.{self.kind}({self.value!r})"
         if self.kind == "huge_answer":
-            return f"Fault.huge_answer({self.status})"
+            return f"Fault.huge_answer({self.status}{', framed=True' if self.hard else ''})"
         if self.kind == "task_status":
             return f"Fault.task_status({None if self.hard else self.value!r})"
         if self.kind == "html":
@@ -197,11 +205,16 @@ class Fault:
         return cls(kind="redirect", status=status, location=location)
 
     @classmethod
-    def gzip(cls, *, bomb: bool = False) -> Fault:
+    def gzip(cls, *, bomb: bool = False, inflated: int = _BOMB_INFLATED) -> Fault:
         """Send the body gzip-encoded (``Content-Encoding: gzip``) whatever the request
-        accepted; with `bomb`, a ~1 MB body that inflates to 1 GiB. On the download route
-        the body is the video; on the task route, the task answer's JSON."""
-        return cls(kind="gzip", hard=bomb)
+        accepted; with `bomb`, a body that inflates to `inflated` bytes (whole MiB;
+        default 1 GiB from ~1 MB; 256 MiB from ~270 KB, under a client's cap for what
+        it reads on the wire). On the download route the body is the video; on the task
+        route, the task answer's JSON."""
+        _check_int("Fault.gzip: inflated", inflated, 1 << 20, 1 << 40, "a size in bytes")
+        if inflated % (1 << 20):
+            raise ValueError(f"Fault.gzip: inflated must be whole MiB, got {inflated!r}")
+        return cls(kind="gzip", hard=bomb, status=inflated)
 
     @classmethod
     def endless(cls) -> Fault:
@@ -234,10 +247,12 @@ class Fault:
         return cls(kind="answer_id", value=task_id)
 
     @classmethod
-    def huge_answer(cls, size: int = 100 << 20) -> Fault:
+    def huge_answer(cls, size: int = 100 << 20, *, framed: bool = False) -> Fault:
         """Task only: the answer is the task's JSON padded with spaces to `size` bytes,
-        streamed without ``Content-Length`` (a client must stop reading at its cap)."""
-        return cls(kind="huge_answer", status=size)
+        streamed without ``Content-Length`` (a client must stop reading at its cap), or
+        with `framed`, stating its length up front (a client can refuse it unread)."""
+        _check_int("Fault.huge_answer: size", size, 1, 1 << 40, "a size in bytes")
+        return cls(kind="huge_answer", status=size, hard=framed)
 
     @classmethod
     def task_status(cls, status: str | None) -> Fault:
