@@ -343,3 +343,38 @@ def test_a_429d_request_waits_for_its_paced_slot_not_a_one_second_hint() -> None
     assert limits.retry_delay(None, 0.4) == 0.0
     # A longer hint is the server's word, and the retry policy's delay honours it.
     assert limits.retry_delay(5.0, 5.0) == 5.0
+
+
+class LateClock(FakeClock):
+    """A stepped clock whose every other sleep ends `late` seconds after it was due: the
+    event loop busy elsewhere when the timer fired."""
+
+    def __init__(self, late: float) -> None:
+        super().__init__()
+        self.late, self.sleeps = late, 0
+
+    async def sleep(self, seconds: float) -> None:
+        self.sleeps += 1
+        await super().sleep(seconds + (self.late if self.sleeps % 2 else 0.0))
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("burst", [1, 10])
+async def test_a_late_wake_is_not_caught_up_where_no_token_is_spare(burst: int) -> None:
+    # A bucket of one token: a request that went 10 ms late and the next going on time
+    # would reach the server 40 ms apart at 20/s, and the second would meet a 429. A
+    # bigger bucket's spare token absorbs that, so there the pace catches up.
+    clock = LateClock(late=0.010)
+    limits = Limits(max_concurrency=1, rps=20, burst=burst, clock=clock)
+    sent = []
+    for _ in range(burst + 8):
+        ticket = await limits.acquire()
+        sent.append(clock.now())
+        limits.done(ticket)
+    gaps = [b - a for a, b in zip(sent[burst:-1], sent[burst + 1:], strict=True)]
+    if burst == 1:
+        assert min(gaps) >= 1 / 20
+    else:
+        assert min(gaps) < 1 / 20  # caught up: the spare token covers it
+        # ... and the whole run is no later than the schedule (plus one late wake).
+        assert sent[-1] - sent[burst] <= 7 / (20 * (1 - limits.rate.margin)) + 0.011

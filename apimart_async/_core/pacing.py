@@ -181,6 +181,20 @@ class RateLearner:
             self._ramp_pace = p + math.log(2.0) / self.ramp
         return start, start, self.epoch
 
+    def sent(self, ticket: float, now: float) -> None:
+        """The request claimed for `ticket` went at `now` (its wait ended late).
+
+        A bucket of one token keeps nothing spare: a request that went late and the
+        next one going on time would reach the server closer than one interval apart,
+        and the second would meet a 429. So there the next slot is an interval after
+        the late one, not after its ticket (the time lost is not caught up). A bigger
+        bucket's spare token absorbs the lateness: nothing changes.
+        """
+        if self.burst <= 1 and now > ticket:
+            p = self.pace(now)
+            if p is not None:
+                self._tat = max(self._tat, now + self._interval(p))
+
     def _tolerance(self, p: float) -> float:
         # Before any 429 the mirror bucket holds `burst` tokens: the server's burst.
         # (Less one, when it has more: a spare token absorbs the network's jitter.)

@@ -147,6 +147,7 @@ class Limits:
                 return ticket
             await self._time.sleep(wait)
             if rate.epoch == epoch:
+                rate.sent(ticket, self._time.now())
                 return ticket
             # A 429 changed the pace while we waited: that slot was spaced for the old one.
 
