@@ -35,6 +35,10 @@ within a span `d` need ``rate >= (k - burst) / d``.)
   the network's jitter, so there each 429 also widens the pace's berth from the rate
   (`margin`, up to 5 %).
 
+At a bucket of one token (given or learned) a request whose wait for its slot ended
+late (`sent`) pushes the next slot an interval past when it went: with nothing spare,
+a late request followed by an on-time one would reach the server too close together.
+
 A `Retry-After` hint longer than the header's one-second granularity pauses every
 request until it passes; a hint of one second is what any token bucket answers (the next
 token is less than a second away), so it only seeds the first guess of the rate (and
