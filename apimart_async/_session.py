@@ -12,9 +12,6 @@ from typing import TYPE_CHECKING, cast
 import anyio
 import attrs
 
-from ._batch.fleet import WorkerOutcome, run_worker
-from ._batch.pg import PgJournal, is_pg_url
-from ._batch.runner import BatchItem, BatchReport, ItemResult, check_max_spend, run_batch
 from ._core.balance import Balance
 from ._core.config import (
     DEFAULT_BASE_URL,
@@ -46,6 +43,9 @@ from ._io.stats import SessionStats
 
 if TYPE_CHECKING:
     import aiohttp
+
+    from ._batch.fleet import WorkerOutcome
+    from ._batch.runner import BatchItem, BatchReport, ItemResult
 
 __all__ = ["Session"]
 
@@ -497,6 +497,11 @@ class Session:
         refused and it raises `WorkerFencedError`. `on_change` then follows the journal
         (twice a second), whichever worker moves an item.
         """
+        # The batch modules (runner, journals, fleet) load on first use: a session
+        # that never runs a batch does not carry them (#14).
+        from ._batch.pg import is_pg_url
+        from ._batch.runner import run_batch
+
         self._engine.require_open()
         where: Path | str | None = None
         if is_pg_url(journal):
@@ -531,6 +536,10 @@ class Session:
         this worker dead (it was silent for longer than `lease` seconds). A batch started
         with `max_spend` keeps its cap for every worker; `max_spend` here sets it anew.
         """
+        from ._batch.fleet import run_worker
+        from ._batch.pg import PgJournal, is_pg_url
+        from ._batch.runner import check_max_spend
+
         self._engine.require_open()
         if not is_pg_url(journal):
             raise ValidationError(
