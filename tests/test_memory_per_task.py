@@ -6,6 +6,7 @@ each bound is the size after the saving, so undoing it fails the test.
 
 from __future__ import annotations
 
+import gc
 import pickle
 import sys
 import weakref
@@ -57,17 +58,26 @@ def test_a_progress_reading_keeps_the_int_it_read() -> None:
 def test_a_task_waiting_for_its_first_poll_holds_a_96_byte_entry() -> None:
     # 100,000 tasks waiting for their first poll: eight slots each, nothing else. What a
     # poll leaves (poll state, last answer, error, cancel scope, when it was sent) comes
-    # with the first poll, on the GET request itself, which is one object, not a holder
-    # and an `HttpRequest`: a running task's entry and GET are 224 bytes, were 272
-    # (entry 144, `TaskGet` 48, `HttpRequest` 80).
+    # with the first poll, in one object.
     entry = _Entry("task_1", 0.0, "sora-2")
     assert sys.getsizeof(entry) <= 96
     assert entry.polled is None and entry.res is None
-    polled = _Polled("task_1")
-    assert polled.request is polled and polled.path == "/v1/tasks/task_1"
-    assert sys.getsizeof(entry) + sys.getsizeof(polled) <= 224
     get = TaskGet("task_1")
     assert get.request is get and sys.getsizeof(get) <= 88  # get_task's, were 48 + 80
+
+
+def test_a_running_task_keeps_no_get_request_and_one_poll_state_object() -> None:
+    # A running task's poll state is its poller's own object (`PollState` with four
+    # slots more, 208 bytes), and no GET request with its path is kept between polls
+    # (built per poll, ~1 us): entry + poll state + request + path were 96 + 176 + 128
+    # + ~90 bytes, now 96 + 208.
+    polled = _Polled(5.0)
+    assert isinstance(polled, PollState) and polled.started_at == 5.0
+    assert polled.answer is None and polled.error is None and polled.polls == 0
+    assert not hasattr(polled, "path") and not hasattr(polled, "__dict__")
+    assert sys.getsizeof(_Entry("task_1", 0.0)) + sys.getsizeof(polled) <= 96 + 208
+    # Nothing of the request outlives the poll: only the entry's id refers to the task.
+    assert not [o for o in gc.get_referents(polled) if isinstance(o, (TaskGet, str))]
 
 
 @pytest.mark.anyio
