@@ -121,3 +121,31 @@ async def test_submitted_tasks_wait_in_the_poller_bounded(
         poller.expect(f"u{i}", "m", 0.0)
         assert len(poller._entries) == (126 if i == 131 else i - 2)
     assert next(iter(poller._entries)) == "u6"
+
+
+def test_an_sdk_made_key_is_held_as_its_number_and_shows_as_its_string() -> None:
+    # A caller holding 100,000 Submissions: each SDK-made key (32 lowercase hex digits)
+    # is kept as its 128-bit number (48 bytes, was an 81-byte string), and every way a
+    # Submission shows (attribute, repr, attrs.asdict, the converter, ==, hash, pickle)
+    # sees the string, as before: no other field, no int anywhere outside.
+    import attrs
+
+    from apimart_async._core.wire import converter
+
+    key = "00" + "a1b2c3d4e5f6a7b8c9d0e1f2a3b4c5"
+    sub = Submission(task_id="t", request=REQ, idempotency_key=key)
+    stored = vars(Submission)["idempotency_key"].__get__(sub, Submission)
+    assert stored == key and type(stored) is str  # what every reader gets
+    raw = Submission.idempotency_key.__get__(sub, Submission)  # the slot itself
+    assert type(raw) is int and sys.getsizeof(raw) <= 48
+    body = {"task_id": "t", "request": attrs.asdict(REQ), "idempotency_key": key}
+    assert attrs.asdict(sub) == body and type(attrs.asdict(sub)["idempotency_key"]) is str
+    assert converter.unstructure(sub)["idempotency_key"] == key
+    assert [f.name for f in attrs.fields(Submission)] == ["task_id", "request",
+                                                         "idempotency_key"]
+    assert repr(sub).endswith(f"idempotency_key={key!r})")
+    again = pickle.loads(pickle.dumps(sub))
+    assert again == sub and hash(again) == hash(sub) and again.idempotency_key == key
+    assert attrs.evolve(sub, task_id="u").idempotency_key == key
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        sub.idempotency_key = "other"  # type: ignore[misc]
