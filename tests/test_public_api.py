@@ -159,3 +159,22 @@ def test_batch_names_load_on_first_use_and_are_the_real_ones() -> None:
         "except AttributeError as exc:\n"
         "    print(exc)\n")
     assert out.strip() == "module 'apimart_async' has no attribute 'NoSuchName'"
+
+
+def test_a_harness_running_the_emulator_in_a_child_process_does_not_load_it() -> None:
+    # `emulator_process` runs the emulator in another process: the harness's own memory
+    # (what bench_watch_scale.py measures) carries neither the emulator nor its server.
+    out = _fresh_import(
+        "import sys\n"
+        "from apimart_async.testing import emulator_process, set_testing\n"
+        "print(sorted(m for m in ('aiohttp.web', 'apimart_async.testing._emulator',\n"
+        "                         'apimart_async.testing._server') if m in sys.modules))\n")
+    assert out.strip() == "[]"
+    out = _fresh_import(
+        "import apimart_async.testing as t\n"
+        "from apimart_async.testing import *  # noqa: F403\n"
+        "from apimart_async.testing._server import EmulatorServer as S\n"
+        "assert t.EmulatorServer is S and EmulatorServer is S  # noqa: F405\n"
+        "assert set(t.__all__) <= set(dir(t))\n"
+        "print('ok')\n")
+    assert out.strip() == "ok"
