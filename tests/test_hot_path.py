@@ -87,7 +87,7 @@ async def test_a_big_watch_leaves_no_tables_behind(make_server: MakeServer) -> N
         poller = engine.poller
         # Submitted, not watched: one entry each is the whole hand-over (no tables of
         # submission times and models beside it), and none is polled.
-        assert len(poller._entries) == n and poller.watched == 0 and not poller._heap
+        assert len(poller._entries) == n and poller.watched == 0 and not len(poller._queue)
         tables = [name for obj in (engine, poller, engine.transport, engine.limits)
                   for name, value in vars(obj).items()
                   if isinstance(value, (dict, list, set)) and len(value) >= n]

@@ -107,7 +107,7 @@ async def test_submitted_tasks_wait_in_the_poller_bounded(
             poller.expect(f"t{i}", "m", 5.0)
         assert list(poller._entries) == ["t0", "t2", "t3", "t4"]  # t1 forgotten, t0 kept
         assert poller.watched == 1
-        assert len(poller._heap) == 1  # nothing scheduled for unwatched tasks
+        assert len(poller._queue) == 1  # nothing scheduled for unwatched tasks
         tg.cancel_scope.cancel()
     # Past a bound of 128, the oldest go 2 (128 // 64) beyond it at a time: one scan
     # past any watched entries per three submissions, not per submission.
