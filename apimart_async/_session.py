@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Callable, Iterable, Sequence
 from os import PathLike
@@ -319,7 +320,7 @@ class Session:
         require_positive_or_none("timeout", timeout)
         require_positive_or_none("task_timeout", task_timeout)
         every = require_finite_positive_or_none("progress_every", progress_every)
-        ids = list(dict.fromkeys(_task_id(t) for t in tasks))
+        ids = _distinct([_task_id(t) for t in tasks])
         self._engine.require_open()
         return Watch(self._engine, ids, timeout=timeout, task_timeout=task_timeout,
                      progress_every=every)
@@ -559,6 +560,17 @@ class Session:
                 resubmit_ambiguous=resubmit_ambiguous, stop=stop,
                 max_spend=check_max_spend(max_spend),
             )
+
+
+def _distinct(ids: list[str]) -> list[str]:
+    """`ids` without repeats, first occurrence kept. A watch of 100,000 ids has none
+    nearly always: a sorted copy (8 bytes an id) shows it, where the dict that drops
+    repeats holds ~50 bytes an id, and those pages stayed in the process's RSS at the
+    watch's start (#14)."""
+    ordered = sorted(ids)
+    if all(a != b for a, b in itertools.pairwise(ordered)):
+        return ids
+    return list(dict.fromkeys(ids))
 
 
 def _task_id(task: object) -> str:
