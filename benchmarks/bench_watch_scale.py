@@ -9,7 +9,7 @@ the peak over it divided by N (everything the process holds: the caller's N
 before the emulator's stats are fetched. CPU per task is one submit and every poll. Lag:
 from a task's end to the first poll that saw it (the emulator's record), in seconds.
 "Polled again": the share of tasks still running at their first poll; at 100,000 tasks
-it sets the peak (a running task holds ~1 KB, a waiting one ~0.3 KB), and it depends on
+it sets the peak (a running task holds ~0.8 KB, a waiting one ~0.2 KB), and it depends on
 how fast submitting went (younger tasks at the watch's start), so compare runs at a
 similar share.
 

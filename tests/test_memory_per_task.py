@@ -6,6 +6,7 @@ each bound is the size after the saving, so undoing it fails the test.
 
 from __future__ import annotations
 
+import gc
 import pickle
 import sys
 import weakref
@@ -57,17 +58,26 @@ def test_a_progress_reading_keeps_the_int_it_read() -> None:
 def test_a_task_waiting_for_its_first_poll_holds_a_96_byte_entry() -> None:
     # 100,000 tasks waiting for their first poll: eight slots each, nothing else. What a
     # poll leaves (poll state, last answer, error, cancel scope, when it was sent) comes
-    # with the first poll, on the GET request itself, which is one object, not a holder
-    # and an `HttpRequest`: a running task's entry and GET are 224 bytes, were 272
-    # (entry 144, `TaskGet` 48, `HttpRequest` 80).
+    # with the first poll, in one object.
     entry = _Entry("task_1", 0.0, "sora-2")
     assert sys.getsizeof(entry) <= 96
     assert entry.polled is None and entry.res is None
-    polled = _Polled("task_1")
-    assert polled.request is polled and polled.path == "/v1/tasks/task_1"
-    assert sys.getsizeof(entry) + sys.getsizeof(polled) <= 224
     get = TaskGet("task_1")
     assert get.request is get and sys.getsizeof(get) <= 88  # get_task's, were 48 + 80
+
+
+def test_a_running_task_keeps_no_get_request_and_one_poll_state_object() -> None:
+    # A running task's poll state is its poller's own object (`PollState` with four
+    # slots more, 208 bytes), and no GET request with its path is kept between polls
+    # (built per poll, ~1 us): entry + poll state + request + path were 96 + 176 + 128
+    # + ~90 bytes, now 96 + 208.
+    polled = _Polled(5.0)
+    assert isinstance(polled, PollState) and polled.started_at == 5.0
+    assert polled.answer is None and polled.error is None and polled.polls == 0
+    assert not hasattr(polled, "path") and not hasattr(polled, "__dict__")
+    assert sys.getsizeof(_Entry("task_1", 0.0)) + sys.getsizeof(polled) <= 96 + 208
+    # Nothing of the request outlives the poll: only the entry's id refers to the task.
+    assert not [o for o in gc.get_referents(polled) if isinstance(o, (TaskGet, str))]
 
 
 @pytest.mark.anyio
@@ -97,7 +107,7 @@ async def test_submitted_tasks_wait_in_the_poller_bounded(
             poller.expect(f"t{i}", "m", 5.0)
         assert list(poller._entries) == ["t0", "t2", "t3", "t4"]  # t1 forgotten, t0 kept
         assert poller.watched == 1
-        assert len(poller._heap) == 1  # nothing scheduled for unwatched tasks
+        assert len(poller._queue) == 1  # nothing scheduled for unwatched tasks
         tg.cancel_scope.cancel()
     # Past a bound of 128, the oldest go 2 (128 // 64) beyond it at a time: one scan
     # past any watched entries per three submissions, not per submission.
@@ -111,3 +121,31 @@ async def test_submitted_tasks_wait_in_the_poller_bounded(
         poller.expect(f"u{i}", "m", 0.0)
         assert len(poller._entries) == (126 if i == 131 else i - 2)
     assert next(iter(poller._entries)) == "u6"
+
+
+def test_an_sdk_made_key_is_held_as_its_number_and_shows_as_its_string() -> None:
+    # A caller holding 100,000 Submissions: each SDK-made key (32 lowercase hex digits)
+    # is kept as its 128-bit number (48 bytes, was an 81-byte string), and every way a
+    # Submission shows (attribute, repr, attrs.asdict, the converter, ==, hash, pickle)
+    # sees the string, as before: no other field, no int anywhere outside.
+    import attrs
+
+    from apimart_async._core.wire import converter
+
+    key = "00" + "a1b2c3d4e5f6a7b8c9d0e1f2a3b4c5"
+    sub = Submission(task_id="t", request=REQ, idempotency_key=key)
+    stored = vars(Submission)["idempotency_key"].__get__(sub, Submission)
+    assert stored == key and type(stored) is str  # what every reader gets
+    raw = Submission.idempotency_key.__get__(sub, Submission)  # the slot itself
+    assert type(raw) is int and sys.getsizeof(raw) <= 48
+    body = {"task_id": "t", "request": attrs.asdict(REQ), "idempotency_key": key}
+    assert attrs.asdict(sub) == body and type(attrs.asdict(sub)["idempotency_key"]) is str
+    assert converter.unstructure(sub)["idempotency_key"] == key
+    assert [f.name for f in attrs.fields(Submission)] == ["task_id", "request",
+                                                         "idempotency_key"]
+    assert repr(sub).endswith(f"idempotency_key={key!r})")
+    again = pickle.loads(pickle.dumps(sub))
+    assert again == sub and hash(again) == hash(sub) and again.idempotency_key == key
+    assert attrs.evolve(sub, task_id="u").idempotency_key == key
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        sub.idempotency_key = "other"  # type: ignore[misc]

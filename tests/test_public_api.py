@@ -117,3 +117,64 @@ def test_sync_names_are_pinned_and_documented() -> None:
     for method in ("submit", "submit_many", "get_task", "wait", "download", "watch", "stream",
                    "run_batch", "close", "__enter__", "__exit__"):
         assert callable(getattr(apimart_async.sync.Session, method)), method
+
+
+def _fresh_import(code: str) -> str:
+    """Run `code` in a new interpreter (this one has imported everything already)."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+# What a plain Session user never needs: the batch runner, its journals (SQLite,
+# PostgreSQL) and the fleet, ~3.4 MB of every process's memory (#14).
+_BATCH_ONLY = ["apimart_async._batch.runner", "apimart_async._batch.journal",
+               "apimart_async._batch.pg", "apimart_async._batch.fleet",
+               "apimart_async._batch.store", "apimart_async._batch.inputs", "sqlite3"]
+
+
+def test_importing_the_package_does_not_import_the_batch_modules() -> None:
+    out = _fresh_import(
+        "import sys, apimart_async, apimart_async.sync\n"
+        f"print(sorted(m for m in {_BATCH_ONLY!r} if m in sys.modules))\n")
+    assert out.strip() == "[]"
+
+
+def test_batch_names_load_on_first_use_and_are_the_real_ones() -> None:
+    out = _fresh_import(
+        "import sys, apimart_async\n"
+        "from apimart_async import BatchItem, BatchReport, BatchSpend, ItemResult\n"
+        "from apimart_async import ItemState, WorkerOutcome\n"
+        "from apimart_async._batch import fleet, journal, runner\n"
+        "assert BatchItem is runner.BatchItem and BatchReport is runner.BatchReport\n"
+        "assert BatchSpend is runner.BatchSpend and ItemResult is runner.ItemResult\n"
+        "assert ItemState is journal.ItemState and WorkerOutcome is fleet.WorkerOutcome\n"
+        "assert set(apimart_async.__all__) <= set(dir(apimart_async))\n"
+        "try:\n"
+        "    apimart_async.NoSuchName\n"
+        "except AttributeError as exc:\n"
+        "    print(exc)\n")
+    assert out.strip() == "module 'apimart_async' has no attribute 'NoSuchName'"
+
+
+def test_a_harness_running_the_emulator_in_a_child_process_does_not_load_it() -> None:
+    # `emulator_process` runs the emulator in another process: the harness's own memory
+    # (what bench_watch_scale.py measures) carries neither the emulator nor its server.
+    out = _fresh_import(
+        "import sys\n"
+        "from apimart_async.testing import emulator_process, set_testing\n"
+        "print(sorted(m for m in ('aiohttp.web', 'apimart_async.testing._emulator',\n"
+        "                         'apimart_async.testing._server') if m in sys.modules))\n")
+    assert out.strip() == "[]"
+    out = _fresh_import(
+        "import apimart_async.testing as t\n"
+        "from apimart_async.testing import *  # noqa: F403\n"
+        "from apimart_async.testing._server import EmulatorServer as S\n"
+        "assert t.EmulatorServer is S and EmulatorServer is S  # noqa: F405\n"
+        "assert set(t.__all__) <= set(dir(t))\n"
+        "print('ok')\n")
+    assert out.strip() == "ok"

@@ -245,3 +245,38 @@ class Submission:
     task_id: str
     request: VideoRequest
     idempotency_key: str = ""
+
+
+_HEX_DIGITS = frozenset("0123456789abcdef")
+
+
+class _KeyStorage:
+    """How `Submission.idempotency_key` is stored: an SDK-made key (32 lowercase hex
+    digits, 128 random bits) as its number, 48 bytes instead of an 81-byte string, in
+    the field's own slot; read back, it is the same string again. Any other key is kept
+    as given. The field stays what it is everywhere it shows (`attrs.asdict`, cattrs,
+    repr, ==, hash, pickle): each reads it through this descriptor (#14: a caller
+    holding 100,000 Submissions holds ~4.8 MB less)."""
+
+    __slots__ = ("_slot",)
+
+    def __init__(self, slot: Any) -> None:
+        self._slot = slot  # the slot's own member descriptor
+
+    def __get__(self, obj: object, owner: type | None = None) -> Any:
+        if obj is None:
+            return self._slot
+        value = self._slot.__get__(obj, owner)
+        return value if type(value) is str else f"{value:032x}"
+
+    def __set__(self, obj: object, value: object) -> None:
+        if type(value) is str and len(value) == 32 and _HEX_DIGITS.issuperset(value):
+            value = int(value, 16)  # f"{n:032x}" gives `value` back, leading zeros too
+        self._slot.__set__(obj, value)
+
+    def __delete__(self, obj: object) -> None:
+        self._slot.__delete__(obj)
+
+
+# setattr: the class attribute is typed as the field (str) for type checkers.
+setattr(Submission, "idempotency_key", _KeyStorage(vars(Submission)["idempotency_key"]))  # noqa: B010

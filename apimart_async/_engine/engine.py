@@ -232,7 +232,7 @@ class Engine:
         return task
 
     async def fetch_task(self, get: TaskGet) -> Task:
-        """Send a prepared ``GET /v1/tasks/{id}`` (the poller keeps one per watched task)."""
+        """Send a prepared ``GET /v1/tasks/{id}`` (the poller builds one per poll)."""
         task: Task = await self.transport.call(get, get.parse)
         self.stats.get_task_calls += 1
         return task

@@ -18,16 +18,59 @@ plugin (`apimart_async.testing.pytest_plugin`, loaded by entry point) hands it o
 fixtures: ``apimart_server``, ``apimart_session``, ``apimart_sync_session`` and the like.
 """
 
+from typing import TYPE_CHECKING, Any
+
 from .._io.clock import Clock, is_testing, set_testing
-from ._config import PRICED_DURATION, EmulatorConfig, Price
-from ._emulator import Emulator
-from ._faults import Fault
-from ._process import emulator_process
-from ._profiles import PRESETS, PROFILES, ProgressMode, TimingProfile
-from ._server import EmulatorServer
-from ._stats import EmulatorStats, RequestRecord
-from ._stepped import SteppedClock
-from ._tasks import EmulatedTask, TaskPlan, video_bytes
+
+if TYPE_CHECKING:
+    from ._config import PRICED_DURATION, EmulatorConfig, Price
+    from ._emulator import Emulator
+    from ._faults import Fault
+    from ._process import emulator_process
+    from ._profiles import PRESETS, PROFILES, ProgressMode, TimingProfile
+    from ._server import EmulatorServer
+    from ._stats import EmulatorStats, RequestRecord
+    from ._stepped import SteppedClock
+    from ._tasks import EmulatedTask, TaskPlan, video_bytes
+
+# Each name is imported from its module on first use: a harness that runs the emulator
+# in a child process (`emulator_process`) does not load the emulator and its web
+# server into its own memory (~2.8 MB, #14: the client's peak RSS is what it measures).
+_LAZY = {
+    "EmulatedTask": "._tasks",
+    "Emulator": "._emulator",
+    "EmulatorConfig": "._config",
+    "EmulatorServer": "._server",
+    "EmulatorStats": "._stats",
+    "Fault": "._faults",
+    "PRESETS": "._profiles",
+    "PRICED_DURATION": "._config",
+    "PROFILES": "._profiles",
+    "Price": "._config",
+    "ProgressMode": "._profiles",
+    "RequestRecord": "._stats",
+    "SteppedClock": "._stepped",
+    "TaskPlan": "._tasks",
+    "TimingProfile": "._profiles",
+    "emulator_process": "._process",
+    "video_bytes": "._tasks",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
     "Clock",
