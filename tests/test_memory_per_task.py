@@ -149,3 +149,26 @@ def test_an_sdk_made_key_is_held_as_its_number_and_shows_as_its_string() -> None
     assert attrs.evolve(sub, task_id="u").idempotency_key == key
     with pytest.raises(attrs.exceptions.FrozenInstanceError):
         sub.idempotency_key = "other"  # type: ignore[misc]
+
+
+def test_a_submission_built_by_its_slots_is_the_constructors() -> None:
+    # Every submission with an SDK-made key is built by `sdk_submission` (its slots
+    # filled directly, the key stored as its number at once): it must be the object the
+    # constructor makes from the key's hex, by every measure.
+    import os
+
+    import attrs
+
+    from apimart_async._core.models import sdk_submission
+
+    for raw in (os.urandom(16), bytes(16), b"\xff" * 16, b"\x00\x01" + bytes(14)):
+        made = sdk_submission("task_1", REQ, raw)
+        built = Submission(task_id="task_1", request=REQ, idempotency_key=raw.hex())
+        assert made == built and hash(made) == hash(built) and repr(made) == repr(built)
+        assert made.idempotency_key == raw.hex()
+        assert attrs.asdict(made) == attrs.asdict(built)
+        slot = Submission.idempotency_key.__get__(made, Submission)
+        assert type(slot) is int  # held as its number, as the constructor holds it
+        assert pickle.loads(pickle.dumps(made)) == built
+        with pytest.raises(attrs.exceptions.FrozenInstanceError):
+            made.task_id = "other"  # type: ignore[misc]

@@ -278,5 +278,25 @@ class _KeyStorage:
         self._slot.__delete__(obj)
 
 
+_key_slot = vars(Submission)["idempotency_key"]
 # setattr: the class attribute is typed as the field (str) for type checkers.
-setattr(Submission, "idempotency_key", _KeyStorage(vars(Submission)["idempotency_key"]))  # noqa: B010
+setattr(Submission, "idempotency_key", _KeyStorage(_key_slot))  # noqa: B010
+
+_new_object = object.__new__
+_set_task_id = vars(Submission)["task_id"].__set__
+_set_request = vars(Submission)["request"].__set__
+_set_key_number = _key_slot.__set__
+if [f.name for f in attrs.fields(Submission)] != ["task_id", "request", "idempotency_key"]:
+    raise ImportError("Submission's fields changed: update sdk_submission in _core/models.py")
+
+
+def sdk_submission(task_id: str, request: VideoRequest, key: bytes) -> Submission:
+    """``Submission(task_id=..., request=..., idempotency_key=key.hex())`` for an SDK-made
+    key (`key`: its 16 random bytes), built for every submission: the slots are filled
+    directly, the key stored as its number at once (what `_KeyStorage` makes of its hex),
+    without the generated __init__ and the descriptor's check of a string."""
+    submission: Submission = _new_object(Submission)
+    _set_task_id(submission, task_id)
+    _set_request(submission, request)
+    _set_key_number(submission, int.from_bytes(key, "big"))
+    return submission

@@ -29,7 +29,7 @@ from .._core.balance import Balance, build_get_balance, parse_balance
 from .._core.config import ApiKey, DownloadPolicy, Timeout
 from .._core.groups import ungrouped
 from .._core.hooks import DownloadEvent, Hooks
-from .._core.models import Submission, Task, VideoRequest
+from .._core.models import Submission, Task, VideoRequest, sdk_submission
 from .._core.polling import PollPolicy
 from .._core.retry import RetryPolicy
 from .._core.wire import RememberingTaskGet, TaskGet, build_submit, parse_submit
@@ -202,7 +202,10 @@ class Engine:
         if self.state is not State.OPEN:
             self.require_open()
         # 128 random bits, as uuid4's hex, at a quarter of its cost.
-        key = key or os.urandom(16).hex()
+        made: bytes | None = None
+        if not key:
+            made = os.urandom(16)
+            key = made.hex()
         task_id: str = await self.transport.call(
             build_submit(request, idempotency_key=key), parse_submit, gate=gate,
             before_send=before_send, on_safe_retry=on_safe_retry,
@@ -214,6 +217,8 @@ class Engine:
         # DEBUG: a batch of hundreds would flood INFO; the batch's story is told at DEBUG.
         if log.isEnabledFor(logging.DEBUG):
             log.debug("submitted task %s (model %s)", task_id, request.model)
+        if made is not None:
+            return sdk_submission(task_id, request, made)
         return Submission(task_id=task_id, request=request, idempotency_key=key)
 
     async def get_task(self, task_id: str) -> Task:
