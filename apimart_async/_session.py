@@ -253,14 +253,32 @@ class Session:
         A fatal answer (401, 402, 403) stops the items not yet sent, each marked with
         `NotSubmittedError` naming the reason. Everything is validated first.
         """
+        if isinstance(requests, VideoRequest) or not isinstance(requests, Iterable):
+            raise ValidationError(
+                "requests", f"must be an iterable of VideoRequest, got one "
+                f"{type(requests).__name__}" + (": pass [it]" if isinstance(
+                    requests, VideoRequest) else ""))
         items = [_check_request(f"requests[{i}]", r) for i, r in enumerate(requests)]
+        if idempotency_keys is not None and (
+                isinstance(idempotency_keys, (str, bytes))
+                or not isinstance(idempotency_keys, Sequence)):
+            raise ValidationError(
+                "idempotency_keys", f"must be a list or tuple of keys, one per request, got"
+                f" {type(idempotency_keys).__name__}")
         if idempotency_keys is not None and len(idempotency_keys) != len(items):
             raise ValidationError(
                 "idempotency_keys", f"has {len(idempotency_keys)} keys for {len(items)} requests"
             )
         if idempotency_keys is not None:
+            seen: dict[str, int] = {}
             for i, given in enumerate(idempotency_keys):
                 check_idempotency_key(f"idempotency_keys[{i}]", given)
+                if given in seen:
+                    # Two requests under one key: a server that honours it keeps one.
+                    raise ValidationError(
+                        f"idempotency_keys[{i}]", f"repeats idempotency_keys[{seen[given]}]"
+                        " (one key per submission)")
+                seen[given] = i
         self._engine.require_open()
         # A list, not a dict by index: 100,000 outcomes cost 8 bytes each, not ~50.
         outcomes: list[Submission | APIMartError | None] = [None] * len(items)
@@ -322,6 +340,12 @@ class Session:
         require_positive_or_none("timeout", timeout)
         require_positive_or_none("task_timeout", task_timeout)
         every = require_finite_positive_or_none("progress_every", progress_every)
+        if isinstance(tasks, (str, Submission)):
+            # A single id is a string: iterated, it would be watched as one "task" a
+            # character.
+            raise ValidationError(
+                "tasks", f"must be an iterable of task ids or Submissions, got one "
+                f"{type(tasks).__name__}: pass [it]")
         ids = _distinct([_task_id(t) for t in tasks])
         self._engine.require_open()
         return Watch(self._engine, ids, timeout=timeout, task_timeout=task_timeout,

@@ -434,7 +434,10 @@ class Session:
     ) -> list[Submission | APIMartError]:
         """Submit every request; see `apimart_async.Session.submit_many`."""
         session = self._live()
-        items = list(requests)
+        # Read here, on the caller's thread (a generator of theirs); anything that is not
+        # an iterable goes as given, for the async session to refuse by name.
+        items = list(requests) if isinstance(requests, Iterable) and not isinstance(
+            requests, VideoRequest) else requests
         return self._loop.run(
             lambda: session.submit_many(items, idempotency_keys=idempotency_keys)
         )
@@ -473,6 +476,10 @@ class Session:
         """Follow tasks to their end: a blocking iterator of `TaskUpdate`; see
         `apimart_async.Session.watch`. ``with session.watch(ids) as updates:``."""
         session = self._live()
+        if isinstance(tasks, (str, Submission)):
+            raise ValidationError(
+                "tasks", f"must be an iterable of task ids or Submissions, got one "
+                f"{type(tasks).__name__}: pass [it]")
         ids = list(tasks)
         assert self._loop.portal is not None
         stream = self._loop.portal.call(

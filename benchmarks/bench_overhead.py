@@ -241,7 +241,13 @@ def counted(client: str, op: str, url: str, task_id: str, n: int, c: int) -> dic
 async def count_main(args: argparse.Namespace, ops: list[str]) -> None:
     if shutil.which("valgrind") is None:
         raise SystemExit("--count needs valgrind (apt-get install valgrind)")
-    short, long_ = (int(v) for v in args.count_requests.split(","))
+    try:
+        short, long_ = (int(v) for v in args.count_requests.split(","))
+    except ValueError:
+        raise SystemExit(f"--count-requests: want SHORT,LONG (two whole numbers), got"
+                         f" {args.count_requests!r}") from None
+    if not 0 < short < long_:
+        raise SystemExit(f"--count-requests: want 0 < SHORT < LONG, got {short},{long_}")
     clients = [c for c in COUNTED if not c.endswith("-speed") or _speed_available()]
     conc = {"get": args.get_concurrency, "get-changing": args.get_concurrency,
             "post": args.post_concurrency}

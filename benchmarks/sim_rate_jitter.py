@@ -15,7 +15,7 @@ mode (given: ``rps`` and ``burst`` told; learned: nothing told): the makespan ov
 floor ``(N - burst) / rate`` and the 429s, worst and median over the seeds.
 
     python benchmarks/sim_rate_jitter.py [--requests 300] [--seeds 8]
-        [--pairs 10:1,20:1,50:1,20:10] [--jitter-ms 0.4] [--hiccup-ms 4]
+        [--pairs 10:1,20:1,50:1,20:10,50:30] [--jitter-ms 0.4] [--hiccup-ms 4]
         [--hiccup-share 0.01] [--no-sent]
 
 ``--no-sent`` leaves out the late-wake report, for the before/after of that change.
@@ -99,7 +99,13 @@ def parse_pairs(text: str) -> list[tuple[float, int]]:
     out = []
     for part in text.split(","):
         rate, _, burst = part.partition(":")
-        out.append((float(rate), int(burst)))
+        try:
+            pair = (float(rate), int(burst))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{part!r} is not RATE:BURST") from None
+        if not (pair[0] > 0 and pair[0] < float("inf")) or pair[1] < 1:
+            raise argparse.ArgumentTypeError(f"{part!r}: the rate must be > 0, the burst >= 1")
+        out.append(pair)
     return out
 
 
@@ -113,4 +119,10 @@ if __name__ == "__main__":
     p.add_argument("--hiccup-ms", type=float, default=4.0)
     p.add_argument("--hiccup-share", type=float, default=0.01)
     p.add_argument("--no-sent", dest="sent", action="store_false")
-    main(p.parse_args())
+    args = p.parse_args()
+    if args.seeds < 1 or args.jitter_ms <= 0 or args.hiccup_ms < 0 \
+            or not 0 <= args.hiccup_share <= 1:
+        p.error("--seeds must be >= 1, --jitter-ms > 0, --hiccup-ms >= 0, --hiccup-share 0..1")
+    if any(args.requests <= burst for _, burst in args.pairs):
+        p.error("--requests must be more than every burst (the floor is (N - burst) / rate)")
+    main(args)

@@ -142,6 +142,30 @@ def test_budget_releases_what_was_not_charged_and_reads_only_up_to_the_mark() ->
     assert budget.spent == 1 and budget.committed == 3  # 1 seen + 1 unseen + 1 in flight
 
 
+def test_a_read_overtaken_by_another_readers_cuts_only_what_was_settled_before_its_mark(
+) -> None:
+    # Two workers share one budget (the fleet keeps it in a row). A marks, then B marks,
+    # reads and observes first (shortening the window); then an item settles; then A's
+    # read, sent before that item was billed, comes back. A must not take that item out
+    # of the window: its cost is in no read yet. (An index into the window did: the
+    # fleet then granted an eighth item under a cap of 7.)
+    budget = SpendBudget(7, start_used=0, estimates={"a": 1.0})
+    for t in range(3):
+        assert budget.reserve("a", t) is Verdict.GRANTED
+    budget.settle(0, charged=True)
+    budget.settle(1, charged=True)
+    mark_a = budget.read_mark()  # A: two settled so far
+    mark_b = budget.read_mark()
+    budget.observe(2.0, mark_b)  # B's read (both billed) lands first
+    budget.settle(2, charged=True)  # billed after A's read went out
+    budget.observe(2.0, mark_a)  # A's read: 2 used
+    assert budget.spent == 2 and budget.committed == 3  # item 2 still counted, unseen
+    granted = [t for t in range(3, 10) if budget.reserve("a", t) is Verdict.GRANTED]
+    assert granted == [3, 4, 5, 6]  # 3 + 4 = the cap, not 5 more
+    state = json.loads(json.dumps(budget.to_state()))
+    assert SpendBudget.from_state(state).read_mark() == budget.read_mark()
+
+
 def test_a_new_price_class_waits_for_quiet_and_holds_the_others_back() -> None:
     budget = SpendBudget(10, start_used=0, estimates={"a": 1.0})
     assert budget.reserve("a", 0) is Verdict.GRANTED

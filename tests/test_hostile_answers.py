@@ -165,13 +165,18 @@ async def test_one_task_id_for_two_batch_items_both_end_never_hang(
 
 
 def test_the_new_fault_options_are_checked_and_described() -> None:
-    assert Fault.huge_answer(5000, framed=True).describe() == (
-        "Fault.huge_answer(5000, framed=True)")
-    assert Fault.huge_answer(5000).describe() == "Fault.huge_answer(5000)"
+    assert Fault.huge_answer(70000, framed=True).describe() == (
+        "Fault.huge_answer(70000, framed=True)")
+    assert Fault.huge_answer(70000).describe() == "Fault.huge_answer(70000)"
     assert Fault.gzip(bomb=True).describe() == "Fault.gzip(bomb=True)"
     assert Fault.gzip(bomb=True, inflated=256 << 20).describe() == (
         f"Fault.gzip(bomb=True, inflated={256 << 20})")
     with pytest.raises(ValueError, match="inflated must be whole MiB"):
         Fault.gzip(bomb=True, inflated=(1 << 20) + 1)
-    with pytest.raises(ValueError, match="size must be"):
-        Fault.huge_answer(0)
+    for bad in (lambda: Fault.huge_answer(0), lambda: Fault.huge_answer(10),
+                lambda: Fault.huge_answer(1 << 20, framed="no"),  # type: ignore[arg-type]
+                lambda: Fault.gzip(inflated=256 << 20),  # no bomb: it would do nothing
+                lambda: Fault.gzip(bomb="no"),  # type: ignore[arg-type]
+                lambda: Fault.gzip(bomb=True, inflated=1 << 40)):
+        with pytest.raises(ValueError, match="Fault"):
+            bad()

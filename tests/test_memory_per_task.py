@@ -172,3 +172,19 @@ def test_a_submission_built_by_its_slots_is_the_constructors() -> None:
         assert pickle.loads(pickle.dumps(made)) == built
         with pytest.raises(attrs.exceptions.FrozenInstanceError):
             made.task_id = "other"  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("key", [None, b"abc", 1.5, 5, 0, "x", "A" * 32])
+def test_a_key_that_is_not_an_sdk_made_one_reads_back_as_given(key: object) -> None:
+    # Not a string is a caller's mistake the type hint does not stop; it must still read
+    # back as given (an int is not shown as an SDK key's hex; None does not break repr,
+    # ==, pickle).
+    import copy
+
+    import attrs
+
+    sub = Submission(task_id="t", request=REQ, idempotency_key=key)  # type: ignore[arg-type]
+    assert sub.idempotency_key == key and type(sub.idempotency_key) is type(key)
+    assert repr(sub).endswith(f"idempotency_key={key!r})")
+    assert pickle.loads(pickle.dumps(sub)) == sub and copy.deepcopy(sub) == sub
+    assert attrs.asdict(sub)["idempotency_key"] == key and hash(sub) == hash(copy.copy(sub))

@@ -233,6 +233,28 @@ async def test_huge_retry_after_raises_instead_of_sleeping(server: EmulatorServe
     assert server.stats.requests["submit"] == 1
 
 
+async def test_a_hint_past_max_retry_after_pauses_the_session_no_longer_than_that(
+    make_server: MakeServer,
+) -> None:
+    # The request that met "Retry-After: 3600" fails at once; the session's next call
+    # waits at most max_retry_after (it waited the whole hour: every later submit,
+    # get_task and watch silently stuck). Real delays, on a clock 2,000x fast: the
+    # bound is 30 ms, the hour 1.8 s.
+    from apimart_async.testing import set_testing
+
+    server = await make_server(speed=2000.0)
+    server.emulator.inject("submit", Fault.http(429, retry_after="3600"))
+    clock = server.emulator.clock
+    with set_testing(False):
+        async with session_for(server, retry=RetryPolicy(max_retry_after=60)) as s:
+            with pytest.raises(RateLimitError):
+                await s.submit(REQ)
+            before = clock.now()
+            await s.submit(REQ)
+            waited = clock.now() - before
+    assert 50 <= waited <= 200  # paused for the bound (60), not the hour
+
+
 async def test_read_timeout_get_is_retried_post_is_not(server: EmulatorServer) -> None:
     timeout = Timeout(total=0.2)
     async with session_for(server, timeout=timeout) as s:
@@ -324,3 +346,32 @@ async def test_a_bad_idempotency_key_is_refused_before_anything_is_sent(
         sub = await s.submit(REQ, idempotency_key="my key-1")  # inner spaces are fine
         assert sub.idempotency_key == "my key-1"
     assert server.stats.submissions == 1
+
+
+async def test_watch_refuses_a_single_id_or_submission_instead_of_its_characters(
+    server: EmulatorServer,
+) -> None:
+    # A str is iterable: watch("task_x") watched "t", "a", "s", ... (authenticated GETs
+    # to /v1/tasks/t and so on) and ended each as unknown.
+    async with session_for(server) as s:
+        sub = await s.submit(REQ)
+        for one in (sub.task_id, sub):
+            with pytest.raises(ValidationError, match=r"tasks.*pass \[it\]"):
+                s.watch(one)  # type: ignore[arg-type]
+    assert server.stats.requests["task"] == 0
+
+
+
+@pytest.mark.parametrize("keys", [
+    (k for k in ["aa"]), {"aa"}, {"aa": 1}, 5, "xy", b"xy", ["dup1", "dup1"],
+])
+async def test_submit_many_refuses_odd_idempotency_keys_naming_the_field(
+    server: EmulatorServer, keys: object,
+) -> None:
+    async with session_for(server) as s:
+        with pytest.raises(ValidationError, match="idempotency_keys"):
+            await s.submit_many([REQ, REQ], idempotency_keys=keys)  # type: ignore[arg-type]
+        for requests in (REQ, None):
+            with pytest.raises(ValidationError, match="requests"):
+                await s.submit_many(requests)  # type: ignore[arg-type]
+    assert server.stats.requests["submit"] == 0

@@ -395,3 +395,20 @@ def test_close_is_bounded_when_a_call_never_unwinds(threaded: Threaded) -> None:
 def suppress_all(fn: object, *args: object) -> None:
     with contextlib.suppress(BaseException):
         fn(*args)  # type: ignore[operator]
+
+
+def test_the_blocking_watch_refuses_a_single_id_instead_of_its_characters(
+    threaded: Threaded,
+) -> None:
+    with threaded.session() as s:
+        sub = s.submit(VideoRequest("a red fox"))
+        for one in (sub.task_id, sub):
+            with pytest.raises(ValidationError, match="tasks"):
+                s.watch(one)  # type: ignore[arg-type]
+
+
+def test_the_blocking_submit_many_refuses_one_request_by_name(threaded: Threaded) -> None:
+    with threaded.session() as s:
+        for requests in (VideoRequest("a red fox"), None):
+            with pytest.raises(ValidationError, match="requests"):
+                s.submit_many(requests)  # type: ignore[arg-type]

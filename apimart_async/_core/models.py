@@ -250,6 +250,20 @@ class Submission:
 _HEX_DIGITS = frozenset("0123456789abcdef")
 
 
+class _Given:
+    """A key that is not a string (a caller's mistake the type hint does not stop: None,
+    an int, bytes), held as given and read back as given: a bare int there would read
+    as an SDK-made key's hex."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: object) -> None:
+        self.value = value
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_Given, (self.value,))
+
+
 class _KeyStorage:
     """How `Submission.idempotency_key` is stored: an SDK-made key (32 lowercase hex
     digits, 128 random bits) as its number, 48 bytes instead of an 81-byte string, in
@@ -267,11 +281,16 @@ class _KeyStorage:
         if obj is None:
             return self._slot
         value = self._slot.__get__(obj, owner)
-        return value if type(value) is str else f"{value:032x}"
+        if type(value) is int:
+            return f"{value:032x}"
+        return value.value if type(value) is _Given else value
 
     def __set__(self, obj: object, value: object) -> None:
-        if type(value) is str and len(value) == 32 and _HEX_DIGITS.issuperset(value):
-            value = int(value, 16)  # f"{n:032x}" gives `value` back, leading zeros too
+        if type(value) is str:
+            if len(value) == 32 and _HEX_DIGITS.issuperset(value):
+                value = int(value, 16)  # f"{n:032x}" gives `value` back, leading zeros too
+        else:
+            value = _Given(value)  # read back as given, whatever it is
         self._slot.__set__(obj, value)
 
     def __delete__(self, obj: object) -> None:

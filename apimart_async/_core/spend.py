@@ -99,6 +99,10 @@ class SpendBudget:
         self._in_flight: dict[Hashable, tuple[str, float]] = {}
         # Items charged (maybe) since the last read: (class, estimate or None).
         self._window: list[tuple[str, float | None]] = []
+        # How many items `observe` has taken out of the window so far: a mark counts
+        # items settled ever, so a read that another worker's read overtook still cuts
+        # only what was settled before its own mark.
+        self._observed = 0
         self._probe_amount = 0.0
         self._unobserved = 0.0
         self._probe: Hashable | None = None
@@ -237,7 +241,7 @@ class SpendBudget:
             "spent_before": self._before, "spent": self.spent,
             "estimates": dict(self._estimates),
             "in_flight": [[t, c, a] for t, (c, a) in self._in_flight.items()],
-            "window": [[c, e] for c, e in self._window],
+            "window": [[c, e] for c, e in self._window], "observed": self._observed,
             "unobserved": self._unobserved, "probe": self._probe,
             "probe_amount": self._probe_amount, "refused": self.refused,
             "unpriced": dict(self._unpriced), "item_cost": self._default,
@@ -254,6 +258,7 @@ class SpendBudget:
         budget.spent = float(state["spent"])
         budget._in_flight = {t: (str(c), float(a)) for t, c, a in state["in_flight"]}
         budget._window = [(str(c), None if e is None else float(e)) for c, e in state["window"]]
+        budget._observed = int(state.get("observed", 0))
         budget._unobserved = float(state["unobserved"])
         budget._probe = state["probe"]
         budget._probe_amount = float(state["probe_amount"])
@@ -262,8 +267,11 @@ class SpendBudget:
 
     def read_mark(self) -> int:
         """Call right before sending a balance read; pass the result to `observe`: the
-        items settled while the read was on the wire wait for the next one."""
-        return len(self._window)
+        items settled while the read was on the wire wait for the next one. (It counts
+        the items ever settled, not the window's length: with several readers sharing
+        the budget, another's `observe` may shorten the window between this mark and
+        this read's `observe`.)"""
+        return self._observed + len(self._window)
 
     def observe(self, used: float, mark: int | None = None) -> None:
         """A balance read: ``used_balance`` is `used` now. Updates `spent`, and learns
@@ -272,8 +280,10 @@ class SpendBudget:
         delta = max(0.0, used - self._last_used)
         self._last_used = max(self._last_used, used)
         self.spent = max(self.spent, self._before + self._last_used - self._start)
-        cut = len(self._window) if mark is None else min(mark, len(self._window))
+        cut = len(self._window) if mark is None else max(
+            0, min(mark - self._observed, len(self._window)))
         window, self._window = self._window[:cut], self._window[cut:]
+        self._observed += cut
         self._unobserved = sum(self._amount(c, e) for c, e in self._window)
         if self._probe is not None and self._probe not in self._in_flight \
                 and any(e is None for _, e in window):

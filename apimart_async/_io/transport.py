@@ -130,7 +130,13 @@ class Transport:
                         elapsed=time.perf_counter() - started))
                 if isinstance(exc, RateLimitError):
                     self.stats.rate_limited += 1
-                    limits.throttled(epoch, exc.retry_after)
+                    # A hint past `max_retry_after` fails this request at once; the
+                    # session's pause is held to that bound too, so an hour's hint (or
+                    # 1e308) does not silence every later call for that long.
+                    hint = exc.retry_after
+                    if hint is not None:
+                        hint = min(hint, self.retry.max_retry_after)
+                    limits.throttled(epoch, hint)
                 elif raw is not None:
                     limits.succeeded(epoch)  # answered: it took a token all the same
                 decision = decide(

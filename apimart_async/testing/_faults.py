@@ -60,6 +60,11 @@ def _check_int(name: str, value: object, low: int, high: int, what: str) -> int:
     return value
 
 
+def _check_bool(name: str, value: object) -> None:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
+
+
 def _check_fraction(name: str, value: object) -> float:
     # 1.0 (or more) would send everything asked for: the fault would do nothing.
     if (isinstance(value, bool) or not isinstance(value, (int, float))
@@ -211,9 +216,13 @@ class Fault:
         default 1 GiB from ~1 MB; 256 MiB from ~270 KB, under a client's cap for what
         it reads on the wire). On the download route the body is the video; on the task
         route, the task answer's JSON."""
-        _check_int("Fault.gzip: inflated", inflated, 1 << 20, 1 << 40, "a size in bytes")
+        _check_bool("Fault.gzip: bomb", bomb)
+        # 16 GiB inflated is ~16 MB built in memory: as far as a test needs to go.
+        _check_int("Fault.gzip: inflated", inflated, 1 << 20, 1 << 34, "a size in bytes")
         if inflated % (1 << 20):
             raise ValueError(f"Fault.gzip: inflated must be whole MiB, got {inflated!r}")
+        if not bomb and inflated != _BOMB_INFLATED:
+            raise ValueError("Fault.gzip: inflated sizes a bomb: pass bomb=True with it")
         return cls(kind="gzip", hard=bomb, status=inflated)
 
     @classmethod
@@ -251,7 +260,10 @@ class Fault:
         """Task only: the answer is the task's JSON padded with spaces to `size` bytes,
         streamed without ``Content-Length`` (a client must stop reading at its cap), or
         with `framed`, stating its length up front (a client can refuse it unread)."""
-        _check_int("Fault.huge_answer: size", size, 1, 1 << 40, "a size in bytes")
+        # Under 64 KiB the "huge" answer would be an ordinary one: the fault would do
+        # nothing a client must bound.
+        _check_int("Fault.huge_answer: size", size, 1 << 16, 1 << 40, "a size in bytes")
+        _check_bool("Fault.huge_answer: framed", framed)
         return cls(kind="huge_answer", status=size, hard=framed)
 
     @classmethod
