@@ -476,11 +476,9 @@ class Session:
         """Follow tasks to their end: a blocking iterator of `TaskUpdate`; see
         `apimart_async.Session.watch`. ``with session.watch(ids) as updates:``."""
         session = self._live()
-        if isinstance(tasks, (str, Submission)):
-            raise ValidationError(
-                "tasks", f"must be an iterable of task ids or Submissions, got one "
-                f"{type(tasks).__name__}: pass [it]")
-        ids = list(tasks)
+        # One id or Submission goes as given, for the async session to refuse by name
+        # (listed, a str would be its characters).
+        ids = tasks if isinstance(tasks, (str, Submission)) else list(tasks)
         assert self._loop.portal is not None
         stream = self._loop.portal.call(
             lambda: session.watch(ids, timeout=timeout, task_timeout=task_timeout,

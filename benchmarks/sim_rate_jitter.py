@@ -30,22 +30,20 @@ import statistics
 from _common import table
 
 from apimart_async._core.pacing import RateLearner
+from apimart_async.testing._ratelimit import TokenBucket
 
 
 class Bucket:
-    """The server: `rate` tokens a second, at most `burst` kept, full at 0."""
+    """The server: the emulator's own `TokenBucket` (full at 0), read at the times the
+    model says."""
 
     def __init__(self, rate: float, burst: int) -> None:
-        self.rate, self.burst = rate, burst
-        self.tokens, self.at = float(burst), 0.0
+        self.now = 0.0
+        self._bucket = TokenBucket(rate, burst, clock=lambda: self.now)
 
     def take(self, now: float) -> bool:
-        self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
-        self.at = now
-        if self.tokens >= 1:
-            self.tokens -= 1
-            return True
-        return False
+        self.now = now
+        return self._bucket.take() is None
 
 
 def run(rate: float, burst: int, n: int, given: bool, seed: int,

@@ -27,19 +27,24 @@ async def submitted(s: Session, prompt: str = "a fox") -> str:
     return (await s.submit(VideoRequest(prompt))).task_id
 
 
+async def refused_at_the_cap(s: Session, task_id: str, match: str) -> int:
+    """`get_task` raises the cap's `DecodeError` (within HANG): the peak traced bytes."""
+    tracemalloc.start()
+    try:
+        with anyio.fail_after(HANG), pytest.raises(DecodeError, match=match):
+            await s.get_task(task_id)
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
 async def test_a_100_mb_answer_is_refused_at_the_cap_without_reading_it(
     server: EmulatorServer,
 ) -> None:
     async with session_for(server, retry=ONCE) as s:
         task_id = await submitted(s)
         server.emulator.inject("task", Fault.huge_answer(100 << 20))
-        tracemalloc.start()
-        try:
-            with anyio.fail_after(HANG), pytest.raises(DecodeError, match="1048576-byte cap"):
-                await s.get_task(task_id)
-            _, peak = tracemalloc.get_traced_memory()
-        finally:
-            tracemalloc.stop()
+        peak = await refused_at_the_cap(s, task_id, "1048576-byte cap")
     # The whole answer would be 100 MB in one bytes object; the cap keeps it to ~1 MB.
     assert peak < 8 << 20, f"peak {peak / 2**20:.1f} MiB"
 
@@ -48,13 +53,7 @@ async def test_a_gzip_bomb_answer_is_capped_after_inflation(server: EmulatorServ
     async with session_for(server, retry=ONCE) as s:
         task_id = await submitted(s)
         server.emulator.inject("task", Fault.gzip(bomb=True))
-        tracemalloc.start()
-        try:
-            with anyio.fail_after(HANG), pytest.raises(DecodeError, match="cap"):
-                await s.get_task(task_id)
-            _, peak = tracemalloc.get_traced_memory()
-        finally:
-            tracemalloc.stop()
+        peak = await refused_at_the_cap(s, task_id, "cap")
     # ~1 MB on the wire inflates to 1 GiB: only the cap's worth is ever held.
     assert peak < 8 << 20, f"peak {peak / 2**20:.1f} MiB"
 
@@ -65,13 +64,7 @@ async def test_a_stated_length_over_the_cap_is_refused_unread(server: EmulatorSe
     async with session_for(server, retry=ONCE) as s:
         task_id = await submitted(s)
         server.emulator.inject("task", Fault.huge_answer(100 << 20, framed=True))
-        tracemalloc.start()
-        try:
-            with anyio.fail_after(HANG), pytest.raises(DecodeError, match="1048576-byte cap"):
-                await s.get_task(task_id)
-            _, peak = tracemalloc.get_traced_memory()
-        finally:
-            tracemalloc.stop()
+        peak = await refused_at_the_cap(s, task_id, "1048576-byte cap")
     assert peak < 2 << 20, f"peak {peak / 2**20:.1f} MiB"
 
 
@@ -82,13 +75,7 @@ async def test_a_gzip_bomb_under_the_cap_on_the_wire_is_capped_after_inflation(
     async with session_for(server, retry=ONCE) as s:
         task_id = await submitted(s)
         server.emulator.inject("task", Fault.gzip(bomb=True, inflated=256 << 20))
-        tracemalloc.start()
-        try:
-            with anyio.fail_after(HANG), pytest.raises(DecodeError, match="cap"):
-                await s.get_task(task_id)
-            _, peak = tracemalloc.get_traced_memory()
-        finally:
-            tracemalloc.stop()
+        peak = await refused_at_the_cap(s, task_id, "cap")
     assert peak < 8 << 20, f"peak {peak / 2**20:.1f} MiB"
 
 
