@@ -252,7 +252,9 @@ async def test_a_hint_past_max_retry_after_pauses_the_session_no_longer_than_tha
             before = clock.now()
             await s.submit(REQ)
             waited = clock.now() - before
-    assert 50 <= waited <= 200  # paused for the bound (60), not the hour
+    # Paused for the bound (60), not the hour; the upper margin (0.5 s real, the hour
+    # is 1.8 s) absorbs a loaded machine's late wake-ups.
+    assert 50 <= waited <= 1000
 
 
 async def test_read_timeout_get_is_retried_post_is_not(server: EmulatorServer) -> None:

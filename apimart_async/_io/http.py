@@ -159,14 +159,16 @@ class Http:
         self,
         method: str,
         url: str,
-        *,
         headers: Mapping[str, str],
-        body: bytes | None = None,
-        params: Mapping[str, str] | None = None,
-        secret: str | None = None,
+        body: bytes | None,
+        params: Mapping[str, str],
+        secret: str | None,
     ) -> RawResponse:
         """Send one request to the API host, with `api_headers` and `headers` (which win),
-        and read the whole answer. Redirects are not followed."""
+        and read the whole answer. Redirects are not followed.
+
+        (Positional: it runs for every request, and the transport is its one caller.)
+        """
         session = self._api
         if session is not None:
             send: Mapping[str, str] | None = headers or None
@@ -186,17 +188,18 @@ class Http:
                 allow_redirects=False,
                 timeout=self._timeout,
             ) as resp:
-                length = resp.content_length
-                if (length is not None and length <= self._max_answer
-                        and "Content-Encoding" not in resp.headers):
+                answer = resp.headers
+                length = answer.get("Content-Length")
+                if (length is not None and "Content-Encoding" not in answer
+                        and length.isdigit() and int(length) <= self._max_answer):
                     # The usual answer, read here: one coroutine less on every request.
-                    return RawResponse(resp.status, resp.headers, await resp.read())
+                    return RawResponse(resp.status, answer, await resp.read())
                 body = await self._read_capped(resp)
                 if body is None:
                     failure = self._too_large(resp.status)
                 else:
                     # aiohttp's headers already look names up case-insensitively.
-                    return RawResponse(resp.status, resp.headers, body)
+                    return RawResponse(resp.status, answer, body)
         except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
             failure = translate(exc, secret)
         # Raised outside the handler, so no exception chain keeps the request headers.

@@ -94,8 +94,11 @@ class Transport:
             body = encode_json(request.json)
             if "Content-Type" not in headers:
                 headers = {**headers, "Content-Type": "application/json"}
+        params = request.params
+        send = self.http.request
         limits = self.limits
         hooks = self.hooks
+        stats = self.stats
         attempt = 0
         while True:
             attempt += 1
@@ -111,25 +114,24 @@ class Transport:
                     gate()  # the last moment to decide not to send
                 if before_send is not None:
                     await before_send()
-                self.stats.requests += 1
-                raw = await self.http.request(
-                    request.method, url, headers=headers, body=body,
-                    params=request.params, secret=secret,
-                )
-                hint = parse_retry_after(raw.headers) if raw.status != 200 else None
-                result: T = parse(raw.status, raw.body, retry_after=hint, secret=secret)
+                stats.requests += 1
+                raw = await send(request.method, url, headers, body, params, secret)
+                status = raw.status
+                result: T = parse(
+                    status, raw.body, secret=secret,
+                    retry_after=None if status == 200 else parse_retry_after(raw.headers))
             except APIMartError as exc:
                 limits.release()
                 if raw is not None:
                     with_response(exc, raw.headers, secret)
-                status = raw.status if raw is not None else _status(exc)
+                code = raw.status if raw is not None else _status(exc)
                 if hooks.on_request is not None:
                     fire(hooks.on_request, RequestEvent(
                         method=request.method, path=request.path, attempt=attempt,
-                        status=status, error=type(exc).__name__,
+                        status=code, error=type(exc).__name__,
                         elapsed=time.perf_counter() - started))
                 if isinstance(exc, RateLimitError):
-                    self.stats.rate_limited += 1
+                    stats.rate_limited += 1
                     # A hint past `max_retry_after` fails this request at once; the
                     # session's pause is held to that bound too, so an hour's hint (or
                     # 1e308) does not silence every later call for that long.
@@ -150,7 +152,7 @@ class Transport:
                         request.method, request.path, attempt, type(exc).__name__,
                     )
                     raise
-                self.stats.retries += 1
+                stats.retries += 1
                 delay = decision.delay
                 if isinstance(exc, RateLimitError):
                     delay = limits.retry_delay(exc.retry_after, delay)
@@ -162,7 +164,7 @@ class Transport:
                 if hooks.on_retry is not None:
                     fire(hooks.on_retry, RetryEvent(
                         method=request.method, path=request.path, attempt=attempt,
-                        error=type(exc).__name__, status=status, delay=delay))
+                        error=type(exc).__name__, status=code, delay=delay))
                 if on_safe_retry is not None and not is_ambiguous(exc):
                     await on_safe_retry()
             except BaseException:
