@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
-from typing import NamedTuple
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 import aiohttp
 import attrs
@@ -25,21 +24,13 @@ from .._core.errors import (
 from .._version import __version__
 
 __all__ = [
-    "MAX_ANSWER_BYTES", "USER_AGENT", "Http", "RawResponse", "StreamedResponse", "translate",
+    "MAX_ANSWER_BYTES", "NETWORK_ERRORS", "USER_AGENT", "Http", "StreamedResponse", "translate",
 ]
 
 USER_AGENT = f"apimart-async/{__version__}"
 
 MAX_ANSWER_BYTES = 1 << 20
 """The largest API answer read, counted after inflation (a task answer is < 2 KB)."""
-
-
-class RawResponse(NamedTuple):
-    """A whole answer: status, headers (names case-insensitive) and body."""
-
-    status: int
-    headers: Mapping[str, str]
-    body: bytes
 
 
 @attrs.frozen
@@ -62,6 +53,11 @@ class StreamedResponse:
             # Raised outside the handler: no __context__ keeps aiohttp's objects (which
             # can hold the request and its headers) alive or printable.
             raise failure
+
+
+#: What an exchange with a host raises when the network, the host or a timeout failed
+#: it; `translate` turns each into the SDK's error.
+NETWORK_ERRORS = (aiohttp.ClientError, OSError, asyncio.TimeoutError)
 
 
 def translate(exc: BaseException, secret: str | None = None) -> APIMartError:
@@ -104,7 +100,8 @@ class Http:
         connections: int = 100,
         max_answer_bytes: int = MAX_ANSWER_BYTES,
     ) -> None:
-        self._max_answer = max_answer_bytes
+        #: The largest answer read, in bytes (counted after inflation).
+        self.max_answer = max_answer_bytes
         self._timeout = _api_timeout(timeout)
         self._stream_timeout = _stream_timeout(timeout)
         self._borrowed = session
@@ -155,19 +152,19 @@ class Http:
             raise RuntimeError("the session is not open: use 'async with Session(...)'")
         return self._session
 
-    async def request(
+    def api_request(
         self,
         method: str,
         url: str,
         headers: Mapping[str, str],
         body: bytes | None,
         params: Mapping[str, str],
-        secret: str | None,
-    ) -> RawResponse:
-        """Send one request to the API host, with `api_headers` and `headers` (which win),
-        and read the whole answer. Redirects are not followed.
+    ) -> AbstractAsyncContextManager[aiohttp.ClientResponse]:
+        """One request to the API host, with `api_headers` and `headers` (which win), for
+        ``async with``; redirects are not followed. Read the answer with `read`. What the
+        exchange raises is one of `NETWORK_ERRORS`: `translate` it.
 
-        (Positional: it runs for every request, and the transport is its one caller.)
+        (The transport's retry loop sends it itself: one coroutine less on every request.)
         """
         session = self._api
         if session is not None:
@@ -176,47 +173,32 @@ class Http:
             # A borrowed session gets the credentials per call (and the timeouts, below).
             session = self.session
             send = {**self.api_headers, **headers} if headers else self.api_headers
-        failure: APIMartError
-        try:
-            async with session.request(
-                method,
-                url,
-                headers=send,
-                data=body,
-                params=params or None,
-                # A redirect could carry the Authorization header elsewhere.
-                allow_redirects=False,
-                timeout=self._timeout,
-            ) as resp:
-                answer = resp.headers
-                length = answer.get("Content-Length")
-                if (length is not None and "Content-Encoding" not in answer
-                        and length.isdigit() and int(length) <= self._max_answer):
-                    # The usual answer, read here: one coroutine less on every request.
-                    return RawResponse(resp.status, answer, await resp.read())
-                body = await self._read_capped(resp)
-                if body is None:
-                    failure = self._too_large(resp.status)
-                else:
-                    # aiohttp's headers already look names up case-insensitively.
-                    return RawResponse(resp.status, answer, body)
-        except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
-            failure = translate(exc, secret)
-        # Raised outside the handler, so no exception chain keeps the request headers.
-        raise failure
+        return session.request(
+            method,
+            url,
+            headers=send,
+            data=body,
+            params=params or None,
+            # A redirect could carry the Authorization header elsewhere.
+            allow_redirects=False,
+            timeout=self._timeout,
+        )
 
-    async def _read_capped(self, resp: aiohttp.ClientResponse) -> bytes | None:
-        """The body, or None once it passes the cap. Read chunk by chunk: aiohttp inflates
-        a compressed body as it streams, so the count is of inflated bytes and a gzip bomb
-        costs at most one cap (plus a chunk) of memory, never its inflated size."""
-        cap = self._max_answer
+    async def read(self, resp: aiohttp.ClientResponse) -> bytes:
+        """The whole body of an answer that is not the usual one (compressed, of no stated
+        length, or past the cap); `DecodeError` once it passes the cap.
+
+        Read chunk by chunk: aiohttp inflates a compressed body as it streams, so the count
+        is of inflated bytes and a gzip bomb costs at most one cap (plus a chunk) of memory,
+        never its inflated size."""
+        cap = self.max_answer
         length = resp.content_length
         if length is not None and not resp.headers.get("Content-Encoding"):
             if length > cap:
                 resp.close()  # refused unread: the connection is not reused
-                return None
-            # The usual answer: an identity body of a stated length within the cap, which
-            # aiohttp reads to that length and no further; one read, no chunk loop.
+                raise self._too_large(resp.status)
+            # An identity body of a stated length within the cap, which aiohttp reads to
+            # that length and no further; one read, no chunk loop.
             return await resp.read()
         parts: list[bytes] = []
         size = 0
@@ -225,13 +207,13 @@ class Http:
             if size > cap:
                 # Closing drops the connection rather than draining the rest into the pool.
                 resp.close()
-                return None
+                raise self._too_large(resp.status)
             parts.append(chunk)
         return b"".join(parts)
 
     def _too_large(self, status: int) -> DecodeError:
         return DecodeError(
-            f"answer is larger than the {self._max_answer}-byte cap; not read further",
+            f"answer is larger than the {self.max_answer}-byte cap; not read further",
             status=status, snippet="",
         )
 

@@ -65,14 +65,31 @@ class Limits:
         self._held_back = 0
         # The pace last reported (log, `on_rate_change`), to report its rises in steps.
         self._reported: float | None = rps
-        #: When set, every request waits for a slot of this shared rate instead of the
-        #: local pace (a fleet of workers on one key: `_batch.fleet`).
-        self.shared: SharedPacer | None = None
+        self._shared: SharedPacer | None = None
+        # Nothing to pace, report or wake: a request takes and gives back a slot and
+        # no more (every request's path until a rate is given or met). Kept up to date
+        # wherever the rate, the fleet's pacer or the report can change.
+        self._unpaced = self._is_unpaced()
         #: Called on each 429 when `shared` is set, with the Retry-After hint (seconds).
         self.on_shared_throttle: Callable[[float | None], None] | None = None
         #: A prepaid slot reached later than this (real seconds) is not used: a request
         #: sent late bunches with those sent on time.
         self.shared_tolerance = 0.0
+
+    @property
+    def shared(self) -> SharedPacer | None:
+        """When set, every request waits for a slot of this shared rate instead of the
+        local pace (a fleet of workers on one key: `_batch.fleet`)."""
+        return self._shared
+
+    @shared.setter
+    def shared(self, pacer: SharedPacer | None) -> None:
+        self._shared = pacer
+        self._unpaced = self._is_unpaced()
+
+    def _is_unpaced(self) -> bool:
+        return (self._shared is None and self.rate.free and self._reported is None
+                and not self._held_back)
 
     @contextlib.contextmanager
     def prepaid(self, due: float) -> Iterator[None]:
@@ -91,7 +108,7 @@ class Limits:
 
     def try_acquire(self) -> float | None:
         """Take a slot without waiting, if one is free and nothing needs pacing."""
-        if self.shared is not None or not self.rate.free:
+        if not self._unpaced:
             return None
         try:
             self.concurrency.acquire_nowait()
@@ -123,6 +140,7 @@ class Limits:
                 ticket = self._time.now()
             else:
                 ticket = await self._pace()
+            self._unpaced = self._is_unpaced()
         except BaseException:
             self.concurrency.release()
             raise
@@ -178,6 +196,7 @@ class Limits:
         if rate.epoch != before:
             self._report(previous, rate.pace(now), "throttled", retry_after)
         self._wake()
+        self._unpaced = self._is_unpaced()
 
     def retry_delay(self, retry_after: float | None, delay: float) -> float:
         """How long a request that met a 429 waits before it queues for a slot again.
@@ -196,9 +215,8 @@ class Limits:
         else:
             self._in_flight -= 1
             self.concurrency.release()
-        rate = self.rate
-        if rate.window is None and self._reported is None and not self._held_back:
-            rate.on_accepted(ticket)  # nothing paced, nobody waiting, nothing to report
+        if self._unpaced:
+            self.rate.on_accepted(ticket)  # nothing paced, nobody waiting, nothing to report
             return
         self._wake()
         self.succeeded(ticket)
@@ -217,6 +235,7 @@ class Limits:
             pace = rate.pace(self._time.now())
             if pace is not None and pace - reported >= _REPORT_STEP * reported:
                 self._report(reported, pace, "recovered", None)
+        self._unpaced = self._is_unpaced()
 
     def _report(self, previous: float | None, pace: float | None, reason: str,
                 retry_after: float | None) -> None:

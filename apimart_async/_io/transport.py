@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TypeVar
 
 from .._core.config import ApiKey
@@ -17,7 +17,7 @@ from .._core.retry import RetryPolicy, decide, is_ambiguous, parse_retry_after
 from .._core.wire import HttpRequest, encode_json
 from .clock import Clock
 from .hooks import fire
-from .http import USER_AGENT, Http
+from .http import NETWORK_ERRORS, USER_AGENT, Http, translate
 from .limits import Limits
 from .stats import SessionStats
 
@@ -95,18 +95,19 @@ class Transport:
             if "Content-Type" not in headers:
                 headers = {**headers, "Content-Type": "application/json"}
         params = request.params
-        send = self.http.request
+        http = self.http
+        cap = http.max_answer
         limits = self.limits
         hooks = self.hooks
         stats = self.stats
         attempt = 0
         while True:
             attempt += 1
-            # One attempt, inline: this loop runs for every poll.
+            # One attempt, inline (the exchange too): this loop runs for every poll.
             epoch = limits.try_acquire()
             if epoch is None:
                 epoch = await limits.acquire()
-            raw = None
+            answer: Mapping[str, str] | None = None  # the answer's headers, once read
             # Timed only for a hook that reads it: a clock read per poll otherwise.
             started = time.perf_counter() if hooks.on_request is not None else 0.0
             try:
@@ -115,16 +116,34 @@ class Transport:
                 if before_send is not None:
                     await before_send()
                 stats.requests += 1
-                raw = await send(request.method, url, headers, body, params, secret)
-                status = raw.status
+                failure: APIMartError | None = None
+                try:
+                    async with http.api_request(
+                            request.method, url, headers, body, params) as resp:
+                        got = resp.headers
+                        length = got.get("Content-Length")
+                        if (length is not None and "Content-Encoding" not in got
+                                and length.isdigit() and int(length) <= cap):
+                            data = await resp.read()  # the usual answer
+                        else:
+                            data = await http.read(resp)
+                        status = resp.status
+                        answer = got
+                except NETWORK_ERRORS as exc:
+                    failure = translate(exc, secret)
+                if failure is not None:
+                    # Raised outside the handler: no exception chain keeps aiohttp's
+                    # objects (which hold the request headers) alive or printable.
+                    raise failure
+                assert answer is not None
                 result: T = parse(
-                    status, raw.body, secret=secret,
-                    retry_after=None if status == 200 else parse_retry_after(raw.headers))
+                    status, data, secret=secret,
+                    retry_after=None if status == 200 else parse_retry_after(answer))
             except APIMartError as exc:
                 limits.release()
-                if raw is not None:
-                    with_response(exc, raw.headers, secret)
-                code = raw.status if raw is not None else _status(exc)
+                if answer is not None:
+                    with_response(exc, answer, secret)
+                code = status if answer is not None else _status(exc)
                 if hooks.on_request is not None:
                     fire(hooks.on_request, RequestEvent(
                         method=request.method, path=request.path, attempt=attempt,
@@ -139,7 +158,7 @@ class Transport:
                     if hint is not None:
                         hint = min(hint, self.retry.max_retry_after)
                     limits.throttled(epoch, hint)
-                elif raw is not None:
+                elif answer is not None:
                     limits.succeeded(epoch)  # answered: it took a token all the same
                 decision = decide(
                     self.retry, exc, attempt=attempt, idempotent=request.idempotent
@@ -175,7 +194,7 @@ class Transport:
                 if hooks.on_request is not None:
                     fire(hooks.on_request, RequestEvent(
                         method=request.method, path=request.path, attempt=attempt,
-                        status=raw.status, error=None,
+                        status=status, error=None,
                         elapsed=time.perf_counter() - started))
                 return result
             await self._clock.delay(delay)
