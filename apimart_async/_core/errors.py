@@ -14,10 +14,7 @@ from __future__ import annotations
 import sys
 import types
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from .models import Task
+from typing import Any
 
 __all__ = [
     "APIConnectionError",
@@ -237,7 +234,7 @@ class DecodeError(APIMartError):
 class TaskFailedError(APIMartError):
     """The task ended as failed or cancelled; `task` is its last state."""
 
-    def __init__(self, task: Task) -> None:
+    def __init__(self, task: models.Task) -> None:
         self.task = task
         self.task_id = task.id
         self.code = task.error.code if task.error else None
@@ -255,7 +252,7 @@ class TaskTimeoutError(APIMartError, TimeoutError):
     """
 
     def __init__(
-        self, task_id: str, *, timeout: float, task: Task | None = None,
+        self, task_id: str, *, timeout: float, task: models.Task | None = None,
         poll_error: APIMartError | None = None,
     ) -> None:
         self.task_id = task_id
@@ -406,3 +403,8 @@ def with_response(
     })
     error.request_id = error.headers.get("x-request-id") or error.headers.get("request-id")
     return error
+
+
+# Last, for `typing.get_type_hints` on the constructors that take a `Task`: `models`
+# imports this module, and a module bound at the end resolves whichever loads first.
+from . import models  # noqa: E402
