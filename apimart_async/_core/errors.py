@@ -60,6 +60,22 @@ class APIMartError(Exception):
     #: The headers of the answer that caused this error (read-only), else None.
     headers: Mapping[str, str] | None = None
 
+    # Pickling (multiprocessing, concurrent.futures) and copy: BaseException's way calls
+    # the class again with `args`, the formatted message, which no constructor here takes
+    # (and would format again). An error is rebuilt as `error_from_record` rebuilds one:
+    # its message set without its constructor, then every attribute as it was.
+    def __reduce__(self) -> tuple[Any, ...]:
+        state = dict(self.__dict__)
+        if state.get("headers") is not None:
+            state["headers"] = dict(state["headers"])  # a mappingproxy does not pickle
+        return (_rebuild, (type(self), self.args), state)
+
+    def __setstate__(self, state: dict[str, Any] | None) -> None:
+        for name, value in (state or {}).items():
+            if name == "headers" and value is not None:
+                value = types.MappingProxyType(dict(value))
+            setattr(self, name, value)
+
 
 class ValidationError(APIMartError, ValueError):
     """Bad input, found before anything was sent.
@@ -295,6 +311,13 @@ class DownloadError(APIMartError):
         self.task_id = task_id
         self.resumable = resumable
         super().__init__(f"task {task_id}: {message}")
+
+
+def _rebuild(cls: type[APIMartError], args: tuple[Any, ...]) -> APIMartError:
+    """An error of `cls` with `args` as its message, its attributes set afterwards."""
+    error = cls.__new__(cls)
+    Exception.__init__(error, *args)
+    return error
 
 
 def account_problem(error: APIMartError) -> str | None:
