@@ -14,8 +14,14 @@
 Everything public is re-exported here; the modules behind it are private.
 """
 
-from typing import TYPE_CHECKING, Any
-
+from ._batch.report import (
+    BatchItem,
+    BatchReport,
+    BatchSpend,
+    ItemResult,
+    ItemState,
+    WorkerOutcome,
+)
 from ._core.balance import Balance
 from ._core.config import DownloadPolicy, Timeout
 from ._core.errors import (
@@ -62,38 +68,9 @@ from ._io.stats import SessionStats
 from ._session import Session
 from ._version import __version__
 
-if TYPE_CHECKING:
-    from ._batch.fleet import WorkerOutcome
-    from ._batch.journal import ItemState
-    from ._batch.runner import BatchItem, BatchReport, BatchSpend, ItemResult
-
-# The batch runner's names, imported on first use: a plain `Session` needs none of
-# the batch modules (the runner, its SQLite and PostgreSQL journals, the fleet), and
-# importing them cost ~3.4 MB of every process's memory (#14).
-_LAZY = {
-    "BatchItem": "._batch.runner",
-    "BatchReport": "._batch.runner",
-    "BatchSpend": "._batch.runner",
-    "ItemResult": "._batch.runner",
-    "ItemState": "._batch.journal",
-    "WorkerOutcome": "._batch.fleet",
-}
-
-
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(module, __name__), name)
-    globals()[name] = value  # once: later lookups do not come here
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
-
+# The batch runner, its SQLite and PostgreSQL journals and the fleet (~3.4 MB of
+# memory) are imported by `Session.run_batch`/`run_worker` when called, not here (#14);
+# the types they take and give back come from the light `_batch.report`.
 
 __all__ = [
     "APIConnectionError",

@@ -8,11 +8,13 @@ from collections.abc import Callable, Iterable, Sequence
 from os import PathLike
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, cast
+from typing import cast
 
+import aiohttp  # loaded by _io already: only for `http_session`'s annotation
 import anyio
 import attrs
 
+from ._batch.report import BatchItem, BatchReport, ItemResult, WorkerOutcome
 from ._core.balance import Balance
 from ._core.config import (
     DEFAULT_BASE_URL,
@@ -41,12 +43,6 @@ from ._engine.submit import submit_each
 from ._io.clock import Clock
 from ._io.download import DownloadResult
 from ._io.stats import SessionStats
-
-if TYPE_CHECKING:
-    import aiohttp
-
-    from ._batch.fleet import WorkerOutcome
-    from ._batch.runner import BatchItem, BatchReport, ItemResult
 
 __all__ = ["Session"]
 

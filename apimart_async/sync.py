@@ -25,11 +25,12 @@ from concurrent.futures import CancelledError, Future
 from contextlib import AbstractContextManager, ExitStack, suppress
 from os import PathLike
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import anyio
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
+from ._batch.report import BatchItem, BatchReport, ItemResult, WorkerOutcome
 from ._core.balance import Balance
 from ._core.config import DownloadPolicy, Timeout
 from ._core.errors import APIMartError, ValidationError
@@ -44,10 +45,6 @@ from ._io.clock import Clock
 from ._io.download import DownloadResult
 from ._io.stats import SessionStats
 from ._session import Session as AsyncSession
-
-if TYPE_CHECKING:
-    from ._batch.fleet import WorkerOutcome
-    from ._batch.runner import BatchItem, BatchReport, ItemResult
 
 __all__ = ["BatchStream", "Session", "Watch"]
 

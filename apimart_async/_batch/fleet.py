@@ -51,8 +51,9 @@ from .._engine.engine import Engine
 from .._engine.streams import Watch
 from .._engine.submit import StreamClosed
 from .._io.download import part_path
-from .journal import ItemState, JournalRow, request_json
+from .journal import JournalRow, request_json
 from .pg import Claimed, PgJournal
+from .report import ItemState, WorkerOutcome
 from .runner import (
     BatchReport,
     BatchSpend,
@@ -77,25 +78,6 @@ log = logging.getLogger("apimart_async")
 _STALE_SLOT = 0.5
 # What stops a worker at once: the fleet declared it dead, or its database is gone.
 _STOPS = (WorkerFencedError, JournalUnavailableError)
-
-
-@attrs.frozen(kw_only=True)
-class WorkerOutcome:
-    """What one worker did, and how the batch stands when it left."""
-
-    worker: int
-    submitted: int
-    downloaded: int
-    adopted: int
-    declared_dead: tuple[int, ...]
-    counts: dict[str, int]
-    interrupted: bool
-    #: The account failure (text) that stopped the fleet, if any.
-    stopped: str | None
-    account_error: APIMartError | None = None
-    #: True when this worker stopped claiming because the next item could cross the
-    #: batch's spend cap (`max_spend`).
-    stopped_at_cap: bool = False
 
 
 class _Worker:

@@ -16,7 +16,6 @@ exclusive OS lock on ``JOURNAL.lock`` is held while the journal is open.
 
 from __future__ import annotations
 
-import enum
 import hashlib
 import json
 import os
@@ -34,6 +33,7 @@ import anyio
 import attrs
 
 from .._core.errors import JournalBusyError, ValidationError
+from .report import ItemState
 
 __all__ = ["FileRow", "ItemState", "Journal", "JournalRow", "item_key", "request_digest"]
 
@@ -66,18 +66,6 @@ else:
         except BlockingIOError:
             return False
         return True
-
-
-class ItemState(str, enum.Enum):
-    """Where a batch item stands, as the journal records it."""
-
-    PENDING = "pending"  # not sent (yet, or refused before sending: nothing billed)
-    SUBMITTING = "submitting"  # on the wire; a crash here leaves it ambiguous
-    SUBMITTED = "submitted"  # the task exists: task_id is set
-    COMPLETED = "completed"  # the task completed; the video is not on disk yet
-    FAILED = "failed"  # the task failed, or the API rejected the request
-    DOWNLOADED = "downloaded"  # every output is on disk: path, size, sha256 (and `files`)
-    AMBIGUOUS = "ambiguous"  # may or may not have been created (and billed)
 
 
 # What a row is read as; the table also has `position` (the input position an item

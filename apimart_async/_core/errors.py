@@ -14,10 +14,7 @@ from __future__ import annotations
 import sys
 import types
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from .models import Task
+from typing import Any
 
 __all__ = [
     "APIConnectionError",
@@ -62,6 +59,22 @@ class APIMartError(Exception):
 
     #: The headers of the answer that caused this error (read-only), else None.
     headers: Mapping[str, str] | None = None
+
+    # Pickling (multiprocessing, concurrent.futures) and copy: BaseException's way calls
+    # the class again with `args`, the formatted message, which no constructor here takes
+    # (and would format again). An error is rebuilt as `error_from_record` rebuilds one:
+    # its message set without its constructor, then every attribute as it was.
+    def __reduce__(self) -> tuple[Any, ...]:
+        state = dict(self.__dict__)
+        if state.get("headers") is not None:
+            state["headers"] = dict(state["headers"])  # a mappingproxy does not pickle
+        return (_rebuild, (type(self), self.args), state)
+
+    def __setstate__(self, state: dict[str, Any] | None) -> None:
+        for name, value in (state or {}).items():
+            if name == "headers" and value is not None:
+                value = types.MappingProxyType(dict(value))
+            setattr(self, name, value)
 
 
 class ValidationError(APIMartError, ValueError):
@@ -237,7 +250,7 @@ class DecodeError(APIMartError):
 class TaskFailedError(APIMartError):
     """The task ended as failed or cancelled; `task` is its last state."""
 
-    def __init__(self, task: Task) -> None:
+    def __init__(self, task: models.Task) -> None:
         self.task = task
         self.task_id = task.id
         self.code = task.error.code if task.error else None
@@ -255,7 +268,7 @@ class TaskTimeoutError(APIMartError, TimeoutError):
     """
 
     def __init__(
-        self, task_id: str, *, timeout: float, task: Task | None = None,
+        self, task_id: str, *, timeout: float, task: models.Task | None = None,
         poll_error: APIMartError | None = None,
     ) -> None:
         self.task_id = task_id
@@ -298,6 +311,13 @@ class DownloadError(APIMartError):
         self.task_id = task_id
         self.resumable = resumable
         super().__init__(f"task {task_id}: {message}")
+
+
+def _rebuild(cls: type[APIMartError], args: tuple[Any, ...]) -> APIMartError:
+    """An error of `cls` with `args` as its message, its attributes set afterwards."""
+    error = cls.__new__(cls)
+    Exception.__init__(error, *args)
+    return error
 
 
 def account_problem(error: APIMartError) -> str | None:
@@ -406,3 +426,8 @@ def with_response(
     })
     error.request_id = error.headers.get("x-request-id") or error.headers.get("request-id")
     return error
+
+
+# Last, for `typing.get_type_hints` on the constructors that take a `Task`: `models`
+# imports this module, and a module bound at the end resolves whichever loads first.
+from . import models  # noqa: E402

@@ -120,6 +120,24 @@ def _extra(value: object) -> Mapping[str, Any] | None:
     return types.MappingProxyType(json.loads(text))
 
 
+def _state_of(obj: VideoRequest | Task) -> dict[str, Any]:
+    """A frozen model's fields for pickle and copy, its read-only `extra` as a dict."""
+    state = {field.name: getattr(obj, field.name) for field in attrs.fields(type(obj))}
+    if state["extra"] is not None:
+        state["extra"] = dict(state["extra"])
+    return state
+
+
+def _set_state(obj: VideoRequest | Task, state: Mapping[str, Any],
+               empty_extra: Mapping[str, Any] | None) -> None:
+    """Fill a frozen model from `_state_of`'s state: `extra` read-only again (an empty
+    one as `empty_extra` when that is given), as its constructor leaves it."""
+    for name, value in state.items():
+        if name == "extra" and value is not None:
+            value = types.MappingProxyType(value) if value or empty_extra is None else empty_extra
+        object.__setattr__(obj, name, value)
+
+
 @attrs.frozen
 class VideoRequest:
     """One video generation, validated on construction.
@@ -143,6 +161,13 @@ class VideoRequest:
     extra: Mapping[str, Any] | None = attrs.field(
         default=None, converter=_extra, hash=False, kw_only=True
     )
+
+    # attrs' own pickling hands `extra`, a mappingproxy, to pickle, which refuses it.
+    def __getstate__(self) -> dict[str, Any]:
+        return _state_of(self)
+
+    def __setstate__(self, state: Mapping[str, Any]) -> None:
+        _set_state(self, state, empty_extra=None)
 
     def __attrs_post_init__(self) -> None:
         check_model_fields(
@@ -215,6 +240,14 @@ class Task:
     model: str | None = None
     outputs: tuple[TaskOutput, ...] = ()
     extra: Mapping[str, Any] = attrs.field(default=NO_EXTRA, hash=False)
+
+    # attrs' own pickling hands `extra`, a mappingproxy, to pickle, which refuses it (a
+    # TaskFailedError, which holds its Task, could not cross a process boundary).
+    def __getstate__(self) -> dict[str, Any]:
+        return _state_of(self)
+
+    def __setstate__(self, state: Mapping[str, Any]) -> None:
+        _set_state(self, state, empty_extra=NO_EXTRA)
 
     def __attrs_post_init__(self) -> None:
         if not self.outputs and self.video_urls:

@@ -36,7 +36,6 @@ name anyway, register it (`register_model(ModelSpec("sora2"))`).
 from __future__ import annotations
 
 import contextlib
-import difflib
 import logging
 import re
 import threading
@@ -243,6 +242,10 @@ def _unknown(model: str, aspect_ratio: str | None) -> None:
         raise ValidationError(
             "model", f"{model!r} is not a known model; did you mean {same[0]!r}? (to send "
             f"this name as it is, register it: register_model(ModelSpec({model!r})))")
+    # Here, not at the top: difflib is ~150 KB of every process's memory, and only
+    # a model name the SDK does not know needs it.
+    import difflib
+
     close = difflib.get_close_matches(model, list(_registry), n=1, cutoff=0.85)
     if close:
         log.warning("model %r is not known to this SDK (did you mean %r?): sent unchecked",
