@@ -10,7 +10,6 @@ from pathlib import Path
 from types import TracebackType
 from typing import cast
 
-import aiohttp  # loaded by _io already: only for `http_session`'s annotation
 import anyio
 import attrs
 
@@ -42,6 +41,7 @@ from ._engine.streams import BatchStream, Watch
 from ._engine.submit import submit_each
 from ._io.clock import Clock
 from ._io.download import DownloadResult
+from ._io.http import ClientSession
 from ._io.stats import SessionStats
 
 __all__ = ["Session"]
@@ -91,7 +91,7 @@ class Session:
         timeout: Timeout | None = None,
         retry: RetryPolicy | None = None,
         poll: PollPolicy | None = None,
-        http_session: aiohttp.ClientSession | None = None,
+        http_session: ClientSession | None = None,
         download_concurrency: int = 4,
         clock: Clock | None = None,
         downloads: DownloadPolicy | None = None,

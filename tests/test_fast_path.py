@@ -257,8 +257,9 @@ def test_the_usual_running_answer_takes_the_quick_pass() -> None:
     # the quick pass nothing is recorded; with a judge that takes nothing, -1.)
     wire._SHAPES.clear()
     for data in (PROCESSING, USUAL, dict(USUAL, estimated_time=61.5, progress=7)):
-        task = _task_fast(copy.deepcopy(data), SECRET)
-        assert outcome(lambda: task) == outcome(_task_general, copy.deepcopy(data), SECRET)
+        quick = _task_fast(copy.deepcopy(data), SECRET)
+        assert outcome(lambda: quick) == outcome(  # noqa: B023 (called at once)
+            _task_general, copy.deepcopy(data), SECRET)
     assert sorted(wire._SHAPES.values()) == [len(PROCESSING), len(USUAL), len(USUAL)]
 
 

@@ -24,10 +24,15 @@ from .._core.errors import (
 from .._version import __version__
 
 __all__ = [
-    "MAX_ANSWER_BYTES", "NETWORK_ERRORS", "USER_AGENT", "Http", "StreamedResponse", "translate",
+    "MAX_ANSWER_BYTES", "NETWORK_ERRORS", "USER_AGENT", "ClientSession", "Http",
+    "StreamedResponse", "translate",
 ]
 
 USER_AGENT = f"apimart-async/{__version__}"
+
+#: aiohttp's session class, named here for the facade's signature (`Session(http_session=)`)
+#: so that only this package imports aiohttp and the annotation still resolves.
+ClientSession = aiohttp.ClientSession
 
 MAX_ANSWER_BYTES = 1 << 20
 """The largest API answer read, counted after inflation (a task answer is < 2 KB)."""
