@@ -249,28 +249,3 @@ def test_a_secret_inside_a_known_status_or_model_is_still_scrubbed(secret: str) 
         assert got == outcome(_general_parse_task, 200, body, secret=secret)
         task = parse_task(200, body, secret=secret)
         assert secret not in task.raw_status and secret not in (task.model or "")
-
-
-def test_the_usual_running_answer_takes_the_quick_pass() -> None:
-    # The quick pass judges an answer's field types once per combination: the usual
-    # answer's combination is recorded as taken, with its number of fields. (Without
-    # the quick pass nothing is recorded; with a judge that takes nothing, -1.)
-    wire._SHAPES.clear()
-    for data in (PROCESSING, USUAL, dict(USUAL, estimated_time=61.5, progress=7)):
-        quick = _task_fast(copy.deepcopy(data), SECRET)
-        assert outcome(lambda: quick) == outcome(  # noqa: B023 (called at once)
-            _task_general, copy.deepcopy(data), SECRET)
-    assert sorted(wire._SHAPES.values()) == [len(PROCESSING), len(USUAL), len(USUAL)]
-
-
-def test_the_shape_table_is_bounded() -> None:
-    # A server answering with ever new combinations of types cannot grow it: past the
-    # cap, shapes are judged afresh each time and still read right.
-    wire._SHAPES.clear()
-    odd = [None, 1, 2.5, "x"]
-    for i in range(200):
-        data = dict(USUAL, created=odd[i % 4], completed=odd[i // 4 % 4],
-                    estimated_time=odd[i // 16 % 4], actual_time=odd[i // 64 % 4])
-        assert outcome(wire.task_from_data, copy.deepcopy(data), SECRET) == outcome(
-            _task_general, copy.deepcopy(data), SECRET)
-    assert len(wire._SHAPES) == wire._SHAPES_MAX

@@ -6,11 +6,8 @@ unit-tested without a socket. The one cattrs converter for the wire lives here.
 
 from __future__ import annotations
 
-import collections
 import importlib
-import itertools
 import json
-import operator
 import re
 import string
 import types
@@ -579,51 +576,6 @@ def _task_fast(data: Any, secret: str | None, expected_id: str | None = None) ->
     """
     if type(data) is not dict:
         return None
-    # The usual answer of a running task (no result, no error, only known fields): its
-    # values fetched and their JSON types read in two C-level passes, and the types
-    # judged once per combination (`_judge`), not field by field for every answer.
-    values = tuple(map(data.get, _KEYS, _ABSENT_EACH))
-    shape = tuple(map(type, values))
-    present = _SHAPES.get(shape)
-    if present is None:
-        present = _judge(shape)
-    if present == len(data):
-        (task_id, status, progress, created, completed, estimated, actual, model, _, _,
-         kind, type_) = values
-        if ((kind is _ABSENT or kind == _OBJECT) and (type_ is _ABSENT or type_ == _TYPE)
-                and (progress is _ABSENT or -_EXACT < progress < _EXACT)):
-            if task_id == expected_id:
-                task_id = expected_id
-            known = _KNOWN_STATUS.get(status)
-            if known is not None and not (secret and secret in status):
-                parsed, raw_status = known
-            else:
-                parsed, raw_status = TaskStatus.parse(status), scrub(status, secret)
-            if model is _ABSENT or model is None:
-                model = None
-            else:
-                model = scrub(model, secret)
-                name = _MODEL_NAMES.get(model)
-                if name is not None:
-                    model = name
-                elif len(_MODEL_NAMES) < _MODEL_NAMES_MAX:
-                    _MODEL_NAMES[model] = model
-            try:
-                estimated = (None if estimated is _ABSENT or estimated is None
-                             else float(estimated))
-                actual = None if actual is _ABSENT or actual is None else float(actual)
-            except OverflowError:  # an integer too large for a float: the converter's
-                return None
-            quick: Task = _new_object(Task)
-            # Every slot filled in one C-level pass, in `attrs.fields(Task)` order.
-            _fill(map(_call, _SETTERS_IN_ORDER, itertools.repeat(quick), (
-                task_id, parsed, raw_status,
-                0 if progress is _ABSENT or progress < 0 else 100 if progress > 100
-                else progress,
-                None if created is _ABSENT else created, estimated,
-                None if completed is _ABSENT else completed, actual,
-                (), None, None, model, (), NO_EXTRA)), 0)
-            return quick
     get = data.get
     task_id = get("id")
     status = get("status")
@@ -712,49 +664,6 @@ def _task_fast(data: Any, secret: str | None, expected_id: str | None = None) ->
 
 
 _new_object = object.__new__
-
-
-class _Absent:
-    """A field missing from the answer (where None is a JSON null)."""
-
-    __slots__ = ()
-
-
-_ABSENT = _Absent()
-# The fields `_task_fast` reads at once, in its unpacking order.
-_KEYS = ("id", "status", "progress", "created", "completed", "estimated_time",
-         "actual_time", "model", "error", "result", "object", "type")
-_ABSENT_EACH = (_ABSENT,) * len(_KEYS)
-_OBJECT, _TYPE = "video.generation.task", "video"
-_NONE = type(None)
-# What each field may be in the usual answer of a running task, by JSON type (the
-# types the converter turns into the same value; a bool is not an int here).
-_USUAL_TYPES: tuple[frozenset[type], ...] = tuple(frozenset(t) for t in (
-    (str,), (str,), (int, _Absent), (int, _NONE, _Absent), (int, _NONE, _Absent),
-    (int, float, _NONE, _Absent), (int, float, _NONE, _Absent), (str, _NONE, _Absent),
-    (_NONE, _Absent), (_NONE, _Absent), (str, _Absent), (str, _Absent),
-))
-# Shape (the fields' types) -> how many fields such an answer has, or -1 for a shape
-# the quick pass does not take. Bounded: a server cannot grow it past the cap.
-_SHAPES: dict[tuple[type, ...], int] = {}
-_SHAPES_MAX = 64
-
-
-def _judge(shape: tuple[type, ...]) -> int:
-    usual = all(t in allowed for t, allowed in zip(shape, _USUAL_TYPES, strict=True))
-    present = len(shape) - shape.count(_Absent) if usual else -1
-    if len(_SHAPES) < _SHAPES_MAX:
-        _SHAPES[shape] = present
-    return present
-
-
-def _call_each(func: Callable[..., Any], *args: Any) -> Any:
-    return func(*args)
-
-
-# `operator.call` (3.11): a C-level call; Python 3.10 gets the same in Python.
-_call: Callable[..., Any] = getattr(operator, "call", _call_each)
-_fill = collections.deque  # deque(iterator, 0) runs an iterator to its end, in C
 # Task's slot setters by name; a field added to Task and not set above fails here, at
 # import, not as a Task missing a slot (tests/test_fast_path.py compares every field).
 _SETTERS = {field.name: Task.__dict__[field.name].__set__ for field in attrs.fields(Task)}
@@ -765,11 +674,7 @@ _set_actual_time, _set_video_urls = _SETTERS["actual_time"], _SETTERS["video_url
 _set_expires_at, _set_error, _set_model = (
     _SETTERS["expires_at"], _SETTERS["error"], _SETTERS["model"])
 _set_outputs, _set_extra = _SETTERS["outputs"], _SETTERS["extra"]
-_SETTERS_IN_ORDER = tuple(_SETTERS.values())
-if len(_SETTERS) != 14 or list(_SETTERS) != [
-        "id", "status", "raw_status", "progress", "created", "estimated_time",
-        "completed_at", "actual_time", "video_urls", "expires_at", "error", "model",
-        "outputs", "extra"]:
+if len(_SETTERS) != 14:
     raise ImportError("Task's fields changed: update the direct pass in _core/wire.py")
 
 
