@@ -645,3 +645,35 @@ async def test_a_database_gone_mid_run_is_one_error_naming_it(
     message = str(caught)
     assert "cannot be reached" in message and str(own.port) in message
     assert "\n" not in message
+
+
+async def test_a_database_that_never_answers_is_refused_by_name_soon(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A host that takes the connection and says nothing (a wrong port, a hung server):
+    a clear error naming it (without its password) after the connect bound, for the
+    journal and for `journal status`, not asyncpg's 60 s of silence and a traceback."""
+    from apimart_async._batch import pg
+
+    monkeypatch.setattr(pg, "CONNECT_TIMEOUT", 0.3)  # the bound, shortened: 10 s by default
+    held: list[Any] = []
+
+    async def hold(stream: Any) -> None:
+        async with stream:
+            held.append(stream)  # taken, never answered
+            await anyio.sleep_forever()
+
+    async with await anyio.create_tcp_listener(local_host="127.0.0.1") as listener:
+        port = listener.extra(anyio.abc.SocketAttribute.local_port)
+        url = f"postgresql://worker:hunter2@127.0.0.1:{port}/jobs"
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(listener.serve, hold)
+            for attempt in (lambda: PgJournal(url, "b").__aenter__(),
+                            lambda: pg.fleet_status(url, None)):
+                with anyio.fail_after(5), pytest.raises(ValidationError) as info:
+                    await attempt()
+                message = str(info.value)
+                assert "no answer within 0.3 s" in message and str(port) in message
+                assert "hunter2" not in message
+            tg.cancel_scope.cancel()
+    assert held  # the connections were taken: the bound, not a refusal, ended them

@@ -25,6 +25,7 @@ Schema version 1 is recorded in `apimart_meta`; a newer one is refused in one li
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -153,6 +154,18 @@ def is_pg_url(journal: object) -> bool:
     return isinstance(journal, str) and journal.startswith(("postgresql://", "postgres://"))
 
 
+#: How long opening a connection to the database may take (seconds): a host that takes
+#: the connection and never answers is refused by name after this, not after asyncpg's
+#: default of 60 s of silence.
+CONNECT_TIMEOUT = 10.0
+
+
+def _no_answer(url: str) -> ValidationError:
+    return ValidationError(
+        "journal", f"cannot open {_label(url)}: no answer within {CONNECT_TIMEOUT:g} s "
+        "(is it a PostgreSQL server, and reachable?)")
+
+
 def _label(url: str) -> str:
     """The URL without its password, for messages."""
     parts = urllib.parse.urlsplit(url)
@@ -254,7 +267,10 @@ class PgJournal:
             self._pool = await asyncpg.create_pool(
                 self.url, min_size=1, max_size=10, statement_cache_size=0,
                 server_settings={"application_name": "apimart-async"},
+                timeout=CONNECT_TIMEOUT,
             )
+        except (asyncio.TimeoutError, TimeoutError):  # (one class from Python 3.11)
+            raise _no_answer(self.url) from None
         except (OSError, asyncpg.PostgresError) as exc:
             raise ValidationError(
                 "journal", f"cannot open {_label(self.url)}: {exc}") from None
@@ -745,7 +761,10 @@ async def fleet_status(url: str, batch: str | None) -> dict[str, Any]:
 
     if batch is not None:
         _check_batch(batch)
-    conn = await asyncpg.connect(url, statement_cache_size=0)
+    try:
+        conn = await asyncpg.connect(url, statement_cache_size=0, timeout=CONNECT_TIMEOUT)
+    except (asyncio.TimeoutError, TimeoutError):
+        raise _no_answer(url) from None
     try:
         tables = await conn.fetchval("SELECT to_regclass('apimart_items') IS NOT NULL")
         version = None
