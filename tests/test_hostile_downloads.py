@@ -219,6 +219,10 @@ async def test_an_html_page_under_200_is_an_error_not_a_video(
     ("https://10.0.0.7/v.mp4", "non-public address"),
     ("http://files.example/v.mp4", "plain http"),
     ("https://user:pw@files.example/v.mp4", "credentials"),
+    # Names, not literals: 0.0.0.0 (this host) and 169.254.169.254 (cloud metadata) in
+    # the hex forms the resolver takes; only the resolved address tells.
+    ("https://0x0/v.mp4", "resolves only to non-public addresses"),
+    ("https://0xa9fea9fe/latest/meta-data/", "resolves only to non-public addresses"),
 ])
 async def test_a_result_link_to_a_forbidden_target_is_never_fetched(
     server: EmulatorServer, tmp_path: Path, url: str, why: str
@@ -296,3 +300,34 @@ async def test_the_download_command_writes_inside_out_whatever_the_answers_id(
     assert result.returncode == 0, result.stderr
     assert on_disk(out) == [f"{fox.id}.mp4"]
     assert not list(tmp_path.rglob("x.mp4"))
+
+
+async def test_the_file_hosts_resolver_keeps_public_and_loopback_addresses_only() -> None:
+    # A name answered with a mix: the connection may use only the addresses a link
+    # could name itself; a name answered with none of those is refused by name.
+    import socket
+
+    import aiohttp.abc
+
+    from apimart_async._io.http import NonPublicAddressError, PublicResolver
+
+    class Answers(aiohttp.abc.AbstractResolver):
+        def __init__(self, addresses: list[str]) -> None:
+            self.addresses = addresses
+
+        async def resolve(self, host: str, port: int = 0,
+                          family: socket.AddressFamily = socket.AF_INET,
+                          ) -> list[aiohttp.abc.ResolveResult]:
+            return [{"hostname": host, "host": a, "port": port, "family": family,
+                     "proto": 0, "flags": 0} for a in self.addresses]
+
+        async def close(self) -> None:
+            pass
+
+    mixed = PublicResolver(Answers(["10.1.2.3", "93.184.216.34", "fe80::1%eth0", "::1",
+                                    "169.254.169.254"]))
+    kept = await mixed.resolve("files.example", 443)
+    assert [entry["host"] for entry in kept] == ["93.184.216.34", "::1"]
+    with pytest.raises(NonPublicAddressError, match=r"non-public addresses \(0\.0\.0\.0, "
+                                                   r"10\.0\.0\.1\)"):
+        await PublicResolver(Answers(["10.0.0.1", "0.0.0.0"])).resolve("inside.example", 443)

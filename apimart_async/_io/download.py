@@ -33,7 +33,7 @@ from .._core.errors import (
 from .._core.models import Task, TaskStatus
 from .._core.retry import RetryPolicy, backoff
 from .clock import Clock
-from .http import USER_AGENT, Http, StreamedResponse
+from .http import USER_AGENT, Http, NonPublicAddressError, StreamedResponse
 from .stats import SessionStats
 
 __all__ = ["DownloadResult", "Downloader", "meta_path", "part_path", "sniff"]
@@ -301,6 +301,9 @@ class Downloader:
                                      "version or size of the file; starting over", task.id)
                             raise _Restart
                     total = await self._receive(task.id, resp, handle, offset)
+            except NonPublicAddressError as exc:
+                raise DownloadError(
+                    task.id, f"result link {_safe_url(url)!r} {exc}") from None
             except _Restart:
                 restarted += 1
                 if restarted > self._retry.max_attempts:

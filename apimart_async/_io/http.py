@@ -7,10 +7,13 @@ recording whether the request may have reached the server.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
+import socket
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 import aiohttp
+import aiohttp.abc
 import attrs
 
 from .._core.config import Timeout
@@ -25,7 +28,7 @@ from .._version import __version__
 
 __all__ = [
     "MAX_ANSWER_BYTES", "NETWORK_ERRORS", "USER_AGENT", "ClientSession", "Http",
-    "StreamedResponse", "translate",
+    "NonPublicAddressError", "PublicResolver", "StreamedResponse", "translate",
 ]
 
 USER_AGENT = f"apimart-async/{__version__}"
@@ -82,6 +85,55 @@ def translate(exc: BaseException, secret: str | None = None) -> APIMartError:
     return APIConnectionError(f"connection failed ({text})", request_sent=True)
 
 
+class NonPublicAddressError(Exception):
+    """A file host's name resolved only to addresses downloads never reach (private,
+    link-local, reserved, unspecified). Not an `OSError`: aiohttp passes it through
+    unwrapped, and the downloader refuses the link by name instead of retrying it."""
+
+    def __init__(self, host: str, addresses: list[str]) -> None:
+        super().__init__(host, addresses)
+        self.host = host
+        self.addresses = addresses
+
+    def __str__(self) -> str:
+        return (f"resolves only to non-public addresses ({', '.join(self.addresses[:4])}): "
+                f"link-local, private, reserved or unspecified")
+
+
+def _reachable(address: str) -> bool:
+    """A public or loopback address: what a file link may name (as `check_file_url`)."""
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return False
+    return ip.is_global or ip.is_loopback
+
+
+class PublicResolver(aiohttp.abc.AbstractResolver):
+    """Resolves file hosts' names, keeping only public and loopback addresses.
+
+    `check_file_url` refuses a link that names a private or link-local address, but
+    not a name that resolves to one (``https://0x0/`` is 0.0.0.0, this host; a name in
+    a hostile DNS can be the cloud's metadata address). Checked here, on the addresses
+    the connection then uses, a name cannot slip past: the check and the connect see
+    the same answer."""
+
+    def __init__(self, inner: aiohttp.abc.AbstractResolver | None = None) -> None:
+        self._inner = inner if inner is not None else aiohttp.DefaultResolver()
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[aiohttp.abc.ResolveResult]:
+        found = await self._inner.resolve(host, port, family)
+        kept = [entry for entry in found if _reachable(entry["host"])]
+        if not kept:
+            raise NonPublicAddressError(host, sorted({entry["host"] for entry in found}))
+        return kept
+
+    async def close(self) -> None:
+        await self._inner.close()
+
+
 def _api_timeout(timeout: Timeout) -> aiohttp.ClientTimeout:
     # No sock_read here: its timer is re-armed on every chunk, and `total` already
     # bounds a small API answer.
@@ -119,9 +171,13 @@ class Http:
         self.api_headers: Mapping[str, str] = {}
         self._api: aiohttp.ClientSession | None = None
 
-    def _new_session(self, headers: Mapping[str, str] | None = None) -> aiohttp.ClientSession:
+    def _new_session(
+        self, headers: Mapping[str, str] | None = None, *, files: bool = False
+    ) -> aiohttp.ClientSession:
         return aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=self._connections),
+            # The file hosts' session reaches public and loopback addresses only.
+            connector=aiohttp.TCPConnector(
+                limit=self._connections, resolver=PublicResolver() if files else None),
             timeout=self._timeout,
             headers=headers,
             # Never pick up proxy credentials or .netrc from the environment.
@@ -135,7 +191,7 @@ class Http:
     async def open(self) -> None:
         """Create the owned sessions (a borrowed one is used as given, for both)."""
         if self._session is None:
-            self._session = self._new_session()
+            self._session = self._new_session(files=True)
             self._api = self._new_session(self.api_headers)
 
     async def close(self) -> None:
