@@ -549,6 +549,7 @@ class Session:
         resubmit_ambiguous: bool = False,
         stop: anyio.Event | None = None,
         max_spend: float | None = None,
+        item_cost: float | None = None,
     ) -> WorkerOutcome:
         """Join batch `batch` of the PostgreSQL journal `journal` (a ``postgresql://``
         URL) as one more worker, without its input file; work until the whole batch is
@@ -557,11 +558,13 @@ class Session:
         Videos this worker downloads go to `out_dir`. The session's `rps` is the key's
         rate shared by the whole fleet. Raises `WorkerFencedError` if the fleet declared
         this worker dead (it was silent for longer than `lease` seconds). A batch started
-        with `max_spend` keeps its cap for every worker; `max_spend` here sets it anew.
+        with `max_spend` keeps its cap for every worker; `max_spend` here sets it anew,
+        and `item_cost` (with `max_spend`, as in `run_batch`) the known price per item
+        every worker then counts.
         """
         from ._batch.fleet import run_worker
         from ._batch.pg import PgJournal, is_pg_url
-        from ._batch.runner import check_max_spend
+        from ._batch.runner import check_item_cost, check_max_spend
 
         self._engine.require_open()
         if not is_pg_url(journal):
@@ -581,6 +584,7 @@ class Session:
                 self._engine, jr, out_dir=Path(out_dir), rps=self._engine.limits.rate.given,
                 resubmit_ambiguous=resubmit_ambiguous, stop=stop,
                 max_spend=check_max_spend(max_spend),
+                item_cost=check_item_cost(item_cost, max_spend),
             )
 
 

@@ -559,13 +559,14 @@ class Session:
         resubmit_ambiguous: bool = False,
         stop: threading.Event | None = None,
         max_spend: float | None = None,
+        item_cost: float | None = None,
     ) -> WorkerOutcome:
         """Join a batch kept in PostgreSQL as one more worker; see
         `apimart_async.Session.run_worker`. `stop` is a `threading.Event` here."""
         session = self._live()
         options: dict[str, Any] = dict(
             journal=journal, batch=batch, out_dir=out_dir, lease=lease,
-            resubmit_ambiguous=resubmit_ambiguous, max_spend=max_spend,
+            resubmit_ambiguous=resubmit_ambiguous, max_spend=max_spend, item_cost=item_cost,
         )
 
         async def run() -> WorkerOutcome:

@@ -677,3 +677,16 @@ async def test_a_database_that_never_answers_is_refused_by_name_soon(
                 assert "hunter2" not in message
             tg.cancel_scope.cancel()
     assert held  # the connections were taken: the bound, not a refusal, ended them
+
+
+async def test_a_later_run_sets_the_batch_budgets_item_cost(pg_url: str) -> None:
+    # The budget row outlives runs: the latest run's cap and known price hold for it.
+    async with PgJournal(pg_url, "priced") as jr:
+        first = await jr.start_budget(5, 0.0)
+        assert first.item_cost is None
+        again = await jr.start_budget(7, 0.0, 2.5)
+        assert again.cap == 7 and again.item_cost == 2.5
+        recorded = await jr.budget()
+        assert recorded is not None and recorded.item_cost == 2.5
+        kept = await jr.start_budget(8, 0.0)  # no price given: the recorded one stays
+        assert kept.item_cost == 2.5

@@ -267,3 +267,29 @@ async def test_a_worker_paused_within_its_lease_fires_no_burst_of_stale_slots(
     # stale-slot guards removed); the arrival jitter of a loaded machine, one or two (22
     # seen once in a full run on 2 shared cores).
     assert peak_per_second(times) <= rate + 3
+
+
+async def test_a_known_item_cost_holds_the_fleets_cap_from_the_first_item(
+    make_server: MakeServer, pg_url: str, tmp_path: Path
+) -> None:
+    """Items cost 3 each. A cap of 2 with `--item-cost 3` sends nothing (without the
+    price the first item goes alone to learn it: 3 spent against 2); a worker that sets
+    the cap to 7 with the price sends two (6), leaves the third pending and exits 4, as
+    `batch` does at its cap."""
+    from apimart_async.testing import Price
+
+    server = await make_server(EmulatorConfig(
+        latency=0.01, duration=(1, 2), price=Price(per_task=3.0)), speed=20)
+    batch = write_jsonl(tmp_path / "batch.jsonl", 3)
+    first = await run("batch", str(batch), "--out", str(tmp_path / "a"), "--journal", pg_url,
+                      "--batch", "b", "--base-url", server.base_url, "--max-spend", "2",
+                      "--item-cost", "3", "--lease", "2")
+    assert first.returncode == 4, first.stdout.decode() + first.stderr.decode()
+    assert server.stats.submissions == 0 and server.emulator.used_balance == 0
+    second = await run(*worker_args(server, pg_url, tmp_path / "b", "--max-spend", "7",
+                                    "--item-cost", "3", "--lease", "2"))
+    assert second.returncode == 4, second.stdout.decode() + second.stderr.decode()
+    assert b"stopped at the batch's spend cap" in second.stdout
+    assert server.stats.submissions == 2 and server.emulator.used_balance == 6
+    rows = await fetch(pg_url, "SELECT state FROM apimart_items")
+    assert Counter(r["state"] for r in rows) == {"downloaded": 2, "pending": 1}

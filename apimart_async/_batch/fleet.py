@@ -537,6 +537,7 @@ async def run_worker(
     resubmit_ambiguous: bool = False,
     stop: anyio.Event | None = None,
     max_spend: float | None = None,
+    item_cost: float | None = None,
 ) -> WorkerOutcome:
     """Join `journal`'s batch as a worker until the batch is done (or `stop` is set, or
     the fleet is stopped by an account failure). `rps` is the key's rate, shared by
@@ -571,7 +572,7 @@ async def run_worker(
         log.warning("worker %s: %d downloaded item(s) missing or changed in %s: "
                     "downloading again", worker_id, len(gone), out_dir)
     if max_spend is not None:
-        await journal.start_budget(max_spend, (await engine.balance()).used)
+        await journal.start_budget(max_spend, (await engine.balance()).used, item_cost)
     # A batch started with a cap keeps it for every worker, flag or not.
     state.capped = await journal.budget() is not None
     limits = engine.limits
@@ -686,6 +687,7 @@ async def run_fleet_batch(
     retry_failed: bool = False,
     on_change: Callable[[ItemResult], None] | None = None,
     max_spend: float | None = None,
+    item_cost: float | None = None,
 ) -> BatchReport:
     """`run_batch` on a PostgreSQL journal: enqueue the items (idempotently, by content
     identity), work on the batch with whatever other workers share it, then report on
@@ -726,6 +728,7 @@ async def run_fleet_batch(
             outcome = await run_worker(
                 engine, journal, out_dir=out_dir, rps=engine.limits.rate.given,
                 resubmit_ambiguous=resubmit_ambiguous, stop=stop, max_spend=max_spend,
+                item_cost=item_cost,
             )
             tg.cancel_scope.cancel()
         spend = None

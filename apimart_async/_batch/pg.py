@@ -666,20 +666,25 @@ class PgJournal:
 
     # -- the fleet's spend cap -------------------------------------------------------------
 
-    async def start_budget(self, cap: float, used: float) -> SpendBudget:
+    async def start_budget(
+        self, cap: float, used: float, item_cost: float | None = None
+    ) -> SpendBudget:
         """The batch's spend budget (one row, shared by every worker): created with
         `cap` and the balance's `used` now, else the recorded one with its cap set to
-        `cap` (the latest run's cap holds for the whole batch)."""
+        `cap` (the latest run's cap holds for the whole batch), and its known price per
+        item set to `item_cost` when given (likewise)."""
         if self._pool is None:
             raise RuntimeError("the journal is not open")
         async with self._transaction() as conn:
             text = await conn.fetchval(
                 "SELECT state FROM apimart_budgets WHERE batch = $1 FOR UPDATE", self.batch)
             if text is None:
-                budget = SpendBudget(cap, start_used=used)
+                budget = SpendBudget(cap, start_used=used, item_cost=item_cost)
             else:
                 budget = SpendBudget.from_state(json.loads(text))
                 budget.cap = float(cap)
+                if item_cost is not None:
+                    budget.item_cost = item_cost
             await conn.execute(
                 "INSERT INTO apimart_budgets VALUES ($1, $2) ON CONFLICT (batch) DO UPDATE "
                 "SET state = EXCLUDED.state", self.batch, json.dumps(budget.to_state()))

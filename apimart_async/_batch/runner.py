@@ -930,7 +930,7 @@ async def run_batch(
         return await run_fleet_batch(
             engine, items, out_dir=out, url=journal, batch=batch, lease=lease,
             resubmit_ambiguous=resubmit_ambiguous, stop=stop, retry_failed=retry_failed,
-            on_change=on_change, max_spend=cap,
+            on_change=on_change, max_spend=cap, item_cost=cost,
         )
     path = Path(journal) if journal is not None else out / JOURNAL_NAME
     before = attrs.evolve(engine.stats)

@@ -208,6 +208,9 @@ def build_parser() -> argparse.ArgumentParser:
     wk.add_argument("--max-spend", type=_money, default=None, metavar="AMOUNT",
                     help="set the batch's spend cap (the balance's unit), shared by every "
                          "worker; a batch started with one keeps it without this flag")
+    wk.add_argument("--item-cost", type=_money, default=None, metavar="AMOUNT",
+                    help="with --max-spend: what one item costs, if known, counted by every "
+                         "worker; the cap then holds from the first item")
     _add_fleet_options(wk)
     _add_client_options(wk)
 
@@ -835,7 +838,7 @@ async def _run_worker(args: argparse.Namespace) -> int:
             return await session.run_worker(
                 journal=args.journal, batch=args.batch, out_dir=args.out, lease=args.lease,
                 resubmit_ambiguous=args.resubmit_ambiguous, stop=stop,
-                max_spend=args.max_spend,
+                max_spend=args.max_spend, item_cost=args.item_cost,
             )
 
     outcome, signum = await _interruptible(go)
@@ -865,6 +868,8 @@ async def _run_worker(args: argparse.Namespace) -> int:
         return 128 + signum
     if outcome.stopped:
         return EXIT_ACCOUNT
+    if outcome.stopped_at_cap:
+        return EXIT_SPEND_CAP  # as `batch` at its cap: items left pending, exit 4
     return EXIT_OK if counts.get(ItemState.DOWNLOADED.value, 0) == total else EXIT_FAILED
 
 

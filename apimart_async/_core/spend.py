@@ -75,6 +75,16 @@ class SpendBudget:
     `needs_reading`, read the balance and `observe`; otherwise wait for a `settle`.
     """
 
+    @property
+    def item_cost(self) -> float | None:
+        """A known price per item: the estimate of a class before it has its own (no
+        probe needed), or None."""
+        return self._default
+
+    @item_cost.setter
+    def item_cost(self, value: float | None) -> None:
+        self._default = _item_cost(value)
+
     def __init__(
         self, cap: float, *, start_used: float, spent_before: float = 0.0,
         estimates: dict[str, float] | None = None, unpriced: Mapping[str, int] | None = None,
@@ -89,11 +99,7 @@ class SpendBudget:
         self._before = max(0.0, float(spent_before))
         self.spent = self._before
         self._estimates: dict[str, float] = dict(estimates or {})
-        if item_cost is not None and (isinstance(item_cost, bool) or not isinstance(
-                item_cost, (int, float)) or not math.isfinite(item_cost) or item_cost <= 0):
-            raise ValueError(f"item_cost must be a finite number > 0, got {item_cost!r}")
-        # The estimate of a class before it has its own: no probe needed.
-        self._default = None if item_cost is None else float(item_cost)
+        self._default = _item_cost(item_cost)
         # Items earlier runs sent whose cost no balance read measured, by class.
         self._unpriced = {c: int(n) for c, n in (unpriced or {}).items() if n > 0}
         self._in_flight: dict[Hashable, tuple[str, float]] = {}
@@ -310,3 +316,12 @@ class SpendBudget:
                     self._estimates[c] = self._default * factor
                 else:
                     self._estimates[c] = delta
+
+
+def _item_cost(value: object) -> float | None:
+    if value is None:
+        return None
+    if (isinstance(value, bool) or not isinstance(value, (int, float))
+            or not math.isfinite(value) or value <= 0):
+        raise ValueError(f"item_cost must be a finite number > 0, got {value!r}")
+    return float(value)
