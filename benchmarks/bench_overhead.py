@@ -45,6 +45,15 @@ one of aiohttp's C, so a ratio of instructions is a floor for the ratio of CPU t
 
     python benchmarks/bench_overhead.py --count [--ops ...] [--count-requests 500,2500]
 
+``--bytecodes`` counts the Python bytecodes each client executes per call (stock loop,
+``sys.settrace`` with opcode events, sequential calls after a warm-up), with the
+functions where the SDK and raw aiohttp differ most. Load-proof like ``--count`` and
+faster (seconds); it sees no C-level work, so a change that trades bytecodes for C calls
+must be checked with ``--count`` too (this pass's "quick pass" ran 140 fewer bytecodes
+and 24 % more instructions).
+
+    python benchmarks/bench_overhead.py --bytecodes [--ops ...] [--top 25]
+
 Needs the ``bench`` extra (``pip install -e '.[bench]'``: httpx, orjson, uvloop).
 """
 
@@ -60,6 +69,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
@@ -285,6 +295,49 @@ async def count_main(args: argparse.Namespace, ops: list[str]) -> None:
                  "x same-loop raw instructions"], rows))
 
 
+async def bytecodes_main(args: argparse.Namespace, ops: list[str]) -> None:
+    """Bytecodes per call of raw aiohttp and the SDK (difference of two runs), and where
+    they differ most, function by function."""
+    counts: Counter[tuple[str, str]] = Counter()
+
+    def tracer(frame: Any, event: str, arg: Any) -> Any:
+        frame.f_trace_opcodes = True
+        if event == "opcode":
+            code = frame.f_code
+            counts["/".join(code.co_filename.split("/")[-2:]), code.co_name] += 1
+        return tracer
+
+    async def run(call: Callable[[], Awaitable[object]], n: int) -> Counter[Any]:
+        counts.clear()
+        sys.settrace(tracer)
+        try:
+            for _ in range(n):
+                await call()
+        finally:
+            sys.settrace(None)
+        return Counter(counts)
+
+    async with servers(args.server) as where:
+        for op in ops:
+            url, task_id = where[op]
+            per_call = {}
+            for client in ("raw", "sdk"):
+                async with AsyncExitStack() as stack:
+                    call = await make_client(stack, client, op, url, task_id, 1)
+                    await drive(call, WARM_UP, 4)
+                    short, long_ = await run(call, 50), await run(call, 250)
+                    per_call[client] = {k: (long_[k] - short.get(k, 0)) / 200 for k in long_}
+            raw, sdk = (sum(per_call[c].values()) for c in ("raw", "sdk"))
+            print(f"{op.upper()}: raw aiohttp {raw:.0f} bytecodes a call, apimart_async "
+                  f"{sdk:.0f} ({sdk / raw:.3f}x)")
+            keys = set(per_call["raw"]) | set(per_call["sdk"])
+            diff = sorted(((per_call["sdk"].get(k, 0) - per_call["raw"].get(k, 0), k)
+                           for k in keys), key=lambda d: -abs(d[0]))
+            print(table(["SDK - raw", "function"],
+                        [[f"{d:+.0f}", f"{k[0]}:{k[1]}"] for d, k in diff[:args.top]
+                         if abs(d) >= 1]))
+
+
 def _speed_available() -> bool:
     try:
         import orjson  # noqa: F401
@@ -414,6 +467,9 @@ async def main(args: argparse.Namespace) -> None:
     if args.count:
         await count_main(args, ops)
         return
+    if args.bytecodes:
+        await bytecodes_main(args, ops)
+        return
     loops = dict(LOOPS)
     try:
         import orjson  # noqa: F401
@@ -527,4 +583,9 @@ if __name__ == "__main__":
                         " under valgrind's cachegrind instead of timing (load-proof)")
     p.add_argument("--count-requests", default="500,2500", metavar="SHORT,LONG",
                    help="with --count: the calls of the short and the long run")
+    p.add_argument("--bytecodes", action="store_true",
+                   help="count the Python bytecodes per call of raw aiohttp and the SDK, and"
+                        " where they differ (load-proof, seconds; blind to C-level work)")
+    p.add_argument("--top", type=int, default=25,
+                   help="with --bytecodes: the functions listed per operation")
     anyio.run(main, p.parse_args())
