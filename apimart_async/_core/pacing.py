@@ -35,6 +35,16 @@ within a span `d` need ``rate >= (k - burst) / d``.)
   the network's jitter, so there each 429 also widens the pace's berth from the rate
   (`margin`, up to 5 %).
 
+A *storm* is the server refusing everything for a while (a gateway, an outage), which
+no token bucket does: 429s in a row with nothing accepted between them, from the second
+with a rate given, from the third on a learned pace once the rate was known within a
+fifth when the run began (or the run lasted long enough for the least rate the accepts
+before it proved to refill `_STORM_TOKENS`). Read as a bucket, each would drag the
+estimate down towards the floor; instead the whole session pauses, 0.25 s doubling to
+2 s, the margin stays, and on a learned pace the first accept after the storm starts
+learning afresh, as at the start (the bucket refilled meanwhile). This runs only when a
+429 comes, and on that one accept.
+
 At a bucket of one token (given or learned) a request whose wait for its slot ended
 late (`sent`) pushes the next slot an interval past when it went: with nothing spare,
 a late request followed by an on-time one would reach the server too close together.
