@@ -82,6 +82,7 @@ ROUTES = {
     "huge_answer": ({"task"}, Fault.huge_answer(1 << 20)),
     "task_status": ({"task"}, Fault.task_status(None)),
     "repeat_id": ({"submit"}, Fault.repeat_id()),
+    "storm": ({"submit", "task", "balance"}, Fault.storm(1.0)),
 }
 
 REFUSED = [
@@ -398,3 +399,52 @@ async def test_the_compressed_clock_moves_on_at_api_time() -> None:
     with clock.move_on_at(clock.now() + 5) as scope:  # 5 API s = 5 ms
         await anyio.sleep_forever()
     assert scope.cancelled_caught
+
+
+# -- Fault.storm: the API host refuses everything for a while -----------------------------
+
+async def test_a_storm_refuses_every_api_request_for_its_seconds_then_none() -> None:
+    clock = SteppedClock()
+    config = EmulatorConfig(rate_limit=1000, burst=20, rate_limit_clock=True)
+    async with EmulatorServer(config, clock=clock) as server, aiohttp.ClientSession() as http:
+        api = server.base_url
+
+        async def statuses() -> list[tuple[int, str | None]]:
+            out = []
+            for method, path in (("POST", "/v1/videos/generations"), ("GET", "/v1/balance"),
+                                 ("GET", "/v1/tasks/task_missing")):
+                async with http.request(method, api + path, headers=AUTH,
+                                        json={"model": "sora-2", "prompt": "a fox"}) as r:
+                    out.append((r.status, r.headers.get("Retry-After")))
+            return out
+
+        server.emulator.inject("submit", Fault.storm(3.0))
+        assert await statuses() == [(429, "1")] * 3  # the submission starts it
+        clock.advance(2.9)
+        assert await statuses() == [(429, "1")] * 3
+        tokens = server.emulator._bucket._tokens  # type: ignore[union-attr]
+        clock.advance(0.1)  # over: the bucket was not drawn on meanwhile
+        assert [s for s, _ in await statuses()] == [200, 200, 404]
+        assert tokens == 20 - 1  # only the request that met the fault took a token
+        assert server.stats.rate_limited == 6
+        server.emulator.inject("task", Fault.storm(1.0, retry_after=None))
+        assert await statuses() == [(200, None), (200, None), (429, None)]
+        assert (await statuses())[0] == (429, None)
+
+
+@pytest.mark.parametrize(("build", "names"), [
+    (lambda: Fault.storm(0), "Fault.storm: seconds"),
+    (lambda: Fault.storm(-1), "Fault.storm: seconds"),
+    (lambda: Fault.storm(math.inf), "Fault.storm: seconds"),
+    (lambda: Fault.storm(True), "Fault.storm: seconds"),
+    (lambda: Fault.storm(1, retry_after=1), "Fault.storm: retry_after"),  # type: ignore[arg-type]
+])
+def test_a_storm_that_would_do_nothing_is_refused(build: Any, names: str) -> None:
+    with pytest.raises(ValueError, match=f"^{names} must"):
+        build()
+
+
+def test_a_storm_describes_itself_as_built() -> None:
+    assert Fault.storm(3).describe() == "Fault.storm(3.0)"
+    assert Fault.storm(2, retry_after=None).describe() == "Fault.storm(2.0, retry_after=None)"
+    assert Fault.storm(2, retry_after="5").describe() == "Fault.storm(2.0, retry_after='5')"

@@ -7,6 +7,7 @@ the same numbers) to pin what it is for: a batch at the floor with few 429s.
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -258,6 +259,103 @@ def test_after_a_storm_of_429s_the_pace_comes_back_within_a_few_requests() -> No
         before = now
         gaps.append(send(True) - before)
     assert max(gaps[2:]) < 0.1, gaps
+
+
+def run_storm(learner: RateLearner, server: Bucket, n: int,
+              storm: tuple[float, float]) -> tuple[float, int]:
+    """`run_batch`, with the server refusing every request sent within `storm` (a
+    gateway's outage in front of the bucket, which keeps refilling)."""
+    now, done, throttled = 0.0, 0, 0
+    while done < n:
+        wave = [learner.claim(now) for _ in range(min(learner.window or 1, n - done))]
+        for start, ticket, _ in wave:
+            now = max(now, start)
+            if not storm[0] <= now < storm[1] and server.take(now):
+                learner.on_accepted(ticket, now)
+                done += 1
+            else:
+                throttled += 1
+                learner.on_throttled(ticket, now, 1.0)
+    return now, throttled
+
+
+@pytest.mark.parametrize(("rate", "burst"), [(20, 10), (5, 30), (50, 30), (20, 1)])
+@pytest.mark.parametrize("starts", [0.5, 2.0, 4.0])
+@pytest.mark.parametrize("lasts", [1.0, 3.0, 10.0])
+def test_after_a_storm_of_429s_the_learned_pace_is_back_within_seconds(
+    rate: int, burst: int, starts: float, lasts: float
+) -> None:
+    # The server refuses everything for `lasts` seconds, then its bucket is as before.
+    # The storm's 429s drove the estimate down (each said "slower than one request a
+    # gap"): it sat just above the floor, and the pace crept back at the square of a
+    # tiny uncertainty (a 3-s storm: +6.6 s at 20/s, +34 s at 20/s with a burst of 1).
+    # Now the session backs off while it lasts (pauses doubling to 2 s at most) and
+    # learns afresh after: the batch ends at most a pause and a bit later than the
+    # storm's own length.
+    n = 100
+    calm, _ = run_batch(RateLearner(), Bucket(rate, burst), n)
+    stormy, throttled = run_storm(RateLearner(), Bucket(rate, burst), n,
+                                  (starts, starts + lasts))
+    assert stormy <= calm + lasts + 2.5
+    assert throttled <= 30  # backing off: a few 429s a storm, not one per request
+
+
+def test_a_storm_on_a_learned_pace_backs_off_doubling_then_learns_afresh() -> None:
+    learner = RateLearner(jitter=0.0)
+    now, _ = run_batch(learner, Bucket(20.0, 10), 60)  # settled near 20/s
+    assert learner.rate == pytest.approx(20.0, rel=0.1)
+    slots: list[float] = []
+    for _ in range(6):  # refused: every one
+        start, ticket, _ = learner.claim(now)
+        now = max(now, start)
+        slots.append(now)
+        learner.on_throttled(ticket, now, 1.0)
+    gaps = [b - a for a, b in itertools.pairwise(slots)]
+    # Two 429s in a row are a bucket paced a little fast (a slot at the pace); from
+    # the third, a pause that doubles (0.25 s first, 2 s at most).
+    assert gaps[:2] == pytest.approx([1 / 20, 1 / 20], rel=0.2)
+    assert gaps[2:] == pytest.approx([0.25, 0.5, 1.0], abs=0.01)
+    start, ticket, _ = learner.claim(now)
+    learner.on_accepted(ticket, start)  # the storm is over
+    # Learning starts afresh: no pace, the slow-start window, the burst found again.
+    assert learner.rate is None and learner.window is not None
+    assert learner.pace(start) is None
+
+
+@pytest.mark.parametrize(("rate", "burst"), [(0.5, 2), (1, 5), (2, 30), (5, 60)])
+def test_429s_in_a_row_while_the_rate_is_being_found_are_no_storm(
+    rate: float, burst: int
+) -> None:
+    # A slow bucket's first guesses overshoot by far: several 429s in a row, nothing
+    # accepted between them, are the estimate coming down, not a storm: no pause.
+    learner = RateLearner()
+    pauses = []
+    original = learner._storm_pause
+
+    def spy(ticket: float) -> None:
+        pauses.append(ticket)
+        original(ticket)
+
+    learner._storm_pause = spy  # type: ignore[method-assign]
+    run_batch(learner, Bucket(rate, burst), 200)
+    assert pauses == []
+
+
+@pytest.mark.parametrize("lasts", [0.5, 2.0, 3.5])
+def test_a_storm_at_a_given_rate_pauses_the_session_and_keeps_the_margin(
+    lasts: float,
+) -> None:
+    # A 429 at a given rate is jitter: the margin widens a little. A second in a row,
+    # nothing accepted between, is the server refusing everything: the session
+    # pauses, doubling (0.25 s, 0.5 s, 1 s, 2 s at most), and the margin stays.
+    learner = RateLearner(rate=20.0, burst=10)
+    server = Bucket(20.0, 10)
+    makespan, throttled = run_storm(learner, server, 40, (0.5, 0.5 + lasts))
+    # The retries' budget (5 attempts) is never spent by the whole session: a storm
+    # costs a 429 per doubling, each on another request.
+    assert throttled <= 3 + math.log2(lasts / 0.25) + 1
+    assert learner.margin <= 0.005 + 0.01
+    assert makespan <= (40 - 10) / 20 + lasts + 2.0
 
 
 @pytest.mark.parametrize(("rate", "burst"), [(0.5, 1), (0.5, 5), (1.0, 3)])

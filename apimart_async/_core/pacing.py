@@ -35,6 +35,16 @@ within a span `d` need ``rate >= (k - burst) / d``.)
   the network's jitter, so there each 429 also widens the pace's berth from the rate
   (`margin`, up to 5 %).
 
+A *storm* is the server refusing everything for a while (a gateway, an outage), which
+no token bucket does: 429s in a row with nothing accepted between them, from the second
+with a rate given, from the third on a learned pace once the rate was known within a
+fifth when the run began (or the run lasted long enough for the least rate the accepts
+before it proved to refill `_STORM_TOKENS`). Read as a bucket, each would drag the
+estimate down towards the floor; instead the whole session pauses, 0.25 s doubling to
+2 s, the margin stays, and on a learned pace the first accept after the storm starts
+learning afresh, as at the start (the bucket refilled meanwhile). This runs only when a
+429 comes, and on that one accept.
+
 At a bucket of one token (given or learned) a request whose wait for its slot ended
 late (`sent`) pushes the next slot an interval past when it went: with nothing spare,
 a late request followed by an on-time one would reach the server too close together.
@@ -58,6 +68,19 @@ __all__ = ["RateLearner"]
 
 # Seconds between two fresh starts of learning from under the floor (a storm of 429s).
 _RESTART_EVERY = 60.0
+# 429s in a row, nothing accepted between them, that make a storm (learned pace; with a
+# rate given, the second is one already): a token bucket paced near its rate accepts
+# again within a 429 or two.
+_STORM_STREAK = 3
+# How well the rate must be known (its uncertainty, a fraction of it) before a run of
+# 429s is read as a storm.
+_SETTLED = 0.2
+# ... or a run of 429s lasting long enough for the least rate the accepts before it
+# proved to have refilled this many tokens.
+_STORM_TOKENS = 1.5
+# The session's pause after each further 429 of a storm: doubling from the first, capped.
+_STORM_FIRST = 0.25
+_STORM_MAX = 2.0
 
 
 class RateLearner:
@@ -96,6 +119,7 @@ class RateLearner:
         # token's edge meets a 429.
         self.margin = margin
         self.max_window = max_window
+        self._initial_window = initial_window
         #: Requests accepted so far, and 429s met.
         self.accepted = 0
         self.throttled = 0
@@ -137,6 +161,21 @@ class RateLearner:
         self._max_gap = 0.0
         # When learning last started afresh from under the floor (a storm of 429s).
         self._restarted_at = -math.inf
+        # 429s reacted to in a row with nothing accepted between them, and `accepted`
+        # at the latest: a storm (the server refusing everything) is told from a bucket
+        # that is merely empty by this, read only when a 429 comes.
+        self._streak = 0
+        self._accepted_at_429 = -1
+        self._calm = False
+        # When the run of 429s started, and the least rate the accepts before it proved.
+        self._run_start, self._run_floor = -math.inf, 0.0
+        # Pauses so far in this run (each twice the one before).
+        self._pauses = 0
+        # Set during a storm on a learned pace: the first accept after it starts
+        # learning afresh (the estimate the storm's 429s taught is no token bucket's).
+        self._storm = False
+        # `accepted` when learning last started afresh: the burst counts from there.
+        self._accepted_before = 0
 
     # -- what the caller asks ------------------------------------------------------------
 
@@ -243,6 +282,9 @@ class RateLearner:
         if ticket > self._ref:
             self._since_ref += 1
         if ticket > self._last:
+            if self._storm:
+                self._after_storm()
+                return
             self._last_accept = max(self._last_accept, ticket)
             recent = self._recent
             recent.append(ticket)
@@ -272,6 +314,29 @@ class RateLearner:
             return
         self._reacted_at = now
         if self.given is not None:
+            # (Nothing else counts accepts at a given rate: `accepted` tells.)
+            quiet = self.accepted == self._accepted_at_429
+            self._accepted_at_429 = self.accepted
+        else:
+            # Nothing sent after the latest 429 was accepted.
+            quiet = self._ref is not None and self._last_accept == -math.inf
+        if quiet:
+            self._streak += 1
+        else:
+            # A run starts: was the rate known before it? (A run that starts while it
+            # is still being found is the estimate coming down, not a storm.)
+            self._streak, self._calm = 1, self._settled
+            self._run_start, self._run_floor, self._pauses = ticket, 0.0, 0
+        if self._streak >= (2 if self.given is not None else _STORM_STREAK) and (
+                self.given is not None or self._calm
+                or (ticket - self._run_start) * self._run_floor >= _STORM_TOKENS):
+            # A storm: the server refused every request for a while (a gateway, an
+            # outage), not a bucket paced a little fast. The pace says nothing about
+            # it: back off, the whole session at once, so a storm shorter than the
+            # retries' budget costs a few 429s and no request its last attempt.
+            self._storm_pause(ticket)
+            return
+        if self.given is not None:
             # The rate was given: trust it. A 429 at it is the network bunching requests
             # (jitter): keep a wider berth from the rate, up to a tenth, and let the
             # bucket refill one token before the next request.
@@ -284,7 +349,7 @@ class RateLearner:
         if self._ref is None:
             # The burst is spent: what was accepted so far is about its size.
             self._window = None
-            self.burst = max(1, self.accepted)
+            self.burst = max(1, self.accepted - self._accepted_before)
             self._ref, self._since_ref = ticket, 0
             hint = retry_after if retry_after is not None and retry_after > 0 else 1.0
             # A first guess: a burst is often about a second's worth of the rate.
@@ -310,6 +375,9 @@ class RateLearner:
         lo = max(low, (count - 1) / span)
         hi = min(high, (count + 1 + 2 * self.margin * count) / span)
         valid = True
+        if self._streak == 1 and self.rate is not None:
+            # (Not at the ramp's end: its count includes what the bucket held.)
+            self._run_floor = max(0.0, lo)
         if lo > hi or self._max_gap * min(high, 2 * hi) >= self.burst + 1:
             # The span had a pause long enough for the bucket to overflow, or it
             # disagrees with the latest accepts: its count undershoots. Measure from
@@ -349,6 +417,41 @@ class RateLearner:
         self._uncertainty = max(width, (0.01 if valid else 0.025) * estimate)
         self._uncertainty = min(self._uncertainty, estimate)
         self._settle(ticket)
+
+    @property
+    def _settled(self) -> bool:
+        # The rate is known within a fifth: a run of 429s is then no overshoot of it.
+        # (Early on, the first guesses may overshoot a slow bucket by far, and a few
+        # 429s in a row are how the estimate comes down.)
+        rate = self.rate
+        return rate is not None and self._uncertainty <= _SETTLED * rate
+
+    def _storm_pause(self, ticket: float) -> None:
+        step = min(_STORM_MAX, _STORM_FIRST * 2.0 ** self._pauses)
+        self._pauses += 1
+        self._paused_until = max(self._paused_until, ticket + step)
+        self.epoch += 1
+        if self.given is None:
+            self._storm = True
+
+    def _after_storm(self) -> None:
+        # The storm is over (a request sent after its latest 429 was accepted). Its
+        # 429s taught nothing of the bucket, which refilled meanwhile: learn afresh as
+        # at the start (spend the burst, then measure), not from an estimate the storm
+        # dragged down (once that sat just above the floor, the pace crept back up at
+        # the square of a tiny uncertainty: 100 requests took 50 s instead of 5).
+        self._storm = False
+        self._streak = 0
+        self._accepted_before = self.accepted - 1  # this accept is the burst's first
+        self._window = (float(self._initial_window)
+                        if self._initial_window < self.max_window else None)
+        self.rate = None
+        self._uncertainty = 0.0
+        self._ref, self._since_ref, self._max_gap = None, 0, 0.0
+        self._last = self._last_accept = self._prev_slot = -math.inf
+        self._recent.clear()
+        self._tat = -math.inf
+        self.epoch += 1
 
     def _settle(self, ticket: float) -> None:
         # The bucket was empty at `ticket`: the next token comes about one interval later.

@@ -63,6 +63,9 @@ class Limits:
         # Set when a request ends: a sender held back by the slow-start window retries.
         self._freed = anyio.Event()
         self._held_back = 0
+        # Senders sleeping until their paced slot: woken when the pace changes (a
+        # storm's pause, or its end) to claim again, in the order they claimed.
+        self._sleeping: dict[anyio.CancelScope, None] = {}
         # The pace last reported (log, `on_rate_change`), to report its rises in steps.
         self._reported: float | None = rps
         self._shared: SharedPacer | None = None
@@ -163,8 +166,15 @@ class Limits:
             wait = start - self._time.now()
             if wait <= 0:
                 return ticket
-            await self._time.sleep(wait)
-            if rate.epoch == epoch:
+            scope = anyio.CancelScope()
+            sleeping = self._sleeping
+            sleeping[scope] = None
+            try:
+                with scope:
+                    await self._time.sleep(wait)
+            finally:
+                sleeping.pop(scope, None)
+            if rate.epoch == epoch and not scope.cancel_called:
                 rate.sent(ticket, self._time.now())
                 return ticket
             # A 429 changed the pace while we waited: that slot was spaced for the old one.
@@ -177,6 +187,15 @@ class Limits:
         self._in_flight -= 1
         self.concurrency.release()
         self._wake()
+
+    def _repace(self) -> None:
+        # The pace changed: a sender asleep until a slot of the old one claims again
+        # now (after a storm, its slot may be seconds later than the new pace's).
+        sleeping = self._sleeping
+        if sleeping:
+            for scope in sleeping:
+                scope.cancel()
+            sleeping.clear()
 
     def _wake(self) -> None:
         if self._held_back:  # (an Event per request would cost every request)
@@ -195,6 +214,7 @@ class Limits:
         rate.on_throttled(ticket, now, hint or None)
         if rate.epoch != before:
             self._report(previous, rate.pace(now), "throttled", retry_after)
+            self._repace()
         self._wake()
         self._unpaced = self._is_unpaced()
 
@@ -224,10 +244,15 @@ class Limits:
     def succeeded(self, ticket: float) -> None:
         """Record that the request sent at `ticket` got an answer other than a 429."""
         rate = self.rate
+        epoch = rate.epoch
         if rate.window is None:
             rate.on_accepted(ticket)
         else:
             rate.on_accepted(ticket, self._time.now())
+            self._wake()
+        if rate.epoch != epoch:
+            # A storm ended: learning starts afresh, and those asleep claim again.
+            self._repace()
             self._wake()
         reported = self._reported
         if reported is not None and rate.rate is not None:

@@ -178,6 +178,10 @@ async def apply(emulator: Emulator, request: web.Request,
         return web.Response(status=fault.status, headers={"Location": location})
     if fault.kind == "html":
         return web.Response(status=fault.status, body=_HTML_PAGE, content_type="text/html")
+    if fault.kind == "storm":
+        emulator.start_storm(fault)
+        emulator.stats.rate_limited += 1
+        return _storm_answer(fault.retry_after)
     if fault.kind == "status":
         if fault.body_code is not None:
             return web.json_response(
@@ -187,6 +191,11 @@ async def apply(emulator: Emulator, request: web.Request,
         return _error(fault.status, _REASONS.get(fault.status, "Error"), "api_error",
                       headers=headers)
     return None
+
+
+def _storm_answer(retry_after: str | None) -> web.Response:
+    headers = {"Retry-After": retry_after} if retry_after is not None else None
+    return _error(429, "Rate limit exceeded", "rate_limit_error", headers=headers)
 
 
 class _ApiHost:
@@ -225,6 +234,11 @@ class _ApiHost:
         try:
             if emulator.config.latency:
                 await asyncio.sleep(emulator.config.latency)
+            storming, hint = emulator.storming()
+            if storming:
+                # A gateway's storm (`Fault.storm`) refuses before the rate limit.
+                stats.rate_limited += 1
+                return _storm_answer(hint)
             wait = emulator.admit()
             if wait is not None:
                 stats.rate_limited += 1

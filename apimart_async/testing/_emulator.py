@@ -8,6 +8,7 @@ can check the client from the server's side.
 
 from __future__ import annotations
 
+import math
 import random
 import secrets
 import time
@@ -80,6 +81,9 @@ class Emulator:
         self._videos: dict[str, bytes] = {}
         self._per_model: Counter[str] = Counter()
         self._log = RequestLog(self.config.request_log_size)
+        # A `Fault.storm` in force: until when (the clock's time), and its 429's hint.
+        self._storm_until = -math.inf
+        self._storm_hint: str | None = None
 
     # -- what tests read --------------------------------------------------------------
 
@@ -190,6 +194,17 @@ class Emulator:
                 # A 429 is a 429 to the client, whoever decided to send it.
                 self.stats.rate_limited += 1
         return fault
+
+    def start_storm(self, fault: Fault) -> None:
+        """Refuse every API request (429) for `fault.seconds` from now (`Fault.storm`)."""
+        self._storm_until = self.clock.now() + fault.seconds
+        self._storm_hint = fault.retry_after
+
+    def storming(self) -> tuple[bool, str | None]:
+        """Whether a storm refuses API requests now, and its ``Retry-After`` text."""
+        if self._storm_until == -math.inf:
+            return False, None
+        return self.clock.now() < self._storm_until, self._storm_hint
 
     def admit(self) -> float | None:
         """Take a rate-limit token: None if a request may go now, else the seconds until

@@ -42,6 +42,8 @@ _ROUTES_OF_KIND: dict[str, frozenset[str]] = {
     "huge_answer": frozenset({"task"}),
     "task_status": frozenset({"task"}),
     "repeat_id": frozenset({"submit"}),
+    # The API host's gateway refuses everything: the file host is another host.
+    "storm": frozenset({"submit", "task", "balance"}),
 }
 # Faults that act only on a request carrying Range: they wait for one.
 _RANGE_KINDS = frozenset({"ignore_range", "short_range", "wrong_range"})
@@ -82,6 +84,7 @@ class Fault:
         "status", "reset", "html", "lost_answer", "cut", "ignore_range", "slow", "redirect",
         "short_range", "wrong_range", "gzip", "endless", "drip", "cut_unframed",
         "result_url", "answer_id", "echo_key", "huge_answer", "task_status", "repeat_id",
+        "storm",
     ]
     status: int = 500
     location: str = ""
@@ -112,6 +115,9 @@ class Fault:
             return f"Fault.http({self.status}{extra})"
         if self.kind in ("cut", "short_range"):
             return f"Fault.{self.kind}({self.fraction})"
+        if self.kind == "storm":
+            extra = f", retry_after={self.retry_after!r}" if self.retry_after != "1" else ""
+            return f"Fault.storm({self.seconds}{extra})"
         if self.kind in ("slow", "drip"):
             return f"Fault.{self.kind}({self.seconds})"
         if self.kind == "cut_unframed":
@@ -290,6 +296,20 @@ class Fault:
                 or not math.isfinite(seconds) or seconds <= 0):
             raise ValueError(f"Fault.slow: seconds must be a finite number > 0, got {seconds!r}")
         return cls(kind="slow", seconds=seconds)
+
+    @classmethod
+    def storm(cls, seconds: float, *, retry_after: str | None = "1") -> Fault:
+        """API host only: answer this request, and every request to the API host for the
+        next `seconds` (> 0, finite) of the emulator's clock, 429 with `Retry-After`
+        (None: no header), before its rate limit is consulted (a gateway refusing all
+        traffic for a while; its bucket keeps refilling)."""
+        if (isinstance(seconds, bool) or not isinstance(seconds, (int, float))
+                or not math.isfinite(seconds) or seconds <= 0):
+            raise ValueError(f"Fault.storm: seconds must be a finite number > 0, got {seconds!r}")
+        if retry_after is not None and not isinstance(retry_after, str):
+            raise ValueError(f"Fault.storm: retry_after must be the header's text (a str) "
+                             f"or None, got {retry_after!r}")
+        return cls(kind="storm", seconds=float(seconds), retry_after=retry_after)
 
 
 RANDOM_FAULTS: dict[str, tuple[Fault, ...]] = {
