@@ -234,3 +234,69 @@ def test_a_key_that_is_not_an_sdk_made_one_reads_back_as_given(key: object) -> N
     assert repr(sub).endswith(f"idempotency_key={key!r})")
     assert pickle.loads(pickle.dumps(sub)) == sub and copy.deepcopy(sub) == sub
     assert attrs.asdict(sub)["idempotency_key"] == key and hash(sub) == hash(copy.copy(sub))
+
+
+@pytest.mark.anyio
+async def test_a_watch_ended_by_an_error_reports_the_last_status_and_progress_read() -> None:
+    # The poller keeps no `Task` between polls: the error's final update says the
+    # status and progress last read (from the columns), the `Task` itself having gone
+    # to the subscribers with the update that read it.
+    from apimart_async._core.errors import NotFoundError
+
+    clock = SteppedClock()
+    calls = 0
+
+    async def fetch(get: TaskGet) -> Task:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            return Task(id=get.task_id, status=TaskStatus.PROCESSING, progress=40)
+        raise NotFoundError("gone", status=404)
+
+    updates: list[object] = []
+    poller = Poller(fetch=fetch, policy=PollPolicy(), clock=clock, workers=1)
+    async with anyio.create_task_group() as tg:
+        poller.bind(tg)
+        poller.subscribe(updates.append, "task_1", started_at=None)
+        for _ in range(200):
+            if len(updates) == 2:
+                break
+            clock.advance(1.0)
+            await anyio.lowlevel.checkpoint()
+        first, last = updates
+        assert (first.progress, first.task is not None) == (40, True)  # type: ignore[attr-defined]
+        assert (last.status, last.progress, last.task) == (  # type: ignore[attr-defined]
+            TaskStatus.PROCESSING, 40, None)
+        assert isinstance(last.error, NotFoundError)  # type: ignore[attr-defined]
+        assert not poller._entries and len(poller._running) == 0
+        tg.cancel_scope.cancel()
+
+
+@pytest.mark.anyio
+async def test_an_update_goes_out_for_each_change_read_from_the_columns() -> None:
+    # Change detection compares the answer with the status and progress kept in the
+    # columns (no last `Task`): a repeat is not an update, a new progress or status is.
+    clock = SteppedClock()
+    script = [(TaskStatus.PENDING, 0), (TaskStatus.PROCESSING, 0), (TaskStatus.PROCESSING, 10),
+              (TaskStatus.PROCESSING, 10), (TaskStatus.PROCESSING, 20),
+              (TaskStatus.PROCESSING, 20), (TaskStatus.COMPLETED, 100)]
+
+    async def fetch(get: TaskGet) -> Task:
+        status, progress = script.pop(0)
+        return Task(id=get.task_id, status=status, progress=progress)
+
+    updates: list[tuple[TaskStatus, int]] = []
+    poller = Poller(fetch=fetch, policy=PollPolicy(), clock=clock, workers=1)
+    async with anyio.create_task_group() as tg:
+        poller.bind(tg)
+        poller.subscribe(lambda u: updates.append((u.status, u.progress)), "task_1",
+                         started_at=None)
+        for _ in range(2000):
+            if script == [] and poller.watched == 0:
+                break
+            clock.advance(0.5)
+            await anyio.lowlevel.checkpoint()
+        assert updates == [(TaskStatus.PENDING, 0), (TaskStatus.PROCESSING, 0),
+                           (TaskStatus.PROCESSING, 10), (TaskStatus.PROCESSING, 20),
+                           (TaskStatus.COMPLETED, 100)]
+        tg.cancel_scope.cancel()
