@@ -1,8 +1,9 @@
 """One poller per session: a heap of next-poll times and a fixed pool of workers.
 
-Watching 10,000 tasks costs one heap entry and one small state object each, not a
-sleeping coroutine each. Polls go through the session's transport, so they share
-its concurrency and rate limits with submissions.
+Watching 10,000 tasks costs an entry and a place in the poll queue each, and a slot
+of the poll-state columns once polled, not a sleeping coroutine each. Polls go
+through the session's transport, so they share its concurrency and rate limits with
+submissions.
 """
 
 from __future__ import annotations
