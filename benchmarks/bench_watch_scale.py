@@ -2,19 +2,23 @@
 RSS, client CPU per task, and exactly one final update per task.
 
 Submits N requests, then watches all of them until every one has ended, against an
-emulator in its own process (tasks of 20 to 40 s). RSS is this process's peak
-(``ru_maxrss``); the baseline is the peak before the first request, and "per task" is
+emulator in its own process (tasks of 20 to 40 s, or `--task-duration`). RSS is this
+process's peak (``ru_maxrss``); the baseline is the peak before the first request, and "per task" is
 the peak over it divided by N (everything the process holds: the caller's N
 `Submission`s and their requests too, or with ``--hold ids`` only the task ids), read
 before the emulator's stats are fetched. CPU per task is one submit and every poll. Lag:
 from a task's end to the first poll that saw it (the emulator's record), in seconds.
 "Polled again": the share of tasks still running at their first poll; at 100,000 tasks
-it sets the peak (a running task holds ~0.8 KB, a waiting one ~0.2 KB), and it depends on
+it sets the peak (a running task holds ~0.4 KB, a waiting one ~0.2 KB), and it depends on
 how fast submitting went (younger tasks at the watch's start), so compare runs at a
-similar share.
+similar share. ``--task-duration 120:180`` (passed to the emulator) makes that share
+reproducible: tasks that long are all still running at their first poll, the worst case
+for the peak (60:120 is not enough on a loaded machine: first polls of 100,000 tasks
+then come up to a minute late, and a third of the tasks have ended by then).
 
     python benchmarks/bench_watch_scale.py [--tasks 10000] [--hold submissions|ids]
-    # issue #14: --tasks 100000
+        [--task-duration MIN:MAX]
+    # issue #14: --tasks 100000, and --tasks 100000 --task-duration 120:180 (worst case)
 """
 
 from __future__ import annotations
@@ -36,8 +40,8 @@ def peak_rss_mb() -> float:
     return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
 
 
-async def main(n: int, hold: str) -> None:
-    async with emulator_process("--task-duration", "20:40", "--video-size", "1024") as url:
+async def main(n: int, hold: str, duration: str) -> None:
+    async with emulator_process("--task-duration", duration, "--video-size", "1024") as url:
         baseline = peak_rss_mb()
         async with Session("bench", base_url=url, max_concurrency=64) as session:
             cpu0 = time.process_time()
@@ -67,7 +71,8 @@ async def main(n: int, hold: str) -> None:
     lags = list(stats["detection_lags"].values())
     ids = [s.task_id if isinstance(s, Submission) else s for s in subs]
     exactly_one = len(finals) == len(ids) and Counter(finals) == Counter(ids)
-    print(f"Watching {n} tasks of 20-40 s, concurrency 64, the caller holding its "
+    print(f"Watching {n} tasks of {duration.replace(':', '-')} s, concurrency 64, "
+          f"the caller holding its "
           f"{'Submissions' if hold == 'submissions' else 'task ids'} ({machine()})")
     print(table(
         ["tasks", "one final update each", "polls/task", "polled again", "peak RSS (MB)",
@@ -90,5 +95,9 @@ if __name__ == "__main__":
     p.add_argument("--hold", choices=["submissions", "ids"], default="submissions",
                    help="what the caller keeps between submitting and watching: every "
                         "`Submission` (with its request and key), or only the task ids")
+    p.add_argument("--task-duration", default="20:40", metavar="MIN:MAX",
+                   help="the emulator's task durations in seconds (default 20:40); "
+                        "120:180 keeps every task running at its first poll (the worst "
+                        "case for the peak RSS)")
     args = p.parse_args()
-    anyio.run(main, args.tasks, args.hold)
+    anyio.run(main, args.tasks, args.hold, args.task_duration)

@@ -97,13 +97,17 @@ async def test_a_big_watch_leaves_no_tables_behind(make_server: MakeServer) -> N
         async with session.watch(subs) as updates:
             entries = list(poller._entries.values())
             assert len(entries) == n
-            assert all(e.polled is None for e in entries)  # nothing polled yet
+            assert all(e.slot == -1 for e in entries)  # nothing polled yet
             del entries
             async for update in updates:
                 finals += update.final
         assert finals == n
         assert poller.watched == 0
         assert not poller._entries and sys.getsizeof(poller._entries) == empty
+        # The poll states' columns are given back with their last slot.
+        running = poller._running
+        assert len(running) == 0 and not running.polled_at and not running._floats
+        assert not poller._inflight and not poller._errors and not poller._raw_status
 
 
 async def test_a_watch_without_deadlines_keeps_nothing_per_task(make_server: MakeServer) -> None:

@@ -12,6 +12,7 @@ import sys
 import weakref
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 from apimart_async import Submission, VideoRequest
@@ -19,7 +20,7 @@ from apimart_async._core.models import Task, TaskStatus
 from apimart_async._core.polling import PollPolicy, PollState, observe
 from apimart_async._core.wire import TaskGet, build_get_task
 from apimart_async._engine import poller as poller_module
-from apimart_async._engine.poller import Poller, _Entry, _Polled
+from apimart_async._engine.poller import Poller, _Entry
 from apimart_async.testing import SteppedClock
 
 REQ = VideoRequest("a fox")
@@ -61,23 +62,68 @@ def test_a_task_waiting_for_its_first_poll_holds_a_96_byte_entry() -> None:
     # with the first poll, in one object.
     entry = _Entry("task_1", 0.0, "sora-2")
     assert sys.getsizeof(entry) <= 96
-    assert entry.polled is None and entry.res is None
+    assert entry.slot == -1 and entry.res is None
     get = TaskGet("task_1")
     assert get.request is get and sys.getsizeof(get) <= 88  # get_task's, were 48 + 80
 
 
-def test_a_running_task_keeps_no_get_request_and_one_poll_state_object() -> None:
-    # A running task's poll state is its poller's own object (`PollState` with four
-    # slots more, 208 bytes), and no GET request with its path is kept between polls
-    # (built per poll, ~1 us): entry + poll state + request + path were 96 + 176 + 128
-    # + ~90 bytes, now 96 + 208.
-    polled = _Polled(5.0)
-    assert isinstance(polled, PollState) and polled.started_at == 5.0
-    assert polled.answer is None and polled.error is None and polled.polls == 0
-    assert not hasattr(polled, "path") and not hasattr(polled, "__dict__")
-    assert sys.getsizeof(_Entry("task_1", 0.0)) + sys.getsizeof(polled) <= 96 + 208
-    # Nothing of the request outlives the poll: only the entry's id refers to the task.
-    assert not [o for o in gc.get_referents(polled) if isinstance(o, (TaskGet, str))]
+@pytest.mark.anyio
+async def test_a_running_task_keeps_its_poll_state_in_its_own_slot_and_no_answer() -> None:
+    # A running task's poll state is in the poller's columns at the entry's slot, with
+    # its last answer's status and progress: not a `PollState` object, nor the `Task`
+    # (it went to the subscribers), nor a GET request. Each task's slot holds its own
+    # readings: tasks answering different progress never see each other's.
+    clock = SteppedClock()
+    answers: list[weakref.ref[Task]] = []
+    n = 300
+
+    async def fetch(get: TaskGet) -> Task:
+        i = int(get.task_id.split("_")[1])
+        task = Task(id=get.task_id, status=TaskStatus.PROCESSING, progress=1 + i % 97,
+                    estimated_time=60.0 + i)
+        answers.append(weakref.ref(task))
+        return task
+
+    seen: list[tuple[str, int]] = []
+    poller = Poller(fetch=fetch, policy=PollPolicy(), clock=clock, workers=4)
+    async with anyio.create_task_group() as tg:
+        poller.bind(tg)
+        clock.advance(10.0)
+        for i in range(n):
+            poller.subscribe(lambda u: seen.append((u.task_id, u.progress)), f"task_{i}",
+                             started_at=float(i) / 100)
+        clock.advance(5.0)
+        for _ in range(10_000):
+            if len(answers) == n:
+                break
+            await anyio.lowlevel.checkpoint()
+        assert len(answers) == n and len(seen) == n
+        await anyio.lowlevel.checkpoint()
+        gc.collect()
+        assert not [ref for ref in answers if ref() is not None]  # no `Task` kept
+        running = poller._running
+        slots = {poller._entries[f"task_{i}"].slot for i in range(n)}
+        assert len(slots) == n == len(running)  # one slot each
+        for i in range(n):
+            entry = poller._entries[f"task_{i}"]
+            state = running.load(entry.slot, PollState(started_at=0.0))
+            assert state.started_at == float(i) / 100 and state.polls == 1
+            assert state.last is not None and state.last[1] == 1 + i % 97
+            assert state.estimated_time == 60.0 + i
+            assert running.seen_progress[entry.slot] == 1 + i % 97
+            assert running.seen_status[entry.slot] == list(TaskStatus).index(
+                TaskStatus.PROCESSING)
+        # A subscriber joining late is told the status and progress last read.
+        late: list[object] = []
+        poller.subscribe(late.append, "task_5", started_at=None)
+        assert [(u.status, u.progress, u.task) for u in late] == [  # type: ignore[attr-defined]
+            (TaskStatus.PROCESSING, 6, None)]
+        # The columns, not objects, hold it: a few doubles and ints a task.
+        held = sum(sys.getsizeof(a) for a in (
+            running._floats, running._ints, running._small, running.polled_at,
+            running.seen_status, running.seen_progress))
+        assert held / n <= 180
+        tg.cancel_scope.cancel()
 
 
 @pytest.mark.anyio
@@ -188,3 +234,69 @@ def test_a_key_that_is_not_an_sdk_made_one_reads_back_as_given(key: object) -> N
     assert repr(sub).endswith(f"idempotency_key={key!r})")
     assert pickle.loads(pickle.dumps(sub)) == sub and copy.deepcopy(sub) == sub
     assert attrs.asdict(sub)["idempotency_key"] == key and hash(sub) == hash(copy.copy(sub))
+
+
+@pytest.mark.anyio
+async def test_a_watch_ended_by_an_error_reports_the_last_status_and_progress_read() -> None:
+    # The poller keeps no `Task` between polls: the error's final update says the
+    # status and progress last read (from the columns), the `Task` itself having gone
+    # to the subscribers with the update that read it.
+    from apimart_async._core.errors import NotFoundError
+
+    clock = SteppedClock()
+    calls = 0
+
+    async def fetch(get: TaskGet) -> Task:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            return Task(id=get.task_id, status=TaskStatus.PROCESSING, progress=40)
+        raise NotFoundError("gone", status=404)
+
+    updates: list[object] = []
+    poller = Poller(fetch=fetch, policy=PollPolicy(), clock=clock, workers=1)
+    async with anyio.create_task_group() as tg:
+        poller.bind(tg)
+        poller.subscribe(updates.append, "task_1", started_at=None)
+        for _ in range(200):
+            if len(updates) == 2:
+                break
+            clock.advance(1.0)
+            await anyio.lowlevel.checkpoint()
+        first, last = updates
+        assert (first.progress, first.task is not None) == (40, True)  # type: ignore[attr-defined]
+        assert (last.status, last.progress, last.task) == (  # type: ignore[attr-defined]
+            TaskStatus.PROCESSING, 40, None)
+        assert isinstance(last.error, NotFoundError)  # type: ignore[attr-defined]
+        assert not poller._entries and len(poller._running) == 0
+        tg.cancel_scope.cancel()
+
+
+@pytest.mark.anyio
+async def test_an_update_goes_out_for_each_change_read_from_the_columns() -> None:
+    # Change detection compares the answer with the status and progress kept in the
+    # columns (no last `Task`): a repeat is not an update, a new progress or status is.
+    clock = SteppedClock()
+    script = [(TaskStatus.PENDING, 0), (TaskStatus.PROCESSING, 0), (TaskStatus.PROCESSING, 10),
+              (TaskStatus.PROCESSING, 10), (TaskStatus.PROCESSING, 20),
+              (TaskStatus.PROCESSING, 20), (TaskStatus.COMPLETED, 100)]
+
+    async def fetch(get: TaskGet) -> Task:
+        status, progress = script.pop(0)
+        return Task(id=get.task_id, status=status, progress=progress)
+
+    updates: list[tuple[TaskStatus, int]] = []
+    poller = Poller(fetch=fetch, policy=PollPolicy(), clock=clock, workers=1)
+    async with anyio.create_task_group() as tg:
+        poller.bind(tg)
+        poller.subscribe(lambda u: updates.append((u.status, u.progress)), "task_1",
+                         started_at=None)
+        for _ in range(2000):
+            if script == [] and poller.watched == 0:
+                break
+            clock.advance(0.5)
+            await anyio.lowlevel.checkpoint()
+        assert updates == [(TaskStatus.PENDING, 0), (TaskStatus.PROCESSING, 0),
+                           (TaskStatus.PROCESSING, 10), (TaskStatus.PROCESSING, 20),
+                           (TaskStatus.COMPLETED, 100)]
+        tg.cancel_scope.cancel()

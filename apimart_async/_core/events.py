@@ -22,7 +22,10 @@ class TaskUpdate:
     last `ServerError` / `APIConnectionError` / `DecodeError` once its polls failed
     for the poll policy's `give_up_after`). A `timed_out` update whose polls were
     failing at the deadline carries the last poll's error too.
-    `task` is the latest state (None if the task was never read).
+    `task` is the `Task` read by the poll that made this update (None if the task was
+    never read, and on an update that repeats a state already handed out: the current
+    state given to a watch that joins a task already watched, and the final update of
+    a watch ended by an error; `status` and `progress` are then the last ones read).
     """
 
     task_id: str

@@ -30,6 +30,7 @@ Every exponential goes through `backoff`, which is capped for any number of miss
 from __future__ import annotations
 
 import math
+from array import array
 from collections import deque
 
 import attrs
@@ -39,6 +40,7 @@ from .models import Task, TaskStatus
 
 __all__ = [
     "ModelStats",
+    "PollColumns",
     "PollPolicy",
     "PollState",
     "backoff",
@@ -169,8 +171,8 @@ class PollPolicy:
                 )
 
 
-Reading = tuple[float, float]
-"""(time, progress as reported)."""
+Reading = tuple[float, int]
+"""(time, progress as reported: the int read)."""
 
 
 # No weak-reference slot: 176 bytes a running task instead of 192.
@@ -204,6 +206,122 @@ class PollState:
     failing_since: float | None = None
     # Consecutive polls that read the last step before 100 (99 %, or 90 % in steps of 10).
     top_reads: int = 0
+
+
+# A status as a small int in `PollColumns` (-1: none yet).
+STATUSES: tuple[TaskStatus, ...] = tuple(TaskStatus)
+STATUS_INDEX: dict[TaskStatus, int] = {status: i for i, status in enumerate(STATUSES)}
+# The float columns of one slot; NaN stands for None (no time or rate is ever NaN).
+_FLOATS = 10  # started_at zero_at first[0] previous[0] last[0] rate_before since seen_at
+#               estimated_time failing_since
+_INTS = 9  # polls first[1] previous[1] last[1] readings progress quantum misses top_reads
+_SMALL = 2  # last_status processing_seen
+_NAN = math.nan
+
+
+class PollColumns:
+    """The `PollState`s of many tasks, in columns: one slot number per task, its fields
+    as C doubles and ints, not a 208-byte object with boxed floats and reading tuples
+    (#14: 100,000 tasks running at once). `load` fills a `PollState` the policy works
+    on, `save` writes it back: the policy's functions see exactly the state they would
+    have kept (the same values; a time kept as a C double is the float it was).
+
+    A slot is taken by `new` and given back by `free`; a free slot is handed out again
+    only by a later `new`, which sets every field afresh.
+    """
+
+    __slots__ = ("_floats", "_free", "_ints", "_live", "_small")
+
+    def __init__(self) -> None:
+        self._floats = array("d")
+        self._ints = array("i")
+        self._small = array("b")
+        self._free: list[int] = []
+        self._live = 0
+
+    def __len__(self) -> int:
+        """How many slots are taken."""
+        return self._live
+
+    def new(self, started_at: float) -> int:
+        """A slot for a task submitted at `started_at`, with a fresh state's fields."""
+        self._live += 1
+        if self._free:
+            slot = self._free.pop()
+            f, i, b = slot * _FLOATS, slot * _INTS, slot * _SMALL
+            self._floats[f:f + _FLOATS] = _FRESH_FLOATS
+            self._ints[i:i + _INTS] = _FRESH_INTS
+            self._small[b:b + _SMALL] = _FRESH_SMALL
+        else:
+            slot = len(self._small) // _SMALL
+            self._floats.extend(_FRESH_FLOATS)
+            self._ints.extend(_FRESH_INTS)
+            self._small.extend(_FRESH_SMALL)
+            self._grown(slot + 1)
+        self._floats[slot * _FLOATS] = started_at
+        return slot
+
+    def _grown(self, slots: int) -> None:
+        """Hook: the columns now hold `slots` slots (a subclass grows its own)."""
+
+    def free(self, slot: int) -> None:
+        """Give `slot` back; once none is taken, the columns' memory goes too."""
+        self._live -= 1
+        if self._live == 0:
+            self._floats, self._ints, self._small = array("d"), array("i"), array("b")
+            self._free = []
+            self._grown(0)
+        else:
+            self._free.append(slot)
+
+    def load(self, slot: int, state: PollState) -> PollState:
+        """Fill `state` with `slot`'s fields; return it."""
+        f, i, b = slot * _FLOATS, slot * _INTS, slot * _SMALL
+        floats, ints = self._floats, self._ints
+        (state.started_at, zero_at, first_at, previous_at, last_at, rate_before, since,
+         seen_at, estimated_time, failing_since) = floats[f:f + _FLOATS]
+        (state.polls, first, previous, last, state.readings, state.progress,
+         state.quantum, state.misses, state.top_reads) = ints[i:i + _INTS]
+        status, seen = self._small[b:b + _SMALL]
+        # x != x: NaN, the column's None.
+        state.zero_at = None if zero_at != zero_at else zero_at
+        state.first = None if first_at != first_at else (first_at, first)
+        state.previous = None if previous_at != previous_at else (previous_at, previous)
+        state.last = None if last_at != last_at else (last_at, last)
+        state.rate_before = None if rate_before != rate_before else rate_before
+        state.since = None if since != since else since
+        state.seen_at = None if seen_at != seen_at else seen_at
+        state.estimated_time = None if estimated_time != estimated_time else estimated_time
+        state.failing_since = None if failing_since != failing_since else failing_since
+        state.last_status = None if status < 0 else STATUSES[status]
+        state.processing_seen = bool(seen)
+        return state
+
+    def save(self, slot: int, state: PollState) -> None:
+        """Write `state` into `slot`."""
+        f, i, b = slot * _FLOATS, slot * _INTS, slot * _SMALL
+        first, previous, last = state.first, state.previous, state.last
+        status = state.last_status
+        self._floats[f:f + _FLOATS] = array("d", (
+            state.started_at, _nan(state.zero_at),
+            _NAN if first is None else first[0], _NAN if previous is None else previous[0],
+            _NAN if last is None else last[0], _nan(state.rate_before), _nan(state.since),
+            _nan(state.seen_at), _nan(state.estimated_time), _nan(state.failing_since)))
+        self._ints[i:i + _INTS] = array("i", (
+            state.polls, 0 if first is None else first[1],
+            0 if previous is None else previous[1], 0 if last is None else last[1],
+            state.readings, state.progress, state.quantum, state.misses, state.top_reads))
+        self._small[b] = -1 if status is None else STATUS_INDEX[status]
+        self._small[b + 1] = state.processing_seen
+
+
+def _nan(value: float | None) -> float:
+    return _NAN if value is None else value
+
+
+_FRESH_FLOATS = array("d", [_NAN] * _FLOATS)
+_FRESH_INTS = array("i", [0] * _INTS)
+_FRESH_SMALL = array("b", [-1, 0])
 
 
 def observe(state: PollState, now: float, task: Task) -> None:

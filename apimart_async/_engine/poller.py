@@ -1,8 +1,9 @@
 """One poller per session: a heap of next-poll times and a fixed pool of workers.
 
-Watching 10,000 tasks costs one heap entry and one small state object each, not a
-sleeping coroutine each. Polls go through the session's transport, so they share
-its concurrency and rate limits with submissions.
+Watching 10,000 tasks costs an entry and a place in the poll queue each, and a slot
+of the poll-state columns once polled, not a sleeping coroutine each. Polls go
+through the session's transport, so they share its concurrency and rate limits with
+submissions.
 """
 
 from __future__ import annotations
@@ -23,7 +24,17 @@ from .._core.errors import APIMartError, APIStatusError, DecodeError, Validation
 from .._core.events import TaskUpdate
 from .._core.hooks import Hooks
 from .._core.models import Task, TaskStatus
-from .._core.polling import ModelStats, PollPolicy, PollState, missed, next_delay, observe
+from .._core.polling import (
+    STATUS_INDEX,
+    STATUSES,
+    ModelStats,
+    PollColumns,
+    PollPolicy,
+    PollState,
+    missed,
+    next_delay,
+    observe,
+)
 from .._core.wire import TaskGet
 from .._io.clock import Clock
 from .._io.hooks import fire
@@ -46,53 +57,67 @@ _EXPECTED = 100_000
 
 class _Entry:
     """A watched (or submitted, not yet watched) task. Eight slots, 96 bytes: 100,000
-    tasks waiting for their first poll hold nothing else but their heap item; what
-    polls leave (the poll state, the last answer) is on `polled`."""
+    tasks waiting for their first poll hold nothing else but their place in the queue;
+    what polls leave (the poll state, the last answer's status and progress) is in the
+    poller's columns at `slot`."""
 
-    __slots__ = ("due", "generation", "model", "polled", "res", "started_at",
+    __slots__ = ("due", "generation", "model", "res", "slot", "started_at",
                  "subscribers", "task_id")
 
     def __init__(self, task_id: str, started_at: float, model: str | None = None) -> None:
         self.task_id = task_id
         self.model = model
+        # When it was submitted, until its first poll (then in its slot's columns).
         self.started_at = started_at
         # A tuple, not a set: nearly always one subscriber, and 48 bytes against 216.
         self.subscribers: tuple[Subscriber, ...] = ()
         self.generation = 0
         self.due = 0.0
-        # Made at its first poll (None again once dropped: a worker's last entry
-        # lingers in its frame, and keeps no request and no answer).
-        self.polled: _Polled | None = None
+        # Its slot in the poller's columns, taken at its first poll (-1 until then, and
+        # again once dropped: a worker's last entry lingers in its frame).
+        self.slot = -1
         # Made when a subscriber asks for a progress resolution (most tasks: never).
         self.res: _Resolutions | None = None
 
-    def bound(self) -> float:
-        """The latest the next poll may go out at for the subscribers' resolutions."""
-        res = self.res
-        if res is None or not res.every:
-            return math.inf
-        polled = self.polled
-        since = polled.polled_at if polled is not None else None
-        return (since if since is not None else self.started_at) + min(res.every.values())
+
+# An entry's `started_at` once its slot holds it (read from the columns from then on).
+_IN_COLUMNS = math.nan
 
 
-class _Polled(PollState):
-    """What a watched task's polls left, one object made at its first poll: what the
-    poll policy learned (`PollState`) and the poller's own fields. The GET request is
-    not kept: it is built for each poll (~1 us against a poll's ~300 us of CPU), which
-    saves a running task ~220 bytes (the request and its path) and a second object's
-    headers (#14: 100,000 watched tasks)."""
+class _Running(PollColumns):
+    """The poll states of the tasks polled at least once, in columns by slot (#14:
+    ~800 bytes a running task in objects: a poll state with boxed floats and reading
+    tuples, the last `Task`), and the poller's own per-task columns beside them: when
+    the latest poll was sent, and the last answer's status and progress (all that
+    change detection compares; the `Task` itself went to the subscribers). The GET
+    request is not kept either: it is built for each poll (~1 us)."""
 
-    __slots__ = ("answer", "error", "polled_at", "scope")
+    __slots__ = ("polled_at", "seen_progress", "seen_status")
 
-    def __init__(self, started_at: float) -> None:
-        super().__init__(started_at=started_at)
-        # The last answer (`last` is the policy's latest progress reading).
-        self.answer: Task | None = None
-        # The last poll's error while polls keep failing (None once one succeeds).
-        self.error: APIMartError | None = None
-        self.scope: anyio.CancelScope | None = None
-        self.polled_at: float | None = None
+    def __init__(self) -> None:
+        super().__init__()
+        self.polled_at = array("d")
+        # The last answer's status (an index in `STATUSES`; -1: no answer yet).
+        self.seen_status = array("b")
+        self.seen_progress = array("i")
+
+    def new(self, started_at: float) -> int:
+        slot = super().new(started_at)
+        self.polled_at[slot] = math.nan
+        self.seen_status[slot] = -1
+        self.seen_progress[slot] = 0
+        return slot
+
+    def _grown(self, slots: int) -> None:
+        if slots == 0:
+            self.polled_at, self.seen_status, self.seen_progress = (
+                array("d"), array("b"), array("i"))
+            return
+        grow = slots - len(self.seen_status)
+        if grow > 0:
+            self.polled_at.extend([math.nan] * grow)
+            self.seen_status.extend([-1] * grow)
+            self.seen_progress.extend([0] * grow)
 
 
 class _DueQueue:
@@ -204,6 +229,15 @@ class Poller:
         self._clock = clock
         self._workers = workers
         self._entries: dict[str, _Entry] = {}
+        # What polls left, by the entry's slot; one `PollState` the policy works on,
+        # filled from a slot and written back with no await in between.
+        self._running = _Running()
+        self._state = PollState(started_at=0.0)
+        # Rare per-task things, only while they last: a poll in flight (at most one per
+        # worker), the error of polls that keep failing, an unknown status's wire string.
+        self._inflight: dict[_Entry, anyio.CancelScope] = {}
+        self._errors: dict[_Entry, APIMartError] = {}
+        self._raw_status: dict[_Entry, str] = {}
         # Learned per model across this session's tasks; "" pools every model, for
         # tasks whose model is not known yet (before their first answer).
         self._stats: dict[str, ModelStats] = {}
@@ -279,9 +313,12 @@ class Poller:
                 entry.res.every[subscriber] = every
             self._schedule_at(entry, due)
         else:
-            polled = entry.polled
-            if polled is not None and polled.answer is not None:
-                subscriber(_update(polled.answer))
+            slot = entry.slot
+            if slot >= 0 and self._running.seen_status[slot] >= 0:
+                # What it last read (its `Task` went to the subscribers then).
+                subscriber(TaskUpdate(
+                    task_id=task_id, status=STATUSES[self._running.seen_status[slot]],
+                    progress=self._running.seen_progress[slot]))
             if every is not None:
                 if entry.res is None:
                     # Until now its next poll was the policy's alone.
@@ -314,8 +351,7 @@ class Poller:
     def failing(self, task_id: str) -> APIMartError | None:
         """The error of `task_id`'s last poll if its polls are failing, else None."""
         entry = self._entries.get(task_id)
-        polled = entry.polled if entry is not None else None
-        return polled.error if polled is not None else None
+        return self._errors.get(entry) if entry is not None else None
 
     def _still_watched(self, entry: _Entry) -> bool:
         """Forget subscribers that are gone (a dropped iterator); False if none is left."""
@@ -336,9 +372,14 @@ class Poller:
         if not self._entries:
             self._entries = {}  # a dict never shrinks: let a big watch's table go
         entry.generation += 1  # its heap item is now stale
-        polled, entry.polled = entry.polled, None
-        if polled is not None and polled.scope is not None:
-            polled.scope.cancel()
+        if entry.slot >= 0:
+            self._running.free(entry.slot)
+            entry.slot = -1
+            self._errors.pop(entry, None)
+            self._raw_status.pop(entry, None)
+            scope = self._inflight.pop(entry, None)
+            if scope is not None:
+                scope.cancel()
 
     def _schedule_at(self, entry: _Entry, policy_due: float) -> None:
         """Poll `entry` at `policy_due` (the policy's choice), or sooner if a subscriber's
@@ -354,20 +395,27 @@ class Poller:
     def _reschedule(self, entry: _Entry) -> None:
         """A subscriber with a resolution came or went: move the next poll if it changes
         (not while a poll is in flight or polls are failing: those set it themselves)."""
-        polled, res = entry.polled, entry.res
-        if res is not None and (polled is None or (polled.scope is None and polled.error is None)):
+        res = entry.res
+        if res is not None and entry not in self._inflight and entry not in self._errors:
             due = self._due(entry, res)
             if due != entry.due:
                 self._push(entry, due)
 
     def _due(self, entry: _Entry, res: _Resolutions) -> float:
-        due, bound = res.policy_due, entry.bound()
+        due, bound = res.policy_due, self._bound(entry)
         if bound >= due:
             return due
-        polled_at = entry.polled.polled_at if entry.polled is not None else None
-        if polled_at is not None:
-            bound = max(bound, polled_at + self._policy.min_interval)
+        if entry.slot >= 0:
+            bound = max(bound, self._running.polled_at[entry.slot] + self._policy.min_interval)
         return bound
+
+    def _bound(self, entry: _Entry) -> float:
+        """The latest `entry`'s next poll may go out at for its subscribers' resolutions."""
+        res = entry.res
+        if res is None or not res.every:
+            return math.inf
+        since = self._running.polled_at[entry.slot] if entry.slot >= 0 else entry.started_at
+        return since + min(res.every.values())
 
     def _push(self, entry: _Entry, due: float) -> None:
         entry.generation += 1
@@ -434,18 +482,22 @@ class Poller:
         except APIMartError as exc:  # a bad id (ValidationError): nothing is sent
             self._fail(entry, exc)
             return
-        polled = entry.polled
-        if polled is None:
-            polled = entry.polled = _Polled(entry.started_at)
+        running = self._running
+        slot = entry.slot
+        if slot < 0:
+            slot = entry.slot = running.new(entry.started_at)
+            # Its column holds it now; the entry's own float (32 bytes) goes.
+            entry.started_at = _IN_COLUMNS
         result: Task | APIMartError | None = None
-        sent_at = polled.polled_at = self._clock.now()
+        sent_at = running.polled_at[slot] = self._clock.now()
         with anyio.CancelScope() as scope:
-            polled.scope = scope
+            self._inflight[entry] = scope
             try:
                 result = await self._fetch(get)
             except APIMartError as exc:
                 result = exc
-        polled.scope = None
+        if self._inflight.get(entry) is scope:
+            del self._inflight[entry]
         if result is None or self._entries.get(entry.task_id) is not entry:
             return  # nobody watches it any more
         now = self._clock.now()
@@ -453,53 +505,61 @@ class Poller:
             if _stops_watching(result):
                 self._fail(entry, result)
             else:
-                self._missed(entry, polled, result, sent_at, now)
+                self._missed(entry, slot, result, sent_at, now)
             return
-        state = polled
-        if polled.error is not None:
+        # No await from here on: the one `PollState` is this task's until written back.
+        state = running.load(slot, self._state)
+        if self._errors.pop(entry, None) is not None:
             log.warning("polls of task %s recovered after %d failed", entry.task_id,
                         state.misses)
-            polled.error = None
-        previous, polled.answer = polled.answer, result
+        seen = running.seen_status[slot]
+        status = STATUS_INDEX[result.status]
+        running.seen_status[slot] = status
         if result.status is TaskStatus.UNKNOWN:
             # A status this SDK does not know: delivered (a newer server state must not
             # crash a watch), but counted as a failed poll, so one that never turns into
             # a known state ends under `give_up_after` instead of being polled forever.
-            if previous is None or previous.raw_status != result.raw_status:
+            running.seen_progress[slot] = result.progress
+            if seen != status or self._raw_status.get(entry) != result.raw_status:
+                self._raw_status[entry] = result.raw_status
                 self._deliver(entry, _update(result))
-            self._missed(entry, polled, DecodeError(
+            self._missed(entry, slot, DecodeError(
                 f"task {entry.task_id} answered with status {result.raw_status[:64]!r}, "
-                "unknown to this SDK", status=200, snippet=""), sent_at, now)
+                "unknown to this SDK", status=200, snippet=""), sent_at, now, state)
             return
+        self._raw_status.pop(entry, None)
         observe(state, now, result)
         if result.is_terminal:
             self._learn(entry, state, now, result)
             self._finish(entry, _update(result), state.polls)
             return
-        if previous is None or (previous.status, previous.progress) != (
-            result.status, result.progress
-        ):
+        changed = seen != status or running.seen_progress[slot] != result.progress
+        running.seen_progress[slot] = result.progress
+        if changed:
             self._deliver(entry, _update(result))
-        if result.model:
+        if result.model and result.model != entry.model:
             entry.model = result.model
         stats = self._stats.get(entry.model or "")
         if state.top_reads == 2:
             # Learned while the model's tasks still run, not only once they end.
             stats = stats or self._model_stats(entry.model or "")
             stats.note(state)
-        self._schedule_at(entry, now + next_delay(self._policy, state, now, stats))
+        delay = next_delay(self._policy, state, now, stats)
+        if entry.slot == slot:  # not dropped by a subscriber meanwhile
+            running.save(slot, state)
+        self._schedule_at(entry, now + delay)
 
-    def _missed(self, entry: _Entry, polled: _Polled, error: APIMartError, sent_at: float,
-                now: float) -> None:
+    def _missed(self, entry: _Entry, slot: int, error: APIMartError, sent_at: float,
+                now: float, state: PollState | None = None) -> None:
         """A transient failure (left over after the transport's retries): poll again
         later, backing off, until the policy's `give_up_after`; then end the watch with
-        the error."""
-        if polled.error is None:
+        the error. (`state`: `slot`'s, if already loaded.)"""
+        if self._errors.get(entry) is None:
             # Once per run of failures, not per poll: an outage would flood the log.
             log.warning("polls of task %s are failing (%s: %s); trying again, backing off",
                         entry.task_id, type(error).__name__, error)
-        polled.error = error
-        state = polled
+        if state is None:
+            state = self._running.load(slot, self._state)
         delay = missed(self._policy, state, sent_at, now)
         if delay is None:
             log.warning("gave up watching task %s: its polls failed for %gs (%s: %s)",
@@ -507,14 +567,19 @@ class Poller:
                         type(error).__name__, error)
             self._fail(entry, error)
             return
+        if entry.slot == slot:
+            self._running.save(slot, state)
+            self._errors[entry] = error
         self._push(entry, now + delay)
 
     def _fail(self, entry: _Entry, error: APIMartError) -> None:
-        """End the watch of `entry` with `error` (its last state, if read, goes along)."""
-        last = entry.polled.answer if entry.polled is not None else None
+        """End the watch of `entry` with `error` (with the status and progress it last
+        read, if any; its `Task` went to the subscribers then)."""
+        slot, running = entry.slot, self._running
+        seen = running.seen_status[slot] if slot >= 0 else -1
         self._finish(entry, TaskUpdate(
-            task_id=entry.task_id, status=last.status if last else TaskStatus.UNKNOWN,
-            progress=last.progress if last else 0, task=last, error=error,
+            task_id=entry.task_id, status=STATUSES[seen] if seen >= 0 else TaskStatus.UNKNOWN,
+            progress=running.seen_progress[slot] if seen >= 0 else 0, error=error,
         ))
 
     def _first_stats(self) -> ModelStats | None:
@@ -548,12 +613,11 @@ class Poller:
         """A task of `model` failed unannounced: bring its rendering tasks' polls forward
         to the pace `next_delay` now keeps for them."""
         due = now + self._policy.failure_interval
+        seen, processing = self._running.seen_status, STATUS_INDEX[TaskStatus.PROCESSING]
         for entry in self._entries.values():
-            polled = entry.polled
-            if (polled is not None and polled.answer is not None
-                    and (entry.model or "") == model
-                    and polled.answer.status is TaskStatus.PROCESSING and entry.due > due
-                    and polled.scope is None):
+            if (entry.slot >= 0 and seen[entry.slot] == processing
+                    and (entry.model or "") == model and entry.due > due
+                    and entry not in self._inflight):
                 self._schedule_at(entry, due)
 
     def _deliver(self, entry: _Entry, update: TaskUpdate) -> None:
