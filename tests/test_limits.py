@@ -50,16 +50,18 @@ class Bucket:
         return False
 
 
-def run_batch(learner: RateLearner, server: Bucket, n: int) -> tuple[float, int]:
+def run_batch(learner: RateLearner, server: Bucket, n: int,
+              storm: tuple[float, float] = (0.0, 0.0)) -> tuple[float, int]:
     """Send `n` requests as the learner allows: as many at once as its window lets
     (one at a time once it has none), each answered the moment it arrives; a 429'd
-    request goes again in a later slot. Returns (makespan, 429s)."""
+    request goes again in a later slot; every request sent within `storm` is refused
+    before the bucket (see `run_storm`). Returns (makespan, 429s)."""
     now, done, throttled = 0.0, 0, 0
     while done < n:
         wave = [learner.claim(now) for _ in range(min(learner.window or 1, n - done))]
         for start, ticket, _ in wave:
             now = max(now, start)
-            if server.take(now):
+            if not storm[0] <= now < storm[1] and server.take(now):
                 learner.on_accepted(ticket, now)
                 done += 1
             else:
@@ -265,18 +267,7 @@ def run_storm(learner: RateLearner, server: Bucket, n: int,
               storm: tuple[float, float]) -> tuple[float, int]:
     """`run_batch`, with the server refusing every request sent within `storm` (a
     gateway's outage in front of the bucket, which keeps refilling)."""
-    now, done, throttled = 0.0, 0, 0
-    while done < n:
-        wave = [learner.claim(now) for _ in range(min(learner.window or 1, n - done))]
-        for start, ticket, _ in wave:
-            now = max(now, start)
-            if not storm[0] <= now < storm[1] and server.take(now):
-                learner.on_accepted(ticket, now)
-                done += 1
-            else:
-                throttled += 1
-                learner.on_throttled(ticket, now, 1.0)
-    return now, throttled
+    return run_batch(learner, server, n, storm)
 
 
 @pytest.mark.parametrize(("rate", "burst"), [(20, 10), (5, 30), (50, 30), (20, 1)])
