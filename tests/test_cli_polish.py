@@ -234,3 +234,32 @@ def test_a_bad_number_flag_names_what_it_should_be(
         main(args)
     assert exit_.value.code == 2
     assert said in capsys.readouterr().err
+
+
+async def test_a_batch_whose_database_never_answers_does_not_blame_the_api_host(
+    server: EmulatorServer, tmp_path: Path
+) -> None:
+    # The journal opens before the first request: while a silent database holds it, the
+    # one-second notice must not say the API host (which answers) is silent. Given two
+    # seconds, nothing is printed (the database is named after its own bound).
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a fox\n")
+    with socket.socket() as db:
+        db.bind(("127.0.0.1", 0))
+        db.listen(8)
+        url = f"postgresql://u:pw@127.0.0.1:{db.getsockname()[1]}/jobs"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("APIMART_")}
+        env["APIMART_API_KEY"] = KEY
+        async with await anyio.open_process(
+            [sys.executable, "-m", "apimart_async", "batch", str(prompts), "--out",
+             str(tmp_path / "out"), "--journal", url, "--base-url", server.base_url],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        ) as process:
+            assert process.stderr is not None
+            said = b""
+            with anyio.move_on_after(2.5):
+                async for chunk in process.stderr:
+                    said += chunk
+            process.kill()
+    assert b"no answer from" not in said, said
+    assert server.stats.submissions == 0

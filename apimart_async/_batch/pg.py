@@ -160,10 +160,11 @@ def is_pg_url(journal: object) -> bool:
 CONNECT_TIMEOUT = 10.0
 
 
-def _no_answer(url: str) -> ValidationError:
-    return ValidationError(
-        "journal", f"cannot open {_label(url)}: no answer within {CONNECT_TIMEOUT:g} s "
-        "(is it a PostgreSQL server, and reachable?)")
+def _no_answer(url: str) -> JournalUnavailableError:
+    # Unreachable, like a database lost mid-run (exit 1), not bad input (exit 2).
+    return JournalUnavailableError(
+        _label(url), f"no answer within {CONNECT_TIMEOUT:g} s: is it a PostgreSQL server, "
+        "and reachable?")
 
 
 def _label(url: str) -> str:

@@ -600,7 +600,8 @@ async def _batch(
         async with session:
             with BatchDisplay(len(items), stream=sys.stderr) as display:
                 async with anyio.create_task_group() as tg:
-                    tg.start_soon(notice.watch)
+                    # From the first request: the journal (a database) opens before it.
+                    tg.start_soon(notice.watch, lambda: session.stats.requests > 0)
                     if timeout is not None:
                         tg.start_soon(deadline, stop, timeout)
                     report = await session.run_batch(

@@ -8,6 +8,7 @@ attempt got no answer; a one-second watch covers a host that does not even refus
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from typing import TextIO
 from urllib.parse import urlsplit
 
@@ -50,8 +51,15 @@ class ConnectNotice:
         print(f"apimart-async: {line} (Ctrl-C to stop)", file=self._stream or sys.stderr,
               flush=True)
 
-    async def watch(self) -> None:
-        """Run beside the command: tell the user if nothing answered within a second.
-        (A slow host that is connected reads the same: still waiting, which is true.)"""
+    async def watch(self, sent: Callable[[], bool] | None = None) -> None:
+        """Run beside the command: tell the user if nothing answered within a second of
+        the first request going out (`sent()` says whether one has; None: at once). A
+        batch may first open its journal (a database that does not answer is not the
+        API host). A slow host that is connected reads the same: still waiting, which
+        is true."""
+        if sent is not None:
+            # (No hook tells when a request starts, only when it ended: look.)
+            while not sent():  # noqa: ASYNC110
+                await anyio.sleep(0.05)
         await anyio.sleep(FIRST_ANSWER_WITHIN)
         self._tell(f"no answer from {{host}} after {FIRST_ANSWER_WITHIN:g}s; still waiting")
