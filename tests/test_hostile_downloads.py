@@ -223,6 +223,10 @@ async def test_an_html_page_under_200_is_an_error_not_a_video(
     # the hex forms the resolver takes; only the resolved address tells.
     ("https://0x0/v.mp4", "resolves only to non-public addresses"),
     ("https://0xa9fea9fe/latest/meta-data/", "resolves only to non-public addresses"),
+    # IPv6 literals that carry the metadata address to an IPv4 gateway.
+    ("https://[64:ff9b::a9fe:a9fe]/x", "non-public address"),
+    ("https://[2002:a9fe:a9fe::]/x", "non-public address"),
+    ("https://[2001:0:4136:e378:8000:63bf:5601:5601]/x", "non-public address"),
 ])
 async def test_a_result_link_to_a_forbidden_target_is_never_fetched(
     server: EmulatorServer, tmp_path: Path, url: str, why: str

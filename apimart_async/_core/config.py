@@ -162,13 +162,33 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+_NAT64 = (ipaddress.IPv6Network("64:ff9b::/96"), ipaddress.IPv6Network("64:ff9b:1::/48"))
+
+
+def reachable_address(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """Whether a download may connect to `address`: public or loopback, and so is every
+    IPv4 address it carries (IPv4-mapped, 6to4, Teredo, NAT64: a gateway turns
+    ``64:ff9b::a9fe:a9fe`` into the metadata address 169.254.169.254)."""
+    if isinstance(address, ipaddress.IPv6Address):
+        carried = [address.ipv4_mapped, address.sixtofour]
+        if address.teredo is not None:
+            carried.extend(address.teredo)
+        if any(address in net for net in _NAT64):
+            carried.append(ipaddress.IPv4Address(int(address) & 0xFFFFFFFF))
+        if not all(reachable_address(v4) for v4 in carried if v4 is not None):
+            return False
+    return address.is_loopback or address.is_global
+
+
 def check_file_url(url: str, allowed_hosts: frozenset[str] | None = None) -> str | None:
     """Why a result URL must not be fetched, or None when it may be.
 
     https anywhere; plain http only to loopback (as for the API); no other scheme; no
     credentials in the URL; an IP literal must be a public address or loopback (never
-    link-local, private, multicast or reserved: cloud metadata lives at 169.254.169.254).
-    Names are not resolved here: a name that resolves to such an address is not caught.
+    link-local, private, multicast or reserved: cloud metadata lives at 169.254.169.254;
+    nor one that carries such an IPv4 address, see `reachable_address`). Names are not
+    resolved here: the session the SDK opens for file hosts checks each name's addresses
+    where it resolves them.
     """
     try:
         parts = urlsplit(url)
@@ -184,9 +204,7 @@ def check_file_url(url: str, allowed_hosts: frozenset[str] | None = None) -> str
         address = ipaddress.ip_address(host)
     except ValueError:
         address = None
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    if address is not None and not address.is_loopback and not address.is_global:
+    if address is not None and not reachable_address(address):
         return f"names a non-public address {host!r} (link-local, private or reserved)"
     if parts.scheme == "http" and not is_loopback(host):
         return f"is plain http to {host!r}: only https is fetched (http to loopback only)"

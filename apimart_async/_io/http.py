@@ -16,7 +16,7 @@ import aiohttp
 import aiohttp.abc
 import attrs
 
-from .._core.config import Timeout
+from .._core.config import Timeout, reachable_address
 from .._core.errors import (
     APIConnectionError,
     APIMartError,
@@ -101,12 +101,12 @@ class NonPublicAddressError(Exception):
 
 
 def _reachable(address: str) -> bool:
-    """A public or loopback address: what a file link may name (as `check_file_url`)."""
+    """An address a file link may name (as `check_file_url`: `reachable_address`)."""
     try:
         ip = ipaddress.ip_address(address.split("%", 1)[0])
     except ValueError:
         return False
-    return ip.is_global or ip.is_loopback
+    return reachable_address(ip)
 
 
 class PublicResolver(aiohttp.abc.AbstractResolver):
