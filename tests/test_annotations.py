@@ -28,9 +28,8 @@ def targets(owner, name, obj):
                     value = value.fget
                 if isinstance(value, (classmethod, staticmethod)):
                     value = value.__func__
-                # attrs' generated methods take the fields' types (checked on the class).
-                if inspect.isfunction(value) and not value.__code__.co_filename.startswith(
-                        "<attrs generated"):
+                # attrs' generated __init__ too: what autodoc and IDEs read for a call.
+                if inspect.isfunction(value):
                     yield f"{owner}.{name}.{attr}", value
     elif inspect.isfunction(obj):
         yield f"{owner}.{name}", obj

@@ -76,6 +76,12 @@ class DownloadResult:
         return (self.path, *(f.path for f in self.more))
 
 
+# attrs builds `__init__` before the class's name exists, and its annotation of `more`
+# names the class: resolved here, so `typing.get_type_hints` reads it (autodoc, tools).
+attrs.resolve_types(DownloadResult)
+DownloadResult.__init__.__annotations__["more"] = attrs.fields(DownloadResult).more.type
+
+
 def part_path(dest: Path) -> Path:
     """Where the bytes of `dest` collect until they are whole."""
     return dest.with_name(f".{dest.name}.part")
