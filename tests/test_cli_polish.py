@@ -263,3 +263,23 @@ async def test_a_batch_whose_database_never_answers_does_not_blame_the_api_host(
             process.kill()
     assert b"no answer from" not in said, said
     assert server.stats.submissions == 0
+
+
+async def test_a_reader_that_goes_away_gets_no_error_message(server: EmulatorServer) -> None:
+    # `apimart-async status ID | head -0`: the pipe's reader is gone before the output;
+    # the command ends quietly (it said "Broken pipe (EPIPE): check the path (e.g.
+    # --out), its permissions, the free space" and exit 1).
+    async with Session(KEY, base_url=server.base_url) as s:
+        sub = await s.submit(VideoRequest("x"))
+    reader, writer = os.pipe()
+    os.close(reader)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("APIMART_")}
+    env["APIMART_API_KEY"] = KEY
+    try:
+        done = await anyio.run_process(
+            [sys.executable, "-m", "apimart_async", "status", sub.task_id, "--json",
+             "--base-url", server.base_url], env=env, stdout=writer, check=False)
+    finally:
+        os.close(writer)
+    assert done.stderr == b"", done.stderr
+    assert done.returncode == 1

@@ -10,6 +10,7 @@ import importlib.util
 import json
 import logging
 import math
+import os
 import re
 import signal
 import sqlite3
@@ -964,6 +965,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         _read_key(args)
         return anyio.run(_run_command, args, backend_options=options)
+    except BrokenPipeError:
+        # The reader of stdout went away (`... | head`): nothing to tell it, and no
+        # second error when Python flushes stdout at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_FAILED
     except (APIMartError, InputError, OSError, sqlite3.Error) as exc:
         status, message = explain(exc)
         print(f"apimart-async: {message}", file=sys.stderr)
