@@ -45,6 +45,15 @@ estimate down towards the floor; instead the whole session pauses, 0.25 s doubli
 learning afresh, as at the start (the bucket refilled meanwhile). This runs only when a
 429 comes, and on that one accept.
 
+A storm *early* in the run (the rate not yet known within a fifth: before any accept, or
+after the first burst) is no storm to the rules above: its 429s come down the ramp with
+growing gaps, as a slow bucket's first guesses do. But when such a run lasted half a
+second or more (span `S`) and an accept ends it, a bucket that slow (under ``1 / S``)
+holds under ``g / S`` tokens after it (`g` since the run's latest 429): the next
+``floor(g / (S - 0.1)) + 1`` requests go 0.1 s apart, and if all are accepted it was a
+storm: learning starts afresh, as after one. One refused: the estimate stands, and no
+such probe is tried again (a probe a minute at most before that).
+
 At a bucket of one token (given or learned) a request whose wait for its slot ended
 late (`sent`) pushes the next slot an interval past when it went: with nothing spare,
 a late request followed by an on-time one would reach the server too close together.
