@@ -291,6 +291,68 @@ def test_after_a_storm_of_429s_the_learned_pace_is_back_within_seconds(
     assert throttled <= 30  # backing off: a few 429s a storm, not one per request
 
 
+@pytest.mark.parametrize(("rate", "burst"), [(20, 10), (20, 5), (5, 30), (50, 30), (20, 1)])
+@pytest.mark.parametrize("starts", [0.0, 1e-4])
+@pytest.mark.parametrize("lasts", [1.0, 3.0, 10.0])
+def test_a_storm_early_in_the_run_is_recovered_from_as_quickly_as_a_late_one(
+    rate: int, burst: int, starts: float, lasts: float
+) -> None:
+    # A storm before the first accept (starts at 0), or right after the slow start's
+    # first wave (the burst's worth, all sent at 0), comes before any rate is known:
+    # its 429s were read as a bucket's, the estimate fell to the floor and crept back
+    # (100 requests at 20/s, burst 10, 3 s storm at 0: 49.6 s; burst 5, 2 s storm
+    # after the 5 accepts: 66 s). Now the first accept after it, with the probes sent
+    # 0.1 s apart after it accepted too, learns afresh. No pause during it (it is no
+    # storm yet), so the gaps grow and the first request after it goes up to a few
+    # seconds late: the storm's length and 3.5 to 4.5 s added, not tens.
+    n = 100
+    calm, _ = run_batch(RateLearner(), Bucket(rate, burst), n)
+    stormy, throttled = run_storm(RateLearner(), Bucket(rate, burst), n,
+                                  (starts, starts + lasts))
+    assert stormy <= calm + lasts + 4.5
+    assert throttled <= 30
+
+
+@pytest.mark.parametrize("probe_accepted", [True, False])
+def test_the_first_accept_after_an_early_run_of_429s_probes_before_learning_afresh(
+    probe_accepted: bool,
+) -> None:
+    # 429s from the first request on, nothing accepted, for over half a second: an
+    # early storm, or a slow bucket's first guesses coming down. The first accept
+    # cannot tell them apart; the next requests, 0.1 s apart, can: accepted too, the
+    # bucket held tokens a bucket that slow could not have (a storm: learn afresh);
+    # one refused, it was the slow bucket, and its estimate stands.
+    learner, now = RateLearner(jitter=0.0), 0.0
+
+    def send(accepted: bool) -> float:
+        nonlocal now
+        start, ticket, _ = learner.claim(now)
+        now = max(now, start)
+        if accepted:
+            learner.on_accepted(ticket, now)
+        else:
+            learner.on_throttled(ticket, now, 1.0)
+        return now
+
+    while now < 1.0:
+        send(False)  # 0, 0.2, 0.6, 1.8 s: the gaps grow, as for a bucket that slow
+    last = send(True)  # ~3.5 s after the latest 429
+    assert learner.window is None  # not yet: one accept says nothing of a storm
+    if not probe_accepted:
+        assert send(False) == pytest.approx(last + 0.1)
+        for _ in range(5):
+            send(True)
+        assert learner.window is None and learner.rate is not None
+        return
+    # A bucket under 1 / 1.8 s could have refilled under 3 tokens by then: 3 probes.
+    for _ in range(3):
+        assert learner.window is None
+        at = send(True)
+        assert at == pytest.approx(last + 0.1)
+        last = at
+    assert learner.window is not None and learner.rate is None  # learning afresh
+
+
 def test_a_storm_on_a_learned_pace_backs_off_doubling_then_learns_afresh() -> None:
     learner = RateLearner(jitter=0.0)
     now, _ = run_batch(learner, Bucket(20.0, 10), 60)  # settled near 20/s

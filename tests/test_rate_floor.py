@@ -94,6 +94,23 @@ async def test_after_a_storm_of_429s_a_learned_pace_comes_back_within_seconds(
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize(("after", "seconds"), [(0, 3.0), (5, 2.0)])
+async def test_after_an_early_storm_a_learned_pace_comes_back_within_seconds(
+    after: int, seconds: float
+) -> None:
+    # A storm before the first submission, or after 5, comes before the rate is known:
+    # its 429s were read as a slow bucket's, and the pace crept up from the floor (100
+    # at 20/s, 3 s before the first: 49.6 s; 60, 2 s after 5: 72.5 s, on the real
+    # clock). Now the first accept after it probes, and learns afresh: the storm's
+    # length and a few seconds added (the gaps grown during it), nothing lost.
+    makespan, throttled, ok = await run(20, 10, n=N, storm=(after, seconds))
+    floor = (N - 10) / 20
+    assert ok == N
+    assert makespan <= floor + seconds + 4.5
+    assert throttled <= 30
+
+
+@pytest.mark.anyio
 @pytest.mark.parametrize("seconds", [1.0, 2.0])
 async def test_a_storm_at_a_given_rate_loses_no_item(seconds: float) -> None:
     # With `rps=` a 429 was only jitter: each retry went in its next paced slot, 50 ms

@@ -45,6 +45,15 @@ estimate down towards the floor; instead the whole session pauses, 0.25 s doubli
 learning afresh, as at the start (the bucket refilled meanwhile). This runs only when a
 429 comes, and on that one accept.
 
+A storm *early* in the run (the rate not yet known within a fifth: before any accept, or
+after the first burst) is no storm to the rules above: its 429s come down the ramp with
+growing gaps, as a slow bucket's first guesses do. But when such a run lasted half a
+second or more (span `S`) and an accept ends it, a bucket that slow (under ``1 / S``)
+holds under ``g / S`` tokens after it (`g` since the run's latest 429): the next
+``floor(g / (S - 0.1)) + 1`` requests go 0.1 s apart, and if all are accepted it was a
+storm: learning starts afresh, as after one. One refused: the estimate stands, and no
+such probe is tried again (a probe a minute at most before that).
+
 At a bucket of one token (given or learned) a request whose wait for its slot ended
 late (`sent`) pushes the next slot an interval past when it went: with nothing spare,
 a late request followed by an on-time one would reach the server too close together.
@@ -78,6 +87,14 @@ _SETTLED = 0.2
 # ... or a run of 429s lasting long enough for the least rate the accepts before it
 # proved to have refilled this many tokens.
 _STORM_TOKENS = 1.5
+# A run of 429s, nothing accepted between them, begun before the rate was known, that
+# lasted this long (seconds) may have been a storm: its first accept starts a probe.
+# (The ramp's first guesses overshoot a bucket of 2/s or more for a quarter of a second
+# at most; a shorter storm is not told from that.)
+_FRESH_SPAN = 0.5
+# The probe's requests go this far apart (seconds): a bucket of 10/s or more refills a
+# token between two, so a storm with a bucket of one token is told too.
+_PROBE_AFTER = 0.1
 # The session's pause after each further 429 of a storm: doubling from the first, capped.
 _STORM_FIRST = 0.25
 _STORM_MAX = 2.0
@@ -174,6 +191,12 @@ class RateLearner:
         # Set during a storm on a learned pace: the first accept after it starts
         # learning afresh (the estimate the storm's 429s taught is no token bucket's).
         self._storm = False
+        # When the first accept after an early run of 429s last started a probe (+inf
+        # once a probe was refused), that accept's ticket while the probe runs, and the
+        # probe's accepts still needed to tell a storm from a slow bucket.
+        self._fresh_at = -math.inf
+        self._probe: float | None = None
+        self._probes = 0
         # `accepted` when learning last started afresh: the burst counts from there.
         self._accepted_before = 0
 
@@ -282,9 +305,33 @@ class RateLearner:
         if ticket > self._ref:
             self._since_ref += 1
         if ticket > self._last:
-            if self._storm:
+            if self._probe is not None and ticket >= self._probe:
+                self._probes -= 1
+                if self._probes <= 0:
+                    # More accepted than a bucket that slow could have held: a storm.
+                    self._probe = None
+                    self._after_storm()
+                    return
+                self._tat, self.epoch = ticket + _PROBE_AFTER, self.epoch + 1
+            elif self._storm:
                 self._after_storm()
                 return
+            elif (self._last_accept == -math.inf and self._streak >= _STORM_STREAK
+                    and not self._calm and self._last - self._run_start >= _FRESH_SPAN
+                    and ticket - self._fresh_at >= _RESTART_EVERY):
+                # The first accept after a run of 429s, nothing accepted between them,
+                # that began before the rate was known and lasted `span`: a storm early
+                # in the run (the bucket refilled meanwhile), or a bucket slower than
+                # 1 / span (it refilled under a token in the run) whose first guesses
+                # were coming down. Such a bucket holds under `gap / span` tokens after
+                # this accept (`gap` since the run's latest 429), and gains under 0.1 /
+                # span in each 0.1 s: probe with that many requests and one more, 0.1 s
+                # apart. All accepted: a storm, learn afresh as after one. One refused:
+                # the bucket is that slow, its estimate stands (and no probe again).
+                span = self._last - self._run_start
+                self._fresh_at = self._probe = ticket
+                self._probes = math.floor((ticket - self._last) / (span - _PROBE_AFTER)) + 1
+                self._tat, self.epoch = ticket + _PROBE_AFTER, self.epoch + 1
             self._last_accept = max(self._last_accept, ticket)
             recent = self._recent
             recent.append(ticket)
@@ -305,6 +352,10 @@ class RateLearner:
     def on_throttled(self, ticket: float, now: float, retry_after: float | None) -> None:
         """The request sent at `ticket` met a 429 answered at `now` (hint in seconds)."""
         self.throttled += 1
+        if self._probe is not None and ticket >= self._probe:
+            # A probe refused: the run was a bucket that slow, not a storm; probing
+            # again would cost a 429 a minute (a bucket under the floor meets many).
+            self._probe, self._fresh_at = None, math.inf
         if retry_after is not None and retry_after > 1.0:
             # Longer than the header's granularity: the server means it; nobody sends
             # before it passes.
