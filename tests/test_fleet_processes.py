@@ -293,3 +293,18 @@ async def test_a_known_item_cost_holds_the_fleets_cap_from_the_first_item(
     assert server.stats.submissions == 2 and server.emulator.used_balance == 6
     rows = await fetch(pg_url, "SELECT state FROM apimart_items")
     assert Counter(r["state"] for r in rows) == {"downloaded": 2, "pending": 1}
+
+
+async def test_journal_status_of_a_database_that_refuses_is_unreachable_exit_1() -> None:
+    # A refused connection, like a silent or lost database: one line naming it (the
+    # password masked), exit 1 (it exited 2, "usage", with "cannot read it").
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # closed again: nothing listens there
+    done = await run("journal", "status", "--journal",
+                     f"postgresql://u:hunter2@127.0.0.1:{port}/jobs")
+    said = done.stderr.decode()
+    assert done.returncode == 1, said
+    assert "cannot be reached" in said and str(port) in said and "hunter2" not in said

@@ -44,7 +44,10 @@ from .._core.errors import JournalUnavailableError, ValidationError, WorkerFence
 from .._core.spend import SpendBudget
 from .journal import ItemState, JournalRow
 
-__all__ = ["PG_SCHEMA_VERSION", "Claimed", "PgJournal", "Reserve", "fleet_status", "is_pg_url"]
+__all__ = [
+    "PG_SCHEMA_VERSION", "Claimed", "PgJournal", "Reserve", "fleet_status", "is_pg_url",
+    "url_label",
+]
 
 PG_SCHEMA_VERSION = 1
 T = TypeVar("T")
@@ -163,11 +166,11 @@ CONNECT_TIMEOUT = 10.0
 def _no_answer(url: str) -> JournalUnavailableError:
     # Unreachable, like a database lost mid-run (exit 1), not bad input (exit 2).
     return JournalUnavailableError(
-        _label(url), f"no answer within {CONNECT_TIMEOUT:g} s: is it a PostgreSQL server, "
+        url_label(url), f"no answer within {CONNECT_TIMEOUT:g} s: is it a PostgreSQL server, "
         "and reachable?")
 
 
-def _label(url: str) -> str:
+def url_label(url: str) -> str:
     """The URL without its password, for messages."""
     parts = urllib.parse.urlsplit(url)
     if parts.password is None:
@@ -183,7 +186,7 @@ def _refuse_newer(url: str, text: object) -> None:
     if version > PG_SCHEMA_VERSION:
         raise ValidationError(
             "journal",
-            f"{_label(url)} was written by a newer apimart-async (journal version "
+            f"{url_label(url)} was written by a newer apimart-async (journal version "
             f"{text}, this one reads up to {PG_SCHEMA_VERSION}); upgrade it",
         )
 
@@ -246,7 +249,7 @@ class PgJournal:
     @property
     def label(self) -> str:
         """The server's URL without its password, and the batch."""
-        return f"{_label(self.url)} (batch {self.batch})"
+        return f"{url_label(self.url)} (batch {self.batch})"
 
     @property
     def folder(self) -> Path | None:
@@ -274,7 +277,7 @@ class PgJournal:
             raise _no_answer(self.url) from None
         except (OSError, asyncpg.PostgresError) as exc:
             raise ValidationError(
-                "journal", f"cannot open {_label(self.url)}: {exc}") from None
+                "journal", f"cannot open {url_label(self.url)}: {exc}") from None
         try:
             await self._migrate()
         except BaseException:
@@ -787,10 +790,10 @@ async def fleet_status(url: str, batch: str | None) -> dict[str, Any]:
             names = [batch]
         else:
             raise ValidationError(
-                "batch", f"no batch {batch!r} in {_label(url)} (batches: "
+                "batch", f"no batch {batch!r} in {url_label(url)} (batches: "
                 f"{', '.join(map(repr, known)) or 'none'})")
         if not tables:
-            return {"journal": _label(url), "schema_version": None, "batches": []}
+            return {"journal": url_label(url), "schema_version": None, "batches": []}
         out = []
         for name in names:
             info = await conn.fetchrow(
@@ -831,7 +834,7 @@ async def fleet_status(url: str, batch: str | None) -> dict[str, Any]:
                 "counts": counts, "total": sum(counts.values()),
                 "workers": workers, "ambiguous": ambiguous,
             })
-        return {"journal": _label(url), "schema_version": version, "batches": out,
+        return {"journal": url_label(url), "schema_version": version, "batches": out,
                 "time": time.time()}
     finally:
         await conn.close()

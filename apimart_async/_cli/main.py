@@ -876,15 +876,18 @@ async def _run_worker(args: argparse.Namespace) -> int:
 
 
 async def _run_journal(args: argparse.Namespace) -> int:
-    from .._batch.pg import fleet_status
+    from .._batch.pg import fleet_status, url_label
 
     if isinstance(args.journal, Path):
         status = await anyio.to_thread.run_sync(_sqlite_status, args.journal)
     else:
         try:
             status = await fleet_status(args.journal, args.batch)
-        except (OSError, ImportError) as exc:
+        except ImportError as exc:
             raise ValidationError("--journal", f"cannot read it: {exc}") from None
+        except OSError as exc:
+            # Unreachable (refused, no such host): exit 1, as a silent or lost database.
+            raise JournalUnavailableError(url_label(args.journal), str(exc)) from None
     if args.json:
         print(json.dumps(status, indent=2, sort_keys=True, default=str))
         return EXIT_OK
