@@ -55,7 +55,7 @@ def run_batch(learner: RateLearner, server: Bucket, n: int,
     """Send `n` requests as the learner allows: as many at once as its window lets
     (one at a time once it has none), each answered the moment it arrives; a 429'd
     request goes again in a later slot; every request sent within `storm` is refused
-    before the bucket (see `run_storm`). Returns (makespan, 429s)."""
+    before the bucket (a gateway's outage in front of the bucket, which keeps refilling). Returns (makespan, 429s)."""
     now, done, throttled = 0.0, 0, 0
     while done < n:
         wave = [learner.claim(now) for _ in range(min(learner.window or 1, n - done))]
@@ -263,13 +263,6 @@ def test_after_a_storm_of_429s_the_pace_comes_back_within_a_few_requests() -> No
     assert max(gaps[2:]) < 0.1, gaps
 
 
-def run_storm(learner: RateLearner, server: Bucket, n: int,
-              storm: tuple[float, float]) -> tuple[float, int]:
-    """`run_batch`, with the server refusing every request sent within `storm` (a
-    gateway's outage in front of the bucket, which keeps refilling)."""
-    return run_batch(learner, server, n, storm)
-
-
 @pytest.mark.parametrize(("rate", "burst"), [(20, 10), (5, 30), (50, 30), (20, 1)])
 @pytest.mark.parametrize("starts", [0.5, 2.0, 4.0])
 @pytest.mark.parametrize("lasts", [1.0, 3.0, 10.0])
@@ -285,7 +278,7 @@ def test_after_a_storm_of_429s_the_learned_pace_is_back_within_seconds(
     # storm's own length.
     n = 100
     calm, _ = run_batch(RateLearner(), Bucket(rate, burst), n)
-    stormy, throttled = run_storm(RateLearner(), Bucket(rate, burst), n,
+    stormy, throttled = run_batch(RateLearner(), Bucket(rate, burst), n,
                                   (starts, starts + lasts))
     assert stormy <= calm + lasts + 2.5
     assert throttled <= 30  # backing off: a few 429s a storm, not one per request
@@ -307,7 +300,7 @@ def test_a_storm_early_in_the_run_is_recovered_from_as_quickly_as_a_late_one(
     # seconds late: the storm's length and 3.5 to 4.5 s added, not tens.
     n = 100
     calm, _ = run_batch(RateLearner(), Bucket(rate, burst), n)
-    stormy, throttled = run_storm(RateLearner(), Bucket(rate, burst), n,
+    stormy, throttled = run_batch(RateLearner(), Bucket(rate, burst), n,
                                   (starts, starts + lasts))
     assert stormy <= calm + lasts + 4.5
     assert throttled <= 30
@@ -403,7 +396,7 @@ def test_a_storm_at_a_given_rate_pauses_the_session_and_keeps_the_margin(
     # pauses, doubling (0.25 s, 0.5 s, 1 s, 2 s at most), and the margin stays.
     learner = RateLearner(rate=20.0, burst=10)
     server = Bucket(20.0, 10)
-    makespan, throttled = run_storm(learner, server, 40, (0.5, 0.5 + lasts))
+    makespan, throttled = run_batch(learner, server, 40, (0.5, 0.5 + lasts))
     # The retries' budget (5 attempts) is never spent by the whole session: a storm
     # costs a 429 per doubling, each on another request.
     assert throttled <= 3 + math.log2(lasts / 0.25) + 1
