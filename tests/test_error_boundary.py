@@ -63,7 +63,7 @@ async def test_users_own_error_cancels_background_work_and_leaves_as_itself(
 
     async def raise_mid_stream() -> None:
         async with session_for(server, max_concurrency=2) as s:
-            https.extend([s._engine.http.session, s._engine.http._api])
+            https.extend([s._engine.http.session, s._engine.http.api])
             async with s.stream(requests) as events:
                 async for event in events:
                     if event.kind is EventKind.SUBMITTED:
@@ -86,7 +86,7 @@ async def test_cancelling_the_block_from_outside_is_clean(make_server: MakeServe
     with anyio.CancelScope() as scope:
         async with session_for(server, max_concurrency=2) as s:
             https.append(s._engine.http.session)
-            https.append(s._engine.http._api)  # the API requests' own session
+            https.append(s._engine.http.api)  # the API requests' own session
             async with s.stream([VideoRequest(f"clip {i}") for i in range(20)]) as events:
                 async for event in events:
                     if event.kind is EventKind.SUBMITTED:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -218,26 +219,60 @@ SUBMIT_ITEMS: list[Any] = [
 ]
 
 
-@pytest.mark.parametrize("item", SUBMIT_ITEMS)
-def test_parse_submit_direct_pass_equals_the_converter(item: Any) -> None:
-    body = json.dumps({"code": 200, "data": [item]}).encode()
-    got = outcome(parse_submit, 200, body, secret=SECRET)
-    # The reference: a dict subclass is not `type(...) is dict`, so it takes the converter.
-    class Other(dict[str, Any]):
-        pass
+SUBMIT_BODIES: list[Any] = [
+    {"code": 200, "data": [item]} for item in SUBMIT_ITEMS
+] + [
+    {"data": [{"task_id": "task_01"}]},
+    {"code": 200.0, "data": [{"task_id": "task_01"}]},
+    {"code": "200", "data": [{"task_id": "task_01"}]},
+    {"code": True, "data": [{"task_id": "task_01"}]},
+    {"code": 402, "data": [{"task_id": "task_01"}]},
+    {"code": 200, "data": [{"task_id": "task_01"}], "error": None},
+    {"code": 200, "data": [{"task_id": "task_01"}], "error": {"message": "no"}},
+    {"code": 200, "data": [{"task_id": "task_01"}, {"task_id": "task_02"}]},
+    {"code": 200, "data": {"task_id": "task_01"}},
+    {"code": 200, "data": []},
+    {"code": 200},
+    {"code": 200, "data": [{"task_id": "task_01", "status": "submitted", "more": [1]}]},
+    [{"task_id": "task_01"}],
+]
 
-    original = wire.decode
 
-    def decode_as_other(*args: Any, **kwargs: Any) -> Any:
-        data = original(*args, **kwargs)
-        return [Other(d) if type(d) is dict else d for d in data]
-
-    wire.decode = decode_as_other  # type: ignore[assignment]
+@pytest.mark.parametrize("orjson", [False, True])
+@pytest.mark.parametrize("answer", SUBMIT_BODIES)
+def test_parse_submit_direct_pass_equals_the_general_path(answer: Any, orjson: bool) -> None:
+    # The reference is the general path alone (decode, then the converter), which the
+    # direct pass must match exactly: the same id, or the same error.
+    if wire.use_orjson(orjson) != orjson:
+        pytest.skip("orjson is not installed")
     try:
-        want = outcome(parse_submit, 200, body, secret=SECRET)
+        for status in (200, 201, 429, 500):
+            body = json.dumps(answer).encode()
+            got = outcome(parse_submit, status, body, secret=SECRET)
+            want = outcome(wire._submit_general, status, body, None, SECRET)
+            assert got == want, (status, answer)
     finally:
-        wire.decode = original
-    assert got == want
+        wire.use_orjson()
+
+
+def test_parse_submit_direct_pass_takes_the_usual_answer() -> None:
+    # The corpus above must reach both paths: the usual answer never calls `decode`
+    # (watched by a profile hook, not by replacing it), an unusual one does.
+    decoded: list[int] = []
+
+    def watch(frame: Any, event: str, arg: Any) -> None:
+        if event == "call" and frame.f_code is wire.decode.__code__:
+            decoded.append(1)
+
+    sys.setprofile(watch)
+    try:
+        usual = parse_submit(200, b'{"code":200,"data":[{"task_id":"task_01"}]}')
+        seen_usual = len(decoded)
+        unusual = outcome(parse_submit, 200, b'{"code":200,"data":[{"task_id":"a b"}]}')
+    finally:
+        sys.setprofile(None)
+    assert usual == "task_01" and seen_usual == 0
+    assert unusual[0] == "error" and decoded
 
 
 @pytest.mark.parametrize("secret", ["process", "complete", "sora"])

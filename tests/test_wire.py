@@ -21,6 +21,7 @@ from apimart_async import (
     ValidationError,
     VideoRequest,
 )
+from apimart_async._core import wire
 from apimart_async._core.wire import build_get_task, build_submit, parse_submit, parse_task
 
 SECRET = "sk-secret-123"
@@ -158,3 +159,40 @@ def test_secret_is_scrubbed_from_server_text() -> None:
     with pytest.raises(DecodeError) as dec:
         parse_task(200, f"<html>{SECRET}</html>".encode(), secret=SECRET)
     assert SECRET not in str(dec.value)
+
+
+ENCODED_VALUES: list[object] = [
+    {"model": "sora-2", "prompt": "a café \u2028 🎬 \ud800 \"quoted\" \\ \n\t"},
+    {"n": 2**70, "f": 1.5, "e": 1e300, "z": -0.0, "nan": float("nan"), "inf": -float("inf")},
+    {"l": [1, None, True, False, {"x": [], "y": {}}], "t": (1, "a")},
+    {1: "int key", 2.5: "float key", False: "bool key", None: "null key"},
+    [], {}, "s", 7, None,
+]
+
+
+@pytest.mark.parametrize("value", ENCODED_VALUES)
+def test_the_standard_encoder_gives_json_dumps_own_bytes(value: object) -> None:
+    # The encoder made once must write exactly what `json.dumps` writes.
+    was = wire.use_orjson(False)
+    try:
+        assert wire.encode_json(value) == json.dumps(value).encode()
+    finally:
+        wire.use_orjson(was)
+
+
+def test_the_standard_encoder_refuses_what_json_dumps_refuses() -> None:
+    loop: dict[str, object] = {}
+    loop["self"] = loop
+    was = wire.use_orjson(False)
+    try:
+        for bad in ({"x": object()}, {(1, 2): 3}, {"s": {1}}, loop, [loop]):
+            with pytest.raises((TypeError, ValueError)) as theirs:
+                json.dumps(bad)
+            with pytest.raises(type(theirs.value)) as ours:
+                wire.encode_json(bad)
+            assert str(ours.value) == str(theirs.value)
+        # A refusal leaves nothing behind: the same value is encoded fine after one.
+        inner = {"a": 1}
+        assert wire.encode_json([inner, inner]) == b'[{"a": 1}, {"a": 1}]'
+    finally:
+        wire.use_orjson(was)

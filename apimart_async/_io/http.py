@@ -169,7 +169,10 @@ class Http:
         #: `request` uses: sent without being merged again per request, and never
         #: within reach of `stream`, which fetches from file hosts.
         self.api_headers: Mapping[str, str] = {}
-        self._api: aiohttp.ClientSession | None = None
+        #: The owned session of the API requests (None until `open`, and for a borrowed
+        #: session): its headers and timeouts are set, so a request on it passes only
+        #: its own headers, its body and ``allow_redirects=False`` (see `api_request`).
+        self.api: aiohttp.ClientSession | None = None
 
     def _new_session(
         self, headers: Mapping[str, str] | None = None, *, files: bool = False
@@ -192,11 +195,11 @@ class Http:
         """Create the owned sessions (a borrowed one is used as given, for both)."""
         if self._session is None:
             self._session = self._new_session(files=True)
-            self._api = self._new_session(self.api_headers)
+            self.api = self._new_session(self.api_headers)
 
     async def close(self) -> None:
         """Close the owned sessions; a borrowed one stays open for its owner."""
-        api, self._api = self._api, None
+        api, self.api = self.api, None
         session, self._session = self._session, None
         # Each close shuts its connections before its first await: a cancelled close
         # (the caller's scope cancelled) still closes the other session in `finally`.
@@ -227,7 +230,7 @@ class Http:
 
         (The transport's retry loop sends it itself: one coroutine less on every request.)
         """
-        session = self._api
+        session = self.api
         if session is not None:
             send: Mapping[str, str] | None = headers or None
         else:

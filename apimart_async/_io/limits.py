@@ -236,7 +236,9 @@ class Limits:
             self._in_flight -= 1
             self.concurrency.release()
         if self._unpaced:
-            self.rate.on_accepted(ticket)  # nothing paced, nobody waiting, nothing to report
+            # Nothing paced, nobody waiting, nothing to report: all `on_accepted` does
+            # for an unpaced rate is count the accept.
+            self.rate.accepted += 1
             return
         self._wake()
         self.succeeded(ticket)

@@ -95,7 +95,11 @@ class Transport:
             if "Content-Type" not in headers:
                 headers = {**headers, "Content-Type": "application/json"}
         params = request.params
+        method = request.method
         http = self.http
+        # The owned API session carries the credentials and timeouts: a request on it
+        # is sent here directly (`Http.api_request`, a call less on every request).
+        api = http.api
         cap = http.max_answer
         limits = self.limits
         hooks = self.hooks
@@ -118,8 +122,12 @@ class Transport:
                 stats.requests += 1
                 failure: APIMartError | None = None
                 try:
-                    async with http.api_request(
-                            request.method, url, headers, body, params) as resp:
+                    async with (
+                        api.request(method, url, headers=headers, data=body,
+                                    params=params, allow_redirects=False)
+                        if api is not None
+                        else http.api_request(method, url, headers, body, params)
+                    ) as resp:
                         got = resp.headers
                         length = got.get("Content-Length")
                         if (length is not None and "Content-Encoding" not in got
