@@ -195,13 +195,20 @@ class Session:
     async def __aenter__(self) -> Session:
         """Open the session: once. Entering it again, open or closed, is a `RuntimeError`.
 
-        A borrowed `http_session` that is already closed is refused here
-        (`ValidationError`, field ``http_session``), before anything is sent.
+        A borrowed `http_session` that is already closed, or has ``auth=`` of its own, is
+        refused here (`ValidationError`, field ``http_session``), before anything is sent.
         """
         if self._http_session is not None and self._http_session.closed:
             raise ValidationError(
                 "http_session", "the aiohttp.ClientSession passed as http_session= is closed: "
                 "pass an open one (it stays yours and is not closed by the Session)"
+            )
+        if self._http_session is not None and self._http_session.auth is not None:
+            # aiohttp refuses a request with both its own auth and an Authorization
+            # header; and the session's credentials would go to file hosts too.
+            raise ValidationError(
+                "http_session", "the aiohttp.ClientSession passed as http_session= has "
+                "auth= set: the Session sends the API key itself; pass one without auth"
             )
         await self._engine.__aenter__()
         return self

@@ -68,6 +68,7 @@ ROUTES = {
     "redirect": (EVERY, Fault.redirect("http://127.0.0.1:9/x")),
     "slow": (EVERY, Fault.slow(0.01)),
     "lost_answer": ({"submit"}, Fault.lost_answer()),
+    "created_with_error": ({"submit"}, Fault.created_with_error()),
     "cut": ({"download"}, Fault.cut(0.5)),
     "ignore_range": ({"download"}, Fault.ignore_range()),
     "short_range": ({"download"}, Fault.short_range(0.5)),

@@ -227,6 +227,26 @@ async def test_errors_from_a_real_session_pickle_without_the_key(
     assert "[redacted]" in str(pickle.loads(pickle.dumps(caught[0])))
 
 
+@pytest.mark.anyio
+@pytest.mark.parametrize("key", [KEY, "SK-Canary-Mixed-Case-7d1e"])
+async def test_a_key_echoed_in_a_header_name_is_scrubbed_before_the_pickle(
+    server: EmulatorServer, key: str
+) -> None:
+    # A gateway echoing the token in a header's name, a value and the message: the
+    # error keeps the headers (lower-cased names), never the key in any case.
+    async with session_for(server, api_key=key, retry=RetryPolicy(max_attempts=1)) as s:
+        server.emulator.inject("submit", Fault.http(400, echo_key=True))
+        with pytest.raises(APIStatusError) as refused:
+            await s.submit(VideoRequest("a fox"))
+    error = refused.value
+    assert error.headers and "x-echo" in error.headers
+    shown = repr(dict(error.headers)) + str(error) + repr(vars(error))
+    for form in (key, key.lower()):
+        assert form not in shown
+        assert form.encode() not in pickle.dumps(error)
+    assert any("[redacted]" in name for name in error.headers)
+
+
 @pytest.mark.parametrize("cls", list(EXAMPLES), ids=lambda c: c.__name__)
 def test_an_error_rebuilt_from_the_journal_pickles_too(cls: type[APIMartError]) -> None:
     rebuilt = errors_module.error_from_record(errors_module.error_record(EXAMPLES[cls]()))

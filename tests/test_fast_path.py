@@ -62,6 +62,9 @@ RESULTS: list[Any] = [
     {"videos": [{"url": "u", "expires_at": "5"}]}, {"videos": [{"url": "u", "expires_at": True}]},
     {"videos": [{"url": "u", "expires_at": 2.5}]}, {"videos": ({"url": "u"},)},
     {"images": "x"}, {"videos": [{"url": "u"}], "images": None},
+    # A link echoing the key: scrubbed on both paths, never kept as sent.
+    {"videos": [{"url": [f"https://a/v.mp4?k={SECRET}"], "expires_at": 5}]},
+    {"images": [{"url": f"https://a/{SECRET}/i.png"}]},
 ]
 
 
@@ -110,6 +113,7 @@ def test_direct_pass_equals_the_converter(data: Any) -> None:
     general = outcome(_task_general, copy.deepcopy(data), SECRET)
     if fast is not None:
         assert outcome(lambda: fast) == general
+        assert all(SECRET not in out.url for out in fast.outputs)
     assert outcome(wire.task_from_data, copy.deepcopy(data), SECRET) == general
 
 

@@ -239,6 +239,29 @@ async def test_a_result_link_to_a_forbidden_target_is_never_fetched(
     assert on_disk(tmp_path) == []
 
 
+async def test_a_result_link_holding_the_key_is_scrubbed_and_never_fetched(
+    server: EmulatorServer, tmp_path: Path
+) -> None:
+    # A broken or hostile API echoing the key into the result link: the Task never
+    # holds it (repr, CLI, journal), and no host is sent a link that held it.
+    async with session_for(server) as s:
+        fox = await completed(s)
+        echoed = f"{fox.outputs[0].url}?k={KEY}&again={KEY}"
+        for _ in range(2):
+            server.emulator.inject("task", Fault.result_url(echoed))
+        task = await s.get_task(fox.id)
+        assert KEY not in repr(task) and KEY not in repr(task.video_urls)
+        assert task.outputs[0].url.endswith("?k=[redacted]&again=[redacted]")
+        fetched = server.stats.downloads
+        with pytest.raises(DownloadError, match="held the API key") as given:
+            await s.download(task, tmp_path)
+        with pytest.raises(DownloadError, match="held the API key") as by_id:
+            await s.download(fox.id, tmp_path)  # (its answer read afresh: the same)
+    assert KEY not in str(given.value) + str(by_id.value)
+    assert server.stats.downloads == fetched and server.stats.credential_leaks == 0
+    assert on_disk(tmp_path) == []
+
+
 async def test_a_redirect_to_a_forbidden_target_is_not_followed(
     server: EmulatorServer, tmp_path: Path
 ) -> None:

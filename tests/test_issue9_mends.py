@@ -4,6 +4,7 @@ fault and config validation, the session's read-only surface, request ids."""
 from __future__ import annotations
 
 import json
+import warnings
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -263,6 +264,43 @@ async def test_a_closed_borrowed_http_session_is_refused_at_enter(
     async with aiohttp.ClientSession() as http, session_for(server, http_session=http) as s:
         await s.submit(VideoRequest("x"))
         assert not http.closed
+
+
+async def test_a_borrowed_http_session_with_auth_is_refused_at_enter(
+    server: EmulatorServer,
+) -> None:
+    with warnings.catch_warnings():  # (aiohttp 3.14 deprecates auth=; still taken)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        http = aiohttp.ClientSession(auth=aiohttp.BasicAuth("me", "pw"))
+    async with http:
+        session = session_for(server, http_session=http)
+        with pytest.raises(ValidationError, match=r"http_session: .*auth=") as info:
+            async with session:
+                pass
+    assert info.value.field == "http_session" and "pw" not in str(info.value)
+    assert not [r for r in server.emulator.request_log]
+
+
+async def test_a_borrowed_raise_for_status_session_still_gets_typed_errors(
+    server: EmulatorServer, tmp_path: Path
+) -> None:
+    # Its raise_for_status=True would make every error answer a connection error: the
+    # 429 retried, the 402 fatal, the 404 NotFoundError, a cut download resumed.
+    async with aiohttp.ClientSession(raise_for_status=True) as http, \
+            session_for(server, http_session=http) as s:
+        server.emulator.inject("submit", Fault.http(429, retry_after="1"))
+        sub = await s.submit(VideoRequest("a fox"))  # retried
+        server.emulator.inject("submit", Fault.http(402))
+        with pytest.raises(InsufficientBalanceError) as broke:
+            await s.submit(VideoRequest("a fox"))
+        assert broke.value.fatal and not broke.value.submission_ambiguous
+        with pytest.raises(NotFoundError):
+            await s.get_task("task_nope")
+        task = await s.wait(sub)
+        server.emulator.inject("download", Fault.http(503))
+        done = await s.download(task, tmp_path / "fox.mp4")
+        assert done.path.stat().st_size > 0
+    assert server.stats.submissions == 1
 
 
 # -- F6: a session's configuration is read-only, all of it --------------------------------

@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 
 import attrs
 
-from .errors import ValidationError
+from .errors import REDACTED, ValidationError
 from .validation import require_positive_or_none
 
 __all__ = [
@@ -190,6 +190,10 @@ def check_file_url(url: str, allowed_hosts: frozenset[str] | None = None) -> str
     resolved here: the session the SDK opens for file hosts checks each name's addresses
     where it resolves them.
     """
+    if REDACTED in url:
+        # The answer's link held the API key (scrubbed when it was read): not the
+        # server's link any more, and the server must not get the key back through it.
+        return "held the API key (removed when the answer was read): not fetched"
     try:
         parts = urlsplit(url)
         host = parts.hostname

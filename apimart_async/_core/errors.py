@@ -412,17 +412,23 @@ def scrub(text: str, secret: str | None) -> str:
     """Remove every occurrence of `secret` from server-supplied text (the one scrubber:
     answers, headers and transport errors all pass through it)."""
     if secret and secret in text:
-        return text.replace(secret, "[redacted]")
+        return text.replace(secret, REDACTED)
     return text
+
+
+#: What `scrub` puts where the key was.
+REDACTED = "[redacted]"
 
 
 def with_response(
     error: APIMartError, headers: Mapping[str, str], secret: str | None = None
 ) -> APIMartError:
     """Attach the answer's headers (a read-only copy) and request id to `error`, every
-    value scrubbed of `secret` (a host may echo anything; they reach journals)."""
+    name and value scrubbed of `secret` (a host may echo anything; they reach journals).
+    Names are kept in lower case, so they are scrubbed of the key in lower case too."""
+    lowered = secret.lower() if secret else None
     error.headers = types.MappingProxyType({
-        k.lower(): scrub(v, secret) for k, v in headers.items()
+        scrub(k.lower(), lowered): scrub(v, secret) for k, v in headers.items()
     })
     error.request_id = error.headers.get("x-request-id") or error.headers.get("request-id")
     return error

@@ -530,18 +530,46 @@ def _submit_general(
     status: int, body: bytes, retry_after: float | None, secret: str | None
 ) -> str:
     """`parse_submit` for any answer: decoded and checked, the item read by the converter."""
-    data = decode(status, body, retry_after=retry_after, secret=secret)
+    try:
+        data = decode(status, body, retry_after=retry_after, secret=secret)
+    except APIStatusError as exc:
+        named = _named_task_id(body) if 200 <= status < 300 else None
+        if named is None:
+            raise
+        # A success status whose body says both "created" (a task id) and "error": the
+        # task may exist and be billed. Not a clean rejection: a DecodeError, which a
+        # submission treats as ambiguous (never sent again blindly).
+        raise DecodeError(
+            f"submission answer names task {scrub(named, secret)[:100]!r} and an error "
+            f"({exc.message}): the task may exist", status=status,
+            snippet=snippet(body, secret),
+        ) from None
     item = data[0] if isinstance(data, list) and data else data
     try:
         task_id = converter.structure(item, _WireSubmitted).task_id
     except Exception:
+        has_id = isinstance(item, Mapping) and isinstance(item.get("task_id"), str)
         raise DecodeError(
-            "submission answer has no task_id", status=status,
+            "submission answer is not the documented shape (a string task_id and status)"
+            if has_id else "submission answer has no task_id", status=status,
             snippet=snippet(body, secret),
         ) from None
     if not task_id:
         raise DecodeError("submission answer has an empty task_id", status=status, snippet="")
     return _answered_id(task_id, status, secret)
+
+
+def _named_task_id(body: bytes) -> str | None:
+    """The task id a submission answer's ``data`` names, if any (for an answer that also
+    reports an error)."""
+    try:
+        payload = json.loads(body)
+    except ValueError:
+        return None
+    data = payload.get("data") if isinstance(payload, dict) else None
+    item = data[0] if isinstance(data, list) and data else data
+    task_id = item.get("task_id") if isinstance(item, dict) else None
+    return task_id if isinstance(task_id, str) and task_id else None
 
 
 def _answered_id(task_id: str, status: int, secret: str | None) -> str:
@@ -576,9 +604,12 @@ def _urls_fast(value: object) -> tuple[str, ...] | None:
     return None
 
 
-def _outputs_fast(kind: str, value: object, into: list[TaskOutput]) -> bool:
+def _outputs_fast(
+    kind: str, value: object, into: list[TaskOutput], secret: str | None
+) -> bool:
     """Append the outputs of a list of ``{"url", "expires_at"}`` objects to `into`, as
-    the converter's path would; False for anything unusual."""
+    the converter's path would; False for anything unusual (a link holding the key too:
+    the general path scrubs it)."""
     if type(value) is not list:
         return False
     for item in value:
@@ -587,6 +618,10 @@ def _outputs_fast(kind: str, value: object, into: list[TaskOutput]) -> bool:
         urls = _urls_fast(item["url"]) if "url" in item else ()
         if urls is None:
             return False
+        if secret:
+            for url in urls:
+                if secret in url:
+                    return False
         expires = item.get("expires_at")
         if expires is not None and type(expires) is not _INT:
             return False
@@ -656,8 +691,8 @@ def _task_fast(data: Any, secret: str | None, expected_id: str | None = None) ->
         if type(result) is not dict:
             return None
         found: list[TaskOutput] = []
-        if not (_outputs_fast("video", result.get("videos", []), found)
-                and _outputs_fast("image", result.get("images", []), found)):
+        if not (_outputs_fast("video", result.get("videos", []), found, secret)
+                and _outputs_fast("image", result.get("images", []), found, secret)):
             return None
         outputs = tuple(found)
         urls = tuple(out.url for out in outputs if out.kind == "video")
@@ -724,7 +759,7 @@ def task_from_data(data: Any, secret: str | None = None) -> Task:
 def _task_general(data: Any, secret: str | None = None) -> Task:
     """`task_from_data` through the converter: every answer, usual or not."""
     wire = converter.structure(data, _WireTask)
-    outputs = _outputs(wire.result) if wire.result else ()
+    outputs = _outputs(wire.result, secret) if wire.result else ()
     urls = tuple(out.url for out in outputs if out.kind == "video")
     expiries = [out.expires_at for out in outputs if out.expires_at is not None]
     return Task(
@@ -749,10 +784,14 @@ def _task_general(data: Any, secret: str | None = None) -> Task:
     )
 
 
-def _outputs(result: _WireResult) -> tuple[TaskOutput, ...]:
-    """Every file of a result: each video link, then each image link, in answer order."""
+def _outputs(result: _WireResult, secret: str | None) -> tuple[TaskOutput, ...]:
+    """Every file of a result: each video link, then each image link, in answer order.
+
+    A link that holds the API key (a broken or hostile server echoing it) is scrubbed
+    like any server text: fetching it would hand the key to the file host, and printing
+    it would show it. The download refuses a scrubbed link (`check_file_url`)."""
     return tuple(
-        TaskOutput(kind=kind, url=url, expires_at=entry.expires_at)
+        TaskOutput(kind=kind, url=scrub(url, secret), expires_at=entry.expires_at)
         for kind, entries in (("video", result.videos), ("image", result.images))
         for entry in entries for url in entry.url
     )

@@ -232,6 +232,9 @@ class Downloader:
 
     async def _fresh(self, task: Task, index: int) -> Task:
         fresh = await self._refresh(task.id)
+        if not fresh.outputs:
+            raise ResultExpiredError(
+                task.id, "the completed task's answer carries no result link")
         if len(fresh.outputs) <= index or fresh.is_expired(self._clock.wall()):
             raise ResultExpiredError(task.id, "result link expired and no fresh one was given")
         log.info("task %s: result link refreshed", task.id)

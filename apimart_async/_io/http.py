@@ -7,6 +7,7 @@ recording whether the request may have reached the server.
 from __future__ import annotations
 
 import asyncio
+import io
 import ipaddress
 import socket
 from collections.abc import AsyncIterator, Mapping
@@ -221,7 +222,7 @@ class Http:
         method: str,
         url: str,
         headers: Mapping[str, str],
-        body: bytes | None,
+        body: bytes | io.BytesIO | None,
         params: Mapping[str, str],
     ) -> AbstractAsyncContextManager[aiohttp.ClientResponse]:
         """One request to the API host, with `api_headers` and `headers` (which win), for
@@ -246,6 +247,9 @@ class Http:
             # A redirect could carry the Authorization header elsewhere.
             allow_redirects=False,
             timeout=self._timeout,
+            # A borrowed session made with raise_for_status=True would turn every error
+            # answer (a 429 to retry, a 402 to stop at) into a connection error.
+            raise_for_status=False,
         )
 
     async def read(self, resp: aiohttp.ClientResponse) -> bytes:
@@ -302,6 +306,7 @@ class Http:
                 allow_redirects=False,
                 auto_decompress=False,
                 timeout=self._stream_timeout,
+                raise_for_status=False,  # (a borrowed session's own setting aside)
             ) as resp:
                 try:
                     yield StreamedResponse(resp.status, resp.headers, resp)

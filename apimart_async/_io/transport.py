@@ -5,6 +5,7 @@ The retry *decisions* are pure (`_retry`); this module only carries them out.
 
 from __future__ import annotations
 
+import io
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -26,6 +27,8 @@ __all__ = ["Transport"]
 log = logging.getLogger("apimart_async")
 T = TypeVar("T")
 
+# A request body past this many bytes is sent as a stream (see `Transport.call`).
+_LARGE_BODY = 1 << 20
 # parse(status, body, retry_after=..., secret=...) -> T
 Parser = Callable[..., T]
 
@@ -94,6 +97,9 @@ class Transport:
             body = encode_json(request.json)
             if "Content-Type" not in headers:
                 headers = {**headers, "Content-Type": "application/json"}
+        # aiohttp sends bytes past 1 MiB with a ResourceWarning (a data: URI image can be
+        # 13 MB): such a body goes as a stream, a fresh one for every attempt.
+        large = body is not None and len(body) > _LARGE_BODY
         params = request.params
         method = request.method
         http = self.http
@@ -122,11 +128,15 @@ class Transport:
                 stats.requests += 1
                 failure: APIMartError | None = None
                 try:
+                    sent: bytes | io.BytesIO | None = body
+                    if large:
+                        assert body is not None
+                        sent = io.BytesIO(body)
                     async with (
-                        api.request(method, url, headers=headers, data=body,
+                        api.request(method, url, headers=headers, data=sent,
                                     params=params, allow_redirects=False)
                         if api is not None
-                        else http.api_request(method, url, headers, body, params)
+                        else http.api_request(method, url, headers, sent, params)
                     ) as resp:
                         got = resp.headers
                         length = got.get("Content-Length")

@@ -62,13 +62,21 @@ _REASONS = {
 }
 
 
+#: The largest submission body the emulator reads: four images at the documented 10 MB,
+#: base64-encoded, and the rest of the request.
+MAX_SUBMISSION_BYTES = 64 << 20
+
+
 def api_app(emulator: Emulator) -> web.Application:
     """The API host: ``POST /v1/videos/generations``, ``GET /v1/tasks/{id}`` and
     ``GET /v1/balance`` (also at ``/balance``)."""
     host = _ApiHost(emulator)
     # The log is outermost: it sees the 401s and 429s the host's middleware answers.
+    # A submission may carry images as data: URIs of up to 10 MB each (as documented),
+    # ~13.4 MB once base64-encoded: aiohttp's default 1 MiB cap would refuse them (413).
     app = web.Application(middlewares=[_request_logger(emulator, request_ids=True),
-                                       host.middleware])
+                                       host.middleware],
+                          client_max_size=MAX_SUBMISSION_BYTES)
     # On every answer the API host sends, faults and aiohttp's own 500s included.
     app.on_response_prepare.append(_send_request_id)
     app.on_response_prepare.append(_send_time(emulator))
@@ -187,9 +195,15 @@ async def apply(emulator: Emulator, request: web.Request,
             return web.json_response(
                 {"code": fault.body_code, "msg": f"error {fault.body_code}", "data": None}
             )
-        headers = {"Retry-After": fault.retry_after} if fault.retry_after is not None else None
-        return _error(fault.status, _REASONS.get(fault.status, "Error"), "api_error",
-                      headers=headers)
+        headers = {"Retry-After": fault.retry_after} if fault.retry_after is not None else {}
+        message = _REASONS.get(fault.status, "Error")
+        if fault.hard:  # echo_key: the token, as sent, in a name, a value and the message
+            token = request.headers.get("Authorization", "").removeprefix("Bearer ")
+            if token and _HEADER_NAME.fullmatch(token):
+                headers[f"X-Echo-{token}"] = "1"
+            headers["X-Echo"] = token
+            message = f"{message}: your key {token} was refused"
+        return _error(fault.status, message, "api_error", headers=headers)
     return None
 
 
@@ -288,6 +302,11 @@ class _ApiHost:
         if created and fault is not None and fault.kind == "lost_answer":
             _drop(request, hard=fault.hard)
             return web.Response()
+        if fault is not None and fault.kind == "created_with_error":
+            return web.json_response({
+                "code": 200, "data": [{"status": "submitted", "task_id": task_id}],
+                "error": {"code": "gateway_error", "message": "upstream reported a failure"},
+            })
         return _submitted(task_id)
 
     def _reject(self, message: str) -> web.Response:
@@ -532,6 +551,10 @@ async def _hostile_body(
     except (ConnectionError, OSError):
         request[_DROPPED] = True
     return response
+
+
+# The characters a header's name may hold (RFC 9110 "token").
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 
 
 def _error(

@@ -28,6 +28,7 @@ _ROUTES_OF_KIND: dict[str, frozenset[str]] = {
     "redirect": _EVERY_ROUTE,
     "slow": _EVERY_ROUTE,
     "lost_answer": frozenset({"submit"}),
+    "created_with_error": frozenset({"submit"}),
     "cut": frozenset({"download"}),
     "ignore_range": frozenset({"download"}),
     "short_range": frozenset({"download"}),
@@ -84,7 +85,7 @@ class Fault:
         "status", "reset", "html", "lost_answer", "cut", "ignore_range", "slow", "redirect",
         "short_range", "wrong_range", "gzip", "endless", "drip", "cut_unframed",
         "result_url", "answer_id", "echo_key", "huge_answer", "task_status", "repeat_id",
-        "storm",
+        "storm", "created_with_error",
     ]
     status: int = 500
     location: str = ""
@@ -112,6 +113,7 @@ class Fault:
             if self.body_code is not None:
                 return f"Fault.body_status({self.body_code})"
             extra = f", retry_after={self.retry_after!r}" if self.retry_after is not None else ""
+            extra += ", echo_key=True" if self.hard else ""
             return f"Fault.http({self.status}{extra})"
         if self.kind in ("cut", "short_range"):
             return f"Fault.{self.kind}({self.fraction})"
@@ -143,14 +145,19 @@ class Fault:
         return f"Fault.{self.kind}()"
 
     @classmethod
-    def http(cls, status: int, *, retry_after: str | None = None) -> Fault:
+    def http(
+        cls, status: int, *, retry_after: str | None = None, echo_key: bool = False
+    ) -> Fault:
         """Answer with `status` (an error status, 400..599) and a JSON error body (and
-        `Retry-After` if given)."""
+        `Retry-After` if given). With `echo_key`, the answer echoes the request's bearer
+        token in its message, in a header's value and in a header's name (a gateway
+        that leaks whatever it is sent: a client must scrub it everywhere)."""
         _check_int("Fault.http: status", status, 400, 599, "an error status")
         if retry_after is not None and not isinstance(retry_after, str):
             raise ValueError(f"Fault.http: retry_after must be the header's text (a str), "
                              f"got {retry_after!r}")
-        return cls(kind="status", status=status, retry_after=retry_after)
+        _check_bool("Fault.http: echo_key", echo_key)
+        return cls(kind="status", status=status, retry_after=retry_after, hard=echo_key)
 
     @classmethod
     def body_status(cls, code: int) -> Fault:
@@ -178,6 +185,13 @@ class Fault:
         """Submission only: create (and bill) the task, then drop the connection
         (with a TCP RST if `hard`, see `reset`)."""
         return cls(kind="lost_answer", hard=hard)
+
+    @classmethod
+    def created_with_error(cls) -> Fault:
+        """Submission only: create (and bill) the task, then answer 200 with its id and an
+        ``error`` object beside it (a gateway reporting a failure of its own): a client
+        must not take the task for a rejected one."""
+        return cls(kind="created_with_error")
 
     @classmethod
     def cut(cls, fraction: float = 0.5) -> Fault:
