@@ -16,9 +16,16 @@ reproducible: tasks that long are all still running at their first poll, the wor
 for the peak (60:120 is not enough on a loaded machine: first polls of 100,000 tasks
 then come up to a minute late, and a third of the tasks have ended by then).
 
+`--case` names the three cases issue #14 reads: `usual` (tasks of 20-40 s: most end
+before their first poll, a share are polled again), `worst` (120-180 s: every task is
+running at its first poll, the peak's worst case) and `one-poll` (0.1-0.2 s: every task
+has ended by its first poll, so CPU per task is exactly one submit and one poll, the
+issue's definition of its 0.85 ms baseline; the script says so if polls/task is not
+1.00). `--task-duration` overrides the case's durations.
+
     python benchmarks/bench_watch_scale.py [--tasks 10000] [--hold submissions|ids]
-        [--task-duration MIN:MAX]
-    # issue #14: --tasks 100000, and --tasks 100000 --task-duration 120:180 (worst case)
+        [--case usual|worst|one-poll] [--task-duration MIN:MAX]
+    # issue #14: --tasks 100000 with each --case
 """
 
 from __future__ import annotations
@@ -40,7 +47,11 @@ def peak_rss_mb() -> float:
     return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
 
 
-async def main(n: int, hold: str, duration: str) -> None:
+#: Each case's task durations (s): see the module's docstring.
+CASES = {"usual": "20:40", "worst": "120:180", "one-poll": "0.1:0.2"}
+
+
+async def main(n: int, hold: str, duration: str, case: str) -> None:
     async with emulator_process("--task-duration", duration, "--video-size", "1024") as url:
         baseline = peak_rss_mb()
         async with Session("bench", base_url=url, max_concurrency=64) as session:
@@ -71,7 +82,8 @@ async def main(n: int, hold: str, duration: str) -> None:
     lags = list(stats["detection_lags"].values())
     ids = [s.task_id if isinstance(s, Submission) else s for s in subs]
     exactly_one = len(finals) == len(ids) and Counter(finals) == Counter(ids)
-    print(f"Watching {n} tasks of {duration.replace(':', '-')} s, concurrency 64, "
+    print(f"Case {case!r}: watching {n} tasks of {duration.replace(':', '-')} s, "
+          "concurrency 64, "
           f"the caller holding its "
           f"{'Submissions' if hold == 'submissions' else 'task ids'} ({machine()})")
     print(table(
@@ -80,13 +92,16 @@ async def main(n: int, hold: str, duration: str) -> None:
          "peak RSS after submitting (MB)",
          "peak over baseline/task (bytes)", "CPU/task (ms)", "submit CPU/task (ms)",
          "watch CPU/task (ms)", "watch CPU/poll (ms)", "lag p95 (s)", "watch wall (s)"],
-        [[len(subs), "yes" if exactly_one else "NO", polls / max(1, len(subs)),
+        [[len(subs), "yes" if exactly_one else "NO", f"{polls / max(1, len(subs)):.2f}",
           f"{running:.0%}", peak, baseline,
           after_submit,
           round((peak - baseline) * 1024 * 1024 / n), (cpu2 - cpu0) / n * 1e3,
           (cpu1 - cpu0) / n * 1e3, (cpu2 - cpu1) / n * 1e3,
           (cpu2 - cpu1) / max(1, polls) * 1e3, percentile(lags, 95), wall2 - wall1]],
     ))
+    if case == "one-poll" and polls != len(subs):
+        print(f"NOTE: {polls - len(subs):+d} polls against one a task: CPU/task is not "
+              "one submit and one poll here")
 
 
 if __name__ == "__main__":
@@ -95,9 +110,14 @@ if __name__ == "__main__":
     p.add_argument("--hold", choices=["submissions", "ids"], default="submissions",
                    help="what the caller keeps between submitting and watching: every "
                         "`Submission` (with its request and key), or only the task ids")
-    p.add_argument("--task-duration", default="20:40", metavar="MIN:MAX",
-                   help="the emulator's task durations in seconds (default 20:40); "
-                        "120:180 keeps every task running at its first poll (the worst "
-                        "case for the peak RSS)")
+    p.add_argument("--case", choices=list(CASES), default="usual",
+                   help="usual: tasks of 20-40 s; worst: 120-180 s, every task running "
+                        "at its first poll (the worst case for the peak RSS); one-poll: "
+                        "0.1-0.2 s, every task ended by its first poll (CPU per task is "
+                        "one submit and one poll)")
+    p.add_argument("--task-duration", default=None, metavar="MIN:MAX",
+                   help="the emulator's task durations in seconds (default: the case's)")
     args = p.parse_args()
-    anyio.run(main, args.tasks, args.hold, args.task_duration)
+    duration = args.task_duration or CASES[args.case]
+    anyio.run(main, args.tasks, args.hold, duration,
+              args.case if duration == CASES[args.case] else "custom")

@@ -7,6 +7,7 @@ each bound is the size after the saving, so undoing it fails the test.
 from __future__ import annotations
 
 import gc
+import math
 import pickle
 import sys
 import weakref
@@ -118,11 +119,20 @@ async def test_a_running_task_keeps_its_poll_state_in_its_own_slot_and_no_answer
         poller.subscribe(late.append, "task_5", started_at=None)
         assert [(u.status, u.progress, u.task) for u in late] == [  # type: ignore[attr-defined]
             (TaskStatus.PROCESSING, 6, None)]
+        # Its next poll's due too: a C double in the columns (the queue's item holds the
+        # same), not a 32-byte float on the entry.
+        queue = poller._queue
+        items = [queue.pop() for _ in range(len(queue))]
+        assert len(items) == n
+        for due, task_id, generation in items:
+            entry = poller._entries[task_id]
+            assert generation == entry.generation and math.isnan(entry.due)
+            assert running.due[entry.slot] == due == poller._due_of(entry)
         # The columns, not objects, hold it: a few doubles and ints a task.
         held = sum(sys.getsizeof(a) for a in (
-            running._floats, running._ints, running._small, running.polled_at,
-            running.seen_status, running.seen_progress))
-        assert held / n <= 180
+            running._floats, running._ints, running._small, running.due,
+            running.polled_at, running.seen_status, running.seen_progress))
+        assert held / n <= 190
         tg.cancel_scope.cancel()
 
 

@@ -56,9 +56,28 @@ def test_first_polls_in_submission_order_hold_no_tuple_each() -> None:
     n = 10_000
     for i in range(n):
         queue.push(float(i) / 10, f"task_{i:06d}", 1)
-    assert not queue._heap and len(queue) == n
+    assert not queue._hids and len(queue) == n
     held = sys.getsizeof(queue._dues) + sys.getsizeof(queue._ids)
     assert held / n <= 20
     for i in range(n):
         assert queue.pop() == (float(i) / 10, f"task_{i:06d}", 1)
     assert len(queue._ids) == 0  # taken out: the columns are given back
+
+
+def test_polls_after_the_first_hold_no_tuple_each() -> None:
+    # A running task's next poll (dues not in ascending order) held a (due, id,
+    # generation) tuple, its due and a heap slot (~96 bytes): now three column slots.
+    queue, heap = _DueQueue(), []
+    rng = random.Random(7)
+    n = 10_000
+    for i in range(n):
+        item = (rng.uniform(0, 1000), f"task_{i:06d}", 2 + i % 3)
+        queue.push(*item)
+        heapq.heappush(heap, item)
+    held = sys.getsizeof(queue._hdues) + sys.getsizeof(queue._hids) + sys.getsizeof(
+        queue._gens)
+    assert held / n <= 24
+    assert all(type(x) is not tuple for x in queue._hids)
+    while heap:
+        assert queue.pop() == heapq.heappop(heap)
+    assert len(queue._hids) == 0 and sys.getsizeof(queue._hdues) < 100
