@@ -38,7 +38,7 @@ from ._core.validation import (
 from ._core.wire import check_task_id
 from ._engine.engine import Engine
 from ._engine.streams import BatchStream, Watch
-from ._engine.submit import submit_each
+from ._engine.submit import UNENCODABLE, submit_each, unsendable
 from ._io.clock import Clock
 from ._io.download import DownloadResult
 from ._io.http import ClientSession
@@ -233,7 +233,13 @@ class Session:
             request = _check_request("request", request)
         if idempotency_key is not None:
             check_idempotency_key("idempotency_key", idempotency_key)
-        return await self._engine.submit(request, key=idempotency_key)
+        try:
+            return await self._engine.submit(request, key=idempotency_key)
+        except UNENCODABLE as exc:
+            refused = unsendable(request, exc)
+            if refused is None:
+                raise
+            raise refused from None
 
     async def submit_many(
         self,
@@ -283,7 +289,13 @@ class Session:
             index: int, request: VideoRequest, gate: Callable[[], None]
         ) -> Submission:
             key = idempotency_keys[index] if idempotency_keys is not None else None
-            return await self._engine.submit(request, key=key, gate=gate)
+            try:
+                return await self._engine.submit(request, key=key, gate=gate)
+            except UNENCODABLE as exc:
+                refused = unsendable(request, exc)
+                if refused is None:
+                    raise
+                raise refused from None
 
         def done(index: int, outcome: Submission | APIMartError | None) -> None:
             # None only comes from a closed gate, and this batch never closes its gate.

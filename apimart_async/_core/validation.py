@@ -19,10 +19,26 @@ __all__ = [
     "check_idempotency_key",
     "check_http_url",
     "check_image_url",
+    "check_unicode",
     "require_finite_positive_or_none",
     "require_positive_or_none",
     "require_whole_number",
 ]
+
+
+def check_unicode(field: str, value: str) -> str:
+    """`value` if it can be sent as UTF-8, else a `ValidationError`: a lone surrogate
+    (``"\\ud800"``, from a bad decode or a JSON escape) is a `str` but no Unicode text, and
+    a body holding one is not valid JSON text (nor can it be journaled)."""
+    if value.isascii():  # (nearly every string: one pass in C)
+        return value
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValidationError(
+            field, f"lone surrogate U+{ord(value[exc.start]):04X} at character {exc.start + 1}"
+            " (not valid Unicode: it cannot be sent as UTF-8)") from None
+    return value
 
 
 def check_http_url(field: str, value: object) -> str:

@@ -1,0 +1,187 @@
+"""Review 6's defects: strings that are not Unicode, a request's `extra` changed after
+it was validated, untyped errors where `ValidationError` is promised, and small ones.
+Real client, real sockets, the embedded emulator."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import pickle
+import subprocess
+import sys
+import types
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pytest
+
+from apimart_async import BatchItem, EventKind, Session, ValidationError, VideoRequest
+from apimart_async._core import wire
+from apimart_async._core.wire import check_task_id
+from apimart_async.testing import EmulatorServer
+
+from .conftest import cli, session_for
+
+pytestmark = pytest.mark.anyio
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+# -- 1. lone surrogates ---------------------------------------------------------------
+
+@pytest.mark.parametrize(("kwargs", "field"), [
+    ({"prompt": "a fox \ud800"}, "prompt"),
+    ({"prompt": "x", "model": "my-model-\udfff"}, "model"),
+    ({"prompt": "x", "model": "my-model", "aspect_ratio": "16:9\ud800"}, "aspect_ratio"),
+    ({"prompt": "x", "image_urls": ["https://e.example/a.png", "https://e.example/\udc00"]},
+     "image_urls[1]"),
+    ({"prompt": "x", "extra": {"style": "\ud83c"}}, "extra['style']"),
+    ({"prompt": "x", "extra": {"opts": ["ok", "b\ud800d"]}}, "extra['opts'][1]"),
+    ({"prompt": "x", "extra": {"opts": {"deep": [{"k": "\udfff"}]}}},
+     "extra['opts']['deep'][0]['k']"),
+    ({"prompt": "x", "extra": {"\ud800": 1}}, "extra key '\\ud800'"),
+    ({"prompt": "x", "extra": {"opts": {"\ud800": 1}}}, "extra['opts'] key '\\ud800'"),
+])
+def test_a_string_that_is_not_unicode_is_refused_naming_its_field(
+    kwargs: dict[str, Any], field: str
+) -> None:
+    with pytest.raises(ValidationError) as info:
+        VideoRequest(**kwargs)
+    assert info.value.field == field
+    assert "lone surrogate U+D" in info.value.problem
+    str(info.value).encode("utf-8")  # the message itself can be printed and logged
+
+
+def test_non_ascii_unicode_is_still_accepted_everywhere() -> None:
+    request = VideoRequest("a café 🎬", model="m-é", aspect_ratio="16:9",
+                           image_urls=["https://e.example/é.png"],
+                           extra={"tags": ["🎬", {"ключ": "значение"}]})
+    assert json.loads(wire.encode_json(request.to_body()))["tags"][1] == {"ключ": "значение"}
+
+
+async def test_a_surrogate_never_reaches_the_wire_nor_the_journal(
+    server: EmulatorServer, tmp_path: Path
+) -> None:
+    # Refused at construction: neither `submit` nor `run_batch` (whose journal digest
+    # crashed on it) is ever handed one.
+    with pytest.raises(ValidationError, match="prompt"):
+        VideoRequest("a fox \ud800")
+    async with session_for(server) as s:
+        report = await s.run_batch([VideoRequest("a fox é")], out_dir=tmp_path)
+    assert report.ok and not [r for r in server.emulator.request_log
+                              if r.route == "submit" and r.status != 200]
+
+
+# -- 2. `extra` read-only all the way down ---------------------------------------------
+
+def test_nested_extra_cannot_be_changed_through_the_request() -> None:
+    request = VideoRequest("x", model="m", extra={"opts": {"v": 1, "l": [1, {"k": 2}]}})
+    opts = request.extra["opts"]  # type: ignore[index]
+    attempts = [
+        lambda: opts.__setitem__("v", math.nan),
+        lambda: opts.update(me=opts),
+        lambda: opts.setdefault("s", {1}),
+        lambda: opts.pop("v"),
+        lambda: opts["l"].append({1, 2}),
+        lambda: opts["l"].__setitem__(0, math.inf),
+        lambda: opts["l"][1].__setitem__("k", math.nan),
+        # The body handed out shares the request's nested values: read-only too.
+        lambda: request.to_body()["opts"].__setitem__("v", math.nan),
+    ]
+    for attempt in attempts:
+        with pytest.raises(TypeError, match="read-only"):
+            attempt()
+    assert request.to_body()["opts"] == {"v": 1, "l": [1, {"k": 2}]}
+    # Still a dict and a list to read (and to compare, and for both encoders).
+    assert isinstance(opts, dict) and isinstance(opts["l"], list)
+
+
+def test_a_request_with_nested_extra_copies_pickles_and_evolves() -> None:
+    request = VideoRequest("x", model="m", extra={"opts": {"l": [1, {"k": 2}]}})
+    for twin in (pickle.loads(pickle.dumps(request)), copy.copy(request),
+                 copy.deepcopy(request), attrs.evolve(request, prompt="x"),
+                 VideoRequest("x", model="m", extra=request.extra)):
+        assert twin == request and twin.to_body() == request.to_body()
+        with pytest.raises(TypeError, match="read-only"):
+            twin.extra["opts"]["l"].append(3)  # type: ignore[index]
+    inner = copy.deepcopy(request.extra["opts"])  # type: ignore[index]
+    assert inner == {"l": [1, {"k": 2}]}
+
+
+@pytest.mark.parametrize("orjson", [False, True], ids=["stdlib-json", "orjson"])
+async def test_nested_extra_arrives_as_built_on_both_encoders(
+    server: EmulatorServer, orjson: bool
+) -> None:
+    if orjson:
+        pytest.importorskip("orjson")
+    request = VideoRequest("x", model="m", extra={"opts": {"v": 1.5, "l": [1, None]}})
+    with pytest.raises(TypeError):
+        request.extra["opts"]["v"] = math.nan  # type: ignore[index]
+    try:
+        assert wire.use_orjson(orjson) is orjson
+        # The bytes are the standard library's own, byte for byte.
+        assert wire.encode_json(request.to_body()) == (
+            json.dumps(request.to_body()).encode() if not orjson
+            else wire.encode_json(json.loads(json.dumps(request.to_body()))))
+        async with session_for(server) as s:
+            sub = await s.submit(request)
+    finally:
+        wire.use_orjson()
+    body = server.emulator.task(sub.task_id).body
+    assert dict(body["opts"]) == {"v": 1.5, "l": (1, None)}
+
+
+def _bypassed(value: object) -> VideoRequest:
+    # What the read-only `extra` prevents, done around it: the second line of defence.
+    request = VideoRequest("x", model="m", extra={"a": 1})
+    object.__setattr__(request, "extra", types.MappingProxyType({"a": value}))
+    return request
+
+
+def _circular() -> dict[str, Any]:
+    me: dict[str, Any] = {}
+    me["me"] = me
+    return me
+
+
+@pytest.mark.parametrize("value", [{1, 2}, _circular()], ids=["set", "circular"])
+async def test_an_extra_that_cannot_be_encoded_at_submit_time_is_a_validation_error(
+    server: EmulatorServer, value: object
+) -> None:
+    async with session_for(server) as s:
+        with pytest.raises(ValidationError) as info:
+            await s.submit(_bypassed(value))
+        assert info.value.field == "request.extra"
+        [outcome] = await s.submit_many([_bypassed(value)])
+        assert isinstance(outcome, ValidationError) and outcome.field == "request.extra"
+        async with s.stream([_bypassed(value)]) as events:
+            finals = [e async for e in events if e.final]
+        assert [e.kind for e in finals] == [EventKind.SUBMIT_FAILED]
+        assert isinstance(finals[0].error, ValidationError)
+        assert finals[0].error.field == "request.extra"
+    assert not [r for r in server.emulator.request_log if r.route == "submit"]
+
+
+# -- 3. untyped errors ----------------------------------------------------------------
+
+def _nested(levels: int) -> list[Any]:
+    top: list[Any] = []
+    here = top
+    for _ in range(levels - 1):
+        deeper: list[Any] = []
+        here.append(deeper)
+        here = deeper
+    return top
+
+
+def test_extra_nested_too_deep_or_in_a_circle_is_refused_naming_the_place() -> None:
+    VideoRequest("x", model="m", extra={"d": _nested(63)})  # 64 levels with extra itself
+    for levels in (64, 3000):
+        with pytest.raises(ValidationError, match="deeper than 64 levels") as info:
+            VideoRequest("x", model="m", extra={"d": _nested(levels)})
+        assert info.value.field.startswith("extra['d'][0][0]")
+    with pytest.raises(ValidationError, match="contains itself") as info:
+        VideoRequest("x", model="m", extra={"o": {"l": [_circular()]}})
+    assert info.value.field == "extra['o']['l'][0]['me']"
