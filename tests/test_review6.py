@@ -185,3 +185,54 @@ def test_extra_nested_too_deep_or_in_a_circle_is_refused_naming_the_place() -> N
     with pytest.raises(ValidationError, match="contains itself") as info:
         VideoRequest("x", model="m", extra={"o": {"l": [_circular()]}})
     assert info.value.field == "extra['o']['l'][0]['me']"
+
+
+@pytest.mark.parametrize("key", [123, b"sk-canary-bytes-key", 4.5])
+def test_a_key_that_is_not_a_string_is_refused_without_echoing_it(key: object) -> None:
+    with pytest.raises(ValidationError) as info:
+        Session(key)  # type: ignore[arg-type]
+    assert info.value.field == "api_key"
+    assert "must be a string" in str(info.value)
+    assert repr(key) not in str(info.value) and "canary" not in str(info.value)
+
+
+async def test_timeouts_too_large_are_refused_naming_the_parameter(
+    server: EmulatorServer
+) -> None:
+    async with session_for(server) as s:
+        sub = await s.submit(VideoRequest("x"))
+        with pytest.raises(ValidationError, match="out of range") as info:
+            await s.wait(sub, timeout=10**400)
+        assert info.value.field == "timeout"
+        for name in ("timeout", "task_timeout"):
+            with pytest.raises(ValidationError, match="out of range") as info:
+                s.watch([sub], **{name: 10**400})
+            assert info.value.field == name
+        with pytest.raises(ValidationError) as info:
+            Session("k", rps=-(10**5000))
+        assert info.value.field == "rps"
+        with pytest.raises(ValidationError) as info:
+            await s.wait(sub, timeout=0)
+        assert info.value.field == "timeout"  # `wait` has no `task_timeout`
+        # Infinity (no limit) and the largest float still go.
+        assert (await s.wait(sub, timeout=math.inf)).is_terminal
+        assert (await s.wait(sub, timeout=1e308)).is_terminal
+
+
+async def test_one_item_or_no_iterable_where_many_go_is_refused(
+    server: EmulatorServer, tmp_path: Path
+) -> None:
+    request = VideoRequest("x")
+    async with session_for(server) as s:
+        with pytest.raises(ValidationError, match=r"iterable of task ids.*got NoneType") as info:
+            s.watch(None)  # type: ignore[arg-type]
+        assert info.value.field == "tasks"
+        for single in (request, BatchItem(request=request)):
+            with pytest.raises(ValidationError, match=r"pass \[it\]") as info:
+                await s.run_batch(single, out_dir=tmp_path)  # type: ignore[arg-type]
+            assert info.value.field == "requests"
+        with pytest.raises(ValidationError, match="got one NoneType") as info:
+            await s.run_batch(None, out_dir=tmp_path)  # type: ignore[arg-type]
+        with pytest.raises(ValidationError, match=r"pass \[it\]"):
+            s.stream(request)  # type: ignore[arg-type]
+    assert not list(tmp_path.iterdir()) and not server.emulator.tasks

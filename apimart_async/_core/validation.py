@@ -10,6 +10,7 @@ import base64
 import binascii
 import math
 import re
+import sys
 from urllib.parse import urlsplit
 
 from .errors import ValidationError
@@ -88,11 +89,21 @@ def require_positive_or_none(
     """
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValidationError(field, f"must be a number, got {value!r}")
+    if isinstance(value, int) and not -_FLOAT_MAX <= value <= _FLOAT_MAX:
+        # Time arithmetic is in floats: an int past them raised OverflowError there
+        # (and its repr may be too long to make).
+        raise ValidationError(field, f"is out of range: past {_FLOAT_MAX:.4g} (math.inf "
+                              "means no limit)")
+    if math.isnan(value):
         raise ValidationError(field, f"must be a number, got {value!r}")
     if value < 0 or (value == 0 and not allow_zero):
         raise ValidationError(field, f"must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
     return value
+
+
+_FLOAT_MAX = sys.float_info.max
 
 
 def require_finite_positive_or_none(field: str, value: object) -> float | None:
