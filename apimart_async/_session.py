@@ -270,7 +270,8 @@ class Session:
         if idempotency_keys is not None:
             seen: dict[str, int] = {}
             for i, given in enumerate(idempotency_keys):
-                check_idempotency_key(f"idempotency_keys[{i}]", given)
+                if check_idempotency_key(f"idempotency_keys[{i}]", given) is None:
+                    continue  # a new random key each: None repeats nothing
                 if given in seen:
                     # Two requests under one key: a server that honours it keeps one.
                     raise ValidationError(

@@ -236,3 +236,51 @@ async def test_one_item_or_no_iterable_where_many_go_is_refused(
         with pytest.raises(ValidationError, match=r"pass \[it\]"):
             s.stream(request)  # type: ignore[arg-type]
     assert not list(tmp_path.iterdir()) and not server.emulator.tasks
+
+
+# -- 4. small ones --------------------------------------------------------------------
+
+async def test_several_none_idempotency_keys_are_each_a_new_random_key(
+    server: EmulatorServer
+) -> None:
+    async with session_for(server) as s:
+        outcomes = await s.submit_many([VideoRequest("a"), VideoRequest("b"),
+                                        VideoRequest("c")], idempotency_keys=[None, "k1", None])
+        with pytest.raises(ValidationError, match=r"repeats idempotency_keys\[1\]"):
+            await s.submit_many([VideoRequest("a")] * 3, idempotency_keys=[None, "k", "k"])
+    keys = [o.idempotency_key for o in outcomes if not isinstance(o, Exception)]
+    assert len(keys) == 3 and len(set(keys)) == 3 and keys[1] == "k1"
+
+
+@pytest.mark.parametrize("task_id", [".", ".."])
+async def test_dot_task_ids_are_refused_before_anything_is_sent(
+    server: EmulatorServer, task_id: str
+) -> None:
+    with pytest.raises(ValidationError) as info:
+        check_task_id(task_id)
+    assert info.value.field == "task_id"
+    async with session_for(server) as s:
+        with pytest.raises(ValidationError):
+            await s.get_task(task_id)
+        with pytest.raises(ValidationError):
+            await s.wait(task_id)
+    assert not server.emulator.request_log
+    assert check_task_id("...") == "..." and check_task_id("a.b") == "a.b"
+
+
+async def test_a_missing_key_file_is_a_usage_error_about_the_key_file(
+    capsys: pytest.CaptureFixture[str], cli_env: None, tmp_path: Path
+) -> None:
+    missing = tmp_path / "no-such-key"
+    status, _out, err = await cli(capsys, "status", "t", "--api-key-file", str(missing))
+    assert status == 2, err
+    assert "--api-key-file" in err and str(missing) in err
+    assert "--out" not in err and "re-run" not in err
+
+
+def test_sim_polling_with_no_failure_figures_prints_n_a() -> None:
+    done = subprocess.run(
+        [sys.executable, "benchmarks/sim_polling.py", "--tasks", "10", "--seeds", "1",
+         "--scenarios", "linear"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "| median |" in done.stdout and "n/a" in done.stdout
