@@ -238,6 +238,31 @@ async def test_one_item_or_no_iterable_where_many_go_is_refused(
     assert not list(tmp_path.iterdir()) and not server.emulator.tasks
 
 
+def test_the_blocking_session_refuses_them_the_same(tmp_path: Path) -> None:
+    from anyio.from_thread import start_blocking_portal
+
+    from apimart_async.sync import Session as SyncSession
+
+    with start_blocking_portal("asyncio") as portal:
+        server = EmulatorServer()
+        with portal.wrap_async_context_manager(server):
+            _blocking_refusals(SyncSession("k", base_url=server.base_url), tmp_path)
+        assert not server.emulator.request_log
+
+
+def _blocking_refusals(session: Any, tmp_path: Path) -> None:
+    with session as s:
+        with pytest.raises(ValidationError, match="got NoneType"):
+            s.watch(None)  # type: ignore[arg-type]
+        with pytest.raises(ValidationError, match=r"pass \[it\]"):
+            s.stream(VideoRequest("x"))  # type: ignore[arg-type]
+        with pytest.raises(ValidationError, match=r"pass \[it\]"):
+            s.run_batch(VideoRequest("x"), out_dir=tmp_path)  # type: ignore[arg-type]
+        with pytest.raises(ValidationError, match="out of range") as info:
+            s.wait("task_1", timeout=10**400)
+        assert info.value.field == "timeout"
+
+
 # -- 4. small ones --------------------------------------------------------------------
 
 async def test_several_none_idempotency_keys_are_each_a_new_random_key(
