@@ -148,7 +148,7 @@ def _circular() -> dict[str, Any]:
 
 @pytest.mark.parametrize("value", [{1, 2}, _circular()], ids=["set", "circular"])
 async def test_an_extra_that_cannot_be_encoded_at_submit_time_is_a_validation_error(
-    server: EmulatorServer, value: object
+    server: EmulatorServer, value: object, tmp_path: Path
 ) -> None:
     async with session_for(server) as s:
         with pytest.raises(ValidationError) as info:
@@ -161,6 +161,9 @@ async def test_an_extra_that_cannot_be_encoded_at_submit_time_is_a_validation_er
         assert [e.kind for e in finals] == [EventKind.SUBMIT_FAILED]
         assert isinstance(finals[0].error, ValidationError)
         assert finals[0].error.field == "request.extra"
+        with pytest.raises(ValidationError) as info:
+            await s.run_batch([VideoRequest("y"), _bypassed(value)], out_dir=tmp_path)
+        assert info.value.field == "requests[1].extra"
     assert not [r for r in server.emulator.request_log if r.route == "submit"]
 
 
