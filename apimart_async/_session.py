@@ -38,7 +38,7 @@ from ._core.validation import (
 from ._core.wire import check_task_id
 from ._engine.engine import Engine
 from ._engine.streams import BatchStream, Watch
-from ._engine.submit import submit_each
+from ._engine.submit import UNENCODABLE, submit_each, unsendable
 from ._io.clock import Clock
 from ._io.download import DownloadResult
 from ._io.http import ClientSession
@@ -240,7 +240,13 @@ class Session:
             request = _check_request("request", request)
         if idempotency_key is not None:
             check_idempotency_key("idempotency_key", idempotency_key)
-        return await self._engine.submit(request, key=idempotency_key)
+        try:
+            return await self._engine.submit(request, key=idempotency_key)
+        except UNENCODABLE as exc:
+            refused = unsendable(request, exc)
+            if refused is None:
+                raise
+            raise refused from None
 
     async def submit_many(
         self,
@@ -256,11 +262,7 @@ class Session:
         A fatal answer (401, 402, 403) stops the items not yet sent, each marked with
         `NotSubmittedError` naming the reason. Everything is validated first.
         """
-        if isinstance(requests, VideoRequest) or not isinstance(requests, Iterable):
-            raise ValidationError(
-                "requests", f"must be an iterable of VideoRequest, got one "
-                f"{type(requests).__name__}" + (": pass [it]" if isinstance(
-                    requests, VideoRequest) else ""))
+        _check_iterable("requests", requests, VideoRequest, "VideoRequest")
         items = [_check_request(f"requests[{i}]", r) for i, r in enumerate(requests)]
         if idempotency_keys is not None and (
                 isinstance(idempotency_keys, (str, bytes))
@@ -275,7 +277,8 @@ class Session:
         if idempotency_keys is not None:
             seen: dict[str, int] = {}
             for i, given in enumerate(idempotency_keys):
-                check_idempotency_key(f"idempotency_keys[{i}]", given)
+                if check_idempotency_key(f"idempotency_keys[{i}]", given) is None:
+                    continue  # a new random key each: None repeats nothing
                 if given in seen:
                     # Two requests under one key: a server that honours it keeps one.
                     raise ValidationError(
@@ -290,7 +293,13 @@ class Session:
             index: int, request: VideoRequest, gate: Callable[[], None]
         ) -> Submission:
             key = idempotency_keys[index] if idempotency_keys is not None else None
-            return await self._engine.submit(request, key=key, gate=gate)
+            try:
+                return await self._engine.submit(request, key=key, gate=gate)
+            except UNENCODABLE as exc:
+                refused = unsendable(request, exc)
+                if refused is None:
+                    raise
+                raise refused from None
 
         def done(index: int, outcome: Submission | APIMartError | None) -> None:
             # None only comes from a closed gate, and this batch never closes its gate.
@@ -343,12 +352,13 @@ class Session:
         require_positive_or_none("timeout", timeout)
         require_positive_or_none("task_timeout", task_timeout)
         every = require_finite_positive_or_none("progress_every", progress_every)
-        if isinstance(tasks, (str, Submission)):
+        if isinstance(tasks, (str, Submission)) or not isinstance(tasks, Iterable):
             # A single id is a string: iterated, it would be watched as one "task" a
             # character.
             raise ValidationError(
-                "tasks", f"must be an iterable of task ids or Submissions, got one "
-                f"{type(tasks).__name__}: pass [it]")
+                "tasks", "must be an iterable of task ids or Submissions, got " + (
+                    f"one {type(tasks).__name__}: pass [it]"
+                    if isinstance(tasks, (str, Submission)) else type(tasks).__name__))
         ids = _distinct([_task_id(t) for t in tasks])
         self._engine.require_open()
         return Watch(self._engine, ids, timeout=timeout, task_timeout=task_timeout,
@@ -369,6 +379,7 @@ class Session:
         COMPLETED, FAILED, SUBMIT_FAILED or TIMED_OUT (`e.index` is its input position).
         `progress_every`: as for `watch`, for every task of the stream.
         """
+        _check_iterable("requests", requests, VideoRequest, "VideoRequest")
         items = [_check_request(f"requests[{i}]", r) for i, r in enumerate(requests)]
         require_positive_or_none("timeout", timeout)
         require_positive_or_none("task_timeout", task_timeout)
@@ -391,6 +402,8 @@ class Session:
         policy's `give_up_after`.
         """
         tid = _task_id(task_id)
+        # Checked under its own name: `watch` would name its `task_timeout`.
+        require_positive_or_none("timeout", timeout)
         async with self.watch([tid], task_timeout=timeout) as updates:
             async for update in updates:
                 if not update.final:
@@ -532,6 +545,8 @@ class Session:
         from ._batch.pg import is_pg_url
         from ._batch.runner import run_batch
 
+        _check_iterable("requests", requests, (VideoRequest, BatchItem),
+                        "VideoRequest or BatchItem")
         self._engine.require_open()
         where: Path | str | None = None
         if is_pg_url(journal):
@@ -608,6 +623,15 @@ def _distinct(ids: list[str]) -> list[str]:
 
 def _task_id(task: object) -> str:
     return task.task_id if isinstance(task, Submission) else check_task_id(task)
+
+
+def _check_iterable(field: str, value: object, single: type | tuple[type, ...],
+                    what: str) -> None:
+    """Refuse one item where an iterable of them goes (``[it]``), or no iterable."""
+    if isinstance(value, single) or not isinstance(value, Iterable):
+        raise ValidationError(
+            field, f"must be an iterable of {what}, got one {type(value).__name__}"
+            + (": pass [it]" if isinstance(value, single) else ""))
 
 
 def _check_request(field: str, request: object) -> VideoRequest:

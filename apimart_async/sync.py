@@ -475,7 +475,8 @@ class Session:
         session = self._live()
         # One id or Submission goes as given, for the async session to refuse by name
         # (listed, a str would be its characters).
-        ids = tasks if isinstance(tasks, (str, Submission)) else list(tasks)
+        ids = tasks if isinstance(tasks, (str, Submission)) or not isinstance(
+            tasks, Iterable) else list(tasks)
         assert self._loop.portal is not None
         stream = self._loop.portal.call(
             lambda: session.watch(ids, timeout=timeout, task_timeout=task_timeout,
@@ -494,7 +495,9 @@ class Session:
         """Submit `requests` and follow each to its end: a blocking iterator of
         `BatchEvent`; see `apimart_async.Session.stream`."""
         session = self._live()
-        items = list(requests)
+        # One request, or no iterable, goes as given for the async session to refuse.
+        items = requests if isinstance(requests, VideoRequest) or not isinstance(
+            requests, Iterable) else list(requests)
         assert self._loop.portal is not None
         stream = self._loop.portal.call(
             lambda: session.stream(items, timeout=timeout, task_timeout=task_timeout,

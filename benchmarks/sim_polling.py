@@ -22,6 +22,7 @@ import heapq
 import math
 import random
 import statistics
+from collections.abc import Callable, Iterable
 
 from _common import table
 
@@ -174,13 +175,18 @@ def main() -> None:
         not math.isnan(v[k]) for v in per) else math.nan for per in summary.values()]
         for k in range(3)}
     print()
+
+    def over(figure: Callable[[list[float]], float], values: Iterable[float]) -> float | str:
+        # A figure no chosen scenario has (no failures: no failure lag) is "n/a".
+        known = [x for x in values if not math.isnan(x)]
+        return figure(known) if known else "n/a"
+
     print(table(["over the scenarios (seed means)", "polls x1s", "lag p95 x1s",
                  "fail p95 x1s"], [
-        ["median", *(statistics.median([x for x in means[k] if not math.isnan(x)])
-                     for k in range(3))],
-        ["worst", *(max([x for x in means[k] if not math.isnan(x)]) for k in range(3))],
-        ["worst seed of the worst", *(max(v[k] for per in summary.values() for v in per
-                                          if not math.isnan(v[k])) for k in range(3))],
+        ["median", *(over(statistics.median, means[k]) for k in range(3))],
+        ["worst", *(over(max, means[k]) for k in range(3))],
+        ["worst seed of the worst", *(over(max, (v[k] for per in summary.values()
+                                                 for v in per)) for k in range(3))],
     ]))
 
 

@@ -66,7 +66,7 @@ from .._core.outputs import numbered_name, variant_stem
 from .._core.spend import SpendBudget, Verdict
 from .._engine.engine import Engine
 from .._engine.streams import BatchHooks, BatchStream, Watch
-from .._engine.submit import StreamClosed
+from .._engine.submit import UNENCODABLE, StreamClosed
 from .._io.download import part_path
 from .journal import Journal, JournalRow, item_key, request_digest, request_json
 from .pg import is_pg_url
@@ -154,7 +154,13 @@ class _Item:
         self.index = index
         self.request = item.request
         self.name = item.name
-        body = request_json(item.request.to_body())
+        try:
+            body = request_json(item.request.to_body())
+        except UNENCODABLE as exc:
+            # A request changed around its read-only `extra` (the journal's digest is
+            # its first encoding): refused like a submission that cannot be encoded.
+            raise ValidationError(f"requests[{index}].extra", f"cannot be encoded as JSON "
+                                  f"({exc}); nothing was sent") from None
         occurrence = 1
         if not item.name:
             occurrence = occurrences[body] = occurrences.get(body, 0) + 1

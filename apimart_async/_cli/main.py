@@ -1004,6 +1004,10 @@ def _read_key(args: argparse.Namespace) -> None:
         except UnicodeDecodeError:
             raise ValidationError(
                 "api_key", f"{args.api_key_file} is not UTF-8 text") from None
+        except OSError as exc:
+            # A usage error (exit 2), about the key file alone: nothing was sent.
+            raise ValidationError("api_key", f"cannot read --api-key-file {args.api_key_file}: "
+                                  f"{exc.strerror or exc}") from None
         if not args.api_key:
             raise ValidationError("api_key", f"{args.api_key_file} holds no key on its first line")
     elif args.api_key == "-":

@@ -123,6 +123,9 @@ class ApiKey:
     def resolve(cls, explicit: str | None) -> ApiKey:
         """The explicit key, else ``APIMART_API_KEY``; a clear error when neither is set."""
         value = explicit if explicit is not None else os.environ.get(ENV_API_KEY)
+        if value is not None and not isinstance(value, str):
+            # Its type only: whatever was passed may be the key itself.
+            raise ValidationError("api_key", f"must be a string, got {type(value).__name__}")
         if value is None or not value.strip():
             raise ValidationError(
                 "api_key",

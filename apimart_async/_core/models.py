@@ -6,13 +6,13 @@ import enum
 import json
 import types
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, NoReturn
 
 import attrs
 
 from .errors import ValidationError
 from .registry import ModelName, check_model_fields
-from .validation import check_image_url
+from .validation import check_image_url, check_unicode
 
 __all__ = ["Submission", "Task", "TaskError", "TaskOutput", "TaskStatus", "VideoRequest"]
 
@@ -67,11 +67,13 @@ def _check_prompt(_: object, __: object, value: Any) -> None:
         raise ValidationError(
             "prompt", f"is {len(value):,} characters long; the limit is {MAX_PROMPT_CHARS:,}"
         )
+    check_unicode("prompt", value)
 
 
 def _check_model(_: object, __: object, value: Any) -> None:
     if not isinstance(value, str) or not value.strip():
         raise ValidationError("model", f"must be a non-empty string, got {value!r}")
+    check_unicode("model", value)
 
 
 def _check_duration(_: object, __: object, value: Any) -> None:
@@ -87,6 +89,8 @@ def _check_aspect_ratio(_: object, __: object, value: Any) -> None:
     # Which ratios: the model's spec (`registry`), checked once every field is in.
     if value is not None and not isinstance(value, str):
         raise ValidationError("aspect_ratio", f"must be a string like '16:9', got {value!r}")
+    if value is not None:
+        check_unicode("aspect_ratio", value)
 
 
 def _image_urls(value: object) -> tuple[str, ...]:
@@ -97,7 +101,93 @@ def _image_urls(value: object) -> tuple[str, ...]:
         raise ValidationError(
             "image_urls", f"must be a list of URLs, not a {type(value).__name__}"
         )
-    return tuple(check_image_url(f"image_urls[{i}]", url) for i, url in enumerate(value))
+    return tuple(check_unicode(f"image_urls[{i}]", check_image_url(f"image_urls[{i}]", url))
+                 for i, url in enumerate(value))
+
+
+#: How deep `extra` may nest (the mapping itself is level 1). Model options are a level
+#: or two; a structure thousands deep made the JSON encoder raise RecursionError.
+MAX_EXTRA_DEPTH = 64
+
+
+def _read_only(self: object, *_: object, **__: object) -> NoReturn:
+    raise TypeError("a VideoRequest's extra is read-only, nested values too: build a new "
+                    "request, e.g. attrs.evolve(request, extra={...})")
+
+
+class _ReadOnlyDict(dict[str, Any]):
+    """A JSON object inside a request's `extra`: a dict both JSON encoders take as one,
+    that cannot be changed once the request validated it."""
+
+    __slots__ = ()
+    __setitem__ = __delitem__ = __ior__ = _read_only
+    clear = pop = popitem = setdefault = update = _read_only
+
+    def __reduce__(self) -> tuple[type[dict[str, Any]], tuple[dict[str, Any]]]:
+        # pickle and copy would fill a new one through __setitem__.
+        return type(self), (dict(self),)
+
+
+class _ReadOnlyList(list[Any]):
+    """A JSON array inside a request's `extra`: a list (equal to one, encoded as one)
+    that cannot be changed once the request validated it."""
+
+    __slots__ = ()
+    __setitem__ = __delitem__ = __iadd__ = __imul__ = _read_only
+    append = extend = insert = pop = remove = reverse = sort = clear = _read_only
+
+    def __reduce__(self) -> tuple[type[list[Any]], tuple[list[Any]]]:
+        return type(self), (list(self),)
+
+
+def _frozen(value: Any) -> Any:
+    """A JSON value (as `json.loads` gives it) with every object and array read-only."""
+    if type(value) is dict:
+        return _ReadOnlyDict({key: _frozen(item) for key, item in value.items()})
+    if type(value) is list:
+        return _ReadOnlyList([_frozen(item) for item in value])
+    return value
+
+
+def _check_tree(value: object, where: list[object], inside: list[int]) -> None:
+    """Refuse, naming the place (``extra['opts'][0]``), what `json.dumps` would fail on
+    with no clear word or would send wrong: nesting past `MAX_EXTRA_DEPTH`, a value that
+    contains itself, a string (value or key) that is not valid Unicode. `where` is the
+    path of keys to `value` (its name is made only for an error: this runs for every
+    request with an `extra`)."""
+    if type(value) in _LEAVES:
+        return
+    if isinstance(value, str):
+        if not value.isascii():
+            check_unicode(_place(where), value)
+        return
+    items: Iterable[tuple[object, object]]
+    if type(value) is dict or isinstance(value, Mapping):
+        items = value.items()
+    elif isinstance(value, (list, tuple)):
+        items = enumerate(value)
+    else:
+        return
+    if len(where) >= MAX_EXTRA_DEPTH:
+        raise ValidationError(_place(where), f"nests deeper than {MAX_EXTRA_DEPTH} levels")
+    if id(value) in inside:
+        raise ValidationError(_place(where), "contains itself (a circular reference)")
+    inside.append(id(value))
+    for key, item in items:
+        if isinstance(key, str) and not key.isascii():
+            check_unicode(f"{_place(where)} key {key!r}", key)
+        where.append(key)
+        _check_tree(item, where, inside)
+        where.pop()
+    inside.pop()
+
+
+# The usual values of `extra`: nothing in them to look into (an ABC's isinstance costs).
+_LEAVES = frozenset({int, float, bool, type(None)})
+
+
+def _place(where: list[object]) -> str:
+    return "extra" + "".join(f"[{key!r}]" for key in where)
 
 
 def _extra(value: object) -> Mapping[str, Any] | None:
@@ -110,14 +200,18 @@ def _extra(value: object) -> Mapping[str, Any] | None:
             raise ValidationError("extra", f"keys must be strings, got {key!r}")
         if key in _NAMED_FIELDS:
             raise ValidationError(f"extra[{key!r}]", "duplicates a named field; pass it directly")
+    _check_tree(value, [], [])
     try:
         text = json.dumps(dict(value), allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise ValidationError("extra", f"must be JSON-serialisable ({exc})") from None
-    # A read-only copy of the JSON value itself, nested values included: what the caller
-    # changes in its own dicts and lists later cannot reach the request (nor make its
+    # A read-only copy of the JSON value itself, nested objects and arrays included
+    # (dicts and lists that refuse changes: both JSON encoders take them as they are, so
+    # `to_body` copies only the top level): neither what the caller changes in its own
+    # dicts later nor a change through `request.extra` can reach the request (nor make its
     # body differ between the JSON encoders, or stop being JSON).
-    return types.MappingProxyType(json.loads(text))
+    return types.MappingProxyType(
+        {key: _frozen(item) for key, item in json.loads(text).items()})
 
 
 def _state_of(obj: VideoRequest | Task) -> dict[str, Any]:

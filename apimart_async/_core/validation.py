@@ -10,6 +10,7 @@ import base64
 import binascii
 import math
 import re
+import sys
 from urllib.parse import urlsplit
 
 from .errors import ValidationError
@@ -19,10 +20,26 @@ __all__ = [
     "check_idempotency_key",
     "check_http_url",
     "check_image_url",
+    "check_unicode",
     "require_finite_positive_or_none",
     "require_positive_or_none",
     "require_whole_number",
 ]
+
+
+def check_unicode(field: str, value: str) -> str:
+    """`value` if it can be sent as UTF-8, else a `ValidationError`: a lone surrogate
+    (``"\\ud800"``, from a bad decode or a JSON escape) is a `str` but no Unicode text, and
+    a body holding one is not valid JSON text (nor can it be journaled)."""
+    if value.isascii():  # (nearly every string: one pass in C)
+        return value
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValidationError(
+            field, f"lone surrogate U+{ord(value[exc.start]):04X} at character {exc.start + 1}"
+            " (not valid Unicode: it cannot be sent as UTF-8)") from None
+    return value
 
 
 def check_http_url(field: str, value: object) -> str:
@@ -72,11 +89,21 @@ def require_positive_or_none(
     """
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValidationError(field, f"must be a number, got {value!r}")
+    if isinstance(value, int) and not -_FLOAT_MAX <= value <= _FLOAT_MAX:
+        # Time arithmetic is in floats: an int past them raised OverflowError there
+        # (and its repr may be too long to make).
+        raise ValidationError(field, f"is out of range: past {_FLOAT_MAX:.4g} (math.inf "
+                              "means no limit)")
+    if math.isnan(value):
         raise ValidationError(field, f"must be a number, got {value!r}")
     if value < 0 or (value == 0 and not allow_zero):
         raise ValidationError(field, f"must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
     return value
+
+
+_FLOAT_MAX = sys.float_info.max
 
 
 def require_finite_positive_or_none(field: str, value: object) -> float | None:

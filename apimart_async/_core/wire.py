@@ -105,20 +105,28 @@ _BAD_ID = re.compile(r"[\s/]")
 _PLAIN_ID = frozenset(string.ascii_letters + string.digits + "_-.~")
 
 
+# A path segment the URL library resolves ("/v1/tasks/.." is "/v1/"): never an id.
+_DOT_IDS = frozenset({".", ".."})
+
+
 def check_task_id(task_id: object) -> str:
     """Return a usable task id or raise `ValidationError`."""
-    if type(task_id) is str and task_id and _PLAIN_ID.issuperset(task_id):
+    if type(task_id) is str and task_id and _PLAIN_ID.issuperset(task_id) \
+            and task_id not in _DOT_IDS:
         return task_id  # the usual id: runs for every poll
     if not isinstance(task_id, str) or not task_id.strip():
         raise ValidationError("task_id", f"must be a non-empty string, got {task_id!r}")
     if _BAD_ID.search(task_id):
         raise ValidationError("task_id", f"must not contain spaces or '/', got {task_id!r}")
+    if task_id in _DOT_IDS:
+        raise ValidationError("task_id", f"must not be {task_id!r} (a path step, not an id)")
     return task_id
 
 
 def task_path(task_id: str) -> str:
     """The path of ``GET /v1/tasks/{task_id}``; a bad id raises `ValidationError`."""
-    if type(task_id) is str and task_id and _PLAIN_ID.issuperset(task_id):
+    if type(task_id) is str and task_id and _PLAIN_ID.issuperset(task_id) \
+            and task_id not in _DOT_IDS:
         return "/v1/tasks/" + task_id
     return "/v1/tasks/" + quote(check_task_id(task_id), safe="")
 

@@ -29,7 +29,7 @@ from .._core.errors import APIMartError, NotSubmittedError
 from .._core.events import BatchEvent, EventKind, TaskUpdate, event_for_update
 from .._core.models import Submission, TaskStatus, VideoRequest
 from .engine import Engine
-from .submit import Gate, StreamClosed, SubmitOutcome, submit_each
+from .submit import UNENCODABLE, Gate, StreamClosed, SubmitOutcome, submit_each, unsendable
 
 __all__ = ["BatchHooks", "BatchStream", "Watch"]
 
@@ -438,10 +438,16 @@ class BatchStream(_EventStream[BatchEvent]):
                         if not await self._admit(index):
                             raise StreamClosed  # e.g. over the spend cap: left unsent
                         admitted = True
-                    submission = await self._engine.submit(
-                        request, key=key, gate=gate, before_send=at_the_gate,
-                        on_safe_retry=back_in_line,
-                    )
+                    try:
+                        submission = await self._engine.submit(
+                            request, key=key, gate=gate, before_send=at_the_gate,
+                            on_safe_retry=back_in_line,
+                        )
+                    except UNENCODABLE as exc:
+                        refused = unsendable(request, exc)
+                        if refused is None:
+                            raise
+                        raise refused from None
                 finally:
                     self._waiting.pop(index, None)
             if submission is None:

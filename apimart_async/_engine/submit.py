@@ -10,11 +10,15 @@ from collections.abc import Awaitable, Callable, Sequence
 
 import anyio
 
-from .._core.errors import APIMartError, NotSubmittedError
+from .._core.errors import APIMartError, NotSubmittedError, ValidationError
 from .._core.groups import ungrouped
 from .._core.models import Submission, VideoRequest
+from .._core.wire import encode_json
 
-__all__ = ["Gate", "StreamClosed", "SubmitOutcome", "submit_each"]
+__all__ = ["UNENCODABLE", "Gate", "StreamClosed", "SubmitOutcome", "submit_each", "unsendable"]
+
+#: What encoding a body that is not JSON raises (a set, a value that contains itself).
+UNENCODABLE = (TypeError, ValueError, RecursionError)
 
 SubmitOutcome = Submission | APIMartError
 # submit_one(index, request, gate) -> Submission
@@ -38,6 +42,24 @@ class Gate:
             raise NotSubmittedError(self.fatal)
         if self.closed:
             raise StreamClosed
+
+
+def unsendable(request: VideoRequest, exc: BaseException) -> ValidationError | None:
+    """The `ValidationError` naming ``request.extra`` when `exc`, raised by a submission,
+    came from a body that cannot be encoded as JSON (a request validated, then changed
+    around its read-only `extra`); else None: `exc` is something else, raise it.
+
+    Called only once a submission has failed (the body is encoded again to tell),
+    so a submission that goes out pays nothing for it. Nothing was sent: the transport
+    encodes the body before its first attempt."""
+    if isinstance(exc, APIMartError):
+        return None
+    try:
+        encode_json(request.to_body())
+    except UNENCODABLE as err:
+        return ValidationError("request.extra", f"cannot be encoded as JSON ({err}); "
+                               "nothing was sent")
+    return None
 
 
 async def submit_each(
