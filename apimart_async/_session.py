@@ -195,13 +195,23 @@ class Session:
     async def __aenter__(self) -> Session:
         """Open the session: once. Entering it again, open or closed, is a `RuntimeError`.
 
-        A borrowed `http_session` that is already closed, or has ``auth=`` of its own, is
-        refused here (`ValidationError`, field ``http_session``), before anything is sent.
+        A borrowed `http_session` that is already closed, or has ``auth=`` or a default
+        Authorization header of its own, is refused here (`ValidationError`, field
+        ``http_session``), before anything is sent.
         """
         if self._http_session is not None and self._http_session.closed:
             raise ValidationError(
                 "http_session", "the aiohttp.ClientSession passed as http_session= is closed: "
                 "pass an open one (it stays yours and is not closed by the Session)"
+            )
+        if self._http_session is not None and (
+                "Authorization" in self._http_session.headers):
+            # The session's default headers go with every request it sends, downloads
+            # from file hosts included: credentials there would reach every file host.
+            raise ValidationError(
+                "http_session", "the aiohttp.ClientSession passed as http_session= has a "
+                "default Authorization header, which it would send to file hosts too: the "
+                "Session sends the API key itself, to the API host only; pass one without it"
             )
         if self._http_session is not None and self._http_session.auth is not None:
             # aiohttp refuses a request with both its own auth and an Authorization
@@ -339,7 +349,9 @@ class Session:
         update. `task_timeout` bounds each task, `timeout` the whole watch (API
         seconds); a task past either gets a final update with `timed_out` set. Use it as
         ``async with session.watch(ids) as updates: async for u in updates: ...``; plain
-        ``async for`` works too, and leaving the loop stops the polling at once.
+        ``async for u in session.watch(ids)`` works too, and leaving that loop stops the
+        polling at once. A watch kept in a variable polls until it is closed (leaving
+        ``async with``, or `Watch.close`): a later loop may go on where one left.
 
         `progress_every` (API seconds, finite and > 0) asks for a progress resolution:
         while this watch follows a task, it is polled at least that often (never more

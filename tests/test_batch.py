@@ -83,8 +83,10 @@ async def test_a_429_storm_is_survived_with_every_item_submitted_once(
     assert server.stats.submissions == 200
     assert server.stats.duplicate_submissions == 0
     assert len(set(server.stats.idempotency_keys)) == 200
-    # A few learning 429s, not a storm.
-    assert server.stats.rate_limited <= 60, server.stats.rate_limited
+    # Learning 429s, not a storm: a quiet machine draws 8-9; one busy enough to bunch
+    # the requests (this test runs on a real clock) drew 92. Each coroutine retrying on
+    # its own draws several hundred.
+    assert server.stats.rate_limited <= 120, server.stats.rate_limited
     limits = s._engine.limits  # internal: the pace the session learned
     # The server's rate, learned from the accepts between 429s (real-time jitter at
     # 5 ms a request blurs it a little).

@@ -281,6 +281,34 @@ async def test_a_borrowed_http_session_with_auth_is_refused_at_enter(
     assert not [r for r in server.emulator.request_log]
 
 
+async def test_a_borrowed_http_session_with_a_default_authorization_is_refused(
+    server: EmulatorServer,
+) -> None:
+    # Its default headers go with every request it sends, downloads included: a key in
+    # them would reach every file host.
+    async with aiohttp.ClientSession(headers={"authorization": f"Bearer {KEY}"}) as http:
+        session = session_for(server, http_session=http)
+        with pytest.raises(ValidationError, match="default Authorization header") as info:
+            async with session:
+                pass
+    assert info.value.field == "http_session" and KEY not in str(info.value)
+    assert not [r for r in server.emulator.request_log]
+
+
+async def test_a_borrowed_http_session_closed_mid_use_is_named(
+    server: EmulatorServer, tmp_path: Path
+) -> None:
+    http = aiohttp.ClientSession()
+    async with session_for(server, http_session=http) as s:
+        sub = await s.submit(VideoRequest("a fox"))
+        task = await s.wait(sub)
+        await http.close()
+        for call in (lambda: s.get_task(sub), lambda: s.download(task, tmp_path / "f.mp4")):
+            with pytest.raises(ValidationError, match=r"http_session: .*closed while") as info:
+                await call()
+            assert info.value.field == "http_session"
+
+
 async def test_a_borrowed_raise_for_status_session_still_gets_typed_errors(
     server: EmulatorServer, tmp_path: Path
 ) -> None:

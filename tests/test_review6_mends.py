@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import pytest
@@ -9,35 +10,30 @@ import pytest
 from apimart_async import (
     DecodeError,
     ResultExpiredError,
-    Submission,
     TaskStatus,
     VideoRequest,
 )
-from apimart_async.testing import EmulatorServer, Fault
+from apimart_async.testing import EmulatorConfig, EmulatorServer, Fault, TaskPlan
 
-from .conftest import session_for
+from .conftest import KEY, MakeServer, session_for
 
 pytestmark = pytest.mark.anyio
 
 
-async def test_a_success_answer_naming_a_task_and_an_error_is_ambiguous(
-    server: EmulatorServer,
+async def test_a_success_answer_naming_a_task_and_an_error_follows_the_task(
+    server: EmulatorServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    # The task was created and billed; the answer also says "error". Taking it for a
-    # rejection (a 400, not ambiguous) would let a batch drop it and submit it again.
-    server.emulator.honour_idempotency_key = True
+    # The task was created and billed; the answer also says "error". Taken for a
+    # rejection, a batch would drop the paid task (and a re-run pay again).
     async with session_for(server) as s:
         server.emulator.inject("submit", Fault.created_with_error())
-        with pytest.raises(DecodeError, match=r"names task 'task_\w+' and an error") as info:
-            await s.submit(VideoRequest("a fox"), idempotency_key="fox-1")
-        assert info.value.submission_ambiguous
-        # Looked up again with the same key, the one task is found, not a second made.
-        again = await s.submit(VideoRequest("a fox"), idempotency_key="fox-1")
-        assert isinstance(again, Submission) and again.task_id in str(info.value)
+        sub = await s.submit(VideoRequest("a fox"))
+        assert (await s.wait(sub)).status is TaskStatus.COMPLETED
         server.emulator.inject("submit", Fault.created_with_error())
-        outcomes = await s.submit_many([VideoRequest("a cat")])
-        assert isinstance(outcomes[0], DecodeError) and outcomes[0].submission_ambiguous
-    assert server.stats.submissions == 2 and server.stats.duplicate_submissions == 0
+        report = await s.run_batch([VideoRequest("a cat")], out_dir=tmp_path)
+    assert report.completed == 1 and report.items[0].task_id
+    assert server.stats.submissions == 2
+    assert "beside an error" in caplog.text
 
 
 async def test_an_answer_with_an_id_but_no_status_string_says_so(
@@ -81,3 +77,71 @@ async def test_a_completed_answer_without_a_link_says_so(
         assert task.status is TaskStatus.COMPLETED and not task.outputs
         with pytest.raises(ResultExpiredError, match="carries no result link"):
             await s.download(task, tmp_path / "fox.mp4")
+
+
+@pytest.mark.parametrize("link", [
+    "https://[oops/v.mp4",  # no URL parser takes it
+    "https://{key}@files.example.com/v.mp4",  # the key as its user: scrubbed, then refused
+])
+async def test_a_malformed_result_link_fails_its_item_not_the_batch(
+    server: EmulatorServer, tmp_path: Path, link: str
+) -> None:
+    async with session_for(server) as s:
+        server.emulator.inject("task", Fault.result_url(link.format(key=KEY)))
+        report = await s.run_batch([VideoRequest("a fox"), VideoRequest("an owl")],
+                                   out_dir=tmp_path)
+    assert report.completed == 1 and len(report.items) == 2, report.items
+    reasons = [item.reason or "" for item in report.items]
+    assert sum("result link" in reason for reason in reasons) == 1, reasons
+    assert not any(KEY in reason for reason in reasons)
+    assert len([p for p in tmp_path.iterdir() if p.suffix == ".mp4"]) == 1
+
+
+def test_a_url_no_parser_takes_is_a_validation_error() -> None:
+    from apimart_async import Session, ValidationError
+
+    with pytest.raises(ValidationError, match=r"image_urls\[0\]: is not a valid URL"):
+        VideoRequest("x", image_urls=["https://[oops/v.png"])
+    with pytest.raises(ValidationError, match="base_url: is not a valid URL"):
+        Session(KEY, base_url="http://[oops")
+
+
+@pytest.mark.parametrize("early_watches", [0, 3])
+async def test_watching_a_task_again_polls_it_once_at_a_time(
+    make_server: MakeServer, early_watches: int
+) -> None:
+    # Each watch left before the task's first poll left its queue item behind, numbered
+    # like the next watch's (each of them sent a GET at the same moment), and took the
+    # task's submission time with it (the next watch polled it at once, then often).
+    server = await make_server(EmulatorConfig(
+        planner=lambda body, index: TaskPlan(duration=40, queue_time=1)))
+    async with session_for(server) as s:
+        sub = await s.submit(VideoRequest("a fox"))
+        for _ in range(early_watches):
+            async with s.watch([sub]):
+                pass
+        await s.wait(sub, timeout=600)
+    polls = [r.time for r in server.emulator.request_log if r.route == "task"]
+    # The control run's polls (4, or 5 when one lands a hair before the end).
+    assert len(polls) <= 5 and polls[1] - polls[0] > 10, [round(p - polls[0], 2) for p in polls]
+
+
+@pytest.mark.parametrize("early_watches", [0, 3])
+async def test_watching_another_sessions_task_again_polls_it_once_at_a_time(
+    make_server: MakeServer, early_watches: int
+) -> None:
+    # A task this session did not submit is polled at once when watched: every watch
+    # left before that poll left an item due at once, numbered like the next one's.
+    server = await make_server(EmulatorConfig(
+        planner=lambda body, index: TaskPlan(duration=40, queue_time=1)))
+    async with session_for(server) as other:
+        sub = await other.submit(VideoRequest("a fox"))
+    async with session_for(server) as s:
+        for _ in range(early_watches):
+            async with s.watch([sub.task_id]):
+                pass
+        await s.wait(sub.task_id, timeout=600)
+    polls = [r.time for r in server.emulator.request_log if r.route == "task"]
+    # Its schedule (an unknown age: soon, then further apart), never two at once.
+    assert all(b - a > 0.2 for a, b in itertools.pairwise(polls)), [
+        round(p - polls[0], 2) for p in polls]

@@ -229,7 +229,11 @@ def check_base_url(url: str) -> str:
     """
     if not isinstance(url, str):
         raise ValidationError("base_url", f"must be a string, got {type(url).__name__}")
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        parts.hostname  # noqa: B018 - raises on a bad IPv6 literal
+    except ValueError:
+        raise ValidationError("base_url", f"is not a valid URL: {url[:200]!r}") from None
     # "http://[::1].evil.example" splits to host "::1": refuse text after a bracket.
     if parts.scheme not in ("http", "https") or not parts.hostname or _BAD_BRACKET.search(
         parts.netloc

@@ -26,7 +26,11 @@ _DEFAULT = {"video": ".mp4", "image": ".png"}
 def output_suffix(output: TaskOutput) -> str:
     """The file extension for `output`: its link's, when that is a known one of its
     kind, else the kind's default (``.mp4``, ``.png``)."""
-    suffix = PurePosixPath(unquote(urlsplit(output.url).path)).suffix.lower()
+    try:
+        path = urlsplit(output.url).path
+    except ValueError:  # a link no URL parser takes: refused when it is fetched
+        path = ""
+    suffix = PurePosixPath(unquote(path)).suffix.lower()
     if suffix in _SUFFIXES.get(output.kind, frozenset()):
         return suffix
     return _DEFAULT.get(output.kind, ".bin")

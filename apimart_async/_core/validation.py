@@ -46,8 +46,12 @@ def check_http_url(field: str, value: object) -> str:
     """Return `value` if it is an absolute http(s) URL with a host, else raise `ValidationError`."""
     if not isinstance(value, str):
         raise ValidationError(field, f"must be a URL string, got {type(value).__name__}")
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    try:
+        parts = urlsplit(value)
+        host = parts.hostname
+    except ValueError:  # (an unclosed "[", a bad IPv6 literal)
+        raise ValidationError(field, f"is not a valid URL: {value[:200]!r}") from None
+    if parts.scheme not in ("http", "https") or not host:
         raise ValidationError(field, f"must be an absolute http(s) URL, got {value!r}")
     return value
 

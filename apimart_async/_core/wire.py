@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import logging
 import re
 import string
 import types
@@ -48,6 +49,8 @@ __all__ = [
     "task_path",
     "use_orjson",
 ]
+
+log = logging.getLogger("apimart_async")
 
 SUBMIT_PATH = "/v1/videos/generations"
 SNIPPET_CHARS = 200
@@ -544,14 +547,13 @@ def _submit_general(
         named = _named_task_id(body) if 200 <= status < 300 else None
         if named is None:
             raise
-        # A success status whose body says both "created" (a task id) and "error": the
-        # task may exist and be billed. Not a clean rejection: a DecodeError, which a
-        # submission treats as ambiguous (never sent again blindly).
-        raise DecodeError(
-            f"submission answer names task {scrub(named, secret)[:100]!r} and an error "
-            f"({exc.message}): the task may exist", status=status,
-            snippet=snippet(body, secret),
-        ) from None
+        # A success status whose body names a task beside an "error": the task may exist
+        # and be billed. Taken as a rejection, a batch would drop it and pay again; its
+        # id is followed instead (a task that does not exist then fails its polls, 404).
+        task_id = _answered_id(named, status, secret)
+        log.warning("submission answer names task %s beside an error (%s): following the "
+                    "task", task_id, exc.message)
+        return task_id
     item = data[0] if isinstance(data, list) and data else data
     try:
         task_id = converter.structure(item, _WireSubmitted).task_id

@@ -433,7 +433,7 @@ class Poller:
                 continue
             entry.subscribers = tuple(s for s in entry.subscribers if s != subscriber)
             if not entry.subscribers:
-                self._drop(entry)
+                self._unwatch(entry)
             elif entry.res is not None and entry.res.every.pop(subscriber, None) is not None:
                 # Back to the policy's schedule (or the next tightest resolution).
                 self._reschedule(entry)
@@ -453,9 +453,21 @@ class Poller:
                         entry.res.every.pop(subscriber, None)
             entry.subscribers = alive
             if not alive:
-                self._drop(entry)
+                self._unwatch(entry)
                 return False
         return True
+
+    def _unwatch(self, entry: _Entry) -> None:
+        """Its last subscriber left: stop polling it. A task this session submitted and
+        never polled goes back to what `expect` made of it, so that a later watch (a
+        `wait` again after a timeout) still knows its submission time and model, instead
+        of polling it at once and on a schedule for a task of unknown age."""
+        if entry.slot >= 0 or entry.model is None:
+            self._drop(entry)
+            return
+        entry.generation += 1  # its queue item is now stale
+        entry.res = None
+        self._unwatched += 1
 
     def _drop(self, entry: _Entry) -> None:
         del self._entries[entry.task_id]
@@ -558,6 +570,9 @@ class Poller:
                 _, task_id, generation = queue.pop()
                 entry = self._entries.get(task_id)
                 if entry is not None and entry.generation == generation:
+                    # Taken: an item just like it (left by a watch of the same task that
+                    # ended before its first poll, numbered from 1 as this one) is stale.
+                    entry.generation += 1
                     # Blocks while every worker is busy: the queue is the only queue.
                     await send.send(task_id)
             due = queue.first_due()

@@ -146,8 +146,11 @@ def _identity(url: str) -> str:
 
 def _safe_url(url: str) -> str:
     """A URL for messages: no query (signed links carry tokens there), no credentials."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+    except ValueError:  # (not a URL at all: its start, for the message)
+        return url[:80]
     return urlunsplit((parts.scheme, host, parts.path, "", "")) if host else url[:80]
 
 

@@ -23,6 +23,7 @@ from .._core.errors import (
     APIMartError,
     APITimeoutError,
     DecodeError,
+    ValidationError,
     scrub,
 )
 from .._version import __version__
@@ -213,9 +214,15 @@ class Http:
 
     @property
     def session(self) -> aiohttp.ClientSession:
-        if self._session is None:
+        session = self._session
+        if session is None:
             raise RuntimeError("the session is not open: use 'async with Session(...)'")
-        return self._session
+        if session.closed and session is self._borrowed:
+            # (aiohttp's own RuntimeError would say nothing of whose session it is.)
+            raise ValidationError(
+                "http_session", "the aiohttp.ClientSession passed as http_session= was "
+                "closed while the Session used it: keep it open until the Session closes")
+        return session
 
     def api_request(
         self,
