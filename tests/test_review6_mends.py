@@ -145,3 +145,19 @@ async def test_watching_another_sessions_task_again_polls_it_once_at_a_time(
     # Its schedule (an unknown age: soon, then further apart), never two at once.
     assert all(b - a > 0.2 for a, b in itertools.pairwise(polls)), [
         round(p - polls[0], 2) for p in polls]
+
+
+async def test_a_client_giving_up_on_a_slow_submission_logs_no_emulator_traceback(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from apimart_async import APITimeoutError, Timeout
+
+    server = EmulatorServer()
+    async with server, session_for(server, timeout=Timeout(total=0.05)) as s:
+        server.emulator.inject("submit", Fault.slow(0.15))
+        with pytest.raises(APITimeoutError) as info:
+            await s.submit(VideoRequest("a fox"))
+        assert info.value.submission_ambiguous
+    # (Leaving the server waited for its handler, which ends after the fault's delay.)
+    assert not [r for r in caplog.records if r.name.startswith("aiohttp") and r.exc_info]
+    assert server.stats.submissions == 0

@@ -289,6 +289,10 @@ class _ApiHost:
             body = await request.json()
         except ValueError:
             return self._reject("body is not valid JSON")
+        except ConnectionResetError:
+            # The client gave up (its timeout) while a fault held the answer back: as a
+            # real server, nothing is created, and nothing to log but the request line.
+            return web.Response(status=499)
         problem = validate(body)
         if problem:
             return self._reject(problem)
