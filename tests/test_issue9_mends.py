@@ -309,6 +309,18 @@ async def test_a_borrowed_http_session_closed_mid_use_is_named(
             assert info.value.field == "http_session"
 
 
+async def test_an_authorization_set_on_a_borrowed_session_later_stops_downloads(
+    server: EmulatorServer, tmp_path: Path
+) -> None:
+    async with aiohttp.ClientSession() as http, session_for(server, http_session=http) as s:
+        task = await s.wait(await s.submit(VideoRequest("a fox")))
+        http.headers["Authorization"] = f"Bearer {KEY}"  # after the check at async with
+        with pytest.raises(ValidationError, match="default Authorization header now"):
+            await s.download(task, tmp_path / "fox.mp4")
+    assert not [r for r in server.emulator.request_log if r.route == "download"]
+    assert server.stats.credential_leaks == 0
+
+
 async def test_a_borrowed_raise_for_status_session_still_gets_typed_errors(
     server: EmulatorServer, tmp_path: Path
 ) -> None:

@@ -82,6 +82,10 @@ async def test_a_completed_answer_without_a_link_says_so(
 @pytest.mark.parametrize("link", [
     "https://[oops/v.mp4",  # no URL parser takes it
     "https://{key}@files.example.com/v.mp4",  # the key as its user: scrubbed, then refused
+    "https://a..b/v.mp4",  # an empty label: IDNA (the resolver) refuses it
+    "https://" + "a" * 64 + ".com/v.mp4",  # a label over 63 characters
+    "https://\ud800.com/v.mp4",  # not Unicode text (the journal could not store it)
+    "https://files.example.com/\ud800.mp4",
 ])
 async def test_a_malformed_result_link_fails_its_item_not_the_batch(
     server: EmulatorServer, tmp_path: Path, link: str
@@ -104,6 +108,56 @@ def test_a_url_no_parser_takes_is_a_validation_error() -> None:
         VideoRequest("x", image_urls=["https://[oops/v.png"])
     with pytest.raises(ValidationError, match="base_url: is not a valid URL"):
         Session(KEY, base_url="http://[oops")
+    with pytest.raises(ValidationError, match="base_url: has a host name no resolver"):
+        Session(KEY, base_url="https://a..b")
+
+
+@pytest.mark.parametrize("location", ["http://[::1/x.mp4", "https://a..b/x.mp4"])
+async def test_a_redirect_to_a_malformed_location_is_a_download_error(
+    server: EmulatorServer, tmp_path: Path, location: str
+) -> None:
+    from apimart_async import DownloadError
+
+    async with session_for(server) as s:
+        task = await s.wait(await s.submit(VideoRequest("a fox")))
+        server.emulator.inject("download", Fault.redirect(location, 302))
+        with pytest.raises(DownloadError):
+            await s.download(task, tmp_path / "fox.mp4")
+
+
+async def test_a_task_id_that_is_not_unicode_text_is_refused(server: EmulatorServer) -> None:
+    from apimart_async import ValidationError
+
+    async with session_for(server) as s:
+        with pytest.raises(ValidationError, match="task_id: must be Unicode text"):
+            await s.get_task("task_\ud800")
+    assert not server.emulator.request_log
+
+
+def test_a_nested_extra_cannot_be_refilled_through_init() -> None:
+    r = VideoRequest("a", extra={"o": [1, 2], "n": {"k": 1}})
+    with pytest.raises(TypeError, match="read-only"):
+        r.extra["o"].__init__(["x"])
+    with pytest.raises(TypeError, match="read-only"):
+        r.extra["n"].__init__({"z": 1})
+    assert r.to_body()["o"] == [1, 2] and r.to_body()["n"] == {"k": 1}
+
+
+async def test_status_shows_server_text_without_terminal_controls(
+    server: EmulatorServer,
+) -> None:
+    from .test_cli import run_cli
+
+    async with session_for(server) as s:
+        sub = await s.submit(VideoRequest("a fox"))
+    server.emulator.inject("task", Fault.result_url(
+        "https://x.example/\x1b[31mRED\x1b]0;pwned\x07\r\nFAKE LINE \ud800"))
+    result = await run_cli("status", sub.task_id, "--base-url", server.base_url,
+                           APIMART_API_KEY=KEY)
+    assert result.returncode == 0, result.stderr
+    assert b"\x1b" not in result.stdout and b"\r" not in result.stdout
+    assert b"\\x1b[31mRED" in result.stdout and b"FAKE LINE" in result.stdout
+    assert result.stdout.count(b"\n") == 2  # the task's line and its link's
 
 
 @pytest.mark.parametrize("early_watches", [0, 3])

@@ -360,7 +360,7 @@ class Journal:
         with self._lock:
             if self._conn is None:
                 raise RuntimeError("the journal is not open")
-            return self._conn.execute(sql, tuple(params)).fetchall()
+            return self._conn.execute(sql, tuple(map(_storable, params))).fetchall()
 
     async def load(self) -> dict[str, JournalRow]:
         """Every recorded item, by key, in input order."""
@@ -484,3 +484,14 @@ def _migrate_v2(conn: sqlite3.Connection) -> None:
     conn.executemany(
         "UPDATE items SET path = ? WHERE key = ?", [(Path(p).name, k) for k, p in rows]
     )
+
+
+def _storable(value: Any) -> Any:
+    """`value`, with a string SQLite cannot store (one holding a lone surrogate, as
+    server text quoted in an error can) written with escapes instead."""
+    if type(value) is str:
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            return value.encode("utf-8", "backslashreplace").decode()
+    return value

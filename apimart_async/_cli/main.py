@@ -483,10 +483,20 @@ async def _run_status(args: argparse.Namespace) -> int:
     else:
         print(f"{task.id}: {task.status.value} {task.progress}%")
         for out in task.outputs:
-            print(f"  {out.kind}: {out.url}")
+            print(f"  {out.kind}: {shown(out.url)}")
         if task.error:
-            print(f"  error: {task.error.code}: {task.error.message}")
+            print(f"  error: {shown(str(task.error.code))}: {shown(task.error.message)}")
     return EXIT_FAILED if task.status.value in ("failed", "cancelled") else EXIT_OK
+
+
+def shown(text: str) -> str:
+    """Server text for the terminal: control characters (escape sequences, a carriage
+    return forging a line) and what is not Unicode text written as escapes."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape",
+                                                          "backslashreplace").decode()
+                   for c in text)
 
 
 async def _noticed(notice: ConnectNotice, work: Callable[[], Awaitable[T]]) -> T:

@@ -183,6 +183,31 @@ def reachable_address(address: ipaddress.IPv4Address | ipaddress.IPv6Address) ->
     return address.is_loopback or address.is_global
 
 
+def _is_text(text: str) -> bool:
+    """Whether `text` is Unicode text (encodable as UTF-8: no lone surrogates)."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _is_host_name(host: str) -> bool:
+    """Whether a URL's host is one a connection can be made to by name: an IP literal, or
+    a name IDNA takes (no empty label, none over 63 characters)."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    else:
+        return True
+    try:
+        host.encode("idna")
+    except UnicodeError:
+        return False
+    return True
+
+
 def check_file_url(url: str, allowed_hosts: frozenset[str] | None = None) -> str | None:
     """Why a result URL must not be fetched, or None when it may be.
 
@@ -193,6 +218,8 @@ def check_file_url(url: str, allowed_hosts: frozenset[str] | None = None) -> str
     resolved here: the session the SDK opens for file hosts checks each name's addresses
     where it resolves them.
     """
+    if not _is_text(url):
+        return "holds characters that are not Unicode text (lone surrogates)"
     if REDACTED in url:
         # The answer's link held the API key (scrubbed when it was read): not the
         # server's link any more, and the server must not get the key back through it.
@@ -205,6 +232,8 @@ def check_file_url(url: str, allowed_hosts: frozenset[str] | None = None) -> str
         return "is not a valid URL"
     if parts.scheme not in ("http", "https") or not host or _BAD_BRACKET.search(parts.netloc):
         return f"has scheme {parts.scheme!r}: only https (http to loopback) is fetched"
+    if not _is_host_name(host):
+        return "has a host name no resolver takes (an empty label or one over 63 characters)"
     if parts.username or parts.password:
         return "carries credentials"
     try:
@@ -241,6 +270,8 @@ def check_base_url(url: str) -> str:
         raise ValidationError("base_url", f"must be an absolute http(s) URL, got {url!r}")
     if parts.username or parts.password:
         raise ValidationError("base_url", "must not carry credentials")
+    if not _is_text(url) or not _is_host_name(parts.hostname):
+        raise ValidationError("base_url", f"has a host name no resolver takes: {url[:200]!r}")
     if parts.query or parts.fragment:
         raise ValidationError("base_url", "must not have a query or fragment")
     if parts.scheme == "http" and not is_loopback(parts.hostname):

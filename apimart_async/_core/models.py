@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 import json
 import types
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, NoReturn
 
 import attrs
@@ -117,35 +117,48 @@ def _read_only(self: object, *_: object, **__: object) -> NoReturn:
 
 class _ReadOnlyDict(dict[str, Any]):
     """A JSON object inside a request's `extra`: a dict both JSON encoders take as one,
-    that cannot be changed once the request validated it."""
+    that cannot be changed once the request validated it (made by `_read_only_dict`)."""
 
     __slots__ = ()
-    __setitem__ = __delitem__ = __ior__ = _read_only
+    # (__init__ too: called again, it would refill it.)
+    __init__ = __setitem__ = __delitem__ = __ior__ = _read_only
     clear = pop = popitem = setdefault = update = _read_only
 
-    def __reduce__(self) -> tuple[type[dict[str, Any]], tuple[dict[str, Any]]]:
+    def __reduce__(self) -> tuple[Callable[[Any], _ReadOnlyDict], tuple[dict[str, Any]]]:
         # pickle and copy would fill a new one through __setitem__.
-        return type(self), (dict(self),)
+        return _read_only_dict, (dict(self),)
 
 
 class _ReadOnlyList(list[Any]):
     """A JSON array inside a request's `extra`: a list (equal to one, encoded as one)
-    that cannot be changed once the request validated it."""
+    that cannot be changed once the request validated it (made by `_read_only_list`)."""
 
     __slots__ = ()
-    __setitem__ = __delitem__ = __iadd__ = __imul__ = _read_only
+    __init__ = __setitem__ = __delitem__ = __iadd__ = __imul__ = _read_only
     append = extend = insert = pop = remove = reverse = sort = clear = _read_only
 
-    def __reduce__(self) -> tuple[type[list[Any]], tuple[list[Any]]]:
-        return type(self), (list(self),)
+    def __reduce__(self) -> tuple[Callable[[Any], _ReadOnlyList], tuple[list[Any]]]:
+        return _read_only_list, (list(self),)
+
+
+def _read_only_dict(items: Any) -> _ReadOnlyDict:
+    made: _ReadOnlyDict = dict.__new__(_ReadOnlyDict)
+    dict.__init__(made, items)
+    return made
+
+
+def _read_only_list(items: Any) -> _ReadOnlyList:
+    made: _ReadOnlyList = list.__new__(_ReadOnlyList)
+    list.__init__(made, items)
+    return made
 
 
 def _frozen(value: Any) -> Any:
     """A JSON value (as `json.loads` gives it) with every object and array read-only."""
     if type(value) is dict:
-        return _ReadOnlyDict({key: _frozen(item) for key, item in value.items()})
+        return _read_only_dict({key: _frozen(item) for key, item in value.items()})
     if type(value) is list:
-        return _ReadOnlyList([_frozen(item) for item in value])
+        return _read_only_list([_frozen(item) for item in value])
     return value
 
 

@@ -123,6 +123,11 @@ def check_task_id(task_id: object) -> str:
         raise ValidationError("task_id", f"must not contain spaces or '/', got {task_id!r}")
     if task_id in _DOT_IDS:
         raise ValidationError("task_id", f"must not be {task_id!r} (a path step, not an id)")
+    try:
+        task_id.encode()
+    except UnicodeEncodeError:
+        raise ValidationError("task_id", f"must be Unicode text (it holds a lone surrogate), "
+                                         f"got {task_id!r}") from None
     return task_id
 
 

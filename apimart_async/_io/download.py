@@ -281,7 +281,11 @@ class Downloader:
                         if not target or hops > _MAX_REDIRECTS:
                             raise DownloadError(task.id, f"file host redirected {hops} times "
                                                          "or without a Location")
-                        url = urljoin(url, target)  # checked before it is fetched
+                        try:
+                            url = urljoin(url, target)  # checked before it is fetched
+                        except ValueError:
+                            raise DownloadError(task.id, "file host redirected to a Location "
+                                                         "that is not a URL") from None
                         continue
                     if resp.status in (401, 403, 410):
                         if refreshed:

@@ -306,6 +306,14 @@ class Http:
         # passes through as itself: it is not the network's, and must not be retried as
         # "connection failed".
         caller: BaseException | None = None
+        borrowed = self._borrowed
+        if borrowed is not None and "Authorization" in borrowed.headers:
+            # Set after the Session checked it at `async with`: its default headers go
+            # with this request, to a file host.
+            raise ValidationError(
+                "http_session", "the aiohttp.ClientSession passed as http_session= has a "
+                "default Authorization header now, which it would send to the file host: "
+                "nothing is fetched")
         try:
             async with self.session.get(
                 url,
