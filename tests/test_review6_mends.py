@@ -215,3 +215,16 @@ async def test_a_client_giving_up_on_a_slow_submission_logs_no_emulator_tracebac
     # (Leaving the server waited for its handler, which ends after the fault's delay.)
     assert not [r for r in caplog.records if r.name.startswith("aiohttp") and r.exc_info]
     assert server.stats.submissions == 0
+
+
+async def test_the_journal_stores_text_that_is_not_unicode_with_escapes(tmp_path: Path) -> None:
+    # Server text quoted in an error can hold a lone surrogate; SQLite cannot store it,
+    # and the run must not end on it.
+    from apimart_async._batch.journal import ItemState, Journal, JournalRow
+
+    async with Journal(tmp_path / "j.sqlite") as journal:
+        await journal.add([(0, JournalRow(key="k", name=None, request='{"prompt":"x"}',
+                                          idempotency_key="i", state=ItemState.PENDING))])
+        await journal.update("k", ItemState.FAILED, error="file host said \ud800")
+        row = (await journal.load())["k"]
+    assert row.state is ItemState.FAILED and row.error == "file host said \\ud800"
