@@ -263,6 +263,16 @@ def test_after_a_storm_of_429s_the_pace_comes_back_within_a_few_requests() -> No
     assert max(gaps[2:]) < 0.1, gaps
 
 
+def calm_and_stormy(rate: int, burst: int, starts: float, lasts: float
+                    ) -> tuple[float, float, int]:
+    """100 requests against a bucket of `rate` and `burst`: the makespan without a storm,
+    and with one refusing everything from `starts` for `lasts` seconds (and its 429s)."""
+    calm, _ = run_batch(RateLearner(), Bucket(rate, burst), 100)
+    stormy, throttled = run_batch(RateLearner(), Bucket(rate, burst), 100,
+                                  (starts, starts + lasts))
+    return calm, stormy, throttled
+
+
 @pytest.mark.parametrize(("rate", "burst"), [(20, 10), (5, 30), (50, 30), (20, 1)])
 @pytest.mark.parametrize("starts", [0.5, 2.0, 4.0])
 @pytest.mark.parametrize("lasts", [1.0, 3.0, 10.0])
@@ -276,10 +286,7 @@ def test_after_a_storm_of_429s_the_learned_pace_is_back_within_seconds(
     # Now the session backs off while it lasts (pauses doubling to 2 s at most) and
     # learns afresh after: the batch ends at most a pause and a bit later than the
     # storm's own length.
-    n = 100
-    calm, _ = run_batch(RateLearner(), Bucket(rate, burst), n)
-    stormy, throttled = run_batch(RateLearner(), Bucket(rate, burst), n,
-                                  (starts, starts + lasts))
+    calm, stormy, throttled = calm_and_stormy(rate, burst, starts, lasts)
     assert stormy <= calm + lasts + 2.5
     assert throttled <= 30  # backing off: a few 429s a storm, not one per request
 
@@ -298,10 +305,7 @@ def test_a_storm_early_in_the_run_is_recovered_from_as_quickly_as_a_late_one(
     # 0.1 s apart after it accepted too, learns afresh. No pause during it (it is no
     # storm yet), so the gaps grow and the first request after it goes up to a few
     # seconds late: the storm's length and 3.5 to 4.5 s added, not tens.
-    n = 100
-    calm, _ = run_batch(RateLearner(), Bucket(rate, burst), n)
-    stormy, throttled = run_batch(RateLearner(), Bucket(rate, burst), n,
-                                  (starts, starts + lasts))
+    calm, stormy, throttled = calm_and_stormy(rate, burst, starts, lasts)
     assert stormy <= calm + lasts + 4.5
     assert throttled <= 30
 

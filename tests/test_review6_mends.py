@@ -160,6 +160,12 @@ async def test_status_shows_server_text_without_terminal_controls(
     assert result.stdout.count(b"\n") == 2  # the task's line and its link's
 
 
+async def forty_second_tasks(make_server: MakeServer) -> EmulatorServer:
+    """An emulator whose every task queues 1 s and runs 40 s: a schedule of a few polls."""
+    return await make_server(EmulatorConfig(
+        planner=lambda body, index: TaskPlan(duration=40, queue_time=1)))
+
+
 @pytest.mark.parametrize("early_watches", [0, 3])
 async def test_watching_a_task_again_polls_it_once_at_a_time(
     make_server: MakeServer, early_watches: int
@@ -167,8 +173,7 @@ async def test_watching_a_task_again_polls_it_once_at_a_time(
     # Each watch left before the task's first poll left its queue item behind, numbered
     # like the next watch's (each of them sent a GET at the same moment), and took the
     # task's submission time with it (the next watch polled it at once, then often).
-    server = await make_server(EmulatorConfig(
-        planner=lambda body, index: TaskPlan(duration=40, queue_time=1)))
+    server = await forty_second_tasks(make_server)
     async with session_for(server) as s:
         sub = await s.submit(VideoRequest("a fox"))
         for _ in range(early_watches):
@@ -186,8 +191,7 @@ async def test_watching_another_sessions_task_again_polls_it_once_at_a_time(
 ) -> None:
     # A task this session did not submit is polled at once when watched: every watch
     # left before that poll left an item due at once, numbered like the next one's.
-    server = await make_server(EmulatorConfig(
-        planner=lambda body, index: TaskPlan(duration=40, queue_time=1)))
+    server = await forty_second_tasks(make_server)
     async with session_for(server) as other:
         sub = await other.submit(VideoRequest("a fox"))
     async with session_for(server) as s:

@@ -33,6 +33,7 @@ import anyio
 import attrs
 
 from .._core.errors import JournalBusyError, ValidationError
+from .._core.validation import is_text
 from .report import ItemState
 
 __all__ = ["FileRow", "ItemState", "Journal", "JournalRow", "item_key", "request_digest"]
@@ -489,9 +490,6 @@ def _migrate_v2(conn: sqlite3.Connection) -> None:
 def _storable(value: Any) -> Any:
     """`value`, with a string SQLite cannot store (one holding a lone surrogate, as
     server text quoted in an error can) written with escapes instead."""
-    if type(value) is str:
-        try:
-            value.encode()
-        except UnicodeEncodeError:
-            return value.encode("utf-8", "backslashreplace").decode()
+    if type(value) is str and not is_text(value):
+        return value.encode("utf-8", "backslashreplace").decode()
     return value

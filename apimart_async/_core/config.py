@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 import attrs
 
 from .errors import REDACTED, ValidationError
-from .validation import require_positive_or_none
+from .validation import is_text, require_positive_or_none
 
 __all__ = [
     "DEFAULT_BASE_URL", "ENV_API_KEY", "ApiKey", "DownloadPolicy", "Timeout", "check_base_url",
@@ -183,15 +183,6 @@ def reachable_address(address: ipaddress.IPv4Address | ipaddress.IPv6Address) ->
     return address.is_loopback or address.is_global
 
 
-def _is_text(text: str) -> bool:
-    """Whether `text` is Unicode text (encodable as UTF-8: no lone surrogates)."""
-    try:
-        text.encode()
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
 def _is_host_name(host: str) -> bool:
     """Whether a URL's host is one a connection can be made to by name: an IP literal, or
     a name IDNA takes (no empty label, none over 63 characters)."""
@@ -218,7 +209,7 @@ def check_file_url(url: str, allowed_hosts: frozenset[str] | None = None) -> str
     resolved here: the session the SDK opens for file hosts checks each name's addresses
     where it resolves them.
     """
-    if not _is_text(url):
+    if not is_text(url):
         return "holds characters that are not Unicode text (lone surrogates)"
     if REDACTED in url:
         # The answer's link held the API key (scrubbed when it was read): not the
@@ -270,7 +261,7 @@ def check_base_url(url: str) -> str:
         raise ValidationError("base_url", f"must be an absolute http(s) URL, got {url!r}")
     if parts.username or parts.password:
         raise ValidationError("base_url", "must not carry credentials")
-    if not _is_text(url) or not _is_host_name(parts.hostname):
+    if not is_text(url) or not _is_host_name(parts.hostname):
         raise ValidationError("base_url", f"has a host name no resolver takes: {url[:200]!r}")
     if parts.query or parts.fragment:
         raise ValidationError("base_url", "must not have a query or fragment")

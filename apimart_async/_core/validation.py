@@ -27,11 +27,24 @@ __all__ = [
 ]
 
 
+def is_text(value: str) -> bool:
+    """Whether `value` is Unicode text: encodable as UTF-8 (a lone surrogate, from a bad
+    decode or a JSON escape, is a `str` but no text: it cannot be sent, stored or
+    printed as UTF-8)."""
+    if value.isascii():  # (nearly every string: one pass in C)
+        return True
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def check_unicode(field: str, value: str) -> str:
     """`value` if it can be sent as UTF-8, else a `ValidationError`: a lone surrogate
     (``"\\ud800"``, from a bad decode or a JSON escape) is a `str` but no Unicode text, and
     a body holding one is not valid JSON text (nor can it be journaled)."""
-    if value.isascii():  # (nearly every string: one pass in C)
+    if is_text(value):
         return value
     try:
         value.encode("utf-8")

@@ -33,6 +33,7 @@ from .errors import (
     scrub,
 )
 from .models import NO_EXTRA, Task, TaskError, TaskOutput, TaskStatus, VideoRequest
+from .validation import is_text
 
 __all__ = [
     "SUBMIT_PATH",
@@ -123,11 +124,9 @@ def check_task_id(task_id: object) -> str:
         raise ValidationError("task_id", f"must not contain spaces or '/', got {task_id!r}")
     if task_id in _DOT_IDS:
         raise ValidationError("task_id", f"must not be {task_id!r} (a path step, not an id)")
-    try:
-        task_id.encode()
-    except UnicodeEncodeError:
+    if not is_text(task_id):
         raise ValidationError("task_id", f"must be Unicode text (it holds a lone surrogate), "
-                                         f"got {task_id!r}") from None
+                                         f"got {task_id!r}")
     return task_id
 
 

@@ -169,11 +169,16 @@ class _DueQueue:
 
     def _heap_push(self, due: float, task_id: str, generation: int) -> None:
         # heapq.heappush: the new item moves up past every parent greater than it.
+        pos = len(self._hids)
+        self._hdues.append(due)
+        self._hids.append(task_id)
+        self._gens.append(generation)
+        self._sift_up(pos, due, task_id, generation)
+
+    def _sift_up(self, pos: int, due: float, task_id: str, generation: int) -> None:
+        # Place the item at `pos`, or higher past every parent greater than it (ties by
+        # task id, then generation: the order of heapq's tuples).
         dues, hids, gens = self._hdues, self._hids, self._gens
-        pos = len(hids)
-        dues.append(due)
-        hids.append(task_id)
-        gens.append(generation)
         while pos:
             parent = (pos - 1) >> 1
             parent_due = dues[parent]
@@ -217,23 +222,7 @@ class _DueQueue:
             gens[pos] = gens[child]
             pos = child
             child = 2 * pos + 1
-        while pos:
-            parent = (pos - 1) >> 1
-            parent_due = dues[parent]
-            if due > parent_due:
-                break
-            if due == parent_due:
-                parent_id = hids[parent]
-                if task_id > parent_id or (task_id == parent_id
-                                           and generation >= gens[parent]):
-                    break
-            dues[pos] = parent_due
-            hids[pos] = hids[parent]
-            gens[pos] = gens[parent]
-            pos = parent
-        dues[pos] = due
-        hids[pos] = task_id
-        gens[pos] = generation
+        self._sift_up(pos, due, task_id, generation)
         return item
 
     def _heap_first(self) -> tuple[float, str, int] | None:
