@@ -73,8 +73,8 @@ class _Running(PollColumns):
         self.seen_status = array("b")
         self.seen_progress = array("i")
 
-    def new(self, started_at: float) -> int:
-        slot = super().new(started_at)
+    def new(self) -> int:
+        slot = super().new()
         self.polled_at[slot] = math.nan
         self.seen_status[slot] = -1
         self.seen_progress[slot] = 0
@@ -581,7 +581,7 @@ class Poller:
         running = self._running
         slot = table.poll[row]
         if slot < 0:
-            slot = table.poll[row] = running.new(table.started[row])
+            slot = table.poll[row] = running.new()
         result: Task | APIMartError | None = None
         sent_at = running.polled_at[slot] = self._clock.now()
         with anyio.CancelScope() as scope:
@@ -602,7 +602,7 @@ class Poller:
                 self._missed(row, arrival, slot, result, sent_at, now)
             return
         # No await from here on: the one `PollState` is this task's until written back.
-        state = running.load(slot, self._state)
+        state = running.load(slot, self._state, table.started[row])
         if self._errors.pop(row, None) is not None:
             log.warning("polls of task %s recovered after %d failed", task_id, state.misses)
         seen = running.seen_status[slot]
@@ -657,7 +657,7 @@ class Poller:
             log.warning("polls of task %s are failing (%s: %s); trying again, backing off",
                         task_id, type(error).__name__, error)
         if state is None:
-            state = self._running.load(slot, self._state)
+            state = self._running.load(slot, self._state, table.started[row])
         delay = missed(self._policy, state, sent_at, now)
         if delay is None:
             log.warning("gave up watching task %s: its polls failed for %gs (%s: %s)",
