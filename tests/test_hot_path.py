@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import sys
 import weakref
+from array import array
 from collections import Counter
 
 import attrs
@@ -79,7 +80,6 @@ async def test_a_big_watch_leaves_no_tables_behind(make_server: MakeServer) -> N
     # hand-over tables (submission time, model) and the poller's entries give back
     # their memory once emptied (a dict keeps its table after its last pop).
     n = 300
-    empty = sys.getsizeof({})
     server = await make_server(EmulatorConfig(profile="linear"), speed=200)
     async with session_for(server, max_concurrency=16) as session:
         subs = [o for o in await session.submit_many([VideoRequest(f"c{i}") for i in range(n)])
@@ -88,22 +88,25 @@ async def test_a_big_watch_leaves_no_tables_behind(make_server: MakeServer) -> N
         poller = engine.poller
         # Submitted, not watched: one entry each is the whole hand-over (no tables of
         # submission times and models beside it), and none is polled.
-        assert len(poller._entries) == n and poller.watched == 0 and not len(poller._queue)
+        table = poller._table
+        assert len(table) == n and poller.watched == 0 and not len(poller._queue)
         tables = [name for obj in (engine, poller, engine.transport, engine.limits)
                   for name, value in vars(obj).items()
                   if isinstance(value, (dict, list, set)) and len(value) >= n]
-        assert tables == ["_entries"]
+        assert tables == []  # the table's row is all
+        assert len(table.started) == n and all(table.models)
         finals = 0
         async with session.watch(subs) as updates:
-            entries = list(poller._entries.values())
-            assert len(entries) == n
-            assert all(e.slot == -1 for e in entries)  # nothing polled yet
-            del entries
+            rows = list(table.rows())
+            assert len(rows) == n
+            assert all(table.poll[row] == -1 for row in rows)  # nothing polled yet
+            del rows
             async for update in updates:
                 finals += update.final
         assert finals == n
         assert poller.watched == 0
-        assert not poller._entries and sys.getsizeof(poller._entries) == empty
+        assert not len(table) and not table.ids and not table.started
+        assert sys.getsizeof(table._index) <= sys.getsizeof(array("i", bytes(32)))
         # The poll states' columns are given back with their last slot.
         running = poller._running
         assert len(running) == 0 and not running.polled_at and not running._floats

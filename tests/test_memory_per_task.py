@@ -7,7 +7,6 @@ each bound is the size after the saving, so undoing it fails the test.
 from __future__ import annotations
 
 import gc
-import math
 import pickle
 import sys
 import weakref
@@ -21,7 +20,8 @@ from apimart_async._core.models import Task, TaskStatus
 from apimart_async._core.polling import PollPolicy, PollState, observe
 from apimart_async._core.wire import TaskGet, build_get_task
 from apimart_async._engine import poller as poller_module
-from apimart_async._engine.poller import Poller, _Entry
+from apimart_async._engine.entries import Entries
+from apimart_async._engine.poller import Poller
 from apimart_async.testing import SteppedClock
 
 REQ = VideoRequest("a fox")
@@ -57,15 +57,78 @@ def test_a_progress_reading_keeps_the_int_it_read() -> None:
     assert type(state.first[1]) is int and type(state.last[1]) is int
 
 
-def test_a_task_waiting_for_its_first_poll_holds_a_96_byte_entry() -> None:
-    # 100,000 tasks waiting for their first poll: eight slots each, nothing else. What a
-    # poll leaves (poll state, last answer, error, cancel scope, when it was sent) comes
-    # with the first poll, in one object.
-    entry = _Entry("task_1", 0.0, "sora-2")
-    assert sys.getsizeof(entry) <= 96
-    assert entry.slot == -1 and entry.res is None
+def _by_arrival(table: Entries) -> list[str | None]:
+    return [table.ids[row] for row in sorted(table.rows(), key=table.age, reverse=True)]
+
+
+def _row_bytes(table: Entries) -> int:
+    return sum(sys.getsizeof(column) for column in (
+        table.ids, table.models, table.subscribers, table.gens, table.arrivals, table.started,
+        table.due, table.poll, table._index))
+
+
+def test_a_task_waiting_for_its_first_poll_holds_a_row_of_columns() -> None:
+    # 100,000 tasks waiting for their first poll: a row each in the poller's table (its
+    # id's reference, model, subscribers, generation, arrival, submission time, due
+    # time and poll slot) and its place in the id index: no object, no dict entry, no
+    # int. What a poll leaves comes with the first poll, in the poll-state columns.
+    table = Entries()
+    n = 20_000
+    ids = [f"task_{i}" for i in range(n)]
+    for i, task_id in enumerate(ids):
+        assert table.add(task_id, float(i), "sora-2") == i
+    # ~56 bytes a row and the index (at most half full: 4-13 bytes a row); was an
+    # object (96 bytes), its dict entry (~40) and a submission time (32).
+    assert _row_bytes(table) / n <= 72
+    assert all(table.poll[row] == -1 for row in table.rows())
     get = TaskGet("task_1")
     assert get.request is get and sys.getsizeof(get) <= 88  # get_task's, were 48 + 80
+
+
+def test_the_table_finds_every_task_through_adds_and_removes() -> None:
+    # The id index (open addressing, linear probing, no tombstones) against a dict,
+    # through growth, removals that shift later rows back, reused rows and emptying.
+    import random
+
+    rng = random.Random(7)
+    table = Entries()
+    model: dict[str, int] = {}
+    arrivals: dict[str, int] = {}
+    for step in range(30_000):
+        task_id = f"t{rng.randrange(3_000)}"
+        row = table.find(task_id)
+        assert row == model.get(task_id, -1)
+        if row < 0:
+            row = model[task_id] = table.add(task_id, float(step))
+            assert table.ids[row] == task_id and table.started[row] == float(step)
+            arrivals[task_id] = table.arrivals[row]
+        elif rng.random() < 0.6:
+            assert table.alive(row, arrivals[task_id])
+            table.remove(row)
+            del model[task_id]
+            assert not table.alive(row, arrivals.pop(task_id))
+        assert len(table) == len(model)
+        if step % 10_000 == 9_999:
+            for gone in list(model):
+                table.remove(model.pop(gone))
+            assert len(table) == 0 and len(table.ids) == 0 and len(table._index) == 8
+    assert sorted(table.ids[row] or "" for row in table.rows()) == sorted(model)
+
+
+def test_a_row_given_to_another_task_is_not_the_old_one() -> None:
+    # A worker polling a task holds its row and arrival number: the task dropped and
+    # its row handed out again (to another task, or the same id added again, even
+    # after the table emptied) must not read as the task it polled.
+    table = Entries()
+    row = table.add("a", 0.0)
+    arrival = table.arrivals[row]
+    table.remove(row)  # emptied: reset
+    again = table.add("a", 1.0)
+    assert again == row and not table.alive(row, arrival)
+    other = table.add("b", 2.0)
+    table.remove(again)
+    assert table.add("c", 3.0) == row and not table.alive(row, arrival)
+    assert table.alive(other, table.arrivals[other])
 
 
 @pytest.mark.anyio
@@ -102,37 +165,39 @@ async def test_a_running_task_keeps_its_poll_state_in_its_own_slot_and_no_answer
         await anyio.lowlevel.checkpoint()
         gc.collect()
         assert not [ref for ref in answers if ref() is not None]  # no `Task` kept
-        running = poller._running
-        slots = {poller._entries[f"task_{i}"].slot for i in range(n)}
+        running, table = poller._running, poller._table
+        slots = {table.poll[table.find(f"task_{i}")] for i in range(n)}
         assert len(slots) == n == len(running)  # one slot each
         for i in range(n):
-            entry = poller._entries[f"task_{i}"]
-            state = running.load(entry.slot, PollState(started_at=0.0))
+            slot = table.poll[table.find(f"task_{i}")]
+            state = running.load(slot, PollState(started_at=0.0),
+                                 table.started[table.find(f"task_{i}")])
             assert state.started_at == float(i) / 100 and state.polls == 1
             assert state.last is not None and state.last[1] == 1 + i % 97
             assert state.estimated_time == 60.0 + i
-            assert running.seen_progress[entry.slot] == 1 + i % 97
-            assert running.seen_status[entry.slot] == list(TaskStatus).index(
+            assert running.seen_progress[slot] == 1 + i % 97
+            assert running.seen_status[slot] == list(TaskStatus).index(
                 TaskStatus.PROCESSING)
         # A subscriber joining late is told the status and progress last read.
         late: list[object] = []
         poller.subscribe(late.append, "task_5", started_at=None)
         assert [(u.status, u.progress, u.task) for u in late] == [  # type: ignore[attr-defined]
             (TaskStatus.PROCESSING, 6, None)]
-        # Its next poll's due too: a C double in the columns (the queue's item holds the
-        # same), not a 32-byte float on the entry.
+        # Its next poll's due too: a C double in the table's column (the queue's item
+        # holds the same), not a 32-byte float on an object.
         queue = poller._queue
         items = [queue.pop() for _ in range(len(queue))]
         assert len(items) == n
         for due, task_id, generation in items:
-            entry = poller._entries[task_id]
-            assert generation == entry.generation and math.isnan(entry.due)
-            assert running.due[entry.slot] == due == poller._due_of(entry)
-        # The columns, not objects, hold it: a few doubles and ints a task.
+            row = table.find(task_id)
+            assert generation == table.gens[row]
+            assert table.due[row] == due == poller._due_of(row)
+        # The columns, not objects, hold it: a few doubles and ints a task (the poll
+        # state's; its row in the table is ~60 bytes more).
         held = sum(sys.getsizeof(a) for a in (
-            running._floats, running._ints, running._small, running.due,
+            running._floats, running._ints, running._small,
             running.polled_at, running.seen_status, running.seen_progress))
-        assert held / n <= 190
+        assert held / n <= 170
         tg.cancel_scope.cancel()
 
 
@@ -155,13 +220,14 @@ async def test_submitted_tasks_wait_in_the_poller_bounded(
         clock.advance(5.0)
         poller.expect("t0", "m", 1.0)
         poller.subscribe(lambda update: None, "t0", started_at=None)
-        entry = poller._entries["t0"]
+        table = poller._table
+        row = table.find("t0")
         # Its first poll waits from the submission (1.0), with the model known.
-        assert entry.started_at == 1.0 and entry.model == "m"
-        assert entry.due == 1.0 + PollPolicy().first_delay
+        assert table.started[row] == 1.0 and table.models[row] == "m"
+        assert table.due[row] == 1.0 + PollPolicy().first_delay
         for i in range(1, 5):
             poller.expect(f"t{i}", "m", 5.0)
-        assert list(poller._entries) == ["t0", "t2", "t3", "t4"]  # t1 forgotten, t0 kept
+        assert _by_arrival(table) == ["t0", "t2", "t3", "t4"]  # t1 forgotten, t0 kept
         assert poller.watched == 1
         assert len(poller._queue) == 1  # nothing scheduled for unwatched tasks
         tg.cancel_scope.cancel()
@@ -171,12 +237,13 @@ async def test_submitted_tasks_wait_in_the_poller_bounded(
     poller = Poller(fetch=fetch, policy=PollPolicy(), clock=clock, workers=2)  # type: ignore[arg-type]
     for i in range(129):
         poller.expect(f"u{i}", "m", 0.0)
-    assert len(poller._entries) == poller._unwatched == 126
-    assert next(iter(poller._entries)) == "u3"
+    assert len(poller._table) == poller._unwatched == 126
+    assert _by_arrival(poller._table)[0] == "u3"
     for i in range(129, 132):
-        poller.expect(f"u{i}", "m", 0.0)
-        assert len(poller._entries) == (126 if i == 131 else i - 2)
-    assert next(iter(poller._entries)) == "u6"
+        poller.expect(f"u{i}", "m", 0.0)  # into the rows u0-u2 left
+        assert len(poller._table) == (126 if i == 131 else i - 2)
+    assert _by_arrival(poller._table)[:2] == ["u6", "u7"]
+    assert _by_arrival(poller._table)[-3:] == ["u129", "u130", "u131"]
 
 
 def test_an_sdk_made_key_is_held_as_its_number_and_shows_as_its_string() -> None:
@@ -278,7 +345,7 @@ async def test_a_watch_ended_by_an_error_reports_the_last_status_and_progress_re
         assert (last.status, last.progress, last.task) == (  # type: ignore[attr-defined]
             TaskStatus.PROCESSING, 40, None)
         assert isinstance(last.error, NotFoundError)  # type: ignore[attr-defined]
-        assert not poller._entries and len(poller._running) == 0
+        assert not len(poller._table) and len(poller._running) == 0
         tg.cancel_scope.cancel()
 
 

@@ -70,9 +70,10 @@ async def test_the_first_poll_of_a_later_task_lands_where_its_model_says(
             pass
         later = await s.submit(VideoRequest("later", model="long"))
         async with s.watch([later]) as updates:
-            entry = s._engine.poller._entries[later.task_id]
+            table = s._engine.poller._table
+            row = table.find(later.task_id)
             # 30-60 s tasks: not after the default 2 s, but well into the render.
-            assert entry.due - entry.started_at >= 8.0
+            assert table.due[row] - table.started[row] >= 8.0
             async for _ in updates:
                 pass
 
@@ -96,9 +97,8 @@ async def test_the_first_failure_brings_the_models_rendering_tasks_forward_at_on
             if update.task_id == bad.task_id and update.final:
                 assert update.status is TaskStatus.FAILED
                 now = s.clock.now()
-                entries = s._engine.poller._entries
                 poller = s._engine.poller
-                gaps = [poller._due_of(entries[o.task_id]) - now for o in others]
+                gaps = [poller._due_of(poller._table.find(o.task_id)) - now for o in others]
                 break
     assert len(gaps) == 3
     assert max(gaps) <= policy.failure_interval + 0.05, gaps

@@ -212,8 +212,8 @@ class PollState:
 STATUSES: tuple[TaskStatus, ...] = tuple(TaskStatus)
 STATUS_INDEX: dict[TaskStatus, int] = {status: i for i, status in enumerate(STATUSES)}
 # The float columns of one slot; NaN stands for None (no time or rate is ever NaN).
-_FLOATS = 10  # started_at zero_at first[0] previous[0] last[0] rate_before since seen_at
-#               estimated_time failing_since
+_FLOATS = 9  # zero_at first[0] previous[0] last[0] rate_before since seen_at
+#              estimated_time failing_since (started_at: the caller keeps it, see `load`)
 _INTS = 9  # polls first[1] previous[1] last[1] readings progress quantum misses top_reads
 _SMALL = 2  # last_status processing_seen
 _NAN = math.nan
@@ -227,7 +227,9 @@ class PollColumns:
     have kept (the same values; a time kept as a C double is the float it was).
 
     A slot is taken by `new` and given back by `free`; a free slot is handed out again
-    only by a later `new`, which sets every field afresh.
+    only by a later `new`, which sets every field afresh. A state's `started_at` is not
+    kept here: its owner has it already (the poller's table keeps it from submission,
+    before any poll), and gives it to `load`; it never changes.
     """
 
     __slots__ = ("_floats", "_free", "_ints", "_live", "_small")
@@ -243,8 +245,8 @@ class PollColumns:
         """How many slots are taken."""
         return self._live
 
-    def new(self, started_at: float) -> int:
-        """A slot for a task submitted at `started_at`, with a fresh state's fields."""
+    def new(self) -> int:
+        """A slot with a fresh state's fields."""
         self._live += 1
         if self._free:
             slot = self._free.pop()
@@ -258,7 +260,6 @@ class PollColumns:
             self._ints.extend(_FRESH_INTS)
             self._small.extend(_FRESH_SMALL)
             self._grown(slot + 1)
-        self._floats[slot * _FLOATS] = started_at
         return slot
 
     def _grown(self, slots: int) -> None:
@@ -274,11 +275,13 @@ class PollColumns:
         else:
             self._free.append(slot)
 
-    def load(self, slot: int, state: PollState) -> PollState:
-        """Fill `state` with `slot`'s fields; return it."""
+    def load(self, slot: int, state: PollState, started_at: float) -> PollState:
+        """Fill `state` with `slot`'s fields, for a task submitted at `started_at`;
+        return it."""
         f, i, b = slot * _FLOATS, slot * _INTS, slot * _SMALL
         floats, ints = self._floats, self._ints
-        (state.started_at, zero_at, first_at, previous_at, last_at, rate_before, since,
+        state.started_at = started_at
+        (zero_at, first_at, previous_at, last_at, rate_before, since,
          seen_at, estimated_time, failing_since) = floats[f:f + _FLOATS]
         (state.polls, first, previous, last, state.readings, state.progress,
          state.quantum, state.misses, state.top_reads) = ints[i:i + _INTS]
@@ -298,12 +301,12 @@ class PollColumns:
         return state
 
     def save(self, slot: int, state: PollState) -> None:
-        """Write `state` into `slot`."""
+        """Write `state` into `slot` (all but `started_at`, which `load` is given)."""
         f, i, b = slot * _FLOATS, slot * _INTS, slot * _SMALL
         first, previous, last = state.first, state.previous, state.last
         status = state.last_status
         self._floats[f:f + _FLOATS] = array("d", (
-            state.started_at, _nan(state.zero_at),
+            _nan(state.zero_at),
             _NAN if first is None else first[0], _NAN if previous is None else previous[0],
             _NAN if last is None else last[0], _nan(state.rate_before), _nan(state.since),
             _nan(state.seen_at), _nan(state.estimated_time), _nan(state.failing_since)))

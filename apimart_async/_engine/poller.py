@@ -9,7 +9,7 @@ submissions.
 from __future__ import annotations
 
 import functools
-import itertools
+import heapq
 import logging
 import math
 from array import array
@@ -37,6 +37,7 @@ from .._core.polling import (
 from .._core.wire import TaskGet
 from .._io.clock import Clock
 from .._io.hooks import fire
+from .entries import Entries
 
 __all__ = ["Poller", "Subscriber"]
 
@@ -54,60 +55,26 @@ _MODELS = 64
 _EXPECTED = 100_000
 
 
-class _Entry:
-    """A watched (or submitted, not yet watched) task. Eight slots, 96 bytes: 100,000
-    tasks waiting for their first poll hold nothing else but their place in the queue;
-    what polls leave (the poll state, the last answer's status and progress) is in the
-    poller's columns at `slot`."""
-
-    __slots__ = ("due", "generation", "model", "res", "slot", "started_at",
-                 "subscribers", "task_id")
-
-    def __init__(self, task_id: str, started_at: float, model: str | None = None) -> None:
-        self.task_id = task_id
-        self.model = model
-        # When it was submitted, until its first poll (then in its slot's columns).
-        self.started_at = started_at
-        # A tuple, not a set: nearly always one subscriber, and 48 bytes against 216.
-        self.subscribers: tuple[Subscriber, ...] = ()
-        self.generation = 0
-        # When its next poll is due, until its first poll (then in its slot's columns:
-        # a C double there, not a 32-byte float here).
-        self.due = 0.0
-        # Its slot in the poller's columns, taken at its first poll (-1 until then, and
-        # again once dropped: a worker's last entry lingers in its frame).
-        self.slot = -1
-        # Made when a subscriber asks for a progress resolution (most tasks: never).
-        self.res: _Resolutions | None = None
-
-
-# An entry's `started_at` and `due` once its slot holds them (read from the columns
-# from then on).
-_IN_COLUMNS = math.nan
-
-
 class _Running(PollColumns):
     """The poll states of the tasks polled at least once, in columns by slot (#14:
     ~800 bytes a running task in objects: a poll state with boxed floats and reading
     tuples, the last `Task`), and the poller's own per-task columns beside them: when
     the latest poll was sent, and the last answer's status and progress (all that
     change detection compares; the `Task` itself went to the subscribers). The GET
-    request is not kept either: it is built for each poll (~1 us)."""
+    request is not kept either: it is built for each poll (~1 us). When its next poll
+    is due is in the entries' table (`Entries.due`), from before its first poll on."""
 
-    __slots__ = ("due", "polled_at", "seen_progress", "seen_status")
+    __slots__ = ("polled_at", "seen_progress", "seen_status")
 
     def __init__(self) -> None:
         super().__init__()
-        # When its next poll is due (the queue's item for it holds the same).
-        self.due = array("d")
         self.polled_at = array("d")
         # The last answer's status (an index in `STATUSES`; -1: no answer yet).
         self.seen_status = array("b")
         self.seen_progress = array("i")
 
-    def new(self, started_at: float) -> int:
-        slot = super().new(started_at)
-        self.due[slot] = math.nan
+    def new(self) -> int:
+        slot = super().new()
         self.polled_at[slot] = math.nan
         self.seen_status[slot] = -1
         self.seen_progress[slot] = 0
@@ -115,12 +82,11 @@ class _Running(PollColumns):
 
     def _grown(self, slots: int) -> None:
         if slots == 0:
-            self.due, self.polled_at, self.seen_status, self.seen_progress = (
-                array("d"), array("d"), array("b"), array("i"))
+            self.polled_at, self.seen_status, self.seen_progress = (
+                array("d"), array("b"), array("i"))
             return
         grow = slots - len(self.seen_status)
         if grow > 0:
-            self.due.extend([math.nan] * grow)
             self.polled_at.extend([math.nan] * grow)
             self.seen_status.extend([-1] * grow)
             self.seen_progress.extend([0] * grow)
@@ -307,22 +273,25 @@ class Poller:
         self._policy = policy
         self._clock = clock
         self._workers = workers
-        self._entries: dict[str, _Entry] = {}
-        # What polls left, by the entry's slot; one `PollState` the policy works on,
+        # One row a task (watched, or submitted and not watched yet), in columns.
+        self._table = Entries()
+        # What polls left, by the row's poll slot; one `PollState` the policy works on,
         # filled from a slot and written back with no await in between.
         self._running = _Running()
         self._state = PollState(started_at=0.0)
-        # Rare per-task things, only while they last: a poll in flight (at most one per
-        # worker), the error of polls that keep failing, an unknown status's wire string.
-        self._inflight: dict[_Entry, anyio.CancelScope] = {}
-        self._errors: dict[_Entry, APIMartError] = {}
-        self._raw_status: dict[_Entry, str] = {}
+        # Rare per-task things by row, only while they last: a poll in flight (at most
+        # one per worker), the error of polls that keep failing, an unknown status's
+        # wire string, the subscribers' progress resolutions.
+        self._inflight: dict[int, anyio.CancelScope] = {}
+        self._errors: dict[int, APIMartError] = {}
+        self._raw_status: dict[int, str] = {}
+        self._res: dict[int, _Resolutions] = {}
         # Learned per model across this session's tasks; "" pools every model, for
         # tasks whose model is not known yet (before their first answer).
         self._stats: dict[str, ModelStats] = {}
-        # Entries of submitted tasks nobody watches yet (no subscribers, not scheduled):
-        # the hand-over from submitting to watching is the entry itself, not two more
-        # tables of 100,000 (submission time, model) beside the entries.
+        # Rows of submitted tasks nobody watches yet (no subscribers, not scheduled):
+        # the hand-over from submitting to watching is the row itself, not two more
+        # tables of 100,000 (submission time, model) beside it.
         self._unwatched = 0
         self._queue = _DueQueue()
         self._wakeup = anyio.Event()
@@ -333,7 +302,7 @@ class Poller:
     @property
     def watched(self) -> int:
         """How many tasks are being polled."""
-        return len(self._entries) - self._unwatched
+        return len(self._table) - self._unwatched
 
     def bind(self, tg: TaskGroup) -> None:
         """Run in `tg` (the session's task group) once there is something to poll."""
@@ -343,27 +312,28 @@ class Poller:
         """This session submitted `task_id` for `model` at `submitted_at` (clock time):
         its first poll, once watched, waits for the policy's first delay from then and
         uses what the session learned about that model."""
-        if task_id in self._entries:
+        table = self._table
+        if table.find(task_id) >= 0:
             return
-        self._entries[task_id] = _Entry(task_id, submitted_at, model)
+        table.add(task_id, submitted_at, model)
         self._unwatched += 1
         if self._unwatched > _EXPECTED:
-            # The oldest not watched (entries keep their order of arrival), a batch at a
-            # time: watched entries before them are scanned past once per batch, not
-            # once per submission.
+            # The oldest not watched (by arrival), a batch at a time: the table is
+            # scanned once per batch, not once per submission.
             excess = self._unwatched - _EXPECTED + _EXPECTED // 64
-            oldest = list(itertools.islice(
-                (e.task_id for e in self._entries.values() if not e.subscribers), excess))
-            for task_id in oldest:
-                del self._entries[task_id]
+            subscribers = table.subscribers
+            oldest = heapq.nlargest(
+                excess, (row for row in table.rows() if not subscribers[row]), key=table.age)
+            for row in oldest:
+                self._drop(row)
             self._unwatched -= len(oldest)
 
-    def _first_delay(self, entry: _Entry) -> float:
-        # A throwaway state: the entry's own is made at its first answer.
-        model = entry.model
+    def _first_delay(self, row: int) -> float:
+        # A throwaway state: the task's own is made at its first answer.
+        table = self._table
+        model, started_at = table.models[row], table.started[row]
         stats = self._first_stats() if model is None else self._stats.get(model)
-        return next_delay(self._policy, PollState(started_at=entry.started_at),
-                          entry.started_at, stats)
+        return next_delay(self._policy, PollState(started_at=started_at), started_at, stats)
 
     def subscribe(self, subscriber: Subscriber, task_id: str, *, started_at: float | None,
                   every: float | None = None) -> None:
@@ -374,152 +344,171 @@ class Poller:
         `every` (API seconds), if given, bounds the gap between the task's polls while
         this subscriber watches it; other subscribers' schedule is the policy's.
         """
-        entry = self._entries.get(task_id)
-        if entry is None or not entry.subscribers:
-            if entry is not None:
+        table = self._table
+        row = table.find(task_id)
+        if row < 0 or not table.subscribers[row]:
+            if row >= 0:
                 # Submitted by this session: its submission time and model are known.
                 self._unwatched -= 1
-                started_at = entry.started_at
-                due = started_at + self._first_delay(entry)
+                due = table.started[row] + self._first_delay(row)
             elif started_at is None:
-                entry = self._entries[task_id] = _Entry(task_id, self._clock.now())
-                due = entry.started_at  # at once
+                row = table.add(task_id, self._clock.now())
+                due = table.started[row]  # at once
             else:
-                entry = self._entries[task_id] = _Entry(task_id, started_at)
-                due = started_at + self._first_delay(entry)
+                row = table.add(task_id, started_at)
+                due = started_at + self._first_delay(row)
             if every is not None:
-                entry.res = _Resolutions(due)
-                entry.res.every[subscriber] = every
-            self._schedule_at(entry, due)
+                res = self._res[row] = _Resolutions(due)
+                res.every[subscriber] = every
+            self._schedule_at(row, due)
         else:
-            slot = entry.slot
-            if slot >= 0 and self._running.seen_status[slot] >= 0:
+            slot, running = table.poll[row], self._running
+            if slot >= 0 and running.seen_status[slot] >= 0:
+                arrival = table.arrivals[row]
                 # What it last read (its `Task` went to the subscribers then).
                 subscriber(TaskUpdate(
-                    task_id=task_id, status=STATUSES[self._running.seen_status[slot]],
-                    progress=self._running.seen_progress[slot]))
+                    task_id=task_id, status=STATUSES[running.seen_status[slot]],
+                    progress=running.seen_progress[slot]))
+                if not table.alive(row, arrival):
+                    return  # the subscriber left at once
             if every is not None:
-                if entry.res is None:
+                known = self._res.get(row)
+                if known is None:
                     # Until now its next poll was the policy's alone.
-                    entry.res = _Resolutions(self._due_of(entry))
-                entry.res.every[subscriber] = every
-                self._reschedule(entry)  # sooner, if it asks so
-        if not entry.subscribers:
+                    known = self._res[row] = _Resolutions(table.due[row])
+                known.every[subscriber] = every
+                self._reschedule(row)  # sooner, if it asks so
+        subscribers = table.subscribers[row]
+        if not subscribers:
             # A watch subscribes each of its tasks with one subscriber: one tuple for all.
             solo = self._solo
             if not solo or solo[0] is not subscriber:
                 solo = self._solo = (subscriber,)
-            entry.subscribers = solo
-        elif subscriber not in entry.subscribers:
-            entry.subscribers += (subscriber,)
+            table.subscribers[row] = solo
+        elif subscriber not in subscribers:
+            table.subscribers[row] = (*subscribers, subscriber)
         self._start()
 
     def unsubscribe(self, subscriber: Subscriber, task_ids: list[str] | None = None) -> None:
         """Stop delivering to `subscriber`; tasks nobody watches any more stop being polled."""
-        for task_id in task_ids if task_ids is not None else list(self._entries):
-            entry = self._entries.get(task_id)
-            if entry is None or subscriber not in entry.subscribers:
+        table = self._table
+        rows = table.rows() if task_ids is None else map(table.find, task_ids)
+        for row in rows:
+            # A row of the snapshot may be gone since (and the table emptied and reset).
+            if row < 0 or row >= len(table.ids):
                 continue
-            entry.subscribers = tuple(s for s in entry.subscribers if s != subscriber)
-            if not entry.subscribers:
-                self._unwatch(entry)
-            elif entry.res is not None and entry.res.every.pop(subscriber, None) is not None:
+            subscribers = table.subscribers[row]
+            if subscriber not in subscribers:
+                continue
+            subscribers = table.subscribers[row] = tuple(
+                s for s in subscribers if s != subscriber)
+            if not subscribers:
+                self._unwatch(row)
+                continue
+            res = self._res.get(row)
+            if res is not None and res.every.pop(subscriber, None) is not None:
                 # Back to the policy's schedule (or the next tightest resolution).
-                self._reschedule(entry)
+                self._reschedule(row)
 
     def failing(self, task_id: str) -> APIMartError | None:
         """The error of `task_id`'s last poll if its polls are failing, else None."""
-        entry = self._entries.get(task_id)
-        return self._errors.get(entry) if entry is not None else None
+        row = self._table.find(task_id)
+        return self._errors.get(row) if row >= 0 else None
 
-    def _still_watched(self, entry: _Entry) -> bool:
+    def _still_watched(self, row: int) -> bool:
         """Forget subscribers that are gone (a dropped iterator); False if none is left."""
-        alive = tuple(s for s in entry.subscribers if getattr(s, "alive", True))
-        if len(alive) != len(entry.subscribers):
-            if entry.res is not None:
-                for subscriber in entry.subscribers:
+        table = self._table
+        subscribers = table.subscribers[row]
+        alive = tuple(s for s in subscribers if getattr(s, "alive", True))
+        if len(alive) != len(subscribers):
+            res = self._res.get(row)
+            if res is not None:
+                for subscriber in subscribers:
                     if subscriber not in alive:
-                        entry.res.every.pop(subscriber, None)
-            entry.subscribers = alive
+                        res.every.pop(subscriber, None)
+            table.subscribers[row] = alive
             if not alive:
-                self._unwatch(entry)
+                self._unwatch(row)
                 return False
         return True
 
-    def _unwatch(self, entry: _Entry) -> None:
+    def _unwatch(self, row: int) -> None:
         """Its last subscriber left: stop polling it. A task this session submitted and
         never polled goes back to what `expect` made of it, so that a later watch (a
         `wait` again after a timeout) still knows its submission time and model, instead
         of polling it at once and on a schedule for a task of unknown age."""
-        if entry.slot >= 0 or entry.model is None:
-            self._drop(entry)
+        table = self._table
+        if table.poll[row] >= 0 or table.models[row] is None:
+            self._drop(row)
             return
-        entry.generation += 1  # its queue item is now stale
-        entry.res = None
+        table.gens[row] += 1  # its queue item is now stale
+        self._res.pop(row, None)
         self._unwatched += 1
 
-    def _drop(self, entry: _Entry) -> None:
-        del self._entries[entry.task_id]
-        if not self._entries:
-            self._entries = {}  # a dict never shrinks: let a big watch's table go
-        entry.generation += 1  # its heap item is now stale
-        if entry.slot >= 0:
-            self._running.free(entry.slot)
-            entry.slot = -1
-            self._errors.pop(entry, None)
-            self._raw_status.pop(entry, None)
-            scope = self._inflight.pop(entry, None)
-            if scope is not None:
-                scope.cancel()
+    def _drop(self, row: int) -> None:
+        # Everything kept by row goes with it: the row is handed to another task next.
+        table = self._table
+        slot = table.poll[row]
+        if slot >= 0:
+            self._running.free(slot)
+        self._res.pop(row, None)
+        self._errors.pop(row, None)
+        self._raw_status.pop(row, None)
+        scope = self._inflight.pop(row, None)
+        if scope is not None:
+            scope.cancel()
+        # Its queue items are stale: a task added again starts its generations afresh,
+        # and the schedule takes only one item of a generation.
+        table.remove(row)
 
-    def _schedule_at(self, entry: _Entry, policy_due: float) -> None:
-        """Poll `entry` at `policy_due` (the policy's choice), or sooner if a subscriber's
-        progress resolution asks for it (never sooner than `min_interval` after the
-        last poll)."""
-        res = entry.res
+    def _schedule_at(self, row: int, policy_due: float) -> None:
+        """Poll `row`'s task at `policy_due` (the policy's choice), or sooner if a
+        subscriber's progress resolution asks for it (never sooner than `min_interval`
+        after the last poll)."""
+        res = self._res.get(row)
         if res is None:
-            self._push(entry, policy_due)
+            self._push(row, policy_due)
         else:
             res.policy_due = policy_due
-            self._push(entry, self._due(entry, res))
+            self._push(row, self._due(row, res))
 
-    def _reschedule(self, entry: _Entry) -> None:
+    def _reschedule(self, row: int) -> None:
         """A subscriber with a resolution came or went: move the next poll if it changes
         (not while a poll is in flight or polls are failing: those set it themselves)."""
-        res = entry.res
-        if res is not None and entry not in self._inflight and entry not in self._errors:
-            due = self._due(entry, res)
-            if due != self._due_of(entry):
-                self._push(entry, due)
+        res = self._res.get(row)
+        if res is not None and row not in self._inflight and row not in self._errors:
+            due = self._due(row, res)
+            if due != self._table.due[row]:
+                self._push(row, due)
 
-    def _due(self, entry: _Entry, res: _Resolutions) -> float:
-        due, bound = res.policy_due, self._bound(entry)
+    def _due(self, row: int, res: _Resolutions) -> float:
+        due, bound = res.policy_due, self._bound(row, res)
         if bound >= due:
             return due
-        if entry.slot >= 0:
-            bound = max(bound, self._running.polled_at[entry.slot] + self._policy.min_interval)
+        slot = self._table.poll[row]
+        if slot >= 0:
+            bound = max(bound, self._running.polled_at[slot] + self._policy.min_interval)
         return bound
 
-    def _bound(self, entry: _Entry) -> float:
-        """The latest `entry`'s next poll may go out at for its subscribers' resolutions."""
-        res = entry.res
-        if res is None or not res.every:
+    def _bound(self, row: int, res: _Resolutions) -> float:
+        """The latest `row`'s next poll may go out at for its subscribers' resolutions."""
+        if not res.every:
             return math.inf
-        since = self._running.polled_at[entry.slot] if entry.slot >= 0 else entry.started_at
+        slot = self._table.poll[row]
+        since = self._running.polled_at[slot] if slot >= 0 else self._table.started[row]
         return since + min(res.every.values())
 
-    def _due_of(self, entry: _Entry) -> float:
-        """When `entry`'s next poll is (or its latest was) due."""
-        return self._running.due[entry.slot] if entry.slot >= 0 else entry.due
+    def _due_of(self, row: int) -> float:
+        """When `row`'s next poll is (or its latest was) due."""
+        return self._table.due[row]
 
-    def _push(self, entry: _Entry, due: float) -> None:
-        entry.generation += 1
-        if entry.slot >= 0:
-            self._running.due[entry.slot] = due
-        else:
-            entry.due = due
-        # No tie-breaking counter: task ids are unique, and an int per entry is 28 bytes.
-        if self._queue.push(due, entry.task_id, entry.generation):
+    def _push(self, row: int, due: float) -> None:
+        table = self._table
+        generation = table.gens[row] + 1
+        table.gens[row] = generation
+        table.due[row] = due
+        # No tie-breaking counter: task ids are unique, and an int per item is 28 bytes.
+        if self._queue.push(due, table.ids[row], generation):  # type: ignore[arg-type]
             self._wakeup.set()
 
     def _start(self) -> None:
@@ -552,16 +541,16 @@ class Poller:
             raise failure[0]
 
     async def _schedule(self, send: MemoryObjectSendStream[str]) -> None:
-        queue = self._queue
+        queue, table = self._queue, self._table
         while True:
             now = self._clock.now()
             while queue.first_due() <= now:
                 _, task_id, generation = queue.pop()
-                entry = self._entries.get(task_id)
-                if entry is not None and entry.generation == generation:
+                row = table.find(task_id)
+                if row >= 0 and table.gens[row] == generation:
                     # Taken: an item just like it (left by a watch of the same task that
                     # ended before its first poll, numbered from 1 as this one) is stale.
-                    entry.generation += 1
+                    table.gens[row] = generation + 1
                     # Blocks while every worker is busy: the queue is the only queue.
                     await send.send(task_id)
             due = queue.first_due()
@@ -571,49 +560,51 @@ class Poller:
                 self._wakeup = anyio.Event()
 
     async def _worker(self, receive: MemoryObjectReceiveStream[str]) -> None:
+        table = self._table
         async with receive:
             async for task_id in receive:
-                entry = self._entries.get(task_id)
-                if entry is not None and self._still_watched(entry):
-                    await self._poll(entry)
+                row = table.find(task_id)
+                if row >= 0 and self._still_watched(row):
+                    await self._poll(row)
 
-    async def _poll(self, entry: _Entry) -> None:
+    async def _poll(self, row: int) -> None:
+        table = self._table
+        task_id: str = table.ids[row]  # type: ignore[assignment]
+        # Which task holds the row: it may be dropped while the poll is out, and the
+        # row handed to another task (even the same task id, added again).
+        arrival = table.arrivals[row]
         try:
-            get = TaskGet(entry.task_id)
+            get = TaskGet(task_id)
         except APIMartError as exc:  # a bad id (ValidationError): nothing is sent
-            self._fail(entry, exc)
+            self._fail(row, arrival, exc)
             return
         running = self._running
-        slot = entry.slot
+        slot = table.poll[row]
         if slot < 0:
-            slot = entry.slot = running.new(entry.started_at)
-            running.due[slot] = entry.due
-            # Its columns hold them now; the entry's own floats (32 bytes each) go.
-            entry.started_at = entry.due = _IN_COLUMNS
+            slot = table.poll[row] = running.new()
         result: Task | APIMartError | None = None
         sent_at = running.polled_at[slot] = self._clock.now()
         with anyio.CancelScope() as scope:
-            self._inflight[entry] = scope
+            self._inflight[row] = scope
             try:
                 result = await self._fetch(get)
             except APIMartError as exc:
                 result = exc
-        if self._inflight.get(entry) is scope:
-            del self._inflight[entry]
-        if result is None or self._entries.get(entry.task_id) is not entry:
+        if self._inflight.get(row) is scope:
+            del self._inflight[row]
+        if result is None or not table.alive(row, arrival):
             return  # nobody watches it any more
         now = self._clock.now()
         if isinstance(result, APIMartError):
             if _stops_watching(result):
-                self._fail(entry, result)
+                self._fail(row, arrival, result)
             else:
-                self._missed(entry, slot, result, sent_at, now)
+                self._missed(row, arrival, slot, result, sent_at, now)
             return
         # No await from here on: the one `PollState` is this task's until written back.
-        state = running.load(slot, self._state)
-        if self._errors.pop(entry, None) is not None:
-            log.warning("polls of task %s recovered after %d failed", entry.task_id,
-                        state.misses)
+        state = running.load(slot, self._state, table.started[row])
+        if self._errors.pop(row, None) is not None:
+            log.warning("polls of task %s recovered after %d failed", task_id, state.misses)
         seen = running.seen_status[slot]
         status = STATUS_INDEX[result.status]
         running.seen_status[slot] = status
@@ -622,65 +613,71 @@ class Poller:
             # crash a watch), but counted as a failed poll, so one that never turns into
             # a known state ends under `give_up_after` instead of being polled forever.
             running.seen_progress[slot] = result.progress
-            if seen != status or self._raw_status.get(entry) != result.raw_status:
-                self._raw_status[entry] = result.raw_status
-                self._deliver(entry, _update(result))
-            self._missed(entry, slot, DecodeError(
-                f"task {entry.task_id} answered with status {result.raw_status[:64]!r}, "
+            if seen != status or self._raw_status.get(row) != result.raw_status:
+                self._raw_status[row] = result.raw_status
+                self._deliver(row, _update(result))
+            self._missed(row, arrival, slot, DecodeError(
+                f"task {task_id} answered with status {result.raw_status[:64]!r}, "
                 "unknown to this SDK", status=200, snippet=""), sent_at, now, state)
             return
-        self._raw_status.pop(entry, None)
+        self._raw_status.pop(row, None)
         observe(state, now, result)
         if result.is_terminal:
-            self._learn(entry, state, now, result)
-            self._finish(entry, _update(result), state.polls)
+            self._learn(row, state, now, result)
+            self._finish(row, arrival, _update(result), state.polls)
             return
         changed = seen != status or running.seen_progress[slot] != result.progress
         running.seen_progress[slot] = result.progress
+        model = table.models[row]
+        if result.model and result.model != model:
+            model = table.models[row] = result.model
         if changed:
-            self._deliver(entry, _update(result))
-        if result.model and result.model != entry.model:
-            entry.model = result.model
-        stats = self._stats.get(entry.model or "")
+            self._deliver(row, _update(result))
+        stats = self._stats.get(model or "")
         if state.top_reads == 2:
             # Learned while the model's tasks still run, not only once they end.
-            stats = stats or self._model_stats(entry.model or "")
+            stats = stats or self._model_stats(model or "")
             stats.note(state)
         delay = next_delay(self._policy, state, now, stats)
-        if entry.slot == slot:  # not dropped by a subscriber meanwhile
+        if table.alive(row, arrival):  # not dropped by a subscriber meanwhile
             running.save(slot, state)
-        self._schedule_at(entry, now + delay)
+            self._schedule_at(row, now + delay)
 
-    def _missed(self, entry: _Entry, slot: int, error: APIMartError, sent_at: float,
-                now: float, state: PollState | None = None) -> None:
+    def _missed(self, row: int, arrival: int, slot: int, error: APIMartError,
+                sent_at: float, now: float, state: PollState | None = None) -> None:
         """A transient failure (left over after the transport's retries): poll again
         later, backing off, until the policy's `give_up_after`; then end the watch with
         the error. (`state`: `slot`'s, if already loaded.)"""
-        if self._errors.get(entry) is None:
+        table = self._table
+        if not table.alive(row, arrival):
+            return  # dropped by a subscriber of the answer that failed
+        task_id = table.ids[row]
+        if self._errors.get(row) is None:
             # Once per run of failures, not per poll: an outage would flood the log.
             log.warning("polls of task %s are failing (%s: %s); trying again, backing off",
-                        entry.task_id, type(error).__name__, error)
+                        task_id, type(error).__name__, error)
         if state is None:
-            state = self._running.load(slot, self._state)
+            state = self._running.load(slot, self._state, table.started[row])
         delay = missed(self._policy, state, sent_at, now)
         if delay is None:
             log.warning("gave up watching task %s: its polls failed for %gs (%s: %s)",
-                        entry.task_id, now - (state.failing_since or sent_at),
+                        task_id, now - (state.failing_since or sent_at),
                         type(error).__name__, error)
-            self._fail(entry, error)
+            self._fail(row, arrival, error)
             return
-        if entry.slot == slot:
-            self._running.save(slot, state)
-            self._errors[entry] = error
-        self._push(entry, now + delay)
+        self._running.save(slot, state)
+        self._errors[row] = error
+        self._push(row, now + delay)
 
-    def _fail(self, entry: _Entry, error: APIMartError) -> None:
-        """End the watch of `entry` with `error` (with the status and progress it last
-        read, if any; its `Task` went to the subscribers then)."""
-        slot, running = entry.slot, self._running
+    def _fail(self, row: int, arrival: int, error: APIMartError) -> None:
+        """End the watch of `row`'s task with `error` (with the status and progress it
+        last read, if any; its `Task` went to the subscribers then)."""
+        table, running = self._table, self._running
+        slot = table.poll[row]
         seen = running.seen_status[slot] if slot >= 0 else -1
-        self._finish(entry, TaskUpdate(
-            task_id=entry.task_id, status=STATUSES[seen] if seen >= 0 else TaskStatus.UNKNOWN,
+        self._finish(row, arrival, TaskUpdate(
+            task_id=table.ids[row],  # type: ignore[arg-type]
+            status=STATUSES[seen] if seen >= 0 else TaskStatus.UNKNOWN,
             progress=running.seen_progress[slot] if seen >= 0 else 0, error=error,
         ))
 
@@ -689,9 +686,9 @@ class Poller:
         tasks so far if they were all of one model (another model's timing says nothing)."""
         return self._stats.get("") if len(self._stats) <= 2 else None
 
-    def _learn(self, entry: _Entry, state: PollState, now: float, task: Task) -> None:
+    def _learn(self, row: int, state: PollState, now: float, task: Task) -> None:
         """Fold a task's end into what the session knows about its model."""
-        model = task.model or entry.model or ""
+        model = task.model or self._table.models[row] or ""
         stats = self._model_stats(model)
         warned = stats.fails_mid_run
         stats.learn(state, now, task)
@@ -715,32 +712,36 @@ class Poller:
         """A task of `model` failed unannounced: bring its rendering tasks' polls forward
         to the pace `next_delay` now keeps for them."""
         due = now + self._policy.failure_interval
+        table = self._table
         seen, processing = self._running.seen_status, STATUS_INDEX[TaskStatus.PROCESSING]
-        for entry in self._entries.values():
-            if (entry.slot >= 0 and seen[entry.slot] == processing
-                    and (entry.model or "") == model and self._running.due[entry.slot] > due
-                    and entry not in self._inflight):
-                self._schedule_at(entry, due)
+        for row in table.rows():
+            slot = table.poll[row]
+            if (slot >= 0 and seen[slot] == processing
+                    and (table.models[row] or "") == model and table.due[row] > due
+                    and row not in self._inflight):
+                self._schedule_at(row, due)
 
-    def _deliver(self, entry: _Entry, update: TaskUpdate) -> None:
-        for subscriber in entry.subscribers:  # a tuple: unsubscribing meanwhile is safe
+    def _deliver(self, row: int, update: TaskUpdate) -> None:
+        # A tuple: unsubscribing meanwhile is safe.
+        for subscriber in self._table.subscribers[row]:
             subscriber(update)
         if self._on_update is not None:
             fire(self._on_update, update)
 
-    def _finish(self, entry: _Entry, update: TaskUpdate, polls: int = 0) -> None:
+    def _finish(self, row: int, arrival: int, update: TaskUpdate, polls: int = 0) -> None:
+        task_id = self._table.ids[row]
         if update.error is not None:
-            log.debug("task %s: watching it ended with %s", entry.task_id,
+            log.debug("task %s: watching it ended with %s", task_id,
                       type(update.error).__name__)
         elif update.status is TaskStatus.COMPLETED:
-            log.debug("task %s completed after %d polls", entry.task_id, polls)
+            log.debug("task %s completed after %d polls", task_id, polls)
         else:
             error = update.task.error if update.task is not None else None
-            log.debug("task %s ended %s%s", entry.task_id, update.status.value,
+            log.debug("task %s ended %s%s", task_id, update.status.value,
                       f" ({error.code})" if error is not None and error.code else "")
-        self._deliver(entry, update)
-        if self._entries.get(entry.task_id) is entry:
-            self._drop(entry)
+        self._deliver(row, update)
+        if self._table.alive(row, arrival):
+            self._drop(row)
 
 
 def _update(task: Task) -> TaskUpdate:
