@@ -6,8 +6,11 @@ emulator in its own process (tasks of 20 to 40 s, or `--task-duration`). RSS is 
 process's peak (``ru_maxrss``); the baseline is the peak before the first request, and "per task" is
 the peak over it divided by N (everything the process holds: the caller's N
 `Submission`s and their requests too, or with ``--hold ids`` only the task ids), read
-before the emulator's stats are fetched. CPU per task is one submit and every poll. Lag:
-from a task's end to the first poll that saw it (the emulator's record), in seconds.
+before the emulator's stats are fetched. The peak's phase: "after submitting" is the
+peak up to the watch's start, "before the first final" adds the first-poll wave (every
+task running), and the peak past that came while tasks ended. CPU per task is one
+submit and every poll. Lag: from a task's end to the first poll that saw it (the
+emulator's record), in seconds.
 "Polled again": the share of tasks still running at their first poll; at 100,000 tasks
 it sets the peak (a running task holds ~0.4 KB, a waiting one ~0.2 KB), and it depends on
 how fast submitting went (younger tasks at the watch's start), so compare runs at a
@@ -31,6 +34,7 @@ issue's definition of its 0.85 ms baseline; the script says so if polls/task is 
 from __future__ import annotations
 
 import argparse
+import math
 import resource
 import sys
 import time
@@ -67,8 +71,13 @@ async def main(n: int, hold: str, duration: str, case: str) -> None:
             after_submit = peak_rss_mb()
             # The check's own cost: 8 bytes a final update (a Counter would be ~60).
             finals: list[str] = []
+            # Where the peak happens: submitting, the first-poll wave (every task
+            # running, read at the first final update) or while tasks end.
+            before_finals: float | None = None
             async for update in session.watch(subs):
                 if update.final:
+                    if before_finals is None:
+                        before_finals = peak_rss_mb()
                     finals.append(update.task_id)
             cpu2, wall2 = time.process_time(), time.perf_counter()
         # Read here: the emulator's stats below (two dicts of N from a JSON body of
@@ -89,12 +98,12 @@ async def main(n: int, hold: str, duration: str, case: str) -> None:
     print(table(
         ["tasks", "one final update each", "polls/task", "polled again", "peak RSS (MB)",
          "RSS before (MB)",
-         "peak RSS after submitting (MB)",
+         "peak RSS after submitting (MB)", "peak RSS before the first final (MB)",
          "peak over baseline/task (bytes)", "CPU/task (ms)", "submit CPU/task (ms)",
          "watch CPU/task (ms)", "watch CPU/poll (ms)", "lag p95 (s)", "watch wall (s)"],
         [[len(subs), "yes" if exactly_one else "NO", f"{polls / max(1, len(subs)):.2f}",
           f"{running:.0%}", peak, baseline,
-          after_submit,
+          after_submit, before_finals if before_finals is not None else math.nan,
           round((peak - baseline) * 1024 * 1024 / n), (cpu2 - cpu0) / n * 1e3,
           (cpu1 - cpu0) / n * 1e3, (cpu2 - cpu1) / n * 1e3,
           (cpu2 - cpu1) / max(1, polls) * 1e3, percentile(lags, 95), wall2 - wall1]],
