@@ -115,6 +115,30 @@ def test_the_table_finds_every_task_through_adds_and_removes() -> None:
     assert sorted(table.ids[row] or "" for row in table.rows()) == sorted(model)
 
 
+def test_freed_rows_and_poll_slots_wait_as_c_ints() -> None:
+    # 100,000 tasks ending one by one: their rows and poll slots wait for reuse as C
+    # ints (4 bytes each). Lists of int objects grew ~40 bytes a task each while tasks
+    # ended (+8 MB at 100,000: the peak of `bench_watch_scale.py --case worst`).
+    import tracemalloc
+
+    from apimart_async._core.polling import PollColumns
+
+    n = 20_000
+    table, columns = Entries(), PollColumns()
+    rows = [table.add(f"t{i}", 0.0) for i in range(n)]
+    slots = [columns.new() for _ in range(n)]
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for row, slot in zip(rows[1:], slots[1:], strict=True):
+            table.remove(row)
+            columns.free(slot)
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert grown / n <= 12  # two lists of existing ints would be 16
+
+
 def test_a_row_given_to_another_task_is_not_the_old_one() -> None:
     # A worker polling a task holds its row and arrival number: the task dropped and
     # its row handed out again (to another task, or the same id added again, even
