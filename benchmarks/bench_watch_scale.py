@@ -12,7 +12,7 @@ task running), and the peak past that came while tasks ended. CPU per task is on
 submit and every poll. Lag: from a task's end to the first poll that saw it (the
 emulator's record), in seconds.
 "Polled again": the share of tasks still running at their first poll; at 100,000 tasks
-it sets the peak (a running task holds ~0.4 KB, a waiting one ~0.2 KB), and it depends on
+it sets the peak (a running task holds ~0.2 KB, a waiting one ~0.1 KB), and it depends on
 how fast submitting went (younger tasks at the watch's start), so compare runs at a
 similar share. ``--task-duration 120:180`` (passed to the emulator) makes that share
 reproducible: tasks that long are all still running at their first poll, the worst case

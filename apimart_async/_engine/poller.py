@@ -1,7 +1,8 @@
 """One poller per session: a heap of next-poll times and a fixed pool of workers.
 
-Watching 10,000 tasks costs an entry and a place in the poll queue each, and a slot
-of the poll-state columns once polled, not a sleeping coroutine each. Polls go
+Watching 10,000 tasks costs a row of the tasks' table (`entries.Entries`) and a place
+in the poll queue each, and a slot of the poll-state columns once polled, not a
+sleeping coroutine each. Polls go
 through the session's transport, so they share its concurrency and rate limits with
 submissions.
 """
