@@ -16,11 +16,12 @@ import logging
 import os
 import sys
 import time
+import weakref
 from collections.abc import Awaitable, Callable, Coroutine
 from contextlib import AsyncExitStack
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
 from anyio.abc import TaskGroup
@@ -52,6 +53,10 @@ log = logging.getLogger("apimart_async")
 # last answer (a loop asking about one task sends and reads the same things again).
 _RECENT_GETS = 256
 
+
+
+class _Wakeable(Protocol):
+    def session_closed(self) -> None: ...
 
 class State(enum.Enum):
     """Where an engine (and its session) is in its one life."""
@@ -107,6 +112,9 @@ class Engine:
         self._tg: TaskGroup | None = None
         self._poller: Poller | None = None
         self._recent_gets: dict[str, RememberingTaskGet] = {}
+        # The watches and streams made on this session, to wake when it closes (weakly:
+        # a dropped one is nobody's concern).
+        self._streams: weakref.WeakSet[_Wakeable] = weakref.WeakSet()
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -150,6 +158,15 @@ class Engine:
             self._poller = None
             self._recent_gets = {}
             self._tg = None
+            # A consumer still waiting on a watch (a `wait` in another task) would wait
+            # for ever: nothing polls any more. It is woken, and raises.
+            streams, self._streams = list(self._streams), weakref.WeakSet()
+            for stream in streams:
+                stream.session_closed()
+
+    def follow(self, stream: _Wakeable) -> None:
+        """Wake `stream` (its `session_closed`) when the engine closes."""
+        self._streams.add(stream)
 
     def require_open(self) -> None:
         """Raise a clear `RuntimeError` unless the engine is open."""

@@ -1,0 +1,101 @@
+"""Review 9: a watch left waiting when its session closes, and the cost of a watch's end."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anyio
+import anyio.lowlevel
+import pytest
+
+from apimart_async import Submission, TaskTimeoutError, VideoRequest
+from apimart_async.testing import EmulatorConfig, TaskPlan
+
+from .conftest import MakeServer, session_for
+
+pytestmark = pytest.mark.anyio
+
+# A guard only: each of these ends in a few loop turns; without the mend it hung.
+GUARD = 30.0
+
+
+async def test_a_wait_in_another_task_raises_when_the_session_closes(
+    make_server: MakeServer,
+) -> None:
+    # README: using a Session outside its `async with` raises RuntimeError. A `wait`
+    # still waiting in another task when the session closed waited for ever: nothing
+    # polls any more, and nothing woke it.
+    server = await make_server(EmulatorConfig(duration=(5_000.0, 6_000.0)), speed=100)
+    raised: list[BaseException] = []
+
+    async def waiter(session: Any, sub: Submission) -> None:
+        try:
+            await session.wait(sub)
+        except RuntimeError as exc:
+            raised.append(exc)
+
+    with anyio.fail_after(GUARD):
+        async with anyio.create_task_group() as tg, session_for(server) as session:
+            sub = await session.submit(VideoRequest("a fox"))
+            tg.start_soon(waiter, session, sub)
+            for _ in range(20):
+                await anyio.lowlevel.checkpoint()
+    assert len(raised) == 1 and "session was closed" in str(raised[0])
+
+
+async def test_a_watch_kept_past_its_session_hands_on_what_came_then_raises(
+    make_server: MakeServer,
+) -> None:
+    server = await make_server(EmulatorConfig(duration=(5_000.0, 6_000.0)), speed=200)
+    with anyio.fail_after(GUARD):
+        async with session_for(server) as session:
+            subs = [await session.submit(VideoRequest(f"clip {i}")) for i in range(2)]
+            updates = session.watch(subs)
+            first = await updates.__anext__()
+            # Both tasks' first answers (queued, or soon): let the second arrive.
+            while len(updates._queue) < 1:
+                await anyio.lowlevel.checkpoint()
+        later = []
+
+        async def drain() -> None:
+            async for update in updates:
+                later.append(update)
+
+        with pytest.raises(RuntimeError, match="session was closed"):
+            await drain()
+    assert first.task_id != later[0].task_id and len(later) == 1
+
+
+async def test_the_end_of_a_watch_looks_only_at_its_own_tasks(
+    make_server: MakeServer, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # One `wait` per task among many: each watch's end looked through every task of
+    # the session (quadratic: 8,000 concurrent waits took 13.5 s of CPU). A watch that
+    # saw every final, one with deadlines, and a small one closed early unsubscribe by
+    # task id; only a big watch without deadlines closed early looks through them all.
+    server = await make_server(EmulatorConfig(duration=(20.0, 30.0)), speed=200)
+    async with session_for(server, max_concurrency=16) as session:
+        subs = [o for o in await session.submit_many(
+            [VideoRequest(f"c{i}") for i in range(100)]) if isinstance(o, Submission)]
+        server.emulator.replan(subs[1].task_id, TaskPlan(duration=10_000.0))
+        poller = session._engine.poller
+        calls: list[list[str] | None] = []
+        unsubscribe = poller.unsubscribe
+
+        def spy(subscriber: Any, task_ids: list[str] | None = None) -> None:
+            calls.append(None if task_ids is None else list(task_ids))
+            unsubscribe(subscriber, task_ids)
+
+        monkeypatch.setattr(poller, "unsubscribe", spy)
+        await session.wait(subs[0])
+        with pytest.raises(TaskTimeoutError):
+            await session.wait(subs[1], timeout=5.0)
+        async with session.watch(subs[2:5]) as updates:
+            async for _ in updates:
+                break
+        assert None not in calls
+        assert calls[-1] is not None and set(calls[-1]) == {s.task_id for s in subs[2:5]}
+        async with session.watch(subs[5:]) as updates:
+            async for _ in updates:
+                break
+        assert calls[-1] is None  # 95 tasks, no deadline: the one look through all
