@@ -99,3 +99,51 @@ async def test_the_end_of_a_watch_looks_only_at_its_own_tasks(
             async for _ in updates:
                 break
         assert calls[-1] is None  # 95 tasks, no deadline: the one look through all
+
+
+async def test_a_task_unwatched_while_it_waits_for_a_worker_is_not_polled() -> None:
+    # Review 10: a watch ending while one of its tasks' ids waited for a busy worker
+    # (the schedule had taken its queue item): a task this session submitted and never
+    # polled keeps its row with no subscriber, and the worker polled it anyway, then
+    # kept rescheduling it until it ended (and the count of unwatched tasks drifted).
+    from apimart_async._core.models import Task, TaskStatus
+    from apimart_async._core.polling import PollPolicy
+    from apimart_async._core.wire import TaskGet
+    from apimart_async._engine.poller import Poller
+    from apimart_async.testing import SteppedClock
+
+    clock = SteppedClock()
+    fetched: list[str] = []
+    release = anyio.Event()
+
+    async def fetch(get: TaskGet) -> Task:
+        fetched.append(get.task_id)
+        if get.task_id == "a":
+            await release.wait()
+        return Task(id=get.task_id, status=TaskStatus.PROCESSING, progress=5)
+
+    def watcher(update: object) -> None:
+        pass
+
+    poller = Poller(fetch=fetch, policy=PollPolicy(), clock=clock, workers=1)
+    async with anyio.create_task_group() as tg:
+        poller.bind(tg)
+        clock.advance(10.0)
+        poller.expect("a", "sora-2", 1.0)
+        poller.expect("b", "sora-2", 1.0)
+        poller.subscribe(watcher, "a", started_at=None)
+        poller.subscribe(watcher, "b", started_at=None)
+        clock.advance(120.0)
+        for _ in range(100):
+            await anyio.lowlevel.checkpoint()
+        assert fetched == ["a"]  # the one worker is busy; b's id waits for it
+        poller.unsubscribe(watcher, ["b"])
+        release.set()
+        for _ in range(100):
+            await anyio.lowlevel.checkpoint()
+        clock.advance(600.0)
+        for _ in range(100):
+            await anyio.lowlevel.checkpoint()
+        assert "b" not in fetched
+        assert poller.watched == 1 and poller._unwatched == 1 and len(poller._table) == 2
+        tg.cancel_scope.cancel()

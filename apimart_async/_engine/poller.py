@@ -420,6 +420,11 @@ class Poller:
         """Forget subscribers that are gone (a dropped iterator); False if none is left."""
         table = self._table
         subscribers = table.subscribers[row]
+        if not subscribers:
+            # Unwatched while its id waited for a worker (a submitted task never polled
+            # keeps its row for a later watch): not polled, nor rescheduled (review 10:
+            # such a task was polled until it ended).
+            return False
         alive = tuple(s for s in subscribers if getattr(s, "alive", True))
         if len(alive) != len(subscribers):
             res = self._res.get(row)

@@ -176,8 +176,8 @@ class _EventStream(Generic[E]):
                     if self._session_gone:
                         # What was queued has been handed on; nothing polls any more.
                         raise RuntimeError(
-                            "the session was closed: this watch gets nothing more; "
-                            "watch the tasks again in a new Session")
+                            "the session was closed: nothing more arrives here; "
+                            "follow the tasks again in a new Session")
                     with self._clock.move_on_at(deadline):
                         await self._arrived.wait()
                     self._arrived = anyio.Event()
