@@ -147,3 +147,46 @@ async def test_a_task_unwatched_while_it_waits_for_a_worker_is_not_polled() -> N
         assert "b" not in fetched
         assert poller.watched == 1 and poller._unwatched == 1 and len(poller._table) == 2
         tg.cancel_scope.cancel()
+
+
+async def test_a_row_handed_to_another_task_while_queued_for_a_worker_is_not_polled() -> None:
+    # The schedule hands a worker a row and its arrival number. A task dropped while its
+    # row waited for the busy worker, and the row given to a new task meanwhile: the
+    # worker must not poll the new task then (its first poll is due later).
+    from apimart_async._core.models import Task, TaskStatus
+    from apimart_async._core.polling import PollPolicy
+    from apimart_async._core.wire import TaskGet
+    from apimart_async._engine.poller import Poller
+    from apimart_async.testing import SteppedClock
+
+    clock = SteppedClock()
+    fetched: list[str] = []
+    release = anyio.Event()
+
+    async def fetch(get: TaskGet) -> Task:
+        fetched.append(get.task_id)
+        if get.task_id == "a":
+            await release.wait()
+        return Task(id=get.task_id, status=TaskStatus.PROCESSING, progress=5)
+
+    def watcher(update: object) -> None:
+        pass
+
+    poller = Poller(fetch=fetch, policy=PollPolicy(), clock=clock, workers=1)
+    async with anyio.create_task_group() as tg:
+        poller.bind(tg)
+        clock.advance(10.0)
+        poller.subscribe(watcher, "a", started_at=None)
+        poller.subscribe(watcher, "b", started_at=None)
+        for _ in range(100):
+            await anyio.lowlevel.checkpoint()
+        assert fetched == ["a"]  # b's row waits for the one worker
+        row = poller._table.find("b")
+        poller.unsubscribe(watcher, ["b"])  # not this session's: dropped, row freed
+        poller.subscribe(watcher, "c", started_at=clock.now())
+        assert poller._table.find("c") == row
+        release.set()
+        for _ in range(100):
+            await anyio.lowlevel.checkpoint()
+        assert fetched == ["a"]  # c waits for its first delay
+        tg.cancel_scope.cancel()

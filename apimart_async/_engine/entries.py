@@ -59,9 +59,6 @@ class Entries:
     def __len__(self) -> int:
         return self._live
 
-    def __contains__(self, task_id: object) -> bool:
-        return self.find(task_id) >= 0  # type: ignore[arg-type]
-
     def alive(self, row: int, arrival: int) -> bool:
         """True if `row` still holds the task that had arrival number `arrival`."""
         return row < len(self.ids) and self.ids[row] is not None and (

@@ -526,7 +526,9 @@ class Poller:
         self._tg.start_soon(self._run, name="apimart_async poller")
 
     async def _run(self) -> None:
-        send, receive = anyio.create_memory_object_stream[str](0)
+        # A row and its arrival number: the worker checks the row still holds that task
+        # (it may have been dropped meanwhile) without looking the id up again.
+        send, receive = anyio.create_memory_object_stream[tuple[int, int]](0)
         failure: list[Exception] = []
 
         async def guarded(func: Callable[[], Awaitable[None]]) -> None:
@@ -546,7 +548,7 @@ class Poller:
         if failure:
             raise failure[0]
 
-    async def _schedule(self, send: MemoryObjectSendStream[str]) -> None:
+    async def _schedule(self, send: MemoryObjectSendStream[tuple[int, int]]) -> None:
         queue, table = self._queue, self._table
         while True:
             now = self._clock.now()
@@ -558,19 +560,18 @@ class Poller:
                     # ended before its first poll, numbered from 1 as this one) is stale.
                     table.gens[row] = generation + 1
                     # Blocks while every worker is busy: the queue is the only queue.
-                    await send.send(task_id)
+                    await send.send((row, table.arrivals[row]))
             due = queue.first_due()
             if due > self._clock.now():
                 with self._clock.move_on_at(due):
                     await self._wakeup.wait()
                 self._wakeup = anyio.Event()
 
-    async def _worker(self, receive: MemoryObjectReceiveStream[str]) -> None:
+    async def _worker(self, receive: MemoryObjectReceiveStream[tuple[int, int]]) -> None:
         table = self._table
         async with receive:
-            async for task_id in receive:
-                row = table.find(task_id)
-                if row >= 0 and self._still_watched(row):
+            async for row, arrival in receive:
+                if table.alive(row, arrival) and self._still_watched(row):
                     await self._poll(row)
 
     async def _poll(self, row: int) -> None:
