@@ -216,6 +216,13 @@ SUBMIT_ITEMS: list[Any] = [
     {"task_id": 7},
     {"task_id": "a b"},
     {"task_id": f"x{SECRET}"},
+    # Plain characters, but path steps: refused like any id that is not a name.
+    {"status": "submitted", "task_id": ".."},
+    {"status": "submitted", "task_id": "."},
+    {"status": "submitted", "task_id": "..."},
+    {"status": 'sub"mitted', "task_id": "task_01"},
+    {"status": "submitted", "task_id": "task_\u00e9"},
+    {"task_id": "task_01", "status": "submitted"},
     {"status": "submitted"},
     "task_01",
     None,
@@ -251,10 +258,13 @@ def test_parse_submit_direct_pass_equals_the_general_path(answer: Any, orjson: b
         pytest.skip("orjson is not installed")
     try:
         for status in (200, 201, 429, 500):
-            body = json.dumps(answer).encode()
-            got = outcome(parse_submit, status, body, secret=SECRET)
-            want = outcome(wire._submit_general, status, body, None, SECRET)
-            assert got == want, (status, answer)
+            # Compact, spaced and indented: the whitespace JSON allows between tokens.
+            for body in (json.dumps(answer).encode(),
+                         json.dumps(answer, separators=(",", ":")).encode(),
+                         b" \r\n" + json.dumps(answer, indent="\t").encode() + b"\n"):
+                got = outcome(parse_submit, status, body, secret=SECRET)
+                want = outcome(wire._submit_general, status, body, None, SECRET)
+                assert got == want, (status, body)
     finally:
         wire.use_orjson()
 
@@ -271,11 +281,13 @@ def test_parse_submit_direct_pass_takes_the_usual_answer() -> None:
     sys.setprofile(watch)
     try:
         usual = parse_submit(200, b'{"code":200,"data":[{"task_id":"task_01"}]}')
+        documented = parse_submit(
+            200, b'{"code": 200, "data": [{"status": "submitted", "task_id": "task_01"}]}')
         seen_usual = len(decoded)
         unusual = outcome(parse_submit, 200, b'{"code":200,"data":[{"task_id":"a b"}]}')
     finally:
         sys.setprofile(None)
-    assert usual == "task_01" and seen_usual == 0
+    assert usual == documented == "task_01" and seen_usual == 0
     assert unusual[0] == "error" and decoded
 
 

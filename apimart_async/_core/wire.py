@@ -519,24 +519,30 @@ def decode(
     return payload["data"]
 
 
+def _usual_submit_answer() -> Callable[[bytes], re.Match[bytes] | None]:
+    # The documented answer, ``{"code": 200, "data": [{"status": "submitted", "task_id":
+    # "task_..."}]}``, with any JSON whitespace between its tokens: one C call instead of
+    # a JSON decode and ~80 bytecodes of checks on what it gave. It takes nothing the
+    # general path would refuse or read otherwise: a status of letters and "_" only, an
+    # id of the characters `check_task_id` passes without `quote` (group 1). Anything
+    # else (other keys, another order, escapes, more items) goes the general way.
+    ws = rb"[ \t\n\r]*"
+    parts = [rb"\{", rb'"code"', b":", b"200", b",", rb'"data"', b":", rb"\[", rb"\{",
+             rb'(?:"status"' + ws + b":" + ws + rb'"[A-Za-z_]*"' + ws + b"," + ws + b")?",
+             rb'"task_id"', b":", rb'"([A-Za-z0-9_.~-]+)"', rb"\}", rb"\]", rb"\}"]
+    return re.compile(ws + ws.join(parts) + ws).fullmatch
+
+
+_usual_submit = _usual_submit_answer()
+
+
 def parse_submit(
     status: int, body: bytes, *, retry_after: float | None = None, secret: str | None = None
 ) -> str:
     """The task id from a submission answer (``data`` is a one-item list)."""
-    if status == 200:
-        # The usual answer, read in one pass: what `decode` and the checks below would
-        # take, and nothing else (every other answer goes the whole way below).
-        try:
-            payload = _loads(body)
-        except ValueError:
-            payload = None
-        if (type(payload) is dict and payload.get("code", 200) == 200
-                and "error" not in payload and type(data := payload.get("data")) is list
-                and data and type(item := data[0]) is dict
-                and type(task_id := item.get("task_id")) is str
-                and type(item.get("status", "")) is str
-                and task_id and _PLAIN_ID.issuperset(task_id)
-                and not (secret and len(secret) >= 8 and secret in task_id)):
+    if status == 200 and (usual := _usual_submit(body)) is not None:
+        task_id: str = usual[1].decode()
+        if task_id not in _DOT_IDS and not (secret and len(secret) >= 8 and secret in task_id):
             return task_id
     return _submit_general(status, body, retry_after, secret)
 
