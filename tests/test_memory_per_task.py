@@ -101,7 +101,13 @@ def test_the_table_finds_every_task_through_adds_and_removes() -> None:
         if row < 0:
             row = model[task_id] = table.add(task_id, float(step))
             assert table.ids[row] == task_id and table.started[row] == float(step)
+            # A reused row comes with the defaults, whatever its last task left.
+            assert (table.subscribers[row], table.gens[row], table.due[row],
+                    table.poll[row]) == ((), 0, 0.0, -1)
+            table.subscribers[row], table.gens[row] = (print,), 5
+            table.due[row], table.poll[row] = 9.0, 3
             arrivals[task_id] = table.arrivals[row]
+            assert table.insert(task_id, 0.0, "m") == -1 and table.started[row] == float(step)
         elif rng.random() < 0.6:
             assert table.alive(row, arrivals[task_id])
             table.remove(row)

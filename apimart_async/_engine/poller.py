@@ -314,9 +314,8 @@ class Poller:
         its first poll, once watched, waits for the policy's first delay from then and
         uses what the session learned about that model."""
         table = self._table
-        if table.find(task_id) >= 0:
+        if table.insert(task_id, submitted_at, model) < 0:
             return
-        table.add(task_id, submitted_at, model)
         self._unwatched += 1
         if self._unwatched > _EXPECTED:
             # The oldest not watched (by arrival), a batch at a time: the table is
