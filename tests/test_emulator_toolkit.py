@@ -212,6 +212,26 @@ async def test_tasks_are_read_only_snapshots_at_the_emulators_time() -> None:
             server.emulator.task("task_nope")
 
 
+async def test_a_submission_body_not_sent_as_json_is_refused(make_server: MakeServer) -> None:
+    # As a JSON API does: the body's Content-Type must say JSON (the SDK sends it with
+    # the encoded body, not as a header of its own: a regression fails every submit).
+    server = await make_server()
+    body = b'{"model": "sora-2", "prompt": "a fox"}'
+    async with aiohttp.ClientSession() as http:
+        for content_type in (None, "text/plain"):
+            headers = dict(AUTH) if content_type is None else {**AUTH, "Content-Type": content_type}
+            async with http.post(server.base_url + "/v1/videos/generations", data=body,
+                                 headers=headers) as r:
+                answer = await r.json()
+            assert r.status == 400, answer
+            assert "Content-Type must be application/json" in answer["error"]["message"]
+        async with http.post(server.base_url + "/v1/videos/generations", data=body,
+                             headers={**AUTH, "Content-Type": "application/json; charset=utf-8"}
+                             ) as r:
+            assert r.status == 200
+    assert server.emulator.stats.rejected_submissions == 2 and len(server.emulator.tasks) == 1
+
+
 async def test_replan_changes_what_a_task_will_do(make_server: MakeServer) -> None:
     server = await make_server()
     async with session_for(server) as s:

@@ -217,7 +217,7 @@ def test_a_submission_request_built_by_its_slots_is_the_checked_constructors() -
     built = build_submit(request, idempotency_key="k-1")
     assert built == HttpRequest(
         method="POST", path=SUBMIT_PATH, json=request.to_body(),
-        headers={"Idempotency-Key": "k-1", "Content-Type": "application/json"},
+        headers={"Idempotency-Key": "k-1"},
         idempotent=False,
     )
     assert built.params == {}

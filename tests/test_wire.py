@@ -34,7 +34,7 @@ def body(obj: Any) -> bytes:
 def test_submit_request() -> None:
     req = build_submit(VideoRequest("x", duration=5), idempotency_key="k1")
     assert (req.method, req.path, req.idempotent) == ("POST", "/v1/videos/generations", False)
-    assert req.headers == {"Idempotency-Key": "k1", "Content-Type": "application/json"}
+    assert req.headers == {"Idempotency-Key": "k1"}
     assert req.json == {"model": "sora-2", "prompt": "x", "duration": 5}
     assert "Authorization" not in req.headers
 

@@ -85,7 +85,8 @@ def build_submit(request: VideoRequest, *, idempotency_key: str) -> HttpRequest:
     _set_path(post, SUBMIT_PATH)
     _set_json(post, request.to_body())
     _set_params(post, _NO_PARAMS)
-    _set_headers(post, {"Idempotency-Key": idempotency_key, "Content-Type": "application/json"})
+    # (Its Content-Type travels with the encoded body: `Transport.call`.)
+    _set_headers(post, {"Idempotency-Key": idempotency_key})
     _set_idempotent(post, False)
     return post
 

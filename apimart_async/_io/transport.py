@@ -18,7 +18,7 @@ from .._core.retry import RetryPolicy, decide, is_ambiguous, parse_retry_after
 from .._core.wire import HttpRequest, encode_json
 from .clock import Clock
 from .hooks import fire
-from .http import NETWORK_ERRORS, USER_AGENT, Http, translate
+from .http import NETWORK_ERRORS, USER_AGENT, Body, Http, json_body, translate
 from .limits import Limits
 from .stats import SessionStats
 
@@ -95,11 +95,13 @@ class Transport:
         if request.json is not None:
             # Encoded once for every attempt (by orjson with the speed extra).
             body = encode_json(request.json)
-            if "Content-Type" not in headers:
-                headers = {**headers, "Content-Type": "application/json"}
         # aiohttp sends bytes past 1 MiB with a ResourceWarning (a data: URI image can be
-        # 13 MB): such a body goes as a stream, a fresh one for every attempt.
+        # 13 MB): such a body goes as a stream, a fresh one for every attempt. A smaller
+        # one goes as a payload that carries its Content-Type (`json_body`); the stream
+        # needs the header.
         large = body is not None and len(body) > _LARGE_BODY
+        if large and "Content-Type" not in headers:
+            headers = {**headers, "Content-Type": "application/json"}
         params = request.params
         method = request.method
         http = self.http
@@ -128,10 +130,10 @@ class Transport:
                 stats.requests += 1
                 failure: APIMartError | None = None
                 try:
-                    sent: bytes | io.BytesIO | None = body
-                    if large:
-                        assert body is not None
-                        sent = io.BytesIO(body)
+                    sent: Body | io.BytesIO | None = None
+                    if body is not None:
+                        # A fresh one each attempt: aiohttp may close what it sent.
+                        sent = io.BytesIO(body) if large else json_body(body)
                     async with (
                         api.request(method, url, headers=headers, data=sent,
                                     params=params, allow_redirects=False)

@@ -285,6 +285,10 @@ class _ApiHost:
         answer = await apply(emulator, request, fault)
         if answer is not None:
             return answer
+        if request.content_type != "application/json":
+            # As a JSON API does: a body of another type is not read as JSON.
+            return self._reject(
+                f"Content-Type must be application/json, got {request.content_type[:100]!r}")
         try:
             body = await request.json()
         except ValueError:
