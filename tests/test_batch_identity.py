@@ -328,3 +328,34 @@ async def test_stop_after_an_unanswered_attempt_reports_it_ambiguous(
     assert [i.state for i in report.items] == [ItemState.AMBIGUOUS]
     with sqlite3.connect(tmp_path / JOURNAL) as conn:
         assert [s for (s,) in conn.execute("SELECT state FROM items")] == ["ambiguous"]
+
+
+@pytest.mark.parametrize("later", [Fault.http(503), Fault.http(429, retry_after="0")])
+async def test_an_ambiguous_attempt_keeps_the_submission_ambiguous_whatever_follows(
+    server: EmulatorServer, later: Fault
+) -> None:
+    # Review 11: an answer lost (the task made and billed), the retry refused (503 or
+    # 429, nothing made): the error said "surely not sent" from its last attempt alone.
+    from apimart_async import APIMartError
+
+    server.emulator.inject("submit", Fault.lost_answer(), later, later)
+    policy = RetryPolicy(max_attempts=3, retry_ambiguous_submissions=True)
+    async with session_for(server, retry=policy) as s:
+        with pytest.raises(APIMartError) as info:
+            await s.submit(VideoRequest("a fox"))
+    assert info.value.submission_ambiguous and len(server.emulator.tasks) == 1
+
+
+async def test_a_batch_item_refused_after_an_ambiguous_attempt_is_not_sent_again(
+    server: EmulatorServer, tmp_path: Path
+) -> None:
+    # The batch put such an item back to pending ("not submitted"): its re-run paid
+    # for it again. It is ambiguous: the re-run leaves it for the caller to look up.
+    server.emulator.inject("submit", Fault.lost_answer(), *[Fault.http(503)] * 3)
+    policy = RetryPolicy(max_attempts=3, retry_ambiguous_submissions=True)
+    async with session_for(server, retry=policy) as s:
+        first = await s.run_batch(prompts("a"), out_dir=tmp_path)
+    assert [i.state for i in first.items] == [ItemState.AMBIGUOUS]
+    async with session_for(server) as s:
+        await s.run_batch(prompts("a"), out_dir=tmp_path)
+    assert len(server.emulator.tasks) == 1 and server.stats.duplicate_submissions == 0

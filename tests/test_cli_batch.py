@@ -237,6 +237,24 @@ async def test_failed_items_exit_1(make_server: MakeServer, tmp_path: Path) -> N
     assert "failed" in result.stdout.decode() and "content moderation" in result.stdout.decode()
 
 
+async def test_server_text_reaches_the_terminal_without_its_control_characters(
+    make_server: MakeServer, tmp_path: Path
+) -> None:
+    # Review 11: a failed task's message went to the terminal as the server wrote it
+    # (`status` escaped it; `batch` did not): an escape sequence cleared the screen.
+    from apimart_async.testing import TaskPlan
+
+    server = await make_server(EmulatorConfig(planner=lambda body, index: TaskPlan(
+        outcome="failed", error_message="\x1b]0;pwned\x07\x1b[2Jcleared\r\nFAKE")))
+    (tmp_path / "p.txt").write_text("doomed\n")
+    result = await run("batch", str(tmp_path / "p.txt"), "--out", str(tmp_path / "o"),
+                       "--base-url", server.base_url)
+    assert result.returncode == 1
+    for stream in (result.stdout, result.stderr):
+        assert b"\x1b" not in stream and b"\x07" not in stream and b"\r" not in stream
+    assert b"\\x1b[2Jcleared" in result.stdout
+
+
 async def test_demo_runs_offline(tmp_path: Path) -> None:
     result = await run("demo", "--count", "3", "--out", str(tmp_path / "demo"), "--speed", "10")
     assert result.returncode == 0, result.stderr.decode()

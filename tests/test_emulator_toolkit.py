@@ -217,19 +217,23 @@ async def test_a_submission_body_not_sent_as_json_is_refused(make_server: MakeSe
     # the encoded body, not as a header of its own: a regression fails every submit).
     server = await make_server()
     body = b'{"model": "sora-2", "prompt": "a fox"}'
-    async with aiohttp.ClientSession() as http:
-        for content_type in (None, "text/plain"):
-            headers = dict(AUTH) if content_type is None else {**AUTH, "Content-Type": content_type}
-            async with http.post(server.base_url + "/v1/videos/generations", data=body,
-                                 headers=headers) as r:
-                answer = await r.json()
-            assert r.status == 400, answer
-            assert "Content-Type must be application/json" in answer["error"]["message"]
-        async with http.post(server.base_url + "/v1/videos/generations", data=body,
-                             headers={**AUTH, "Content-Type": "application/json; charset=utf-8"}
-                             ) as r:
-            assert r.status == 200
-    assert server.emulator.stats.rejected_submissions == 2 and len(server.emulator.tasks) == 1
+    url = server.base_url + "/v1/videos/generations"
+    # (aiohttp types bytes application/octet-stream unless told to skip it.)
+    for session_kw, headers, said in [
+        ({}, {}, "'application/octet-stream'"),
+        ({}, {"Content-Type": "text/plain"}, "'text/plain'"),
+        ({"skip_auto_headers": ["Content-Type"]}, {}, "none"),
+    ]:
+        async with aiohttp.ClientSession(**session_kw) as http, \
+                http.post(url, data=body, headers={**AUTH, **headers}) as r:
+            answer = await r.json()
+        assert r.status == 400, answer
+        assert answer["error"]["message"] == f"Content-Type must be application/json, got {said}"
+    async with aiohttp.ClientSession() as http, http.post(
+            url, data=body, headers={**AUTH, "Content-Type": "application/json; charset=utf-8"}
+    ) as r:
+        assert r.status == 200
+    assert server.emulator.stats.rejected_submissions == 3 and len(server.emulator.tasks) == 1
 
 
 async def test_replan_changes_what_a_task_will_do(make_server: MakeServer) -> None:

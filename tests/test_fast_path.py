@@ -19,7 +19,7 @@ from typing import Any
 import attrs
 import pytest
 
-from apimart_async import Task
+from apimart_async import Task, ValidationError
 from apimart_async._core import wire
 from apimart_async._core.wire import _task_fast, _task_general, parse_submit, parse_task
 
@@ -223,6 +223,12 @@ SUBMIT_ITEMS: list[Any] = [
     {"status": 'sub"mitted', "task_id": "task_01"},
     {"status": "submitted", "task_id": "task_\u00e9"},
     {"task_id": "task_01", "status": "submitted"},
+    # Review 11: ids reach terminals and file names.
+    {"status": "submitted", "task_id": "x\u001b]0;t\u0007"},
+    {"status": "submitted", "task_id": "a\u0000b"},
+    {"status": "submitted", "task_id": "a" * 200},
+    {"status": "submitted", "task_id": "a" * 201},
+    {"status": "submitted", "task_id": "\u00e9" * 101},
     {"status": "submitted"},
     "task_01",
     None,
@@ -300,3 +306,15 @@ def test_a_secret_inside_a_known_status_or_model_is_still_scrubbed(secret: str) 
         assert got == outcome(_general_parse_task, 200, body, secret=secret)
         task = parse_task(200, body, secret=secret)
         assert secret not in task.raw_status and secret not in (task.model or "")
+
+
+@pytest.mark.parametrize("bad", ["x\x1b]0;t\x07", "a\x00b", "a\u200bb", "a" * 201, "\u00e9" * 101])
+def test_an_id_with_control_characters_or_too_long_for_a_file_name_is_refused(bad: str) -> None:
+    # Review 11: such an id from an answer reached the terminal (an escape sequence
+    # acting there) and the download's file name (a bare ValueError or OSError).
+    with pytest.raises(ValidationError) as info:
+        wire.check_task_id(bad)
+    assert info.value.field == "task_id"
+    with pytest.raises(ValidationError):
+        wire.task_path(bad)
+    assert wire.check_task_id("a" * 200) == "a" * 200

@@ -487,3 +487,19 @@ async def test_json_rows_carry_the_typed_errors_status_and_code(
     account = data["account_error"]
     assert (account["type"], account["status"], account["code"]) == (
         "InsufficientBalanceError", 402, 402)
+
+
+@pytest.mark.parametrize("settings", [
+    {"headers": {"Content-Type": "text/plain"}},
+    {"skip_auto_headers": ["Content-Type"]},
+])
+async def test_a_borrowed_http_session_still_sends_a_json_body_typed_json(
+    server: EmulatorServer, settings: dict[str, Any]
+) -> None:
+    # Review 11: the body's type travelled on aiohttp's payload alone, which a
+    # borrowed session's own Content-Type (or its skipping the automatic one) beat:
+    # the server read text/plain, or no type, and refused every submission.
+    async with aiohttp.ClientSession(**settings) as http, \
+            session_for(server, http_session=http) as s:
+        await s.submit(VideoRequest("x"))
+    assert server.emulator.stats.rejected_submissions == 0 and len(server.emulator.tasks) == 1

@@ -50,6 +50,7 @@ from .._core.hooks import DownloadEvent
 from .._io.clock import Clock
 from .._version import __version__
 from .notice import ConnectNotice
+from .text import shown
 
 __all__ = ["main"]
 
@@ -489,16 +490,6 @@ async def _run_status(args: argparse.Namespace) -> int:
     return EXIT_FAILED if task.status.value in ("failed", "cancelled") else EXIT_OK
 
 
-def shown(text: str) -> str:
-    """Server text for the terminal: control characters (escape sequences, a carriage
-    return forging a line) and what is not Unicode text written as escapes."""
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else c.encode("unicode_escape",
-                                                          "backslashreplace").decode()
-                   for c in text)
-
-
 async def _noticed(notice: ConnectNotice, work: Callable[[], Awaitable[T]]) -> T:
     """`work()`, with `notice` watching for a host that does not answer."""
     with ungrouped():  # the command's error comes out as itself
@@ -917,7 +908,7 @@ async def _run_journal(args: argparse.Namespace) -> int:
                   f"{w['heartbeat_age_s']:.1f}s ago (lease {w['lease_s']:g}s), "
                   f"{w['items']} items held")
         for a in batch["ambiguous"]:
-            print(f"  ambiguous {a['name'] or a['key']}: {a['reason'] or ''}")
+            print(f"  ambiguous {a['name'] or a['key']}: {shown(a['reason'] or '')}")
     return EXIT_OK
 
 
@@ -985,7 +976,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILED
     except (APIMartError, InputError, OSError, sqlite3.Error) as exc:
         status, message = explain(exc)
-        print(f"apimart-async: {message}", file=sys.stderr)
+        # Line by line: a message of ours may list several (every bad input line).
+        safe = "\n".join(shown(line) for line in message.split("\n"))
+        print(f"apimart-async: {safe}", file=sys.stderr)
         return status
     except KeyboardInterrupt:
         return 128 + signal.SIGINT

@@ -19,6 +19,7 @@ from rich.progress import (
 from .._batch.journal import ItemState
 from .._batch.runner import BatchReport, ItemResult
 from .._core.errors import account_problem
+from .text import shown
 
 __all__ = ["BatchDisplay", "summary_lines"]
 
@@ -90,7 +91,7 @@ class BatchDisplay:
                 detail += f" and {len(result.files) - 1} more: " + ", ".join(
                     path.name for path in result.files[1:])
         elif result.reason:
-            detail = result.reason
+            detail = shown(result.reason)
         print(f"[{finished:>{len(str(self.total))}}/{self.total}] {result.state.value:<10} "
               f"{_label(result)}  {detail}", file=self._stream, flush=True)
 
@@ -154,7 +155,7 @@ def summary_lines(report: BatchReport) -> list[str]:
     for item in report.items:
         if not item.ok:
             task = f" (task {item.task_id})" if item.task_id else ""
-            why = item.reason or _why(item)
+            why = shown(item.reason) if item.reason else _why(item)
             lines.append(f"  {item.state.value:<10} {_label(item)}{task}: {why}")
     return lines
 

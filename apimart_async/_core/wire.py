@@ -112,12 +112,15 @@ _PLAIN_ID = frozenset(string.ascii_letters + string.digits + "_-.~")
 
 # A path segment the URL library resolves ("/v1/tasks/.." is "/v1/"): never an id.
 _DOT_IDS = frozenset({".", ".."})
+# Ids name files ("{id}.mp4", and a suffix): past this many bytes a file system refuses
+# the name (255). The API's ids are ~30 characters.
+MAX_TASK_ID = 200
 
 
 def check_task_id(task_id: object) -> str:
     """Return a usable task id or raise `ValidationError`."""
     if type(task_id) is str and task_id and _PLAIN_ID.issuperset(task_id) \
-            and task_id not in _DOT_IDS:
+            and task_id not in _DOT_IDS and len(task_id) <= MAX_TASK_ID:
         return task_id  # the usual id: runs for every poll
     if not isinstance(task_id, str) or not task_id.strip():
         raise ValidationError("task_id", f"must be a non-empty string, got {task_id!r}")
@@ -128,13 +131,21 @@ def check_task_id(task_id: object) -> str:
     if not is_text(task_id):
         raise ValidationError("task_id", f"must be Unicode text (it holds a lone surrogate), "
                                          f"got {task_id!r}")
+    if not task_id.isprintable():
+        # An id reaches terminals: an escape sequence in it would act there.
+        raise ValidationError("task_id", f"must not contain control characters, got "
+                                         f"{task_id[:100]!r}")
+    size = len(task_id.encode())
+    if size > MAX_TASK_ID:
+        raise ValidationError("task_id", f"is {size} bytes long (UTF-8); at most "
+                                         f"{MAX_TASK_ID}, got {task_id[:40]!r}...")
     return task_id
 
 
 def task_path(task_id: str) -> str:
     """The path of ``GET /v1/tasks/{task_id}``; a bad id raises `ValidationError`."""
     if type(task_id) is str and task_id and _PLAIN_ID.issuperset(task_id) \
-            and task_id not in _DOT_IDS:
+            and task_id not in _DOT_IDS and len(task_id) <= MAX_TASK_ID:
         return "/v1/tasks/" + task_id
     return "/v1/tasks/" + quote(check_task_id(task_id), safe="")
 
@@ -525,12 +536,13 @@ def _usual_submit_answer() -> Callable[[bytes], re.Match[bytes] | None]:
     # "task_..."}]}``, with any JSON whitespace between its tokens: one C call instead of
     # a JSON decode and ~80 bytecodes of checks on what it gave. It takes nothing the
     # general path would refuse or read otherwise: a status of letters and "_" only, an
-    # id of the characters `check_task_id` passes without `quote` (group 1). Anything
+    # id of the characters `check_task_id` passes without `quote`, not too long (group 1). Anything
     # else (other keys, another order, escapes, more items) goes the general way.
     ws = rb"[ \t\n\r]*"
     parts = [rb"\{", rb'"code"', b":", b"200", b",", rb'"data"', b":", rb"\[", rb"\{",
              rb'(?:"status"' + ws + b":" + ws + rb'"[A-Za-z_]*"' + ws + b"," + ws + b")?",
-             rb'"task_id"', b":", rb'"([A-Za-z0-9_.~-]+)"', rb"\}", rb"\]", rb"\}"]
+             rb'"task_id"', b":", rb'"([A-Za-z0-9_.~-]{1,%d})"' % MAX_TASK_ID,
+             rb"\}", rb"\]", rb"\}"]
     return re.compile(ws + ws.join(parts) + ws).fullmatch
 
 

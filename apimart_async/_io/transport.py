@@ -85,7 +85,10 @@ class Transport:
         anything (not ambiguous) and another will follow: the item is back in line.
 
         A submission given up after an ambiguous failure has `submission_ambiguous`
-        set on the error: it may have been created (and billed) on the server.
+        set on the error: it may have been created (and billed) on the server. Once
+        an attempt was ambiguous, so is the submission, whatever later attempts meet
+        (a 429 or 503 after a lost answer): `on_safe_retry` is not called for it any
+        more.
         """
         secret = self._key.reveal()
         url = self.base_url + request.path
@@ -100,19 +103,22 @@ class Transport:
         # one goes as a payload that carries its Content-Type (`json_body`); the stream
         # needs the header.
         large = body is not None and len(body) > _LARGE_BODY
-        if large and "Content-Type" not in headers:
-            headers = {**headers, "Content-Type": "application/json"}
-        params = request.params
-        method = request.method
         http = self.http
         # The owned API session carries the credentials and timeouts: a request on it
         # is sent here directly (`Http.api_request`, a call less on every request).
         api = http.api
+        # A borrowed session may carry a Content-Type of its own, or skip the automatic
+        # one: there the header is sent, as the stream always needs it.
+        if body is not None and (large or api is None) and "Content-Type" not in headers:
+            headers = {**headers, "Content-Type": "application/json"}
+        params = request.params
+        method = request.method
         cap = http.max_answer
         limits = self.limits
         hooks = self.hooks
         stats = self.stats
         attempt = 0
+        ambiguous = False  # an attempt of this submission may have created the task
         while True:
             attempt += 1
             # One attempt, inline (the exchange too): this loop runs for every poll.
@@ -180,11 +186,13 @@ class Transport:
                     limits.throttled(epoch, hint)
                 elif answer is not None:
                     limits.succeeded(epoch)  # answered: it took a token all the same
+                if not request.idempotent and is_ambiguous(exc):
+                    ambiguous = True
                 decision = decide(
                     self.retry, exc, attempt=attempt, idempotent=request.idempotent
                 )
                 if not decision.retry:
-                    if not request.idempotent and is_ambiguous(exc):
+                    if ambiguous:
                         exc.submission_ambiguous = True
                     log.debug(
                         "%s %s failed for good after %d attempt(s): %s",
@@ -204,7 +212,7 @@ class Transport:
                     fire(hooks.on_retry, RetryEvent(
                         method=request.method, path=request.path, attempt=attempt,
                         error=type(exc).__name__, status=code, delay=delay))
-                if on_safe_retry is not None and not is_ambiguous(exc):
+                if on_safe_retry is not None and not ambiguous:
                     await on_safe_retry()
             except BaseException:
                 limits.release()

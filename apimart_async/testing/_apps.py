@@ -286,9 +286,11 @@ class _ApiHost:
         if answer is not None:
             return answer
         if request.content_type != "application/json":
-            # As a JSON API does: a body of another type is not read as JSON.
-            return self._reject(
-                f"Content-Type must be application/json, got {request.content_type[:100]!r}")
+            # As a JSON API does: a body of another type is not read as JSON. (Without
+            # the header aiohttp says application/octet-stream: the client sent none.)
+            given = request.headers.get("Content-Type")
+            return self._reject("Content-Type must be application/json, got " + (
+                "none" if given is None else repr(given[:100])))
         try:
             body = await request.json()
         except ValueError:

@@ -294,7 +294,8 @@ class Fault:
     @classmethod
     def repeat_id(cls) -> Fault:
         """Submit only: create nothing and answer with the task id of the previous
-        submission (two requests get one task id back)."""
+        submission (two requests get one task id back). With no submission before
+        it, it has nothing to repeat: the request creates a task as usual."""
         return cls(kind="repeat_id")
 
     @classmethod
