@@ -11,6 +11,7 @@ import sqlite3
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -182,3 +183,45 @@ async def test_file_and_journal_errors_are_one_line(
     # Refused like any bad argument (as a newer-schema journal is): nothing was sent.
     assert status == 2 and one_line(err).startswith("apimart-async: error: journal: ")
     assert server.stats.submissions == 0
+
+
+EVIL = "msg\x1b]0;pwned\x07\x1b[2J\r\napimart-async: all 12 videos downloaded"
+
+
+async def evil_host(status: int) -> tuple[Any, str]:
+    """A host answering every request with `status` and EVIL as its error message."""
+    from aiohttp import web
+
+    async def answer(request: web.Request) -> web.Response:
+        return web.json_response({"error": {"message": EVIL, "code": status}}, status=status)
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", answer)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    return runner, f"http://127.0.0.1:{port}"
+
+
+@pytest.mark.parametrize(("status", "command"), [
+    (402, ["generate", "a fox"]), (404, ["status", "task_x"]), (401, ["balance"]),
+])
+async def test_a_servers_error_text_reaches_the_terminal_escaped_on_one_line(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, status: int, command: list[str]
+) -> None:
+    # Review 12: the account headline of `generate`/`batch` printed the server's
+    # message raw (an escape sequence acting on the terminal), and the closing error
+    # line kept a line feed from it (a forged "apimart-async: ..." line).
+    runner, url = await evil_host(status)
+    try:
+        extra = ["--out", str(tmp_path)] if command[0] == "generate" else []
+        code, out, err = await cli(capsys, *command, *extra, "--base-url", url)
+    finally:
+        await runner.cleanup()
+    assert code != 0
+    for stream in (out, err):
+        assert "\x1b" not in stream and "\x07" not in stream and "\r" not in stream
+        assert not any(line.startswith("apimart-async: all 12") for line in stream.splitlines())
+    assert "\\x1b[2J" in out + err

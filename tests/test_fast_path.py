@@ -19,7 +19,7 @@ from typing import Any
 import attrs
 import pytest
 
-from apimart_async import Task, ValidationError
+from apimart_async import DecodeError, Task, ValidationError
 from apimart_async._core import wire
 from apimart_async._core.wire import _task_fast, _task_general, parse_submit, parse_task
 
@@ -318,3 +318,13 @@ def test_an_id_with_control_characters_or_too_long_for_a_file_name_is_refused(ba
     with pytest.raises(ValidationError):
         wire.task_path(bad)
     assert wire.check_task_id("a" * 200) == "a" * 200
+
+
+def test_an_answer_refused_for_its_task_id_does_not_say_its_body_is_empty() -> None:
+    # Review 12: such errors quote no body (the id is the problem), and said
+    # "body starts ''", as if the answer had been empty.
+    body = b'{"code": 200, "data": [{"status": "submitted", "task_id": ".."}]}'
+    with pytest.raises(DecodeError) as info:
+        parse_submit(200, body)
+    assert info.value.snippet == "" and str(info.value).endswith("(HTTP 200)")
+    assert "body starts" in str(DecodeError("x", status=200, snippet="{"))

@@ -976,8 +976,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILED
     except (APIMartError, InputError, OSError, sqlite3.Error) as exc:
         status, message = explain(exc)
-        # Line by line: a message of ours may list several (every bad input line).
-        safe = "\n".join(shown(line) for line in message.split("\n"))
+        # Bad input lines are ours, one a line (each escaped already): kept a line each.
+        # Any other message may hold a server's text, whose line breaks are escaped too.
+        safe = ("\n".join(shown(line) for line in message.split("\n"))
+                if isinstance(exc, InputError) else shown(message))
         print(f"apimart-async: {safe}", file=sys.stderr)
         return status
     except KeyboardInterrupt:

@@ -144,7 +144,7 @@ def summary_lines(report: BatchReport) -> list[str]:
                         "not downloaded; re-run the same command to resume")
     if report.account_error is not None:
         # The headline: no item can get further until the account is fixed.
-        problem = account_problem(report.account_error) or str(report.account_error)
+        problem = shown(account_problem(report.account_error) or str(report.account_error))
         unfinished = len(report.items) - report.completed
         lines.insert(0, f"{problem}; then re-run the same command to resume the {unfinished} "
                         "unfinished items (nothing already submitted is submitted again)")

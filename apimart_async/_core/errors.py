@@ -238,13 +238,16 @@ class APITimeoutError(APIConnectionError, TimeoutError):
 class DecodeError(APIMartError):
     """The answer was not the documented shape (not JSON, or missing fields).
 
-    `status` is the HTTP status and `snippet` the first characters of the body.
+    `status` is the HTTP status and `snippet` the first characters of the body, or ""
+    where the body is not quoted (an answer refused for the task id it names: the id
+    itself is the problem, and the message says what is wrong with it).
     """
 
     def __init__(self, message: str, *, status: int, snippet: str) -> None:
         self.status = status
         self.snippet = snippet
-        super().__init__(f"{message} (HTTP {status}, body starts {snippet!r})")
+        shown = f", body starts {snippet!r}" if snippet else ""
+        super().__init__(f"{message} (HTTP {status}{shown})")
 
 
 class TaskFailedError(APIMartError):
