@@ -101,31 +101,49 @@ async def test_the_end_of_a_watch_looks_only_at_its_own_tasks(
         assert calls[-1] is None  # 95 tasks, no deadline: the one look through all
 
 
+class OneBusyWorker:
+    """A poller with one worker on a stepped clock, whose fetch of task "a" holds that
+    worker until `release` is set: whatever is due meanwhile waits for it."""
+
+    def __init__(self) -> None:
+        from apimart_async._core.polling import PollPolicy
+        from apimart_async._engine.poller import Poller
+        from apimart_async.testing import SteppedClock
+
+        self.clock = SteppedClock()
+        self.fetched: list[str] = []
+        self.holding = anyio.Event()  # the worker is in a's fetch
+        self.release = anyio.Event()
+        self.poller = Poller(fetch=self._fetch, policy=PollPolicy(), clock=self.clock,
+                             workers=1)
+
+    async def _fetch(self, get: Any) -> Any:
+        from apimart_async._core.models import Task, TaskStatus
+
+        self.fetched.append(get.task_id)
+        if get.task_id == "a":
+            self.holding.set()
+            await self.release.wait()
+        return Task(id=get.task_id, status=TaskStatus.PROCESSING, progress=5)
+
+    @staticmethod
+    def watcher(update: object) -> None:
+        pass
+
+
+async def turns() -> None:
+    """Enough loop turns for the poller's schedule and worker to act on what changed."""
+    for _ in range(100):
+        await anyio.lowlevel.checkpoint()
+
+
 async def test_a_task_unwatched_while_it_waits_for_a_worker_is_not_polled() -> None:
     # Review 10: a watch ending while one of its tasks' ids waited for a busy worker
     # (the schedule had taken its queue item): a task this session submitted and never
     # polled keeps its row with no subscriber, and the worker polled it anyway, then
     # kept rescheduling it until it ended (and the count of unwatched tasks drifted).
-    from apimart_async._core.models import Task, TaskStatus
-    from apimart_async._core.polling import PollPolicy
-    from apimart_async._core.wire import TaskGet
-    from apimart_async._engine.poller import Poller
-    from apimart_async.testing import SteppedClock
-
-    clock = SteppedClock()
-    fetched: list[str] = []
-    release = anyio.Event()
-
-    async def fetch(get: TaskGet) -> Task:
-        fetched.append(get.task_id)
-        if get.task_id == "a":
-            await release.wait()
-        return Task(id=get.task_id, status=TaskStatus.PROCESSING, progress=5)
-
-    def watcher(update: object) -> None:
-        pass
-
-    poller = Poller(fetch=fetch, policy=PollPolicy(), clock=clock, workers=1)
+    busy = OneBusyWorker()
+    poller, clock, watcher = busy.poller, busy.clock, busy.watcher
     async with anyio.create_task_group() as tg:
         poller.bind(tg)
         clock.advance(10.0)
@@ -134,17 +152,15 @@ async def test_a_task_unwatched_while_it_waits_for_a_worker_is_not_polled() -> N
         poller.subscribe(watcher, "a", started_at=None)
         poller.subscribe(watcher, "b", started_at=None)
         clock.advance(120.0)
-        for _ in range(100):
-            await anyio.lowlevel.checkpoint()
-        assert fetched == ["a"]  # the one worker is busy; b's id waits for it
+        await busy.holding.wait()
+        await turns()
+        assert busy.fetched == ["a"]  # the one worker is busy; b's id waits for it
         poller.unsubscribe(watcher, ["b"])
-        release.set()
-        for _ in range(100):
-            await anyio.lowlevel.checkpoint()
+        busy.release.set()
+        await turns()
         clock.advance(600.0)
-        for _ in range(100):
-            await anyio.lowlevel.checkpoint()
-        assert "b" not in fetched
+        await turns()
+        assert "b" not in busy.fetched
         assert poller.watched == 1 and poller._unwatched == 1 and len(poller._table) == 2
         tg.cancel_scope.cancel()
 
@@ -153,40 +169,21 @@ async def test_a_row_handed_to_another_task_while_queued_for_a_worker_is_not_pol
     # The schedule hands a worker a row and its arrival number. A task dropped while its
     # row waited for the busy worker, and the row given to a new task meanwhile: the
     # worker must not poll the new task then (its first poll is due later).
-    from apimart_async._core.models import Task, TaskStatus
-    from apimart_async._core.polling import PollPolicy
-    from apimart_async._core.wire import TaskGet
-    from apimart_async._engine.poller import Poller
-    from apimart_async.testing import SteppedClock
-
-    clock = SteppedClock()
-    fetched: list[str] = []
-    release = anyio.Event()
-
-    async def fetch(get: TaskGet) -> Task:
-        fetched.append(get.task_id)
-        if get.task_id == "a":
-            await release.wait()
-        return Task(id=get.task_id, status=TaskStatus.PROCESSING, progress=5)
-
-    def watcher(update: object) -> None:
-        pass
-
-    poller = Poller(fetch=fetch, policy=PollPolicy(), clock=clock, workers=1)
+    busy = OneBusyWorker()
+    poller, clock, watcher = busy.poller, busy.clock, busy.watcher
     async with anyio.create_task_group() as tg:
         poller.bind(tg)
         clock.advance(10.0)
         poller.subscribe(watcher, "a", started_at=None)
         poller.subscribe(watcher, "b", started_at=None)
-        for _ in range(100):
-            await anyio.lowlevel.checkpoint()
-        assert fetched == ["a"]  # b's row waits for the one worker
+        await busy.holding.wait()
+        await turns()
+        assert busy.fetched == ["a"]  # b's row waits for the one worker
         row = poller._table.find("b")
         poller.unsubscribe(watcher, ["b"])  # not this session's: dropped, row freed
         poller.subscribe(watcher, "c", started_at=clock.now())
         assert poller._table.find("c") == row
-        release.set()
-        for _ in range(100):
-            await anyio.lowlevel.checkpoint()
-        assert fetched == ["a"]  # c waits for its first delay
+        busy.release.set()
+        await turns()
+        assert busy.fetched == ["a"]  # c waits for its first delay
         tg.cancel_scope.cancel()

@@ -536,8 +536,9 @@ def _usual_submit_answer() -> Callable[[bytes], re.Match[bytes] | None]:
     # "task_..."}]}``, with any JSON whitespace between its tokens: one C call instead of
     # a JSON decode and ~80 bytecodes of checks on what it gave. It takes nothing the
     # general path would refuse or read otherwise: a status of letters and "_" only, an
-    # id of the characters `check_task_id` passes without `quote`, not too long (group 1). Anything
-    # else (other keys, another order, escapes, more items) goes the general way.
+    # id of the characters `check_task_id` passes without `quote`, not too long (group
+    # 1). Anything else (other keys, another order, escapes, more items) goes the
+    # general way.
     ws = rb"[ \t\n\r]*"
     parts = [rb"\{", rb'"code"', b":", b"200", b",", rb'"data"', b":", rb"\[", rb"\{",
              rb'(?:"status"' + ws + b":" + ws + rb'"[A-Za-z_]*"' + ws + b"," + ws + b")?",

@@ -54,9 +54,11 @@ log = logging.getLogger("apimart_async")
 _RECENT_GETS = 256
 
 
-
 class _Wakeable(Protocol):
+    """A watch or stream of this engine's: woken when the engine closes."""
+
     def session_closed(self) -> None: ...
+
 
 class State(enum.Enum):
     """Where an engine (and its session) is in its one life."""

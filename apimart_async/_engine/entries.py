@@ -25,12 +25,12 @@ _GROW = 64
 class Entries:
     """Watched (or submitted, not yet watched) tasks, by row.
 
-    A row is taken by `add` (or `insert`) and given back by `remove`, which puts its
+    A row is taken by `insert` (or `add`) and given back by `remove`, which puts its
     fields back to their defaults (no id, model or subscriber, generation 0, due 0.0,
-    poll -1); a free row is handed out again only by a later `add`, which sets the
-    rest. ``arrivals[row]`` numbers the
-    rows in the order they were added (a row's incarnation: a task removed and added
-    again, even into the same row, has a new number). `started` (when it was submitted,
+    poll -1); a free row is handed out again only by a later `insert`, which sets the
+    rest. ``arrivals[row]`` numbers the rows in the order they were added (a row's
+    incarnation: a task removed and added again, even into the same row, has a new
+    number). `started` (when it was submitted,
     clock time) and `due` (when its next poll is due) are C doubles; `poll` is its slot
     in the poll-state columns, -1 before its first poll.
     """
@@ -97,7 +97,7 @@ class Entries:
         """A new row for `task_id`, submitted at `started`; -1 (and nothing changes) if
         it has one already.
 
-        Every submission's path, in one pass (~80 bytecodes where `find`, then `add`
+        Every submission's path, in one pass (~110 bytecodes where `find`, then `add`
         appending to eight columns and probing the index again, took ~230): the index
         is probed once, and a row comes with its fields at their defaults (`_grow`,
         `remove`), so only the four a new row sets are written.
@@ -134,16 +134,15 @@ class Entries:
         # Rows past `_top`, at their defaults: taking one writes no default. A few at a
         # time: the lists and arrays over-allocate as they grow (as they did when a row
         # was appended), and rows of our own past that would be memory twice spare.
-        more = _GROW
-        self.ids.extend([None] * more)
-        self.models.extend([None] * more)
-        self.subscribers.extend([()] * more)
-        zeros = bytes(4 * more)
+        self.ids.extend([None] * _GROW)
+        self.models.extend([None] * _GROW)
+        self.subscribers.extend([()] * _GROW)
+        zeros = bytes(4 * _GROW)
         self.gens.frombytes(zeros)
         self.arrivals.frombytes(zeros)
         self.started.frombytes(zeros + zeros)
         self.due.frombytes(zeros + zeros)
-        self.poll.extend(_UNPOLLED * more)
+        self.poll.extend(_UNPOLLED * _GROW)
 
     def remove(self, row: int) -> None:
         """Give `row` back, its fields to their defaults; once none is taken, the

@@ -318,7 +318,7 @@ class Watch(_EventStream[TaskUpdate]):
 
     def _subscribed(self) -> list[str] | None:
         task_ids = super()._subscribed()
-        return self._few if task_ids is None and self._few is not None else task_ids
+        return self._few if task_ids is None else task_ids
 
     def _accept(self, event: TaskUpdate) -> bool:
         if not super()._accept(event):
